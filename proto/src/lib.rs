@@ -1,0 +1,257 @@
+//! Nearstore wire vocabulary shared by the device and the host: the versioned pushdown plan and
+//! its expressions, per-query statistics, control actions and error codes.
+//!
+//! Everything here is plain serde data; this crate depends on nothing heavier.
+
+pub mod expr;
+pub mod plan;
+
+pub use expr::{ArithOp, CmpOp, Expr, Literal, TypedLiteral};
+pub use plan::{AggFunc, Aggregate, BackendKind, PLAN_VERSION, Plan, Projection, SortKey};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of the wire vocabulary.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A plan or expression that cannot be decoded or is structurally invalid.
+    #[error("malformed plan: {0}")]
+    MalformedPlan(String),
+}
+
+/// Result with this crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Machine-readable error codes the device attaches to every failed call, in the gRPC metadata
+/// key [`ERROR_CODE_METADATA`]. Hosts match on these, never on message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The plan names a table the device does not hold.
+    UnknownTable,
+    /// The plan names a column the table does not have.
+    UnknownColumn,
+    /// Operand types do not fit (e.g. a string literal compared with an integer column).
+    TypeMismatch,
+    /// The plan document cannot be decoded or is structurally invalid.
+    MalformedPlan,
+    /// An object's bytes no longer match their checksum.
+    CorruptObject,
+    /// An upload was rejected (not Parquet, truncated, schema mismatch).
+    InvalidUpload,
+    /// A table of that name exists already.
+    TableExists,
+    /// A compute kernel failed (trap, deadline, memory limit, bad output).
+    KernelFailed,
+    /// The request needs a feature this device does not offer.
+    Unsupported,
+    /// Storage I/O failed.
+    Io,
+    /// Anything else.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownTable => "unknown_table",
+            ErrorCode::UnknownColumn => "unknown_column",
+            ErrorCode::TypeMismatch => "type_mismatch",
+            ErrorCode::MalformedPlan => "malformed_plan",
+            ErrorCode::CorruptObject => "corrupt_object",
+            ErrorCode::InvalidUpload => "invalid_upload",
+            ErrorCode::TableExists => "table_exists",
+            ErrorCode::KernelFailed => "kernel_failed",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Io => "io",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+/// gRPC metadata key carrying the [`ErrorCode`] of a failed call.
+pub const ERROR_CODE_METADATA: &str = "x-nearstore-error";
+
+/// Per-query statistics, sent by the device as JSON in the `app_metadata` of the last Flight
+/// message of a `DoGet` stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueryStats {
+    /// Bytes read from the device's media (aligned block reads, metadata included).
+    pub bytes_read_media: u64,
+    /// Arrow IPC bytes of the result sent to the host (body and headers).
+    pub bytes_sent: u64,
+    /// Objects (Parquet files) the table consists of.
+    pub objects: u64,
+    /// Row groups in the scanned objects.
+    pub row_groups_total: u64,
+    /// Row groups skipped by min/max statistics.
+    pub row_groups_pruned: u64,
+    /// Data pages in the predicate columns of the row groups kept.
+    pub pages_total: u64,
+    /// Of those, pages skipped by the page index.
+    pub pages_pruned: u64,
+    /// Rows in the row groups kept.
+    pub rows_total: u64,
+    /// Rows decoded after row-group and page pruning.
+    pub rows_scanned: u64,
+    /// Rows that passed the filter.
+    pub rows_selected: u64,
+    /// Rows returned to the host.
+    pub rows_returned: u64,
+    /// Compute backend that ran the query's operators.
+    pub backend: String,
+    /// Storage read path (`io_uring` or `pread`).
+    pub reader: String,
+    /// Time planning (metadata, pruning), microseconds.
+    pub plan_us: u64,
+    /// Time reading and decoding Parquet (including the filter run inside the decoder), µs.
+    pub scan_us: u64,
+    /// Time evaluating filters, µs.
+    pub filter_us: u64,
+    /// Time in projection and aggregation, µs.
+    pub compute_us: u64,
+    /// Wall time on the device from plan receipt to the last batch, µs.
+    pub total_us: u64,
+}
+
+/// `DoAction` types the device understands.
+pub mod actions {
+    /// Drop a table. Body: the table name (UTF-8).
+    pub const DROP_TABLE: &str = "drop_table";
+    /// Describe a table. Body: the table name. Result: [`super::TableInfo`] JSON.
+    pub const DESCRIBE_TABLE: &str = "describe_table";
+    /// Device statistics. Result: [`super::DeviceInfo`] JSON.
+    pub const DEVICE_INFO: &str = "device_info";
+    /// Verify every object's checksum. Result: [`super::ScrubReport`] JSON.
+    pub const SCRUB: &str = "scrub";
+}
+
+/// The `DoPut` descriptor command (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutCommand {
+    /// Target table.
+    pub table: String,
+    /// What to do when the table exists.
+    #[serde(default)]
+    pub mode: PutMode,
+    /// Payload format.
+    #[serde(default)]
+    pub format: PutFormat,
+}
+
+/// What an upload does to an existing table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutMode {
+    /// Fail if the table exists.
+    #[default]
+    Create,
+    /// Add the upload as a new object of the table (schemas must match).
+    Append,
+    /// Replace the table atomically.
+    Replace,
+}
+
+/// Payload of an upload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutFormat {
+    /// Arrow record batches in ordinary Flight messages.
+    #[default]
+    Arrow,
+    /// A Parquet file's bytes in the `data_body` of header-less Flight messages; the device
+    /// validates and re-encodes it with statistics and a page index.
+    Parquet,
+}
+
+/// Result of an upload, JSON in the `PutResult` metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PutSummary {
+    /// Table written.
+    pub table: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes of the stored object.
+    pub bytes: u64,
+    /// Object id.
+    pub object: String,
+}
+
+/// A table as the device describes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableInfo {
+    /// Name.
+    pub name: String,
+    /// Columns: name, Arrow type, nullable.
+    pub columns: Vec<ColumnInfo>,
+    /// Total rows.
+    pub rows: u64,
+    /// Total stored bytes.
+    pub bytes: u64,
+    /// Objects.
+    pub objects: Vec<ObjectInfo>,
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    /// Name.
+    pub name: String,
+    /// Arrow data type, as Arrow displays it.
+    pub data_type: String,
+    /// Whether nulls are allowed.
+    pub nullable: bool,
+}
+
+/// One stored object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Object id.
+    pub id: String,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Row groups.
+    pub row_groups: u64,
+    /// SHA-256 of the object's bytes.
+    pub sha256: String,
+}
+
+/// Device-wide information.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Software version.
+    pub version: String,
+    /// Storage read path in use.
+    pub reader: String,
+    /// Default compute backend.
+    pub backend: String,
+    /// Tables held.
+    pub tables: u64,
+    /// Queries served since start.
+    pub queries: u64,
+    /// Queries that failed since start.
+    pub errors: u64,
+}
+
+/// Result of a scrub.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScrubReport {
+    /// Objects verified.
+    pub objects_checked: u64,
+    /// Bytes verified.
+    pub bytes_checked: u64,
+    /// Objects whose bytes do not match their checksum: `(table, object id, detail)`.
+    pub corrupt: Vec<(String, String, String)>,
+}

@@ -1,0 +1,46 @@
+//! The compute side of the drive: backends that run a query's operators next to the data.
+//!
+//! A [`ComputeBackend`] answers per operator whether it can run it ([`Support`], in the manner
+//! of DataFusion's `supports_filters_pushdown`) and runs filters and expressions over decoded
+//! batches. The executor places each operator on the query's backend when it answers
+//! [`Support::Exact`], and on the native backend otherwise; the backend that ran is reported
+//! in the query statistics.
+//!
+//! Implementations today: [`native::NativeBackend`] (trusted Rust operators over Arrow
+//! kernels; the oracle and the benchmark baseline).
+
+pub mod native;
+
+use arrow::array::{ArrayRef, BooleanArray};
+use arrow::record_batch::RecordBatch;
+use nearstore_proto::BackendKind;
+
+use crate::error::Result;
+use crate::exec::expr::PhysExpr;
+
+/// Whether a backend can run an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Runs it with exactly the native result.
+    Exact,
+    /// Cannot run it; the planner places it elsewhere.
+    Unsupported,
+}
+
+/// A compute backend.
+pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Whether this backend can evaluate `predicate` as a filter.
+    fn supports_filter(&self, predicate: &PhysExpr) -> Support;
+
+    /// Whether this backend can evaluate `expr` as a value expression.
+    fn supports_expr(&self, expr: &PhysExpr) -> Support;
+
+    /// Evaluates a filter: `true` keeps the row; nulls are already `false`.
+    fn filter(&self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray>;
+
+    /// Evaluates a value expression, one value per row.
+    fn evaluate(&self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
+}

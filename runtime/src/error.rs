@@ -1,0 +1,105 @@
+//! The device runtime's error type.
+
+use nearstore_proto::ErrorCode;
+
+/// Errors of the device runtime. Each maps to one [`ErrorCode`] and one gRPC status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Plan names an unknown table.
+    #[error("unknown table '{0}'")]
+    UnknownTable(String),
+    /// Plan names an unknown column.
+    #[error("unknown column '{column}' in table '{table}' (columns: {available})")]
+    UnknownColumn {
+        /// Table.
+        table: String,
+        /// Missing column.
+        column: String,
+        /// Columns the table has, comma separated.
+        available: String,
+    },
+    /// Operand types do not fit.
+    #[error("type mismatch: {0}")]
+    TypeMismatch(String),
+    /// Malformed plan.
+    #[error("malformed plan: {0}")]
+    MalformedPlan(String),
+    /// Bytes on the media do not match their checksum.
+    #[error("corrupt object {object}: {detail}")]
+    CorruptObject {
+        /// Object id.
+        object: String,
+        /// What failed to verify.
+        detail: String,
+    },
+    /// Upload rejected.
+    #[error("invalid upload: {0}")]
+    InvalidUpload(String),
+    /// Table exists.
+    #[error("table '{0}' already exists (use append or replace mode)")]
+    TableExists(String),
+    /// Unsupported request.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Storage I/O.
+    #[error("I/O error {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Kernel failure.
+    #[error("kernel failed: {0}")]
+    Kernel(String),
+    /// Arrow error during execution.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Parquet error.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Broken invariant or unexpected state.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Result with the runtime's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::UnknownTable(_) => ErrorCode::UnknownTable,
+            Error::UnknownColumn { .. } => ErrorCode::UnknownColumn,
+            Error::TypeMismatch(_) => ErrorCode::TypeMismatch,
+            Error::MalformedPlan(_) => ErrorCode::MalformedPlan,
+            Error::CorruptObject { .. } => ErrorCode::CorruptObject,
+            Error::InvalidUpload(_) => ErrorCode::InvalidUpload,
+            Error::TableExists(_) => ErrorCode::TableExists,
+            Error::Unsupported(_) => ErrorCode::Unsupported,
+            Error::Io { .. } => ErrorCode::Io,
+            Error::Kernel(_) => ErrorCode::KernelFailed,
+            Error::Arrow(_) | Error::Parquet(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<nearstore_proto::Error> for Error {
+    fn from(e: nearstore_proto::Error) -> Self {
+        match e {
+            nearstore_proto::Error::MalformedPlan(m) => Error::MalformedPlan(m),
+            other => Error::MalformedPlan(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Hash aggregation: count(*), count, sum, min, max, avg with GROUP BY on any number of
+//! columns. Group keys and min/max values are kept in Arrow's order-preserving row format, so
+//! every column type works and comparisons are byte comparisons.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, UInt64Array,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{
+    DataType, Decimal128Type, Field, Float64Type, Int64Type, SchemaRef, UInt64Type,
+};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use nearstore_proto::AggFunc;
+
+use crate::error::{Error, Result};
+use crate::exec::expr::PhysExpr;
+
+/// Most groups one query may build.
+pub const GROUPS_MAX: usize = 10_000_000;
+
+/// One bound aggregate.
+#[derive(Debug, Clone)]
+pub struct AggSpec {
+    /// Function.
+    pub func: AggFunc,
+    /// Argument (absent for count(*)).
+    pub input: Option<PhysExpr>,
+    /// Output column.
+    pub name: String,
+}
+
+impl AggSpec {
+    /// Output type.
+    pub fn output_type(&self) -> Result<DataType> {
+        let input = self.input.as_ref().map(PhysExpr::data_type);
+        Ok(match (self.func, input) {
+            (AggFunc::CountStar | AggFunc::Count, _) => DataType::Int64,
+            (AggFunc::Avg, Some(t)) if is_summable(&t) => DataType::Float64,
+            (AggFunc::Sum, Some(t)) if t.is_signed_integer() => DataType::Int64,
+            (AggFunc::Sum, Some(t)) if t.is_unsigned_integer() => DataType::UInt64,
+            (AggFunc::Sum, Some(t)) if t.is_floating() => DataType::Float64,
+            (AggFunc::Sum, Some(DataType::Decimal128(p, s))) => {
+                DataType::Decimal128((p + 10).min(38), s)
+            }
+            (AggFunc::Min | AggFunc::Max, Some(t)) => t,
+            (f, t) => {
+                return Err(Error::TypeMismatch(format!(
+                    "{} cannot aggregate {}",
+                    f.as_str(),
+                    t.map(|t| t.to_string()).unwrap_or_else(|| "nothing".into())
+                )));
+            }
+        })
+    }
+}
+
+fn is_summable(t: &DataType) -> bool {
+    t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..))
+}
+
+enum Acc {
+    Count(Vec<i64>),
+    SumI64(Vec<i64>, Vec<bool>),
+    SumU64(Vec<u64>, Vec<bool>),
+    SumF64(Vec<f64>, Vec<bool>),
+    SumDec(Vec<i128>, Vec<bool>, DataType),
+    Avg(Vec<f64>, Vec<i64>),
+    MinMax {
+        conv: RowConverter,
+        best: Vec<Option<OwnedRow>>,
+        min: bool,
+    },
+}
+
+impl Acc {
+    fn new(spec: &AggSpec) -> Result<Self> {
+        let out = spec.output_type()?;
+        Ok(match spec.func {
+            AggFunc::CountStar | AggFunc::Count => Acc::Count(Vec::new()),
+            AggFunc::Avg => Acc::Avg(Vec::new(), Vec::new()),
+            AggFunc::Sum => match out {
+                DataType::Int64 => Acc::SumI64(Vec::new(), Vec::new()),
+                DataType::UInt64 => Acc::SumU64(Vec::new(), Vec::new()),
+                DataType::Float64 => Acc::SumF64(Vec::new(), Vec::new()),
+                t @ DataType::Decimal128(..) => Acc::SumDec(Vec::new(), Vec::new(), t),
+                t => return Err(Error::Internal(format!("no sum accumulator for {t}"))),
+            },
+            AggFunc::Min | AggFunc::Max => Acc::MinMax {
+                conv: RowConverter::new(vec![SortField::new(out)])?,
+                best: Vec::new(),
+                min: spec.func == AggFunc::Min,
+            },
+        })
+    }
+
+    fn update(
+        &mut self,
+        values: Option<&ArrayRef>,
+        groups: &[usize],
+        n_groups: usize,
+        name: &str,
+    ) -> Result<()> {
+        let overflow = || Error::TypeMismatch(format!("aggregate {name} overflowed"));
+        match self {
+            Acc::Count(c) => {
+                c.resize(n_groups, 0);
+                match values {
+                    None => groups.iter().for_each(|&g| c[g] += 1),
+                    Some(v) => {
+                        for (i, &g) in groups.iter().enumerate() {
+                            if v.is_valid(i) {
+                                c[g] += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            Acc::SumI64(s, seen) => {
+                let v = cast(values.expect("sum has input"), &DataType::Int64)?;
+                let v = v.as_primitive::<Int64Type>();
+                s.resize(n_groups, 0);
+                seen.resize(n_groups, false);
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
+                        seen[g] = true;
+                    }
+                }
+            }
+            Acc::SumU64(s, seen) => {
+                let v = cast(values.expect("sum has input"), &DataType::UInt64)?;
+                let v = v.as_primitive::<UInt64Type>();
+                s.resize(n_groups, 0);
+                seen.resize(n_groups, false);
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
+                        seen[g] = true;
+                    }
+                }
+            }
+            Acc::SumF64(s, seen) => {
+                let v = cast(values.expect("sum has input"), &DataType::Float64)?;
+                let v = v.as_primitive::<Float64Type>();
+                s.resize(n_groups, 0.0);
+                seen.resize(n_groups, false);
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        s[g] += v.value(i);
+                        seen[g] = true;
+                    }
+                }
+            }
+            Acc::SumDec(s, seen, _) => {
+                let v = values
+                    .expect("sum has input")
+                    .as_primitive::<Decimal128Type>();
+                s.resize(n_groups, 0);
+                seen.resize(n_groups, false);
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
+                        seen[g] = true;
+                    }
+                }
+            }
+            Acc::Avg(s, c) => {
+                let v = cast(values.expect("avg has input"), &DataType::Float64)?;
+                let v = v.as_primitive::<Float64Type>();
+                s.resize(n_groups, 0.0);
+                c.resize(n_groups, 0);
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        s[g] += v.value(i);
+                        c[g] += 1;
+                    }
+                }
+            }
+            Acc::MinMax { conv, best, min } => {
+                let v = values.expect("min/max has input");
+                best.resize(n_groups, None);
+                let rows = conv.convert_columns(std::slice::from_ref(v))?;
+                for (i, &g) in groups.iter().enumerate() {
+                    if !v.is_valid(i) {
+                        continue;
+                    }
+                    let r = rows.row(i);
+                    let better = match &best[g] {
+                        None => true,
+                        Some(b) if *min => r < b.row(),
+                        Some(b) => r > b.row(),
+                    };
+                    if better {
+                        best[g] = Some(r.owned());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, n_groups: usize, out_type: &DataType) -> Result<ArrayRef> {
+        let opt = |seen: &[bool], g: usize| seen.get(g).copied().unwrap_or(false);
+        Ok(match self {
+            Acc::Count(mut c) => {
+                c.resize(n_groups, 0);
+                Arc::new(Int64Array::from(c))
+            }
+            Acc::SumI64(s, seen) => Arc::new(
+                (0..n_groups)
+                    .map(|g| opt(&seen, g).then(|| s[g]))
+                    .collect::<Int64Array>(),
+            ),
+            Acc::SumU64(s, seen) => Arc::new(
+                (0..n_groups)
+                    .map(|g| opt(&seen, g).then(|| s[g]))
+                    .collect::<UInt64Array>(),
+            ),
+            Acc::SumF64(s, seen) => Arc::new(
+                (0..n_groups)
+                    .map(|g| opt(&seen, g).then(|| s[g]))
+                    .collect::<Float64Array>(),
+            ),
+            Acc::SumDec(s, seen, t) => {
+                let DataType::Decimal128(p, sc) = t else {
+                    return Err(Error::Internal("decimal sum without decimal type".into()));
+                };
+                let arr = (0..n_groups)
+                    .map(|g| opt(&seen, g).then(|| s[g]))
+                    .collect::<Decimal128Array>()
+                    .with_precision_and_scale(p, sc)?;
+                arr.validate_decimal_precision(p)
+                    .map_err(|_| Error::TypeMismatch("decimal sum exceeds 38 digits".into()))?;
+                Arc::new(arr)
+            }
+            Acc::Avg(s, c) => Arc::new(
+                (0..n_groups)
+                    .map(|g| (c.get(g).copied().unwrap_or(0) > 0).then(|| s[g] / c[g] as f64))
+                    .collect::<Float64Array>(),
+            ),
+            Acc::MinMax { conv, mut best, .. } => {
+                best.resize(n_groups, None);
+                if best.iter().all(Option::is_some) {
+                    let mut cols =
+                        conv.convert_rows(best.iter().map(|r| r.as_ref().expect("some").row()))?;
+                    cols.pop().expect("one column")
+                } else {
+                    // Groups without a value yield null: convert the present ones, then spread.
+                    let present: Vec<usize> =
+                        (0..n_groups).filter(|&g| best[g].is_some()).collect();
+                    let mut cols = conv.convert_rows(
+                        present
+                            .iter()
+                            .map(|&g| best[g].as_ref().expect("some").row()),
+                    )?;
+                    let vals = cols.pop().expect("one column");
+                    let mut pos = 0u32;
+                    let idx: arrow::array::UInt32Array = (0..n_groups)
+                        .map(|g| {
+                            best[g].is_some().then(|| {
+                                pos += 1;
+                                pos - 1
+                            })
+                        })
+                        .collect();
+                    let _ = out_type;
+                    arrow::compute::take(&vals, &idx, None)?
+                }
+            }
+        })
+    }
+}
+
+/// Hash aggregation over batches.
+pub struct HashAggregator {
+    group_by: Vec<PhysExpr>,
+    aggs: Vec<AggSpec>,
+    schema: SchemaRef,
+    keys: Option<RowConverter>,
+    map: HashMap<Box<[u8]>, usize>,
+    group_rows: Vec<OwnedRow>,
+    accs: Vec<Acc>,
+}
+
+impl std::fmt::Debug for HashAggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashAggregator")
+            .field("groups", &self.n_groups())
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+impl HashAggregator {
+    /// An aggregator producing `schema` (group columns, then aggregates).
+    pub fn new(group_by: Vec<PhysExpr>, aggs: Vec<AggSpec>) -> Result<Self> {
+        let mut fields = Vec::new();
+        for g in &group_by {
+            let PhysExpr::Column { name, data_type } = g else {
+                return Err(Error::Internal("group keys are columns".into()));
+            };
+            fields.push(Field::new(name, data_type.clone(), true));
+        }
+        for a in &aggs {
+            fields.push(Field::new(&a.name, a.output_type()?, true));
+        }
+        let keys = if group_by.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                group_by
+                    .iter()
+                    .map(|g| SortField::new(g.data_type()))
+                    .collect(),
+            )?)
+        };
+        let accs = aggs.iter().map(Acc::new).collect::<Result<_>>()?;
+        Ok(HashAggregator {
+            group_by,
+            aggs,
+            schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+            keys,
+            map: HashMap::new(),
+            group_rows: Vec::new(),
+            accs,
+        })
+    }
+
+    /// Output schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn n_groups(&self) -> usize {
+        if self.keys.is_none() {
+            1
+        } else {
+            self.group_rows.len()
+        }
+    }
+
+    /// Adds a batch; `eval` computes an aggregate's input.
+    pub fn update(
+        &mut self,
+        batch: &RecordBatch,
+        eval: &dyn Fn(&PhysExpr, &RecordBatch) -> Result<ArrayRef>,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let groups: Vec<usize> = match &self.keys {
+            None => vec![0; n],
+            Some(conv) => {
+                let cols = self
+                    .group_by
+                    .iter()
+                    .map(|g| eval(g, batch))
+                    .collect::<Result<Vec<_>>>()?;
+                let rows = conv.convert_columns(&cols)?;
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    let r = rows.row(i);
+                    let g = match self.map.get(r.as_ref()) {
+                        Some(&g) => g,
+                        None => {
+                            let g = self.group_rows.len();
+                            if g >= GROUPS_MAX {
+                                return Err(Error::Unsupported(format!(
+                                    "more than {GROUPS_MAX} groups"
+                                )));
+                            }
+                            self.map.insert(r.as_ref().into(), g);
+                            self.group_rows.push(r.owned());
+                            g
+                        }
+                    };
+                    out.push(g);
+                }
+                out
+            }
+        };
+        let n_groups = self.n_groups();
+        for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {
+            let values = spec.input.as_ref().map(|e| eval(e, batch)).transpose()?;
+            acc.update(values.as_ref(), &groups, n_groups, &spec.name)?;
+        }
+        Ok(())
+    }
+
+    /// The result: one row per group (one row when there are no group keys).
+    pub fn finish(self) -> Result<RecordBatch> {
+        let n_groups = self.n_groups();
+        let mut cols: Vec<ArrayRef> = match &self.keys {
+            None => Vec::new(),
+            Some(conv) => conv.convert_rows(self.group_rows.iter().map(|r| r.row()))?,
+        };
+        for (i, acc) in self.accs.into_iter().enumerate() {
+            let t = self
+                .schema
+                .field(self.group_by.len() + i)
+                .data_type()
+                .clone();
+            cols.push(acc.finish(n_groups, &t)?);
+        }
+        if cols.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+}

@@ -1,0 +1,451 @@
+//! Plan execution: bind → prune → scan (filter inside the decoder) → project or aggregate →
+//! order → limit → result stream, with per-query statistics.
+
+pub mod aggregate;
+pub mod expr;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arrow::array::ArrayRef;
+use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use nearstore_proto::{BackendKind, Plan, QueryStats};
+use tokio::sync::mpsc;
+
+use crate::compute::native::NativeBackend;
+use crate::compute::{ComputeBackend, Support};
+use crate::error::{Error, Result};
+use crate::scan::{self, ErrorSlot, ObjectScan, ScanCounters};
+use crate::storage::{Storage, TableHandle};
+use aggregate::{AggSpec, HashAggregator};
+use expr::{Binder, PhysExpr};
+
+/// Rows per decoded batch.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Rows an ORDER BY without LIMIT may sort on the device.
+pub const SORT_ROWS_MAX: usize = 50_000_000;
+
+/// A plan bound to a table: everything checked, ready to run.
+#[derive(Debug, Clone)]
+pub struct PreparedQuery {
+    /// The plan.
+    pub plan: Plan,
+    table: TableHandle,
+    predicate: Option<PhysExpr>,
+    output: Output,
+    schema: SchemaRef,
+    backend: Arc<dyn ComputeBackend>,
+}
+
+#[derive(Debug, Clone)]
+enum Output {
+    Project(Vec<(String, PhysExpr)>),
+    Aggregate(Vec<PhysExpr>, Vec<AggSpec>),
+}
+
+impl PreparedQuery {
+    /// Schema of the result.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+/// Runs plans against the device's storage.
+#[derive(Debug)]
+pub struct Executor {
+    storage: Arc<Storage>,
+    default_backend: BackendKind,
+    native: Arc<NativeBackend>,
+}
+
+impl Executor {
+    /// An executor over `storage`, using `default_backend` when a plan names none.
+    pub fn new(storage: Arc<Storage>, default_backend: BackendKind) -> Result<Self> {
+        let ex = Executor {
+            storage,
+            default_backend,
+            native: Arc::new(NativeBackend),
+        };
+        ex.backend(default_backend)?;
+        Ok(ex)
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The default backend.
+    pub fn default_backend(&self) -> BackendKind {
+        self.default_backend
+    }
+
+    fn backend(&self, kind: BackendKind) -> Result<Arc<dyn ComputeBackend>> {
+        match kind {
+            BackendKind::Native => Ok(self.native.clone()),
+            other => Err(Error::Unsupported(format!(
+                "the {} backend is not available on this device (available: native)",
+                other.as_str()
+            ))),
+        }
+    }
+
+    /// The table's Arrow schema, from its first object's footer.
+    pub async fn table_schema(
+        &self,
+        table: &TableHandle,
+        counters: &Arc<ScanCounters>,
+    ) -> Result<SchemaRef> {
+        let first = table
+            .objects
+            .first()
+            .ok_or_else(|| Error::Internal(format!("table '{}' has no objects", table.name)))?;
+        let md = scan::metadata(first, counters, &ErrorSlot::default()).await?;
+        Ok(scan::arrow_metadata(md, first)?.schema().clone())
+    }
+
+    /// Binds and checks a plan.
+    pub async fn prepare(&self, plan: &Plan) -> Result<PreparedQuery> {
+        plan.validate()?;
+        let table = self.storage.table(&plan.table)?;
+        let counters = Arc::new(ScanCounters::default());
+        let table_schema = self.table_schema(&table, &counters).await?;
+        let binder = Binder::new(&plan.table, &table_schema);
+        let predicate = plan
+            .filter
+            .as_ref()
+            .map(|f| binder.bind_bool(f))
+            .transpose()?;
+        let backend = self.backend(plan.backend.unwrap_or(self.default_backend))?;
+
+        let (output, schema) = if plan.is_aggregate() {
+            let group_by = plan
+                .group_by
+                .iter()
+                .map(|g| binder.column(g))
+                .collect::<Result<Vec<_>>>()?;
+            let aggs = plan
+                .aggregates
+                .iter()
+                .map(|a| {
+                    Ok(AggSpec {
+                        func: a.func,
+                        input: a.expr.as_ref().map(|e| binder.bind(e)).transpose()?,
+                        name: a.output_name(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let schema = HashAggregator::new(group_by.clone(), aggs.clone())?.schema();
+            (Output::Aggregate(group_by, aggs), schema)
+        } else {
+            let items: Vec<(String, PhysExpr)> = if plan.projection.is_empty() {
+                table_schema
+                    .fields()
+                    .iter()
+                    .map(|f| Ok((f.name().clone(), binder.column(f.name())?)))
+                    .collect::<Result<_>>()?
+            } else {
+                plan.projection
+                    .iter()
+                    .map(|p| Ok((p.name().to_string(), binder.bind(&p.expr())?)))
+                    .collect::<Result<_>>()?
+            };
+            let fields: Vec<Field> = items
+                .iter()
+                .map(|(n, e)| {
+                    let nullable = match e {
+                        PhysExpr::Column { name, .. } => table_schema
+                            .field_with_name(name)
+                            .map(|f| f.is_nullable())
+                            .unwrap_or(true),
+                        _ => true,
+                    };
+                    Field::new(n, e.data_type(), nullable)
+                })
+                .collect();
+            (Output::Project(items), Arc::new(Schema::new(fields)))
+        };
+        for k in &plan.order_by {
+            if schema.index_of(&k.column).is_err() {
+                return Err(Error::UnknownColumn {
+                    table: format!("{} (output)", plan.table),
+                    column: k.column.clone(),
+                    available: schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        Ok(PreparedQuery {
+            plan: plan.clone(),
+            table,
+            predicate,
+            output,
+            schema,
+            backend,
+        })
+    }
+
+    /// Runs a prepared query on a task of its own. Batches arrive on the returned channel; the
+    /// statistics arrive when the stream ends (or fails).
+    pub fn execute(
+        self: &Arc<Self>,
+        q: PreparedQuery,
+    ) -> (
+        mpsc::Receiver<Result<RecordBatch>>,
+        tokio::sync::oneshot::Receiver<QueryStats>,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut stats = QueryStats {
+                backend: q.backend.kind().as_str().to_string(),
+                reader: this.storage.reader().kind().as_str().to_string(),
+                ..Default::default()
+            };
+            let result = this.run(&q, &tx, &mut stats).await;
+            stats.total_us = started.elapsed().as_micros() as u64;
+            if let Err(e) = result {
+                tracing::warn!(table = %q.plan.table, error = %e, "query failed");
+                let _ = tx.send(Err(e)).await;
+            }
+            let _ = stats_tx.send(stats);
+        });
+        (rx, stats_rx)
+    }
+
+    async fn run(
+        &self,
+        q: &PreparedQuery,
+        tx: &mpsc::Sender<Result<RecordBatch>>,
+        stats: &mut QueryStats,
+    ) -> Result<()> {
+        let counters = Arc::new(ScanCounters::default());
+        let errors = ErrorSlot::default();
+        let plan = &q.plan;
+        let backend = q.backend.clone();
+        let native: Arc<dyn ComputeBackend> = self.native.clone();
+
+        // Operator placement: the query's backend when it can, the native backend otherwise.
+        let predicate = q.predicate.clone().map(|p| {
+            let b = if backend.supports_filter(&p) == Support::Exact {
+                backend.clone()
+            } else {
+                native.clone()
+            };
+            (p, b)
+        });
+        let place = |e: &PhysExpr| -> Arc<dyn ComputeBackend> {
+            if backend.supports_expr(e) == Support::Exact {
+                backend.clone()
+            } else {
+                native.clone()
+            }
+        };
+
+        // Columns decoded after the filter.
+        let mut needed: Vec<String> = Vec::new();
+        let mut need = |cols: Vec<String>| {
+            for c in cols {
+                if !needed.contains(&c) {
+                    needed.push(c);
+                }
+            }
+        };
+        match &q.output {
+            Output::Project(items) => items.iter().for_each(|(_, e)| need(e.columns())),
+            Output::Aggregate(g, aggs) => {
+                g.iter().for_each(|e| need(e.columns()));
+                aggs.iter()
+                    .filter_map(|a| a.input.as_ref())
+                    .for_each(|e| need(e.columns()));
+            }
+        }
+
+        let streaming_limit = match (&q.output, plan.order_by.is_empty()) {
+            (Output::Project(_), true) => plan.limit.map(|l| l as usize),
+            _ => None,
+        };
+        let mut remaining = streaming_limit;
+        let mut agg = match &q.output {
+            Output::Aggregate(g, a) => Some(HashAggregator::new(g.clone(), a.clone())?),
+            Output::Project(_) => None,
+        };
+        let mut collected: Vec<RecordBatch> = Vec::new();
+        let must_collect = !plan.order_by.is_empty();
+        let mut collected_rows = 0usize;
+
+        stats.objects = q.table.objects.len() as u64;
+        for object in &q.table.objects {
+            if remaining == Some(0) {
+                break;
+            }
+            let t_plan = Instant::now();
+            let md = scan::metadata(object, &counters, &errors).await?;
+            let arrow_md = scan::arrow_metadata(md.clone(), object)?;
+            let pruned = scan::prune::prune(&md, arrow_md.schema(), q.predicate.as_ref());
+            stats.row_groups_total += md.num_row_groups() as u64;
+            stats.row_groups_pruned += pruned.row_groups_pruned;
+            stats.pages_total += pruned.pages_total;
+            stats.pages_pruned += pruned.pages_pruned;
+            stats.rows_total += pruned.rows_total;
+            stats.plan_us += t_plan.elapsed().as_micros() as u64;
+            if pruned.row_groups.is_empty() {
+                continue;
+            }
+            let pred = predicate.as_ref().map(|(p, b)| {
+                let p = p.clone();
+                let b = b.clone();
+                let f: scan::Predicate = Arc::new(move |batch| b.filter(&p, batch));
+                (
+                    q.predicate
+                        .as_ref()
+                        .map(|p| p.columns())
+                        .unwrap_or_default(),
+                    f,
+                )
+            });
+            let has_pred = pred.is_some();
+            let mut stream = scan::open_stream(
+                ObjectScan {
+                    object: object.clone(),
+                    metadata: arrow_md,
+                    pruned,
+                    columns: needed.clone(),
+                    predicate: pred,
+                    batch_size: BATCH_ROWS,
+                    limit: remaining,
+                },
+                counters.clone(),
+                errors.clone(),
+            )?;
+            let mut t_scan = Instant::now();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| errors.take_or(Error::Parquet(e)))?;
+                stats.scan_us += t_scan.elapsed().as_micros() as u64;
+                if !has_pred {
+                    counters
+                        .rows_scanned
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    counters
+                        .rows_selected
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                }
+                let t_compute = Instant::now();
+                match (&q.output, agg.as_mut()) {
+                    (_, Some(a)) => {
+                        a.update(&batch, &|e, b| place(e).evaluate(e, b))?;
+                    }
+                    (Output::Project(items), None) => {
+                        let cols = items
+                            .iter()
+                            .map(|(_, e)| place(e).evaluate(e, &batch))
+                            .collect::<Result<Vec<ArrayRef>>>()?;
+                        let mut out = RecordBatch::try_new_with_options(
+                            q.schema.clone(),
+                            cols,
+                            &arrow::record_batch::RecordBatchOptions::new()
+                                .with_row_count(Some(batch.num_rows())),
+                        )?;
+                        if let Some(r) = remaining.as_mut() {
+                            if out.num_rows() > *r {
+                                out = out.slice(0, *r);
+                            }
+                            *r -= out.num_rows();
+                        }
+                        stats.compute_us += t_compute.elapsed().as_micros() as u64;
+                        if must_collect {
+                            collected_rows += out.num_rows();
+                            if collected_rows > SORT_ROWS_MAX {
+                                return Err(Error::Unsupported(format!(
+                                    "ORDER BY over more than {SORT_ROWS_MAX} rows without LIMIT"
+                                )));
+                            }
+                            collected.push(out);
+                        } else if out.num_rows() > 0 {
+                            stats.rows_returned += out.num_rows() as u64;
+                            if tx.send(Ok(out)).await.is_err() {
+                                return Ok(()); // the client went away
+                            }
+                        }
+                        if remaining == Some(0) {
+                            break;
+                        }
+                        t_scan = Instant::now();
+                        continue;
+                    }
+                    (Output::Aggregate(..), None) => {
+                        unreachable!("aggregator exists for aggregate plans")
+                    }
+                }
+                stats.compute_us += t_compute.elapsed().as_micros() as u64;
+                t_scan = Instant::now();
+            }
+        }
+
+        if let Some(a) = agg {
+            let t = Instant::now();
+            collected.push(a.finish()?);
+            stats.compute_us += t.elapsed().as_micros() as u64;
+        }
+        if agg_or_sorted(&q.output, must_collect) {
+            let mut out = arrow::compute::concat_batches(&q.schema, &collected)?;
+            if must_collect {
+                out = sort_batch(&out, plan)?;
+            }
+            if let Some(l) = plan.limit {
+                out = out.slice(0, out.num_rows().min(l as usize));
+            }
+            stats.rows_returned += out.num_rows() as u64;
+            for start in (0..out.num_rows()).step_by(BATCH_ROWS) {
+                let len = BATCH_ROWS.min(out.num_rows() - start);
+                if tx.send(Ok(out.slice(start, len))).await.is_err() {
+                    break;
+                }
+            }
+        }
+        stats.bytes_read_media = counters.bytes_read.load(Ordering::Relaxed);
+        stats.rows_scanned = counters.rows_scanned.load(Ordering::Relaxed);
+        stats.rows_selected = counters.rows_selected.load(Ordering::Relaxed);
+        stats.filter_us = counters.filter_us.load(Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn agg_or_sorted(output: &Output, sorted: bool) -> bool {
+    matches!(output, Output::Aggregate(..)) || sorted
+}
+
+fn sort_batch(batch: &RecordBatch, plan: &Plan) -> Result<RecordBatch> {
+    let keys = plan
+        .order_by
+        .iter()
+        .map(|k| {
+            let idx = batch.schema().index_of(&k.column)?;
+            Ok(SortColumn {
+                values: batch.column(idx).clone(),
+                options: Some(SortOptions {
+                    descending: k.descending,
+                    nulls_first: k.nulls_first.unwrap_or(k.descending),
+                }),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let idx = lexsort_to_indices(&keys, plan.limit.map(|l| l as usize))?;
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, &idx, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(batch.schema(), cols)?)
+}

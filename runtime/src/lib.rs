@@ -1,0 +1,122 @@
+//! The Nearstore device runtime: an emulated computational storage drive.
+//!
+//! Layers, bottom up:
+//! - [`storage`]: the namespace (objects, catalog, atomic uploads) and the read path
+//!   (io_uring with a pread fallback);
+//! - [`scan`]: Parquet access with pruning before decoding;
+//! - [`compute`]: backends that run operators next to the data;
+//! - [`exec`]: plan binding and execution with per-query statistics;
+//! - [`server`]: the Arrow Flight service.
+//!
+//! [`Device`] ties them together.
+
+pub mod compute;
+pub mod demo;
+pub mod error;
+pub mod exec;
+pub mod scan;
+pub mod server;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use nearstore_proto::{BackendKind, PutMode};
+
+pub use error::{Error, Result};
+use storage::reader::{Reader, ReaderConfig};
+use storage::{Storage, WriteConfig};
+
+/// Everything a device is configured with.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Data directory (the namespace).
+    pub data_dir: PathBuf,
+    /// Read path.
+    pub reader: ReaderConfig,
+    /// Object layout.
+    pub write: WriteConfig,
+    /// Backend for plans that name none.
+    pub backend: BackendKind,
+}
+
+impl DeviceConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        DeviceConfig {
+            data_dir: data_dir.into(),
+            reader: ReaderConfig::default(),
+            write: WriteConfig::default(),
+            backend: BackendKind::Native,
+        }
+    }
+}
+
+/// An opened device: namespace plus executor.
+#[derive(Debug, Clone)]
+pub struct Device {
+    storage: Arc<Storage>,
+    executor: Arc<exec::Executor>,
+}
+
+impl Device {
+    /// Opens the namespace and starts the read path.
+    pub fn open(config: &DeviceConfig) -> Result<Self> {
+        let reader = Reader::start(config.reader)
+            .map_err(|e| Error::io("starting the storage read path", e))?;
+        let storage = Arc::new(Storage::open(&config.data_dir, reader, config.write)?);
+        let executor = Arc::new(exec::Executor::new(storage.clone(), config.backend)?);
+        Ok(Device { storage, executor })
+    }
+
+    /// The namespace.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &Arc<exec::Executor> {
+        &self.executor
+    }
+
+    /// Generates TPC-H `table` at `scale` into the namespace, calling `progress(rows, approx
+    /// total)` as batches are written. Blocking.
+    pub fn load_tpch(&self, table: &str, scale: f64, progress: &dyn Fn(u64, u64)) -> Result<u64> {
+        let total = demo::approx_rows(table, scale);
+        let mut upload = self.storage.begin_upload(table, PutMode::Replace)?;
+        let mut rows = 0u64;
+        for batch in demo::tpch_batches(table, scale)? {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            upload.write(&batch)?;
+            progress(rows, total.max(rows));
+        }
+        upload.commit()?;
+        Ok(rows)
+    }
+
+    /// Serves Arrow Flight on `listener` until `shutdown` resolves; in-flight calls finish.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        let svc = FlightServiceServer::new(server::DeviceService::new(self.executor.clone()))
+            .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(server::MESSAGE_BYTES_MAX);
+        tracing::info!(addr = ?addr, "serving Arrow Flight");
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(32 << 20)
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await
+            .map_err(|e| Error::Internal(format!("Flight server failed: {e}")))
+    }
+}

@@ -1,0 +1,240 @@
+//! Parquet access with pruning before decoding.
+//!
+//! Per object: the footer and page index are loaded once through the storage read path and
+//! cached; row groups are skipped by min/max statistics, pages by the page index; the predicate
+//! runs inside the decoder (`RowFilter`), so its columns are decoded first and the other
+//! projected columns only for the rows that survive. All byte ranges the decoder asks for in
+//! one step go to the read path as one batch.
+
+pub mod prune;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::BooleanArray;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+};
+use parquet::arrow::async_reader::{
+    AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+
+use crate::error::{Error, Result};
+use crate::storage::Object;
+
+/// Counters one query accumulates while scanning.
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    /// Bytes read from the media.
+    pub bytes_read: AtomicU64,
+    /// Rows given to the predicate (decoded after pruning).
+    pub rows_scanned: AtomicU64,
+    /// Rows that passed the predicate.
+    pub rows_selected: AtomicU64,
+    /// Microseconds in the predicate.
+    pub filter_us: AtomicU64,
+}
+
+/// The first specific error of a query, kept where the Parquet decoder would flatten it into a
+/// string.
+#[derive(Debug, Default, Clone)]
+pub struct ErrorSlot(Arc<Mutex<Option<Error>>>);
+
+impl ErrorSlot {
+    /// Records `e` if nothing was recorded before; returns a Parquet error that names it.
+    pub fn record(&self, e: Error) -> ParquetError {
+        let msg = e.to_string();
+        let mut slot = self.0.lock().expect("error slot");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        ParquetError::General(msg)
+    }
+
+    /// The recorded error, or `fallback`.
+    pub fn take_or(&self, fallback: Error) -> Error {
+        self.0
+            .lock()
+            .expect("error slot")
+            .take()
+            .unwrap_or(fallback)
+    }
+}
+
+/// `AsyncFileReader` over a stored object: every request goes through the storage read path
+/// as one batch, with block checksums verified.
+pub struct ObjectReader {
+    object: Arc<Object>,
+    counters: Arc<ScanCounters>,
+    errors: ErrorSlot,
+}
+
+impl ObjectReader {
+    /// A reader for `object`.
+    pub fn new(object: Arc<Object>, counters: Arc<ScanCounters>, errors: ErrorSlot) -> Self {
+        ObjectReader {
+            object,
+            counters,
+            errors,
+        }
+    }
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            let mut v = self.get_byte_ranges(vec![range]).await?;
+            Ok(v.pop().expect("one range in, one out"))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            match self.object.read_ranges(&ranges).await {
+                Ok((bytes, n)) => {
+                    self.counters.bytes_read.fetch_add(n, Ordering::Relaxed);
+                    Ok(bytes)
+                }
+                Err(e) => Err(self.errors.record(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            match self.object.cached_metadata() {
+                Some(md) => Ok(md),
+                None => Err(ParquetError::General("metadata not loaded".into())),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Loads (once per object) the footer and page index.
+pub async fn metadata(
+    object: &Arc<Object>,
+    counters: &Arc<ScanCounters>,
+    errors: &ErrorSlot,
+) -> Result<Arc<ParquetMetaData>> {
+    if let Some(md) = object.cached_metadata() {
+        return Ok(md);
+    }
+    let mut reader = ObjectReader::new(object.clone(), counters.clone(), errors.clone());
+    let md = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Optional)
+        .with_prefetch_hint(Some(64 * 1024))
+        .load_and_finish(&mut reader, object.size)
+        .await
+        .map_err(|e| {
+            errors.take_or(Error::CorruptObject {
+                object: object.id.clone(),
+                detail: format!("Parquet footer is unreadable: {e}"),
+            })
+        })?;
+    let md = Arc::new(md);
+    object.cache_metadata(md.clone());
+    Ok(md)
+}
+
+/// Arrow view of an object's metadata.
+pub fn arrow_metadata(md: Arc<ParquetMetaData>, object: &Object) -> Result<ArrowReaderMetadata> {
+    ArrowReaderMetadata::try_new(
+        md,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .map_err(|e| Error::CorruptObject {
+        object: object.id.clone(),
+        detail: format!("Parquet schema is unreadable: {e}"),
+    })
+}
+
+/// A predicate evaluated inside the Parquet decoder.
+pub type Predicate =
+    Arc<dyn Fn(&arrow::record_batch::RecordBatch) -> Result<BooleanArray> + Send + Sync>;
+
+/// What to read from one object.
+pub struct ObjectScan {
+    /// Object.
+    pub object: Arc<Object>,
+    /// Its Arrow metadata.
+    pub metadata: ArrowReaderMetadata,
+    /// Pruning decisions.
+    pub pruned: prune::Pruned,
+    /// Columns to output (in the table's order).
+    pub columns: Vec<String>,
+    /// Predicate columns and the predicate.
+    pub predicate: Option<(Vec<String>, Predicate)>,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Stop after this many output rows.
+    pub limit: Option<usize>,
+}
+
+/// Opens the decode stream of one object.
+pub fn open_stream(
+    scan: ObjectScan,
+    counters: Arc<ScanCounters>,
+    errors: ErrorSlot,
+) -> Result<ParquetRecordBatchStream<ObjectReader>> {
+    let schema: SchemaRef = scan.metadata.schema().clone();
+    let parquet_schema = scan.metadata.metadata().file_metadata().schema_descr_ptr();
+    let roots = |names: &[String]| -> Vec<usize> {
+        names
+            .iter()
+            .filter_map(|n| schema.index_of(n).ok())
+            .collect()
+    };
+    let reader = ObjectReader::new(scan.object.clone(), counters.clone(), errors.clone());
+    let mut builder =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, scan.metadata.clone())
+            .with_batch_size(scan.batch_size)
+            .with_row_groups(scan.pruned.row_groups.clone())
+            .with_projection(ProjectionMask::roots(&parquet_schema, roots(&scan.columns)));
+    if let Some(sel) = scan.pruned.selection.clone() {
+        builder = builder.with_row_selection(sel);
+    }
+    if let Some((cols, pred)) = scan.predicate {
+        let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
+        let c = counters.clone();
+        let slot = errors.clone();
+        let f = ArrowPredicateFn::new(mask, move |batch| {
+            let t = std::time::Instant::now();
+            let rows = batch.num_rows() as u64;
+            let out = pred(&batch).map_err(|e| {
+                let msg = e.to_string();
+                slot.record(e);
+                arrow::error::ArrowError::ComputeError(msg)
+            })?;
+            c.rows_scanned.fetch_add(rows, Ordering::Relaxed);
+            c.rows_selected
+                .fetch_add(out.true_count() as u64, Ordering::Relaxed);
+            c.filter_us
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            Ok(out)
+        });
+        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(f)]));
+    }
+    if let Some(limit) = scan.limit {
+        builder = builder.with_limit(limit);
+    }
+    builder
+        .build()
+        .map_err(|e| errors.take_or(Error::Parquet(e)))
+}
