@@ -283,7 +283,10 @@ impl PhysExpr {
     /// Evaluates a predicate to a selection: true keeps the row, false and null drop it.
     pub fn eval_predicate(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let b = as_bool(self.eval(batch)?.into_array(batch.num_rows())?)?;
-        Ok(arrow::compute::prep_null_mask_filter(&b))
+        Ok(match b.nulls() {
+            Some(_) => arrow::compute::prep_null_mask_filter(&b),
+            None => b,
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use arrow::array::ArrayRef;
 use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use nearstore_proto::{BackendKind, Plan, QueryStats};
 use tokio::sync::mpsc;
 
@@ -213,7 +213,18 @@ impl Executor {
                 reader: this.storage.reader().kind().as_str().to_string(),
                 ..Default::default()
             };
-            let result = this.run(&q, &tx, &mut stats).await;
+            // A panic in an operator is a bug, but it must fail only this query.
+            let result = std::panic::AssertUnwindSafe(this.run(&q, &tx, &mut stats))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(Error::Internal(format!("query execution panicked: {msg}")))
+                });
             stats.total_us = started.elapsed().as_micros() as u64;
             if let Err(e) = result {
                 tracing::warn!(table = %q.plan.table, error = %e, "query failed");

@@ -1,0 +1,493 @@
+//! The `nearstore` command line: serve a device, upload tables, run queries.
+//!
+//! The binary's `main` calls [`run`]; tests drive the same function.
+
+mod serve;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use arrow::record_batch::RecordBatch;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use nearstore_proto::{AggFunc, BackendKind, Plan, PutMode, QueryStats};
+use nearstore_sdk::{Client, ClientOptions, Query};
+
+pub use serve::{ServeArgs, serve};
+
+/// Default device address for client commands.
+pub const DEFAULT_DEVICE: &str = "grpc://127.0.0.1:50051";
+
+/// Nearstore: a computational storage offload runtime.
+#[derive(Debug, Parser)]
+#[command(name = "nearstore", version, about)]
+pub struct Cli {
+    /// Command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a device: serve its namespace over Arrow Flight.
+    Serve(ServeArgs),
+    /// Start a device with a generated TPC-H table and query it end to end.
+    Demo(DemoArgs),
+    /// Upload a Parquet file as a table.
+    Put(PutArgs),
+    /// List the device's tables.
+    Tables(DeviceArg),
+    /// Describe a table.
+    Describe(TableArgs),
+    /// Drop a table.
+    Drop(TableArgs),
+    /// Run a pushdown query and print the result and the statistics.
+    Query(QueryArgs),
+    /// Device information and counters.
+    Info(DeviceArg),
+    /// Verify every object's checksum on the device.
+    Scrub(DeviceArg),
+}
+
+/// The device to talk to.
+#[derive(Debug, Args)]
+pub struct DeviceArg {
+    /// Device URL.
+    #[arg(long, env = "NEARSTORE_DEVICE", default_value = DEFAULT_DEVICE)]
+    pub device: String,
+    /// Bearer token.
+    #[arg(long, env = "NEARSTORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds allowed for one call.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+impl DeviceArg {
+    async fn connect(&self) -> Result<Client> {
+        let opts = ClientOptions {
+            token: self.token.clone(),
+            request_timeout: Duration::from_secs(self.timeout_secs),
+            ..Default::default()
+        };
+        Client::connect_with(&self.device, opts)
+            .await
+            .with_context(|| format!("connecting to the device at {}", self.device))
+    }
+}
+
+/// `put` arguments.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Parquet file to upload.
+    pub file: PathBuf,
+    /// Table name.
+    #[arg(long)]
+    pub table: String,
+    /// What to do if the table exists.
+    #[arg(long, value_enum, default_value_t = ModeArg::Create)]
+    pub mode: ModeArg,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// Upload modes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Fail if the table exists.
+    Create,
+    /// Add to the table.
+    Append,
+    /// Replace the table.
+    Replace,
+}
+
+/// A table argument.
+#[derive(Debug, Args)]
+pub struct TableArgs {
+    /// Table name.
+    pub table: String,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per row.
+    Json,
+}
+
+/// `query` arguments.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Table to query.
+    #[arg(long, required_unless_present = "plan")]
+    pub table: Option<String>,
+    /// Filter, e.g. "l_quantity < 24 AND l_shipdate >= DATE '1994-01-01'".
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Output columns, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub select: Vec<String>,
+    /// Aggregates, e.g. "sum(l_extendedprice * l_discount) as revenue" or "count(*)".
+    #[arg(long = "agg")]
+    pub aggregates: Vec<String>,
+    /// Grouping columns, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub group_by: Vec<String>,
+    /// Ordering: "column" or "column desc"; repeatable.
+    #[arg(long)]
+    pub order_by: Vec<String>,
+    /// Row limit.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Compute backend.
+    #[arg(long)]
+    pub backend: Option<BackendKind>,
+    /// A JSON plan file instead of the flags above.
+    #[arg(long, conflicts_with_all = ["table", "filter", "select", "aggregates", "group_by"])]
+    pub plan: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Do not print statistics.
+    #[arg(long)]
+    pub no_stats: bool,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// `demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data directory of the demo device (kept between runs; the table is generated once).
+    #[arg(long, default_value = "./nearstore-data")]
+    pub data: PathBuf,
+    /// TPC-H scale factor of the generated lineitem table.
+    #[arg(long, default_value_t = 0.1)]
+    pub scale: f64,
+}
+
+/// Runs the command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Demo(args) => serve::demo(args).await,
+        Command::Put(args) => put(args).await,
+        Command::Tables(d) => {
+            let mut c = d.connect().await?;
+            let tables = c.tables().await?;
+            if tables.is_empty() {
+                println!("(no tables)");
+            }
+            for t in tables {
+                println!(
+                    "{:<24} {:>12} rows {:>12} bytes {:>3} objects {:>3} columns",
+                    t.name,
+                    t.rows,
+                    t.bytes,
+                    t.objects.len(),
+                    t.columns.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Describe(a) => {
+            let mut c = a.device.connect().await?;
+            let t = c.describe(&a.table).await?;
+            println!("table {}: {} rows, {} bytes", t.name, t.rows, t.bytes);
+            for col in &t.columns {
+                println!(
+                    "  {:<24} {}{}",
+                    col.name,
+                    col.data_type,
+                    if col.nullable { "" } else { " NOT NULL" }
+                );
+            }
+            for o in &t.objects {
+                println!(
+                    "  object {} rows={} bytes={} row_groups={} sha256={}",
+                    o.id, o.rows, o.bytes, o.row_groups, o.sha256
+                );
+            }
+            Ok(())
+        }
+        Command::Drop(a) => {
+            let mut c = a.device.connect().await?;
+            c.drop_table(&a.table).await?;
+            println!("dropped {}", a.table);
+            Ok(())
+        }
+        Command::Query(args) => query(args).await,
+        Command::Info(d) => {
+            let mut c = d.connect().await?;
+            let i = c.device_info().await?;
+            println!("{}", serde_json::to_string_pretty(&i)?);
+            Ok(())
+        }
+        Command::Scrub(d) => {
+            let mut c = d.connect().await?;
+            let r = c.scrub().await?;
+            println!(
+                "checked {} objects ({} bytes); {} corrupt",
+                r.objects_checked,
+                r.bytes_checked,
+                r.corrupt.len()
+            );
+            for (table, object, detail) in &r.corrupt {
+                println!("  CORRUPT table={table} object={object}: {detail}");
+            }
+            if !r.corrupt.is_empty() {
+                bail!("{} corrupt objects", r.corrupt.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn put(args: PutArgs) -> Result<()> {
+    let bytes = tokio::fs::read(&args.file)
+        .await
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let mut client = args.device.connect().await?;
+    let bar = progress_bar(bytes.len() as u64, "uploading", "{bytes}/{total_bytes}");
+    let b = bar.clone();
+    let mode = match args.mode {
+        ModeArg::Create => PutMode::Create,
+        ModeArg::Append => PutMode::Append,
+        ModeArg::Replace => PutMode::Replace,
+    };
+    let summary = client
+        .put_parquet(&args.table, mode, bytes.into(), move |n| b.set_position(n))
+        .await;
+    bar.finish_and_clear();
+    let summary = summary?;
+    println!(
+        "stored table {}: {} rows, {} bytes (object {})",
+        summary.table, summary.rows, summary.bytes, summary.object
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(total: u64, what: &str, counts: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {what} [{{elapsed_precise}}] [{{wide_bar}}] {counts} ({{eta}})"
+    ))
+    .expect("valid template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+/// Parses "func(arg) [as name]".
+pub fn parse_aggregate(text: &str) -> Result<(AggFunc, Option<String>, String)> {
+    let t = text.trim();
+    let (call, name) = match t.to_ascii_lowercase().rfind(" as ") {
+        Some(i) => (t[..i].trim(), Some(t[i + 4..].trim().to_string())),
+        None => (t, None),
+    };
+    let open = call
+        .find('(')
+        .with_context(|| format!("aggregate '{text}' should look like sum(column)"))?;
+    if !call.ends_with(')') {
+        bail!("aggregate '{text}' should look like sum(column)");
+    }
+    let func = call[..open].trim().to_ascii_lowercase();
+    let arg = call[open + 1..call.len() - 1].trim();
+    let f = match (func.as_str(), arg) {
+        ("count", "*") => AggFunc::CountStar,
+        ("count", _) => AggFunc::Count,
+        ("sum", _) => AggFunc::Sum,
+        ("min", _) => AggFunc::Min,
+        ("max", _) => AggFunc::Max,
+        ("avg", _) => AggFunc::Avg,
+        (other, _) => bail!("unknown aggregate function '{other}' (count, sum, min, max, avg)"),
+    };
+    let arg = (f != AggFunc::CountStar).then(|| arg.to_string());
+    let name = name.unwrap_or_else(|| match &arg {
+        Some(a) if a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+            format!("{func}_{a}")
+        }
+        _ => func.clone(),
+    });
+    Ok((f, arg, name))
+}
+
+fn build_plan(args: &QueryArgs) -> Result<Plan> {
+    if let Some(p) = &args.plan {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let mut plan = Plan::from_json(&bytes)?;
+        if let Some(b) = args.backend {
+            plan.backend = Some(b);
+        }
+        if args.limit.is_some() {
+            plan.limit = args.limit;
+        }
+        return Ok(plan);
+    }
+    let table = args.table.clone().context("--table is required")?;
+    let mut q = Query::table(table);
+    if let Some(f) = &args.filter {
+        q = q.filter(f)?;
+    }
+    if !args.select.is_empty() {
+        q = q.select(args.select.iter().map(|s| s.trim().to_string()));
+    }
+    for a in &args.aggregates {
+        let (f, arg, name) = parse_aggregate(a)?;
+        q = q.aggregate(f, arg.as_deref(), &name)?;
+    }
+    if !args.group_by.is_empty() {
+        q = q.group_by(args.group_by.iter().map(|s| s.trim().to_string()));
+    }
+    for o in &args.order_by {
+        let mut parts = o.split_whitespace();
+        let col = parts.next().context("empty --order-by")?;
+        let desc = match parts.next().map(|s| s.to_ascii_lowercase()) {
+            None => false,
+            Some(d) if d == "desc" => true,
+            Some(d) if d == "asc" => false,
+            Some(d) => bail!("--order-by direction '{d}' (expected asc or desc)"),
+        };
+        q = q.order_by(col, desc);
+    }
+    if let Some(l) = args.limit {
+        q = q.limit(l);
+    }
+    if let Some(b) = args.backend {
+        q = q.backend(b);
+    }
+    Ok(q.build())
+}
+
+async fn query(args: QueryArgs) -> Result<()> {
+    let plan = build_plan(&args)?;
+    let mut client = args.device.connect().await?;
+    let result = client.query(&plan).await?;
+    print_batches(&result.batches, &result.schema, args.format)?;
+    if !args.no_stats {
+        eprintln!("{}", format_stats(&result.stats));
+    }
+    Ok(())
+}
+
+/// Prints batches to stdout in `format`.
+pub fn print_batches(
+    batches: &[RecordBatch],
+    schema: &arrow::datatypes::SchemaRef,
+    format: Format,
+) -> Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        Format::Table => {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                let empty = RecordBatch::new_empty(schema.clone());
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(&[empty])?
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{}",
+                    arrow::util::pretty::pretty_format_batches(batches)?
+                )?;
+            }
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            if batches.is_empty() {
+                w.write(&RecordBatch::new_empty(schema.clone()))?;
+            }
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// Human-readable statistics.
+pub fn format_stats(s: &QueryStats) -> String {
+    format!(
+        "-- device: backend={} reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms",
+        s.backend,
+        s.reader,
+        human_bytes(s.bytes_read_media),
+        human_bytes(s.bytes_sent),
+        s.row_groups_pruned,
+        s.row_groups_total,
+        s.pages_pruned,
+        s.pages_total,
+        s.rows_total,
+        s.rows_scanned,
+        s.rows_selected,
+        s.rows_returned,
+        s.plan_us as f64 / 1e3,
+        s.scan_us as f64 / 1e3,
+        s.filter_us as f64 / 1e3,
+        s.compute_us as f64 / 1e3,
+        s.total_us as f64 / 1e3,
+    )
+}
+
+/// Bytes with a binary unit.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_parse() {
+        let (f, a, n) = parse_aggregate("sum(l_extendedprice * l_discount) as revenue").unwrap();
+        assert_eq!(
+            (f, a.as_deref(), n.as_str()),
+            (
+                AggFunc::Sum,
+                Some("l_extendedprice * l_discount"),
+                "revenue"
+            )
+        );
+        let (f, a, n) = parse_aggregate("count(*)").unwrap();
+        assert_eq!((f, a, n.as_str()), (AggFunc::CountStar, None, "count"));
+        let (_, _, n) = parse_aggregate("AVG(l_quantity)").unwrap();
+        assert_eq!(n, "avg_l_quantity");
+        assert!(parse_aggregate("median(x)").is_err());
+        assert!(parse_aggregate("sum x").is_err());
+    }
+}
