@@ -735,11 +735,11 @@ impl Parser {
                 if id.eq_ignore_ascii_case("FALSE") {
                     return Ok(Expr::Lit(Literal::Bool(false)));
                 }
-                if id.eq_ignore_ascii_case("DATE") {
-                    if let Some(Tok::Str(d)) = self.peek().cloned() {
-                        self.pos += 1;
-                        return Ok(Expr::Lit(Literal::Typed(TypedLiteral::Date(d))));
-                    }
+                if id.eq_ignore_ascii_case("DATE")
+                    && let Some(Tok::Str(d)) = self.peek().cloned()
+                {
+                    self.pos += 1;
+                    return Ok(Expr::Lit(Literal::Typed(TypedLiteral::Date(d))));
                 }
                 Ok(Expr::Col(id))
             }

@@ -230,8 +230,24 @@ impl Client {
             })?
     }
 
+    /// Runs a plan given as JSON bytes, exactly as any Flight client would send it.
+    pub async fn query_json(&mut self, plan_json: impl Into<Bytes>) -> Result<QueryResult> {
+        let deadline = self.options.request_timeout;
+        let fut = self.query_ticket(plan_json.into());
+        tokio::time::timeout(deadline, fut)
+            .await
+            .map_err(|_| Error::Transport {
+                url: self.url.clone(),
+                message: format!("query timed out after {deadline:?}"),
+            })?
+    }
+
     async fn query_inner(&mut self, plan: &Plan) -> Result<QueryResult> {
-        let mut request = tonic::Request::new(Ticket::new(plan.to_json()));
+        self.query_ticket(plan.to_json().into()).await
+    }
+
+    async fn query_ticket(&mut self, ticket: Bytes) -> Result<QueryResult> {
+        let mut request = tonic::Request::new(Ticket::new(ticket));
         *request.metadata_mut() = self.flight.metadata().clone();
         let raw = self
             .flight
@@ -363,6 +379,18 @@ impl Client {
         mode: PutMode,
         batches: Vec<RecordBatch>,
     ) -> Result<PutSummary> {
+        self.put_stream(table, mode, futures::stream::iter(batches))
+            .await
+    }
+
+    /// Uploads a stream of Arrow batches into `table`. The device acknowledges only once the
+    /// table is durable.
+    pub async fn put_stream(
+        &mut self,
+        table: &str,
+        mode: PutMode,
+        batches: impl futures::Stream<Item = RecordBatch> + Send + 'static,
+    ) -> Result<PutSummary> {
         let cmd = PutCommand {
             table: table.to_string(),
             mode,
@@ -370,10 +398,9 @@ impl Client {
         };
         let descriptor =
             FlightDescriptor::new_cmd(serde_json::to_vec(&cmd).expect("command serialises"));
-        let input = futures::stream::iter(batches.into_iter().map(Ok));
         let data = arrow_flight::encode::FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(descriptor))
-            .build(input);
+            .build(batches.map(Ok));
         self.finish_put(data.boxed()).await
     }
 

@@ -1,1 +1,4 @@
+//! Nearstore end-to-end tests: one test binary, a module per area.
 
+mod device;
+mod support;

@@ -136,10 +136,10 @@ impl PhysExpr {
     pub fn columns(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         self.visit(&mut |e| {
-            if let PhysExpr::Column { name, .. } = e {
-                if !out.contains(name) {
-                    out.push(name.clone());
-                }
+            if let PhysExpr::Column { name, .. } = e
+                && !out.contains(name)
+            {
+                out.push(name.clone());
             }
         });
         out
@@ -506,15 +506,15 @@ impl<'a> Binder<'a> {
             return Ok((l, r));
         }
         // A literal meeting a non-literal adopts its type when exact.
-        if let PhysExpr::Literal(a) = &r {
-            if let Some(c) = retype_literal(a, &lt, &l, what)? {
-                return Ok((l, PhysExpr::Literal(c)));
-            }
+        if let PhysExpr::Literal(a) = &r
+            && let Some(c) = retype_literal(a, &lt, &l, what)?
+        {
+            return Ok((l, PhysExpr::Literal(c)));
         }
-        if let PhysExpr::Literal(a) = &l {
-            if let Some(c) = retype_literal(a, &rt, &r, what)? {
-                return Ok((PhysExpr::Literal(c), r));
-            }
+        if let PhysExpr::Literal(a) = &l
+            && let Some(c) = retype_literal(a, &rt, &r, what)?
+        {
+            return Ok((PhysExpr::Literal(c), r));
         }
         let common = if lt == DataType::Null {
             rt.clone()

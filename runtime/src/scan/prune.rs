@@ -31,7 +31,7 @@ trait StatsSource {
 /// Evaluates `expr` over containers: `true` where the container may hold a matching row.
 fn may_match(expr: &PhysExpr, src: &dyn StatsSource) -> BooleanArray {
     let all = || BooleanArray::from(vec![true; src.len()]);
-    let mask = match expr {
+    match expr {
         PhysExpr::And(v) => v.iter().fold(all(), |acc, e| {
             boolean::and(&acc, &may_match(e, src)).unwrap_or_else(|_| all())
         }),
@@ -79,8 +79,7 @@ fn may_match(expr: &PhysExpr, src: &dyn StatsSource) -> BooleanArray {
             _ => all(),
         },
         _ => all(),
-    };
-    mask
+    }
 }
 
 fn cmp_leaf(

@@ -1,0 +1,237 @@
+//! Shared helpers: in-process devices, device processes, generated tables.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use nearstore_runtime::storage::WriteConfig;
+use nearstore_runtime::storage::reader::{ReaderChoice, ReaderConfig};
+use nearstore_runtime::{Device, DeviceConfig};
+use nearstore_sdk::Client;
+
+/// A device running in this process on a loopback port.
+pub struct TestDevice {
+    /// Its URL.
+    pub url: String,
+    /// The device.
+    pub device: Device,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<nearstore_runtime::Result<()>>>,
+}
+
+impl TestDevice {
+    /// Starts a device on `dir` with `reader` and small row groups (10 000 rows, pages of
+    /// 1 000), so small tables still have many row groups and pages.
+    pub async fn start(dir: &Path, reader: ReaderChoice) -> Self {
+        let mut config = DeviceConfig::new(dir);
+        config.reader = ReaderConfig {
+            choice: reader,
+            ..Default::default()
+        };
+        config.write = WriteConfig {
+            row_group_rows: 10_000,
+            page_rows: 1_000,
+        };
+        let device = Device::open(&config).expect("device opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("grpc://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let d = device.clone();
+        let task = tokio::spawn(async move {
+            d.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        TestDevice {
+            url,
+            device,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        connect_retry(&self.url, Duration::from_secs(10)).await
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Connects, retrying until `within` has passed.
+pub async fn connect_retry(url: &str, within: Duration) -> Client {
+    let start = Instant::now();
+    loop {
+        match Client::connect(url).await {
+            Ok(c) => return c,
+            Err(e) if start.elapsed() < within => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("device at {url} did not come up: {e}"),
+        }
+    }
+}
+
+/// A generated table: `id` (0.., sorted), `val` (float, every 7th null), `cat` (5 strings),
+/// `day` (date32), `price` (decimal(15,2)).
+pub fn table_batches(rows: usize, batch_rows: usize, seed: u64) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = batch_rows.min(rows - start);
+        out.push(make_batch(start as i64, n, seed));
+        start += n;
+    }
+    out
+}
+
+/// One batch of the generated table, rows `start..start + n`.
+pub fn make_batch(start: i64, n: usize, seed: u64) -> RecordBatch {
+    let ids: Vec<i64> = (start..start + n as i64).collect();
+    let mix = |i: i64| {
+        let mut x = (i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 31;
+        x
+    };
+    let val: Float64Array = ids
+        .iter()
+        .map(|&i| (i % 7 != 3).then(|| (mix(i) % 10_000) as f64 / 10.0))
+        .collect();
+    let cats = ["alpha", "beta", "gamma", "delta", "epsilon"];
+    let cat: StringArray = ids
+        .iter()
+        .map(|&i| Some(cats[(mix(i) % 5) as usize]))
+        .collect();
+    let day: Date32Array = ids
+        .iter()
+        .map(|&i| Some(8000 + (mix(i) % 2000) as i32))
+        .collect();
+    let price = ids
+        .iter()
+        .map(|&i| Some((mix(i) % 1_000_000) as i128))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(15, 2)
+        .unwrap();
+    RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+        ("val", Arc::new(val) as ArrayRef),
+        ("cat", Arc::new(cat) as ArrayRef),
+        ("day", Arc::new(day) as ArrayRef),
+        ("price", Arc::new(price) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+/// Path of the CLI binary built for tests.
+pub fn cli_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nearstore-under-test"))
+}
+
+/// A device in its own process (`nearstore serve`).
+pub struct DeviceProcess {
+    /// The child.
+    pub child: Child,
+    /// Its URL.
+    pub url: String,
+}
+
+impl DeviceProcess {
+    /// Starts `nearstore serve` on `dir` and a free loopback port, without the demo table.
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(cli_bin())
+            .args(["serve", "--no-demo", "--data"])
+            .arg(dir)
+            .args([
+                "--listen",
+                &listen,
+                "--row-group-rows",
+                "10000",
+                "--page-rows",
+                "1000",
+            ])
+            .args(extra)
+            .env("NEARSTORE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("device process starts");
+        DeviceProcess {
+            child,
+            url: format!("grpc://{listen}"),
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(mut self) {
+        // SAFETY: kill(2) with a pid we own; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        assert_eq!(rc, 0, "SIGKILL delivered");
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("device did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sum of `id` over batches (a cheap content check).
+pub fn sum_ids(batches: &[RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .map(|b| {
+            let ids = b
+                .column_by_name("id")
+                .expect("id column")
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64 ids");
+            ids.values().iter().sum::<i64>()
+        })
+        .sum()
+}
