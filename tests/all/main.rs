@@ -1,4 +1,5 @@
 //! Nearstore end-to-end tests: one test binary, a module per area.
 
+mod cli;
 mod device;
 mod support;

@@ -203,7 +203,7 @@ impl Acc {
         Ok(())
     }
 
-    fn finish(self, n_groups: usize, out_type: &DataType) -> Result<ArrayRef> {
+    fn finish(self, n_groups: usize) -> Result<ArrayRef> {
         let opt = |seen: &[bool], g: usize| seen.get(g).copied().unwrap_or(false);
         Ok(match self {
             Acc::Count(mut c) => {
@@ -267,7 +267,6 @@ impl Acc {
                             })
                         })
                         .collect();
-                    let _ = out_type;
                     arrow::compute::take(&vals, &idx, None)?
                 }
             }
@@ -399,13 +398,8 @@ impl HashAggregator {
             None => Vec::new(),
             Some(conv) => conv.convert_rows(self.group_rows.iter().map(|r| r.row()))?,
         };
-        for (i, acc) in self.accs.into_iter().enumerate() {
-            let t = self
-                .schema
-                .field(self.group_by.len() + i)
-                .data_type()
-                .clone();
-            cols.push(acc.finish(n_groups, &t)?);
+        for acc in self.accs {
+            cols.push(acc.finish(n_groups)?);
         }
         if cols.is_empty() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
