@@ -2,4 +2,5 @@
 
 mod cli;
 mod device;
+mod differential;
 mod support;
