@@ -108,20 +108,13 @@ fn eval(e: &Expr, row: &Row) -> Option<bool> {
                 CmpOp::GtEq => a >= b,
             })
         }
-        Expr::And(v) => v
-            .iter()
-            .fold(Some(true), |acc, e| match (acc, eval(e, row)) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
-            }),
+        Expr::And(v) => v.iter().map(|e| eval(e, row)).reduce(eval_and).flatten(),
         Expr::Or(v) => v
             .iter()
-            .fold(Some(false), |acc, e| match (acc, eval(e, row)) {
-                (Some(true), _) | (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
-                _ => None,
-            }),
+            .map(|e| eval(e, row).map(|b| !b))
+            .reduce(eval_and)
+            .flatten()
+            .map(|b| !b),
         Expr::Not(e) => eval(e, row).map(|b| !b),
         Expr::IsNull(e) => Some(column(row, &leaf_col(e)).is_none()),
         Expr::IsNotNull(e) => Some(column(row, &leaf_col(e)).is_some()),
