@@ -391,13 +391,7 @@ impl Client {
         mode: PutMode,
         batches: impl futures::Stream<Item = RecordBatch> + Send + 'static,
     ) -> Result<PutSummary> {
-        let cmd = PutCommand {
-            table: table.to_string(),
-            mode,
-            format: PutFormat::Arrow,
-        };
-        let descriptor =
-            FlightDescriptor::new_cmd(serde_json::to_vec(&cmd).expect("command serialises"));
+        let descriptor = put_descriptor(table, mode, PutFormat::Arrow);
         let data = arrow_flight::encode::FlightDataEncoderBuilder::new()
             .with_flight_descriptor(Some(descriptor))
             .build(batches.map(Ok));
@@ -413,13 +407,7 @@ impl Client {
         bytes: Bytes,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<PutSummary> {
-        let cmd = PutCommand {
-            table: table.to_string(),
-            mode,
-            format: PutFormat::Parquet,
-        };
-        let descriptor =
-            FlightDescriptor::new_cmd(serde_json::to_vec(&cmd).expect("command serialises"));
+        let descriptor = put_descriptor(table, mode, PutFormat::Parquet);
         let total = bytes.len();
         let chunks: Vec<Bytes> = (0..total.max(1))
             .step_by(UPLOAD_CHUNK_BYTES)
@@ -458,6 +446,16 @@ impl Client {
             .ok_or_else(|| Error::Protocol("upload returned no result".into()))?;
         serde_json::from_slice(&last.app_metadata).map_err(|e| Error::Protocol(e.to_string()))
     }
+}
+
+/// The `DoPut` descriptor naming the target table, mode and payload format.
+fn put_descriptor(table: &str, mode: PutMode, format: PutFormat) -> FlightDescriptor {
+    let cmd = PutCommand {
+        table: table.to_string(),
+        mode,
+        format,
+    };
+    FlightDescriptor::new_cmd(serde_json::to_vec(&cmd).expect("command serialises"))
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
