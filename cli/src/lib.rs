@@ -463,8 +463,9 @@ pub fn print_batches(
 /// Human-readable statistics.
 pub fn format_stats(s: &QueryStats) -> String {
     format!(
-        "-- device: backend={} reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms",
+        "-- device: backend={} ({}) reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms",
         s.backend,
+        s.placement,
         s.reader,
         human_bytes(s.bytes_read_media),
         human_bytes(s.bytes_sent),

@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Read objects with O_DIRECT (bypass the page cache).
     #[arg(long)]
     pub direct_io: bool,
-    /// Default compute backend [default: native].
+    /// Default compute backend: wasm, native [default: wasm].
     #[arg(long, env = "NEARSTORE_BACKEND")]
     pub backend: Option<BackendKind>,
     /// Rows per row group of objects the device writes [default: 131072].
@@ -99,7 +99,7 @@ impl ServeArgs {
         let backend = match (&self.backend, &file.backend) {
             (Some(b), _) => *b,
             (None, Some(b)) => b.parse()?,
-            (None, None) => BackendKind::Native,
+            (None, None) => BackendKind::Wasm,
         };
         let defaults = WriteConfig::default();
         let write = WriteConfig {

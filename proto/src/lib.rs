@@ -107,8 +107,11 @@ pub struct QueryStats {
     pub rows_selected: u64,
     /// Rows returned to the host.
     pub rows_returned: u64,
-    /// Compute backend that ran the query's operators.
+    /// Compute backend the query asked for (or the device default).
     pub backend: String,
+    /// Where each operator ran, e.g. `filter=wasm aggregate=native` (an operator the query's
+    /// backend cannot run falls back to the native backend).
+    pub placement: String,
     /// Storage read path (`io_uring` or `pread`).
     pub reader: String,
     /// Time planning (metadata, pruning), microseconds.

@@ -40,6 +40,8 @@ pub struct DeviceConfig {
     pub write: WriteConfig,
     /// Backend for plans that name none.
     pub backend: BackendKind,
+    /// Limits of the Wasm kernel sandbox.
+    pub sandbox: compute::wasm::SandboxConfig,
 }
 
 impl DeviceConfig {
@@ -49,7 +51,8 @@ impl DeviceConfig {
             data_dir: data_dir.into(),
             reader: ReaderConfig::default(),
             write: WriteConfig::default(),
-            backend: BackendKind::Native,
+            backend: BackendKind::Wasm,
+            sandbox: compute::wasm::SandboxConfig::default(),
         }
     }
 }
@@ -67,7 +70,11 @@ impl Device {
         let reader = Reader::start(config.reader)
             .map_err(|e| Error::io("starting the storage read path", e))?;
         let storage = Arc::new(Storage::open(&config.data_dir, reader, config.write)?);
-        let executor = Arc::new(exec::Executor::new(storage.clone(), config.backend)?);
+        let executor = Arc::new(exec::Executor::new(
+            storage.clone(),
+            config.backend,
+            config.sandbox,
+        )?);
         Ok(Device { storage, executor })
     }
 

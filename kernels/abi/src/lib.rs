@@ -1,14 +1,286 @@
 //! The Nearstore kernel ABI shared by the device (host) and kernels (guest).
 //!
-//! This leaf crate is `no_std` so guest kernels compiled for `wasm32-unknown-unknown` can use
-//! it. It fixes the ABI version and the names of the exports the device looks for.
+//! This leaf crate is `no_std` so guest kernels compiled for `wasm32-unknown-unknown` use the
+//! same definitions as the host. Everything crossing the sandbox boundary is plain
+//! little-endian `u32` words in the kernel's linear memory; nothing here holds a pointer type.
+//!
+//! # Call sequence (filter)
+//! 1. The host calls [`EXPORT_ALLOC`]`(bytes, 16)` once per query to get an arena in the
+//!    kernel's memory, and grows it (another call) only when a batch needs more.
+//! 2. Per batch, the host writes into the arena: the parameter bytes (the filter program, see
+//!    [`program`]), the column buffers in Arrow layout (values, validity bitmap, offsets), an
+//!    array of [`ColumnDesc`] and one [`BatchDesc`]; it reserves `rows` `u32`s for the output.
+//! 3. The host calls [`EXPORT_FILTER`]`(batch_desc_ptr, out_ptr, out_cap)`. The kernel writes
+//!    the indices of selected rows, strictly increasing, and returns their count, or a negative
+//!    [`status`] code.
+//! 4. The host checks the count, every index (`< rows`) and the order before using them.
 #![no_std]
 
 /// ABI version spoken by this build. A kernel exports it as the value of [`EXPORT_ABI_VERSION`].
 pub const ABI_VERSION: u32 = 1;
 
-/// Exported function returning the kernel's ABI version.
+/// `() -> u32`: the kernel's ABI version.
 pub const EXPORT_ABI_VERSION: &str = "nearstore_abi_version";
+/// `(size: u32, align: u32) -> u32`: allocates in the kernel's memory; 0 on failure.
+pub const EXPORT_ALLOC: &str = "nearstore_alloc";
+/// `(batch: u32, out: u32, out_cap: u32) -> i32`: a filter (see the crate docs).
+pub const EXPORT_FILTER: &str = "nearstore_filter";
+/// The kernel's linear memory.
+pub const EXPORT_MEMORY: &str = "memory";
 
-/// Name of the custom section holding the kernel manifest.
+/// Module of the only host functions a kernel may import.
+pub const IMPORT_MODULE: &str = "nearstore";
+/// `(ptr: u32, len: u32)`: log a UTF-8 message (truncated by the host).
+pub const IMPORT_LOG: &str = "log";
+/// `(code: u32) -> !`: abort the kernel with a code.
+pub const IMPORT_ABORT: &str = "abort";
+
+/// Name of the custom section holding the kernel manifest (UTF-8 `key=value` lines:
+/// `abi`, `kind`, `name`, `signature`, `state_size`).
 pub const MANIFEST_SECTION: &str = "nearstore.manifest";
+
+/// Column types (`ColumnDesc::type_code`).
+pub mod types {
+    /// Boolean: values are a bitmap (LSB first), like Arrow.
+    pub const BOOL: u32 = 1;
+    /// 32-bit signed integer.
+    pub const INT32: u32 = 2;
+    /// 64-bit signed integer.
+    pub const INT64: u32 = 3;
+    /// 64-bit float.
+    pub const FLOAT64: u32 = 4;
+    /// 128-bit decimal (little-endian `i128` of unscaled values; `scale` in the descriptor).
+    pub const DECIMAL128: u32 = 5;
+    /// Days since the epoch as `i32`.
+    pub const DATE32: u32 = 6;
+    /// UTF-8 strings: `i32` offsets (`rows + 1`) and value bytes.
+    pub const UTF8: u32 = 7;
+
+    /// Bytes per value of a fixed-width type, 0 otherwise.
+    pub const fn width(code: u32) -> usize {
+        match code {
+            INT32 | DATE32 => 4,
+            INT64 | FLOAT64 => 8,
+            DECIMAL128 => 16,
+            _ => 0,
+        }
+    }
+}
+
+/// Negative return codes of kernel calls.
+pub mod status {
+    /// The batch or parameters are malformed (the kernel refuses them).
+    pub const BAD_INPUT: i32 = -1;
+    /// The output region is too small.
+    pub const OUTPUT_TOO_SMALL: i32 = -2;
+    /// The kernel does not support something it was asked to do.
+    pub const UNSUPPORTED: i32 = -3;
+    /// The kernel could not allocate.
+    pub const NO_MEMORY: i32 = -4;
+}
+
+/// Size in bytes of [`BatchDesc`] in memory.
+pub const BATCH_DESC_BYTES: usize = 6 * 4;
+/// Size in bytes of [`ColumnDesc`] in memory.
+pub const COLUMN_DESC_BYTES: usize = 8 * 4;
+
+/// The batch descriptor: six little-endian `u32`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchDesc {
+    /// [`ABI_VERSION`].
+    pub abi: u32,
+    /// Rows in the batch.
+    pub rows: u32,
+    /// Columns.
+    pub ncols: u32,
+    /// Address of the column descriptors.
+    pub cols_ptr: u32,
+    /// Address of the parameter bytes.
+    pub params_ptr: u32,
+    /// Length of the parameter bytes.
+    pub params_len: u32,
+}
+
+/// One column: eight little-endian `u32`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ColumnDesc {
+    /// One of [`types`].
+    pub type_code: u32,
+    /// Decimal scale (as `u32` of an `i32`).
+    pub scale: u32,
+    /// Address of the values.
+    pub values_ptr: u32,
+    /// Length of the values in bytes.
+    pub values_len: u32,
+    /// Address of the validity bitmap, 0 when the column has no nulls.
+    pub validity_ptr: u32,
+    /// Address of the offsets (`UTF8` only).
+    pub offsets_ptr: u32,
+    /// Length of the offsets in bytes.
+    pub offsets_len: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+fn put(out: &mut [u8], i: usize, v: u32) {
+    out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get(b: &[u8], i: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[i * 4..i * 4 + 4]);
+    u32::from_le_bytes(w)
+}
+
+impl BatchDesc {
+    /// Encodes into `out` (at least [`BATCH_DESC_BYTES`]).
+    pub fn write(&self, out: &mut [u8]) {
+        for (i, v) in [
+            self.abi,
+            self.rows,
+            self.ncols,
+            self.cols_ptr,
+            self.params_ptr,
+            self.params_len,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            put(out, i, v);
+        }
+    }
+
+    /// Decodes from `b` (at least [`BATCH_DESC_BYTES`]).
+    pub fn read(b: &[u8]) -> Self {
+        BatchDesc {
+            abi: get(b, 0),
+            rows: get(b, 1),
+            ncols: get(b, 2),
+            cols_ptr: get(b, 3),
+            params_ptr: get(b, 4),
+            params_len: get(b, 5),
+        }
+    }
+}
+
+impl ColumnDesc {
+    /// Encodes into `out` (at least [`COLUMN_DESC_BYTES`]).
+    pub fn write(&self, out: &mut [u8]) {
+        let words = [
+            self.type_code,
+            self.scale,
+            self.values_ptr,
+            self.values_len,
+            self.validity_ptr,
+            self.offsets_ptr,
+            self.offsets_len,
+            self.reserved,
+        ];
+        for (i, v) in words.into_iter().enumerate() {
+            put(out, i, v);
+        }
+    }
+
+    /// Decodes from `b` (at least [`COLUMN_DESC_BYTES`]).
+    pub fn read(b: &[u8]) -> Self {
+        ColumnDesc {
+            type_code: get(b, 0),
+            scale: get(b, 1),
+            values_ptr: get(b, 2),
+            values_len: get(b, 3),
+            validity_ptr: get(b, 4),
+            offsets_ptr: get(b, 5),
+            offsets_len: get(b, 6),
+            reserved: get(b, 7),
+        }
+    }
+}
+
+/// The filter program: the parameters of the built-in filter kernel, a postfix program over
+/// the batch's columns evaluated with SQL three-valued logic. Each instruction is one opcode
+/// byte followed by its operands (little-endian).
+///
+/// | opcode | operands | pushes |
+/// |---|---|---|
+/// | [`program::CMP`] | column `u16`, op `u8`, literal (column's width bytes) | comparison |
+/// | [`program::IS_NULL`] | column `u16` | `true` where null |
+/// | [`program::IS_NOT_NULL`] | column `u16` | `true` where valid |
+/// | [`program::IN`] | column `u16`, count `u16`, literals | membership (no NULL in list) |
+/// | [`program::AND`] / [`program::OR`] | — | pops two |
+/// | [`program::NOT`] | — | pops one |
+/// | [`program::CONST`] | value `u8` (0 false, 1 true, 2 null) | constant |
+///
+/// The program must leave exactly one value; rows where it is `true` are selected.
+pub mod program {
+    /// Compare a column with a literal.
+    pub const CMP: u8 = 1;
+    /// Null test.
+    pub const IS_NULL: u8 = 2;
+    /// Not-null test.
+    pub const IS_NOT_NULL: u8 = 3;
+    /// Membership in a literal list.
+    pub const IN: u8 = 4;
+    /// Kleene AND.
+    pub const AND: u8 = 5;
+    /// Kleene OR.
+    pub const OR: u8 = 6;
+    /// Kleene NOT.
+    pub const NOT: u8 = 7;
+    /// A constant.
+    pub const CONST: u8 = 8;
+
+    /// Comparison operators of [`CMP`].
+    pub mod op {
+        /// `=`
+        pub const EQ: u8 = 0;
+        /// `!=`
+        pub const NE: u8 = 1;
+        /// `<`
+        pub const LT: u8 = 2;
+        /// `<=`
+        pub const LE: u8 = 3;
+        /// `>`
+        pub const GT: u8 = 4;
+        /// `>=`
+        pub const GE: u8 = 5;
+    }
+
+    /// Deepest evaluation stack a program may need.
+    pub const STACK_MAX: usize = 32;
+    /// Longest program accepted.
+    pub const PROGRAM_BYTES_MAX: usize = 64 * 1024;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_round_trip() {
+        let b = BatchDesc {
+            abi: ABI_VERSION,
+            rows: 8192,
+            ncols: 3,
+            cols_ptr: 64,
+            params_ptr: 1024,
+            params_len: 17,
+        };
+        let mut buf = [0u8; BATCH_DESC_BYTES];
+        b.write(&mut buf);
+        assert_eq!(BatchDesc::read(&buf), b);
+        let c = ColumnDesc {
+            type_code: types::DECIMAL128,
+            scale: 2,
+            values_ptr: 4096,
+            values_len: 16 * 8192,
+            validity_ptr: 0,
+            offsets_ptr: 0,
+            offsets_len: 0,
+            reserved: 0,
+        };
+        let mut buf = [0u8; COLUMN_DESC_BYTES];
+        c.write(&mut buf);
+        assert_eq!(ColumnDesc::read(&buf), c);
+        assert_eq!(types::width(types::DECIMAL128), 16);
+    }
+}

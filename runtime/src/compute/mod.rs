@@ -1,15 +1,17 @@
 //! The compute side of the drive: backends that run a query's operators next to the data.
 //!
 //! A [`ComputeBackend`] answers per operator whether it can run it ([`Support`], in the manner
-//! of DataFusion's `supports_filters_pushdown`) and runs filters and expressions over decoded
-//! batches. The executor places each operator on the query's backend when it answers
-//! [`Support::Exact`], and on the native backend otherwise; the backend that ran is reported
-//! in the query statistics.
+//! of DataFusion's `supports_filters_pushdown`) and opens a [`ComputeSession`] per query, which
+//! runs filters and expressions over decoded batches. The executor places each operator on the
+//! query's backend when it answers [`Support::Exact`], and on the native backend otherwise
+//! (documented placement policy); the placement is reported in the query statistics.
 //!
-//! Implementations today: [`native::NativeBackend`] (trusted Rust operators over Arrow
-//! kernels; the oracle and the benchmark baseline).
+//! Implementations: [`native::NativeBackend`] (trusted Rust operators over Arrow kernels; the
+//! oracle and the benchmark baseline) and [`wasm::WasmBackend`] (sandboxed WebAssembly kernels;
+//! the default).
 
 pub mod native;
+pub mod wasm;
 
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::record_batch::RecordBatch;
@@ -38,9 +40,15 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
     /// Whether this backend can evaluate `expr` as a value expression.
     fn supports_expr(&self, expr: &PhysExpr) -> Support;
 
+    /// Opens the per-query context (for Wasm: a fresh instance, never shared across queries).
+    fn open(&self) -> Result<Box<dyn ComputeSession>>;
+}
+
+/// One query's use of a backend.
+pub trait ComputeSession: Send {
     /// Evaluates a filter: `true` keeps the row; nulls are already `false`.
-    fn filter(&self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray>;
+    fn filter(&mut self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray>;
 
     /// Evaluates a value expression, one value per row.
-    fn evaluate(&self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
+    fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
 }

@@ -4,7 +4,7 @@ use arrow::array::{ArrayRef, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::BackendKind;
 
-use super::{ComputeBackend, Support};
+use super::{ComputeBackend, ComputeSession, Support};
 use crate::error::Result;
 use crate::exec::expr::PhysExpr;
 
@@ -25,11 +25,17 @@ impl ComputeBackend for NativeBackend {
         Support::Exact
     }
 
-    fn filter(&self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray> {
+    fn open(&self) -> Result<Box<dyn ComputeSession>> {
+        Ok(Box::new(NativeBackend))
+    }
+}
+
+impl ComputeSession for NativeBackend {
+    fn filter(&mut self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray> {
         predicate.eval_predicate(batch)
     }
 
-    fn evaluate(&self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {
+    fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {
         expr.eval(batch)?.into_array(batch.num_rows())
     }
 }

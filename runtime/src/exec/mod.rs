@@ -17,7 +17,8 @@ use nearstore_proto::{BackendKind, Plan, QueryStats};
 use tokio::sync::mpsc;
 
 use crate::compute::native::NativeBackend;
-use crate::compute::{ComputeBackend, Support};
+use crate::compute::wasm::{SandboxConfig, WasmBackend};
+use crate::compute::{ComputeBackend, ComputeSession, Support};
 use crate::error::{Error, Result};
 use crate::scan::{self, ErrorSlot, ObjectScan, ScanCounters};
 use crate::storage::{Storage, TableHandle};
@@ -61,15 +62,21 @@ pub struct Executor {
     storage: Arc<Storage>,
     default_backend: BackendKind,
     native: Arc<NativeBackend>,
+    wasm: Arc<WasmBackend>,
 }
 
 impl Executor {
     /// An executor over `storage`, using `default_backend` when a plan names none.
-    pub fn new(storage: Arc<Storage>, default_backend: BackendKind) -> Result<Self> {
+    pub fn new(
+        storage: Arc<Storage>,
+        default_backend: BackendKind,
+        sandbox: SandboxConfig,
+    ) -> Result<Self> {
         let ex = Executor {
             storage,
             default_backend,
             native: Arc::new(NativeBackend),
+            wasm: Arc::new(WasmBackend::new(sandbox)?),
         };
         ex.backend(default_backend)?;
         Ok(ex)
@@ -80,6 +87,11 @@ impl Executor {
         &self.storage
     }
 
+    /// The Wasm backend (its sandbox loads and runs kernels).
+    pub fn wasm(&self) -> &Arc<WasmBackend> {
+        &self.wasm
+    }
+
     /// The default backend.
     pub fn default_backend(&self) -> BackendKind {
         self.default_backend
@@ -88,8 +100,9 @@ impl Executor {
     fn backend(&self, kind: BackendKind) -> Result<Arc<dyn ComputeBackend>> {
         match kind {
             BackendKind::Native => Ok(self.native.clone()),
+            BackendKind::Wasm => Ok(self.wasm.clone()),
             other => Err(Error::Unsupported(format!(
-                "the {} backend is not available on this device (available: native)",
+                "the {} backend is not available on this device (available: native, wasm)",
                 other.as_str()
             ))),
         }
@@ -247,22 +260,65 @@ impl Executor {
         let backend = q.backend.clone();
         let native: Arc<dyn ComputeBackend> = self.native.clone();
 
-        // Operator placement: the query's backend when it can, the native backend otherwise.
+        // Operator placement (documented policy): each operator runs on the query's backend
+        // when that backend answers Exact for it, and on the native backend otherwise. Each
+        // backend gets one session per query (for Wasm: a fresh sandboxed instance).
+        type Session = Arc<std::sync::Mutex<Box<dyn ComputeSession>>>;
+        let open = |b: &Arc<dyn ComputeBackend>| -> Result<Session> {
+            Ok(Arc::new(std::sync::Mutex::new(b.open()?)))
+        };
+        let query_session = open(&backend)?;
+        let native_session = if backend.kind() == BackendKind::Native {
+            query_session.clone()
+        } else {
+            open(&native)?
+        };
+        let mut placement = Vec::new();
         let predicate = q.predicate.clone().map(|p| {
-            let b = if backend.supports_filter(&p) == Support::Exact {
-                backend.clone()
+            let on_backend = backend.supports_filter(&p) == Support::Exact;
+            let (session, kind) = if on_backend {
+                (query_session.clone(), backend.kind())
             } else {
-                native.clone()
+                (native_session.clone(), BackendKind::Native)
             };
-            (p, b)
+            placement.push(format!("filter={}", kind.as_str()));
+            (p, session)
         });
-        let place = |e: &PhysExpr| -> Arc<dyn ComputeBackend> {
+        let place = |e: &PhysExpr| -> &Session {
             if backend.supports_expr(e) == Support::Exact {
-                backend.clone()
+                &query_session
             } else {
-                native.clone()
+                &native_session
             }
         };
+        let eval = |e: &PhysExpr, b: &RecordBatch| -> Result<ArrayRef> {
+            place(e).lock().expect("compute session").evaluate(e, b)
+        };
+        let exprs: Vec<&PhysExpr> = match &q.output {
+            Output::Project(items) => items.iter().map(|(_, e)| e).collect(),
+            Output::Aggregate(g, a) => g
+                .iter()
+                .chain(a.iter().filter_map(|a| a.input.as_ref()))
+                .collect(),
+        };
+        let stage = if matches!(q.output, Output::Aggregate(..)) {
+            "aggregate"
+        } else {
+            "project"
+        };
+        let on_backend = !exprs.is_empty()
+            && exprs
+                .iter()
+                .all(|e| backend.supports_expr(e) == Support::Exact);
+        placement.push(format!(
+            "{stage}={}",
+            if on_backend {
+                backend.kind().as_str()
+            } else {
+                "native"
+            }
+        ));
+        stats.placement = placement.join(" ");
 
         // Columns decoded after the filter.
         let mut needed: Vec<String> = Vec::new();
@@ -314,10 +370,12 @@ impl Executor {
             if pruned.row_groups.is_empty() {
                 continue;
             }
-            let pred = predicate.as_ref().map(|(p, b)| {
+            let pred = predicate.as_ref().map(|(p, session)| {
                 let p = p.clone();
-                let b = b.clone();
-                let f: scan::Predicate = Arc::new(move |batch| b.filter(&p, batch));
+                let session = session.clone();
+                let f: scan::Predicate = Arc::new(move |batch| {
+                    session.lock().expect("compute session").filter(&p, batch)
+                });
                 (
                     q.predicate
                         .as_ref()
@@ -355,12 +413,12 @@ impl Executor {
                 let t_compute = Instant::now();
                 match (&q.output, agg.as_mut()) {
                     (_, Some(a)) => {
-                        a.update(&batch, &|e, b| place(e).evaluate(e, b))?;
+                        a.update(&batch, &eval)?;
                     }
                     (Output::Project(items), None) => {
                         let cols = items
                             .iter()
-                            .map(|(_, e)| place(e).evaluate(e, &batch))
+                            .map(|(_, e)| eval(e, &batch))
                             .collect::<Result<Vec<ArrayRef>>>()?;
                         let mut out = RecordBatch::try_new_with_options(
                             q.schema.clone(),

@@ -1,0 +1,240 @@
+//! The built-in filter kernel: evaluates the device's filter program (see
+//! `nearstore_kernel_abi::program`) over a batch, 64 rows at a time, with SQL three-valued
+//! logic. Each stack value is a pair of masks: rows known true and rows known false (a row in
+//! neither is NULL), so AND, OR and NOT are two bitwise operations per block.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use nearstore_kernel::abi::{program, status, types};
+use nearstore_kernel::{BLOCK, Batch, Column, KernelResult, Selection, lanes, mask_block};
+
+nearstore_kernel::export_filter!(filter);
+nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=builtin.filter\nsignature=program\nstate_size=0\n");
+
+/// A literal decoded for its column's type.
+#[derive(Clone, Copy)]
+enum Lit {
+    I32(i32),
+    I64(i64),
+    /// A float as its total-order key (same ordering as Arrow's float comparisons).
+    F64(i64),
+    I128(i128),
+}
+
+enum Op {
+    Cmp { col: usize, op: u8, lit: Lit },
+    IsNull(usize),
+    IsNotNull(usize),
+    In { col: usize, lits: Vec<Lit> },
+    And,
+    Or,
+    Not,
+    Const(u8),
+}
+
+/// Total-order key of an f64: IEEE totalOrder as a signed integer.
+#[inline(always)]
+fn f64_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> KernelResult<&[u8]> {
+        let s = self.b.get(self.pos..self.pos + n).ok_or(status::BAD_INPUT)?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> KernelResult<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> KernelResult<usize> {
+        let s = self.take(2)?;
+        Ok(u16::from_le_bytes([s[0], s[1]]) as usize)
+    }
+    fn lit(&mut self, col: &Column) -> KernelResult<Lit> {
+        Ok(match col.type_code() {
+            types::INT32 | types::DATE32 => {
+                let s = self.take(4)?;
+                Lit::I32(i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+            }
+            types::INT64 => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(self.take(8)?);
+                Lit::I64(i64::from_le_bytes(w))
+            }
+            types::FLOAT64 => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(self.take(8)?);
+                Lit::F64(f64_key(f64::from_le_bytes(w)))
+            }
+            types::DECIMAL128 => {
+                let mut w = [0u8; 16];
+                w.copy_from_slice(self.take(16)?);
+                Lit::I128(i128::from_le_bytes(w))
+            }
+            _ => return Err(status::UNSUPPORTED),
+        })
+    }
+}
+
+/// Decodes and checks the whole program before touching any row.
+fn decode(batch: &Batch) -> KernelResult<Vec<Op>> {
+    let bytes = batch.params();
+    if bytes.len() > program::PROGRAM_BYTES_MAX {
+        return Err(status::BAD_INPUT);
+    }
+    let mut r = Reader { b: bytes, pos: 0 };
+    let mut ops = Vec::new();
+    let mut depth: usize = 0;
+    while r.pos < bytes.len() {
+        let code = r.u8()?;
+        let op = match code {
+            program::CMP => {
+                let col = r.u16()?;
+                let op = r.u8()?;
+                if op > program::op::GE {
+                    return Err(status::BAD_INPUT);
+                }
+                let lit = r.lit(batch.column(col)?)?;
+                Op::Cmp { col, op, lit }
+            }
+            program::IS_NULL => Op::IsNull(check_col(batch, r.u16()?)?),
+            program::IS_NOT_NULL => Op::IsNotNull(check_col(batch, r.u16()?)?),
+            program::IN => {
+                let col = r.u16()?;
+                let n = r.u16()?;
+                let c = batch.column(col)?;
+                let mut lits = Vec::with_capacity(n);
+                for _ in 0..n {
+                    lits.push(r.lit(c)?);
+                }
+                Op::In { col, lits }
+            }
+            program::AND => Op::And,
+            program::OR => Op::Or,
+            program::NOT => Op::Not,
+            program::CONST => {
+                let v = r.u8()?;
+                if v > 2 {
+                    return Err(status::BAD_INPUT);
+                }
+                Op::Const(v)
+            }
+            _ => return Err(status::BAD_INPUT),
+        };
+        depth = match op {
+            Op::And | Op::Or => depth.checked_sub(1).filter(|d| *d >= 1).ok_or(status::BAD_INPUT)?,
+            Op::Not => {
+                if depth == 0 {
+                    return Err(status::BAD_INPUT);
+                }
+                depth
+            }
+            _ => depth + 1,
+        };
+        if depth > program::STACK_MAX {
+            return Err(status::BAD_INPUT);
+        }
+        ops.push(op);
+    }
+    if depth != 1 {
+        return Err(status::BAD_INPUT);
+    }
+    Ok(ops)
+}
+
+fn check_col(batch: &Batch, col: usize) -> KernelResult<usize> {
+    batch.column(col).map(|_| col)
+}
+
+/// Mask of rows in the block where `value op lit` holds (validity not applied).
+#[inline(always)]
+fn cmp_block(c: &Column, base: usize, op: u8, lit: Lit) -> KernelResult<u64> {
+    macro_rules! by_op {
+        ($vals:expr, $lit:expr, $conv:expr) => {{
+            let l = $lit;
+            let v = $vals;
+            match op {
+                program::op::EQ => mask_block(v, base, |x| $conv(x) == l),
+                program::op::NE => mask_block(v, base, |x| $conv(x) != l),
+                program::op::LT => mask_block(v, base, |x| $conv(x) < l),
+                program::op::LE => mask_block(v, base, |x| $conv(x) <= l),
+                program::op::GT => mask_block(v, base, |x| $conv(x) > l),
+                _ => mask_block(v, base, |x| $conv(x) >= l),
+            }
+        }};
+    }
+    Ok(match lit {
+        Lit::I32(l) => by_op!(c.i32s()?, l, |x: i32| x),
+        Lit::I64(l) => by_op!(c.i64s()?, l, |x: i64| x),
+        Lit::F64(l) => by_op!(c.f64s()?, l, f64_key),
+        Lit::I128(l) => by_op!(c.i128s()?, l, |x: i128| x),
+    })
+}
+
+fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
+    let ops = decode(batch)?;
+    let rows = batch.rows();
+    // (known true, known false) per stack slot.
+    let mut stack: Vec<(u64, u64)> = Vec::with_capacity(program::STACK_MAX);
+    for base in (0..rows).step_by(BLOCK) {
+        let live = lanes(rows - base);
+        stack.clear();
+        for op in &ops {
+            let v = match op {
+                Op::Cmp { col, op, lit } => {
+                    let c = batch.column(*col)?;
+                    let valid = c.validity_block(base);
+                    let m = cmp_block(c, base, *op, *lit)?;
+                    (m & valid, !m & valid)
+                }
+                Op::IsNull(col) => {
+                    let valid = batch.column(*col)?.validity_block(base);
+                    (!valid & live, valid)
+                }
+                Op::IsNotNull(col) => {
+                    let valid = batch.column(*col)?.validity_block(base);
+                    (valid, !valid & live)
+                }
+                Op::In { col, lits } => {
+                    let c = batch.column(*col)?;
+                    let valid = c.validity_block(base);
+                    let mut m = 0u64;
+                    for lit in lits {
+                        m |= cmp_block(c, base, program::op::EQ, *lit)?;
+                    }
+                    (m & valid, !m & valid)
+                }
+                Op::And | Op::Or => {
+                    let (bt, bf) = stack.pop().ok_or(status::BAD_INPUT)?;
+                    let (at, af) = stack.pop().ok_or(status::BAD_INPUT)?;
+                    if matches!(op, Op::And) {
+                        (at & bt, af | bf)
+                    } else {
+                        (at | bt, af & bf)
+                    }
+                }
+                Op::Not => {
+                    let (t, f) = stack.pop().ok_or(status::BAD_INPUT)?;
+                    (f, t)
+                }
+                Op::Const(0) => (0, live),
+                Op::Const(1) => (live, 0),
+                Op::Const(_) => (0, 0),
+            };
+            stack.push(v);
+        }
+        let (t, _) = stack.pop().ok_or(status::BAD_INPUT)?;
+        sel.push_mask(base, t & live)?;
+    }
+    Ok(())
+}

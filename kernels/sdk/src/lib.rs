@@ -1,0 +1,499 @@
+//! `nearstore-kernel`: the guest-side SDK for writing Nearstore kernels in plain Rust.
+//!
+//! A filter kernel is a function from a [`Batch`] to a [`Selection`]; [`export_filter!`]
+//! generates the exports the device calls, [`manifest!`] embeds the manifest. Column data is
+//! reached through typed views ([`Column::i64s`], [`Column::f64s`], …) and processed in blocks
+//! of [`BLOCK`] rows: the helpers take a whole block and return a 64-bit mask, so the loops the
+//! compiler sees are short, branch-free and vectorisable, and the sandbox's interruption checks
+//! (one per loop back-edge) are paid once per block rather than once per row.
+//!
+//! ```
+//! use nearstore_kernel::{Batch, Selection, BLOCK, KernelResult};
+//! // Keep rows whose first column (i64) is even.
+//! fn even(batch: &Batch, sel: &mut Selection) -> KernelResult {
+//!     let col = batch.column(0)?;
+//!     let v = col.i64s()?;
+//!     for base in (0..batch.rows()).step_by(BLOCK) {
+//!         let m = nearstore_kernel::mask_block(v, base, |x| x % 2 == 0) & col.validity_block(base);
+//!         sel.push_mask(base, m)?;
+//!     }
+//!     Ok(())
+//! }
+//! // In the kernel crate: nearstore_kernel::export_filter!(even);
+//! # let data: Vec<i64> = (0..100).collect();
+//! # let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+//! # let col = nearstore_kernel::Column::from_parts(nearstore_kernel::abi::types::INT64, 0, &bytes, None, None, 100);
+//! # let batch = Batch::from_parts(100, vec![col], &[]);
+//! # let mut out = vec![0u32; 100];
+//! # let mut sel = Selection::new(&mut out);
+//! # even(&batch, &mut sel).unwrap();
+//! # assert_eq!(sel.len(), 50);
+//! ```
+#![no_std]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+use abi::{BatchDesc, COLUMN_DESC_BYTES, ColumnDesc, status, types};
+pub use nearstore_kernel_abi as abi;
+
+/// Rows per block: the unit of every helper loop.
+pub const BLOCK: usize = 64;
+
+/// A kernel's result: `Err` carries a negative [`abi::status`] code.
+pub type KernelResult<T = ()> = Result<T, i32>;
+
+/// One column of a batch, borrowed from the kernel's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Column<'a> {
+    type_code: u32,
+    scale: i32,
+    values: &'a [u8],
+    validity: Option<&'a [u8]>,
+    offsets: Option<&'a [u8]>,
+    rows: usize,
+}
+
+impl<'a> Column<'a> {
+    /// A column from its parts (for tests of kernels on the host).
+    pub fn from_parts(
+        type_code: u32,
+        scale: i32,
+        values: &'a [u8],
+        validity: Option<&'a [u8]>,
+        offsets: Option<&'a [u8]>,
+        rows: usize,
+    ) -> Self {
+        Column {
+            type_code,
+            scale,
+            values,
+            validity,
+            offsets,
+            rows,
+        }
+    }
+
+    /// The [`abi::types`] code.
+    pub fn type_code(&self) -> u32 {
+        self.type_code
+    }
+
+    /// Decimal scale.
+    pub fn scale(&self) -> i32 {
+        self.scale
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn typed<T: Copy>(&self, want: &[u32]) -> KernelResult<&'a [T]> {
+        let width = core::mem::size_of::<T>();
+        if !want.contains(&self.type_code)
+            || self.values.len() < self.rows * width
+            || !(self.values.as_ptr() as usize).is_multiple_of(core::mem::align_of::<T>())
+        {
+            return Err(status::BAD_INPUT);
+        }
+        // SAFETY: the slice is long enough for `rows` values of T and aligned for T (both
+        // checked above); T is a plain integer or float type for which every bit pattern is valid.
+        Ok(unsafe { core::slice::from_raw_parts(self.values.as_ptr().cast::<T>(), self.rows) })
+    }
+
+    /// Values of an `INT32` or `DATE32` column.
+    pub fn i32s(&self) -> KernelResult<&'a [i32]> {
+        self.typed(&[types::INT32, types::DATE32])
+    }
+
+    /// Values of an `INT64` column.
+    pub fn i64s(&self) -> KernelResult<&'a [i64]> {
+        self.typed(&[types::INT64])
+    }
+
+    /// Values of a `FLOAT64` column.
+    pub fn f64s(&self) -> KernelResult<&'a [f64]> {
+        self.typed(&[types::FLOAT64])
+    }
+
+    /// Unscaled values of a `DECIMAL128` column.
+    pub fn i128s(&self) -> KernelResult<&'a [i128]> {
+        self.typed(&[types::DECIMAL128])
+    }
+
+    /// Whether row `i` is non-null.
+    pub fn is_valid(&self, i: usize) -> bool {
+        match self.validity {
+            None => true,
+            Some(bits) => bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0),
+        }
+    }
+
+    /// Validity of rows `base..base + 64` as a mask (bit i = row base + i), zero past the end.
+    pub fn validity_block(&self, base: usize) -> u64 {
+        let n = self.rows.saturating_sub(base).min(BLOCK);
+        let live = lanes(n);
+        match self.validity {
+            None => live,
+            Some(bits) => {
+                let mut m = 0u64;
+                if base.is_multiple_of(8) {
+                    for k in 0..8 {
+                        let byte = bits.get(base / 8 + k).copied().unwrap_or(0);
+                        m |= (byte as u64) << (8 * k);
+                    }
+                } else {
+                    for i in 0..n {
+                        m |= (self.is_valid(base + i) as u64) << i;
+                    }
+                }
+                m & live
+            }
+        }
+    }
+
+    /// String value of row `i` of a `UTF8` column (empty for nulls and bad offsets).
+    pub fn str_value(&self, i: usize) -> &'a [u8] {
+        let Some(off) = self.offsets else {
+            return &[];
+        };
+        let at = |k: usize| -> Option<usize> {
+            let b = off.get(k * 4..k * 4 + 4)?;
+            usize::try_from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()
+        };
+        match (at(i), at(i + 1)) {
+            (Some(s), Some(e)) if s <= e => self.values.get(s..e).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+}
+
+/// Mask of the first `n` lanes of a block.
+pub fn lanes(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// Evaluates `f` on rows `base..base + 64` of `values` (fewer at the end) and returns the mask
+/// of rows where it holds. Branch-free: the body is a compare, a shift and an OR.
+#[inline(always)]
+pub fn mask_block<T: Copy>(values: &[T], base: usize, f: impl Fn(T) -> bool) -> u64 {
+    let end = values.len().min(base + BLOCK);
+    let mut m = 0u64;
+    if base < end {
+        for (i, v) in values[base..end].iter().enumerate() {
+            m |= (f(*v) as u64) << i;
+        }
+    }
+    m
+}
+
+/// A batch handed to a kernel.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    rows: usize,
+    columns: Vec<Column<'a>>,
+    params: &'a [u8],
+}
+
+impl<'a> Batch<'a> {
+    /// A batch from its parts (for tests of kernels on the host).
+    pub fn from_parts(rows: usize, columns: Vec<Column<'a>>, params: &'a [u8]) -> Self {
+        Batch {
+            rows,
+            columns,
+            params,
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn num_columns(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Column `i`.
+    pub fn column(&self, i: usize) -> KernelResult<&Column<'a>> {
+        self.columns.get(i).ok_or(status::BAD_INPUT)
+    }
+
+    /// The query's parameter bytes.
+    pub fn params(&self) -> &'a [u8] {
+        self.params
+    }
+}
+
+/// The output of a filter: indices of selected rows, strictly increasing.
+#[derive(Debug)]
+pub struct Selection<'a> {
+    out: &'a mut [u32],
+    len: usize,
+}
+
+impl<'a> Selection<'a> {
+    /// A selection writing into `out`.
+    pub fn new(out: &'a mut [u32]) -> Self {
+        Selection { out, len: 0 }
+    }
+
+    /// Selected rows so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Selects the rows `base + i` for each set bit `i` of `mask`. Blocks must come in order.
+    #[inline]
+    pub fn push_mask(&mut self, base: usize, mut mask: u64) -> KernelResult {
+        let n = mask.count_ones() as usize;
+        if self.len + n > self.out.len() {
+            return Err(status::OUTPUT_TOO_SMALL);
+        }
+        while mask != 0 {
+            let i = mask.trailing_zeros() as usize;
+            self.out[self.len] = (base + i) as u32;
+            self.len += 1;
+            mask &= mask - 1;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a batch descriptor and its columns from the kernel's memory.
+///
+/// # Safety
+/// `desc` must be the address of a [`BatchDesc`] written by the host, whose column descriptors
+/// and buffers lie inside this module's linear memory and stay unchanged during the call.
+/// (In the sandbox any address is at worst a trap, never an escape.)
+pub unsafe fn batch_from_memory<'a>(desc: u32) -> KernelResult<Batch<'a>> {
+    // SAFETY: per the function contract, desc points at BATCH_DESC_BYTES readable bytes.
+    let d = BatchDesc::read(unsafe {
+        core::slice::from_raw_parts(desc as usize as *const u8, abi::BATCH_DESC_BYTES)
+    });
+    if d.abi != abi::ABI_VERSION {
+        return Err(status::BAD_INPUT);
+    }
+    let mut columns = Vec::with_capacity(d.ncols as usize);
+    for i in 0..d.ncols as usize {
+        let at = d.cols_ptr as usize + i * COLUMN_DESC_BYTES;
+        // SAFETY: column descriptors lie in memory per the contract.
+        let c = ColumnDesc::read(unsafe {
+            core::slice::from_raw_parts(at as *const u8, COLUMN_DESC_BYTES)
+        });
+        let slice = |ptr: u32, len: u32| -> &'a [u8] {
+            if ptr == 0 || len == 0 {
+                &[]
+            } else {
+                // SAFETY: buffers lie in memory per the contract.
+                unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len as usize) }
+            }
+        };
+        let bitmap_len = (d.rows as usize).div_ceil(8) as u32;
+        columns.push(Column {
+            type_code: c.type_code,
+            scale: c.scale as i32,
+            values: slice(c.values_ptr, c.values_len),
+            validity: (c.validity_ptr != 0).then(|| slice(c.validity_ptr, bitmap_len)),
+            offsets: (c.offsets_ptr != 0).then(|| slice(c.offsets_ptr, c.offsets_len)),
+            rows: d.rows as usize,
+        });
+    }
+    Ok(Batch {
+        rows: d.rows as usize,
+        columns,
+        // SAFETY: parameters lie in memory per the contract.
+        params: if d.params_len == 0 {
+            &[]
+        } else {
+            unsafe {
+                core::slice::from_raw_parts(
+                    d.params_ptr as usize as *const u8,
+                    d.params_len as usize,
+                )
+            }
+        },
+    })
+}
+
+/// Runs a filter function for the generated export. Not for direct use.
+///
+/// # Safety
+/// As [`batch_from_memory`]; `out` must address `out_cap` writable `u32`s.
+#[doc(hidden)]
+pub unsafe fn __run_filter(
+    desc: u32,
+    out: u32,
+    out_cap: u32,
+    f: fn(&Batch, &mut Selection) -> KernelResult,
+) -> i32 {
+    // SAFETY: forwarded contract.
+    let batch = match unsafe { batch_from_memory(desc) } {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    if !out.is_multiple_of(4) {
+        return status::BAD_INPUT;
+    }
+    // SAFETY: the host reserved out_cap u32s at `out` (contract), 4-byte aligned (checked).
+    let out =
+        unsafe { core::slice::from_raw_parts_mut(out as usize as *mut u32, out_cap as usize) };
+    let mut sel = Selection::new(out);
+    match f(&batch, &mut sel) {
+        Ok(()) => sel.len() as i32,
+        Err(e) => e,
+    }
+}
+
+/// Generates the exports of a filter kernel around `fn(&Batch, &mut Selection) -> KernelResult`.
+#[macro_export]
+macro_rules! export_filter {
+    ($f:path) => {
+        /// Filter entry point (Nearstore kernel ABI).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn nearstore_filter(desc: u32, out: u32, out_cap: u32) -> i32 {
+            // SAFETY: the device calls this export with addresses it wrote per the ABI.
+            unsafe { $crate::__run_filter(desc, out, out_cap, $f) }
+        }
+        $crate::export_common!();
+    };
+}
+
+/// Generates the exports every kernel has: ABI version and allocator.
+#[macro_export]
+macro_rules! export_common {
+    () => {
+        /// ABI version (Nearstore kernel ABI).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn nearstore_abi_version() -> u32 {
+            $crate::abi::ABI_VERSION
+        }
+
+        /// Allocation for the host's arena (Nearstore kernel ABI); 0 on failure.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn nearstore_alloc(size: u32, align: u32) -> u32 {
+            $crate::alloc_for_host(size, align)
+        }
+    };
+}
+
+/// Embeds the kernel manifest (`key=value` lines) as the `nearstore.manifest` custom section.
+#[macro_export]
+macro_rules! manifest {
+    ($text:literal) => {
+        #[unsafe(link_section = "nearstore.manifest")]
+        #[used]
+        static __NEARSTORE_MANIFEST: [u8; $text.len()] = *$text;
+    };
+}
+
+/// Allocates `size` bytes aligned to `align` for the host; 0 on failure.
+pub fn alloc_for_host(size: u32, align: u32) -> u32 {
+    let Ok(layout) =
+        core::alloc::Layout::from_size_align(size.max(1) as usize, align.max(1) as usize)
+    else {
+        return 0;
+    };
+    // SAFETY: layout has non-zero size.
+    let p = unsafe { alloc::alloc::alloc(layout) };
+    p as usize as u32
+}
+
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    //! A bump allocator over `memory.grow`. A kernel instance lives for one query, so memory is
+    //! returned when the instance is dropped; `dealloc` reuses nothing.
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::cell::Cell;
+
+    struct Bump {
+        next: Cell<usize>,
+        end: Cell<usize>,
+    }
+
+    // SAFETY: wasm32-unknown-unknown kernels are single-threaded (threads are disabled in the
+    // sandbox), so the Cells are never shared across threads.
+    unsafe impl Sync for Bump {}
+
+    const PAGE: usize = 65536;
+
+    unsafe impl GlobalAlloc for Bump {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let start = (self.next.get() + layout.align() - 1) & !(layout.align() - 1);
+            let Some(end) = start.checked_add(layout.size()) else {
+                return core::ptr::null_mut();
+            };
+            if end > self.end.get() {
+                let need = end - self.end.get();
+                let pages = need.div_ceil(PAGE);
+                let prev = core::arch::wasm32::memory_grow(0, pages);
+                if prev == usize::MAX {
+                    return core::ptr::null_mut();
+                }
+                if self.end.get() == 0 {
+                    // First growth: start at the new region.
+                    let base = prev * PAGE;
+                    self.next.set(base);
+                    self.end.set(base + pages * PAGE);
+                    // SAFETY: retry with the region now set up.
+                    return unsafe { self.alloc(layout) };
+                }
+                self.end.set(self.end.get() + pages * PAGE);
+            }
+            self.next.set(end);
+            start as *mut u8
+        }
+
+        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+    }
+
+    #[global_allocator]
+    static ALLOC: Bump = Bump {
+        next: Cell::new(0),
+        end: Cell::new(0),
+    };
+
+    #[link(wasm_import_module = "nearstore")]
+    unsafe extern "C" {
+        fn abort(code: u32) -> !;
+    }
+
+    #[panic_handler]
+    fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+        // SAFETY: the host's abort import never returns.
+        unsafe { abort(0xDEAD) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn masks_and_selection() {
+        let v: Vec<i64> = (0..130).collect();
+        assert_eq!(mask_block(&v, 0, |x| x < 3), 0b111);
+        assert_eq!(mask_block(&v, 128, |_| true), 0b11);
+        let mut out = [0u32; 4];
+        let mut sel = Selection::new(&mut out);
+        sel.push_mask(64, 0b1010).unwrap();
+        assert_eq!(sel.len(), 2);
+        assert_eq!(sel.push_mask(128, 0b111), Err(status::OUTPUT_TOO_SMALL));
+        assert_eq!(&out[..2], &[65, 67]);
+        let validity = [0b0000_0101u8, 0, 0, 0, 0, 0, 0, 0, 0xFF];
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let c = Column::from_parts(types::INT64, 0, &bytes, Some(&validity), None, 70);
+        assert_eq!(c.validity_block(0), 0b101);
+        assert_eq!(c.validity_block(64), 0b11_1111);
+        assert!(c.f64s().is_err());
+    }
+}

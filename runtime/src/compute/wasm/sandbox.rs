@@ -1,0 +1,734 @@
+//! The wasmtime sandbox for untrusted kernels.
+//!
+//! - Engine: Cranelift, epoch interruption (a ticker thread advances the epoch every
+//!   [`SandboxConfig::epoch_tick`]), bounded Wasm stack, pooling allocator with copy-on-write
+//!   memory images; threads, GC, component model, memory64, exceptions, stack switching and
+//!   relaxed SIMD are off; SIMD is on.
+//! - Loading ([`Sandbox::load`]): the bytes must be a valid core Wasm binary whose imports are
+//!   only `nearstore.log` and `nearstore.abort`, whose exports match the ABI for its kind, and
+//!   whose manifest section agrees with those exports; the module runs once, under the same
+//!   limits as a query, to report its ABI version. Modules are compiled once per SHA-256.
+//! - Running ([`Sandbox::session`]): a fresh store and instance per query (never shared across
+//!   queries), a memory limit per store, and a deadline per query.
+//! - Every output is checked before the host uses it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nearstore_kernel_abi as abi;
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
+};
+
+/// Limits for kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxConfig {
+    /// Linear memory one kernel instance may grow to.
+    pub memory_bytes_max: usize,
+    /// Wasm stack of one call.
+    pub stack_bytes_max: usize,
+    /// Wall-clock budget of all kernel calls of one query.
+    pub deadline: Duration,
+    /// Epoch ticker period (the granularity of deadlines).
+    pub epoch_tick: Duration,
+    /// Kernel instances alive at once (pool size).
+    pub instances_max: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            memory_bytes_max: 256 << 20,
+            stack_bytes_max: 512 << 10,
+            deadline: Duration::from_secs(30),
+            epoch_tick: Duration::from_millis(1),
+            instances_max: 64,
+        }
+    }
+}
+
+/// What went wrong in or around a kernel. Each is specific to one query.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The bytes are not a valid core Wasm module.
+    #[error("kernel refused: not a valid WebAssembly module: {0}")]
+    Invalid(String),
+    /// The module imports something outside the allow-list.
+    #[error(
+        "kernel refused: it imports {0}, but kernels may import only nearstore.log and nearstore.abort"
+    )]
+    ForbiddenImport(String),
+    /// Missing or mistyped export, wrong ABI version, or manifest disagreeing with the exports.
+    #[error("kernel refused: ABI mismatch: {0}")]
+    AbiMismatch(String),
+    /// The query's kernel time ran out.
+    #[error("kernel {kernel} stopped at its deadline of {deadline_ms} ms")]
+    Deadline {
+        /// Kernel name.
+        kernel: String,
+        /// Deadline.
+        deadline_ms: u64,
+    },
+    /// The kernel tried to grow its memory past the limit.
+    #[error("kernel {kernel} hit its memory limit of {limit_bytes} bytes")]
+    MemoryLimit {
+        /// Kernel name.
+        kernel: String,
+        /// Limit.
+        limit_bytes: usize,
+    },
+    /// The kernel overflowed its stack.
+    #[error("kernel {0} overflowed its stack")]
+    StackOverflow(String),
+    /// Any other trap.
+    #[error("kernel {kernel} trapped: {message}")]
+    Trap {
+        /// Kernel name.
+        kernel: String,
+        /// Trap description.
+        message: String,
+    },
+    /// The kernel called `nearstore.abort`.
+    #[error("kernel {kernel} aborted with code {code:#x}")]
+    Abort {
+        /// Kernel name.
+        kernel: String,
+        /// Code.
+        code: u32,
+    },
+    /// The kernel returned an error status.
+    #[error("kernel {kernel} returned error status {status}")]
+    Status {
+        /// Kernel name.
+        kernel: String,
+        /// Status.
+        status: i32,
+    },
+    /// The kernel's output failed validation.
+    #[error("kernel {kernel} returned invalid output: {detail}")]
+    BadOutput {
+        /// Kernel name.
+        kernel: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The host could not set up the sandbox.
+    #[error("sandbox error: {0}")]
+    Host(String),
+}
+
+/// The kind of a kernel, from its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// Exports `nearstore_filter`.
+    Filter,
+}
+
+/// A loaded, validated, compiled kernel.
+pub struct Program {
+    /// SHA-256 of the module bytes (hex).
+    pub id: String,
+    /// Name from the manifest.
+    pub name: String,
+    /// Kind.
+    pub kind: KernelKind,
+    pre: InstancePre<HostState>,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+struct HostState {
+    memory_bytes_max: usize,
+    memory_limit_hit: bool,
+    abort: Option<u32>,
+    log_lines: usize,
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes_max {
+            self.memory_limit_hit = true;
+            wasmtime::bail!("memory limit of {} bytes", self.memory_bytes_max);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 10_000)
+    }
+}
+
+/// Compiles, caches and runs kernels.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: SandboxConfig,
+    cache: Mutex<HashMap<String, Arc<Program>>>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+fn host_err(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Host(e.to_string())
+}
+
+impl Sandbox {
+    /// Sets up the engine, the import allow-list and the epoch ticker.
+    pub fn new(config: SandboxConfig) -> Result<Self, KernelError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(config.instances_max)
+            .total_memories(config.instances_max)
+            .total_tables(config.instances_max)
+            .max_memory_size(config.memory_bytes_max);
+        let mut c = Config::new();
+        c.epoch_interruption(true)
+            .max_wasm_stack(config.stack_bytes_max)
+            .wasm_simd(true)
+            .wasm_relaxed_simd(false)
+            .wasm_gc(false)
+            .wasm_memory64(false)
+            .wasm_stack_switching(false)
+            .memory_init_cow(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&c).map_err(host_err)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        linker
+            .func_wrap(
+                abi::IMPORT_MODULE,
+                abi::IMPORT_LOG,
+                |mut caller: wasmtime::Caller<'_, HostState>, ptr: u32, len: u32| {
+                    if caller.data().log_lines >= 100 {
+                        return;
+                    }
+                    caller.data_mut().log_lines += 1;
+                    let Some(mem) = caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory())
+                    else {
+                        return;
+                    };
+                    let data = mem.data(&caller);
+                    let (s, n) = (ptr as usize, (len as usize).min(1024));
+                    if let Some(bytes) = data.get(s..s.saturating_add(n)) {
+                        tracing::info!(target: "nearstore::kernel", "{}", String::from_utf8_lossy(bytes));
+                    }
+                },
+            )
+            .map_err(host_err)?;
+        linker
+            .func_wrap(
+                abi::IMPORT_MODULE,
+                abi::IMPORT_ABORT,
+                |mut caller: wasmtime::Caller<'_, HostState>, code: u32| -> wasmtime::Result<()> {
+                    caller.data_mut().abort = Some(code);
+                    wasmtime::bail!("kernel called abort({code:#x})")
+                },
+            )
+            .map_err(host_err)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop_flag = stop.clone();
+        let tick = config.epoch_tick;
+        std::thread::Builder::new()
+            .name("nearstore-epoch".into())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(host_err)?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            stop_ticker: stop,
+        })
+    }
+
+    /// The limits.
+    pub fn config(&self) -> SandboxConfig {
+        self.config
+    }
+
+    /// Validates and compiles a kernel (cached by SHA-256).
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Program>, KernelError> {
+        let id = hex::encode(Sha256::digest(bytes));
+        if let Some(p) = self.cache.lock().expect("cache lock").get(&id) {
+            return Ok(p.clone());
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(KernelError::Invalid(
+                "missing the \\0asm magic number".into(),
+            ));
+        }
+        let manifest = read_manifest(bytes)?;
+        let module = Module::from_binary(&self.engine, bytes)
+            .map_err(|e| KernelError::Invalid(format!("{e:#}")))?;
+        for imp in module.imports() {
+            let allowed = imp.module() == abi::IMPORT_MODULE
+                && matches!(imp.name(), abi::IMPORT_LOG | abi::IMPORT_ABORT);
+            if !allowed {
+                return Err(KernelError::ForbiddenImport(format!(
+                    "{}.{}",
+                    imp.module(),
+                    imp.name()
+                )));
+            }
+        }
+        let kind = match manifest.get("kind").map(String::as_str) {
+            Some("filter") => KernelKind::Filter,
+            Some(other) => {
+                return Err(KernelError::AbiMismatch(format!(
+                    "manifest kind '{other}' is not supported (filter)"
+                )));
+            }
+            None => return Err(KernelError::AbiMismatch("manifest has no kind".into())),
+        };
+        match manifest.get("abi").map(String::as_str) {
+            Some(v) if v == abi::ABI_VERSION.to_string() => {}
+            other => {
+                return Err(KernelError::AbiMismatch(format!(
+                    "manifest declares ABI {}; this device speaks {}",
+                    other.unwrap_or("(none)"),
+                    abi::ABI_VERSION
+                )));
+            }
+        }
+        let name = manifest
+            .get("name")
+            .cloned()
+            .unwrap_or_else(|| id[..12].to_string());
+        let need = [
+            (abi::EXPORT_ABI_VERSION, "func () -> i32"),
+            (abi::EXPORT_ALLOC, "func (i32, i32) -> i32"),
+            (abi::EXPORT_FILTER, "func (i32, i32, i32) -> i32"),
+            (abi::EXPORT_MEMORY, "memory"),
+        ];
+        for (export, what) in need {
+            if module.get_export(export).is_none() {
+                return Err(KernelError::AbiMismatch(format!(
+                    "the manifest says kind=filter but the module does not export `{export}` ({what})"
+                )));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| KernelError::AbiMismatch(format!("{e:#}")))?;
+        let program = Arc::new(Program {
+            id: id.clone(),
+            name,
+            kind,
+            pre,
+        });
+        // Run it once, under query limits, to check the exports' types and the ABI version.
+        self.session(&program)?;
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(id, program.clone());
+        Ok(program)
+    }
+
+    /// A fresh instance of `program` for one query.
+    pub fn session(&self, program: &Arc<Program>) -> Result<KernelSession, KernelError> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                memory_bytes_max: self.config.memory_bytes_max,
+                memory_limit_hit: false,
+                abort: None,
+                log_lines: 0,
+            },
+        );
+        store.limiter(|s| s);
+        let deadline = Instant::now() + self.config.deadline;
+        let mut s = KernelSession {
+            program: program.clone(),
+            config: self.config,
+            deadline,
+            store,
+            memory: None,
+            alloc: None,
+            filter: None,
+            arena: 0,
+            arena_cap: 0,
+        };
+        s.arm()?;
+        let instance = program
+            .pre
+            .instantiate(&mut s.store)
+            .map_err(|e| s.classify(e))?;
+        let version: TypedFunc<(), u32> = instance
+            .get_typed_func(&mut s.store, abi::EXPORT_ABI_VERSION)
+            .map_err(|_| {
+                KernelError::AbiMismatch(format!(
+                    "export `{}` must be () -> i32",
+                    abi::EXPORT_ABI_VERSION
+                ))
+            })?;
+        s.alloc = Some(
+            instance
+                .get_typed_func(&mut s.store, abi::EXPORT_ALLOC)
+                .map_err(|_| {
+                    KernelError::AbiMismatch(format!(
+                        "export `{}` must be (i32, i32) -> i32",
+                        abi::EXPORT_ALLOC
+                    ))
+                })?,
+        );
+        s.filter = Some(
+            instance
+                .get_typed_func(&mut s.store, abi::EXPORT_FILTER)
+                .map_err(|_| {
+                    KernelError::AbiMismatch(format!(
+                        "export `{}` must be (i32, i32, i32) -> i32",
+                        abi::EXPORT_FILTER
+                    ))
+                })?,
+        );
+        s.memory = Some(
+            instance
+                .get_memory(&mut s.store, abi::EXPORT_MEMORY)
+                .ok_or_else(|| {
+                    KernelError::AbiMismatch("export `memory` must be a memory".into())
+                })?,
+        );
+        s.arm()?;
+        let v = version.call(&mut s.store, ()).map_err(|e| s.classify(e))?;
+        if v != abi::ABI_VERSION {
+            return Err(KernelError::AbiMismatch(format!(
+                "the module reports ABI version {v}; this device speaks {}",
+                abi::ABI_VERSION
+            )));
+        }
+        Ok(s)
+    }
+}
+
+/// Reads the manifest custom section (`key=value` lines).
+fn read_manifest(bytes: &[u8]) -> Result<HashMap<String, String>, KernelError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let mut found = None;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| KernelError::Invalid(e.to_string()))?;
+        if let Payload::CustomSection(c) = payload
+            && c.name() == abi::MANIFEST_SECTION
+        {
+            found = Some(c.data().to_vec());
+        }
+    }
+    let Some(data) = found else {
+        return Err(KernelError::AbiMismatch(format!(
+            "no `{}` custom section (use nearstore_kernel::manifest!)",
+            abi::MANIFEST_SECTION
+        )));
+    };
+    let text = String::from_utf8(data)
+        .map_err(|_| KernelError::AbiMismatch("manifest is not UTF-8".into()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
+}
+
+/// One query's instance of a kernel.
+pub struct KernelSession {
+    program: Arc<Program>,
+    config: SandboxConfig,
+    deadline: Instant,
+    store: Store<HostState>,
+    memory: Option<Memory>,
+    alloc: Option<TypedFunc<(u32, u32), u32>>,
+    filter: Option<TypedFunc<(u32, u32, u32), i32>>,
+    arena: u32,
+    arena_cap: u32,
+}
+
+impl std::fmt::Debug for KernelSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelSession")
+            .field("program", &self.program)
+            .field("arena_cap", &self.arena_cap)
+            .finish()
+    }
+}
+
+/// A column handed to a kernel: type, scale and Arrow buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnBuffers<'a> {
+    /// [`abi::types`] code.
+    pub type_code: u32,
+    /// Decimal scale.
+    pub scale: i32,
+    /// Values (Arrow layout).
+    pub values: &'a [u8],
+    /// Validity bitmap, starting at bit 0 for row 0.
+    pub validity: Option<&'a [u8]>,
+    /// Offsets (UTF8).
+    pub offsets: Option<&'a [u8]>,
+}
+
+const ALIGN: usize = 16;
+
+fn align_up(x: usize) -> usize {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+impl KernelSession {
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.program.name
+    }
+
+    /// Sets the epoch deadline to what is left of the query's budget.
+    fn arm(&mut self) -> Result<(), KernelError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.deadline_error());
+        }
+        let ticks = (left.as_nanos() / self.config.epoch_tick.as_nanos().max(1)).max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+        Ok(())
+    }
+
+    fn deadline_error(&self) -> KernelError {
+        KernelError::Deadline {
+            kernel: self.program.name.clone(),
+            deadline_ms: self.config.deadline.as_millis() as u64,
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> KernelError {
+        let kernel = self.program.name.clone();
+        if self.store.data().memory_limit_hit {
+            return KernelError::MemoryLimit {
+                kernel,
+                limit_bytes: self.config.memory_bytes_max,
+            };
+        }
+        if let Some(code) = self.store.data().abort {
+            return KernelError::Abort { kernel, code };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => self.deadline_error(),
+            Some(Trap::StackOverflow) => KernelError::StackOverflow(kernel),
+            Some(t) => KernelError::Trap {
+                kernel,
+                message: t.to_string(),
+            },
+            None => KernelError::Trap {
+                kernel,
+                message: format!("{e:#}"),
+            },
+        }
+    }
+
+    /// Makes sure the arena holds `bytes`, asking the kernel for a larger one if not.
+    fn reserve(&mut self, bytes: usize) -> Result<(), KernelError> {
+        if bytes <= self.arena_cap as usize {
+            return Ok(());
+        }
+        let want = u32::try_from(bytes + bytes / 2).map_err(|_| {
+            KernelError::Host(format!(
+                "a batch of {bytes} bytes does not fit a 32-bit kernel"
+            ))
+        })?;
+        self.arm()?;
+        let alloc = self.alloc.clone().expect("alloc resolved at instantiation");
+        let p = alloc
+            .call(&mut self.store, (want, ALIGN as u32))
+            .map_err(|e| self.classify(e))?;
+        let mem_len = self.memory.expect("memory resolved").data_size(&self.store);
+        if p == 0 || !(p as usize).is_multiple_of(ALIGN) || (p as usize).saturating_add(want as usize) > mem_len
+        {
+            if self.store.data().memory_limit_hit {
+                return Err(KernelError::MemoryLimit {
+                    kernel: self.program.name.clone(),
+                    limit_bytes: self.config.memory_bytes_max,
+                });
+            }
+            return Err(KernelError::BadOutput {
+                kernel: self.program.name.clone(),
+                detail: format!(
+                    "allocation of {want} bytes returned address {p:#x} (memory is {mem_len} bytes)"
+                ),
+            });
+        }
+        self.arena = p;
+        self.arena_cap = want;
+        Ok(())
+    }
+
+    /// Runs the filter export over `rows` rows of `columns` with `params`; returns the selected
+    /// row indices after checking them (count, range, strict order).
+    pub fn filter(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+    ) -> Result<Vec<u32>, KernelError> {
+        // Layout: params | column descriptors | buffers | batch descriptor | output.
+        let mut off = align_up(params.len());
+        let cols_off = off;
+        off = align_up(off + columns.len() * abi::COLUMN_DESC_BYTES);
+        let mut placed = Vec::with_capacity(columns.len());
+        for c in columns {
+            let v = off;
+            off = align_up(off + c.values.len());
+            let val = c.validity.map(|b| {
+                let at = off;
+                off = align_up(off + b.len());
+                at
+            });
+            let ofs = c.offsets.map(|b| {
+                let at = off;
+                off = align_up(off + b.len());
+                at
+            });
+            placed.push((v, val, ofs));
+        }
+        let desc_off = off;
+        off = align_up(off + abi::BATCH_DESC_BYTES);
+        let out_off = off;
+        off += rows * 4;
+        self.reserve(off)?;
+
+        let base = self.arena as usize;
+        let memory = self.memory.expect("memory resolved");
+        let data = memory.data_mut(&mut self.store);
+        let region = data
+            .get_mut(base..base + off)
+            .ok_or_else(|| KernelError::Host("arena outside kernel memory".into()))?;
+        region[..params.len()].copy_from_slice(params);
+        for (i, (c, (v, val, ofs))) in columns.iter().zip(&placed).enumerate() {
+            region[*v..*v + c.values.len()].copy_from_slice(c.values);
+            if let (Some(b), Some(at)) = (c.validity, val) {
+                region[*at..*at + b.len()].copy_from_slice(b);
+            }
+            if let (Some(b), Some(at)) = (c.offsets, ofs) {
+                region[*at..*at + b.len()].copy_from_slice(b);
+            }
+            let d = abi::ColumnDesc {
+                type_code: c.type_code,
+                scale: c.scale as u32,
+                values_ptr: (base + v) as u32,
+                values_len: c.values.len() as u32,
+                validity_ptr: val.map(|a| (base + a) as u32).unwrap_or(0),
+                offsets_ptr: ofs.map(|a| (base + a) as u32).unwrap_or(0),
+                offsets_len: c.offsets.map(|b| b.len() as u32).unwrap_or(0),
+                reserved: 0,
+            };
+            let at = cols_off + i * abi::COLUMN_DESC_BYTES;
+            d.write(&mut region[at..at + abi::COLUMN_DESC_BYTES]);
+        }
+        abi::BatchDesc {
+            abi: abi::ABI_VERSION,
+            rows: rows as u32,
+            ncols: columns.len() as u32,
+            cols_ptr: (base + cols_off) as u32,
+            params_ptr: base as u32,
+            params_len: params.len() as u32,
+        }
+        .write(&mut region[desc_off..desc_off + abi::BATCH_DESC_BYTES]);
+
+        self.arm()?;
+        let f = self
+            .filter
+            .clone()
+            .expect("filter resolved at instantiation");
+        let n = f
+            .call(
+                &mut self.store,
+                (
+                    (base + desc_off) as u32,
+                    (base + out_off) as u32,
+                    rows as u32,
+                ),
+            )
+            .map_err(|e| self.classify(e))?;
+        let kernel = || self.program.name.clone();
+        if n < 0 {
+            return Err(KernelError::Status {
+                kernel: kernel(),
+                status: n,
+            });
+        }
+        let n = n as usize;
+        if n > rows {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("selected {n} rows of a {rows}-row batch"),
+            });
+        }
+        let data = memory.data(&self.store);
+        let out = data
+            .get(base + out_off..base + out_off + n * 4)
+            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+        let mut idx = Vec::with_capacity(n);
+        let mut prev: Option<u32> = None;
+        for w in out.chunks_exact(4) {
+            let i = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            if i as usize >= rows {
+                return Err(KernelError::BadOutput {
+                    kernel: kernel(),
+                    detail: format!("row index {i} is out of range for {rows} rows"),
+                });
+            }
+            if prev.is_some_and(|p| p >= i) {
+                return Err(KernelError::BadOutput {
+                    kernel: kernel(),
+                    detail: format!(
+                        "row indices are not strictly increasing ({} then {i})",
+                        prev.unwrap_or(0)
+                    ),
+                });
+            }
+            prev = Some(i);
+            idx.push(i);
+        }
+        Ok(idx)
+    }
+}
