@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use arrow::array::{
     Array, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use nearstore_proto::{AggFunc, CmpOp, Expr, Literal, PutMode, TypedLiteral};
+use nearstore_proto::{AggFunc, BackendKind, CmpOp, Expr, Literal, PutMode, TypedLiteral};
 use nearstore_runtime::storage::reader::ReaderChoice;
 use nearstore_sdk::Query;
 use proptest::prelude::*;
@@ -273,36 +273,44 @@ fn generated_predicates_match_the_host_model() {
         ..Config::default()
     });
     let client = std::cell::RefCell::new(client);
+    let wasm_filters = std::cell::Cell::new(0u32);
     runner
         .run(&predicate(), |pred| {
             let mut c = client.borrow_mut();
-            // Filtered scan: the ids returned are exactly the rows the model keeps.
-            let plan = Query::table("t")
-                .filter_expr(pred.clone())
-                .select(["id"])
-                .build();
-            let r = rt
-                .block_on(c.query(&plan))
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let mut got: Vec<i64> = r
-                .batches
-                .iter()
-                .flat_map(|b| {
-                    b.column(0)
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .unwrap()
-                        .values()
-                        .to_vec()
-                })
-                .collect();
-            got.sort_unstable();
+            // Filtered scan on each backend: the ids returned are exactly the rows the model
+            // keeps.
             let want: Vec<i64> = model
                 .iter()
                 .filter(|row| eval(&pred, row) == Some(true))
                 .map(|row| row.id)
                 .collect();
-            prop_assert_eq!(&got, &want, "predicate {}", pred);
+            for backend in [BackendKind::Native, BackendKind::Wasm] {
+                let plan = Query::table("t")
+                    .filter_expr(pred.clone())
+                    .select(["id"])
+                    .backend(backend)
+                    .build();
+                let r = rt
+                    .block_on(c.query(&plan))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if r.stats.placement.contains("filter=wasm") {
+                    wasm_filters.set(wasm_filters.get() + 1);
+                }
+                let mut got: Vec<i64> = r
+                    .batches
+                    .iter()
+                    .flat_map(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<Int64Array>()
+                            .unwrap()
+                            .values()
+                            .to_vec()
+                    })
+                    .collect();
+                got.sort_unstable();
+                prop_assert_eq!(&got, &want, "predicate {} on {:?}", pred, backend);
+            }
 
             // Grouped aggregates over the same predicate.
             let plan = Query::table("t")
@@ -359,6 +367,12 @@ fn generated_predicates_match_the_host_model() {
             Ok(())
         })
         .unwrap();
+    // String comparisons fall back to the native backend; most predicates must have run in Wasm.
+    assert!(
+        wasm_filters.get() >= 16,
+        "only {} predicates ran in Wasm",
+        wasm_filters.get()
+    );
     rt.block_on(dev.stop());
 }
 

@@ -3,4 +3,6 @@
 mod cli;
 mod device;
 mod differential;
+mod kernels;
 mod support;
+mod tpch;

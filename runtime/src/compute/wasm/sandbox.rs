@@ -582,7 +582,9 @@ impl KernelSession {
             .call(&mut self.store, (want, ALIGN as u32))
             .map_err(|e| self.classify(e))?;
         let mem_len = self.memory.expect("memory resolved").data_size(&self.store);
-        if p == 0 || !(p as usize).is_multiple_of(ALIGN) || (p as usize).saturating_add(want as usize) > mem_len
+        if p == 0
+            || !(p as usize).is_multiple_of(ALIGN)
+            || (p as usize).saturating_add(want as usize) > mem_len
         {
             if self.store.data().memory_limit_hit {
                 return Err(KernelError::MemoryLimit {

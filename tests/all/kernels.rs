@@ -1,0 +1,291 @@
+//! Hostile and malformed kernels: each fails with its specific error, at registration or in its
+//! own query, and the sandbox keeps running the built-in kernel correctly afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nearstore_proto::Expr;
+use nearstore_runtime::compute::wasm::{
+    BUILTIN_KERNELS, ColumnBuffers, KernelError, Program, Sandbox, SandboxConfig, compile_filter,
+};
+use nearstore_runtime::exec::expr::Binder;
+
+const MANIFEST: &str = r#"(@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n")"#;
+
+/// A filter kernel whose `nearstore_filter` body is `body` (params: desc, out, cap).
+fn kernel(body: &str, extra: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          {extra}
+          (memory (export "memory") 2)
+          (global $next (mut i32) (i32.const 1024))
+          (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+          (func (export "nearstore_alloc") (param $size i32) (param $align i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $next))
+            (global.set $next (i32.add (global.get $next) (i32.and (i32.add (local.get $size) (i32.const 15)) (i32.const -16))))
+            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
+              (then (drop (memory.grow (i32.add (i32.div_u (i32.sub (global.get $next) (i32.mul (memory.size) (i32.const 65536))) (i32.const 65536)) (i32.const 1))))))
+            (local.get $p))
+          (func $f (export "nearstore_filter") (param $desc i32) (param $out i32) (param $cap i32) (result i32)
+            {body})
+          {MANIFEST})"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("test kernel does not assemble: {e}\n{text}"))
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        memory_bytes_max: 16 << 20,
+        stack_bytes_max: 256 << 10,
+        deadline: Duration::from_millis(300),
+        epoch_tick: Duration::from_millis(1),
+        instances_max: 8,
+    })
+    .unwrap()
+}
+
+/// 100 rows of an int64 column with values 0..100.
+fn ids() -> Vec<u8> {
+    (0..100i64).flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn run(sb: &Sandbox, program: &Arc<Program>) -> Result<Vec<u32>, KernelError> {
+    let data = ids();
+    let col = ColumnBuffers {
+        type_code: nearstore_kernel_abi::types::INT64,
+        scale: 0,
+        values: &data,
+        validity: None,
+        offsets: None,
+    };
+    sb.session(program)?.filter(100, &[col], &[])
+}
+
+/// The built-in filter still answers `id < 10` correctly.
+fn builtin_still_works(sb: &Sandbox) {
+    let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+        "id",
+        arrow::datatypes::DataType::Int64,
+        false,
+    )]);
+    let pred = Binder::new("t", &schema)
+        .bind_bool(&Expr::parse("id < 10").unwrap())
+        .unwrap();
+    let (params, cols) = compile_filter(&pred).unwrap();
+    assert_eq!(cols, vec!["id"]);
+    let program = sb.load(BUILTIN_KERNELS).unwrap();
+    let data = ids();
+    let col = ColumnBuffers {
+        type_code: nearstore_kernel_abi::types::INT64,
+        scale: 0,
+        values: &data,
+        validity: None,
+        offsets: None,
+    };
+    let got = sb
+        .session(&program)
+        .unwrap()
+        .filter(100, &[col], &params)
+        .unwrap();
+    assert_eq!(got, (0..10).collect::<Vec<u32>>());
+}
+
+#[test]
+fn a_well_behaved_test_kernel_runs() {
+    // Selects rows 3 and 7: proves the harness itself works before the hostile cases.
+    let sb = sandbox();
+    let p = sb
+        .load(&kernel(
+            "(i32.store (local.get $out) (i32.const 3)) (i32.store offset=4 (local.get $out) (i32.const 7)) (i32.const 2)",
+            "",
+        ))
+        .unwrap();
+    assert_eq!(run(&sb, &p).unwrap(), vec![3, 7]);
+}
+
+#[test]
+fn infinite_loop_stops_at_the_deadline() {
+    let sb = sandbox();
+    let p = sb
+        .load(&kernel("(loop $l (br $l)) (i32.const 0)", ""))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let e = run(&sb, &p).unwrap_err();
+    assert!(matches!(e, KernelError::Deadline { .. }), "{e}");
+    assert!(e.to_string().contains("deadline of 300 ms"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    builtin_still_works(&sb);
+}
+
+#[test]
+fn unbounded_memory_growth_hits_the_limit() {
+    let sb = sandbox();
+    let p = sb
+        .load(&kernel(
+            "(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (i32.const 0)",
+            "",
+        ))
+        .unwrap();
+    let e = run(&sb, &p).unwrap_err();
+    assert!(matches!(e, KernelError::MemoryLimit { .. }), "{e}");
+    assert!(e.to_string().contains("16777216"), "{e}");
+    builtin_still_works(&sb);
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack() {
+    let sb = sandbox();
+    let p = sb
+        .load(&kernel(
+            "(call $f (local.get $desc) (local.get $out) (local.get $cap))",
+            "",
+        ))
+        .unwrap();
+    let e = run(&sb, &p).unwrap_err();
+    assert!(matches!(e, KernelError::StackOverflow(_)), "{e}");
+    builtin_still_works(&sb);
+}
+
+#[test]
+fn garbage_outputs_are_rejected() {
+    let sb = sandbox();
+    let cases = [
+        // index 500 in a 100-row batch
+        (
+            "(i32.store (local.get $out) (i32.const 500)) (i32.const 1)",
+            "out of range",
+        ),
+        // 7 then 3
+        (
+            "(i32.store (local.get $out) (i32.const 7)) (i32.store offset=4 (local.get $out) (i32.const 3)) (i32.const 2)",
+            "strictly increasing",
+        ),
+        // duplicate index
+        (
+            "(i32.store (local.get $out) (i32.const 4)) (i32.store offset=4 (local.get $out) (i32.const 4)) (i32.const 2)",
+            "strictly increasing",
+        ),
+        // more rows than the batch has
+        ("(i32.const 1000)", "selected 1000 rows"),
+    ];
+    for (body, want) in cases {
+        let p = sb.load(&kernel(body, "")).unwrap();
+        let e = run(&sb, &p).unwrap_err();
+        assert!(matches!(e, KernelError::BadOutput { .. }), "{body}: {e}");
+        assert!(e.to_string().contains(want), "{body}: {e}");
+    }
+    // A negative status is the kernel's own error, reported as such.
+    let p = sb.load(&kernel("(i32.const -3)", "")).unwrap();
+    assert!(matches!(
+        run(&sb, &p).unwrap_err(),
+        KernelError::Status { status: -3, .. }
+    ));
+    // A trap (unreachable) and an abort are specific too.
+    let p = sb.load(&kernel("unreachable", "")).unwrap();
+    let e = run(&sb, &p).unwrap_err();
+    assert!(matches!(e, KernelError::Trap { .. }), "{e}");
+    let p = sb
+        .load(&kernel(
+            "(call $abort (i32.const 7)) (i32.const 0)",
+            r#"(import "nearstore" "abort" (func $abort (param i32)))"#,
+        ))
+        .unwrap();
+    let e = run(&sb, &p).unwrap_err();
+    assert!(matches!(e, KernelError::Abort { code: 7, .. }), "{e}");
+    builtin_still_works(&sb);
+}
+
+#[test]
+fn bad_modules_are_refused_at_registration() {
+    let sb = sandbox();
+    let e = sb
+        .load(&kernel(
+            "(i32.const 0)",
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(e, KernelError::ForbiddenImport(ref s) if s == "wasi_snapshot_preview1.fd_write"),
+        "{e}"
+    );
+
+    let e = sb.load(b"this is not wasm").unwrap_err();
+    assert!(matches!(e, KernelError::Invalid(_)), "{e}");
+    let mut truncated = BUILTIN_KERNELS.to_vec();
+    truncated.truncate(truncated.len() / 2);
+    let e = sb.load(&truncated).unwrap_err();
+    assert!(matches!(e, KernelError::Invalid(_)), "{e}");
+
+    // No ABI marker export.
+    let text = format!(
+        r#"(module (memory (export "memory") 1)
+            (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+            (func (export "nearstore_filter") (param i32 i32 i32) (result i32) (i32.const 0)) {MANIFEST})"#
+    );
+    let e = sb.load(&wat::parse_str(&text).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, KernelError::AbiMismatch(ref m) if m.contains("nearstore_abi_version")),
+        "{e}"
+    );
+
+    // Wrong ABI version reported by the module.
+    let e = sb
+        .load(&wat::parse_str(wat_with_version(9)).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(e, KernelError::AbiMismatch(ref m) if m.contains("version 9")),
+        "{e}"
+    );
+
+    // A manifest that names another kind than the exports provide, and none at all.
+    let text = r#"(module (memory (export "memory") 1)
+        (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+        (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+        (func (export "nearstore_filter") (param i32 i32 i32) (result i32) (i32.const 0))
+        (@custom "nearstore.manifest" "abi=1\nkind=aggregate\n"))"#;
+    let e = sb.load(&wat::parse_str(text).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, KernelError::AbiMismatch(ref m) if m.contains("aggregate")),
+        "{e}"
+    );
+    let text = r#"(module (memory (export "memory") 1)
+        (func (export "nearstore_abi_version") (result i32) (i32.const 1)))"#;
+    let e = sb.load(&wat::parse_str(text).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, KernelError::AbiMismatch(ref m) if m.contains("nearstore.manifest")),
+        "{e}"
+    );
+    // A manifest claiming a filter without the filter export.
+    let text = r#"(module (memory (export "memory") 1)
+        (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+        (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+        (@custom "nearstore.manifest" "abi=1\nkind=filter\n"))"#;
+    let e = sb.load(&wat::parse_str(text).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, KernelError::AbiMismatch(ref m) if m.contains("nearstore_filter")),
+        "{e}"
+    );
+    // A mistyped export.
+    let text = r#"(module (memory (export "memory") 1)
+        (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+        (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+        (func (export "nearstore_filter") (param i32) (result i32) (i32.const 0))
+        (@custom "nearstore.manifest" "abi=1\nkind=filter\n"))"#;
+    let e = sb.load(&wat::parse_str(text).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, KernelError::AbiMismatch(ref m) if m.contains("nearstore_filter")),
+        "{e}"
+    );
+    builtin_still_works(&sb);
+}
+
+fn wat_with_version(v: i32) -> String {
+    format!(
+        r#"(module (memory (export "memory") 1)
+            (func (export "nearstore_abi_version") (result i32) (i32.const {v}))
+            (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 1024))
+            (func (export "nearstore_filter") (param i32 i32 i32) (result i32) (i32.const 0))
+            {MANIFEST})"#
+    )
+}
