@@ -1,0 +1,103 @@
+//! Wasm filter kernels against the native backend on the same decoded batches (epoch
+//! interruption on, as on the device), and the cost of setting up a kernel for a query.
+//!
+//! `cargo bench -p nearstore-benches --bench kernels` (release profile; not part of CI).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nearstore_proto::Expr;
+use nearstore_runtime::compute::native::NativeBackend;
+use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
+use nearstore_runtime::compute::{ComputeBackend, ComputeSession};
+use nearstore_runtime::exec::expr::{Binder, PhysExpr};
+
+const ROWS: usize = 8192;
+const BATCHES: usize = 32;
+
+fn batches() -> Vec<RecordBatch> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..BATCHES)
+        .map(|_| {
+            let ship: Date32Array = (0..ROWS).map(|_| Some(8035 + (next() % 2526) as i32)).collect();
+            let disc = (0..ROWS)
+                .map(|_| Some((next() % 11) as i128))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .unwrap();
+            let qty = (0..ROWS)
+                .map(|_| Some(100 * (1 + (next() % 50)) as i128))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .unwrap();
+            let k: Int64Array = (0..ROWS).map(|_| Some((next() % 10_000) as i64)).collect();
+            let f: Float64Array = (0..ROWS).map(|_| Some((next() % 10_000) as f64)).collect();
+            RecordBatch::try_from_iter(vec![
+                ("l_shipdate", Arc::new(ship) as ArrayRef),
+                ("l_discount", Arc::new(disc) as ArrayRef),
+                ("l_quantity", Arc::new(qty) as ArrayRef),
+                ("k", Arc::new(k) as ArrayRef),
+                ("f", Arc::new(f) as ArrayRef),
+            ])
+            .unwrap()
+        })
+        .collect()
+}
+
+fn bind(batch: &RecordBatch, text: &str) -> PhysExpr {
+    let schema = batch.schema();
+    Binder::new("bench", &schema)
+        .bind_bool(&Expr::parse(text).unwrap())
+        .unwrap()
+}
+
+fn filters(c: &mut Criterion) {
+    let data = batches();
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let cases = [
+        (
+            "q6",
+            "l_shipdate >= DATE '1994-01-01' AND l_shipdate < DATE '1995-01-01' AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24",
+        ),
+        ("int64_lt_1pct", "k < 100"),
+        ("int64_lt_50pct", "k < 5000"),
+        ("float64_gt_50pct", "f > 4999.5"),
+    ];
+    for (name, text) in cases {
+        let pred = bind(&data[0], text);
+        let mut g = c.benchmark_group(format!("filter/{name}"));
+        g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
+        let backends: [(&str, &dyn ComputeBackend); 2] = [("native", &NativeBackend), ("wasm", &wasm)];
+        for (label, backend) in backends {
+            let mut session: Box<dyn ComputeSession> = backend.open().unwrap();
+            g.bench_function(label, |b| {
+                b.iter(|| {
+                    let mut selected = 0;
+                    for batch in &data {
+                        selected += session.filter(&pred, batch).unwrap().true_count();
+                    }
+                    black_box(selected)
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn setup(c: &mut Criterion) {
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    c.bench_function("kernel_setup/wasm_session_cached_module", |b| {
+        b.iter(|| black_box(wasm.open().unwrap()))
+    });
+}
+
+criterion_group!(benches, filters, setup);
+criterion_main!(benches);
