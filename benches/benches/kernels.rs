@@ -27,7 +27,9 @@ fn batches() -> Vec<RecordBatch> {
     };
     (0..BATCHES)
         .map(|_| {
-            let ship: Date32Array = (0..ROWS).map(|_| Some(8035 + (next() % 2526) as i32)).collect();
+            let ship: Date32Array = (0..ROWS)
+                .map(|_| Some(8035 + (next() % 2526) as i32))
+                .collect();
             let disc = (0..ROWS)
                 .map(|_| Some((next() % 11) as i128))
                 .collect::<Decimal128Array>()
@@ -75,7 +77,8 @@ fn filters(c: &mut Criterion) {
         let pred = bind(&data[0], text);
         let mut g = c.benchmark_group(format!("filter/{name}"));
         g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
-        let backends: [(&str, &dyn ComputeBackend); 2] = [("native", &NativeBackend), ("wasm", &wasm)];
+        let backends: [(&str, &dyn ComputeBackend); 2] =
+            [("native", &NativeBackend), ("wasm", &wasm)];
         for (label, backend) in backends {
             let mut session: Box<dyn ComputeSession> = backend.open().unwrap();
             g.bench_function(label, |b| {

@@ -289,3 +289,59 @@ fn wat_with_version(v: i32) -> String {
             {MANIFEST})"#
     )
 }
+
+#[test]
+fn builtin_filter_on_narrow_decimals() {
+    use arrow::array::{ArrayRef, Decimal128Array, RecordBatch};
+    use nearstore_runtime::compute::ComputeBackend;
+    let sb_backend =
+        nearstore_runtime::compute::wasm::WasmBackend::new(SandboxConfig::default()).unwrap();
+    let price = (0..100i128)
+        .map(Some)
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(15, 2)
+        .unwrap();
+    let batch = RecordBatch::try_from_iter(vec![("price", std::sync::Arc::new(price) as ArrayRef)])
+        .unwrap();
+    let schema = batch.schema();
+    let pred = Binder::new("t", &schema)
+        .bind_bool(&Expr::parse("price < 0.05 OR price = 0.99").unwrap())
+        .unwrap();
+    let mut s = sb_backend.open().unwrap();
+    let got = s.filter(&pred, &batch).unwrap();
+    let idx: Vec<usize> = (0..100).filter(|&i| got.value(i)).collect();
+    assert_eq!(idx, vec![0, 1, 2, 3, 4, 99]);
+}
+
+#[test]
+fn one_session_runs_many_batches_in_bounded_memory() {
+    // Without per-call scratch release the kernel's allocations would pile up past 4 MiB.
+    let sb = Sandbox::new(SandboxConfig {
+        memory_bytes_max: 4 << 20,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+        "id",
+        arrow::datatypes::DataType::Int64,
+        false,
+    )]);
+    let pred = Binder::new("t", &schema)
+        .bind_bool(&Expr::parse("id < 10 OR id IN (50, 60) AND NOT id = 60").unwrap())
+        .unwrap();
+    let (params, _) = compile_filter(&pred).unwrap();
+    let program = sb.load(BUILTIN_KERNELS).unwrap();
+    let mut session = sb.session(&program).unwrap();
+    let data = ids();
+    let col = ColumnBuffers {
+        type_code: nearstore_kernel_abi::types::INT64,
+        scale: 0,
+        values: &data,
+        validity: None,
+        offsets: None,
+    };
+    for _ in 0..40_000 {
+        let got = session.filter(100, &[col], &params).unwrap();
+        assert_eq!(got.len(), 11);
+    }
+}

@@ -9,7 +9,10 @@ extern crate alloc;
 use alloc::vec::Vec;
 
 use nearstore_kernel::abi::{program, status, types};
-use nearstore_kernel::{BLOCK, Batch, Column, KernelResult, Selection, lanes, mask_block};
+use nearstore_kernel::{
+    BLOCK, Batch, Cmp, Column, KernelResult, Selection, cmp_block_f64, cmp_block_i32, cmp_block_i64,
+    lanes, mask_block,
+};
 
 nearstore_kernel::export_filter!(filter);
 nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=builtin.filter\nsignature=program\nstate_size=0\n");
@@ -19,8 +22,8 @@ nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=builtin.filter\nsignature
 enum Lit {
     I32(i32),
     I64(i64),
-    /// A float as its total-order key (same ordering as Arrow's float comparisons).
-    F64(i64),
+    /// A float (compared under IEEE total order, as Arrow does).
+    F64(f64),
     I128(i128),
 }
 
@@ -33,13 +36,6 @@ enum Op {
     Or,
     Not,
     Const(u8),
-}
-
-/// Total-order key of an f64: IEEE totalOrder as a signed integer.
-#[inline(always)]
-fn f64_key(x: f64) -> i64 {
-    let b = x.to_bits() as i64;
-    b ^ ((((b >> 63) as u64) >> 1) as i64)
 }
 
 struct Reader<'a> {
@@ -74,7 +70,7 @@ impl Reader<'_> {
             types::FLOAT64 => {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(self.take(8)?);
-                Lit::F64(f64_key(f64::from_le_bytes(w)))
+                Lit::F64(f64::from_le_bytes(w))
             }
             types::DECIMAL128 => {
                 let mut w = [0u8; 16];
@@ -159,25 +155,29 @@ fn check_col(batch: &Batch, col: usize) -> KernelResult<usize> {
 /// Mask of rows in the block where `value op lit` holds (validity not applied).
 #[inline(always)]
 fn cmp_block(c: &Column, base: usize, op: u8, lit: Lit) -> KernelResult<u64> {
-    macro_rules! by_op {
-        ($vals:expr, $lit:expr, $conv:expr) => {{
-            let l = $lit;
-            let v = $vals;
-            match op {
-                program::op::EQ => mask_block(v, base, |x| $conv(x) == l),
-                program::op::NE => mask_block(v, base, |x| $conv(x) != l),
-                program::op::LT => mask_block(v, base, |x| $conv(x) < l),
-                program::op::LE => mask_block(v, base, |x| $conv(x) <= l),
-                program::op::GT => mask_block(v, base, |x| $conv(x) > l),
-                _ => mask_block(v, base, |x| $conv(x) >= l),
-            }
-        }};
-    }
+    let op = match op {
+        program::op::EQ => Cmp::Eq,
+        program::op::NE => Cmp::Ne,
+        program::op::LT => Cmp::Lt,
+        program::op::LE => Cmp::Le,
+        program::op::GT => Cmp::Gt,
+        _ => Cmp::Ge,
+    };
     Ok(match lit {
-        Lit::I32(l) => by_op!(c.i32s()?, l, |x: i32| x),
-        Lit::I64(l) => by_op!(c.i64s()?, l, |x: i64| x),
-        Lit::F64(l) => by_op!(c.f64s()?, l, f64_key),
-        Lit::I128(l) => by_op!(c.i128s()?, l, |x: i128| x),
+        Lit::I32(l) => cmp_block_i32(c.i32s()?, base, op, l),
+        Lit::I64(l) => cmp_block_i64(c.i64s()?, base, op, l),
+        Lit::F64(l) => cmp_block_f64(c.f64s()?, base, op, l),
+        Lit::I128(l) => {
+            let v = c.i128s()?;
+            match op {
+                Cmp::Eq => mask_block(v, base, |x| x == l),
+                Cmp::Ne => mask_block(v, base, |x| x != l),
+                Cmp::Lt => mask_block(v, base, |x| x < l),
+                Cmp::Le => mask_block(v, base, |x| x <= l),
+                Cmp::Gt => mask_block(v, base, |x| x > l),
+                Cmp::Ge => mask_block(v, base, |x| x >= l),
+            }
+        }
     })
 }
 

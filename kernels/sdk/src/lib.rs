@@ -189,6 +189,147 @@ pub fn mask_block<T: Copy>(values: &[T], base: usize, f: impl Fn(T) -> bool) -> 
     m
 }
 
+/// Comparison operators of the block compare helpers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    /// `=`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+}
+
+impl Cmp {
+    #[inline(always)]
+    fn holds<T: PartialOrd>(self, a: T, b: T) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+        }
+    }
+}
+
+/// Total-order key of an `f64` (IEEE 754 totalOrder as a signed integer): comparing keys
+/// orders -0.0 before 0.0 and NaN after everything, as Arrow's float comparisons do.
+#[inline(always)]
+pub fn f64_order_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ ((((b >> 63) as u64) >> 1) as i64)
+}
+
+/// Mask of rows `base..base + 64` where `values[row] op lit` (SIMD on wasm32+simd128).
+#[inline]
+pub fn cmp_block_i64(values: &[i64], base: usize, op: Cmp, lit: i64) -> u64 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if base + BLOCK <= values.len() {
+        // SAFETY: rows base..base + 64 are in bounds (checked).
+        return unsafe { simd::cmp_i64(values.as_ptr().add(base), op, lit, false) };
+    }
+    mask_block(values, base, |x| op.holds(x, lit))
+}
+
+/// Mask of rows `base..base + 64` where `values[row] op lit` (SIMD on wasm32+simd128).
+#[inline]
+pub fn cmp_block_i32(values: &[i32], base: usize, op: Cmp, lit: i32) -> u64 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if base + BLOCK <= values.len() {
+        // SAFETY: rows base..base + 64 are in bounds (checked).
+        return unsafe { simd::cmp_i32(values.as_ptr().add(base), op, lit) };
+    }
+    mask_block(values, base, |x| op.holds(x, lit))
+}
+
+/// Mask of rows `base..base + 64` where `values[row] op lit` under IEEE total order, as Arrow
+/// compares floats (SIMD on wasm32+simd128).
+#[inline]
+pub fn cmp_block_f64(values: &[f64], base: usize, op: Cmp, lit: f64) -> u64 {
+    let key = f64_order_key(lit);
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if base + BLOCK <= values.len() {
+        // SAFETY: rows base..base + 64 are in bounds (checked); f64 and i64 have one size.
+        return unsafe { simd::cmp_i64(values.as_ptr().add(base).cast::<i64>(), op, key, true) };
+    }
+    mask_block(values, base, |x| op.holds(f64_order_key(x), key))
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    //! Explicit simd128 compares: Cranelift turns scalar selects into branches, so the helpers
+    //! compare two (or four) lanes at a time and collect lane bitmasks.
+    use core::arch::wasm32::*;
+
+    use super::Cmp;
+
+    macro_rules! lanes64 {
+        ($p:expr, $l:expr, $f:ident, $key:expr) => {{
+            let mut m = 0u64;
+            for j in 0..32 {
+                // SAFETY: the caller guarantees 64 readable values at $p.
+                let mut v = unsafe { v128_load($p.add(2 * j).cast::<v128>()) };
+                if $key {
+                    let sign = i64x2_shr(v, 63);
+                    v = v128_xor(v, u64x2_shr(sign, 1));
+                }
+                m |= (i64x2_bitmask($f(v, $l)) as u64) << (2 * j);
+            }
+            m
+        }};
+    }
+
+    /// # Safety
+    /// `p` must address 64 readable `i64`s.
+    #[inline]
+    pub unsafe fn cmp_i64(p: *const i64, op: Cmp, lit: i64, key: bool) -> u64 {
+        let l = i64x2_splat(lit);
+        match op {
+            Cmp::Eq => lanes64!(p, l, i64x2_eq, key),
+            Cmp::Ne => lanes64!(p, l, i64x2_ne, key),
+            Cmp::Lt => lanes64!(p, l, i64x2_lt, key),
+            Cmp::Le => lanes64!(p, l, i64x2_le, key),
+            Cmp::Gt => lanes64!(p, l, i64x2_gt, key),
+            Cmp::Ge => lanes64!(p, l, i64x2_ge, key),
+        }
+    }
+
+    macro_rules! lanes32 {
+        ($p:expr, $l:expr, $f:ident) => {{
+            let mut m = 0u64;
+            for j in 0..16 {
+                // SAFETY: the caller guarantees 64 readable values at $p.
+                let v = unsafe { v128_load($p.add(4 * j).cast::<v128>()) };
+                m |= (i32x4_bitmask($f(v, $l)) as u64) << (4 * j);
+            }
+            m
+        }};
+    }
+
+    /// # Safety
+    /// `p` must address 64 readable `i32`s.
+    #[inline]
+    pub unsafe fn cmp_i32(p: *const i32, op: Cmp, lit: i32) -> u64 {
+        let l = i32x4_splat(lit);
+        match op {
+            Cmp::Eq => lanes32!(p, l, i32x4_eq),
+            Cmp::Ne => lanes32!(p, l, i32x4_ne),
+            Cmp::Lt => lanes32!(p, l, i32x4_lt),
+            Cmp::Le => lanes32!(p, l, i32x4_le),
+            Cmp::Gt => lanes32!(p, l, i32x4_gt),
+            Cmp::Ge => lanes32!(p, l, i32x4_ge),
+        }
+    }
+}
+
 /// A batch handed to a kernel.
 #[derive(Debug)]
 pub struct Batch<'a> {
@@ -335,6 +476,26 @@ pub unsafe fn __run_filter(
     out_cap: u32,
     f: fn(&Batch, &mut Selection) -> KernelResult,
 ) -> i32 {
+    // Everything allocated during the call is released when it returns, so a kernel instance
+    // runs any number of batches in bounded memory.
+    let mark = scratch_mark();
+    // SAFETY: forwarded contract.
+    let result = unsafe { run_filter_inner(desc, out, out_cap, f) };
+    // SAFETY: every allocation made since `mark` belonged to this call and is dead now.
+    unsafe { scratch_reset(mark) };
+    result
+}
+
+/// The body of [`__run_filter`].
+///
+/// # Safety
+/// As [`__run_filter`].
+unsafe fn run_filter_inner(
+    desc: u32,
+    out: u32,
+    out_cap: u32,
+    f: fn(&Batch, &mut Selection) -> KernelResult,
+) -> i32 {
     // SAFETY: forwarded contract.
     let batch = match unsafe { batch_from_memory(desc) } {
         Ok(b) => b,
@@ -407,10 +568,30 @@ pub fn alloc_for_host(size: u32, align: u32) -> u32 {
     p as usize as u32
 }
 
+/// The allocator's current position (wasm32; 0 elsewhere).
+fn scratch_mark() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    return wasm::mark();
+    #[cfg(not(target_arch = "wasm32"))]
+    0
+}
+
+/// Releases everything allocated since `mark` (wasm32; nothing elsewhere).
+///
+/// # Safety
+/// No allocation made after `mark` may be used afterwards.
+unsafe fn scratch_reset(mark: usize) {
+    #[cfg(target_arch = "wasm32")]
+    wasm::reset(mark);
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = mark;
+}
+
 #[cfg(target_arch = "wasm32")]
 mod wasm {
-    //! A bump allocator over `memory.grow`. A kernel instance lives for one query, so memory is
-    //! returned when the instance is dropped; `dealloc` reuses nothing.
+    //! A bump allocator over `memory.grow`. A kernel instance lives for one query; memory a call
+    //! allocates is released when the call returns (see `__run_filter`), the rest when the
+    //! instance is dropped. `dealloc` reuses nothing by itself.
     use core::alloc::{GlobalAlloc, Layout};
     use core::cell::Cell;
 
@@ -461,6 +642,16 @@ mod wasm {
         end: Cell::new(0),
     };
 
+    pub(super) fn mark() -> usize {
+        ALLOC.next.get()
+    }
+
+    pub(super) fn reset(mark: usize) {
+        if mark != 0 && mark <= ALLOC.next.get() {
+            ALLOC.next.set(mark);
+        }
+    }
+
     #[link(wasm_import_module = "nearstore")]
     unsafe extern "C" {
         fn abort(code: u32) -> !;
@@ -495,5 +686,21 @@ mod tests {
         assert_eq!(c.validity_block(0), 0b101);
         assert_eq!(c.validity_block(64), 0b11_1111);
         assert!(c.f64s().is_err());
+    }
+
+    #[test]
+    fn compare_helpers_follow_arrow_float_order() {
+        let v: Vec<f64> = [f64::NAN, -0.0, 0.0, 1.5, f64::NEG_INFINITY].repeat(13);
+        let m = cmp_block_f64(&v, 0, Cmp::Gt, 0.0);
+        // NaN sorts after everything; -0.0 is below 0.0.
+        assert_eq!(m & 0b11111, 0b01001);
+        assert_eq!(cmp_block_f64(&v, 0, Cmp::Eq, -0.0) & 0b11111, 0b00010);
+        let i: Vec<i64> = (0..100).collect();
+        assert_eq!(
+            cmp_block_i64(&i, 64, Cmp::Ge, 98),
+            0b1100_0000_0000_0000_0000_0000_0000_0000_0000
+        );
+        let d: Vec<i32> = (0..64).collect();
+        assert_eq!(cmp_block_i32(&d, 0, Cmp::Lt, 2), 0b11);
     }
 }

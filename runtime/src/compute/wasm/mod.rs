@@ -124,7 +124,15 @@ impl OwnedColumn {
         let data = a.to_data();
         let (type_code, scale) = type_code(a.data_type()).unwrap_or((0, 0));
         let width = types::width(type_code);
-        let values = if width > 0 {
+        let values = if let (DataType::Decimal128(..), types::INT64) = (a.data_type(), type_code) {
+            // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares
+            // them with 64-bit SIMD lanes.
+            use arrow::array::AsArray;
+            let d = a.as_primitive::<arrow::datatypes::Decimal128Type>();
+            arrow::buffer::Buffer::from_vec(
+                d.values().iter().map(|v| *v as i64).collect::<Vec<i64>>(),
+            )
+        } else if width > 0 {
             data.buffers()[0].slice_with_length(data.offset() * width, data.len() * width)
         } else {
             arrow::buffer::Buffer::from_vec(Vec::<u8>::new())
@@ -167,6 +175,7 @@ fn type_code(t: &DataType) -> Option<(u32, i32)> {
         DataType::Int32 => (types::INT32, 0),
         DataType::Int64 => (types::INT64, 0),
         DataType::Float64 => (types::FLOAT64, 0),
+        DataType::Decimal128(p, s) if *p <= 18 => (types::INT64, *s as i32),
         DataType::Decimal128(_, s) => (types::DECIMAL128, *s as i32),
         DataType::Date32 => (types::DATE32, 0),
         _ => return None,
@@ -200,6 +209,12 @@ fn literal_bytes(a: &ArrayRef) -> Option<Vec<u8>> {
             .value(0)
             .to_le_bytes()
             .to_vec(),
+        DataType::Decimal128(p, _) if *p <= 18 => {
+            i64::try_from(a.as_primitive::<Decimal128Type>().value(0))
+                .ok()?
+                .to_le_bytes()
+                .to_vec()
+        }
         DataType::Decimal128(..) => a
             .as_primitive::<Decimal128Type>()
             .value(0)
