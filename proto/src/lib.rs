@@ -112,6 +112,10 @@ pub struct QueryStats {
     /// Where each operator ran, e.g. `filter=wasm aggregate=native` (an operator the query's
     /// backend cannot run falls back to the native backend).
     pub placement: String,
+    /// Modelled device time of FPGA operators (timing model), microseconds.
+    pub fpga_modelled_us: u64,
+    /// Operators that fell back to another backend after a device fault.
+    pub fallbacks: u64,
     /// Storage read path (`io_uring` or `pread`).
     pub reader: String,
     /// Time planning (metadata, pruning), microseconds.

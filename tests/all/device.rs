@@ -407,3 +407,51 @@ async fn limits_order_and_projections() {
     assert!(b.column(1).is_null(0));
     dev.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
+    use nearstore_proto::BackendKind;
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
+    let mut c = dev.client().await;
+    c.put_batches("t", PutMode::Create, table_batches(50_000, 10_000, 12))
+        .await
+        .unwrap();
+    let plan = |b: BackendKind| {
+        Query::table("t")
+            .filter("val > 300 AND price < 5000.00 AND day >= DATE '1992-06-01'")
+            .unwrap()
+            .aggregate(AggFunc::CountStar, None, "n")
+            .unwrap()
+            .aggregate(AggFunc::Sum, Some("id"), "s")
+            .unwrap()
+            .backend(b)
+            .build()
+    };
+    let native = c.query(&plan(BackendKind::Native)).await.unwrap();
+    let fpga = c.query(&plan(BackendKind::Fpga)).await.unwrap();
+    assert_eq!(fpga.concat().unwrap(), native.concat().unwrap());
+    assert!(
+        fpga.stats.placement.starts_with("filter=fpga"),
+        "{}",
+        fpga.stats.placement
+    );
+    assert!(fpga.stats.fpga_modelled_us > 0);
+    assert_eq!(fpga.stats.fallbacks, 0);
+
+    // A device fault after two runs: the rest of the query runs in Wasm, same answer.
+    let device = dev.device.executor().fpga().device().clone();
+    device.inject_fault(2);
+    let faulted = c.query(&plan(BackendKind::Fpga)).await.unwrap();
+    assert_eq!(faulted.concat().unwrap(), native.concat().unwrap());
+    assert_eq!(faulted.stats.fallbacks, 1);
+    assert!(
+        faulted.stats.placement.contains("fell back to wasm"),
+        "{}",
+        faulted.stats.placement
+    );
+    device.clear_fault();
+    let again = c.query(&plan(BackendKind::Fpga)).await.unwrap();
+    assert_eq!(again.stats.fallbacks, 0);
+    dev.stop().await;
+}

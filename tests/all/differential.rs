@@ -284,7 +284,7 @@ fn generated_predicates_match_the_host_model() {
                 .filter(|row| eval(&pred, row) == Some(true))
                 .map(|row| row.id)
                 .collect();
-            for backend in [BackendKind::Native, BackendKind::Wasm] {
+            for backend in [BackendKind::Native, BackendKind::Wasm, BackendKind::Fpga] {
                 let plan = Query::table("t")
                     .filter_expr(pred.clone())
                     .select(["id"])

@@ -7,9 +7,11 @@
 //! (documented placement policy); the placement is reported in the query statistics.
 //!
 //! Implementations: [`native::NativeBackend`] (trusted Rust operators over Arrow kernels; the
-//! oracle and the benchmark baseline) and [`wasm::WasmBackend`] (sandboxed WebAssembly kernels;
-//! the default).
+//! oracle and the benchmark baseline), [`wasm::WasmBackend`] (sandboxed WebAssembly kernels;
+//! the default) and [`fpga::FpgaBackend`] (an emulated FPGA with a timing model, falling back
+//! to Wasm on a device fault).
 
+pub mod fpga;
 pub mod native;
 pub mod wasm;
 
@@ -44,6 +46,15 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
     fn open(&self) -> Result<Box<dyn ComputeSession>>;
 }
 
+/// What a session reports at the end of a query.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionReport {
+    /// Modelled device time (FPGA timing model), microseconds.
+    pub modelled_us: f64,
+    /// Times an operator fell back to another backend after a device fault.
+    pub fallbacks: u64,
+}
+
 /// One query's use of a backend.
 pub trait ComputeSession: Send {
     /// Evaluates a filter: `true` keeps the row; nulls are already `false`.
@@ -51,4 +62,9 @@ pub trait ComputeSession: Send {
 
     /// Evaluates a value expression, one value per row.
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
+
+    /// Device-side figures for the query statistics.
+    fn report(&self) -> SessionReport {
+        SessionReport::default()
+    }
 }

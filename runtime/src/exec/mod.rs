@@ -16,6 +16,7 @@ use futures::{FutureExt, StreamExt};
 use nearstore_proto::{BackendKind, Plan, QueryStats};
 use tokio::sync::mpsc;
 
+use crate::compute::fpga::{FpgaBackend, TimingModel};
 use crate::compute::native::NativeBackend;
 use crate::compute::wasm::{SandboxConfig, WasmBackend};
 use crate::compute::{ComputeBackend, ComputeSession, Support};
@@ -63,6 +64,7 @@ pub struct Executor {
     default_backend: BackendKind,
     native: Arc<NativeBackend>,
     wasm: Arc<WasmBackend>,
+    fpga: Arc<FpgaBackend>,
 }
 
 impl Executor {
@@ -72,11 +74,13 @@ impl Executor {
         default_backend: BackendKind,
         sandbox: SandboxConfig,
     ) -> Result<Self> {
+        let wasm = WasmBackend::new(sandbox)?;
         let ex = Executor {
             storage,
             default_backend,
             native: Arc::new(NativeBackend),
-            wasm: Arc::new(WasmBackend::new(sandbox)?),
+            fpga: Arc::new(FpgaBackend::new(TimingModel::default(), wasm.clone())?),
+            wasm: Arc::new(wasm),
         };
         ex.backend(default_backend)?;
         Ok(ex)
@@ -92,6 +96,11 @@ impl Executor {
         &self.wasm
     }
 
+    /// The FPGA backend (its emulated device takes fault injection).
+    pub fn fpga(&self) -> &Arc<FpgaBackend> {
+        &self.fpga
+    }
+
     /// The default backend.
     pub fn default_backend(&self) -> BackendKind {
         self.default_backend
@@ -101,10 +110,7 @@ impl Executor {
         match kind {
             BackendKind::Native => Ok(self.native.clone()),
             BackendKind::Wasm => Ok(self.wasm.clone()),
-            other => Err(Error::Unsupported(format!(
-                "the {} backend is not available on this device (available: native, wasm)",
-                other.as_str()
-            ))),
+            BackendKind::Fpga => Ok(self.fpga.clone()),
         }
     }
 
@@ -482,6 +488,14 @@ impl Executor {
                     break;
                 }
             }
+        }
+        let report = query_session.lock().expect("compute session").report();
+        stats.fpga_modelled_us = report.modelled_us.round() as u64;
+        stats.fallbacks = report.fallbacks;
+        if report.fallbacks > 0 {
+            stats
+                .placement
+                .push_str(" (device fault: fell back to wasm)");
         }
         stats.bytes_read_media = counters.bytes_read.load(Ordering::Relaxed);
         stats.rows_scanned = counters.rows_scanned.load(Ordering::Relaxed);

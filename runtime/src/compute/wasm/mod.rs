@@ -81,18 +81,7 @@ struct WasmSession {
 
 impl ComputeSession for WasmSession {
     fn filter(&mut self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray> {
-        let (params, columns) = compile_filter(predicate).ok_or_else(|| {
-            Error::Internal("predicate placed on the Wasm backend that it cannot run".into())
-        })?;
-        let arrays = columns
-            .iter()
-            .map(|c| {
-                batch.column_by_name(c).cloned().ok_or_else(|| {
-                    Error::Internal(format!("column '{c}' missing from the decoded batch"))
-                })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        let owned: Vec<OwnedColumn> = arrays.iter().map(OwnedColumn::of).collect();
+        let (params, owned) = marshal_filter(predicate, batch)?;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
         let idx = self.kernel.filter(rows, &views, &params)?;
@@ -111,8 +100,27 @@ impl ComputeSession for WasmSession {
     }
 }
 
+/// Compiles `predicate` and lays out the columns it reads in the kernel ABI's format.
+pub(crate) fn marshal_filter(
+    predicate: &PhysExpr,
+    batch: &RecordBatch,
+) -> Result<(Vec<u8>, Vec<OwnedColumn>)> {
+    let (params, columns) = compile_filter(predicate).ok_or_else(|| {
+        Error::Internal("predicate placed on a backend that cannot run it".into())
+    })?;
+    let owned = columns
+        .iter()
+        .map(|c| {
+            batch.column_by_name(c).map(OwnedColumn::of).ok_or_else(|| {
+                Error::Internal(format!("column '{c}' missing from the decoded batch"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((params, owned))
+}
+
 /// Buffers of one Arrow column in the layout the kernel ABI expects (offset-free).
-struct OwnedColumn {
+pub(crate) struct OwnedColumn {
     type_code: u32,
     scale: i32,
     values: arrow::buffer::Buffer,
@@ -158,7 +166,7 @@ impl OwnedColumn {
         }
     }
 
-    fn view(&self) -> ColumnBuffers<'_> {
+    pub(crate) fn view(&self) -> ColumnBuffers<'_> {
         ColumnBuffers {
             type_code: self.type_code,
             scale: self.scale,
