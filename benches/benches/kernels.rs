@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nearstore_proto::Expr;
+use nearstore_runtime::compute::fpga::{FpgaBackend, TimingModel};
 use nearstore_runtime::compute::native::NativeBackend;
 use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
 use nearstore_runtime::compute::{ComputeBackend, ComputeSession};
@@ -95,6 +96,46 @@ fn filters(c: &mut Criterion) {
     }
 }
 
+/// The emulated FPGA: its modelled time (timing model) against the host time the emulation
+/// takes, one pass over the batches per filter. Printed, not a criterion measurement: the
+/// modelled figure is what a real device of those parameters would need.
+fn fpga_model(_c: &mut Criterion) {
+    let data = batches();
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let fpga = FpgaBackend::new(TimingModel::default(), wasm).unwrap();
+    println!(
+        "\nemulated FPGA ({:?}), {} rows per pass:",
+        TimingModel::default(),
+        ROWS * BATCHES
+    );
+    println!("| filter | modelled µs | emulation µs (host) |\n|---|---:|---:|");
+    for (name, text) in [
+        (
+            "q6",
+            "l_shipdate >= DATE '1994-01-01' AND l_shipdate < DATE '1995-01-01' AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24",
+        ),
+        ("int64_lt_50pct", "k < 5000"),
+    ] {
+        let pred = bind(&data[0], text);
+        let mut samples = Vec::new();
+        let mut modelled = 0.0;
+        for _ in 0..5 {
+            let mut s = fpga.open().unwrap();
+            let t = std::time::Instant::now();
+            for batch in &data {
+                black_box(s.filter(&pred, batch).unwrap());
+            }
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+            modelled = s.report().modelled_us;
+        }
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {modelled:.0} | {:.0} |",
+            samples[samples.len() / 2]
+        );
+    }
+}
+
 fn setup(c: &mut Criterion) {
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     c.bench_function("kernel_setup/wasm_session_cached_module", |b| {
@@ -102,5 +143,5 @@ fn setup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, filters, setup);
+criterion_group!(benches, filters, setup, fpga_model);
 criterion_main!(benches);
