@@ -175,6 +175,41 @@ fn garbage_outputs_are_rejected() {
         assert!(matches!(e, KernelError::BadOutput { .. }), "{body}: {e}");
         assert!(e.to_string().contains(want), "{body}: {e}");
     }
+    // Bitmap outputs: a bit past the last row, and a count that disagrees with the bitmap.
+    let bitmap = |body: &str| {
+        kernel(
+            "(i32.const 0)",
+            &format!(
+                r#"(func (export "nearstore_filter_bitmap") (param $desc i32) (param $out i32) (param $words i32) (result i32) {body})"#
+            ),
+        )
+    };
+    let data = ids();
+    let col = ColumnBuffers {
+        type_code: nearstore_kernel_abi::types::INT64,
+        scale: 0,
+        values: &data,
+        validity: None,
+        offsets: None,
+    };
+    for (body, want) in [
+        // row 100 of a 100-row batch: bit 36 of word 1
+        (
+            "(i64.store offset=8 (local.get $out) (i64.const 0x1000000000)) (i32.const 1)",
+            "past the end",
+        ),
+        (
+            "(i64.store (local.get $out) (i64.const 7)) (i32.const 2)",
+            "returned count 2 but the bitmap selects 3",
+        ),
+    ] {
+        let p = sb.load(&bitmap(body)).unwrap();
+        let mut session = sb.session(&p).unwrap();
+        assert!(session.has_bitmap_filter());
+        let e = session.filter_bitmap(100, &[col], &[]).unwrap_err();
+        assert!(matches!(e, KernelError::BadOutput { .. }), "{body}: {e}");
+        assert!(e.to_string().contains(want), "{body}: {e}");
+    }
     // A negative status is the kernel's own error, reported as such.
     let p = sb.load(&kernel("(i32.const -3)", "")).unwrap();
     assert!(matches!(

@@ -25,6 +25,11 @@ pub const EXPORT_ABI_VERSION: &str = "nearstore_abi_version";
 pub const EXPORT_ALLOC: &str = "nearstore_alloc";
 /// `(batch: u32, out: u32, out_cap: u32) -> i32`: a filter (see the crate docs).
 pub const EXPORT_FILTER: &str = "nearstore_filter";
+/// `(batch: u32, out: u32, out_words: u32) -> i32`, optional: the same filter writing a
+/// selection bitmap (`out_words` little-endian `u64`s, bit `i` of word `w` = row `64 w + i`,
+/// bits past the last row zero) and returning the number of selected rows. The host prefers
+/// it when exported; it costs nothing per selected row.
+pub const EXPORT_FILTER_BITMAP: &str = "nearstore_filter_bitmap";
 /// The kernel's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
 

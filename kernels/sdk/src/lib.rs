@@ -372,14 +372,32 @@ impl<'a> Batch<'a> {
 /// The output of a filter: indices of selected rows, strictly increasing.
 #[derive(Debug)]
 pub struct Selection<'a> {
-    out: &'a mut [u32],
+    out: Out<'a>,
     len: usize,
 }
 
+#[derive(Debug)]
+enum Out<'a> {
+    Indices(&'a mut [u32]),
+    Bitmap(&'a mut [u64]),
+}
+
 impl<'a> Selection<'a> {
-    /// A selection writing into `out`.
+    /// A selection writing row indices into `out`.
     pub fn new(out: &'a mut [u32]) -> Self {
-        Selection { out, len: 0 }
+        Selection {
+            out: Out::Indices(out),
+            len: 0,
+        }
+    }
+
+    /// A selection writing a bitmap into `words` (zeroed here).
+    pub fn bitmap(words: &'a mut [u64]) -> Self {
+        words.fill(0);
+        Selection {
+            out: Out::Bitmap(words),
+            len: 0,
+        }
     }
 
     /// Selected rows so far.
@@ -396,14 +414,33 @@ impl<'a> Selection<'a> {
     #[inline]
     pub fn push_mask(&mut self, base: usize, mut mask: u64) -> KernelResult {
         let n = mask.count_ones() as usize;
-        if self.len + n > self.out.len() {
-            return Err(status::OUTPUT_TOO_SMALL);
-        }
-        while mask != 0 {
-            let i = mask.trailing_zeros() as usize;
-            self.out[self.len] = (base + i) as u32;
-            self.len += 1;
-            mask &= mask - 1;
+        match &mut self.out {
+            Out::Indices(out) => {
+                if self.len + n > out.len() {
+                    return Err(status::OUTPUT_TOO_SMALL);
+                }
+                while mask != 0 {
+                    let i = mask.trailing_zeros() as usize;
+                    out[self.len] = (base + i) as u32;
+                    self.len += 1;
+                    mask &= mask - 1;
+                }
+            }
+            Out::Bitmap(words) => {
+                if mask == 0 {
+                    return Ok(());
+                }
+                let (w, shift) = (base / 64, base % 64);
+                let spill = if shift == 0 { 0 } else { mask >> (64 - shift) };
+                if w >= words.len() || (spill != 0 && w + 1 >= words.len()) {
+                    return Err(status::OUTPUT_TOO_SMALL);
+                }
+                words[w] |= mask << shift;
+                if spill != 0 {
+                    words[w + 1] |= spill;
+                }
+                self.len += n;
+            }
         }
         Ok(())
     }
@@ -465,22 +502,24 @@ pub unsafe fn batch_from_memory<'a>(desc: u32) -> KernelResult<Batch<'a>> {
     })
 }
 
-/// Runs a filter function for the generated export. Not for direct use.
+/// Runs a filter function for the generated exports. Not for direct use.
 ///
 /// # Safety
-/// As [`batch_from_memory`]; `out` must address `out_cap` writable `u32`s.
+/// As [`batch_from_memory`]; `out` must address `out_len` writable `u32`s (indices) or `u64`s
+/// (bitmap), aligned for them.
 #[doc(hidden)]
 pub unsafe fn __run_filter(
     desc: u32,
     out: u32,
-    out_cap: u32,
+    out_len: u32,
+    bitmap: bool,
     f: fn(&Batch, &mut Selection) -> KernelResult,
 ) -> i32 {
     // Everything allocated during the call is released when it returns, so a kernel instance
     // runs any number of batches in bounded memory.
     let mark = scratch_mark();
     // SAFETY: forwarded contract.
-    let result = unsafe { run_filter_inner(desc, out, out_cap, f) };
+    let result = unsafe { run_filter_inner(desc, out, out_len, bitmap, f) };
     // SAFETY: every allocation made since `mark` belonged to this call and is dead now.
     unsafe { scratch_reset(mark) };
     result
@@ -493,7 +532,8 @@ pub unsafe fn __run_filter(
 unsafe fn run_filter_inner(
     desc: u32,
     out: u32,
-    out_cap: u32,
+    out_len: u32,
+    bitmap: bool,
     f: fn(&Batch, &mut Selection) -> KernelResult,
 ) -> i32 {
     // SAFETY: forwarded contract.
@@ -501,13 +541,23 @@ unsafe fn run_filter_inner(
         Ok(b) => b,
         Err(e) => return e,
     };
-    if !out.is_multiple_of(4) {
-        return status::BAD_INPUT;
-    }
-    // SAFETY: the host reserved out_cap u32s at `out` (contract), 4-byte aligned (checked).
-    let out =
-        unsafe { core::slice::from_raw_parts_mut(out as usize as *mut u32, out_cap as usize) };
-    let mut sel = Selection::new(out);
+    let mut sel = if bitmap {
+        if !out.is_multiple_of(8) || (out_len as usize) < batch.rows().div_ceil(64) {
+            return status::BAD_INPUT;
+        }
+        // SAFETY: the host reserved out_len u64s at `out` (contract), 8-byte aligned (checked).
+        Selection::bitmap(unsafe {
+            core::slice::from_raw_parts_mut(out as usize as *mut u64, out_len as usize)
+        })
+    } else {
+        if !out.is_multiple_of(4) {
+            return status::BAD_INPUT;
+        }
+        // SAFETY: the host reserved out_len u32s at `out` (contract), 4-byte aligned (checked).
+        Selection::new(unsafe {
+            core::slice::from_raw_parts_mut(out as usize as *mut u32, out_len as usize)
+        })
+    };
     match f(&batch, &mut sel) {
         Ok(()) => sel.len() as i32,
         Err(e) => e,
@@ -522,7 +572,14 @@ macro_rules! export_filter {
         #[unsafe(no_mangle)]
         pub extern "C" fn nearstore_filter(desc: u32, out: u32, out_cap: u32) -> i32 {
             // SAFETY: the device calls this export with addresses it wrote per the ABI.
-            unsafe { $crate::__run_filter(desc, out, out_cap, $f) }
+            unsafe { $crate::__run_filter(desc, out, out_cap, false, $f) }
+        }
+
+        /// Filter entry point writing a bitmap (Nearstore kernel ABI).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn nearstore_filter_bitmap(desc: u32, out: u32, out_words: u32) -> i32 {
+            // SAFETY: the device calls this export with addresses it wrote per the ABI.
+            unsafe { $crate::__run_filter(desc, out, out_words, true, $f) }
         }
         $crate::export_common!();
     };
@@ -680,6 +737,12 @@ mod tests {
         assert_eq!(sel.len(), 2);
         assert_eq!(sel.push_mask(128, 0b111), Err(status::OUTPUT_TOO_SMALL));
         assert_eq!(&out[..2], &[65, 67]);
+        let mut words = [u64::MAX; 3];
+        let mut sel = Selection::bitmap(&mut words);
+        sel.push_mask(0, 0b101).unwrap();
+        sel.push_mask(96, 0xFFFF_0000_0000_0001).unwrap();
+        assert_eq!(sel.len(), 19);
+        assert_eq!(words, [0b101, 1 << 32, 0xFFFF_0000]);
         let validity = [0b0000_0101u8, 0, 0, 0, 0, 0, 0, 0, 0xFF];
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         let c = Column::from_parts(types::INT64, 0, &bytes, Some(&validity), None, 70);

@@ -84,6 +84,11 @@ impl ComputeSession for WasmSession {
         let (params, owned) = marshal_filter(predicate, batch)?;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
+        if self.kernel.has_bitmap_filter() {
+            let bytes = self.kernel.filter_bitmap(rows, &views, &params)?;
+            let bits = arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows);
+            return Ok(BooleanArray::new(bits, None));
+        }
         let idx = self.kernel.filter(rows, &views, &params)?;
         let mut bits = BooleanBufferBuilder::new(rows);
         bits.append_n(rows, false);

@@ -392,6 +392,7 @@ impl Sandbox {
             memory: None,
             alloc: None,
             filter: None,
+            filter_bitmap: None,
             arena: 0,
             arena_cap: 0,
         };
@@ -428,6 +429,21 @@ impl Sandbox {
                     ))
                 })?,
         );
+        if instance
+            .get_export(&mut s.store, abi::EXPORT_FILTER_BITMAP)
+            .is_some()
+        {
+            s.filter_bitmap = Some(
+                instance
+                    .get_typed_func(&mut s.store, abi::EXPORT_FILTER_BITMAP)
+                    .map_err(|_| {
+                        KernelError::AbiMismatch(format!(
+                            "export `{}` must be (i32, i32, i32) -> i32",
+                            abi::EXPORT_FILTER_BITMAP
+                        ))
+                    })?,
+            );
+        }
         s.memory = Some(
             instance
                 .get_memory(&mut s.store, abi::EXPORT_MEMORY)
@@ -483,6 +499,7 @@ pub struct KernelSession {
     memory: Option<Memory>,
     alloc: Option<TypedFunc<(u32, u32), u32>>,
     filter: Option<TypedFunc<(u32, u32, u32), i32>>,
+    filter_bitmap: Option<TypedFunc<(u32, u32, u32), i32>>,
     arena: u32,
     arena_cap: u32,
 }
@@ -604,15 +621,15 @@ impl KernelSession {
         Ok(())
     }
 
-    /// Runs the filter export over `rows` rows of `columns` with `params`; returns the selected
-    /// row indices after checking them (count, range, strict order).
-    pub fn filter(
+    /// Writes a batch into the arena: params | column descriptors | buffers | batch descriptor |
+    /// `out_bytes` of output (8-byte aligned). Returns the descriptor and output addresses.
+    fn stage(
         &mut self,
         rows: usize,
         columns: &[ColumnBuffers<'_>],
         params: &[u8],
-    ) -> Result<Vec<u32>, KernelError> {
-        // Layout: params | column descriptors | buffers | batch descriptor | output.
+        out_bytes: usize,
+    ) -> Result<(u32, u32), KernelError> {
         let mut off = align_up(params.len());
         let cols_off = off;
         off = align_up(off + columns.len() * abi::COLUMN_DESC_BYTES);
@@ -635,7 +652,7 @@ impl KernelSession {
         let desc_off = off;
         off = align_up(off + abi::BATCH_DESC_BYTES);
         let out_off = off;
-        off += rows * 4;
+        off += out_bytes;
         self.reserve(off)?;
 
         let base = self.arena as usize;
@@ -675,21 +692,79 @@ impl KernelSession {
             params_len: params.len() as u32,
         }
         .write(&mut region[desc_off..desc_off + abi::BATCH_DESC_BYTES]);
+        Ok(((base + desc_off) as u32, (base + out_off) as u32))
+    }
 
+    /// Whether the kernel offers the bitmap form of the filter.
+    pub fn has_bitmap_filter(&self) -> bool {
+        self.filter_bitmap.is_some()
+    }
+
+    /// Runs the bitmap filter export; returns the selection bitmap (`rows` bits, LSB first)
+    /// after checking it: no bit past the last row, and the returned count equal to the bits
+    /// set.
+    pub fn filter_bitmap(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+    ) -> Result<Vec<u8>, KernelError> {
+        let words = rows.div_ceil(64);
+        let (desc, out) = self.stage(rows, columns, params, words * 8)?;
+        self.arm()?;
+        let f = self.filter_bitmap.clone().ok_or_else(|| {
+            KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_FILTER_BITMAP))
+        })?;
+        let n = f
+            .call(&mut self.store, (desc, out, words as u32))
+            .map_err(|e| self.classify(e))?;
+        let kernel = || self.program.name.clone();
+        if n < 0 {
+            return Err(KernelError::Status {
+                kernel: kernel(),
+                status: n,
+            });
+        }
+        let memory = self.memory.expect("memory resolved");
+        let bytes = memory
+            .data(&self.store)
+            .get(out as usize..out as usize + rows.div_ceil(8))
+            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?
+            .to_vec();
+        let tail = rows % 8;
+        if tail != 0 && bytes.last().is_some_and(|b| b >> tail != 0) {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("bitmap selects rows past the end of a {rows}-row batch"),
+            });
+        }
+        let set: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        if set != n as usize {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("returned count {n} but the bitmap selects {set} rows"),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Runs the filter export over `rows` rows of `columns` with `params`; returns the selected
+    /// row indices after checking them (count, range, strict order).
+    pub fn filter(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+    ) -> Result<Vec<u32>, KernelError> {
+        let (desc, out) = self.stage(rows, columns, params, rows * 4)?;
+        let base_out = out as usize;
         self.arm()?;
         let f = self
             .filter
             .clone()
             .expect("filter resolved at instantiation");
         let n = f
-            .call(
-                &mut self.store,
-                (
-                    (base + desc_off) as u32,
-                    (base + out_off) as u32,
-                    rows as u32,
-                ),
-            )
+            .call(&mut self.store, (desc, out, rows as u32))
             .map_err(|e| self.classify(e))?;
         let kernel = || self.program.name.clone();
         if n < 0 {
@@ -705,9 +780,9 @@ impl KernelSession {
                 detail: format!("selected {n} rows of a {rows}-row batch"),
             });
         }
-        let data = memory.data(&self.store);
+        let data = self.memory.expect("memory resolved").data(&self.store);
         let out = data
-            .get(base + out_off..base + out_off + n * 4)
+            .get(base_out..base_out + n * 4)
             .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
         let mut idx = Vec::with_capacity(n);
         let mut prev: Option<u32> = None;
