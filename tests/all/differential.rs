@@ -312,24 +312,7 @@ fn generated_predicates_match_the_host_model() {
                 prop_assert_eq!(&got, &want, "predicate {} on {:?}", pred, backend);
             }
 
-            // Grouped aggregates over the same predicate.
-            let plan = Query::table("t")
-                .filter_expr(pred.clone())
-                .group_by(["cat"])
-                .aggregate(AggFunc::CountStar, None, "n")
-                .unwrap()
-                .aggregate(AggFunc::Sum, Some("id"), "sum_id")
-                .unwrap()
-                .aggregate(AggFunc::Min, Some("val"), "min_val")
-                .unwrap()
-                .aggregate(AggFunc::Max, Some("price"), "max_price")
-                .unwrap()
-                .order_by("cat", false)
-                .build();
-            let r = rt
-                .block_on(c.query(&plan))
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let b = r.concat().unwrap();
+            // Grouped aggregates over the same predicate, accumulated natively and in Wasm.
             type Agg = (i64, i64, Option<f64>, Option<i128>);
             let mut want: BTreeMap<String, Agg> = BTreeMap::new();
             for row in model.iter().filter(|row| eval(&pred, row) == Some(true)) {
@@ -341,29 +324,62 @@ fn generated_predicates_match_the_host_model() {
                 }
                 e.3 = Some(e.3.map_or(row.price, |m: i128| m.max(row.price)));
             }
-            let cat = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-            let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-            let s = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
-            let mv = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
-            let mp = b
-                .column(4)
-                .as_any()
-                .downcast_ref::<Decimal128Array>()
-                .unwrap();
-            let got: BTreeMap<String, Agg> = (0..b.num_rows())
-                .map(|i| {
-                    (
-                        cat.value(i).to_string(),
+            for backend in [BackendKind::Native, BackendKind::Wasm] {
+                let plan = Query::table("t")
+                    .filter_expr(pred.clone())
+                    .group_by(["cat"])
+                    .aggregate(AggFunc::CountStar, None, "n")
+                    .unwrap()
+                    .aggregate(AggFunc::Sum, Some("id"), "sum_id")
+                    .unwrap()
+                    .aggregate(AggFunc::Min, Some("val"), "min_val")
+                    .unwrap()
+                    .aggregate(AggFunc::Max, Some("price"), "max_price")
+                    .unwrap()
+                    .order_by("cat", false)
+                    .backend(backend)
+                    .build();
+                let r = rt
+                    .block_on(c.query(&plan))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let b = r.concat().unwrap();
+                if backend == BackendKind::Wasm {
+                    prop_assert!(
+                        r.stats.placement.contains("aggregate=wasm"),
+                        "{}",
+                        r.stats.placement
+                    );
+                }
+                let cat = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                let s = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+                let mv = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
+                let mp = b
+                    .column(4)
+                    .as_any()
+                    .downcast_ref::<Decimal128Array>()
+                    .unwrap();
+                let got: BTreeMap<String, Agg> = (0..b.num_rows())
+                    .map(|i| {
                         (
-                            n.value(i),
-                            s.value(i),
-                            mv.is_valid(i).then(|| mv.value(i)),
-                            mp.is_valid(i).then(|| mp.value(i)),
-                        ),
-                    )
-                })
-                .collect();
-            prop_assert_eq!(got, want, "aggregates under {}", pred);
+                            cat.value(i).to_string(),
+                            (
+                                n.value(i),
+                                s.value(i),
+                                mv.is_valid(i).then(|| mv.value(i)),
+                                mp.is_valid(i).then(|| mp.value(i)),
+                            ),
+                        )
+                    })
+                    .collect();
+                prop_assert_eq!(
+                    got,
+                    want.clone(),
+                    "aggregates under {} on {:?}",
+                    pred,
+                    backend
+                );
+            }
             Ok(())
         })
         .unwrap();

@@ -30,6 +30,13 @@ pub const EXPORT_FILTER: &str = "nearstore_filter";
 /// bits past the last row zero) and returning the number of selected rows. The host prefers
 /// it when exported; it costs nothing per selected row.
 pub const EXPORT_FILTER_BITMAP: &str = "nearstore_filter_bitmap";
+/// `(batch: u32, state: u32, groups: u32) -> i32`, optional: accumulates aggregates. Column 0
+/// of the batch holds each row's group (`INT32` values `< groups`), or has type code 0 when
+/// every row belongs to group 0; the other columns are the aggregates' inputs. The parameters
+/// are the [`agg`] program. `state` addresses `groups × aggregates` slots of
+/// [`agg::SLOT_BYTES`], group-major, which the host zeroes and keeps across calls. Returns 0 or
+/// a negative [`status`].
+pub const EXPORT_AGG_UPDATE: &str = "nearstore_agg_update";
 /// The kernel's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
 
@@ -82,6 +89,8 @@ pub mod status {
     pub const UNSUPPORTED: i32 = -3;
     /// The kernel could not allocate.
     pub const NO_MEMORY: i32 = -4;
+    /// An accumulator overflowed.
+    pub const OVERFLOW: i32 = -5;
 }
 
 /// Size in bytes of [`BatchDesc`] in memory.
@@ -254,6 +263,29 @@ pub mod program {
     pub const STACK_MAX: usize = 32;
     /// Longest program accepted.
     pub const PROGRAM_BYTES_MAX: usize = 64 * 1024;
+}
+
+/// The aggregate program: per aggregate, 4 bytes: function `u8`, input column `u16` (0xFFFF
+/// for none), reserved `u8`.
+///
+/// Each slot is 32 bytes: an accumulator at offset 0 (`i128` for integer and decimal inputs,
+/// `f64` for float inputs; for min/max of floats the IEEE total-order key as `i128`), the count
+/// of non-null inputs seen (`i64`) at offset 16, and 8 reserved bytes.
+pub mod agg {
+    /// `count(*)`: rows.
+    pub const COUNT_STAR: u8 = 0;
+    /// `count(x)`: non-null inputs.
+    pub const COUNT: u8 = 1;
+    /// `sum(x)` (the host derives `avg` from sum and count).
+    pub const SUM: u8 = 2;
+    /// `min(x)`.
+    pub const MIN: u8 = 3;
+    /// `max(x)`.
+    pub const MAX: u8 = 4;
+    /// Bytes per aggregate per group.
+    pub const SLOT_BYTES: usize = 32;
+    /// Input column meaning "no input".
+    pub const NO_COLUMN: u16 = 0xFFFF;
 }
 
 #[cfg(test)]

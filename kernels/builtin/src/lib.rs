@@ -8,13 +8,14 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
-use nearstore_kernel::abi::{program, status, types};
+use nearstore_kernel::abi::{agg, program, status, types};
 use nearstore_kernel::{
-    BLOCK, Batch, Cmp, Column, KernelResult, Selection, cmp_block_f64, cmp_block_i32, cmp_block_i64,
-    lanes, mask_block,
+    AggState, BLOCK, Batch, Cmp, Column, KernelResult, Selection, cmp_block_f64, cmp_block_i32,
+    cmp_block_i64, f64_order_key, lanes, mask_block,
 };
 
 nearstore_kernel::export_filter!(filter);
+nearstore_kernel::export_aggregate!(aggregate);
 nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=builtin.filter\nsignature=program\nstate_size=0\n");
 
 /// A literal decoded for its column's type.
@@ -235,6 +236,144 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
         }
         let (t, _) = stack.pop().ok_or(status::BAD_INPUT)?;
         sel.push_mask(base, t & live)?;
+    }
+    Ok(())
+}
+
+/// One aggregate's running value over some rows.
+#[derive(Clone, Copy)]
+struct Partial {
+    acc: i128,
+    fsum: f64,
+    count: i64,
+}
+
+/// Folds `v` (an integer, or a float's order key / value) into a partial.
+#[inline(always)]
+fn fold(p: &mut Partial, func: u8, float: bool, v: i128, f: f64) -> KernelResult {
+    match func {
+        agg::SUM if float => p.fsum += f,
+        agg::SUM => p.acc = p.acc.checked_add(v).ok_or(status::OVERFLOW)?,
+        agg::MIN => {
+            if p.count == 0 || v < p.acc {
+                p.acc = v;
+            }
+        }
+        agg::MAX => {
+            if p.count == 0 || v > p.acc {
+                p.acc = v;
+            }
+        }
+        _ => {}
+    }
+    p.count += 1;
+    Ok(())
+}
+
+/// Merges a partial into a state slot.
+fn merge(st: &mut AggState, group: usize, j: usize, func: u8, float: bool, p: &Partial) -> KernelResult {
+    if p.count == 0 {
+        return Ok(());
+    }
+    let (acc, count) = st.slot(group, j)?;
+    let first = *count == 0;
+    match func {
+        agg::SUM if float => {
+            let prev = f64::from_le_bytes(acc[..8].try_into().map_err(|_| status::BAD_INPUT)?);
+            acc[..8].copy_from_slice(&(prev + p.fsum).to_le_bytes());
+        }
+        agg::SUM => {
+            let prev = i128::from_le_bytes(*acc);
+            *acc = prev.checked_add(p.acc).ok_or(status::OVERFLOW)?.to_le_bytes();
+        }
+        agg::MIN | agg::MAX => {
+            let prev = i128::from_le_bytes(*acc);
+            let better = if func == agg::MIN { p.acc < prev } else { p.acc > prev };
+            if first || better {
+                *acc = p.acc.to_le_bytes();
+            }
+        }
+        _ => {}
+    }
+    *count += p.count;
+    Ok(())
+}
+
+/// Accumulates the aggregate program over a batch (see `nearstore_kernel_abi::agg`).
+fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
+    let p = batch.params();
+    if p.len() % 4 != 0 {
+        return Err(status::BAD_INPUT);
+    }
+    let rows = batch.rows();
+    let gcol = batch.column(0)?;
+    let groups: Option<&[i32]> = if gcol.type_code() == 0 { None } else { Some(gcol.i32s()?) };
+    for j in 0..p.len() / 4 {
+        let func = p[4 * j];
+        let col = u16::from_le_bytes([p[4 * j + 1], p[4 * j + 2]]);
+        let zero = Partial { acc: 0, fsum: 0.0, count: 0 };
+        if func == agg::COUNT_STAR {
+            match groups {
+                None => merge(st, 0, j, func, false, &Partial { count: rows as i64, ..zero })?,
+                Some(g) => {
+                    for &gi in g.iter().take(rows) {
+                        let one = Partial { count: 1, ..zero };
+                        merge(st, gi as usize, j, func, false, &one)?;
+                    }
+                }
+            }
+            continue;
+        }
+        if !matches!(func, agg::COUNT | agg::SUM | agg::MIN | agg::MAX) || col == agg::NO_COLUMN {
+            return Err(status::BAD_INPUT);
+        }
+        let c = batch.column(col as usize)?;
+        let float = c.type_code() == types::FLOAT64;
+        // The value of row i as (integer or order key, float).
+        let value: &dyn Fn(usize) -> (i128, f64) = match c.type_code() {
+            types::INT32 | types::DATE32 => {
+                let v = c.i32s()?;
+                &move |i| (v[i] as i128, 0.0)
+            }
+            types::INT64 => {
+                let v = c.i64s()?;
+                &move |i| (v[i] as i128, 0.0)
+            }
+            types::DECIMAL128 => {
+                let v = c.i128s()?;
+                &move |i| (v[i], 0.0)
+            }
+            types::FLOAT64 => {
+                let v = c.f64s()?;
+                &move |i| (f64_order_key(v[i]) as i128, v[i])
+            }
+            _ => return Err(status::UNSUPPORTED),
+        };
+        match groups {
+            // Float sums are folded row by row into the slot so the rounding order matches a
+            // sequential sum over all batches.
+            None if !(float && func == agg::SUM) => {
+                let mut part = zero;
+                for i in 0..rows {
+                    if c.is_valid(i) {
+                        let (v, f) = value(i);
+                        fold(&mut part, func, float, v, f)?;
+                    }
+                }
+                merge(st, 0, j, func, float, &part)?;
+            }
+            _ => {
+                for i in 0..rows {
+                    let gi = groups.map_or(0, |g| g[i]);
+                    if c.is_valid(i) {
+                        let (v, f) = value(i);
+                        let mut part = zero;
+                        fold(&mut part, func, float, v, f)?;
+                        merge(st, gi as usize, j, func, float, &part)?;
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -564,6 +564,103 @@ unsafe fn run_filter_inner(
     }
 }
 
+/// Runs an aggregate function for the generated export. Not for direct use.
+///
+/// # Safety
+/// As [`batch_from_memory`]; `state` must address `groups × aggregates` slots of
+/// [`abi::agg::SLOT_BYTES`] writable bytes, 16-byte aligned.
+#[doc(hidden)]
+pub unsafe fn __run_aggregate(
+    desc: u32,
+    state: u32,
+    groups: u32,
+    f: fn(&Batch, &mut AggState) -> KernelResult,
+) -> i32 {
+    let mark = scratch_mark();
+    let result = (|| -> KernelResult {
+        // SAFETY: forwarded contract.
+        let batch = unsafe { batch_from_memory(desc) }?;
+        let naggs = batch.params().len() / 4;
+        if !state.is_multiple_of(16) {
+            return Err(status::BAD_INPUT);
+        }
+        let len = (groups as usize)
+            .checked_mul(naggs)
+            .and_then(|n| n.checked_mul(abi::agg::SLOT_BYTES))
+            .ok_or(status::BAD_INPUT)?;
+        // SAFETY: the host reserved `len` bytes at `state` (contract), aligned (checked).
+        let bytes = unsafe { core::slice::from_raw_parts_mut(state as usize as *mut u8, len) };
+        let mut st = AggState {
+            bytes,
+            groups: groups as usize,
+            naggs,
+        };
+        f(&batch, &mut st)
+    })();
+    // SAFETY: every allocation made since `mark` belonged to this call and is dead now.
+    unsafe { scratch_reset(mark) };
+    match result {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+/// Aggregate state: `groups × aggregates` slots of [`abi::agg::SLOT_BYTES`].
+#[derive(Debug)]
+pub struct AggState<'a> {
+    bytes: &'a mut [u8],
+    groups: usize,
+    naggs: usize,
+}
+
+impl AggState<'_> {
+    /// Groups.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Aggregates per group.
+    pub fn aggregates(&self) -> usize {
+        self.naggs
+    }
+
+    /// The slot of aggregate `agg` in group `group`: (accumulator, count).
+    #[inline(always)]
+    pub fn slot(&mut self, group: usize, agg: usize) -> KernelResult<(&mut [u8; 16], &mut i64)> {
+        if group >= self.groups || agg >= self.naggs {
+            return Err(status::BAD_INPUT);
+        }
+        let at = (group * self.naggs + agg) * abi::agg::SLOT_BYTES;
+        let (acc, rest) = self.bytes[at..at + abi::agg::SLOT_BYTES].split_at_mut(16);
+        let acc: &mut [u8; 16] = acc.try_into().map_err(|_| status::BAD_INPUT)?;
+        let count = bytemuck_i64(&mut rest[..8]);
+        Ok((acc, count))
+    }
+}
+
+fn bytemuck_i64(b: &mut [u8]) -> &mut i64 {
+    assert!(
+        b.len() >= 8 && (b.as_ptr() as usize).is_multiple_of(8),
+        "slot layout"
+    );
+    // SAFETY: 8 bytes, 8-byte aligned (slots are 32-byte multiples from a 16-aligned base),
+    // and every bit pattern is a valid i64.
+    unsafe { &mut *b.as_mut_ptr().cast::<i64>() }
+}
+
+/// Generates the aggregate export around `fn(&Batch, &mut AggState) -> KernelResult`.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($f:path) => {
+        /// Aggregate entry point (Nearstore kernel ABI).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn nearstore_agg_update(desc: u32, state: u32, groups: u32) -> i32 {
+            // SAFETY: the device calls this export with addresses it wrote per the ABI.
+            unsafe { $crate::__run_aggregate(desc, state, groups, $f) }
+        }
+    };
+}
+
 /// Generates the exports of a filter kernel around `fn(&Batch, &mut Selection) -> KernelResult`.
 #[macro_export]
 macro_rules! export_filter {

@@ -19,7 +19,8 @@ use arrow::array::{ArrayRef, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::BackendKind;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::exec::aggregate::AggSpec;
 use crate::exec::expr::PhysExpr;
 
 /// Whether a backend can run an operator.
@@ -42,6 +43,12 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
     /// Whether this backend can evaluate `expr` as a value expression.
     fn supports_expr(&self, expr: &PhysExpr) -> Support;
 
+    /// Whether this backend can accumulate all of `aggs` (their inputs are evaluated by
+    /// whichever backend runs expressions).
+    fn supports_aggregates(&self, _aggs: &[AggSpec]) -> Support {
+        Support::Unsupported
+    }
+
     /// Opens the per-query context (for Wasm: a fresh instance, never shared across queries).
     fn open(&self) -> Result<Box<dyn ComputeSession>>;
 }
@@ -62,6 +69,25 @@ pub trait ComputeSession: Send {
 
     /// Evaluates a value expression, one value per row.
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
+
+    /// Accumulates one batch of `rows` rows: `groups` gives each row's group (`None`: all in
+    /// group 0), `inputs[j]` the input of `aggs[j]` (`None` for count(*)). Partial states
+    /// persist across calls within the session.
+    fn aggregate(
+        &mut self,
+        _aggs: &[AggSpec],
+        _groups: Option<&[u32]>,
+        _n_groups: usize,
+        _inputs: &[Option<ArrayRef>],
+        _rows: usize,
+    ) -> Result<()> {
+        Err(Error::Unsupported("this backend does not aggregate".into()))
+    }
+
+    /// Final values of the accumulated aggregates, one array per aggregate, `n_groups` long.
+    fn aggregate_finish(&mut self, _aggs: &[AggSpec], _n_groups: usize) -> Result<Vec<ArrayRef>> {
+        Err(Error::Unsupported("this backend does not aggregate".into()))
+    }
 
     /// Device-side figures for the query statistics.
     fn report(&self) -> SessionReport {

@@ -16,6 +16,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use nearstore_proto::AggFunc;
 
+use crate::compute::ComputeSession;
 use crate::error::{Error, Result};
 use crate::exec::expr::PhysExpr;
 
@@ -58,6 +59,12 @@ impl AggSpec {
     }
 }
 
+/// The average of `count` values whose exact unscaled sum is `sum` at `scale`. Both the
+/// native and the Wasm accumulators finish averages here, so they agree to the bit.
+pub fn avg_exact(sum: i128, scale: i8, count: i64) -> f64 {
+    (sum as f64 / 10f64.powi(scale as i32)) / count as f64
+}
+
 fn is_summable(t: &DataType) -> bool {
     t.is_integer() || t.is_floating() || matches!(t, DataType::Decimal128(..))
 }
@@ -68,7 +75,10 @@ enum Acc {
     SumU64(Vec<u64>, Vec<bool>),
     SumF64(Vec<f64>, Vec<bool>),
     SumDec(Vec<i128>, Vec<bool>, DataType),
+    /// Float input: sequential f64 sums.
     Avg(Vec<f64>, Vec<i64>),
+    /// Integer or decimal input: exact sums of unscaled values, divided at the end.
+    AvgExact(Vec<i128>, Vec<i64>, i8),
     MinMax {
         conv: RowConverter,
         best: Vec<Option<OwnedRow>>,
@@ -81,7 +91,11 @@ impl Acc {
         let out = spec.output_type()?;
         Ok(match spec.func {
             AggFunc::CountStar | AggFunc::Count => Acc::Count(Vec::new()),
-            AggFunc::Avg => Acc::Avg(Vec::new(), Vec::new()),
+            AggFunc::Avg => match spec.input.as_ref().map(PhysExpr::data_type) {
+                Some(DataType::Decimal128(_, s)) => Acc::AvgExact(Vec::new(), Vec::new(), s),
+                Some(t) if t.is_integer() => Acc::AvgExact(Vec::new(), Vec::new(), 0),
+                _ => Acc::Avg(Vec::new(), Vec::new()),
+            },
             AggFunc::Sum => match out {
                 DataType::Int64 => Acc::SumI64(Vec::new(), Vec::new()),
                 DataType::UInt64 => Acc::SumU64(Vec::new(), Vec::new()),
@@ -180,6 +194,22 @@ impl Acc {
                     }
                 }
             }
+            Acc::AvgExact(s, c, _) => {
+                let v = values.expect("avg has input");
+                let v = match v.data_type() {
+                    DataType::Decimal128(..) => v.clone(),
+                    _ => cast(v, &DataType::Decimal128(38, 0))?,
+                };
+                let v = v.as_primitive::<Decimal128Type>();
+                s.resize(n_groups, 0);
+                c.resize(n_groups, 0);
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
+                        c[g] += 1;
+                    }
+                }
+            }
             Acc::MinMax { conv, best, min } => {
                 let v = values.expect("min/max has input");
                 best.resize(n_groups, None);
@@ -242,6 +272,14 @@ impl Acc {
                     .map(|g| (c.get(g).copied().unwrap_or(0) > 0).then(|| s[g] / c[g] as f64))
                     .collect::<Float64Array>(),
             ),
+            Acc::AvgExact(s, c, scale) => Arc::new(
+                (0..n_groups)
+                    .map(|g| {
+                        let n = c.get(g).copied().unwrap_or(0);
+                        (n > 0).then(|| avg_exact(s[g], scale, n))
+                    })
+                    .collect::<Float64Array>(),
+            ),
             Acc::MinMax { conv, mut best, .. } => {
                 best.resize(n_groups, None);
                 if best.iter().all(Option::is_some) {
@@ -283,7 +321,12 @@ pub struct HashAggregator {
     map: HashMap<Box<[u8]>, usize>,
     group_rows: Vec<OwnedRow>,
     accs: Vec<Acc>,
+    /// A compute session that accumulates instead of the native accumulators.
+    offload: Option<SharedSession>,
 }
+
+/// A compute session shared by the operators of one query.
+pub type SharedSession = Arc<std::sync::Mutex<Box<dyn ComputeSession>>>;
 
 impl std::fmt::Debug for HashAggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,7 +369,14 @@ impl HashAggregator {
             map: HashMap::new(),
             group_rows: Vec::new(),
             accs,
+            offload: None,
         })
+    }
+
+    /// Accumulates in `session` (a backend that answered Exact for these aggregates) instead
+    /// of natively.
+    pub fn offload_to(&mut self, session: SharedSession) {
+        self.offload = Some(session);
     }
 
     /// Output schema.
@@ -384,6 +434,24 @@ impl HashAggregator {
             }
         };
         let n_groups = self.n_groups();
+        if let Some(session) = &self.offload {
+            let inputs = self
+                .aggs
+                .iter()
+                .map(|a| a.input.as_ref().map(|e| eval(e, batch)).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            let ids: Option<Vec<u32>> = self
+                .keys
+                .as_ref()
+                .map(|_| groups.iter().map(|&g| g as u32).collect());
+            return session.lock().expect("compute session").aggregate(
+                &self.aggs,
+                ids.as_deref(),
+                n_groups,
+                &inputs,
+                n,
+            );
+        }
         for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {
             let values = spec.input.as_ref().map(|e| eval(e, batch)).transpose()?;
             acc.update(values.as_ref(), &groups, n_groups, &spec.name)?;
@@ -398,8 +466,19 @@ impl HashAggregator {
             None => Vec::new(),
             Some(conv) => conv.convert_rows(self.group_rows.iter().map(|r| r.row()))?,
         };
-        for acc in self.accs {
-            cols.push(acc.finish(n_groups)?);
+        match &self.offload {
+            Some(session) => {
+                let accs = session
+                    .lock()
+                    .expect("compute session")
+                    .aggregate_finish(&self.aggs, n_groups)?;
+                cols.extend(accs);
+            }
+            None => {
+                for acc in self.accs {
+                    cols.push(acc.finish(n_groups)?);
+                }
+            }
         }
         if cols.is_empty() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));

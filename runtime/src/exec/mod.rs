@@ -307,23 +307,42 @@ impl Executor {
                 .chain(a.iter().filter_map(|a| a.input.as_ref()))
                 .collect(),
         };
-        let stage = if matches!(q.output, Output::Aggregate(..)) {
-            "aggregate"
-        } else {
-            "project"
-        };
-        let on_backend = !exprs.is_empty()
+        let exprs_on_backend = !exprs.is_empty()
             && exprs
                 .iter()
                 .all(|e| backend.supports_expr(e) == Support::Exact);
-        placement.push(format!(
-            "{stage}={}",
-            if on_backend {
-                backend.kind().as_str()
-            } else {
-                "native"
+        let offload_aggs = match &q.output {
+            Output::Aggregate(_, aggs) => backend.supports_aggregates(aggs) == Support::Exact,
+            Output::Project(_) => false,
+        };
+        match &q.output {
+            Output::Aggregate(..) => {
+                let on = if offload_aggs {
+                    backend.kind()
+                } else {
+                    BackendKind::Native
+                };
+                placement.push(format!("aggregate={}", on.as_str()));
+                // Aggregate inputs that are expressions, not plain columns, are computed first.
+                let computed = exprs.iter().any(|e| !matches!(e, PhysExpr::Column { .. }));
+                if computed {
+                    let at = if exprs_on_backend {
+                        backend.kind()
+                    } else {
+                        BackendKind::Native
+                    };
+                    placement.push(format!("exprs={}", at.as_str()));
+                }
             }
-        ));
+            Output::Project(_) => {
+                let at = if exprs_on_backend {
+                    backend.kind()
+                } else {
+                    BackendKind::Native
+                };
+                placement.push(format!("project={}", at.as_str()));
+            }
+        }
         stats.placement = placement.join(" ");
 
         // Columns decoded after the filter.
@@ -351,7 +370,13 @@ impl Executor {
         };
         let mut remaining = streaming_limit;
         let mut agg = match &q.output {
-            Output::Aggregate(g, a) => Some(HashAggregator::new(g.clone(), a.clone())?),
+            Output::Aggregate(g, a) => {
+                let mut h = HashAggregator::new(g.clone(), a.clone())?;
+                if offload_aggs {
+                    h.offload_to(query_session.clone());
+                }
+                Some(h)
+            }
             Output::Project(_) => None,
         };
         let mut collected: Vec<RecordBatch> = Vec::new();

@@ -13,12 +13,13 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
-use nearstore_kernel_abi::{program, types};
-use nearstore_proto::{BackendKind, CmpOp};
+use nearstore_kernel_abi::{agg, program, types};
+use nearstore_proto::{AggFunc, BackendKind, CmpOp};
 
 use super::native::NativeBackend;
 use super::{ComputeBackend, ComputeSession, Support};
 use crate::error::{Error, Result};
+use crate::exec::aggregate::AggSpec;
 use crate::exec::expr::PhysExpr;
 pub use sandbox::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox, SandboxConfig};
 
@@ -68,15 +69,37 @@ impl ComputeBackend for WasmBackend {
         Support::Unsupported
     }
 
+    fn supports_aggregates(&self, aggs: &[AggSpec]) -> Support {
+        let ok = aggs.iter().all(|a| match &a.input {
+            None => true,
+            Some(e) => matches!(
+                e.data_type(),
+                DataType::Int32
+                    | DataType::Int64
+                    | DataType::Date32
+                    | DataType::Float64
+                    | DataType::Decimal128(..)
+            ),
+        });
+        if ok && !aggs.is_empty() {
+            Support::Exact
+        } else {
+            Support::Unsupported
+        }
+    }
+
     fn open(&self) -> Result<Box<dyn ComputeSession>> {
         Ok(Box::new(WasmSession {
             kernel: self.sandbox.session(&self.filter)?,
+            rows_seen: 0,
         }))
     }
 }
 
 struct WasmSession {
     kernel: KernelSession,
+    /// Rows given to the aggregate kernel (bounds every count it reports).
+    rows_seen: u64,
 }
 
 impl ComputeSession for WasmSession {
@@ -98,11 +121,227 @@ impl ComputeSession for WasmSession {
         Ok(BooleanArray::new(bits.finish(), None))
     }
 
+    fn aggregate(
+        &mut self,
+        aggs: &[AggSpec],
+        groups: Option<&[u32]>,
+        n_groups: usize,
+        inputs: &[Option<ArrayRef>],
+        rows: usize,
+    ) -> Result<()> {
+        let mut params = Vec::with_capacity(aggs.len() * 4);
+        let mut owned = Vec::new();
+        for (a, input) in aggs.iter().zip(inputs) {
+            let func = match a.func {
+                AggFunc::CountStar => agg::COUNT_STAR,
+                AggFunc::Count => agg::COUNT,
+                AggFunc::Sum | AggFunc::Avg => agg::SUM,
+                AggFunc::Min => agg::MIN,
+                AggFunc::Max => agg::MAX,
+            };
+            let col = match input {
+                Some(arr) => {
+                    owned.push(OwnedColumn::of(arr));
+                    owned.len() as u16
+                }
+                None => agg::NO_COLUMN,
+            };
+            params.push(func);
+            params.extend(col.to_le_bytes());
+            params.push(0);
+        }
+        let group_bytes: Option<&[u8]> = groups.map(|g| {
+            // SAFETY: u32 has no padding or invalid bit patterns; the byte view covers exactly
+            // the slice's memory and lives as long as `g`.
+            unsafe { std::slice::from_raw_parts(g.as_ptr().cast::<u8>(), std::mem::size_of_val(g)) }
+        });
+        let mut views = vec![ColumnBuffers {
+            type_code: if groups.is_some() { types::INT32 } else { 0 },
+            scale: 0,
+            values: group_bytes.unwrap_or(&[]),
+            validity: None,
+            offsets: None,
+        }];
+        views.extend(owned.iter().map(OwnedColumn::view));
+        self.kernel
+            .aggregate_update(rows, &views, &params, n_groups)?;
+        self.rows_seen += rows as u64;
+        Ok(())
+    }
+
+    fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {
+        let state = if self.rows_seen == 0 {
+            // No batch reached the kernel: every accumulator is empty.
+            vec![0; n_groups * aggs.len() * agg::SLOT_BYTES]
+        } else {
+            self.kernel.aggregate_state(n_groups)?
+        };
+        finish_state(aggs, &state, n_groups, self.rows_seen, self.kernel.name())
+    }
+
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {
         // Placement never sends expressions here (supports_expr is Unsupported); stay correct
         // if it ever does.
         NativeBackend.evaluate(expr, batch)
     }
+}
+
+/// Turns the kernel's aggregate state into result arrays, checking what can be checked: every
+/// count lies within the rows given to the kernel, and sums fit their result types.
+fn finish_state(
+    aggs: &[AggSpec],
+    state: &[u8],
+    n_groups: usize,
+    rows_seen: u64,
+    kernel: &str,
+) -> Result<Vec<ArrayRef>> {
+    use arrow::array::{Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array};
+    let bad = |detail: String| {
+        Error::from(KernelError::BadOutput {
+            kernel: kernel.to_string(),
+            detail,
+        })
+    };
+    let naggs = aggs.len();
+    if state.len() != n_groups * naggs * agg::SLOT_BYTES {
+        return Err(bad("aggregate state has the wrong size".into()));
+    }
+    let slot = |g: usize, j: usize| -> (i128, i64) {
+        let at = (g * naggs + j) * agg::SLOT_BYTES;
+        let acc = i128::from_le_bytes(state[at..at + 16].try_into().expect("16 bytes"));
+        let count = i64::from_le_bytes(state[at + 16..at + 24].try_into().expect("8 bytes"));
+        (acc, count)
+    };
+    let f64_of = |acc: i128| f64::from_bits(acc as u64);
+    let key_to_f64 = |k: i128| {
+        let k = k as i64;
+        f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
+    };
+    let mut out = Vec::with_capacity(naggs);
+    for (j, a) in aggs.iter().enumerate() {
+        let mut accs = Vec::with_capacity(n_groups);
+        for g in 0..n_groups {
+            let (acc, count) = slot(g, j);
+            if count < 0 || count as u64 > rows_seen {
+                return Err(bad(format!(
+                    "count {count} for {} exceeds the {rows_seen} rows given",
+                    a.name
+                )));
+            }
+            accs.push((acc, count));
+        }
+        let out_type = a.output_type()?;
+        let in_type = a.input.as_ref().map(PhysExpr::data_type);
+        let present = |c: i64| c > 0;
+        let arr: ArrayRef = match (a.func, in_type.as_ref()) {
+            (AggFunc::CountStar | AggFunc::Count, _) => Arc::new(Int64Array::from(
+                accs.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+            )),
+            (AggFunc::Avg, Some(DataType::Float64)) => Arc::new(
+                accs.iter()
+                    .map(|(s, c)| present(*c).then(|| f64_of(*s) / *c as f64))
+                    .collect::<Float64Array>(),
+            ),
+            (AggFunc::Avg, Some(t)) => {
+                let scale = if let DataType::Decimal128(_, s) = t {
+                    *s
+                } else {
+                    0
+                };
+                Arc::new(
+                    accs.iter()
+                        .map(|(s, c)| {
+                            present(*c).then(|| crate::exec::aggregate::avg_exact(*s, scale, *c))
+                        })
+                        .collect::<Float64Array>(),
+                )
+            }
+            (AggFunc::Sum, Some(DataType::Float64)) => Arc::new(
+                accs.iter()
+                    .map(|(s, c)| present(*c).then(|| f64_of(*s)))
+                    .collect::<Float64Array>(),
+            ),
+            (AggFunc::Sum, Some(DataType::Decimal128(..))) => {
+                let DataType::Decimal128(p, s) = out_type else {
+                    return Err(Error::Internal("decimal sum without decimal type".into()));
+                };
+                let arr = accs
+                    .iter()
+                    .map(|(v, c)| present(*c).then_some(*v))
+                    .collect::<Decimal128Array>()
+                    .with_precision_and_scale(p, s)?;
+                arr.validate_decimal_precision(p)
+                    .map_err(|_| Error::TypeMismatch(format!("aggregate {} overflowed", a.name)))?;
+                Arc::new(arr)
+            }
+            (AggFunc::Sum, Some(_)) => Arc::new(
+                accs.iter()
+                    .map(|(v, c)| {
+                        present(*c)
+                            .then(|| {
+                                i64::try_from(*v).map_err(|_| {
+                                    Error::TypeMismatch(format!("aggregate {} overflowed", a.name))
+                                })
+                            })
+                            .transpose()
+                    })
+                    .collect::<Result<Int64Array>>()?,
+            ),
+            (AggFunc::Min | AggFunc::Max, Some(t)) => {
+                let vals = accs.iter().map(|(v, c)| present(*c).then_some(*v));
+                match t {
+                    DataType::Float64 => {
+                        Arc::new(vals.map(|v| v.map(key_to_f64)).collect::<Float64Array>())
+                    }
+                    DataType::Int64 => Arc::new(
+                        vals.map(|v| {
+                            v.map(|x| {
+                                i64::try_from(x).map_err(|_| bad("min/max out of range".into()))
+                            })
+                            .transpose()
+                        })
+                        .collect::<Result<Int64Array>>()?,
+                    ),
+                    DataType::Int32 | DataType::Date32 => {
+                        let ints = vals
+                            .map(|v| {
+                                v.map(|x| {
+                                    i32::try_from(x).map_err(|_| bad("min/max out of range".into()))
+                                })
+                                .transpose()
+                            })
+                            .collect::<Result<Vec<Option<i32>>>>()?;
+                        if *t == DataType::Date32 {
+                            Arc::new(Date32Array::from(ints))
+                        } else {
+                            Arc::new(Int32Array::from(ints))
+                        }
+                    }
+                    DataType::Decimal128(p, s) => {
+                        let arr = vals
+                            .collect::<Decimal128Array>()
+                            .with_precision_and_scale(*p, *s)?;
+                        arr.validate_decimal_precision(*p)
+                            .map_err(|_| bad("min/max out of the column's precision".into()))?;
+                        Arc::new(arr)
+                    }
+                    other => {
+                        return Err(Error::Internal(format!(
+                            "min/max of {other} placed on Wasm"
+                        )));
+                    }
+                }
+            }
+            (f, t) => {
+                return Err(Error::Internal(format!(
+                    "{} of {t:?} placed on the Wasm backend",
+                    f.as_str()
+                )));
+            }
+        };
+        out.push(arr);
+    }
+    Ok(out)
 }
 
 /// Compiles `predicate` and lays out the columns it reads in the kernel ABI's format.

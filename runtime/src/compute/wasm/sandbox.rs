@@ -393,6 +393,8 @@ impl Sandbox {
             alloc: None,
             filter: None,
             filter_bitmap: None,
+            agg_update: None,
+            state: (0, 0, 0),
             arena: 0,
             arena_cap: 0,
         };
@@ -440,6 +442,21 @@ impl Sandbox {
                         KernelError::AbiMismatch(format!(
                             "export `{}` must be (i32, i32, i32) -> i32",
                             abi::EXPORT_FILTER_BITMAP
+                        ))
+                    })?,
+            );
+        }
+        if instance
+            .get_export(&mut s.store, abi::EXPORT_AGG_UPDATE)
+            .is_some()
+        {
+            s.agg_update = Some(
+                instance
+                    .get_typed_func(&mut s.store, abi::EXPORT_AGG_UPDATE)
+                    .map_err(|_| {
+                        KernelError::AbiMismatch(format!(
+                            "export `{}` must be (i32, i32, i32) -> i32",
+                            abi::EXPORT_AGG_UPDATE
                         ))
                     })?,
             );
@@ -500,6 +517,9 @@ pub struct KernelSession {
     alloc: Option<TypedFunc<(u32, u32), u32>>,
     filter: Option<TypedFunc<(u32, u32, u32), i32>>,
     filter_bitmap: Option<TypedFunc<(u32, u32, u32), i32>>,
+    agg_update: Option<TypedFunc<(u32, u32, u32), i32>>,
+    /// Aggregate state: address, groups it has room for, bytes per group.
+    state: (u32, usize, usize),
     arena: u32,
     arena_cap: u32,
 }
@@ -693,6 +713,105 @@ impl KernelSession {
         }
         .write(&mut region[desc_off..desc_off + abi::BATCH_DESC_BYTES]);
         Ok(((base + desc_off) as u32, (base + out_off) as u32))
+    }
+
+    /// Whether the kernel offers aggregation.
+    pub fn has_aggregate(&self) -> bool {
+        self.agg_update.is_some()
+    }
+
+    /// Asks the kernel for `bytes` of persistent memory (outside any call, so it survives the
+    /// per-call scratch release) and zeroes it.
+    fn alloc_zeroed(&mut self, bytes: usize) -> Result<u32, KernelError> {
+        let want = u32::try_from(bytes.max(1))
+            .map_err(|_| KernelError::Host(format!("{bytes} bytes do not fit a 32-bit kernel")))?;
+        self.arm()?;
+        let alloc = self.alloc.clone().expect("alloc resolved at instantiation");
+        let p = alloc
+            .call(&mut self.store, (want, ALIGN as u32))
+            .map_err(|e| self.classify(e))?;
+        let limit_hit = self.store.data().memory_limit_hit;
+        let memory = self.memory.expect("memory resolved");
+        let region = memory
+            .data_mut(&mut self.store)
+            .get_mut(p as usize..p as usize + want as usize)
+            .filter(|_| p != 0 && (p as usize).is_multiple_of(ALIGN));
+        match region {
+            Some(r) => {
+                r.fill(0);
+                Ok(p)
+            }
+            None if limit_hit => Err(KernelError::MemoryLimit {
+                kernel: self.program.name.clone(),
+                limit_bytes: self.config.memory_bytes_max,
+            }),
+            None => Err(KernelError::BadOutput {
+                kernel: self.program.name.clone(),
+                detail: format!("allocation of {want} bytes returned address {p:#x}"),
+            }),
+        }
+    }
+
+    /// Accumulates one batch into the aggregate state (see `nearstore_kernel_abi::agg`).
+    /// `columns[0]` holds the group of each row (type code 0: all rows in group 0).
+    pub fn aggregate_update(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+        groups: usize,
+    ) -> Result<(), KernelError> {
+        let f = self.agg_update.clone().ok_or_else(|| {
+            KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_AGG_UPDATE))
+        })?;
+        let per_group = params.len() / 4 * abi::agg::SLOT_BYTES;
+        let (ptr, cap, bytes) = self.state;
+        if bytes != 0 && bytes != per_group {
+            return Err(KernelError::Host(
+                "aggregate program changed within a query".into(),
+            ));
+        }
+        if groups > cap || ptr == 0 {
+            let new_cap = groups.max(cap * 2).max(16);
+            let new_ptr = self.alloc_zeroed(new_cap * per_group)?;
+            if ptr != 0 {
+                let memory = self.memory.expect("memory resolved");
+                let data = memory.data_mut(&mut self.store);
+                let len = cap * per_group;
+                data.copy_within(ptr as usize..ptr as usize + len, new_ptr as usize);
+            }
+            self.state = (new_ptr, new_cap, per_group);
+        }
+        let (desc, _) = self.stage(rows, columns, params, 0)?;
+        self.arm()?;
+        let state = self.state.0;
+        let rc = f
+            .call(&mut self.store, (desc, state, groups as u32))
+            .map_err(|e| self.classify(e))?;
+        if rc != 0 {
+            return Err(KernelError::Status {
+                kernel: self.program.name.clone(),
+                status: rc,
+            });
+        }
+        Ok(())
+    }
+
+    /// The aggregate state of `groups` groups, as the kernel left it (untrusted: the caller
+    /// checks it).
+    pub fn aggregate_state(&self, groups: usize) -> Result<Vec<u8>, KernelError> {
+        let (ptr, cap, per_group) = self.state;
+        if groups > cap {
+            return Err(KernelError::Host(
+                "aggregate state has fewer groups than asked".into(),
+            ));
+        }
+        let memory = self.memory.expect("memory resolved");
+        memory
+            .data(&self.store)
+            .get(ptr as usize..ptr as usize + groups * per_group)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| KernelError::Host("aggregate state outside kernel memory".into()))
     }
 
     /// Whether the kernel offers the bitmap form of the filter.
