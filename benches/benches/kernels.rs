@@ -136,6 +136,57 @@ fn fpga_model(_c: &mut Criterion) {
     }
 }
 
+/// Aggregation: native accumulators against the Wasm kernel (group ids are computed on the
+/// host in both cases).
+fn aggregates(c: &mut Criterion) {
+    use nearstore_proto::AggFunc;
+    use nearstore_runtime::exec::aggregate::{AggSpec, HashAggregator};
+    let data = batches();
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let schema = data[0].schema();
+    let binder = Binder::new("bench", &schema);
+    let aggs = vec![
+        AggSpec {
+            func: AggFunc::Sum,
+            input: Some(binder.column("l_quantity").unwrap()),
+            name: "s".into(),
+        },
+        AggSpec {
+            func: AggFunc::Max,
+            input: Some(binder.column("f").unwrap()),
+            name: "m".into(),
+        },
+        AggSpec {
+            func: AggFunc::CountStar,
+            input: None,
+            name: "n".into(),
+        },
+    ];
+    let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
+    for (name, group_by) in [
+        ("ungrouped", vec![]),
+        ("grouped_10k", vec![binder.column("k").unwrap()]),
+    ] {
+        let mut g = c.benchmark_group(format!("aggregate/{name}"));
+        g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
+        for label in ["native", "wasm"] {
+            g.bench_function(label, |b| {
+                b.iter(|| {
+                    let mut h = HashAggregator::new(group_by.clone(), aggs.clone()).unwrap();
+                    if label == "wasm" {
+                        h.offload_to(Arc::new(std::sync::Mutex::new(wasm.open().unwrap())));
+                    }
+                    for batch in &data {
+                        h.update(batch, &eval).unwrap();
+                    }
+                    black_box(h.finish().unwrap())
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 fn setup(c: &mut Criterion) {
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     c.bench_function("kernel_setup/wasm_session_cached_module", |b| {
@@ -143,5 +194,5 @@ fn setup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, filters, setup, fpga_model);
+criterion_group!(benches, filters, aggregates, setup, fpga_model);
 criterion_main!(benches);

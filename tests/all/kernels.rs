@@ -380,3 +380,54 @@ fn one_session_runs_many_batches_in_bounded_memory() {
         assert_eq!(got.len(), 11);
     }
 }
+
+#[test]
+fn aggregate_state_that_claims_too_many_rows_is_rejected() {
+    use nearstore_proto::AggFunc;
+    use nearstore_runtime::compute::wasm::finish_state;
+    use nearstore_runtime::exec::aggregate::AggSpec;
+    // The kernel writes count 1_000_000 into slot (group 0, aggregate 0).
+    let sb = sandbox();
+    let p = sb
+        .load(&kernel(
+            "(i32.const 0)",
+            r#"(func (export "nearstore_agg_update") (param $desc i32) (param $state i32) (param $groups i32) (result i32)
+                 (i64.store offset=16 (local.get $state) (i64.const 1000000)) (i32.const 0))"#,
+        ))
+        .unwrap();
+    let mut s = sb.session(&p).unwrap();
+    assert!(s.has_aggregate());
+    let data = ids();
+    let cols = [
+        ColumnBuffers {
+            type_code: 0,
+            scale: 0,
+            values: &[],
+            validity: None,
+            offsets: None,
+        },
+        ColumnBuffers {
+            type_code: nearstore_kernel_abi::types::INT64,
+            scale: 0,
+            values: &data,
+            validity: None,
+            offsets: None,
+        },
+    ];
+    // One aggregate: count(column 1).
+    let params = [nearstore_kernel_abi::agg::COUNT, 1, 0, 0];
+    s.aggregate_update(100, &cols, &params, 1).unwrap();
+    let state = s.aggregate_state(1).unwrap();
+    let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+        "id",
+        arrow::datatypes::DataType::Int64,
+        false,
+    )]);
+    let spec = AggSpec {
+        func: AggFunc::Count,
+        input: Some(Binder::new("t", &schema).column("id").unwrap()),
+        name: "n".into(),
+    };
+    let e = finish_state(&[spec], &state, 1, 100, "hostile").unwrap_err();
+    assert!(e.to_string().contains("exceeds the 100 rows given"), "{e}");
+}

@@ -329,51 +329,71 @@ fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
         }
         let c = batch.column(col as usize)?;
         let float = c.type_code() == types::FLOAT64;
-        // The value of row i as (integer or order key, float).
-        let value: &dyn Fn(usize) -> (i128, f64) = match c.type_code() {
-            types::INT32 | types::DATE32 => {
-                let v = c.i32s()?;
-                &move |i| (v[i] as i128, 0.0)
-            }
-            types::INT64 => {
-                let v = c.i64s()?;
-                &move |i| (v[i] as i128, 0.0)
-            }
-            types::DECIMAL128 => {
-                let v = c.i128s()?;
-                &move |i| (v[i], 0.0)
-            }
-            types::FLOAT64 => {
-                let v = c.f64s()?;
-                &move |i| (f64_order_key(v[i]) as i128, v[i])
-            }
+        let args = Args { func, float, j, rows, groups };
+        match c.type_code() {
+            types::INT32 | types::DATE32 => accumulate(st, c, c.i32s()?, |x| (x as i128, 0.0), &args)?,
+            types::INT64 => accumulate(st, c, c.i64s()?, |x| (x as i128, 0.0), &args)?,
+            types::DECIMAL128 => accumulate(st, c, c.i128s()?, |x| (x, 0.0), &args)?,
+            types::FLOAT64 => accumulate(st, c, c.f64s()?, |x| (f64_order_key(x) as i128, x), &args)?,
             _ => return Err(status::UNSUPPORTED),
-        };
-        match groups {
-            // Float sums are folded row by row into the slot so the rounding order matches a
-            // sequential sum over all batches.
-            None if !(float && func == agg::SUM) => {
-                let mut part = zero;
-                for i in 0..rows {
-                    if c.is_valid(i) {
-                        let (v, f) = value(i);
-                        fold(&mut part, func, float, v, f)?;
-                    }
-                }
-                merge(st, 0, j, func, float, &part)?;
-            }
-            _ => {
-                for i in 0..rows {
-                    let gi = groups.map_or(0, |g| g[i]);
-                    if c.is_valid(i) {
-                        let (v, f) = value(i);
-                        let mut part = zero;
-                        fold(&mut part, func, float, v, f)?;
-                        merge(st, gi as usize, j, func, float, &part)?;
-                    }
-                }
-            }
         }
     }
     Ok(())
+}
+
+struct Args<'a> {
+    func: u8,
+    float: bool,
+    j: usize,
+    rows: usize,
+    groups: Option<&'a [i32]>,
+}
+
+/// One aggregate over one column, monomorphised per value type.
+#[inline(always)]
+fn accumulate<T: Copy>(
+    st: &mut AggState,
+    c: &Column,
+    vals: &[T],
+    conv: impl Fn(T) -> (i128, f64),
+    a: &Args,
+) -> KernelResult {
+    let zero = Partial { acc: 0, fsum: 0.0, count: 0 };
+    match a.groups {
+        // Float sums are folded row by row into the slot so the rounding order matches a
+        // sequential sum over all batches.
+        None if !(a.float && a.func == agg::SUM) => {
+            let mut part = zero;
+            for base in (0..a.rows).step_by(BLOCK) {
+                let valid = c.validity_block(base);
+                let end = (base + BLOCK).min(a.rows);
+                if valid == lanes(end - base) {
+                    for &x in &vals[base..end] {
+                        let (v, f) = conv(x);
+                        fold(&mut part, a.func, a.float, v, f)?;
+                    }
+                } else {
+                    for (i, &x) in vals[base..end].iter().enumerate() {
+                        if valid & (1 << i) != 0 {
+                            let (v, f) = conv(x);
+                            fold(&mut part, a.func, a.float, v, f)?;
+                        }
+                    }
+                }
+            }
+            merge(st, 0, a.j, a.func, a.float, &part)
+        }
+        _ => {
+            for (i, &x) in vals.iter().enumerate().take(a.rows) {
+                if c.is_valid(i) {
+                    let gi = a.groups.map_or(0, |g| g[i]);
+                    let (v, f) = conv(x);
+                    let mut part = zero;
+                    fold(&mut part, a.func, a.float, v, f)?;
+                    merge(st, gi as usize, a.j, a.func, a.float, &part)?;
+                }
+            }
+            Ok(())
+        }
+    }
 }

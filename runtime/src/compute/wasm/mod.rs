@@ -186,9 +186,9 @@ impl ComputeSession for WasmSession {
     }
 }
 
-/// Turns the kernel's aggregate state into result arrays, checking what can be checked: every
+/// Turns a kernel's aggregate state into result arrays, checking what can be checked: every
 /// count lies within the rows given to the kernel, and sums fit their result types.
-fn finish_state(
+pub fn finish_state(
     aggs: &[AggSpec],
     state: &[u8],
     n_groups: usize,
