@@ -45,6 +45,10 @@ pub enum Command {
     Drop(TableArgs),
     /// Run a pushdown query and print the result and the statistics.
     Query(QueryArgs),
+    /// Run SQL over the device's tables (DataFusion on the host, pushdown to the device).
+    Sql(SqlArgs),
+    /// Generate TPC-H tables on this host and upload them to the device.
+    Tpch(TpchArgs),
     /// Device information and counters.
     Info(DeviceArg),
     /// Verify every object's checksum on the device.
@@ -164,6 +168,40 @@ pub struct QueryArgs {
     device: DeviceArg,
 }
 
+/// `sql` arguments.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The query.
+    pub query: String,
+    /// offload (push filters, projections, limits) or transfer (pull raw columns).
+    #[arg(long, default_value = "offload")]
+    pub mode: nearstore_sdk::Mode,
+    /// Print per-scan device statistics and the bytes moved.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print the plan (with what each device scan was asked) instead of running the query.
+    #[arg(long)]
+    pub explain: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// `tpch` arguments.
+#[derive(Debug, Args)]
+pub struct TpchArgs {
+    /// Scale factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub scale: f64,
+    /// Tables, comma separated [default: all eight].
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
 /// `demo` arguments.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -258,6 +296,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Query(args) => query(args).await,
+        Command::Sql(args) => sql(args).await,
+        Command::Tpch(args) => tpch(args).await,
         Command::Info(d) => {
             let mut c = d.connect().await?;
             let i = c.device_info().await?;
@@ -282,6 +322,77 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn sql(args: SqlArgs) -> Result<()> {
+    let opts = ClientOptions {
+        token: args.device.token.clone(),
+        request_timeout: Duration::from_secs(args.device.timeout_secs),
+        ..Default::default()
+    };
+    let session = nearstore_sdk::SqlSession::connect(&args.device.device, opts, args.mode)
+        .await
+        .with_context(|| format!("connecting to the device at {}", args.device.device))?;
+    if args.explain {
+        println!("{}", session.explain(&args.query).await?);
+        return Ok(());
+    }
+    let r = session.sql(&args.query).await?;
+    print_batches(&r.batches, &r.schema, args.format)?;
+    if args.stats {
+        for (plan, s) in &r.scans {
+            eprintln!("-- scan of {}: {}", plan.table, format_stats(s));
+        }
+        eprintln!(
+            "-- {} rows; {} moved from the device in {} scans ({:?} mode)",
+            r.num_rows(),
+            human_bytes(r.bytes_moved()),
+            r.scans.len(),
+            args.mode
+        );
+    }
+    Ok(())
+}
+
+async fn tpch(args: TpchArgs) -> Result<()> {
+    let tables: Vec<String> = if args.tables.is_empty() {
+        nearstore_runtime::demo::TPCH_TABLES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.tables.clone()
+    };
+    let mut client = args.device.connect().await?;
+    for t in tables {
+        let total = nearstore_runtime::demo::approx_rows(&t, args.scale);
+        let bar = progress_bar(total, &format!("uploading {t}"), "{pos}/{len} rows");
+        let batches = nearstore_runtime::demo::tpch_batches(&t, args.scale)?;
+        let b = bar.clone();
+        // Generation is CPU work: run it on a blocking thread, feeding the upload stream.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let producer = tokio::task::spawn_blocking(move || -> Result<()> {
+            for batch in batches {
+                let batch = batch?;
+                b.inc(batch.num_rows() as u64);
+                if tx.blocking_send(batch).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let summary = client.put_stream(&t, PutMode::Replace, stream).await;
+        producer.await??;
+        bar.finish_and_clear();
+        let summary = summary?;
+        println!(
+            "stored {t}: {} rows, {}",
+            summary.rows,
+            human_bytes(summary.bytes)
+        );
+    }
+    Ok(())
 }
 
 async fn put(args: PutArgs) -> Result<()> {

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod query;
+pub mod sql;
 
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use nearstore_proto as proto;
 pub use query::Query;
+pub use sql::{Mode, SqlResult, SqlSession};
 
 /// Largest gRPC message accepted (tonic's default is 4 MiB).
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;

@@ -4,5 +4,6 @@ mod cli;
 mod device;
 mod differential;
 mod kernels;
+mod sql;
 mod support;
 mod tpch;

@@ -1,0 +1,501 @@
+//! SQL over device tables with DataFusion.
+//!
+//! Every table of the device becomes a [`DeviceTable`] provider. In [`Mode::Offload`] the
+//! provider answers `Exact` for each filter it can translate into the plan IR (comparisons,
+//! AND/OR/NOT, BETWEEN, IN, IS [NOT] NULL, LIKE, arithmetic over columns and literals) and
+//! `Unsupported` for the rest, and pushes the projection, the translated filters and — when
+//! DataFusion offers it — the limit into one device plan; DataFusion finishes everything else
+//! on the host. In [`Mode::FullTransfer`] nothing but the column projection is pushed: the
+//! device sends the referenced columns in full and the host computes the whole query, which is
+//! the comparison CI needs. `EXPLAIN` shows the device plan of each scan.
+//!
+//! Aggregates are not pushed yet (the device can aggregate; the optimizer rule that hands it
+//! partial aggregates is future work).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::prelude::{Expr as DfExpr, SessionContext};
+use nearstore_proto::{ArithOp, CmpOp, Expr, Literal, Plan, Projection, QueryStats, TypedLiteral};
+
+use crate::{Client, ClientOptions, Error, Result};
+
+/// What a SQL session pushes to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Push projections, filters and limits.
+    Offload,
+    /// Push only the column projection; compute everything on the host.
+    FullTransfer,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "offload" => Ok(Mode::Offload),
+            "transfer" | "full-transfer" | "full_transfer" => Ok(Mode::FullTransfer),
+            o => Err(Error::InvalidArgument(format!(
+                "unknown mode '{o}' (expected offload or transfer)"
+            ))),
+        }
+    }
+}
+
+/// Statistics of the device scans one SQL query ran.
+pub type ScanLog = Arc<Mutex<Vec<(Plan, QueryStats)>>>;
+
+/// The result of a SQL query.
+#[derive(Debug, Clone)]
+pub struct SqlResult {
+    /// Result schema.
+    pub schema: SchemaRef,
+    /// Result batches.
+    pub batches: Vec<RecordBatch>,
+    /// Each device scan: the plan sent and the device's statistics.
+    pub scans: Vec<(Plan, QueryStats)>,
+}
+
+impl SqlResult {
+    /// Bytes the device sent for this query.
+    pub fn bytes_moved(&self) -> u64 {
+        self.scans.iter().map(|(_, s)| s.bytes_sent).sum()
+    }
+
+    /// Rows in the result.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// A DataFusion session over one device's tables.
+pub struct SqlSession {
+    ctx: SessionContext,
+    log: ScanLog,
+    mode: Mode,
+}
+
+impl fmt::Debug for SqlSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlSession")
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn df_err(e: Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// Unwraps a DataFusion error back into the SDK error it carries, if any.
+fn sdk_err(e: DataFusionError) -> Error {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(other) => Error::InvalidArgument(other.to_string()),
+        },
+        DataFusionError::Context(_, inner) => sdk_err(*inner),
+        DataFusionError::Shared(shared) => Error::InvalidArgument(shared.to_string()),
+        other => Error::InvalidArgument(other.to_string()),
+    }
+}
+
+impl SqlSession {
+    /// Connects to the device at `url` and registers its tables.
+    pub async fn connect(url: &str, options: ClientOptions, mode: Mode) -> Result<Self> {
+        let mut client = Client::connect_with(url, options.clone()).await?;
+        let ctx = SessionContext::new();
+        let log: ScanLog = Arc::default();
+        for t in client.tables().await? {
+            let schema = client.schema(&Plan::scan(&t.name)).await?;
+            let table = DeviceTable {
+                url: url.to_string(),
+                options: options.clone(),
+                table: t.name.clone(),
+                schema,
+                mode,
+                log: log.clone(),
+            };
+            ctx.register_table(t.name.as_str(), Arc::new(table))
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        }
+        Ok(SqlSession { ctx, log, mode })
+    }
+
+    /// The session's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Runs a query.
+    pub async fn sql(&self, query: &str) -> Result<SqlResult> {
+        self.log.lock().expect("scan log").clear();
+        let df = self.ctx.sql(query).await.map_err(sdk_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(sdk_err)?;
+        let scans = std::mem::take(&mut *self.log.lock().expect("scan log"));
+        Ok(SqlResult {
+            schema,
+            batches,
+            scans,
+        })
+    }
+
+    /// The physical plan of a query, with each device scan's plan.
+    pub async fn explain(&self, query: &str) -> Result<String> {
+        let r = self.sql(&format!("EXPLAIN {query}")).await?;
+        let b = arrow::compute::concat_batches(&r.schema, &r.batches)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok(arrow::util::pretty::pretty_format_batches(&[b])
+            .map_err(|e| Error::Protocol(e.to_string()))?
+            .to_string())
+    }
+}
+
+/// A device table as a DataFusion table provider.
+#[derive(Debug)]
+pub struct DeviceTable {
+    url: String,
+    options: ClientOptions,
+    table: String,
+    schema: SchemaRef,
+    mode: Mode,
+    log: ScanLog,
+}
+
+#[async_trait]
+impl TableProvider for DeviceTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&DfExpr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match (self.mode, to_plan_expr(f)) {
+                (Mode::Offload, Some(_)) => TableProviderFilterPushDown::Exact,
+                _ => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[DfExpr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let output = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let mut plan = Plan::scan(&self.table);
+        // A scan that needs no column (count(*)) still needs rows: ask for the first column and
+        // drop it on arrival.
+        let cols: Vec<String> = if output.fields().is_empty() {
+            self.schema
+                .fields()
+                .iter()
+                .take(1)
+                .map(|f| f.name().clone())
+                .collect()
+        } else {
+            output.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        plan.projection = cols.into_iter().map(Projection::Column).collect();
+        if self.mode == Mode::Offload {
+            let exprs: Vec<Expr> = filters
+                .iter()
+                .map(|f| {
+                    to_plan_expr(f).ok_or_else(|| {
+                        DataFusionError::Internal(format!("filter {f} was not pushable"))
+                    })
+                })
+                .collect::<datafusion::common::Result<_>>()?;
+            plan.filter = match exprs.len() {
+                0 => None,
+                1 => exprs.into_iter().next(),
+                _ => Some(Expr::And(exprs)),
+            };
+            plan.limit = limit.map(|l| l as u64);
+        }
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(output.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Ok(Arc::new(DeviceScanExec {
+            url: self.url.clone(),
+            options: self.options.clone(),
+            plan,
+            schema: output,
+            props,
+            log: self.log.clone(),
+        }))
+    }
+}
+
+/// Runs one plan on the device.
+#[derive(Debug)]
+pub struct DeviceScanExec {
+    url: String,
+    options: ClientOptions,
+    plan: Plan,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+    log: ScanLog,
+}
+
+impl DisplayAs for DeviceScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let p = &self.plan;
+        write!(f, "DeviceScanExec: table={}", p.table)?;
+        let cols: Vec<&str> = p.projection.iter().map(Projection::name).collect();
+        write!(f, ", projection=[{}]", cols.join(", "))?;
+        if let Some(filter) = &p.filter {
+            write!(f, ", filter={filter}")?;
+        }
+        if let Some(l) = p.limit {
+            write!(f, ", limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for DeviceScanExec {
+    fn name(&self) -> &str {
+        "DeviceScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let (url, options, plan, schema, log) = (
+            self.url.clone(),
+            self.options.clone(),
+            self.plan.clone(),
+            self.schema.clone(),
+            self.log.clone(),
+        );
+        let out_schema = schema.clone();
+        let fut = async move {
+            let mut client = Client::connect_with(&url, options).await.map_err(df_err)?;
+            let r = client.query(&plan).await.map_err(df_err)?;
+            log.lock().expect("scan log").push((plan, r.stats.clone()));
+            let batches = r
+                .batches
+                .into_iter()
+                .map(|b| {
+                    if schema.fields().is_empty() {
+                        RecordBatch::try_new_with_options(
+                            schema.clone(),
+                            vec![],
+                            &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                        )
+                    } else {
+                        RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                    }
+                    .map_err(DataFusionError::from)
+                })
+                .collect::<Vec<_>>();
+            Ok::<_, DataFusionError>(futures::stream::iter(batches))
+        };
+        let stream = futures::stream::once(fut).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+use futures::TryStreamExt;
+
+/// Translates a DataFusion filter into the plan IR; `None` when the device cannot take it.
+pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {
+    use datafusion::logical_expr::expr::InList;
+    use datafusion::logical_expr::{Between, BinaryExpr, Like};
+    Some(match e {
+        DfExpr::Column(c) => Expr::Col(c.name.clone()),
+        DfExpr::Literal(v, _) => Expr::Lit(to_literal(v)?),
+        DfExpr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (l, r) = (to_plan_expr(left)?, to_plan_expr(right)?);
+            let cmp = |op| Expr::cmp(op, l.clone(), r.clone());
+            let arith = |op| Expr::arith(op, l.clone(), r.clone());
+            match op {
+                Operator::Eq => cmp(CmpOp::Eq),
+                Operator::NotEq => cmp(CmpOp::NotEq),
+                Operator::Lt => cmp(CmpOp::Lt),
+                Operator::LtEq => cmp(CmpOp::LtEq),
+                Operator::Gt => cmp(CmpOp::Gt),
+                Operator::GtEq => cmp(CmpOp::GtEq),
+                Operator::And => Expr::And(vec![l, r]),
+                Operator::Or => Expr::Or(vec![l, r]),
+                Operator::Plus => arith(ArithOp::Add),
+                Operator::Minus => arith(ArithOp::Sub),
+                Operator::Multiply => arith(ArithOp::Mul),
+                Operator::Divide => arith(ArithOp::Div),
+                _ => return None,
+            }
+        }
+        DfExpr::Not(inner) => Expr::Not(Box::new(to_plan_expr(inner)?)),
+        DfExpr::IsNull(inner) => Expr::IsNull(Box::new(to_plan_expr(inner)?)),
+        DfExpr::IsNotNull(inner) => Expr::IsNotNull(Box::new(to_plan_expr(inner)?)),
+        DfExpr::Between(Between {
+            expr,
+            negated,
+            low,
+            high,
+        }) => Expr::Between {
+            expr: Box::new(to_plan_expr(expr)?),
+            low: Box::new(to_plan_expr(low)?),
+            high: Box::new(to_plan_expr(high)?),
+            negated: *negated,
+        },
+        DfExpr::InList(InList {
+            expr,
+            list,
+            negated,
+        }) => Expr::In {
+            expr: Box::new(to_plan_expr(expr)?),
+            list: list
+                .iter()
+                .map(|l| match l {
+                    DfExpr::Literal(v, _) => to_literal(v),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?,
+            negated: *negated,
+        },
+        DfExpr::Like(Like {
+            negated,
+            expr,
+            pattern,
+            escape_char: None,
+            case_insensitive: false,
+        }) => match &**pattern {
+            DfExpr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _) => {
+                Expr::Like {
+                    expr: Box::new(to_plan_expr(expr)?),
+                    pattern: p.clone(),
+                    negated: *negated,
+                }
+            }
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+fn to_literal(v: &ScalarValue) -> Option<Literal> {
+    if v.is_null() {
+        return Some(Literal::Null);
+    }
+    Some(match v {
+        ScalarValue::Boolean(Some(b)) => Literal::Bool(*b),
+        ScalarValue::Int8(Some(i)) => Literal::Int(*i as i64),
+        ScalarValue::Int16(Some(i)) => Literal::Int(*i as i64),
+        ScalarValue::Int32(Some(i)) => Literal::Int(*i as i64),
+        ScalarValue::Int64(Some(i)) => Literal::Int(*i),
+        ScalarValue::UInt8(Some(i)) => Literal::Int(*i as i64),
+        ScalarValue::UInt16(Some(i)) => Literal::Int(*i as i64),
+        ScalarValue::UInt32(Some(i)) => Literal::Int(*i as i64),
+        ScalarValue::Float64(Some(f)) => Literal::Float(*f),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Literal::Str(s.clone()),
+        ScalarValue::Date32(Some(_)) => Literal::Typed(TypedLiteral::Date(v.to_string())),
+        ScalarValue::Decimal128(Some(x), _, s) => {
+            Literal::Typed(TypedLiteral::Decimal(decimal_text(*x, *s)?))
+        }
+        _ => return None,
+    })
+}
+
+fn decimal_text(v: i128, scale: i8) -> Option<String> {
+    if scale < 0 {
+        return None;
+    }
+    let s = scale as u32;
+    let neg = v < 0;
+    let a = v.unsigned_abs();
+    let p = 10u128.pow(s);
+    let text = if s == 0 {
+        format!("{a}")
+    } else {
+        format!("{}.{:0width$}", a / p, a % p, width = s as usize)
+    };
+    Some(if neg { format!("-{text}") } else { text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn translates_what_the_device_runs() {
+        let e = col("a")
+            .lt(lit(24i64))
+            .and(col("b").between(lit(1i32), lit(5i32)));
+        let p = to_plan_expr(&e).unwrap();
+        assert_eq!(p.to_string(), "((a < 24) AND (b BETWEEN 1 AND 5))");
+        let d = DfExpr::Literal(ScalarValue::Decimal128(Some(-5), 15, 2), None);
+        assert_eq!(
+            to_plan_expr(&d).unwrap(),
+            Expr::Lit(Literal::Typed(TypedLiteral::Decimal("-0.05".into())))
+        );
+        let date = DfExpr::Literal(ScalarValue::Date32(Some(8766)), None);
+        assert_eq!(
+            to_plan_expr(&date).unwrap().to_string(),
+            "DATE '1994-01-01'"
+        );
+        // A cast of a column is not something the device evaluates.
+        let cast = datafusion::logical_expr::cast(col("a"), arrow::datatypes::DataType::Float64);
+        assert!(to_plan_expr(&cast.gt(lit(1.0))).is_none());
+    }
+}
