@@ -120,6 +120,9 @@ impl SqlSession {
     pub async fn connect(url: &str, options: ClientOptions, mode: Mode) -> Result<Self> {
         let mut client = Client::connect_with(url, options.clone()).await?;
         let ctx = SessionContext::new();
+        if mode == Mode::Offload {
+            ctx.add_optimizer_rule(Arc::new(PushAggregates));
+        }
         let log: ScanLog = Arc::default();
         for t in client.tables().await? {
             let schema = client.schema(&Plan::scan(&t.name)).await?;
@@ -253,6 +256,7 @@ impl TableProvider for DeviceTable {
             options: self.options.clone(),
             plan,
             schema: output,
+            pick: None,
             props,
             log: self.log.clone(),
         }))
@@ -266,6 +270,8 @@ pub struct DeviceScanExec {
     options: ClientOptions,
     plan: Plan,
     schema: SchemaRef,
+    /// Device result columns to keep, in order (all when `None`).
+    pick: Option<Vec<usize>>,
     props: Arc<PlanProperties>,
     log: ScanLog,
 }
@@ -278,6 +284,20 @@ impl DisplayAs for DeviceScanExec {
         write!(f, ", projection=[{}]", cols.join(", "))?;
         if let Some(filter) = &p.filter {
             write!(f, ", filter={filter}")?;
+        }
+        if !p.group_by.is_empty() {
+            write!(f, ", group_by=[{}]", p.group_by.join(", "))?;
+        }
+        if !p.aggregates.is_empty() {
+            let aggs: Vec<String> = p
+                .aggregates
+                .iter()
+                .map(|a| match &a.expr {
+                    Some(e) => format!("{}({e})", a.func.as_str()),
+                    None => a.func.as_str().to_string(),
+                })
+                .collect();
+            write!(f, ", aggregates=[{}]", aggs.join(", "))?;
         }
         if let Some(l) = p.limit {
             write!(f, ", limit={l}")?;
@@ -318,12 +338,13 @@ impl ExecutionPlan for DeviceScanExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        let (url, options, plan, schema, log) = (
+        let (url, options, plan, schema, log, pick) = (
             self.url.clone(),
             self.options.clone(),
             self.plan.clone(),
             self.schema.clone(),
             self.log.clone(),
+            self.pick.clone(),
         );
         let out_schema = schema.clone();
         let fut = async move {
@@ -335,15 +356,30 @@ impl ExecutionPlan for DeviceScanExec {
                 .into_iter()
                 .map(|b| {
                     if schema.fields().is_empty() {
-                        RecordBatch::try_new_with_options(
+                        return RecordBatch::try_new_with_options(
                             schema.clone(),
                             vec![],
                             &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
                         )
-                    } else {
-                        RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                        .map_err(DataFusionError::from);
                     }
-                    .map_err(DataFusionError::from)
+                    // Device types can be wider than DataFusion's (decimal precision of a
+                    // pushed aggregate); convert, refusing any conversion that loses a value.
+                    let opts = arrow::compute::CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    };
+                    let b = match &pick {
+                        Some(p) => b.project(p)?,
+                        None => b,
+                    };
+                    let cols = b
+                        .columns()
+                        .iter()
+                        .zip(schema.fields())
+                        .map(|(c, f)| arrow::compute::cast_with_options(c, f.data_type(), &opts))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    RecordBatch::try_new(schema.clone(), cols).map_err(DataFusionError::from)
                 })
                 .collect::<Vec<_>>();
             Ok::<_, DataFusionError>(futures::stream::iter(batches))
@@ -354,6 +390,212 @@ impl ExecutionPlan for DeviceScanExec {
 }
 
 use futures::TryStreamExt;
+
+/// Name of the scans that stand for pushed aggregates.
+const AGG_SCAN: &str = "__nearstore_aggregate";
+
+/// Optimizer rule: an aggregate directly over a device table scan whose filters were all
+/// pushed becomes one device plan (filter + group by + aggregates); the device returns the
+/// final rows of a single table, so the host only relabels columns. Runs after DataFusion's
+/// own rules (filters and projections are pushed by then).
+#[derive(Debug, Default)]
+pub struct PushAggregates;
+
+impl datafusion::optimizer::OptimizerRule for PushAggregates {
+    fn name(&self) -> &str {
+        "nearstore_push_aggregates"
+    }
+
+    fn apply_order(&self) -> Option<datafusion::optimizer::ApplyOrder> {
+        Some(datafusion::optimizer::ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> datafusion::common::Result<
+        datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>,
+    > {
+        use datafusion::common::tree_node::Transformed;
+        match push_aggregate(&plan)? {
+            Some(p) => Ok(Transformed::yes(p)),
+            None => Ok(Transformed::no(plan)),
+        }
+    }
+}
+
+fn push_aggregate(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> datafusion::common::Result<Option<datafusion::logical_expr::LogicalPlan>> {
+    use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+    use nearstore_proto::{AggFunc, Aggregate};
+    let LogicalPlan::Aggregate(agg) = plan else {
+        return Ok(None);
+    };
+    let LogicalPlan::TableScan(scan) = agg.input.as_ref() else {
+        return Ok(None);
+    };
+    let Ok(provider) = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
+    else {
+        return Ok(None);
+    };
+    let any: &dyn std::any::Any = provider.as_ref();
+    let Some(dev) = any.downcast_ref::<DeviceTable>() else {
+        return Ok(None);
+    };
+    if dev.mode != Mode::Offload || scan.fetch.is_some() {
+        return Ok(None);
+    }
+    let Some(filters) = scan
+        .filters
+        .iter()
+        .map(to_plan_expr)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let mut device = Plan::scan(&dev.table);
+    device.filter = match filters.len() {
+        0 => None,
+        1 => filters.into_iter().next(),
+        _ => Some(Expr::And(filters)),
+    };
+    for g in &agg.group_expr {
+        let DfExpr::Column(c) = g else {
+            return Ok(None);
+        };
+        device.group_by.push(c.name.clone());
+    }
+    for (i, e) in agg.aggr_expr.iter().enumerate() {
+        let e = match e {
+            DfExpr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let DfExpr::AggregateFunction(f) = e else {
+            return Ok(None);
+        };
+        let p = &f.params;
+        if p.distinct || p.filter.is_some() || !p.order_by.is_empty() || p.args.len() > 1 {
+            return Ok(None);
+        }
+        let arg = p.args.first();
+        let (func, expr) = match (f.func.name(), arg) {
+            ("count", None) => (AggFunc::CountStar, None),
+            ("count", Some(DfExpr::Literal(v, _))) if !v.is_null() => (AggFunc::CountStar, None),
+            ("count", Some(a)) => (AggFunc::Count, Some(a)),
+            ("sum", Some(a)) => (AggFunc::Sum, Some(a)),
+            ("min", Some(a)) => (AggFunc::Min, Some(a)),
+            ("max", Some(a)) => (AggFunc::Max, Some(a)),
+            ("avg", Some(a)) => (AggFunc::Avg, Some(a)),
+            _ => return Ok(None),
+        };
+        let expr = match expr {
+            Some(a) => match to_plan_expr(a) {
+                Some(x) => Some(x),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        device.aggregates.push(Aggregate {
+            func,
+            expr,
+            name: Some(format!("a{i}")),
+        });
+    }
+    // The device's avg is a float; DataFusion's avg of a decimal is a decimal with its own
+    // rounding. Leave those to DataFusion.
+    let n_groups = agg.group_expr.len();
+    for (i, (_, field)) in agg.schema.iter().enumerate() {
+        if i >= n_groups
+            && device.aggregates[i - n_groups].func == AggFunc::Avg
+            && !matches!(field.data_type(), arrow::datatypes::DataType::Float64)
+        {
+            return Ok(None);
+        }
+    }
+    let fields: Vec<arrow::datatypes::Field> = agg
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| {
+            arrow::datatypes::Field::new(format!("c{i}"), f.data_type().clone(), true)
+        })
+        .collect();
+    let table = DeviceAggregate {
+        url: dev.url.clone(),
+        options: dev.options.clone(),
+        plan: device,
+        schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+        log: dev.log.clone(),
+    };
+    let source = datafusion::catalog::default_table_source::provider_as_source(Arc::new(table));
+    let exprs: Vec<DfExpr> = agg
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            DfExpr::Column(datafusion::common::Column::new(
+                Some(AGG_SCAN),
+                format!("c{i}"),
+            ))
+            .alias_qualified(q.cloned(), f.name())
+        })
+        .collect();
+    let new = LogicalPlanBuilder::scan(AGG_SCAN, source, None)?
+        .project(exprs)?
+        .build()?;
+    Ok(Some(new))
+}
+
+/// A pushed aggregate: the device plan and the aggregate's output schema.
+#[derive(Debug)]
+struct DeviceAggregate {
+    url: String,
+    options: ClientOptions,
+    plan: Plan,
+    schema: SchemaRef,
+    log: ScanLog,
+}
+
+#[async_trait]
+impl TableProvider for DeviceAggregate {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[DfExpr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(Arc::new(DeviceScanExec {
+            url: self.url.clone(),
+            options: self.options.clone(),
+            plan: self.plan.clone(),
+            schema,
+            pick: projection.cloned(),
+            props,
+            log: self.log.clone(),
+        }))
+    }
+}
 
 /// Translates a DataFusion filter into the plan IR; `None` when the device cannot take it.
 pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {

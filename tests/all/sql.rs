@@ -124,6 +124,14 @@ async fn tpch_queries_agree_between_offload_and_full_transfer() {
             a.bytes_moved(),
             b.bytes_moved()
         );
+        if *name == "q6" {
+            // Filter and aggregate both run on the device: one row crosses the link.
+            assert!(
+                !a.scans[0].0.aggregates.is_empty(),
+                "q6 aggregate not pushed"
+            );
+            assert!(a.bytes_moved() < 1024, "q6 moved {} bytes", a.bytes_moved());
+        }
         eprintln!(
             "{name}: offload {} B, transfer {} B ({:.1}x less)",
             a.bytes_moved(),
@@ -134,6 +142,7 @@ async fn tpch_queries_agree_between_offload_and_full_transfer() {
     let plan = offload.explain(QUERIES[3].1).await.unwrap();
     assert!(plan.contains("DeviceScanExec: table=lineitem"), "{plan}");
     assert!(plan.contains("filter="), "{plan}");
+    assert!(plan.contains("aggregates=[sum("), "{plan}");
     dev.stop().await;
 }
 
