@@ -4,6 +4,7 @@ mod cli;
 mod device;
 mod differential;
 mod kernels;
+mod python;
 mod sql;
 mod support;
 mod tpch;

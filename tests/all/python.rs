@@ -1,0 +1,100 @@
+//! Any Arrow Flight client can query a device: the README's pyarrow snippet
+//! (`examples/pyarrow_query.py`) runs against a live device and agrees with the Rust SDK.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use nearstore_proto::{AggFunc, Expr};
+use nearstore_runtime::storage::reader::ReaderChoice;
+use nearstore_sdk::Query;
+
+use crate::support::TestDevice;
+
+/// A virtual environment with pyarrow, created (and kept) under the cargo cache directory.
+fn python_with_pyarrow() -> Result<PathBuf, String> {
+    let home = std::env::var("HOME").map_err(|_| "HOME is not set".to_string())?;
+    let venv = PathBuf::from(home).join(".cache/nearstore/pyvenv");
+    let python = venv.join("bin/python");
+    let has = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import pyarrow.flight"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.exists() && has(&python) {
+        return Ok(python);
+    }
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "pyarrow"]))?;
+    if has(&python) {
+        Ok(python)
+    } else {
+        Err("pyarrow installed but does not import".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_flight_client_queries_a_device() {
+    let python = match python_with_pyarrow() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot set up pyarrow ({e})");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
+    let d = dev.device.clone();
+    tokio::task::spawn_blocking(move || d.load_tpch("lineitem", 0.01, &|_, _| {}).unwrap())
+        .await
+        .unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/pyarrow_query.py");
+    let url = dev.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(url)
+            .arg("lineitem")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut c = dev.client().await;
+    let want = c
+        .query(
+            &Query::table("lineitem")
+                .filter_expr(Expr::parse("l_quantity < 24").unwrap())
+                .aggregate(AggFunc::CountStar, None, "n")
+                .unwrap()
+                .build(),
+        )
+        .await
+        .unwrap();
+    let n = want
+        .concat()
+        .unwrap()
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert!(stdout.contains(&format!("'n': {n},")), "{stdout}");
+    assert!(stdout.contains("device read "), "{stdout}");
+    dev.stop().await;
+}
