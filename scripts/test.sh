@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every test of the workspace (dev profile).
+# The test command: formatting, lints, the offload-vs-transfer gate, then every test of the
+# workspace (dev profile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -8,5 +9,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== offload vs full-transfer gate (TPC-H SF 0.01; fails on any mismatch)"
+cargo run --quiet -p nearstore -- bench compare --scale 0.01 --runs 1 --check --out "$CARGO_TARGET_DIR/compare-gate"
 echo "== cargo test"
 cargo test --workspace

@@ -2,6 +2,7 @@
 //!
 //! The binary's `main` calls [`run`]; tests drive the same function.
 
+pub mod compare;
 mod serve;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub enum Command {
     Sql(SqlArgs),
     /// Generate TPC-H tables on this host and upload them to the device.
     Tpch(TpchArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Device information and counters.
     Info(DeviceArg),
     /// Verify every object's checksum on the device.
@@ -166,6 +170,14 @@ pub struct QueryArgs {
     pub no_stats: bool,
     #[command(flatten)]
     device: DeviceArg,
+}
+
+/// Benchmark commands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The same SQL offloaded and fully transferred: results, bytes moved, time; `--check`
+    /// makes it a CI gate.
+    Compare(compare::CompareArgs),
 }
 
 /// `sql` arguments.
@@ -298,6 +310,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Query(args) => query(args).await,
         Command::Sql(args) => sql(args).await,
         Command::Tpch(args) => tpch(args).await,
+        Command::Bench(BenchCommand::Compare(args)) => compare::compare(args).await,
         Command::Info(d) => {
             let mut c = d.connect().await?;
             let i = c.device_info().await?;

@@ -120,7 +120,18 @@ impl Device {
             .initial_connection_window_size(32 << 20)
             .add_service(svc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // With an incoming stream tonic does not apply its own TCP options: without
+                // TCP_NODELAY a small result waits ~40 ms for the client's delayed ACK.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |conn| {
+                        conn.inspect(|s| {
+                            if let Err(e) = s.set_nodelay(true) {
+                                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                            }
+                        })
+                    },
+                ),
                 shutdown,
             )
             .await

@@ -1,6 +1,7 @@
 //! Nearstore end-to-end tests: one test binary, a module per area.
 
 mod cli;
+mod compare;
 mod device;
 mod differential;
 mod kernels;

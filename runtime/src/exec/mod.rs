@@ -457,6 +457,7 @@ impl Executor {
                             &arrow::record_batch::RecordBatchOptions::new()
                                 .with_row_count(Some(batch.num_rows())),
                         )?;
+                        out = compact_views(out)?;
                         if let Some(r) = remaining.as_mut() {
                             if out.num_rows() > *r {
                                 out = out.slice(0, *r);
@@ -528,6 +529,52 @@ impl Executor {
         stats.filter_us = counters.filter_us.load(Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Copies the strings of view columns (Utf8View, BinaryView) that reference much larger
+/// buffers: after a filter, a view array still points into the whole decoded page, and Arrow
+/// IPC would send all of it over the link.
+fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    let mut changed = false;
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8View => {
+                let v = c.as_string_view();
+                let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
+                let used: usize = (0..v.len()).map(|i| v.value(i).len()).sum();
+                if held > 2 * used + 4096 {
+                    changed = true;
+                    Arc::new(v.gc()) as ArrayRef
+                } else {
+                    c.clone()
+                }
+            }
+            DataType::BinaryView => {
+                let v = c.as_binary_view();
+                let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
+                let used: usize = (0..v.len()).map(|i| v.value(i).len()).sum();
+                if held > 2 * used + 4096 {
+                    changed = true;
+                    Arc::new(v.gc()) as ArrayRef
+                } else {
+                    c.clone()
+                }
+            }
+            _ => c.clone(),
+        })
+        .collect::<Vec<_>>();
+    if !changed {
+        return Ok(batch);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        batch.schema(),
+        cols,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
 }
 
 fn agg_or_sorted(output: &Output, sorted: bool) -> bool {
