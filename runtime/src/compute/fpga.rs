@@ -24,7 +24,7 @@ use nearstore_kernel_abi::{program, types};
 use nearstore_proto::BackendKind;
 
 use super::native::NativeBackend;
-use super::wasm::{ColumnBuffers, WasmBackend, compile_filter, marshal_filter};
+use super::wasm::{ColumnBuffers, WasmBackend, filter_support, marshal_filter};
 use super::{ComputeBackend, ComputeSession, SessionReport, Support};
 use crate::error::{Error, Result};
 use crate::exec::expr::PhysExpr;
@@ -441,10 +441,7 @@ impl ComputeBackend for FpgaBackend {
     }
 
     fn supports_filter(&self, predicate: &PhysExpr) -> Support {
-        match compile_filter(predicate) {
-            Some(_) => Support::Exact,
-            None => Support::Unsupported,
-        }
+        filter_support(predicate)
     }
 
     fn supports_expr(&self, _expr: &PhysExpr) -> Support {

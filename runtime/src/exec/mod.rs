@@ -537,34 +537,27 @@ impl Executor {
 fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::DataType;
+    fn compact<T: arrow::datatypes::ByteViewType>(
+        v: &arrow::array::GenericByteViewArray<T>,
+    ) -> Option<ArrayRef> {
+        let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
+        let used: usize = (0..v.len())
+            .map(|i| AsRef::<[u8]>::as_ref(v.value(i)).len())
+            .sum();
+        (held > 2 * used + 4096).then(|| Arc::new(v.gc()) as ArrayRef)
+    }
     let mut changed = false;
     let cols = batch
         .columns()
         .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => {
-                let v = c.as_string_view();
-                let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
-                let used: usize = (0..v.len()).map(|i| v.value(i).len()).sum();
-                if held > 2 * used + 4096 {
-                    changed = true;
-                    Arc::new(v.gc()) as ArrayRef
-                } else {
-                    c.clone()
-                }
-            }
-            DataType::BinaryView => {
-                let v = c.as_binary_view();
-                let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
-                let used: usize = (0..v.len()).map(|i| v.value(i).len()).sum();
-                if held > 2 * used + 4096 {
-                    changed = true;
-                    Arc::new(v.gc()) as ArrayRef
-                } else {
-                    c.clone()
-                }
-            }
-            _ => c.clone(),
+        .map(|c| {
+            let compacted = match c.data_type() {
+                DataType::Utf8View => compact(c.as_string_view()),
+                DataType::BinaryView => compact(c.as_binary_view()),
+                _ => None,
+            };
+            changed |= compacted.is_some();
+            compacted.unwrap_or_else(|| c.clone())
         })
         .collect::<Vec<_>>();
     if !changed {

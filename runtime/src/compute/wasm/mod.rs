@@ -59,10 +59,7 @@ impl ComputeBackend for WasmBackend {
     }
 
     fn supports_filter(&self, predicate: &PhysExpr) -> Support {
-        match compile_filter(predicate) {
-            Some(_) => Support::Exact,
-            None => Support::Unsupported,
-        }
+        filter_support(predicate)
     }
 
     fn supports_expr(&self, _expr: &PhysExpr) -> Support {
@@ -474,6 +471,15 @@ fn literal_bytes(a: &ArrayRef) -> Option<Vec<u8>> {
             .to_vec(),
         _ => return None,
     })
+}
+
+/// Whether a predicate compiles into the filter program (the set both the Wasm kernel and
+/// the FPGA filter engine run).
+pub fn filter_support(pred: &PhysExpr) -> Support {
+    match compile_filter(pred) {
+        Some(_) => Support::Exact,
+        None => Support::Unsupported,
+    }
 }
 
 /// Compiles a predicate into the filter program; also returns the columns it reads, in the

@@ -421,46 +421,9 @@ impl Sandbox {
                     ))
                 })?,
         );
-        s.filter = Some(
-            instance
-                .get_typed_func(&mut s.store, abi::EXPORT_FILTER)
-                .map_err(|_| {
-                    KernelError::AbiMismatch(format!(
-                        "export `{}` must be (i32, i32, i32) -> i32",
-                        abi::EXPORT_FILTER
-                    ))
-                })?,
-        );
-        if instance
-            .get_export(&mut s.store, abi::EXPORT_FILTER_BITMAP)
-            .is_some()
-        {
-            s.filter_bitmap = Some(
-                instance
-                    .get_typed_func(&mut s.store, abi::EXPORT_FILTER_BITMAP)
-                    .map_err(|_| {
-                        KernelError::AbiMismatch(format!(
-                            "export `{}` must be (i32, i32, i32) -> i32",
-                            abi::EXPORT_FILTER_BITMAP
-                        ))
-                    })?,
-            );
-        }
-        if instance
-            .get_export(&mut s.store, abi::EXPORT_AGG_UPDATE)
-            .is_some()
-        {
-            s.agg_update = Some(
-                instance
-                    .get_typed_func(&mut s.store, abi::EXPORT_AGG_UPDATE)
-                    .map_err(|_| {
-                        KernelError::AbiMismatch(format!(
-                            "export `{}` must be (i32, i32, i32) -> i32",
-                            abi::EXPORT_AGG_UPDATE
-                        ))
-                    })?,
-            );
-        }
+        s.filter = batch_export(&instance, &mut s.store, abi::EXPORT_FILTER, true)?;
+        s.filter_bitmap = batch_export(&instance, &mut s.store, abi::EXPORT_FILTER_BITMAP, false)?;
+        s.agg_update = batch_export(&instance, &mut s.store, abi::EXPORT_AGG_UPDATE, false)?;
         s.memory = Some(
             instance
                 .get_memory(&mut s.store, abi::EXPORT_MEMORY)
@@ -478,6 +441,28 @@ impl Sandbox {
         }
         Ok(s)
     }
+}
+
+/// The type of every export that takes a batch: `(desc, out or state, len) -> status or count`.
+type BatchFunc = TypedFunc<(u32, u32, u32), i32>;
+
+/// Resolves a `(i32, i32, i32) -> i32` export (every batch-taking export has that type);
+/// `None` when an optional export is absent.
+fn batch_export(
+    instance: &wasmtime::Instance,
+    store: &mut Store<HostState>,
+    name: &str,
+    required: bool,
+) -> Result<Option<BatchFunc>, KernelError> {
+    if !required && instance.get_export(&mut *store, name).is_none() {
+        return Ok(None);
+    }
+    instance
+        .get_typed_func(&mut *store, name)
+        .map(Some)
+        .map_err(|_| {
+            KernelError::AbiMismatch(format!("export `{name}` must be (i32, i32, i32) -> i32"))
+        })
 }
 
 /// Reads the manifest custom section (`key=value` lines).
@@ -515,9 +500,9 @@ pub struct KernelSession {
     store: Store<HostState>,
     memory: Option<Memory>,
     alloc: Option<TypedFunc<(u32, u32), u32>>,
-    filter: Option<TypedFunc<(u32, u32, u32), i32>>,
-    filter_bitmap: Option<TypedFunc<(u32, u32, u32), i32>>,
-    agg_update: Option<TypedFunc<(u32, u32, u32), i32>>,
+    filter: Option<BatchFunc>,
+    filter_bitmap: Option<BatchFunc>,
+    agg_update: Option<BatchFunc>,
     /// Aggregate state: address, groups it has room for, bytes per group.
     state: (u32, usize, usize),
     arena: u32,
