@@ -222,14 +222,7 @@ impl Client {
 
     /// Runs a plan and collects the whole result.
     pub async fn query(&mut self, plan: &Plan) -> Result<QueryResult> {
-        let deadline = self.options.request_timeout;
-        let fut = self.query_inner(plan);
-        tokio::time::timeout(deadline, fut)
-            .await
-            .map_err(|_| Error::Transport {
-                url: self.url.clone(),
-                message: format!("query timed out after {deadline:?}"),
-            })?
+        self.query_json(plan.to_json()).await
     }
 
     /// Runs a plan given as JSON bytes, exactly as any Flight client would send it.
@@ -242,10 +235,6 @@ impl Client {
                 url: self.url.clone(),
                 message: format!("query timed out after {deadline:?}"),
             })?
-    }
-
-    async fn query_inner(&mut self, plan: &Plan) -> Result<QueryResult> {
-        self.query_ticket(plan.to_json().into()).await
     }
 
     async fn query_ticket(&mut self, ticket: Bytes) -> Result<QueryResult> {

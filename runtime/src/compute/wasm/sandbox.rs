@@ -700,6 +700,19 @@ impl KernelSession {
         Ok(((base + desc_off) as u32, (base + out_off) as u32))
     }
 
+    /// Calls a batch-taking export under the query's deadline; a negative return is the
+    /// kernel's own error status.
+    fn call_batch(&mut self, f: &BatchFunc, args: (u32, u32, u32)) -> Result<u32, KernelError> {
+        self.arm()?;
+        let n = f
+            .call(&mut self.store, args)
+            .map_err(|e| self.classify(e))?;
+        u32::try_from(n).map_err(|_| KernelError::Status {
+            kernel: self.program.name.clone(),
+            status: n,
+        })
+    }
+
     /// Whether the kernel offers aggregation.
     pub fn has_aggregate(&self) -> bool {
         self.agg_update.is_some()
@@ -768,18 +781,14 @@ impl KernelSession {
             self.state = (new_ptr, new_cap, per_group);
         }
         let (desc, _) = self.stage(rows, columns, params, 0)?;
-        self.arm()?;
         let state = self.state.0;
-        let rc = f
-            .call(&mut self.store, (desc, state, groups as u32))
-            .map_err(|e| self.classify(e))?;
-        if rc != 0 {
-            return Err(KernelError::Status {
+        match self.call_batch(&f, (desc, state, groups as u32))? {
+            0 => Ok(()),
+            rc => Err(KernelError::BadOutput {
                 kernel: self.program.name.clone(),
-                status: rc,
-            });
+                detail: format!("aggregate update returned {rc}; the ABI allows 0 or a status"),
+            }),
         }
-        Ok(())
     }
 
     /// The aggregate state of `groups` groups, as the kernel left it (untrusted: the caller
@@ -815,20 +824,11 @@ impl KernelSession {
     ) -> Result<Vec<u8>, KernelError> {
         let words = rows.div_ceil(64);
         let (desc, out) = self.stage(rows, columns, params, words * 8)?;
-        self.arm()?;
         let f = self.filter_bitmap.clone().ok_or_else(|| {
             KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_FILTER_BITMAP))
         })?;
-        let n = f
-            .call(&mut self.store, (desc, out, words as u32))
-            .map_err(|e| self.classify(e))?;
+        let n = self.call_batch(&f, (desc, out, words as u32))?;
         let kernel = || self.program.name.clone();
-        if n < 0 {
-            return Err(KernelError::Status {
-                kernel: kernel(),
-                status: n,
-            });
-        }
         let memory = self.memory.expect("memory resolved");
         let bytes = memory
             .data(&self.store)
@@ -862,22 +862,12 @@ impl KernelSession {
     ) -> Result<Vec<u32>, KernelError> {
         let (desc, out) = self.stage(rows, columns, params, rows * 4)?;
         let base_out = out as usize;
-        self.arm()?;
         let f = self
             .filter
             .clone()
             .expect("filter resolved at instantiation");
-        let n = f
-            .call(&mut self.store, (desc, out, rows as u32))
-            .map_err(|e| self.classify(e))?;
+        let n = self.call_batch(&f, (desc, out, rows as u32))? as usize;
         let kernel = || self.program.name.clone();
-        if n < 0 {
-            return Err(KernelError::Status {
-                kernel: kernel(),
-                status: n,
-            });
-        }
-        let n = n as usize;
         if n > rows {
             return Err(KernelError::BadOutput {
                 kernel: kernel(),
