@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh
-echo "building nearstore (a cold build takes about 7 minutes on 2 cores; later runs are incremental)"
+echo "building nearstore (a cold build takes about 15 minutes on 2 cores; later runs are incremental)"
 cargo build -p nearstore
 exec "$CARGO_TARGET_DIR/debug/nearstore" demo "$@"
