@@ -257,6 +257,7 @@ impl TableProvider for DeviceTable {
             plan,
             schema: output,
             pick: None,
+            layout: None,
             props,
             log: self.log.clone(),
         }))
@@ -272,6 +273,8 @@ pub struct DeviceScanExec {
     schema: SchemaRef,
     /// Device result columns to keep, in order (all when `None`).
     pick: Option<Vec<usize>>,
+    /// For a pushed aggregate: how output columns derive from the device's result.
+    layout: Option<Arc<Vec<OutCol>>>,
     props: Arc<PlanProperties>,
     log: ScanLog,
 }
@@ -338,13 +341,14 @@ impl ExecutionPlan for DeviceScanExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        let (url, options, plan, schema, log, pick) = (
+        let (url, options, plan, schema, log, pick, layout) = (
             self.url.clone(),
             self.options.clone(),
             self.plan.clone(),
             self.schema.clone(),
             self.log.clone(),
             self.pick.clone(),
+            self.layout.clone(),
         );
         let out_schema = schema.clone();
         let fut = async move {
@@ -368,6 +372,10 @@ impl ExecutionPlan for DeviceScanExec {
                     let opts = arrow::compute::CastOptions {
                         safe: false,
                         ..Default::default()
+                    };
+                    let b = match &layout {
+                        Some(l) => apply_layout(b, l)?,
+                        None => b,
                     };
                     let b = match &pick {
                         Some(p) => b.project(p)?,
@@ -433,9 +441,30 @@ fn push_aggregate(
     let LogicalPlan::Aggregate(agg) = plan else {
         return Ok(None);
     };
-    let LogicalPlan::TableScan(scan) = agg.input.as_ref() else {
-        return Ok(None);
+    // The input is the scan, or a projection over it (common subexpressions such as
+    // `l_extendedprice * (1 - l_discount)` are computed in one), whose columns are inlined.
+    let mut inline: std::collections::HashMap<String, Expr> = std::collections::HashMap::new();
+    let scan = match agg.input.as_ref() {
+        LogicalPlan::TableScan(scan) => scan,
+        LogicalPlan::Projection(p) => {
+            let LogicalPlan::TableScan(scan) = p.input.as_ref() else {
+                return Ok(None);
+            };
+            for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
+                let inner = match e {
+                    DfExpr::Alias(a) => a.expr.as_ref(),
+                    other => other,
+                };
+                let Some(x) = to_plan_expr(inner) else {
+                    return Ok(None);
+                };
+                inline.insert(field.name().clone(), x);
+            }
+            scan
+        }
+        _ => return Ok(None),
     };
+    let resolve = |e: &DfExpr| to_plan_expr(e).map(|x| substitute(x, &inline));
     let Ok(provider) = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
     else {
         return Ok(None);
@@ -465,7 +494,11 @@ fn push_aggregate(
         let DfExpr::Column(c) = g else {
             return Ok(None);
         };
-        device.group_by.push(c.name.clone());
+        match inline.get(&c.name) {
+            None => device.group_by.push(c.name.clone()),
+            Some(Expr::Col(base)) => device.group_by.push(base.clone()),
+            Some(_) => return Ok(None),
+        }
     }
     for (i, e) in agg.aggr_expr.iter().enumerate() {
         let e = match e {
@@ -491,7 +524,7 @@ fn push_aggregate(
             _ => return Ok(None),
         };
         let expr = match expr {
-            Some(a) => match to_plan_expr(a) {
+            Some(a) => match resolve(a) {
                 Some(x) => Some(x),
                 None => return Ok(None),
             },
@@ -503,17 +536,35 @@ fn push_aggregate(
             name: Some(format!("a{i}")),
         });
     }
-    // The device's avg is a float; DataFusion's avg of a decimal is a decimal with its own
-    // rounding. Leave those to DataFusion.
+    // The device's avg is a float. Where DataFusion's avg is a decimal, push sum and count
+    // instead and finish the average on the host with DataFusion's own formula.
     let n_groups = agg.group_expr.len();
-    for (i, (_, field)) in agg.schema.iter().enumerate() {
-        if i >= n_groups
-            && device.aggregates[i - n_groups].func == AggFunc::Avg
-            && !matches!(field.data_type(), arrow::datatypes::DataType::Float64)
-        {
-            return Ok(None);
+    let mut layout: Vec<OutCol> = (0..n_groups).map(OutCol::Direct).collect();
+    let mut extra = Vec::new();
+    for (i, (_, field)) in agg.schema.iter().enumerate().skip(n_groups) {
+        let j = i - n_groups;
+        let a = &mut device.aggregates[j];
+        match (a.func, field.data_type()) {
+            (AggFunc::Avg, arrow::datatypes::DataType::Decimal128(p, scale)) => {
+                a.func = AggFunc::Sum;
+                extra.push(Aggregate {
+                    func: AggFunc::Count,
+                    expr: a.expr.clone(),
+                    name: Some(format!("a{j}_count")),
+                });
+                layout.push(OutCol::DecimalAvg {
+                    sum: i,
+                    count: n_groups + agg.aggr_expr.len() + extra.len() - 1,
+                    precision: *p,
+                    scale: *scale,
+                });
+            }
+            (AggFunc::Avg, arrow::datatypes::DataType::Float64) => layout.push(OutCol::Direct(i)),
+            (AggFunc::Avg, _) => return Ok(None),
+            _ => layout.push(OutCol::Direct(i)),
         }
     }
+    device.aggregates.extend(extra);
     let fields: Vec<arrow::datatypes::Field> = agg
         .schema
         .iter()
@@ -525,6 +576,7 @@ fn push_aggregate(
     let table = DeviceAggregate {
         url: dev.url.clone(),
         options: dev.options.clone(),
+        layout: Arc::new(layout),
         plan: device,
         schema: Arc::new(arrow::datatypes::Schema::new(fields)),
         log: dev.log.clone(),
@@ -548,11 +600,133 @@ fn push_aggregate(
     Ok(Some(new))
 }
 
+/// How one output column of a pushed aggregate comes from the device's result.
+#[derive(Debug, Clone, Copy)]
+enum OutCol {
+    /// Device column i as it is.
+    Direct(usize),
+    /// DataFusion's decimal average from a device sum and count: `sum * 10^(scale - sum
+    /// scale) / count`, truncated, as DataFusion's `DecimalAverager` computes it.
+    DecimalAvg {
+        sum: usize,
+        count: usize,
+        precision: u8,
+        scale: i8,
+    },
+}
+
+/// Builds the output columns of a pushed aggregate from the device's result.
+fn apply_layout(b: RecordBatch, layout: &[OutCol]) -> datafusion::common::Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array};
+    use arrow::datatypes::{DataType, Decimal128Type, Int64Type};
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(layout.len());
+    for l in layout {
+        match *l {
+            OutCol::Direct(i) => cols.push(b.column(i).clone()),
+            OutCol::DecimalAvg {
+                sum,
+                count,
+                precision,
+                scale,
+            } => {
+                let DataType::Decimal128(_, sum_scale) = b.column(sum).data_type() else {
+                    return Err(DataFusionError::Internal(
+                        "decimal avg over a non-decimal sum".into(),
+                    ));
+                };
+                let shift = 10i128
+                    .checked_pow((scale - sum_scale).max(0) as u32)
+                    .ok_or_else(|| DataFusionError::Execution("avg scale out of range".into()))?;
+                let s = b.column(sum).as_primitive::<Decimal128Type>();
+                let c = b.column(count).as_primitive::<Int64Type>();
+                let out = (0..b.num_rows())
+                    .map(|r| {
+                        if s.is_null(r) || c.value(r) == 0 {
+                            return Ok(None);
+                        }
+                        let v = s.value(r).checked_mul(shift).ok_or_else(|| {
+                            DataFusionError::Execution(
+                                "Arithmetic Overflow in AvgAccumulator".into(),
+                            )
+                        })?;
+                        Ok(Some(v / c.value(r) as i128))
+                    })
+                    .collect::<datafusion::common::Result<Decimal128Array>>()?
+                    .with_precision_and_scale(precision, scale)?;
+                cols.push(Arc::new(out));
+            }
+        }
+    }
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true)
+            })
+            .collect::<Vec<_>>(),
+    ));
+    Ok(RecordBatch::try_new(schema, cols)?)
+}
+
+/// Replaces references to projection outputs with the expressions that compute them.
+fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
+    let sub = |b: Box<Expr>| Box::new(substitute(*b, map));
+    match e {
+        Expr::Col(c) => map.get(&c).cloned().unwrap_or(Expr::Col(c)),
+        Expr::Lit(l) => Expr::Lit(l),
+        Expr::Cmp { op, left, right } => Expr::Cmp {
+            op,
+            left: sub(left),
+            right: sub(right),
+        },
+        Expr::Arith { op, left, right } => Expr::Arith {
+            op,
+            left: sub(left),
+            right: sub(right),
+        },
+        Expr::And(v) => Expr::And(v.into_iter().map(|x| substitute(x, map)).collect()),
+        Expr::Or(v) => Expr::Or(v.into_iter().map(|x| substitute(x, map)).collect()),
+        Expr::Not(x) => Expr::Not(sub(x)),
+        Expr::IsNull(x) => Expr::IsNull(sub(x)),
+        Expr::IsNotNull(x) => Expr::IsNotNull(sub(x)),
+        Expr::Between {
+            expr,
+            low,
+            high,
+            negated,
+        } => Expr::Between {
+            expr: sub(expr),
+            low: sub(low),
+            high: sub(high),
+            negated,
+        },
+        Expr::In {
+            expr,
+            list,
+            negated,
+        } => Expr::In {
+            expr: sub(expr),
+            list,
+            negated,
+        },
+        Expr::Like {
+            expr,
+            pattern,
+            negated,
+        } => Expr::Like {
+            expr: sub(expr),
+            pattern,
+            negated,
+        },
+    }
+}
+
 /// A pushed aggregate: the device plan and the aggregate's output schema.
 #[derive(Debug)]
 struct DeviceAggregate {
     url: String,
     options: ClientOptions,
+    layout: Arc<Vec<OutCol>>,
     plan: Plan,
     schema: SchemaRef,
     log: ScanLog,
@@ -591,6 +765,7 @@ impl TableProvider for DeviceAggregate {
             plan: self.plan.clone(),
             schema,
             pick: projection.cloned(),
+            layout: Some(self.layout.clone()),
             props,
             log: self.log.clone(),
         }))
