@@ -9,8 +9,8 @@
 //! device sends the referenced columns in full and the host computes the whole query, which is
 //! the comparison CI needs. `EXPLAIN` shows the device plan of each scan.
 //!
-//! Aggregates are not pushed yet (the device can aggregate; the optimizer rule that hands it
-//! partial aggregates is future work).
+//! In offload mode the [`PushAggregates`] optimizer rule also hands the device whole aggregates
+//! over a single table scan; aggregates above joins stay on the host.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
