@@ -201,8 +201,8 @@ async fn measure(s: &SqlSession, sql: &str, runs: usize) -> Result<(SqlResult, M
 
 /// Runs the comparison; `hook` is for tests only.
 pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Report> {
-    let mut _embedded = None;
-    let mut _dir = None;
+    // The embedded device and its data directory live until the end of the run.
+    let mut embedded = None;
     let url = match &args.device {
         Some(u) => u.clone(),
         None => {
@@ -216,18 +216,9 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             eprintln!("generating TPC-H lineitem at scale factor {scale} for the comparison");
             tokio::task::spawn_blocking(move || d.load_tpch("lineitem", scale, &|_, _| {}))
                 .await??;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("grpc://{}", listener.local_addr()?);
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let d = device.clone();
-            let task = tokio::spawn(async move {
-                d.serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await
-            });
-            _embedded = Some((tx, task));
-            _dir = Some(dir);
+            let server = device.serve_local().await?;
+            let url = server.url.clone();
+            embedded = Some((server, dir));
             url
         }
     };
@@ -282,9 +273,8 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             reduction,
         });
     }
-    if let Some((tx, task)) = _embedded {
-        let _ = tx.send(());
-        task.await??;
+    if let Some((server, _dir)) = embedded {
+        server.stop().await?;
     }
 
     for q in &report.queries {

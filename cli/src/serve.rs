@@ -225,25 +225,15 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         let scale = args.scale;
         tokio::task::spawn_blocking(move || ensure_demo(&d, scale)).await??;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let d = device.clone();
-    let server = tokio::spawn(async move {
-        d.serve(listener, async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
-    let url = format!("grpc://{addr}");
+    let server = device.serve_local().await?;
+    let url = server.url.clone();
     eprintln!(
         "device {} serving {} on {url}",
         reader_name(&device),
         Path::new(&args.data).display()
     );
     let result = run_demo_queries(&url).await;
-    let _ = stop_tx.send(());
-    server.await??;
+    server.stop().await?;
     result
 }
 

@@ -57,6 +57,25 @@ impl DeviceConfig {
     }
 }
 
+/// A device served on a loopback port by [`Device::serve_local`].
+#[derive(Debug)]
+pub struct LocalServer {
+    /// `grpc://127.0.0.1:PORT`.
+    pub url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl LocalServer {
+    /// Stops serving and waits for in-flight calls to finish.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("Flight server task failed: {e}")))?
+    }
+}
+
 /// An opened device: namespace plus executor.
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -102,6 +121,31 @@ impl Device {
         }
         upload.commit()?;
         Ok(rows)
+    }
+
+    /// Serves Arrow Flight on a free loopback port on a task of its own, for embedded use
+    /// (`nearstore demo`, `bench compare`, tests). Stop it with [`LocalServer::stop`].
+    pub async fn serve_local(&self) -> Result<LocalServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::io("binding a loopback port", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the bound address", e))?;
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let device = self.clone();
+        let task = tokio::spawn(async move {
+            device
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        Ok(LocalServer {
+            url: format!("grpc://{addr}"),
+            stop,
+            task,
+        })
     }
 
     /// Serves Arrow Flight on `listener` until `shutdown` resolves; in-flight calls finish.

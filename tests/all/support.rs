@@ -19,8 +19,7 @@ pub struct TestDevice {
     pub url: String,
     /// The device.
     pub device: Device,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<nearstore_runtime::Result<()>>>,
+    server: nearstore_runtime::LocalServer,
 }
 
 impl TestDevice {
@@ -37,21 +36,11 @@ impl TestDevice {
             page_rows: 1_000,
         };
         let device = Device::open(&config).expect("device opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("grpc://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let d = device.clone();
-        let task = tokio::spawn(async move {
-            d.serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let server = device.serve_local().await.expect("device serves");
         TestDevice {
-            url,
+            url: server.url.clone(),
             device,
-            stop: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 
@@ -61,13 +50,8 @@ impl TestDevice {
     }
 
     /// Stops serving and waits for the server to finish.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap().unwrap();
-        }
+    pub async fn stop(self) {
+        self.server.stop().await.unwrap();
     }
 }
 

@@ -515,12 +515,18 @@ pub unsafe fn __run_filter(
     bitmap: bool,
     f: fn(&Batch, &mut Selection) -> KernelResult,
 ) -> i32 {
-    // Everything allocated during the call is released when it returns, so a kernel instance
-    // runs any number of batches in bounded memory.
-    let mark = scratch_mark();
     // SAFETY: forwarded contract.
-    let result = unsafe { run_filter_inner(desc, out, out_len, bitmap, f) };
-    // SAFETY: every allocation made since `mark` belonged to this call and is dead now.
+    with_scratch(|| unsafe { run_filter_inner(desc, out, out_len, bitmap, f) })
+}
+
+/// Runs `call` and then releases everything it allocated, so a kernel instance runs any
+/// number of batches in bounded memory. Only for export bodies, whose allocations never
+/// outlive the call.
+fn with_scratch<R>(call: impl FnOnce() -> R) -> R {
+    let mark = scratch_mark();
+    let result = call();
+    // SAFETY: every allocation made since `mark` belonged to `call`, which has returned and
+    // whose result holds no allocation (export results are plain integers).
     unsafe { scratch_reset(mark) };
     result
 }
@@ -576,8 +582,7 @@ pub unsafe fn __run_aggregate(
     groups: u32,
     f: fn(&Batch, &mut AggState) -> KernelResult,
 ) -> i32 {
-    let mark = scratch_mark();
-    let result = (|| -> KernelResult {
+    let result = with_scratch(|| -> KernelResult {
         // SAFETY: forwarded contract.
         let batch = unsafe { batch_from_memory(desc) }?;
         let naggs = batch.params().len() / 4;
@@ -596,9 +601,7 @@ pub unsafe fn __run_aggregate(
             naggs,
         };
         f(&batch, &mut st)
-    })();
-    // SAFETY: every allocation made since `mark` belonged to this call and is dead now.
-    unsafe { scratch_reset(mark) };
+    });
     match result {
         Ok(()) => 0,
         Err(e) => e,
