@@ -10,6 +10,7 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== offload vs full-transfer gate (TPC-H SF 0.01; fails on any mismatch)"
-cargo run --quiet -p nearstore -- bench compare --scale 0.01 --runs 1 --check --out "$CARGO_TARGET_DIR/compare-gate"
+cargo run --quiet -p nearstore -- bench compare --scale 0.01 --runs 1 --link-gbps 10 --reference off --check \
+  --out "$CARGO_TARGET_DIR/compare-gate"
 echo "== cargo test"
 cargo test --workspace

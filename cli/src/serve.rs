@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Rows per data page at most [default: 8192].
     #[arg(long)]
     pub page_rows: Option<usize>,
+    /// Emulate a device-to-host link of this many Gb/s (results are paced in the send path)
+    /// [default: unshaped].
+    #[arg(long, env = "NEARSTORE_LINK_GBPS")]
+    pub link_gbps: Option<f64>,
 }
 
 /// The TOML configuration file: the same keys as the flags, with underscores.
@@ -67,6 +71,7 @@ struct FileConfig {
     backend: Option<String>,
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
+    link_gbps: Option<f64>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -128,6 +133,12 @@ impl ServeArgs {
         };
         device.write = write;
         device.backend = backend;
+        device.link_gbps = self.link_gbps.or(file.link_gbps);
+        if let Some(g) = device.link_gbps
+            && !(g.is_finite() && g > 0.0)
+        {
+            bail!("link_gbps must be a positive number of Gb/s, got {g}");
+        }
         let no_demo = self.no_demo || file.no_demo.unwrap_or(false);
         Ok(Resolved {
             device,
@@ -197,10 +208,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", r.listen))?;
     let addr = listener.local_addr()?;
     eprintln!(
-        "nearstore device serving {} on grpc://{addr} (reader {}, backend {})",
+        "nearstore device serving {} on grpc://{addr} (reader {}, backend {}, link {})",
         r.device.data_dir.display(),
         device.storage().reader().kind().as_str(),
-        r.device.backend.as_str()
+        r.device.backend.as_str(),
+        match r.device.link_gbps {
+            Some(g) => format!("{g} Gb/s emulated"),
+            None => "unshaped".into(),
+        }
     );
     device.serve(listener, shutdown_signal()).await?;
     eprintln!("nearstore device stopped");

@@ -128,6 +128,9 @@ pub struct QueryStats {
     pub compute_us: u64,
     /// Wall time on the device from plan receipt to the last batch, µs.
     pub total_us: u64,
+    /// Rate of the emulated device-to-host link in Gb/s (`--link-gbps`); absent when the
+    /// device sends at the transport's own speed.
+    pub link_gbps: Option<f64>,
 }
 
 /// `DoAction` types the device understands.

@@ -42,6 +42,8 @@ pub struct DeviceConfig {
     pub backend: BackendKind,
     /// Limits of the Wasm kernel sandbox.
     pub sandbox: compute::wasm::SandboxConfig,
+    /// Emulated device-to-host link rate in Gb/s; `None` sends at the transport's speed.
+    pub link_gbps: Option<f64>,
 }
 
 impl DeviceConfig {
@@ -53,6 +55,7 @@ impl DeviceConfig {
             write: WriteConfig::default(),
             backend: BackendKind::Wasm,
             sandbox: compute::wasm::SandboxConfig::default(),
+            link_gbps: None,
         }
     }
 }
@@ -81,6 +84,7 @@ impl LocalServer {
 pub struct Device {
     storage: Arc<Storage>,
     executor: Arc<exec::Executor>,
+    link: Arc<server::Link>,
 }
 
 impl Device {
@@ -94,7 +98,11 @@ impl Device {
             config.backend,
             config.sandbox,
         )?);
-        Ok(Device { storage, executor })
+        Ok(Device {
+            storage,
+            executor,
+            link: Arc::new(server::Link::new(config.link_gbps)),
+        })
     }
 
     /// The namespace.
@@ -155,9 +163,12 @@ impl Device {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let addr: Option<SocketAddr> = listener.local_addr().ok();
-        let svc = FlightServiceServer::new(server::DeviceService::new(self.executor.clone()))
-            .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(server::MESSAGE_BYTES_MAX);
+        let svc = FlightServiceServer::new(server::DeviceService::new(
+            self.executor.clone(),
+            self.link.clone(),
+        ))
+        .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(server::MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?addr, "serving Arrow Flight");
         tonic::transport::Server::builder()
             .initial_stream_window_size(16 << 20)

@@ -1,27 +1,113 @@
-//! The offload-vs-transfer gate: passes on honest results, fails on a wrong result (injected
-//! through the harness's test hook) and on a missed threshold.
+//! The offload-vs-transfer harness: passes on honest results, fails on a wrong result
+//! (injected through the harness's test hook) and on a missed threshold; shapes the link it
+//! says it shapes; writes the JSON, the Markdown, the charts and the page.
 
-use nearstore::compare::{CompareArgs, run};
+use nearstore::compare::{CompareArgs, ReferenceChoice, render, run};
 
-fn args() -> CompareArgs {
-    CompareArgs {
-        device: None,
-        scale: 0.01,
-        runs: 1,
-        out: std::env::temp_dir(),
-        check: true,
-        min_q6_reduction: 100.0,
-        baseline: None,
-    }
+use crate::support::cli_bin;
+
+fn args(links: Vec<f64>) -> CompareArgs {
+    let mut a = CompareArgs::new(0.01, std::env::temp_dir());
+    a.runs = 1;
+    a.check = true;
+    a.link_gbps = Some(links);
+    // Reference engines only where the virtual environment already has them.
+    a.reference = ReferenceChoice::Auto;
+    a.device_bin = Some(cli_bin());
+    a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
-    let honest = run(&args(), None).await.unwrap();
+    let honest = run(&args(vec![10.0]), None).await.unwrap();
     assert!(honest.failures.is_empty(), "{:?}", honest.failures);
     assert!(honest.queries.iter().all(|q| q.equal));
     let q6 = honest.queries.iter().find(|q| q.name == "tpch_q6").unwrap();
     assert!(q6.reduction > 1000.0, "{q6:?}");
+    assert_eq!(honest.table_rows, 60175);
+
+    // Over the emulated 10 Gb/s link no query can finish before its bytes could have crossed
+    // it: a lower bound that holds however noisy the machine.
+    for q in &honest.queries {
+        let s = &q.shaped[0];
+        assert_eq!(s.link_gbps, 10.0);
+        assert!(s.equal, "{}", q.name);
+        let floor_ms = |bytes: u64| bytes as f64 * 8.0 / 10e9 * 1e3;
+        assert!(
+            s.transfer_ms >= floor_ms(q.transfer.bytes_moved),
+            "{}: {} ms for {} B",
+            q.name,
+            s.transfer_ms,
+            q.transfer.bytes_moved
+        );
+        assert!(
+            s.offload_ms >= floor_ms(q.offload.bytes_moved),
+            "{}",
+            q.name
+        );
+        // The result size the data-movement target is measured against.
+        assert!(q.result_ipc_bytes > 0 || q.rows == 0, "{}", q.name);
+        assert!(q.offload.host_cpu_ms >= 0.0 && q.offload.device_cpu_ms.is_some());
+    }
+    let wide = honest
+        .queries
+        .iter()
+        .find(|q| q.name == "sweep_wide_1")
+        .unwrap();
+    assert!(wide.shaped[0].transfer_ms >= 10.0, "{wide:?}"); // 12.6 MB at 10 Gb/s
+
+    // The outputs a person reads.
+    let out = tempfile::tempdir().unwrap();
+    render::write_all(&honest, out.path()).unwrap();
+    let back: nearstore::compare::Report =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    // Same content (floats round-trip through JSON text to within a unit in the last place).
+    assert_eq!(back.version, 2);
+    assert_eq!(back.queries.len(), honest.queries.len());
+    for (a, b) in back.queries.iter().zip(&honest.queries) {
+        assert_eq!((&a.name, a.rows, a.equal), (&b.name, b.rows, b.equal));
+        assert_eq!(a.offload.bytes_moved, b.offload.bytes_moved);
+        assert_eq!(a.shaped.len(), b.shaped.len());
+    }
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("| tpch_q6 | 1 | yes | 320 |"), "{md}");
+    assert!(md.contains("speedup @10 Gb/s"));
+    let series = [
+        (
+            "bytes_moved.svg",
+            [
+                "offload, narrow projection",
+                "full transfer, narrow projection",
+                "offload, wide projection",
+                "full transfer, wide projection",
+            ],
+        ),
+        (
+            "time_narrow.svg",
+            [
+                "offload, loopback",
+                "full transfer, loopback",
+                "offload, 10 Gb/s link",
+                "full transfer, 10 Gb/s link",
+            ],
+        ),
+    ];
+    for chart in render::CHARTS {
+        let svg = std::fs::read_to_string(out.path().join(chart)).unwrap();
+        assert!(svg.starts_with("<svg"), "{chart}");
+        for (name, labels) in &series {
+            if *name == chart {
+                for l in labels {
+                    assert!(svg.contains(l), "{chart} lacks the series {l}");
+                }
+            }
+        }
+    }
+    let page = std::fs::read_to_string(out.path().join("index.html")).unwrap();
+    for chart in render::CHARTS {
+        assert!(page.contains(&format!("<img src=\"{chart}\"")));
+    }
+    assert!(page.contains("TPC-H Q6 offloaded moved 320 B"), "{page}");
 
     // A wrong offload result: one row dropped from a sweep query.
     let tamper = |name: &str, r: &mut nearstore_sdk::SqlResult| {
@@ -30,12 +116,14 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
             r.batches.insert(0, b.slice(0, b.num_rows() - 1));
         }
     };
-    let wrong = run(&args(), Some(&tamper)).await.unwrap();
+    let mut no_refs = args(vec![]);
+    no_refs.reference = ReferenceChoice::Off;
+    let wrong = run(&no_refs, Some(&tamper)).await.unwrap();
     assert_eq!(wrong.failures.len(), 1, "{:?}", wrong.failures);
     assert!(wrong.failures[0].contains("sweep_narrow_0.01: results differ"));
 
     // A threshold nobody meets, and a baseline that the run regresses against.
-    let mut strict = args();
+    let mut strict = no_refs.clone();
     strict.min_q6_reduction = 1e12;
     let dir = tempfile::tempdir().unwrap();
     let mut base = honest.clone();
@@ -59,4 +147,17 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
         "{:?}",
         missed.failures
     );
+}
+
+#[tokio::test]
+async fn link_shaping_needs_a_started_device_and_positive_rates() {
+    let mut a = args(vec![1.0]);
+    a.device = Some("grpc://127.0.0.1:1".into());
+    let e = run(&a, None).await.unwrap_err().to_string();
+    assert!(
+        e.contains("--link-gbps needs the device the harness starts"),
+        "{e}"
+    );
+    let e = run(&args(vec![0.0]), None).await.unwrap_err().to_string();
+    assert!(e.contains("positive rates"), "{e}");
 }

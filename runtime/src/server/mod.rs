@@ -37,6 +37,9 @@ use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::storage::Storage;
 
+pub mod link;
+pub use link::Link;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
 
 /// Largest gRPC message either side accepts (tonic's default is 4 MiB).
@@ -71,15 +74,17 @@ pub fn status(e: &Error) -> Status {
 #[derive(Debug, Clone)]
 pub struct DeviceService {
     executor: Arc<Executor>,
+    link: Arc<Link>,
     queries: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
 }
 
 impl DeviceService {
-    /// A service over `executor`.
-    pub fn new(executor: Arc<Executor>) -> Self {
+    /// A service over `executor` whose results leave through `link`.
+    pub fn new(executor: Arc<Executor>, link: Arc<Link>) -> Self {
         DeviceService {
             executor,
+            link,
             queries: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
         }
@@ -140,7 +145,10 @@ impl DeviceService {
         let (rx, stats_rx) = self.executor.execute(q);
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);
         let errors = self.errors.clone();
-        tokio::spawn(stream_result(plan, schema, rx, stats_rx, out_tx, errors));
+        let link = self.link.clone();
+        tokio::spawn(stream_result(
+            plan, schema, rx, stats_rx, out_tx, errors, link,
+        ));
         Ok(Box::pin(ReceiverStream::new(out_rx)))
     }
 
@@ -328,6 +336,7 @@ async fn stream_result(
     stats_rx: tokio::sync::oneshot::Receiver<nearstore_proto::QueryStats>,
     out: mpsc::Sender<std::result::Result<FlightData, Status>>,
     errors: Arc<AtomicU64>,
+    link: Arc<Link>,
 ) {
     let failure: Arc<std::sync::Mutex<Option<Error>>> = Default::default();
     let slot = failure.clone();
@@ -347,7 +356,9 @@ async fn stream_result(
     while let Some(fd) = encoded.next().await {
         match fd {
             Ok(fd) => {
-                bytes_sent += (fd.data_header.len() + fd.data_body.len()) as u64;
+                let n = fd.data_header.len() + fd.data_body.len();
+                bytes_sent += n as u64;
+                link.send(n).await;
                 if out.send(Ok(fd)).await.is_err() {
                     return; // client gone
                 }
@@ -374,6 +385,7 @@ async fn stream_result(
         return;
     };
     stats.bytes_sent = bytes_sent;
+    stats.link_gbps = link.gbps();
     tracing::info!(
         table = %plan.table,
         backend = %stats.backend,

@@ -1,0 +1,695 @@
+//! `nearstore bench compare`: the same SQL in offload and in full-transfer mode, side by side.
+//!
+//! For each query: the rows must be equal between the modes; the report gives bytes moved
+//! over the link, bytes read on the device, wall time (median of `runs`), device time, host and
+//! device CPU time, and the reduction. The suite runs once over loopback and once per emulated
+//! link rate (`--link-gbps`), and, where the Python packages can be had, DuckDB and DataFusion
+//! run the same SQL on the device's Parquet file as reference columns. `--check` turns it into
+//! a CI gate: any mismatch, or a reduction below its threshold, fails.
+//!
+//! Without `--device` the harness starts its own device as a child process (`nearstore serve`
+//! with generated TPC-H lineitem), so that the host's CPU time is this process's alone.
+
+mod device;
+mod reference;
+pub mod render;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type};
+use clap::{Args, ValueEnum};
+use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
+use serde::{Deserialize, Serialize};
+
+pub use device::DeviceChild;
+
+/// Current `report.json` schema version.
+pub const REPORT_VERSION: u32 = 2;
+
+/// Whether to run the reference engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReferenceChoice {
+    /// Install DuckDB and DataFusion with pip into a local virtual environment if missing.
+    Install,
+    /// Use them only if the virtual environment already has them.
+    Auto,
+    /// Do not run them.
+    Off,
+}
+
+/// `bench compare` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// Device URL; without it a device with generated TPC-H data is started as a child process.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// TPC-H scale factor of the started device's data.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Runs per query and mode (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Directory for report.json, report.md, the SVG charts and index.html.
+    #[arg(long, default_value = "nearstore-compare")]
+    pub out: PathBuf,
+    /// Fail (exit non-zero) on any result mismatch or missed threshold.
+    #[arg(long)]
+    pub check: bool,
+    /// Minimum bytes-moved reduction for Q6 under --check.
+    #[arg(long, default_value_t = 100.0)]
+    pub min_q6_reduction: f64,
+    /// A previous report.json: under --check, fail when a query's reduction falls below
+    /// half of its baseline value.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Emulated link rates in Gb/s to run the suite over besides loopback, comma separated
+    /// [default: 1 for a started device; not available with --device, whose link is its own].
+    #[arg(long, value_delimiter = ',')]
+    pub link_gbps: Option<Vec<f64>>,
+    /// Reference engines (DuckDB, DataFusion) on the device's Parquet file.
+    #[arg(long, value_enum, default_value_t = ReferenceChoice::Install)]
+    pub reference: ReferenceChoice,
+    /// The `nearstore` binary that serves the started device [default: this executable].
+    #[arg(long, hide = true, env = "NEARSTORE_DEVICE_BIN")]
+    pub device_bin: Option<PathBuf>,
+}
+
+impl CompareArgs {
+    /// Defaults as the command line has them, for `scale` and `out`.
+    pub fn new(scale: f64, out: impl Into<PathBuf>) -> Self {
+        CompareArgs {
+            device: None,
+            scale,
+            runs: 3,
+            out: out.into(),
+            check: false,
+            min_q6_reduction: 100.0,
+            baseline: None,
+            link_gbps: None,
+            reference: ReferenceChoice::Install,
+            device_bin: None,
+        }
+    }
+}
+
+/// One mode's figures for one query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ModeFigures {
+    /// Bytes the device sent.
+    pub bytes_moved: u64,
+    /// Bytes the device read from its media.
+    pub bytes_read: u64,
+    /// Median wall time, milliseconds.
+    pub wall_ms: f64,
+    /// Device time summed over scans (median run), milliseconds.
+    pub device_ms: f64,
+    /// CPU time of the host (this process: SQL session, decoding, host-side operators),
+    /// median run, milliseconds.
+    pub host_cpu_ms: f64,
+    /// CPU time of the device process (median run), milliseconds; absent for an external
+    /// device. Kernel tick resolution (10 ms on most systems).
+    pub device_cpu_ms: Option<f64>,
+}
+
+/// Wall times over an emulated link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ShapedRun {
+    /// Link rate, Gb/s.
+    pub link_gbps: f64,
+    /// Whether both modes returned the same rows over this link too.
+    pub equal: bool,
+    /// Offload wall time (median), ms.
+    pub offload_ms: f64,
+    /// Full-transfer wall time (median), ms.
+    pub transfer_ms: f64,
+    /// transfer / offload.
+    pub speedup: f64,
+}
+
+/// One reference engine's figures for one query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EngineRun {
+    /// Median wall time, ms (in-process, file in the page cache).
+    pub ms: f64,
+    /// Rows returned (checked against ours).
+    pub rows: usize,
+}
+
+/// One query of the report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QueryReport {
+    /// Name.
+    pub name: String,
+    /// Fraction of rows the filter keeps, for the sweep.
+    pub selectivity: Option<f64>,
+    /// `narrow` or `wide` projection, for the sweep.
+    pub projection: Option<String>,
+    /// The SQL.
+    pub sql: String,
+    /// Result rows.
+    pub rows: usize,
+    /// Arrow IPC size of the exact result (what an ideal offload would move).
+    pub result_ipc_bytes: u64,
+    /// Whether both modes returned the same rows.
+    pub equal: bool,
+    /// Offload figures (loopback).
+    pub offload: ModeFigures,
+    /// Full-transfer figures (loopback).
+    pub transfer: ModeFigures,
+    /// transfer bytes / offload bytes.
+    pub reduction: f64,
+    /// transfer wall time / offload wall time on loopback.
+    pub speedup: f64,
+    /// The same query over emulated links.
+    pub shaped: Vec<ShapedRun>,
+    /// Reference engines: engine name → figures.
+    pub reference: std::collections::BTreeMap<String, EngineRun>,
+}
+
+/// The report (`report.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Report {
+    /// Schema version ([`REPORT_VERSION`]).
+    pub version: u32,
+    /// TPC-H scale factor (started device) or 0 for an external device.
+    pub scale: f64,
+    /// Runs per query and mode.
+    pub runs: usize,
+    /// Rows in lineitem.
+    pub table_rows: u64,
+    /// Emulated link rates run besides loopback, Gb/s.
+    pub links: Vec<f64>,
+    /// Reference engines that ran: name → version.
+    pub engines: std::collections::BTreeMap<String, String>,
+    /// Why reference engines did not run, if they did not.
+    pub reference_note: Option<String>,
+    /// Queries.
+    pub queries: Vec<QueryReport>,
+    /// The performance targets, each with its measured value.
+    pub targets: Vec<Target>,
+    /// Problems found by --check.
+    pub failures: Vec<String>,
+}
+
+/// A performance target and whether this run met it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Target {
+    /// What is promised.
+    pub target: String,
+    /// What was measured.
+    pub measured: String,
+    /// Met, missed, or not measurable in this run (`None`).
+    pub met: Option<bool>,
+}
+
+/// A test hook: may alter an offload result before it is compared (tests use it to prove the
+/// gate fails on a wrong result; production passes `None`).
+pub type ResultHook<'a> = &'a (dyn Fn(&str, &mut SqlResult) + Sync);
+
+struct Case {
+    name: String,
+    selectivity: Option<f64>,
+    projection: Option<&'static str>,
+    sql: String,
+}
+
+fn suite(max_orderkey: i64) -> Vec<Case> {
+    let fixed = |name: &str, sql: &str| Case {
+        name: name.into(),
+        selectivity: None,
+        projection: None,
+        sql: sql.into(),
+    };
+    let mut out = vec![
+        fixed(
+            "tpch_q6",
+            "select sum(l_extendedprice * l_discount) as revenue from lineitem where l_shipdate >= date '1994-01-01' \
+             and l_shipdate < date '1995-01-01' and l_discount between 0.05 and 0.07 and l_quantity < 24",
+        ),
+        fixed(
+            "tpch_q1",
+            "select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty, sum(l_extendedprice) as sum_base_price, \
+             sum(l_extendedprice * (1 - l_discount)) as sum_disc_price, avg(l_quantity) as avg_qty, count(*) as count_order \
+             from lineitem where l_shipdate <= date '1998-09-02' group by l_returnflag, l_linestatus order by l_returnflag, l_linestatus",
+        ),
+        fixed(
+            "top_k",
+            "select l_orderkey, l_extendedprice from lineitem where l_discount = 0.10 order by l_extendedprice desc, l_orderkey limit 10",
+        ),
+        fixed(
+            "group_by_many",
+            "select l_partkey, count(*) as n, sum(l_quantity) as q from lineitem where l_shipmode = 'AIR' group by l_partkey order by l_partkey limit 20",
+        ),
+    ];
+    for sel in [0.0001, 0.001, 0.01, 0.1, 0.5, 1.0] {
+        let k = ((max_orderkey as f64) * sel).ceil() as i64;
+        for (projection, cols) in [("narrow", "l_orderkey, l_quantity"), ("wide", "*")] {
+            out.push(Case {
+                name: format!("sweep_{projection}_{sel}"),
+                selectivity: Some(sel),
+                projection: Some(projection),
+                sql: format!("select {cols} from lineitem where l_orderkey <= {k}"),
+            });
+        }
+    }
+    out
+}
+
+/// Result rows as sorted text, floats to 9 significant digits.
+fn canonical(r: &SqlResult) -> Vec<String> {
+    let mut rows = Vec::new();
+    for b in &r.batches {
+        rows.extend(batch_rows(b));
+    }
+    rows.sort();
+    rows
+}
+
+fn batch_rows(b: &RecordBatch) -> Vec<String> {
+    (0..b.num_rows())
+        .map(|i| {
+            b.columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Float64 if c.is_valid(i) => {
+                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
+                    }
+                    _ => arrow::util::display::array_value_to_string(c, i).unwrap_or_default(),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+/// Arrow IPC stream size of a result.
+fn ipc_bytes(r: &SqlResult) -> Result<u64> {
+    let Some(first) = r.batches.first() else {
+        return Ok(0);
+    };
+    let mut buf = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &first.schema())?;
+    for b in &r.batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(buf.len() as u64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// CPU time of this process (all threads), milliseconds.
+fn process_cpu_ms() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass; no other memory is involved.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+async fn measure(
+    s: &SqlSession,
+    sql: &str,
+    runs: usize,
+    device: Option<&DeviceChild>,
+) -> Result<(SqlResult, ModeFigures)> {
+    let mut walls = Vec::new();
+    let mut devs = Vec::new();
+    let mut host_cpu = Vec::new();
+    let mut dev_cpu = Vec::new();
+    let mut last = None;
+    for _ in 0..runs.max(1) {
+        let (c0, d0) = (process_cpu_ms(), device.and_then(DeviceChild::cpu_ms));
+        let t = Instant::now();
+        let r = s.sql(sql).await?;
+        walls.push(t.elapsed().as_secs_f64() * 1e3);
+        host_cpu.push(process_cpu_ms() - c0);
+        if let (Some(d0), Some(d1)) = (d0, device.and_then(DeviceChild::cpu_ms)) {
+            dev_cpu.push(d1 - d0);
+        }
+        devs.push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
+        last = Some(r);
+    }
+    let r = last.expect("at least one run");
+    let fig = ModeFigures {
+        bytes_moved: r.bytes_moved(),
+        bytes_read: r.scans.iter().map(|(_, st)| st.bytes_read_media).sum(),
+        wall_ms: median(walls),
+        device_ms: median(devs),
+        host_cpu_ms: median(host_cpu),
+        device_cpu_ms: (!dev_cpu.is_empty()).then(|| median(dev_cpu)),
+    };
+    Ok((r, fig))
+}
+
+struct Sessions {
+    offload: SqlSession,
+    transfer: SqlSession,
+}
+
+impl Sessions {
+    async fn connect(url: &str) -> Result<Self> {
+        Ok(Sessions {
+            offload: SqlSession::connect(url, ClientOptions::default(), Mode::Offload).await?,
+            transfer: SqlSession::connect(url, ClientOptions::default(), Mode::FullTransfer)
+                .await?,
+        })
+    }
+}
+
+/// Runs the comparison; `hook` is for tests only.
+pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Report> {
+    if !(args.scale.is_finite() && args.scale > 0.0) {
+        bail!("--scale must be a positive number, got {}", args.scale);
+    }
+    let links = match (&args.device, &args.link_gbps) {
+        (Some(_), Some(l)) if !l.is_empty() => bail!(
+            "--link-gbps needs the device the harness starts itself; an external device's link is \
+             its own (start it with `nearstore serve --link-gbps N`)"
+        ),
+        (Some(_), _) => Vec::new(),
+        (None, Some(l)) => l.clone(),
+        (None, None) => vec![1.0],
+    };
+    if let Some(bad) = links.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
+        bail!("--link-gbps takes positive rates in Gb/s, got {bad}");
+    }
+
+    // The started device and its data directory live until the end of the run.
+    let data = tempfile::tempdir().context("temporary data directory")?;
+    let mut started = None;
+    let url = match &args.device {
+        Some(u) => u.clone(),
+        None => {
+            let bin = match &args.device_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe().context("locating the nearstore binary")?,
+            };
+            eprintln!(
+                "starting a device with TPC-H lineitem at scale factor {}",
+                args.scale
+            );
+            let d = DeviceChild::start(&bin, data.path(), args.scale, None).await?;
+            let url = d.url.clone();
+            started = Some((bin, d));
+            url
+        }
+    };
+    let sessions = Sessions::connect(&url).await?;
+    let mut client = nearstore_sdk::Client::connect(&url).await?;
+    let table_rows = client
+        .describe("lineitem")
+        .await
+        .context("the device has no lineitem table")?
+        .rows;
+    let max_key = sessions
+        .offload
+        .sql("select max(l_orderkey) as m from lineitem")
+        .await?
+        .batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .map(|a| a.value(0))
+        })
+        .context("lineitem has no l_orderkey")?;
+
+    let mut report = Report {
+        version: REPORT_VERSION,
+        scale: if args.device.is_some() {
+            0.0
+        } else {
+            args.scale
+        },
+        runs: args.runs.max(1),
+        table_rows,
+        links: links.clone(),
+        ..Default::default()
+    };
+    let cases = suite(max_key);
+    let child = started.as_ref().map(|(_, d)| d);
+    eprintln!(
+        "loopback: {} queries x 2 modes x {} runs",
+        cases.len(),
+        report.runs
+    );
+    for case in &cases {
+        let (mut a, fa) = measure(&sessions.offload, &case.sql, args.runs, child).await?;
+        let (b, fb) = measure(&sessions.transfer, &case.sql, args.runs, child).await?;
+        if let Some(h) = hook {
+            h(&case.name, &mut a);
+        }
+        let equal = canonical(&a) == canonical(&b);
+        let reduction = fb.bytes_moved as f64 / fa.bytes_moved.max(1) as f64;
+        let speedup = fb.wall_ms / fa.wall_ms.max(1e-3);
+        eprintln!(
+            "{:<22} rows {:>8}  offload {:>12} B {:>8.1} ms | transfer {:>12} B {:>8.1} ms | {reduction:>8.1}x{}",
+            case.name,
+            b.num_rows(),
+            fa.bytes_moved,
+            fa.wall_ms,
+            fb.bytes_moved,
+            fb.wall_ms,
+            if equal { "" } else { "  MISMATCH" }
+        );
+        report.queries.push(QueryReport {
+            name: case.name.clone(),
+            selectivity: case.selectivity,
+            projection: case.projection.map(str::to_string),
+            sql: case.sql.clone(),
+            rows: b.num_rows(),
+            result_ipc_bytes: ipc_bytes(&b)?,
+            equal,
+            offload: fa,
+            transfer: fb,
+            reduction,
+            speedup,
+            ..Default::default()
+        });
+    }
+
+    // The same suite over each emulated link: the device restarts with the link shaped.
+    if let Some((bin, device)) = started.take() {
+        let mut device = device;
+        for &gbps in &links {
+            device.stop().await?;
+            device = DeviceChild::start(&bin, data.path(), args.scale, Some(gbps)).await?;
+            let s = Sessions::connect(&device.url).await?;
+            eprintln!(
+                "emulated {gbps} Gb/s link: {} queries x 2 modes",
+                cases.len()
+            );
+            for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
+                let (mut a, fa) = measure(&s.offload, &case.sql, args.runs, None).await?;
+                let (b, fb) = measure(&s.transfer, &case.sql, args.runs, None).await?;
+                if let Some(h) = hook {
+                    h(&case.name, &mut a);
+                }
+                let run = ShapedRun {
+                    link_gbps: gbps,
+                    equal: canonical(&a) == canonical(&b),
+                    offload_ms: fa.wall_ms,
+                    transfer_ms: fb.wall_ms,
+                    speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
+                };
+                eprintln!(
+                    "{:<22} offload {:>8.1} ms | transfer {:>8.1} ms | {:>6.1}x faster",
+                    case.name, run.offload_ms, run.transfer_ms, run.speedup
+                );
+                q.shaped.push(run);
+            }
+        }
+        device.stop().await?;
+    }
+
+    if args.device.is_none() && args.reference != ReferenceChoice::Off {
+        match reference::run(data.path(), &cases, args.runs, args.reference) {
+            Ok(r) => {
+                for (name, results) in r.results {
+                    if let Some(q) = report.queries.iter_mut().find(|q| q.name == name) {
+                        q.reference = results;
+                    }
+                }
+                report.engines = r.engines;
+                report.reference_note = r.note;
+            }
+            Err(e) => report.reference_note = Some(format!("{e:#}")),
+        }
+        if let Some(n) = &report.reference_note {
+            eprintln!("reference engines: {n}");
+        }
+    } else if args.device.is_some() {
+        report.reference_note =
+            Some("reference engines need the Parquet file of a device the harness started".into());
+    }
+
+    report.targets = targets(&report);
+    report.failures = check(&report, args)?;
+    Ok(report)
+}
+
+/// The gate's verdicts.
+fn check(report: &Report, args: &CompareArgs) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    for q in &report.queries {
+        if !q.equal {
+            failures.push(format!(
+                "{}: results differ between offload and transfer",
+                q.name
+            ));
+        }
+        for s in q.shaped.iter().filter(|s| !s.equal) {
+            failures.push(format!(
+                "{}: results differ between offload and transfer over the {} Gb/s link",
+                q.name, s.link_gbps
+            ));
+        }
+        for (engine, e) in &q.reference {
+            if e.rows != q.rows {
+                failures.push(format!(
+                    "{}: {engine} returned {} rows, the device {}",
+                    q.name, e.rows, q.rows
+                ));
+            }
+        }
+        if q.name == "tpch_q6" && q.reduction < args.min_q6_reduction {
+            failures.push(format!(
+                "tpch_q6: bytes-moved reduction {:.1}x is below the threshold {:.1}x",
+                q.reduction, args.min_q6_reduction
+            ));
+        }
+    }
+    if let Some(path) = &args.baseline {
+        let base: Report = serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("reading baseline {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing baseline {}", path.display()))?;
+        for q in &report.queries {
+            if let Some(b) = base.queries.iter().find(|b| b.name == q.name)
+                && q.reduction < b.reduction / 2.0
+            {
+                failures.push(format!(
+                    "{}: reduction {:.1}x regressed below half of the baseline {:.1}x",
+                    q.name, q.reduction, b.reduction
+                ));
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// The issue's performance targets, evaluated on this run.
+fn targets(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let find = |n: &str| r.queries.iter().find(|q| q.name == n);
+
+    let over: Vec<String> = r
+        .queries
+        .iter()
+        .filter(|q| q.offload.bytes_moved as f64 > 1.1 * q.result_ipc_bytes as f64 + 16384.0)
+        .map(|q| {
+            format!(
+                "{} ({} B for a {} B result)",
+                q.name, q.offload.bytes_moved, q.result_ipc_bytes
+            )
+        })
+        .collect();
+    out.push(Target {
+        target: "offload moves at most 1.1x the Arrow IPC size of the exact result + 16 KiB".into(),
+        measured: if over.is_empty() {
+            format!("all {} queries within", r.queries.len())
+        } else {
+            format!("over: {}", over.join(", "))
+        },
+        met: Some(over.is_empty()),
+    });
+    if let Some(q6) = find("tpch_q6") {
+        out.push(Target {
+            target: "Q6 moves at least 1000x fewer bytes than full transfer".into(),
+            measured: format!("{:.0}x at scale factor {}", q6.reduction, r.scale),
+            met: Some(q6.reduction >= 1000.0),
+        });
+    }
+    for name in ["tpch_q6", "tpch_q1"] {
+        let Some(q) = find(name) else { continue };
+        let duck = q.reference.get("duckdb");
+        out.push(Target {
+            target: format!(
+                "{name}: device time within 1.5x of DuckDB on the same Parquet file, same thread count"
+            ),
+            measured: match duck {
+                Some(d) => format!(
+                    "device {:.1} ms vs DuckDB {:.1} ms: {:.2}x",
+                    q.offload.device_ms,
+                    d.ms,
+                    q.offload.device_ms / d.ms.max(1e-3)
+                ),
+                None => "DuckDB did not run".into(),
+            },
+            met: duck.map(|d| q.offload.device_ms <= 1.5 * d.ms),
+        });
+    }
+    for projection in ["narrow", "wide"] {
+        let Some(q) = find(&format!("sweep_{projection}_0.01")) else {
+            continue;
+        };
+        out.push(Target {
+            target: format!(
+                "1 % selectivity ({projection}): offload at least 3x faster on loopback"
+            ),
+            measured: format!("{:.1}x", q.speedup),
+            met: Some(q.speedup >= 3.0),
+        });
+        let one = q.shaped.iter().find(|s| (s.link_gbps - 1.0).abs() < 1e-9);
+        out.push(Target {
+            target: format!(
+                "1 % selectivity ({projection}): offload at least 10x faster on a 1 Gb/s link"
+            ),
+            measured: match one {
+                Some(s) => format!("{:.1}x", s.speedup),
+                None => "no 1 Gb/s run".into(),
+            },
+            met: one.map(|s| s.speedup >= 10.0),
+        });
+    }
+    out
+}
+
+/// `nearstore bench compare`.
+pub async fn compare(args: CompareArgs) -> Result<()> {
+    let report = run(&args, None).await?;
+    render::write_all(&report, &args.out)?;
+    println!("{}", render::markdown(&report));
+    eprintln!(
+        "wrote {0}/report.json, report.md, the SVG charts and {0}/index.html",
+        args.out.display()
+    );
+    if args.check && !report.failures.is_empty() {
+        bail!("comparison gate failed: {}", report.failures.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Reference engines: DuckDB and DataFusion (Python packages) run the suite's SQL directly on
+//! the device's Parquet file, with the device's thread count, as "what a user would run
+//! instead". They live in a virtual environment under `~/.cache/nearstore/pyvenv`, which
+//! `--reference install` creates and fills with pip.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::{Case, EngineRun, ReferenceChoice};
+
+const SCRIPT: &str = include_str!("reference.py");
+const PACKAGES: [&str; 2] = ["duckdb", "datafusion"];
+/// Threads per query on the device: one task runs a query's operators (reads go through the
+/// io_uring thread), so the reference engines get one thread too.
+const DEVICE_THREADS: usize = 1;
+
+/// What the engines returned.
+pub struct References {
+    /// name → version of each engine that ran.
+    pub engines: BTreeMap<String, String>,
+    /// query → engine → figures.
+    pub results: BTreeMap<String, BTreeMap<String, EngineRun>>,
+    /// Engines or queries that failed, if any.
+    pub note: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Output {
+    engines: BTreeMap<String, String>,
+    results: BTreeMap<String, BTreeMap<String, EngineRun>>,
+    errors: BTreeMap<String, String>,
+}
+
+fn venv() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/nearstore/pyvenv"))
+}
+
+fn imports(python: &Path, module: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The venv's Python with the engines, installing them if `choice` allows.
+fn python(choice: ReferenceChoice) -> Result<PathBuf> {
+    let venv = venv()?;
+    let python = venv.join("bin/python");
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|m| !python.exists() || !imports(&python, m))
+        .collect();
+    if missing.is_empty() {
+        return Ok(python);
+    }
+    if choice != ReferenceChoice::Install {
+        bail!(
+            "{} not installed in {} (run with --reference install)",
+            missing.join(" and "),
+            venv.display()
+        );
+    }
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    if !python.exists() {
+        eprintln!(
+            "creating a Python virtual environment in {}",
+            venv.display()
+        );
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    eprintln!(
+        "installing {} with pip for the reference columns",
+        missing.join(", ")
+    );
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .args(&missing))?;
+    Ok(python)
+}
+
+/// The one Parquet object of lineitem in the device's data directory.
+fn parquet_file(data: &Path) -> Result<PathBuf> {
+    let objects = data.join("objects");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&objects)
+        .with_context(|| format!("listing {}", objects.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    match files.len() {
+        1 => Ok(files.remove(0)),
+        n => bail!(
+            "expected one Parquet object in {}, found {n}",
+            objects.display()
+        ),
+    }
+}
+
+/// Runs the engines over `cases`.
+pub fn run(
+    data: &Path,
+    cases: &[Case],
+    runs: usize,
+    choice: ReferenceChoice,
+) -> Result<References> {
+    let python = python(choice)?;
+    let parquet = parquet_file(data)?;
+    eprintln!(
+        "reference engines: {} on {} ({} thread)",
+        PACKAGES.join(", "),
+        parquet.display(),
+        DEVICE_THREADS
+    );
+    let request = serde_json::json!({
+        "parquet": parquet,
+        "threads": DEVICE_THREADS,
+        "runs": runs.max(1),
+        "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new(&python)
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", python.display()))?;
+    child
+        .stdin
+        .take()
+        .context("reference engine stdin")?
+        .write_all(&serde_json::to_vec(&request)?)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "reference engines failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let parsed: Output =
+        serde_json::from_slice(&out.stdout).context("reading the reference engines' output")?;
+    let note = (!parsed.errors.is_empty()).then(|| {
+        parsed
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    Ok(References {
+        engines: parsed.engines,
+        results: parsed.results,
+        note,
+    })
+}
