@@ -99,8 +99,8 @@ async fn raw_ipc(batches: Arc<Vec<RecordBatch>>) -> usize {
     let writer = std::thread::spawn(move || {
         let (sock, _) = listener.accept().unwrap();
         sock.set_nodelay(true).unwrap();
-        let mut w = StreamWriter::try_new(std::io::BufWriter::new(sock), &batches[0].schema())
-            .unwrap();
+        let mut w =
+            StreamWriter::try_new(std::io::BufWriter::new(sock), &batches[0].schema()).unwrap();
         for b in batches.iter() {
             w.write(b).unwrap();
         }
@@ -133,14 +133,13 @@ fn transport(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(r.stats.bytes_sent));
     g.bench_function("flight", |bch| {
         bch.iter(|| {
-            let n: usize = f
-                .rt
-                .block_on(client.query(&p))
-                .unwrap()
-                .batches
-                .iter()
-                .map(|b| b.num_rows())
-                .sum();
+            let n: usize =
+                f.rt.block_on(client.query(&p))
+                    .unwrap()
+                    .batches
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum();
             assert_eq!(n, rows);
         })
     });

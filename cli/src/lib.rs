@@ -57,6 +57,58 @@ pub enum Command {
     Info(DeviceArg),
     /// Verify every object's checksum on the device.
     Scrub(DeviceArg),
+    /// Make a bearer token for a tenant: prints the token once and the `[[tenants]]` entry
+    /// (with only the token's SHA-256) for the device's TOML file.
+    Token(TokenArgs),
+}
+
+/// `token` arguments.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Tenant name (its table namespace).
+    #[arg(long)]
+    pub tenant: String,
+    /// Give the tenant the admin role (device-wide actions: info, scrub).
+    #[arg(long)]
+    pub admin: bool,
+}
+
+/// A new random token (256 bits from the OS, hex).
+fn new_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn token(args: TokenArgs) -> Result<()> {
+    let valid = !args.tenant.is_empty()
+        && args.tenant.len() <= 64
+        && args
+            .tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid {
+        bail!(
+            "tenant name '{}' must be 1-64 characters of [A-Za-z0-9_-]",
+            args.tenant
+        );
+    }
+    let token = new_token()?;
+    let hash = nearstore_runtime::server::auth::token_hash(&token);
+    println!(
+        "# token for tenant {} (shown once: give it to the tenant, keep it secret):",
+        args.tenant
+    );
+    println!("#   {token}");
+    println!("# add to the device's TOML file (--config):");
+    println!("[[tenants]]");
+    println!("name = \"{}\"", args.tenant);
+    println!("token_sha256 = \"{hash}\"");
+    println!("admin = {}", args.admin);
+    Ok(())
 }
 
 /// The device to talk to.
@@ -317,6 +369,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&i)?);
             Ok(())
         }
+        Command::Token(args) => token(args),
         Command::Scrub(d) => {
             let mut c = d.connect().await?;
             let r = c.scrub().await?;

@@ -72,6 +72,10 @@ struct FileConfig {
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
+    /// Tenants (`[[tenants]]` tables: name, token_sha256, admin). Without any, the device
+    /// runs open: no token needed.
+    #[serde(default)]
+    tenants: Vec<nearstore_runtime::server::auth::TenantConfig>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -134,6 +138,7 @@ impl ServeArgs {
         device.write = write;
         device.backend = backend;
         device.link_gbps = self.link_gbps.or(file.link_gbps);
+        device.tenants = file.tenants;
         if let Some(g) = device.link_gbps
             && !(g.is_finite() && g > 0.0)
         {
@@ -217,6 +222,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             None => "unshaped".into(),
         }
     );
+    if r.device.tenants.is_empty() {
+        eprintln!(
+            "authentication is off: no tenants are configured, every caller may use every table \
+             (add [[tenants]] to the --config file; `nearstore token --tenant NAME` makes a token)"
+        );
+    } else {
+        eprintln!(
+            "{} tenant(s) configured: every call needs a bearer token",
+            r.device.tenants.len()
+        );
+    }
     device.serve(listener, shutdown_signal()).await?;
     eprintln!("nearstore device stopped");
     Ok(())

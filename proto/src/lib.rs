@@ -49,6 +49,10 @@ pub enum ErrorCode {
     Unsupported,
     /// Storage I/O failed.
     Io,
+    /// The call carries no valid bearer token.
+    Unauthenticated,
+    /// The caller's role does not allow the call.
+    PermissionDenied,
     /// Anything else.
     Internal,
 }
@@ -67,6 +71,8 @@ impl ErrorCode {
             ErrorCode::KernelFailed => "kernel_failed",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Io => "io",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Internal => "internal",
         }
     }

@@ -63,6 +63,15 @@ pub enum Error {
     /// Broken invariant or unexpected state.
     #[error("internal: {0}")]
     Internal(String),
+    /// No valid bearer token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller's role does not allow the call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The device's configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 /// Result with the runtime's error.
@@ -90,7 +99,11 @@ impl Error {
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::Io { .. } => ErrorCode::Io,
             Error::Kernel(_) => ErrorCode::KernelFailed,
-            Error::Arrow(_) | Error::Parquet(_) | Error::Internal(_) => ErrorCode::Internal,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::Arrow(_) | Error::Parquet(_) | Error::Internal(_) | Error::Config(_) => {
+                ErrorCode::Internal
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct DeviceConfig {
     pub sandbox: compute::wasm::SandboxConfig,
     /// Emulated device-to-host link rate in Gb/s; `None` sends at the transport's speed.
     pub link_gbps: Option<f64>,
+    /// Tenants and their token hashes; none means an open device (no authentication).
+    pub tenants: Vec<server::auth::TenantConfig>,
 }
 
 impl DeviceConfig {
@@ -56,6 +58,7 @@ impl DeviceConfig {
             backend: BackendKind::Wasm,
             sandbox: compute::wasm::SandboxConfig::default(),
             link_gbps: None,
+            tenants: Vec::new(),
         }
     }
 }
@@ -85,11 +88,13 @@ pub struct Device {
     storage: Arc<Storage>,
     executor: Arc<exec::Executor>,
     link: Arc<server::Link>,
+    auth: Arc<server::auth::Auth>,
 }
 
 impl Device {
     /// Opens the namespace and starts the read path.
     pub fn open(config: &DeviceConfig) -> Result<Self> {
+        let auth = Arc::new(server::auth::Auth::new(&config.tenants)?);
         let reader = Reader::start(config.reader)
             .map_err(|e| Error::io("starting the storage read path", e))?;
         let storage = Arc::new(Storage::open(&config.data_dir, reader, config.write)?);
@@ -102,12 +107,18 @@ impl Device {
             storage,
             executor,
             link: Arc::new(server::Link::new(config.link_gbps)),
+            auth,
         })
     }
 
     /// The namespace.
     pub fn storage(&self) -> &Arc<Storage> {
         &self.storage
+    }
+
+    /// Whether the device authenticates callers (tenants are configured).
+    pub fn requires_auth(&self) -> bool {
+        !self.auth.is_open()
     }
 
     /// The executor.
@@ -166,6 +177,7 @@ impl Device {
         let svc = FlightServiceServer::new(server::DeviceService::new(
             self.executor.clone(),
             self.link.clone(),
+            self.auth.clone(),
         ))
         .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(server::MESSAGE_BYTES_MAX);

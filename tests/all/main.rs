@@ -8,4 +8,5 @@ mod kernels;
 mod python;
 mod sql;
 mod support;
+mod tenants;
 mod tpch;

@@ -26,15 +26,24 @@ impl TestDevice {
     /// Starts a device on `dir` with `reader` and small row groups (10 000 rows, pages of
     /// 1 000), so small tables still have many row groups and pages.
     pub async fn start(dir: &Path, reader: ReaderChoice) -> Self {
+        Self::start_with(dir, |c| {
+            c.reader = ReaderConfig {
+                choice: reader,
+                ..Default::default()
+            }
+        })
+        .await
+    }
+
+    /// Like [`TestDevice::start`] with the automatic reader, with `configure` applied to the
+    /// configuration last.
+    pub async fn start_with(dir: &Path, configure: impl FnOnce(&mut DeviceConfig)) -> Self {
         let mut config = DeviceConfig::new(dir);
-        config.reader = ReaderConfig {
-            choice: reader,
-            ..Default::default()
-        };
         config.write = WriteConfig {
             row_group_rows: 10_000,
             page_rows: 1_000,
         };
+        configure(&mut config);
         let device = Device::open(&config).expect("device opens");
         let server = device.serve_local().await.expect("device serves");
         TestDevice {

@@ -37,7 +37,9 @@ use crate::error::{Error, Result};
 use crate::exec::Executor;
 use crate::storage::Storage;
 
+pub mod auth;
 pub mod link;
+pub use auth::{Auth, Principal};
 pub use link::Link;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
@@ -58,6 +60,8 @@ pub fn status(e: &Error) -> Status {
         | ErrorCode::MalformedPlan
         | ErrorCode::InvalidUpload => tonic::Code::InvalidArgument,
         ErrorCode::TableExists => tonic::Code::AlreadyExists,
+        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
         ErrorCode::CorruptObject => tonic::Code::DataLoss,
         ErrorCode::Unsupported => tonic::Code::Unimplemented,
         ErrorCode::KernelFailed => tonic::Code::Aborted,
@@ -75,19 +79,29 @@ pub fn status(e: &Error) -> Status {
 pub struct DeviceService {
     executor: Arc<Executor>,
     link: Arc<Link>,
+    auth: Arc<Auth>,
     queries: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
 }
 
 impl DeviceService {
-    /// A service over `executor` whose results leave through `link`.
-    pub fn new(executor: Arc<Executor>, link: Arc<Link>) -> Self {
+    /// A service over `executor` whose results leave through `link`, authenticating callers
+    /// with `auth`.
+    pub fn new(executor: Arc<Executor>, link: Arc<Link>, auth: Arc<Auth>) -> Self {
         DeviceService {
             executor,
             link,
+            auth,
             queries: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn authenticate(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> std::result::Result<Principal, Status> {
+        self.auth.authenticate(md).map_err(|e| self.fail(e))
     }
 
     fn storage(&self) -> &Arc<Storage> {
@@ -112,9 +126,21 @@ impl DeviceService {
         }
     }
 
-    async fn flight_info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+    /// The caller's plan with its table scoped to the caller's namespace.
+    fn scoped(who: &Principal, plan: &Plan) -> Result<Plan> {
+        let mut p = plan.clone();
+        p.table = who.scope(&plan.table)?;
+        Ok(p)
+    }
+
+    async fn flight_info(
+        &self,
+        who: &Principal,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo> {
+        // The ticket carries the caller's plan; DoGet scopes it again for whoever presents it.
         let plan = self.plan_of(&descriptor)?;
-        let q = self.executor.prepare(&plan).await?;
+        let q = self.executor.prepare(&Self::scoped(who, &plan)?).await?;
         let info = FlightInfo::new()
             .try_with_schema(&q.schema())?
             .with_descriptor(descriptor)
@@ -122,9 +148,11 @@ impl DeviceService {
         Ok(info)
     }
 
-    async fn table_info(&self, name: &str) -> Result<FlightInfo> {
-        let info = self.storage().describe(name)?;
-        let table = self.storage().table(name)?;
+    /// Flight info of the caller's table `name`.
+    async fn table_info(&self, who: &Principal, name: &str) -> Result<FlightInfo> {
+        let stored = who.scope(name)?;
+        let info = self.storage().describe(&stored)?;
+        let table = self.storage().table(&stored)?;
         let schema = self
             .executor
             .table_schema(&table, &Default::default())
@@ -152,7 +180,11 @@ impl DeviceService {
         Ok(Box::pin(ReceiverStream::new(out_rx)))
     }
 
-    async fn put(&self, mut input: Streaming<FlightData>) -> Result<nearstore_proto::PutSummary> {
+    async fn put(
+        &self,
+        who: &Principal,
+        mut input: Streaming<FlightData>,
+    ) -> Result<nearstore_proto::PutSummary> {
         let first = input
             .message()
             .await
@@ -164,7 +196,15 @@ impl DeviceService {
         let cmd: PutCommand = serde_json::from_slice(&descriptor.cmd).map_err(|e| {
             Error::InvalidUpload(format!("descriptor command is not a put command: {e}"))
         })?;
-        let upload = self.storage().begin_upload(&cmd.table, cmd.mode)?;
+        if cmd.table.contains('/') {
+            return Err(Error::InvalidUpload(format!(
+                "table name '{}' must be 1-128 characters of [A-Za-z0-9_.-]",
+                cmd.table
+            )));
+        }
+        let upload = self
+            .storage()
+            .begin_upload(&who.scope(&cmd.table)?, cmd.mode)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(4);
         let writer = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut upload = upload;
@@ -193,7 +233,7 @@ impl DeviceService {
             .map_err(|e| Error::Internal(format!("upload commit panicked: {e}")))?
     }
 
-    async fn action(&self, action: Action) -> Result<Vec<Bytes>> {
+    async fn action(&self, who: &Principal, action: Action) -> Result<Vec<Bytes>> {
         let body = || {
             String::from_utf8(action.body.to_vec())
                 .map_err(|_| Error::MalformedPlan("action body is not UTF-8".into()))
@@ -202,10 +242,21 @@ impl DeviceService {
         match action.r#type.as_str() {
             actions::DROP_TABLE => {
                 let name = body()?;
-                self.storage().drop_table(&name).await?;
+                self.storage().drop_table(&who.scope(&name)?).await?;
                 Ok(vec![Bytes::from(format!("dropped {name}"))])
             }
-            actions::DESCRIBE_TABLE => Ok(vec![json(&self.storage().describe(&body()?)?)]),
+            actions::DESCRIBE_TABLE => {
+                let name = body()?;
+                let mut info = self.storage().describe(&who.scope(&name)?)?;
+                info.name = name;
+                Ok(vec![json(&info)])
+            }
+            actions::DEVICE_INFO | actions::SCRUB if !who.admin => {
+                Err(Error::PermissionDenied(format!(
+                    "{} is a device-wide action and needs the admin role",
+                    action.r#type
+                )))
+            }
             actions::DEVICE_INFO => {
                 let info = DeviceInfo {
                     version: env!("CARGO_PKG_VERSION").to_string(),
@@ -429,11 +480,18 @@ impl FlightService for DeviceService {
 
     async fn list_flights(
         &self,
-        _request: Request<Criteria>,
+        request: Request<Criteria>,
     ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        let who = self.authenticate(request.metadata())?;
         let mut infos = Vec::new();
-        for name in self.storage().table_names() {
-            infos.push(self.table_info(&name).await.map_err(|e| self.fail(e)));
+        for stored in self.storage().table_names() {
+            if let Some(name) = who.unscope(&stored) {
+                infos.push(
+                    self.table_info(&who, name)
+                        .await
+                        .map_err(|e| self.fail(who.visible(e))),
+                );
+            }
         }
         Ok(Response::new(Box::pin(futures::stream::iter(infos))))
     }
@@ -442,10 +500,11 @@ impl FlightService for DeviceService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.flight_info(request.into_inner())
+        let who = self.authenticate(request.metadata())?;
+        self.flight_info(&who, request.into_inner())
             .await
             .map(Response::new)
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(who.visible(e)))
     }
 
     async fn poll_flight_info(
@@ -461,36 +520,39 @@ impl FlightService for DeviceService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<SchemaResult>, Status> {
+        let who = self.authenticate(request.metadata())?;
         let r: Result<SchemaResult> = async {
             let plan = self.plan_of(&request.into_inner())?;
-            let q = self.executor.prepare(&plan).await?;
+            let q = self.executor.prepare(&Self::scoped(&who, &plan)?).await?;
             let opts = arrow::ipc::writer::IpcWriteOptions::default();
             Ok(SchemaAsIpc::new(&q.schema(), &opts).try_into()?)
         }
         .await;
-        r.map(Response::new).map_err(|e| self.fail(e))
+        r.map(Response::new).map_err(|e| self.fail(who.visible(e)))
     }
 
     async fn do_get(
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        let who = self.authenticate(request.metadata())?;
         let r = async {
             let plan = Plan::from_json(&request.into_inner().ticket)?;
-            self.run_query(plan).await
+            self.run_query(Self::scoped(&who, &plan)?).await
         }
         .await;
-        r.map(Response::new).map_err(|e| self.fail(e))
+        r.map(Response::new).map_err(|e| self.fail(who.visible(e)))
     }
 
     async fn do_put(
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        let who = self.authenticate(request.metadata())?;
         let summary = self
-            .put(request.into_inner())
+            .put(&who, request.into_inner())
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.fail(who.visible(e)))?;
         let meta = serde_json::to_vec(&summary).expect("summary serialises");
         let result = PutResult {
             app_metadata: meta.into(),
@@ -502,10 +564,11 @@ impl FlightService for DeviceService {
         &self,
         request: Request<Action>,
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        let who = self.authenticate(request.metadata())?;
         let bodies = self
-            .action(request.into_inner())
+            .action(&who, request.into_inner())
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.fail(who.visible(e)))?;
         let results = bodies
             .into_iter()
             .map(|body| Ok(arrow_flight::Result { body }))
@@ -515,8 +578,9 @@ impl FlightService for DeviceService {
 
     async fn list_actions(
         &self,
-        _request: Request<Empty>,
+        request: Request<Empty>,
     ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        self.authenticate(request.metadata())?;
         let list = [
             (actions::DROP_TABLE, "Drop a table. Body: table name."),
             (

@@ -710,12 +710,19 @@ fn describe_columns(cols: &[ColumnInfo]) -> String {
         .join(", ")
 }
 
+/// A table name: `[tenant/]name`, each part 1-128 characters of `[A-Za-z0-9_.-]` (the server
+/// adds the tenant part; callers never send it).
 fn validate_table_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 128
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    };
+    let ok = match name.split_once('/') {
+        Some((tenant, table)) => part(tenant) && part(table),
+        None => part(name),
+    };
     if ok {
         Ok(())
     } else {

@@ -1,0 +1,203 @@
+//! Tenants and authentication: every Flight call needs a valid bearer token, each tenant sees
+//! only its own tables (another tenant's table is not found, never forbidden), and device-wide
+//! actions need the admin role.
+
+use arrow_flight::FlightDescriptor;
+use nearstore_proto::{ErrorCode, Plan, PutMode};
+use nearstore_runtime::server::auth::{TenantConfig, token_hash};
+use nearstore_sdk::{Client, ClientOptions, Error, Mode, Query, SqlSession};
+
+use crate::support::{TestDevice, sum_ids, table_batches};
+
+const ALICE: &str = "alice-token-1";
+const BOB: &str = "bob-token-2";
+const OPS: &str = "ops-token-3";
+
+fn tenants() -> Vec<TenantConfig> {
+    [
+        ("alice", ALICE, false),
+        ("bob", BOB, false),
+        ("ops", OPS, true),
+    ]
+    .into_iter()
+    .map(|(name, token, admin)| TenantConfig {
+        name: name.into(),
+        token_sha256: token_hash(token),
+        admin,
+    })
+    .collect()
+}
+
+fn opts(token: Option<&str>) -> ClientOptions {
+    ClientOptions {
+        token: token.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+async fn client(url: &str, token: Option<&str>) -> Client {
+    Client::connect_with(url, opts(token)).await.unwrap()
+}
+
+fn code(e: &Error) -> ErrorCode {
+    match e {
+        Error::Device { code, .. } => *code,
+        other => panic!("expected a device error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_authenticate_and_see_only_their_own_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| c.tenants = tenants()).await;
+    assert!(dev.device.requires_auth());
+
+    // No token, a wrong token: UNAUTHENTICATED on every kind of call.
+    for token in [None, Some("not-a-token")] {
+        let mut c = client(&dev.url, token).await;
+        let errors = [
+            c.tables().await.unwrap_err(),
+            c.query(&Plan::scan("t")).await.unwrap_err(),
+            c.describe("t").await.unwrap_err(),
+            c.put_batches("t", PutMode::Create, table_batches(10, 10, 1))
+                .await
+                .unwrap_err(),
+            c.device_info().await.unwrap_err(),
+        ];
+        for e in errors {
+            assert_eq!(code(&e), ErrorCode::Unauthenticated, "{e}");
+            let Error::Device { status, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(status, tonic::Code::Unauthenticated);
+        }
+    }
+    // The SQL session reports the same, as a device error (not a transport failure).
+    let Err(e) = SqlSession::connect(&dev.url, opts(Some("nope")), Mode::Offload).await else {
+        panic!("a wrong token must fail");
+    };
+    assert_eq!(code(&e), ErrorCode::Unauthenticated, "{e}");
+
+    // Alice and Bob each own a table called `t`, with different contents.
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    let mut bob = client(&dev.url, Some(BOB)).await;
+    alice
+        .put_batches("t", PutMode::Create, table_batches(1000, 250, 1))
+        .await
+        .unwrap();
+    alice
+        .put_batches("only_alice", PutMode::Create, table_batches(10, 10, 1))
+        .await
+        .unwrap();
+    bob.put_batches("t", PutMode::Create, table_batches(300, 300, 2))
+        .await
+        .unwrap();
+    let names = |v: Vec<nearstore_proto::TableInfo>| {
+        let mut n: Vec<String> = v.into_iter().map(|t| t.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(alice.tables().await.unwrap()), ["only_alice", "t"]);
+    assert_eq!(names(bob.tables().await.unwrap()), ["t"]);
+    let a = alice.query(&Plan::scan("t")).await.unwrap();
+    let b = bob.query(&Plan::scan("t")).await.unwrap();
+    assert_eq!((a.num_rows(), b.num_rows()), (1000, 300));
+    assert_eq!(sum_ids(&a.batches), (0..1000).sum::<i64>());
+    assert_eq!(alice.describe("t").await.unwrap().name, "t");
+    assert_eq!(alice.describe("t").await.unwrap().rows, 1000);
+
+    // Bob cannot reach Alice's table through any call: it does not exist for him.
+    let not_found = [
+        bob.query(&Plan::scan("only_alice")).await.unwrap_err(),
+        bob.query(&Query::table("only_alice").filter("id < 5").unwrap().build())
+            .await
+            .unwrap_err(),
+        bob.schema(&Plan::scan("only_alice")).await.unwrap_err(),
+        bob.describe("only_alice").await.unwrap_err(),
+        bob.drop_table("only_alice").await.unwrap_err(),
+    ];
+    for e in &not_found {
+        assert_eq!(code(e), ErrorCode::UnknownTable, "{e}");
+        assert!(e.to_string().contains("'only_alice'"), "{e}");
+        assert!(!e.to_string().contains('/'), "shows a storage name: {e}");
+    }
+    // Naming the internal form does not get around the scoping.
+    let e = bob
+        .query(&Plan::scan("alice/only_alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::UnknownTable, "{e}");
+    // A path descriptor names a table too.
+    let raw = arrow_flight::FlightClient::new(
+        tonic::transport::Channel::from_shared(dev.url.replace("grpc://", "http://"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut raw = raw;
+    raw.add_header("authorization", &format!("Bearer {BOB}"))
+        .unwrap();
+    let e = raw
+        .get_flight_info(FlightDescriptor::new_path(vec!["only_alice".into()]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown table"), "{e}");
+    // Alice's data is untouched by Bob's attempts; Bob's SQL session sees only Bob's table.
+    assert_eq!(alice.describe("only_alice").await.unwrap().rows, 10);
+    let s = SqlSession::connect(&dev.url, opts(Some(BOB)), Mode::Offload)
+        .await
+        .unwrap();
+    assert_eq!(s.sql("select count(*) from t").await.unwrap().num_rows(), 1);
+    assert!(s.sql("select * from only_alice").await.is_err());
+
+    // Device-wide actions need the admin role.
+    let e = alice.scrub().await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::PermissionDenied, "{e}");
+    let e = alice.device_info().await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::PermissionDenied, "{e}");
+    let mut ops = client(&dev.url, Some(OPS)).await;
+    assert_eq!(ops.scrub().await.unwrap().corrupt.len(), 0);
+    assert_eq!(ops.device_info().await.unwrap().tables, 3);
+    // The admin has a namespace of its own too: it does not see tenants' tables.
+    assert!(ops.tables().await.unwrap().is_empty());
+
+    // Bob drops his own `t`; Alice's `t` stays.
+    bob.drop_table("t").await.unwrap();
+    assert_eq!(
+        alice.query(&Plan::scan("t")).await.unwrap().num_rows(),
+        1000
+    );
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_device_needs_no_token_and_bad_tenant_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+    assert!(!dev.device.requires_auth());
+    let mut c = client(&dev.url, Some("anything")).await;
+    c.put_batches("t", PutMode::Create, table_batches(5, 5, 1))
+        .await
+        .unwrap();
+    assert_eq!(c.query(&Plan::scan("t")).await.unwrap().num_rows(), 5);
+    // A bare name with a tenant separator is refused, not resolved.
+    let e = c
+        .put_batches("x/t", PutMode::Create, table_batches(5, 5, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::InvalidUpload, "{e}");
+    dev.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = nearstore_runtime::DeviceConfig::new(dir.path());
+    cfg.tenants = vec![TenantConfig {
+        name: "a".into(),
+        token_sha256: "not-hex".into(),
+        admin: false,
+    }];
+    let e = nearstore_runtime::Device::open(&cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("64 hex digits"), "{e}");
+}
