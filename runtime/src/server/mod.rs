@@ -389,6 +389,9 @@ async fn stream_result(
     errors: Arc<AtomicU64>,
     link: Arc<Link>,
 ) {
+    // Every message leaves through the (possibly emulated) link.
+    let link_gbps = link.gbps();
+    let out = link::paced(link, out);
     let failure: Arc<std::sync::Mutex<Option<Error>>> = Default::default();
     let slot = failure.clone();
     let batches = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
@@ -409,15 +412,14 @@ async fn stream_result(
             Ok(fd) => {
                 let n = fd.data_header.len() + fd.data_body.len();
                 bytes_sent += n as u64;
-                link.send(n).await;
-                if out.send(Ok(fd)).await.is_err() {
+                if out.send((Ok(fd), n)).await.is_err() {
                     return; // client gone
                 }
             }
             Err(e) => {
                 errors.fetch_add(1, Ordering::Relaxed);
                 let _ = out
-                    .send(Err(Status::internal(format!("encoding failed: {e}"))))
+                    .send((Err(Status::internal(format!("encoding failed: {e}"))), 0))
                     .await;
                 return;
             }
@@ -426,17 +428,17 @@ async fn stream_result(
     let failed = failure.lock().expect("failure slot").take();
     if let Some(e) = failed {
         errors.fetch_add(1, Ordering::Relaxed);
-        let _ = out.send(Err(status(&e))).await;
+        let _ = out.send((Err(status(&e)), 0)).await;
         return;
     }
     let Ok(mut stats) = stats_rx.await else {
         let _ = out
-            .send(Err(Status::internal("query ended without statistics")))
+            .send((Err(Status::internal("query ended without statistics")), 0))
             .await;
         return;
     };
     stats.bytes_sent = bytes_sent;
-    stats.link_gbps = link.gbps();
+    stats.link_gbps = link_gbps;
     tracing::info!(
         table = %plan.table,
         backend = %stats.backend,
@@ -452,10 +454,13 @@ async fn stream_result(
     );
     let meta = serde_json::to_vec(&stats).expect("stats serialise");
     let _ = out
-        .send(Ok(FlightData {
-            app_metadata: meta.into(),
-            ..Default::default()
-        }))
+        .send((
+            Ok(FlightData {
+                app_metadata: meta.into(),
+                ..Default::default()
+            }),
+            0,
+        ))
         .await;
 }
 
