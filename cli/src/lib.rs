@@ -249,8 +249,16 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    #[command(flatten)]
-    device: DeviceArg,
+    /// Device URL; repeat it (or separate URLs with commas) for a table spread over several
+    /// devices: scans fan out to all of them and partial aggregates merge on the host.
+    #[arg(long = "device", env = "NEARSTORE_DEVICE", default_value = DEFAULT_DEVICE, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Bearer token.
+    #[arg(long, env = "NEARSTORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds allowed for one call.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
 }
 
 /// `tpch` arguments.
@@ -392,13 +400,13 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn sql(args: SqlArgs) -> Result<()> {
     let opts = ClientOptions {
-        token: args.device.token.clone(),
-        request_timeout: Duration::from_secs(args.device.timeout_secs),
+        token: args.token.clone(),
+        request_timeout: Duration::from_secs(args.timeout_secs),
         ..Default::default()
     };
-    let session = nearstore_sdk::SqlSession::connect(&args.device.device, opts, args.mode)
+    let session = nearstore_sdk::SqlSession::connect_many(&args.devices, opts, args.mode)
         .await
-        .with_context(|| format!("connecting to the device at {}", args.device.device))?;
+        .with_context(|| format!("connecting to {}", args.devices.join(", ")))?;
     if args.explain {
         println!("{}", session.explain(&args.query).await?);
         return Ok(());

@@ -118,23 +118,52 @@ fn sdk_err(e: DataFusionError) -> Error {
 impl SqlSession {
     /// Connects to the device at `url` and registers its tables.
     pub async fn connect(url: &str, options: ClientOptions, mode: Mode) -> Result<Self> {
-        let mut client = Client::connect_with(url, options.clone()).await?;
+        Self::connect_many(&[url.to_string()], options, mode).await
+    }
+
+    /// Connects to several devices and registers their tables. A table held by more than one
+    /// device (with the same schema) is one table spread across them: scans fan out to every
+    /// device that holds it, and pushed aggregates come back as partial aggregates that the
+    /// host merges.
+    pub async fn connect_many(urls: &[String], options: ClientOptions, mode: Mode) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(Error::InvalidArgument("no device URL given".into()));
+        }
         let ctx = SessionContext::new();
         if mode == Mode::Offload {
             ctx.add_optimizer_rule(Arc::new(PushAggregates));
         }
         let log: ScanLog = Arc::default();
-        for t in client.tables().await? {
-            let schema = client.schema(&Plan::scan(&t.name)).await?;
+        // table -> (schema, devices holding it), in the order first seen.
+        let mut tables: Vec<(String, SchemaRef, Vec<String>)> = Vec::new();
+        for url in urls {
+            let mut client = Client::connect_with(url, options.clone()).await?;
+            for t in client.tables().await? {
+                let schema = client.schema(&Plan::scan(&t.name)).await?;
+                match tables.iter_mut().find(|(n, _, _)| *n == t.name) {
+                    Some((_, s, devices)) => {
+                        if s.fields() != schema.fields() {
+                            return Err(Error::InvalidArgument(format!(
+                                "table '{}' has a different schema on {url} than on {}",
+                                t.name, devices[0]
+                            )));
+                        }
+                        devices.push(url.clone());
+                    }
+                    None => tables.push((t.name.clone(), schema, vec![url.clone()])),
+                }
+            }
+        }
+        for (name, schema, devices) in tables {
             let table = DeviceTable {
-                url: url.to_string(),
+                urls: devices,
                 options: options.clone(),
-                table: t.name.clone(),
+                table: name.clone(),
                 schema,
                 mode,
                 log: log.clone(),
             };
-            ctx.register_table(t.name.as_str(), Arc::new(table))
+            ctx.register_table(name.as_str(), Arc::new(table))
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
         Ok(SqlSession { ctx, log, mode })
@@ -173,7 +202,8 @@ impl SqlSession {
 /// A device table as a DataFusion table provider.
 #[derive(Debug)]
 pub struct DeviceTable {
-    url: String,
+    /// Devices holding a part of the table (one scan partition each).
+    urls: Vec<String>,
     options: ClientOptions,
     table: String,
     schema: SchemaRef,
@@ -247,12 +277,12 @@ impl TableProvider for DeviceTable {
         }
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(output.clone()),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(self.urls.len()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         Ok(Arc::new(DeviceScanExec {
-            url: self.url.clone(),
+            urls: self.urls.clone(),
             options: self.options.clone(),
             plan,
             schema: output,
@@ -264,10 +294,11 @@ impl TableProvider for DeviceTable {
     }
 }
 
-/// Runs one plan on the device.
+/// Runs one plan on the devices holding a table: one partition per device, or, for a pushed
+/// aggregate over several devices, one partition that merges the devices' partial aggregates.
 #[derive(Debug)]
 pub struct DeviceScanExec {
-    url: String,
+    urls: Vec<String>,
     options: ClientOptions,
     plan: Plan,
     schema: SchemaRef,
@@ -283,6 +314,9 @@ impl DisplayAs for DeviceScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let p = &self.plan;
         write!(f, "DeviceScanExec: table={}", p.table)?;
+        if self.urls.len() > 1 {
+            write!(f, ", devices={}", self.urls.len())?;
+        }
         let cols: Vec<&str> = p.projection.iter().map(Projection::name).collect();
         write!(f, ", projection=[{}]", cols.join(", "))?;
         if let Some(filter) = &p.filter {
@@ -338,11 +372,18 @@ impl ExecutionPlan for DeviceScanExec {
 
     fn execute(
         &self,
-        _partition: usize,
+        partition: usize,
         _context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        let (url, options, plan, schema, log, pick, layout) = (
-            self.url.clone(),
+        // A plain scan runs on its partition's device; an aggregate runs on every device and
+        // the partial results are merged here.
+        let urls: Vec<String> = match &self.layout {
+            Some(_) => self.urls.clone(),
+            None => vec![self.urls.get(partition).cloned().ok_or_else(|| {
+                DataFusionError::Internal(format!("no device for partition {partition}"))
+            })?],
+        };
+        let (options, plan, schema, log, pick, layout) = (
             self.options.clone(),
             self.plan.clone(),
             self.schema.clone(),
@@ -352,11 +393,22 @@ impl ExecutionPlan for DeviceScanExec {
         );
         let out_schema = schema.clone();
         let fut = async move {
-            let mut client = Client::connect_with(&url, options).await.map_err(df_err)?;
-            let r = client.query(&plan).await.map_err(df_err)?;
-            log.lock().expect("scan log").push((plan, r.stats.clone()));
-            let batches = r
-                .batches
+            let runs = urls.iter().map(|url| {
+                let (options, plan, log) = (options.clone(), plan.clone(), log.clone());
+                async move {
+                    let mut client = Client::connect_with(url, options).await.map_err(df_err)?;
+                    let r = client.query(&plan).await.map_err(df_err)?;
+                    log.lock().expect("scan log").push((plan, r.stats.clone()));
+                    Ok::<_, DataFusionError>(r.batches)
+                }
+            });
+            let parts = futures::future::try_join_all(runs).await?;
+            let device_batches = if parts.len() > 1 {
+                merge_partials(&plan, parts.into_iter().flatten().collect()).await?
+            } else {
+                parts.into_iter().flatten().collect()
+            };
+            let batches = device_batches
                 .into_iter()
                 .map(|b| {
                     if schema.fields().is_empty() {
@@ -395,6 +447,51 @@ impl ExecutionPlan for DeviceScanExec {
         let stream = futures::stream::once(fut).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
+}
+
+/// Merges the partial aggregates of several devices (the rows of one device plan's result,
+/// from each device) into the rows one device holding all the data would have returned:
+/// counts and sums add up, minima and maxima combine, per group. The plan carries no `avg`
+/// here (an aggregate over several devices pushes sum and count instead).
+async fn merge_partials(
+    plan: &Plan,
+    batches: Vec<RecordBatch>,
+) -> datafusion::common::Result<Vec<RecordBatch>> {
+    use nearstore_proto::AggFunc;
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let schema = first.schema();
+    let quote = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let mut select: Vec<String> = plan.group_by.iter().map(|g| quote(g)).collect();
+    for (a, field) in plan
+        .aggregates
+        .iter()
+        .zip(schema.fields().iter().skip(plan.group_by.len()))
+    {
+        let f = match a.func {
+            AggFunc::CountStar | AggFunc::Count | AggFunc::Sum => "sum",
+            AggFunc::Min => "min",
+            AggFunc::Max => "max",
+            AggFunc::Avg => {
+                return Err(DataFusionError::Internal(
+                    "an average cannot be merged across devices; push sum and count".into(),
+                ));
+            }
+        };
+        select.push(format!("{f}({0}) as {0}", quote(field.name())));
+    }
+    let mut sql = format!("select {} from partials", select.join(", "));
+    if !plan.group_by.is_empty() {
+        let g: Vec<String> = plan.group_by.iter().map(|g| quote(g)).collect();
+        sql.push_str(&format!(" group by {}", g.join(", ")));
+    }
+    let ctx = SessionContext::new();
+    ctx.register_batch(
+        "partials",
+        arrow::compute::concat_batches(&schema, &batches)?,
+    )?;
+    ctx.sql(&sql).await?.collect().await
 }
 
 use futures::TryStreamExt;
@@ -559,6 +656,19 @@ fn push_aggregate(
                     scale: *scale,
                 });
             }
+            (AggFunc::Avg, arrow::datatypes::DataType::Float64) if dev.urls.len() > 1 => {
+                // Averages do not merge; sums and counts do.
+                a.func = AggFunc::Sum;
+                extra.push(Aggregate {
+                    func: AggFunc::Count,
+                    expr: a.expr.clone(),
+                    name: Some(format!("a{j}_count")),
+                });
+                layout.push(OutCol::FloatAvg {
+                    sum: i,
+                    count: n_groups + agg.aggr_expr.len() + extra.len() - 1,
+                });
+            }
             (AggFunc::Avg, arrow::datatypes::DataType::Float64) => layout.push(OutCol::Direct(i)),
             (AggFunc::Avg, _) => return Ok(None),
             _ => layout.push(OutCol::Direct(i)),
@@ -574,7 +684,7 @@ fn push_aggregate(
         })
         .collect();
     let table = DeviceAggregate {
-        url: dev.url.clone(),
+        urls: dev.urls.clone(),
         options: dev.options.clone(),
         layout: Arc::new(layout),
         plan: device,
@@ -605,6 +715,8 @@ fn push_aggregate(
 enum OutCol {
     /// Device column i as it is.
     Direct(usize),
+    /// A float average from a device sum (of any numeric type) and count.
+    FloatAvg { sum: usize, count: usize },
     /// DataFusion's decimal average from a device sum and count: `sum * 10^(scale - sum
     /// scale) / count`, truncated, as DataFusion's `DecimalAverager` computes it.
     DecimalAvg {
@@ -623,6 +735,17 @@ fn apply_layout(b: RecordBatch, layout: &[OutCol]) -> datafusion::common::Result
     for l in layout {
         match *l {
             OutCol::Direct(i) => cols.push(b.column(i).clone()),
+            OutCol::FloatAvg { sum, count } => {
+                let s = arrow::compute::cast(b.column(sum), &DataType::Float64)?;
+                let s = s.as_primitive::<arrow::datatypes::Float64Type>();
+                let c = b.column(count).as_primitive::<Int64Type>();
+                let out: arrow::array::Float64Array = (0..b.num_rows())
+                    .map(|r| {
+                        (s.is_valid(r) && c.value(r) != 0).then(|| s.value(r) / c.value(r) as f64)
+                    })
+                    .collect();
+                cols.push(Arc::new(out));
+            }
             OutCol::DecimalAvg {
                 sum,
                 count,
@@ -724,7 +847,7 @@ fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
 /// A pushed aggregate: the device plan and the aggregate's output schema.
 #[derive(Debug)]
 struct DeviceAggregate {
-    url: String,
+    urls: Vec<String>,
     options: ClientOptions,
     layout: Arc<Vec<OutCol>>,
     plan: Plan,
@@ -760,7 +883,7 @@ impl TableProvider for DeviceAggregate {
             Boundedness::Bounded,
         ));
         Ok(Arc::new(DeviceScanExec {
-            url: self.url.clone(),
+            urls: self.urls.clone(),
             options: self.options.clone(),
             plan: self.plan.clone(),
             schema,

@@ -4,6 +4,7 @@ mod cli;
 mod compare;
 mod device;
 mod differential;
+mod fanout;
 mod kernels;
 mod python;
 mod sql;
