@@ -11,3 +11,4 @@ mod sql;
 mod support;
 mod tenants;
 mod tpch;
+mod transport;
