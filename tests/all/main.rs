@@ -8,6 +8,7 @@ mod fanout;
 mod kernels;
 mod python;
 mod sql;
+mod sql_props;
 mod support;
 mod tenants;
 mod tpch;
