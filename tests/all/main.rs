@@ -7,5 +7,6 @@ mod differential;
 mod kernels;
 mod python;
 mod sql;
+mod sql_pushdown;
 mod support;
 mod tpch;
