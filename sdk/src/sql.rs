@@ -1,13 +1,15 @@
 //! SQL over device tables with DataFusion.
 //!
 //! Every table of the device becomes a [`DeviceTable`] provider. In [`Mode::Offload`] the
-//! provider answers `Exact` for each filter it can translate into the plan IR (comparisons,
-//! AND/OR/NOT, BETWEEN, IN, IS [NOT] NULL, LIKE, arithmetic over columns and literals) and
-//! `Unsupported` for the rest, and pushes the projection, the translated filters and — when
-//! DataFusion offers it — the limit into one device plan; DataFusion finishes everything else
-//! on the host. In [`Mode::FullTransfer`] nothing but the column projection is pushed: the
-//! device sends the referenced columns in full and the host computes the whole query, which is
-//! the comparison CI needs. `EXPLAIN` shows the device plan of each scan.
+//! provider answers `Exact` for each filter it can translate into the plan IR with the device
+//! computing exactly what DataFusion would (comparisons, AND/OR/NOT, BETWEEN, IN, IS [NOT]
+//! NULL, LIKE, finite literals, and the arithmetic whose results agree: floats, decimal
+//! `+ - *`, integer division) and `Unsupported` for the rest, and pushes the projection, the
+//! translated filters and — when DataFusion offers it — the limit into one device plan;
+//! DataFusion finishes everything else on the host. In [`Mode::FullTransfer`] nothing but the
+//! column projection is pushed: the device sends the referenced columns in full and the host
+//! computes the whole query, which is the comparison CI needs. `EXPLAIN` shows the device
+//! plan of each scan.
 //!
 //! In offload mode the [`PushAggregates`] optimizer rule also hands the device whole aggregates
 //! over a single table scan; aggregates above joins stay on the host.
@@ -20,7 +22,7 @@ use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Operator, TableProviderFilterPushDown};
@@ -155,11 +157,16 @@ impl SqlSession {
             }
         }
         for (name, schema, devices) in tables {
+            let df_schema = Arc::new(
+                DFSchema::try_from(schema.clone())
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            );
             let table = DeviceTable {
                 urls: devices,
                 options: options.clone(),
                 table: name.clone(),
                 schema,
+                df_schema,
                 mode,
                 log: log.clone(),
             };
@@ -207,6 +214,8 @@ pub struct DeviceTable {
     options: ClientOptions,
     table: String,
     schema: SchemaRef,
+    /// The same schema, unqualified, for typing filter expressions.
+    df_schema: Arc<DFSchema>,
     mode: Mode,
     log: ScanLog,
 }
@@ -227,7 +236,7 @@ impl TableProvider for DeviceTable {
     ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| match (self.mode, to_plan_expr(f)) {
+            .map(|f| match (self.mode, to_plan_expr(f, &self.df_schema)) {
                 (Mode::Offload, Some(_)) => TableProviderFilterPushDown::Exact,
                 _ => TableProviderFilterPushDown::Unsupported,
             })
@@ -263,7 +272,7 @@ impl TableProvider for DeviceTable {
             let exprs: Vec<Expr> = filters
                 .iter()
                 .map(|f| {
-                    to_plan_expr(f).ok_or_else(|| {
+                    to_plan_expr(f, &self.df_schema).ok_or_else(|| {
                         DataFusionError::Internal(format!("filter {f} was not pushable"))
                     })
                 })
@@ -540,28 +549,16 @@ fn push_aggregate(
     };
     // The input is the scan, or a projection over it (common subexpressions such as
     // `l_extendedprice * (1 - l_discount)` are computed in one), whose columns are inlined.
-    let mut inline: std::collections::HashMap<String, Expr> = std::collections::HashMap::new();
-    let scan = match agg.input.as_ref() {
-        LogicalPlan::TableScan(scan) => scan,
+    let (scan, projection) = match agg.input.as_ref() {
+        LogicalPlan::TableScan(scan) => (scan, None),
         LogicalPlan::Projection(p) => {
             let LogicalPlan::TableScan(scan) = p.input.as_ref() else {
                 return Ok(None);
             };
-            for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
-                let inner = match e {
-                    DfExpr::Alias(a) => a.expr.as_ref(),
-                    other => other,
-                };
-                let Some(x) = to_plan_expr(inner) else {
-                    return Ok(None);
-                };
-                inline.insert(field.name().clone(), x);
-            }
-            scan
+            (scan, Some(p))
         }
         _ => return Ok(None),
     };
-    let resolve = |e: &DfExpr| to_plan_expr(e).map(|x| substitute(x, &inline));
     let Ok(provider) = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
     else {
         return Ok(None);
@@ -573,10 +570,26 @@ fn push_aggregate(
     if dev.mode != Mode::Offload || scan.fetch.is_some() {
         return Ok(None);
     }
+    let mut inline: std::collections::HashMap<String, Expr> = std::collections::HashMap::new();
+    if let Some(p) = projection {
+        for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
+            let inner = match e {
+                DfExpr::Alias(a) => a.expr.as_ref(),
+                other => other,
+            };
+            let Some(x) = to_plan_expr(inner, &dev.df_schema) else {
+                return Ok(None);
+            };
+            inline.insert(field.name().clone(), x);
+        }
+    }
+    // Aggregate arguments read the aggregate's input (the scan or the projection).
+    let input_schema = agg.input.schema().as_ref().clone().strip_qualifiers();
+    let resolve = |e: &DfExpr| to_plan_expr(e, &input_schema).map(|x| substitute(x, &inline));
     let Some(filters) = scan
         .filters
         .iter()
-        .map(to_plan_expr)
+        .map(|f| to_plan_expr(f, &dev.df_schema))
         .collect::<Option<Vec<_>>>()
     else {
         return Ok(None);
@@ -718,7 +731,8 @@ enum OutCol {
     /// A float average from a device sum (of any numeric type) and count.
     FloatAvg { sum: usize, count: usize },
     /// DataFusion's decimal average from a device sum and count: `sum * 10^(scale - sum
-    /// scale) / count`, truncated, as DataFusion's `DecimalAverager` computes it.
+    /// scale) / count`, truncated, as DataFusion's `DecimalAverager` computes it (with the
+    /// sum scaled down instead when its scale exceeds the average's).
     DecimalAvg {
         sum: usize,
         count: usize,
@@ -757,9 +771,20 @@ fn apply_layout(b: RecordBatch, layout: &[OutCol]) -> datafusion::common::Result
                         "decimal avg over a non-decimal sum".into(),
                     ));
                 };
-                let shift = 10i128
-                    .checked_pow((scale - sum_scale).max(0) as u32)
-                    .ok_or_else(|| DataFusionError::Execution("avg scale out of range".into()))?;
+                // The device's sum can have a larger scale than DataFusion's (it may widen
+                // decimal operands), even larger than the average's: then the sum is scaled
+                // down instead of up. Truncating twice, by 10^k and then by the count, is the
+                // same as truncating once by their product, so the result is DataFusion's.
+                let pow = |k: i8| {
+                    10i128
+                        .checked_pow(k as u32)
+                        .ok_or_else(|| DataFusionError::Execution("avg scale out of range".into()))
+                };
+                let (up, down) = if scale >= *sum_scale {
+                    (pow(scale - sum_scale)?, 1)
+                } else {
+                    (1, pow(sum_scale - scale)?)
+                };
                 let s = b.column(sum).as_primitive::<Decimal128Type>();
                 let c = b.column(count).as_primitive::<Int64Type>();
                 let out = (0..b.num_rows())
@@ -767,11 +792,11 @@ fn apply_layout(b: RecordBatch, layout: &[OutCol]) -> datafusion::common::Result
                         if s.is_null(r) || c.value(r) == 0 {
                             return Ok(None);
                         }
-                        let v = s.value(r).checked_mul(shift).ok_or_else(|| {
+                        let v = s.value(r).checked_mul(up).ok_or_else(|| {
                             DataFusionError::Execution(
                                 "Arithmetic Overflow in AvgAccumulator".into(),
                             )
-                        })?;
+                        })? / down;
                         Ok(Some(v / c.value(r) as i128))
                     })
                     .collect::<datafusion::common::Result<Decimal128Array>>()?
@@ -895,17 +920,28 @@ impl TableProvider for DeviceAggregate {
     }
 }
 
-/// Translates a DataFusion filter into the plan IR; `None` when the device cannot take it.
-pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {
+/// Translates a DataFusion expression into the plan IR; `None` when the device cannot
+/// evaluate it with DataFusion's semantics. `schema` types the columns the expression reads;
+/// column qualifiers are ignored (the expression reads one table).
+pub fn to_plan_expr(e: &DfExpr, schema: &DFSchema) -> Option<Expr> {
+    let e = datafusion::logical_expr::expr_rewriter::unnormalize_col(e.clone());
+    translate(&e, schema)
+}
+
+fn translate(e: &DfExpr, schema: &DFSchema) -> Option<Expr> {
     use datafusion::logical_expr::expr::InList;
     use datafusion::logical_expr::{Between, BinaryExpr, Like};
+    let tr = |e: &DfExpr| translate(e, schema);
     Some(match e {
         DfExpr::Column(c) => Expr::Col(c.name.clone()),
         DfExpr::Literal(v, _) => Expr::Lit(to_literal(v)?),
         DfExpr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (l, r) = (to_plan_expr(left)?, to_plan_expr(right)?);
+            let (l, r) = (tr(left)?, tr(right)?);
             let cmp = |op| Expr::cmp(op, l.clone(), r.clone());
-            let arith = |op| Expr::arith(op, l.clone(), r.clone());
+            let arith = |op| {
+                arithmetic_is_faithful(op, left, right, schema)
+                    .then(|| Expr::arith(op, l.clone(), r.clone()))
+            };
             match op {
                 Operator::Eq => cmp(CmpOp::Eq),
                 Operator::NotEq => cmp(CmpOp::NotEq),
@@ -915,25 +951,25 @@ pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {
                 Operator::GtEq => cmp(CmpOp::GtEq),
                 Operator::And => Expr::And(vec![l, r]),
                 Operator::Or => Expr::Or(vec![l, r]),
-                Operator::Plus => arith(ArithOp::Add),
-                Operator::Minus => arith(ArithOp::Sub),
-                Operator::Multiply => arith(ArithOp::Mul),
-                Operator::Divide => arith(ArithOp::Div),
+                Operator::Plus => arith(ArithOp::Add)?,
+                Operator::Minus => arith(ArithOp::Sub)?,
+                Operator::Multiply => arith(ArithOp::Mul)?,
+                Operator::Divide => arith(ArithOp::Div)?,
                 _ => return None,
             }
         }
-        DfExpr::Not(inner) => Expr::Not(Box::new(to_plan_expr(inner)?)),
-        DfExpr::IsNull(inner) => Expr::IsNull(Box::new(to_plan_expr(inner)?)),
-        DfExpr::IsNotNull(inner) => Expr::IsNotNull(Box::new(to_plan_expr(inner)?)),
+        DfExpr::Not(inner) => Expr::Not(Box::new(tr(inner)?)),
+        DfExpr::IsNull(inner) => Expr::IsNull(Box::new(tr(inner)?)),
+        DfExpr::IsNotNull(inner) => Expr::IsNotNull(Box::new(tr(inner)?)),
         DfExpr::Between(Between {
             expr,
             negated,
             low,
             high,
         }) => Expr::Between {
-            expr: Box::new(to_plan_expr(expr)?),
-            low: Box::new(to_plan_expr(low)?),
-            high: Box::new(to_plan_expr(high)?),
+            expr: Box::new(tr(expr)?),
+            low: Box::new(tr(low)?),
+            high: Box::new(tr(high)?),
             negated: *negated,
         },
         DfExpr::InList(InList {
@@ -941,7 +977,7 @@ pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {
             list,
             negated,
         }) => Expr::In {
-            expr: Box::new(to_plan_expr(expr)?),
+            expr: Box::new(tr(expr)?),
             list: list
                 .iter()
                 .map(|l| match l {
@@ -960,7 +996,7 @@ pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {
         }) => match &**pattern {
             DfExpr::Literal(ScalarValue::Utf8(Some(p)) | ScalarValue::Utf8View(Some(p)), _) => {
                 Expr::Like {
-                    expr: Box::new(to_plan_expr(expr)?),
+                    expr: Box::new(tr(expr)?),
                     pattern: p.clone(),
                     negated: *negated,
                 }
@@ -969,6 +1005,39 @@ pub fn to_plan_expr(e: &DfExpr) -> Option<Expr> {
         },
         _ => return None,
     })
+}
+
+/// Whether the device computes `left op right` with DataFusion's result. The operands carry
+/// DataFusion's coerced types, and the device's arithmetic agrees with it for
+/// - floats: the same IEEE operations;
+/// - decimals, `+ - *`: exact in both (the device may widen the scale; the value is the same);
+///
+/// and disagrees for
+/// - decimal division, whose result scale follows the dividend's scale: DataFusion keeps
+///   each operand's own type (`100 / l_quantity` divides a scale-0 value), the device first
+///   converts a literal or a narrower operand to the other side's type (scale 2), so the
+///   quotients are truncated at different scales;
+/// - integer `+ - *`: DataFusion wraps on overflow, the device fails the query;
+/// - dates, intervals and anything else that is not a number: the device's arithmetic is
+///   numeric only.
+///
+/// Integer division agrees (truncating; both fail on division by zero).
+fn arithmetic_is_faithful(op: ArithOp, left: &DfExpr, right: &DfExpr, schema: &DFSchema) -> bool {
+    use arrow::datatypes::DataType;
+    use datafusion::logical_expr::ExprSchemable;
+    let (Ok(l), Ok(r)) = (left.get_type(schema), right.get_type(schema)) else {
+        return false;
+    };
+    let decimal = |t: &DataType| matches!(t, DataType::Decimal128(..));
+    if l.is_floating() && r.is_floating() {
+        true
+    } else if decimal(&l) && decimal(&r) {
+        op != ArithOp::Div
+    } else if l.is_integer() && r.is_integer() {
+        op == ArithOp::Div
+    } else {
+        false
+    }
 }
 
 fn to_literal(v: &ScalarValue) -> Option<Literal> {
@@ -984,7 +1053,8 @@ fn to_literal(v: &ScalarValue) -> Option<Literal> {
         ScalarValue::UInt8(Some(i)) => Literal::Int(*i as i64),
         ScalarValue::UInt16(Some(i)) => Literal::Int(*i as i64),
         ScalarValue::UInt32(Some(i)) => Literal::Int(*i as i64),
-        ScalarValue::Float64(Some(f)) => Literal::Float(*f),
+        // The plan travels as JSON, which has no NaN or infinity (they would arrive as NULL).
+        ScalarValue::Float64(Some(f)) if f.is_finite() => Literal::Float(*f),
         ScalarValue::Utf8(Some(s))
         | ScalarValue::LargeUtf8(Some(s))
         | ScalarValue::Utf8View(Some(s)) => Literal::Str(s.clone()),
@@ -1015,27 +1085,87 @@ fn decimal_text(v: i128, scale: i8) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::prelude::{col, lit};
+
+    fn schema() -> DFSchema {
+        DFSchema::try_from(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int32, true),
+            Field::new("q", DataType::Decimal128(15, 2), true),
+            Field::new("f", DataType::Float64, true),
+            Field::new("d", DataType::Date32, true),
+        ]))
+        .unwrap()
+    }
+
+    fn dec(v: i128, p: u8, s: i8) -> DfExpr {
+        DfExpr::Literal(ScalarValue::Decimal128(Some(v), p, s), None)
+    }
 
     #[test]
     fn translates_what_the_device_runs() {
+        let s = schema();
         let e = col("a")
             .lt(lit(24i64))
             .and(col("b").between(lit(1i32), lit(5i32)));
-        let p = to_plan_expr(&e).unwrap();
+        let p = to_plan_expr(&e, &s).unwrap();
         assert_eq!(p.to_string(), "((a < 24) AND (b BETWEEN 1 AND 5))");
-        let d = DfExpr::Literal(ScalarValue::Decimal128(Some(-5), 15, 2), None);
+        let d = dec(-5, 15, 2);
         assert_eq!(
-            to_plan_expr(&d).unwrap(),
+            to_plan_expr(&d, &s).unwrap(),
             Expr::Lit(Literal::Typed(TypedLiteral::Decimal("-0.05".into())))
         );
         let date = DfExpr::Literal(ScalarValue::Date32(Some(8766)), None);
         assert_eq!(
-            to_plan_expr(&date).unwrap().to_string(),
+            to_plan_expr(&date, &s).unwrap().to_string(),
             "DATE '1994-01-01'"
         );
+        // Qualified columns (as DataFusion pushes them) read the same table.
+        let q = DfExpr::Column(datafusion::common::Column::new(Some("t"), "a")).gt(lit(1i64));
+        assert_eq!(to_plan_expr(&q, &s).unwrap().to_string(), "(a > 1)");
         // A cast of a column is not something the device evaluates.
-        let cast = datafusion::logical_expr::cast(col("a"), arrow::datatypes::DataType::Float64);
-        assert!(to_plan_expr(&cast.gt(lit(1.0))).is_none());
+        let cast = datafusion::logical_expr::cast(col("a"), DataType::Float64);
+        assert!(to_plan_expr(&cast.gt(lit(1.0)), &s).is_none());
+    }
+
+    #[test]
+    fn arithmetic_is_pushed_only_where_the_device_agrees() {
+        let s = schema();
+        let pushed = |e: DfExpr| to_plan_expr(&e.gt(lit(1i64)), &s).is_some();
+        // Floats: the same IEEE operations.
+        for e in [
+            col("f") + lit(1.0),
+            col("f") - lit(1.0),
+            col("f") * lit(2.0),
+            col("f") / lit(3.0),
+        ] {
+            assert!(pushed(e.clone()), "{e}");
+        }
+        // Decimal + - * are exact on both sides.
+        assert!(pushed(dec(100, 20, 0) - col("q")));
+        assert!(pushed(col("q") * col("q")));
+        // Decimal division truncates at the dividend's scale, which the device changes.
+        assert!(!pushed(dec(100, 20, 0) / col("q")));
+        assert!(!pushed(col("q") / dec(3, 20, 0)));
+        // Integer division agrees; + - * overflow differently (wrap on the host, error on
+        // the device).
+        assert!(pushed(col("a") / lit(7i64)));
+        assert!(!pushed(col("a") * lit(4_611_686_018_427_387_904i64)));
+        assert!(!pushed(col("a") + lit(1i64)));
+        assert!(!pushed(col("a") - lit(1i64)));
+        // Date arithmetic is not numeric: the device would reject it.
+        let days = DfExpr::Literal(ScalarValue::Date32(Some(9131)), None);
+        assert!(!pushed(col("d") - days));
+    }
+
+    #[test]
+    fn non_finite_floats_stay_on_the_host() {
+        // JSON carries no NaN or infinity: pushed, they would arrive as NULL.
+        let s = schema();
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(to_plan_expr(&col("f").lt(lit(v)), &s).is_none(), "{v}");
+        }
+        assert!(to_plan_expr(&col("f").lt(lit(-0.0)), &s).is_some());
     }
 }

@@ -9,6 +9,7 @@ mod kernels;
 mod python;
 mod sql;
 mod sql_props;
+mod sql_pushdown;
 mod support;
 mod tenants;
 mod tpch;
