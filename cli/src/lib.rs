@@ -237,7 +237,8 @@ pub enum BenchCommand {
 pub struct SqlArgs {
     /// The query.
     pub query: String,
-    /// offload (push filters, projections, limits) or transfer (pull raw columns).
+    /// offload (push filters, projections, aggregates, limits), transfer (pull raw columns)
+    /// or auto (choose per query from the statistics and the device's load, and say why).
     #[arg(long, default_value = "offload")]
     pub mode: nearstore_sdk::Mode,
     /// Print per-scan device statistics and the bytes moved.
@@ -408,6 +409,10 @@ async fn sql(args: SqlArgs) -> Result<()> {
         .await
         .with_context(|| format!("connecting to {}", args.devices.join(", ")))?;
     if args.explain {
+        if args.mode == nearstore_sdk::Mode::Auto {
+            let (m, why) = session.decide(&args.query).await?;
+            println!("auto mode chooses {}: {why}", m.as_str());
+        }
         println!("{}", session.explain(&args.query).await?);
         return Ok(());
     }
@@ -418,11 +423,12 @@ async fn sql(args: SqlArgs) -> Result<()> {
             eprintln!("-- scan of {}: {}", plan.table, format_stats(s));
         }
         eprintln!(
-            "-- {} rows; {} moved from the device in {} scans ({:?} mode)",
+            "-- {} rows; {} moved from the device in {} scans ({} mode: {})",
             r.num_rows(),
             human_bytes(r.bytes_moved()),
             r.scans.len(),
-            args.mode
+            r.mode.as_str(),
+            r.reason
         );
     }
     Ok(())

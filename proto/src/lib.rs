@@ -149,6 +149,27 @@ pub mod actions {
     pub const DEVICE_INFO: &str = "device_info";
     /// Verify every object's checksum. Result: [`super::ScrubReport`] JSON.
     pub const SCRUB: &str = "scrub";
+    /// What a plan's filter keeps by the Parquet statistics, and the device's load. Body: the
+    /// plan (JSON). Result: [`super::Estimate`] JSON.
+    pub const ESTIMATE: &str = "estimate";
+}
+
+/// A plan's footprint by the Parquet statistics (min/max per row group, the page index),
+/// without reading any data, and the device's current load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Estimate {
+    /// Rows in the table.
+    pub rows_total: u64,
+    /// Rows in the row groups and pages the filter may match: an upper bound of the rows it
+    /// keeps.
+    pub rows_may_match: u64,
+    /// Row groups in the table.
+    pub row_groups_total: u64,
+    /// Row groups the filter may match.
+    pub row_groups_may_match: u64,
+    /// Queries the device is running now.
+    pub active_queries: u64,
 }
 
 /// The `DoPut` descriptor command (JSON).
@@ -259,6 +280,9 @@ pub struct DeviceInfo {
     pub queries: u64,
     /// Queries that failed since start.
     pub errors: u64,
+    /// Queries running now.
+    #[serde(default)]
+    pub active_queries: u64,
 }
 
 /// Result of a scrub.

@@ -357,6 +357,13 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| Error::Protocol(e.to_string()))
     }
 
+    /// What `plan`'s filter may match by the table's Parquet statistics (no data is read), and
+    /// how many queries the device is running.
+    pub async fn estimate(&mut self, plan: &Plan) -> Result<nearstore_proto::Estimate> {
+        let body = self.action(actions::ESTIMATE, plan.to_json()).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol(e.to_string()))
+    }
+
     /// Verifies every object's checksum on the device.
     pub async fn scrub(&mut self) -> Result<ScrubReport> {
         let body = self.action(actions::SCRUB, Bytes::new()).await?;

@@ -44,6 +44,20 @@ pub enum Mode {
     Offload,
     /// Push only the column projection; compute everything on the host.
     FullTransfer,
+    /// Choose offload or full transfer per query, from what would be pushed, the Parquet
+    /// statistics of the pushed filters (see [`SqlSession::decide`]) and the devices' load.
+    Auto,
+}
+
+impl Mode {
+    /// The spelling the CLI takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Offload => "offload",
+            Mode::FullTransfer => "transfer",
+            Mode::Auto => "auto",
+        }
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -52,8 +66,9 @@ impl std::str::FromStr for Mode {
         match s {
             "offload" => Ok(Mode::Offload),
             "transfer" | "full-transfer" | "full_transfer" => Ok(Mode::FullTransfer),
+            "auto" => Ok(Mode::Auto),
             o => Err(Error::InvalidArgument(format!(
-                "unknown mode '{o}' (expected offload or transfer)"
+                "unknown mode '{o}' (expected offload, transfer or auto)"
             ))),
         }
     }
@@ -71,6 +86,10 @@ pub struct SqlResult {
     pub batches: Vec<RecordBatch>,
     /// Each device scan: the plan sent and the device's statistics.
     pub scans: Vec<(Plan, QueryStats)>,
+    /// The mode the query ran in ([`Mode::Offload`] or [`Mode::FullTransfer`]).
+    pub mode: Mode,
+    /// Why that mode (for [`Mode::Auto`]; otherwise "set by the session").
+    pub reason: String,
 }
 
 impl SqlResult {
@@ -90,7 +109,17 @@ pub struct SqlSession {
     ctx: SessionContext,
     log: ScanLog,
     mode: Mode,
+    /// For [`Mode::Auto`]: the same tables in full-transfer mode (`ctx` has them in offload
+    /// mode).
+    transfer: Option<SessionContext>,
+    options: ClientOptions,
 }
+
+/// [`Mode::Auto`] sends full transfer rather than a non-selective filter to a device running
+/// at least this many queries.
+pub const AUTO_BUSY_QUERIES: u64 = 4;
+/// [`Mode::Auto`] offloads filters whose statistics bound the rows they keep below this share.
+pub const AUTO_SELECTIVE: f64 = 0.5;
 
 impl fmt::Debug for SqlSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -131,10 +160,6 @@ impl SqlSession {
         if urls.is_empty() {
             return Err(Error::InvalidArgument("no device URL given".into()));
         }
-        let ctx = SessionContext::new();
-        if mode == Mode::Offload {
-            ctx.add_optimizer_rule(Arc::new(PushAggregates));
-        }
         let log: ScanLog = Arc::default();
         // table -> (schema, devices holding it), in the order first seen.
         let mut tables: Vec<(String, SchemaRef, Vec<String>)> = Vec::new();
@@ -156,24 +181,41 @@ impl SqlSession {
                 }
             }
         }
-        for (name, schema, devices) in tables {
-            let df_schema = Arc::new(
-                DFSchema::try_from(schema.clone())
-                    .map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            );
-            let table = DeviceTable {
-                urls: devices,
-                options: options.clone(),
-                table: name.clone(),
-                schema,
-                df_schema,
-                mode,
-                log: log.clone(),
-            };
-            ctx.register_table(name.as_str(), Arc::new(table))
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        }
-        Ok(SqlSession { ctx, log, mode })
+        let context = |mode: Mode| -> Result<SessionContext> {
+            let ctx = SessionContext::new();
+            if mode == Mode::Offload {
+                ctx.add_optimizer_rule(Arc::new(PushAggregates));
+            }
+            for (name, schema, devices) in &tables {
+                let df_schema = Arc::new(
+                    DFSchema::try_from(schema.clone())
+                        .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+                );
+                let table = DeviceTable {
+                    urls: devices.clone(),
+                    options: options.clone(),
+                    table: name.clone(),
+                    schema: schema.clone(),
+                    df_schema,
+                    mode,
+                    log: log.clone(),
+                };
+                ctx.register_table(name.as_str(), Arc::new(table))
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            }
+            Ok(ctx)
+        };
+        let (ctx, transfer) = match mode {
+            Mode::Auto => (context(Mode::Offload)?, Some(context(Mode::FullTransfer)?)),
+            m => (context(m)?, None),
+        };
+        Ok(SqlSession {
+            ctx,
+            log,
+            mode,
+            transfer,
+            options,
+        })
     }
 
     /// The session's mode.
@@ -183,8 +225,35 @@ impl SqlSession {
 
     /// Runs a query.
     pub async fn sql(&self, query: &str) -> Result<SqlResult> {
+        let (mode, reason, ctx) = self.choose(query).await?;
+        self.run(ctx, query, mode, reason).await
+    }
+
+    /// The mode for `query`, why, and the context that runs it.
+    async fn choose(&self, query: &str) -> Result<(Mode, String, &SessionContext)> {
+        Ok(match (self.mode, &self.transfer) {
+            (Mode::Auto, Some(transfer)) => {
+                let (m, reason) = self.decide(query).await?;
+                let ctx = if m == Mode::FullTransfer {
+                    transfer
+                } else {
+                    &self.ctx
+                };
+                (m, reason, ctx)
+            }
+            (m, _) => (m, "set by the session".to_string(), &self.ctx),
+        })
+    }
+
+    async fn run(
+        &self,
+        ctx: &SessionContext,
+        query: &str,
+        mode: Mode,
+        reason: String,
+    ) -> Result<SqlResult> {
         self.log.lock().expect("scan log").clear();
-        let df = self.ctx.sql(query).await.map_err(sdk_err)?;
+        let df = ctx.sql(query).await.map_err(sdk_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(sdk_err)?;
         let scans = std::mem::take(&mut *self.log.lock().expect("scan log"));
@@ -192,17 +261,122 @@ impl SqlSession {
             schema,
             batches,
             scans,
+            mode,
+            reason,
         })
+    }
+
+    /// [`Mode::Auto`]'s choice for a query, and why. The policy, in order:
+    /// 1. a pushed aggregate: offload (only groups cross the link);
+    /// 2. nothing pushed (no filter, aggregate or limit): full transfer (the same bytes either
+    ///    way; the host does the work and the device stays free);
+    /// 3. a device running [`AUTO_BUSY_QUERIES`] or more queries while the statistics say the
+    ///    pushed filters may keep [`AUTO_SELECTIVE`] of the rows or more: full transfer (little
+    ///    to save, and a busy device would be slower than the host);
+    /// 4. otherwise offload: filters the statistics bound below that share save their share of
+    ///    the bytes for certain, and a filter the statistics cannot bound still moves no more
+    ///    than full transfer.
+    ///
+    /// Statistics come from each device's `estimate` action: min/max of row groups and the page
+    /// index, an upper bound of the rows a filter keeps; no data is read.
+    pub async fn decide(&self, query: &str) -> Result<(Mode, String)> {
+        let plan = self
+            .ctx
+            .sql(query)
+            .await
+            .map_err(sdk_err)?
+            .create_physical_plan()
+            .await
+            .map_err(sdk_err)?;
+        let mut scans: Vec<(Vec<String>, Plan)> = Vec::new();
+        collect_scans(plan.as_ref(), &mut scans);
+        if let Some((_, p)) = scans.iter().find(|(_, p)| !p.aggregates.is_empty()) {
+            return Ok((
+                Mode::Offload,
+                format!(
+                    "the aggregate over {} runs on the device: only its groups cross the link",
+                    p.table
+                ),
+            ));
+        }
+        let filtered: Vec<&(Vec<String>, Plan)> =
+            scans.iter().filter(|(_, p)| p.filter.is_some()).collect();
+        if filtered.is_empty() {
+            if let Some((_, p)) = scans.iter().find(|(_, p)| p.limit.is_some()) {
+                return Ok((
+                    Mode::Offload,
+                    format!("the limit on {} stops the device early", p.table),
+                ));
+            }
+            return Ok((
+                Mode::FullTransfer,
+                "nothing to push (no filter, aggregate or limit on a device table): the same \
+                 bytes either way, so the host computes and the device stays free"
+                    .into(),
+            ));
+        }
+        let (mut total, mut may, mut busiest) = (0u64, 0u64, (0u64, String::new()));
+        for (urls, p) in &filtered {
+            for url in urls {
+                let mut c = Client::connect_with(url, self.options.clone()).await?;
+                let e = c.estimate(p).await?;
+                total += e.rows_total;
+                may += e.rows_may_match;
+                if e.active_queries >= busiest.0 {
+                    busiest = (e.active_queries, url.clone());
+                }
+            }
+        }
+        let share = may as f64 / total.max(1) as f64;
+        let pct = share * 100.0;
+        if busiest.0 >= AUTO_BUSY_QUERIES && share >= AUTO_SELECTIVE {
+            return Ok((
+                Mode::FullTransfer,
+                format!(
+                    "{} is running {} queries and the statistics say the filters may keep {pct:.0} % \
+                     of the rows: little to save, so the host filters",
+                    busiest.1, busiest.0
+                ),
+            ));
+        }
+        Ok((
+            Mode::Offload,
+            if share < AUTO_SELECTIVE {
+                format!(
+                    "the statistics say the filters keep at most {pct:.1} % of the rows: at least \
+                     {:.1} % of the bytes stay on the device",
+                    100.0 - pct
+                )
+            } else {
+                format!(
+                    "the statistics cannot narrow the filters ({pct:.0} % of the rows may match), \
+                     and the device is not busy: filtering there moves no more than full transfer"
+                )
+            },
+        ))
     }
 
     /// The physical plan of a query, with each device scan's plan.
     pub async fn explain(&self, query: &str) -> Result<String> {
-        let r = self.sql(&format!("EXPLAIN {query}")).await?;
+        let (mode, reason, ctx) = self.choose(query).await?;
+        let r = self
+            .run(ctx, &format!("EXPLAIN {query}"), mode, reason)
+            .await?;
         let b = arrow::compute::concat_batches(&r.schema, &r.batches)
             .map_err(|e| Error::Protocol(e.to_string()))?;
         Ok(arrow::util::pretty::pretty_format_batches(&[b])
             .map_err(|e| Error::Protocol(e.to_string()))?
             .to_string())
+    }
+}
+
+/// The device scans of a physical plan: their devices and plans.
+fn collect_scans(plan: &dyn ExecutionPlan, out: &mut Vec<(Vec<String>, Plan)>) {
+    if let Some(scan) = plan.downcast_ref::<DeviceScanExec>() {
+        out.push((scan.urls.clone(), scan.plan.clone()));
+    }
+    for child in plan.children() {
+        collect_scans(child.as_ref(), out);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Nearstore end-to-end tests: one test binary, a module per area.
 
+mod auto;
 mod cli;
 mod compare;
 mod device;

@@ -213,6 +213,28 @@ impl Executor {
         })
     }
 
+    /// What the plan's filter may match by the statistics alone (no data is read).
+    pub async fn estimate(&self, plan: &Plan) -> Result<nearstore_proto::Estimate> {
+        let q = self.prepare(plan).await?;
+        let counters = Arc::new(ScanCounters::default());
+        let errors = ErrorSlot::default();
+        let mut e = nearstore_proto::Estimate::default();
+        for object in &q.table.objects {
+            let md = scan::metadata(object, &counters, &errors).await?;
+            let arrow_md = scan::arrow_metadata(md.clone(), object)?;
+            let pruned = scan::prune::prune(&md, arrow_md.schema(), q.predicate.as_ref());
+            e.row_groups_total += md.num_row_groups() as u64;
+            e.row_groups_may_match += pruned.row_groups.len() as u64;
+            e.rows_total += md
+                .row_groups()
+                .iter()
+                .map(|r| r.num_rows() as u64)
+                .sum::<u64>();
+            e.rows_may_match += pruned.rows_selected;
+        }
+        Ok(e)
+    }
+
     /// Runs a prepared query on a task of its own. Batches arrive on the returned channel; the
     /// statistics arrive when the stream ends (or fails).
     pub fn execute(

@@ -82,6 +82,23 @@ pub struct DeviceService {
     auth: Arc<Auth>,
     queries: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    active: Arc<AtomicU64>,
+}
+
+/// Counts a query as running until dropped.
+struct Active(Arc<AtomicU64>);
+
+impl Active {
+    fn new(n: &Arc<AtomicU64>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Active(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl DeviceService {
@@ -94,6 +111,7 @@ impl DeviceService {
             auth,
             queries: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
+            active: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -168,15 +186,17 @@ impl DeviceService {
 
     async fn run_query(&self, plan: Plan) -> Result<BoxStream<FlightData>> {
         self.queries.fetch_add(1, Ordering::Relaxed);
+        let active = Active::new(&self.active);
         let q = self.executor.prepare(&plan).await?;
         let schema = q.schema();
         let (rx, stats_rx) = self.executor.execute(q);
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);
         let errors = self.errors.clone();
         let link = self.link.clone();
-        tokio::spawn(stream_result(
-            plan, schema, rx, stats_rx, out_tx, errors, link,
-        ));
+        tokio::spawn(async move {
+            stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await;
+            drop(active);
+        });
         Ok(Box::pin(ReceiverStream::new(out_rx)))
     }
 
@@ -251,6 +271,12 @@ impl DeviceService {
                 info.name = name;
                 Ok(vec![json(&info)])
             }
+            actions::ESTIMATE => {
+                let plan = Plan::from_json(&action.body)?;
+                let mut e = self.executor.estimate(&Self::scoped(who, &plan)?).await?;
+                e.active_queries = self.active.load(Ordering::Relaxed);
+                Ok(vec![json(&e)])
+            }
             actions::DEVICE_INFO | actions::SCRUB if !who.admin => {
                 Err(Error::PermissionDenied(format!(
                     "{} is a device-wide action and needs the admin role",
@@ -265,6 +291,7 @@ impl DeviceService {
                     tables: self.storage().table_names().len() as u64,
                     queries: self.queries.load(Ordering::Relaxed),
                     errors: self.errors.load(Ordering::Relaxed),
+                    active_queries: self.active.load(Ordering::Relaxed),
                 };
                 Ok(vec![json(&info)])
             }
@@ -599,6 +626,10 @@ impl FlightService for DeviceService {
             (
                 actions::SCRUB,
                 "Verify every object's SHA-256. Result: JSON report.",
+            ),
+            (
+                actions::ESTIMATE,
+                "What a plan's filter may match by the Parquet statistics, and the device's load. Body: plan JSON. Result: JSON.",
             ),
         ];
         let items = list
