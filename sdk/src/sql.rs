@@ -185,6 +185,7 @@ impl SqlSession {
             let ctx = SessionContext::new();
             if mode == Mode::Offload {
                 ctx.add_optimizer_rule(Arc::new(PushAggregates));
+                ctx.add_optimizer_rule(Arc::new(PushTopK));
             }
             for (name, schema, devices) in &tables {
                 let df_schema = Arc::new(
@@ -199,6 +200,7 @@ impl SqlSession {
                     df_schema,
                     mode,
                     log: log.clone(),
+                    top: None,
                 };
                 ctx.register_table(name.as_str(), Arc::new(table))
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -381,7 +383,7 @@ fn collect_scans(plan: &dyn ExecutionPlan, out: &mut Vec<(Vec<String>, Plan)>) {
 }
 
 /// A device table as a DataFusion table provider.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DeviceTable {
     /// Devices holding a part of the table (one scan partition each).
     urls: Vec<String>,
@@ -392,6 +394,8 @@ pub struct DeviceTable {
     df_schema: Arc<DFSchema>,
     mode: Mode,
     log: ScanLog,
+    /// ORDER BY … LIMIT k pushed by [`PushTopK`]: each device returns its top k rows.
+    top: Option<(Vec<nearstore_proto::SortKey>, u64)>,
 }
 
 #[async_trait]
@@ -457,6 +461,10 @@ impl TableProvider for DeviceTable {
                 _ => Some(Expr::And(exprs)),
             };
             plan.limit = limit.map(|l| l as u64);
+            if let Some((keys, k)) = &self.top {
+                plan.order_by = keys.clone();
+                plan.limit = Some(plan.limit.map_or(*k, |l| l.min(*k)));
+            }
         }
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(output.clone()),
@@ -518,6 +526,14 @@ impl DisplayAs for DeviceScanExec {
                 })
                 .collect();
             write!(f, ", aggregates=[{}]", aggs.join(", "))?;
+        }
+        if !p.order_by.is_empty() {
+            let keys: Vec<String> = p
+                .order_by
+                .iter()
+                .map(|k| format!("{}{}", k.column, if k.descending { " desc" } else { "" }))
+                .collect();
+            write!(f, ", order_by=[{}]", keys.join(", "))?;
         }
         if let Some(l) = p.limit {
             write!(f, ", limit={l}")?;
@@ -678,6 +694,77 @@ async fn merge_partials(
 }
 
 use futures::TryStreamExt;
+
+/// Optimizer rule: ORDER BY … LIMIT k directly over a device table scan whose filters were all
+/// pushed sends the order and k to the device, which keeps a running top k; the host's sort
+/// stays above to merge the devices' top rows (and to re-check the order).
+#[derive(Debug, Default)]
+pub struct PushTopK;
+
+impl datafusion::optimizer::OptimizerRule for PushTopK {
+    fn name(&self) -> &str {
+        "nearstore_push_top_k"
+    }
+
+    fn apply_order(&self) -> Option<datafusion::optimizer::ApplyOrder> {
+        Some(datafusion::optimizer::ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> datafusion::common::Result<
+        datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>,
+    > {
+        use datafusion::common::tree_node::Transformed;
+        use datafusion::logical_expr::LogicalPlan;
+        let LogicalPlan::Sort(sort) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        let (Some(k), LogicalPlan::TableScan(scan)) = (sort.fetch, sort.input.as_ref()) else {
+            return Ok(Transformed::no(plan));
+        };
+        let Ok(provider) =
+            datafusion::catalog::default_table_source::source_as_provider(&scan.source)
+        else {
+            return Ok(Transformed::no(plan));
+        };
+        let any: &dyn std::any::Any = provider.as_ref();
+        let Some(dev) = any.downcast_ref::<DeviceTable>() else {
+            return Ok(Transformed::no(plan));
+        };
+        if dev.mode != Mode::Offload || dev.top.is_some() {
+            return Ok(Transformed::no(plan));
+        }
+        let mut keys = Vec::new();
+        for e in &sort.expr {
+            let DfExpr::Column(c) = &e.expr else {
+                return Ok(Transformed::no(plan));
+            };
+            if scan
+                .projected_schema
+                .field_with_unqualified_name(&c.name)
+                .is_err()
+            {
+                return Ok(Transformed::no(plan));
+            }
+            keys.push(nearstore_proto::SortKey {
+                column: c.name.clone(),
+                descending: !e.asc,
+                nulls_first: Some(e.nulls_first),
+            });
+        }
+        let mut top = dev.clone();
+        top.top = Some((keys, k as u64));
+        let mut new_scan = scan.clone();
+        new_scan.source =
+            datafusion::catalog::default_table_source::provider_as_source(Arc::new(top));
+        let mut new_sort = sort.clone();
+        new_sort.input = Arc::new(LogicalPlan::TableScan(new_scan));
+        Ok(Transformed::yes(LogicalPlan::Sort(new_sort)))
+    }
+}
 
 /// Name of the scans that stand for pushed aggregates.
 const AGG_SCAN: &str = "__nearstore_aggregate";

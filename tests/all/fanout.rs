@@ -124,6 +124,16 @@ async fn three_devices_answer_like_one_device_holding_everything() {
     assert!(q1.bytes_moved() < 16 * 1024, "{}", q1.bytes_moved());
     let plan = fan.explain(QUERIES[4]).await.unwrap();
     assert!(plan.contains("devices=3"), "{plan}");
+    // ORDER BY … LIMIT goes to every device, which returns its own top 7.
+    assert!(
+        plan.contains("order_by=[l_extendedprice desc, l_orderkey, l_linenumber], limit=7"),
+        "{plan}"
+    );
+    let top = fan.sql(QUERIES[4]).await.unwrap();
+    for (p, st) in &top.scans {
+        assert_eq!(p.limit, Some(7));
+        assert!(st.rows_returned <= 7, "{st:?}");
+    }
 
     // The CLI takes the devices as a repeated --device.
     let mut cmd = std::process::Command::new(crate::support::cli_bin());

@@ -489,7 +489,21 @@ impl Executor {
                         stats.compute_us += t_compute.elapsed().as_micros() as u64;
                         if must_collect {
                             collected_rows += out.num_rows();
-                            if collected_rows > SORT_ROWS_MAX {
+                            // ORDER BY … LIMIT k keeps a running top k: whenever the rows held
+                            // grow well past k, they are sorted and cut back to k.
+                            if let Some(k) = plan.limit
+                                && collected_rows > (4 * k as usize).max(BATCH_ROWS)
+                            {
+                                collected.push(out);
+                                let all = arrow::compute::concat_batches(&q.schema, &collected)?;
+                                let top = sort_batch(&all, plan)?;
+                                collected_rows = top.num_rows();
+                                collected = vec![top];
+                                stats.compute_us += t_compute.elapsed().as_micros() as u64;
+                                t_scan = Instant::now();
+                                continue;
+                            }
+                            if plan.limit.is_none() && collected_rows > SORT_ROWS_MAX {
                                 return Err(Error::Unsupported(format!(
                                     "ORDER BY over more than {SORT_ROWS_MAX} rows without LIMIT"
                                 )));
