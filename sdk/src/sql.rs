@@ -722,6 +722,11 @@ impl datafusion::optimizer::OptimizerRule for PushTopK {
         let LogicalPlan::Sort(sort) = &plan else {
             return Ok(Transformed::no(plan));
         };
+        if let (Some(k), LogicalPlan::Projection(p)) = (sort.fetch, sort.input.as_ref())
+            && let Some(new) = top_of_aggregate(sort, p, k)
+        {
+            return Ok(Transformed::yes(new));
+        }
         let (Some(k), LogicalPlan::TableScan(scan)) = (sort.fetch, sort.input.as_ref()) else {
             return Ok(Transformed::no(plan));
         };
@@ -764,6 +769,66 @@ impl datafusion::optimizer::OptimizerRule for PushTopK {
         new_sort.input = Arc::new(LogicalPlan::TableScan(new_scan));
         Ok(Transformed::yes(LogicalPlan::Sort(new_sort)))
     }
+}
+
+/// ORDER BY … LIMIT k over a pushed aggregate on one device: the device sorts its groups and
+/// returns k. (Over several devices the partial groups must all come back to be merged.)
+fn top_of_aggregate(
+    sort: &datafusion::logical_expr::Sort,
+    proj: &datafusion::logical_expr::Projection,
+    k: usize,
+) -> Option<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::logical_expr::LogicalPlan;
+    let LogicalPlan::TableScan(scan) = proj.input.as_ref() else {
+        return None;
+    };
+    let provider =
+        datafusion::catalog::default_table_source::source_as_provider(&scan.source).ok()?;
+    let any: &dyn std::any::Any = provider.as_ref();
+    let agg = any.downcast_ref::<DeviceAggregate>()?;
+    if agg.urls.len() != 1 || !agg.plan.order_by.is_empty() {
+        return None;
+    }
+    let n_groups = agg.plan.group_by.len();
+    let mut keys = Vec::new();
+    for e in &sort.expr {
+        let DfExpr::Column(c) = &e.expr else {
+            return None;
+        };
+        let i = proj.schema.index_of_column(c).ok()?;
+        let inner = match &proj.expr[i] {
+            DfExpr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let DfExpr::Column(src) = inner else {
+            return None;
+        };
+        let idx: usize = src.name.strip_prefix('c')?.parse().ok()?;
+        // Only columns the device returns as they are (not averages finished on the host).
+        let OutCol::Direct(d) = *agg.layout.get(idx)? else {
+            return None;
+        };
+        let column = if d < n_groups {
+            agg.plan.group_by[d].clone()
+        } else {
+            agg.plan.aggregates.get(d - n_groups)?.output_name()
+        };
+        keys.push(nearstore_proto::SortKey {
+            column,
+            descending: !e.asc,
+            nulls_first: Some(e.nulls_first),
+        });
+    }
+    let mut top = agg.clone();
+    top.plan.order_by = keys;
+    top.plan.limit = Some(k as u64);
+    let mut new_scan = scan.clone();
+    new_scan.source = datafusion::catalog::default_table_source::provider_as_source(Arc::new(top));
+    let mut new_proj = proj.clone();
+    new_proj.input = Arc::new(LogicalPlan::TableScan(new_scan));
+    let mut new_sort = sort.clone();
+    new_sort.input = Arc::new(LogicalPlan::Projection(new_proj));
+    Some(LogicalPlan::Sort(new_sort))
 }
 
 /// Name of the scans that stand for pushed aggregates.
@@ -1131,7 +1196,7 @@ fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
 }
 
 /// A pushed aggregate: the device plan and the aggregate's output schema.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct DeviceAggregate {
     urls: Vec<String>,
     options: ClientOptions,

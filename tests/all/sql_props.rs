@@ -94,14 +94,18 @@ fn query() -> impl Strategy<Value = String> {
             q
         }),
         // Aggregates, grouped or not.
-        (aggs, groups, predicate()).prop_map(|(a, g, p)| {
+        (aggs, groups, predicate(), prop::option::of(1usize..20)).prop_map(|(a, g, p, limit)| {
             if g.is_empty() {
                 format!("select {} from t where {p}", a.join(", "))
             } else {
-                format!(
+                let mut q = format!(
                     "select {g}, {} from t where {p} group by {g} order by {g}",
                     a.join(", ")
-                )
+                );
+                if let Some(l) = limit {
+                    q.push_str(&format!(" limit {l}"));
+                }
+                q
             }
         }),
     ]
