@@ -252,6 +252,123 @@ fn predicate() -> impl Strategy<Value = Expr> {
     })
 }
 
+/// Checks one predicate on `table` against the model: filtered scans on every backend return
+/// exactly the model's rows, and grouped aggregates (native and Wasm) its groups.
+fn check_predicate(
+    rt: &tokio::runtime::Runtime,
+    c: &mut nearstore_sdk::Client,
+    table: &str,
+    model: &[Row],
+    pred: &Expr,
+    wasm_filters: &std::cell::Cell<u32>,
+) -> Result<(), TestCaseError> {
+    let pred = pred.clone();
+    // Filtered scan on each backend: the ids returned are exactly the rows the model
+    // keeps.
+    let want: Vec<i64> = model
+        .iter()
+        .filter(|row| eval(&pred, row) == Some(true))
+        .map(|row| row.id)
+        .collect();
+    for backend in [BackendKind::Native, BackendKind::Wasm, BackendKind::Fpga] {
+        let plan = Query::table(table)
+            .filter_expr(pred.clone())
+            .select(["id"])
+            .backend(backend)
+            .build();
+        let r = rt
+            .block_on(c.query(&plan))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        if r.stats.placement.contains("filter=wasm") {
+            wasm_filters.set(wasm_filters.get() + 1);
+        }
+        let mut got: Vec<i64> = r
+            .batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        got.sort_unstable();
+        prop_assert_eq!(&got, &want, "predicate {} on {:?}", pred, backend);
+    }
+
+    // Grouped aggregates over the same predicate, accumulated natively and in Wasm.
+    type Agg = (i64, i64, Option<f64>, Option<i128>);
+    let mut want: BTreeMap<String, Agg> = BTreeMap::new();
+    for row in model.iter().filter(|row| eval(&pred, row) == Some(true)) {
+        let e = want.entry(row.cat.clone()).or_insert((0, 0, None, None));
+        e.0 += 1;
+        e.1 += row.id;
+        if let Some(v) = row.val {
+            e.2 = Some(e.2.map_or(v, |m: f64| m.min(v)));
+        }
+        e.3 = Some(e.3.map_or(row.price, |m: i128| m.max(row.price)));
+    }
+    for backend in [BackendKind::Native, BackendKind::Wasm] {
+        let plan = Query::table(table)
+            .filter_expr(pred.clone())
+            .group_by(["cat"])
+            .aggregate(AggFunc::CountStar, None, "n")
+            .unwrap()
+            .aggregate(AggFunc::Sum, Some("id"), "sum_id")
+            .unwrap()
+            .aggregate(AggFunc::Min, Some("val"), "min_val")
+            .unwrap()
+            .aggregate(AggFunc::Max, Some("price"), "max_price")
+            .unwrap()
+            .order_by("cat", false)
+            .backend(backend)
+            .build();
+        let r = rt
+            .block_on(c.query(&plan))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let b = r.concat().unwrap();
+        if backend == BackendKind::Wasm {
+            prop_assert!(
+                r.stats.placement.contains("aggregate=wasm"),
+                "{}",
+                r.stats.placement
+            );
+        }
+        let cat = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let s = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+        let mv = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
+        let mp = b
+            .column(4)
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
+        let got: BTreeMap<String, Agg> = (0..b.num_rows())
+            .map(|i| {
+                (
+                    cat.value(i).to_string(),
+                    (
+                        n.value(i),
+                        s.value(i),
+                        mv.is_valid(i).then(|| mv.value(i)),
+                        mp.is_valid(i).then(|| mp.value(i)),
+                    ),
+                )
+            })
+            .collect();
+        prop_assert_eq!(
+            got,
+            want.clone(),
+            "aggregates under {} on {:?}",
+            pred,
+            backend
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn generated_predicates_match_the_host_model() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -277,116 +394,56 @@ fn generated_predicates_match_the_host_model() {
     runner
         .run(&predicate(), |pred| {
             let mut c = client.borrow_mut();
-            // Filtered scan on each backend: the ids returned are exactly the rows the model
-            // keeps.
-            let want: Vec<i64> = model
-                .iter()
-                .filter(|row| eval(&pred, row) == Some(true))
-                .map(|row| row.id)
-                .collect();
-            for backend in [BackendKind::Native, BackendKind::Wasm, BackendKind::Fpga] {
-                let plan = Query::table("t")
-                    .filter_expr(pred.clone())
-                    .select(["id"])
-                    .backend(backend)
-                    .build();
-                let r = rt
-                    .block_on(c.query(&plan))
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                if r.stats.placement.contains("filter=wasm") {
-                    wasm_filters.set(wasm_filters.get() + 1);
-                }
-                let mut got: Vec<i64> = r
-                    .batches
-                    .iter()
-                    .flat_map(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<Int64Array>()
-                            .unwrap()
-                            .values()
-                            .to_vec()
-                    })
-                    .collect();
-                got.sort_unstable();
-                prop_assert_eq!(&got, &want, "predicate {} on {:?}", pred, backend);
-            }
-
-            // Grouped aggregates over the same predicate, accumulated natively and in Wasm.
-            type Agg = (i64, i64, Option<f64>, Option<i128>);
-            let mut want: BTreeMap<String, Agg> = BTreeMap::new();
-            for row in model.iter().filter(|row| eval(&pred, row) == Some(true)) {
-                let e = want.entry(row.cat.clone()).or_insert((0, 0, None, None));
-                e.0 += 1;
-                e.1 += row.id;
-                if let Some(v) = row.val {
-                    e.2 = Some(e.2.map_or(v, |m: f64| m.min(v)));
-                }
-                e.3 = Some(e.3.map_or(row.price, |m: i128| m.max(row.price)));
-            }
-            for backend in [BackendKind::Native, BackendKind::Wasm] {
-                let plan = Query::table("t")
-                    .filter_expr(pred.clone())
-                    .group_by(["cat"])
-                    .aggregate(AggFunc::CountStar, None, "n")
-                    .unwrap()
-                    .aggregate(AggFunc::Sum, Some("id"), "sum_id")
-                    .unwrap()
-                    .aggregate(AggFunc::Min, Some("val"), "min_val")
-                    .unwrap()
-                    .aggregate(AggFunc::Max, Some("price"), "max_price")
-                    .unwrap()
-                    .order_by("cat", false)
-                    .backend(backend)
-                    .build();
-                let r = rt
-                    .block_on(c.query(&plan))
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let b = r.concat().unwrap();
-                if backend == BackendKind::Wasm {
-                    prop_assert!(
-                        r.stats.placement.contains("aggregate=wasm"),
-                        "{}",
-                        r.stats.placement
-                    );
-                }
-                let cat = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-                let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-                let s = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
-                let mv = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
-                let mp = b
-                    .column(4)
-                    .as_any()
-                    .downcast_ref::<Decimal128Array>()
-                    .unwrap();
-                let got: BTreeMap<String, Agg> = (0..b.num_rows())
-                    .map(|i| {
-                        (
-                            cat.value(i).to_string(),
-                            (
-                                n.value(i),
-                                s.value(i),
-                                mv.is_valid(i).then(|| mv.value(i)),
-                                mp.is_valid(i).then(|| mp.value(i)),
-                            ),
-                        )
-                    })
-                    .collect();
-                prop_assert_eq!(
-                    got,
-                    want.clone(),
-                    "aggregates under {} on {:?}",
-                    pred,
-                    backend
-                );
-            }
-            Ok(())
+            check_predicate(&rt, &mut c, "t", &model, &pred, &wasm_filters)
         })
         .unwrap();
     // String comparisons fall back to the native backend; most predicates must have run in Wasm.
     assert!(
         wasm_filters.get() >= 16,
         "only {} predicates ran in Wasm",
+        wasm_filters.get()
+    );
+    rt.block_on(dev.stop());
+}
+
+/// Generated tables too: for each case a new table (its size, its batch boundaries and its
+/// values drawn from the case) is uploaded, and a generated predicate is checked on it.
+#[test]
+fn generated_tables_and_predicates_match_the_host_model() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = rt.block_on(TestDevice::start(dir.path(), ReaderChoice::Auto));
+    let client = std::cell::RefCell::new(rt.block_on(dev.client()));
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let case = std::cell::Cell::new(0u32);
+    let wasm_filters = std::cell::Cell::new(0u32);
+    let table = (1usize..12_000, 1usize..5_000, any::<u64>());
+    runner
+        .run(&(table, predicate()), |((rows, batch_rows, seed), pred)| {
+            let mut c = client.borrow_mut();
+            let name = format!("g{}", case.get());
+            case.set(case.get() + 1);
+            let batches = table_batches(rows, batch_rows, seed);
+            let model = rows_of(&batches);
+            rt.block_on(c.put_batches(&name, PutMode::Create, batches))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let r = check_predicate(&rt, &mut c, &name, &model, &pred, &wasm_filters);
+            rt.block_on(c.drop_table(&name))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            r
+        })
+        .unwrap();
+    assert!(
+        wasm_filters.get() >= 8,
+        "only {} ran in Wasm",
         wasm_filters.get()
     );
     rt.block_on(dev.stop());
