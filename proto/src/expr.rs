@@ -76,6 +76,16 @@ pub enum Expr {
         #[serde(default)]
         negated: bool,
     },
+    /// A registered filter kernel over columns: true for the rows it selects.
+    Kernel {
+        /// The kernel's registered name.
+        name: String,
+        /// Columns handed to the kernel, in order.
+        args: Vec<String>,
+        /// Parameters handed to the kernel as bytes (text: a pattern, numbers, JSON).
+        #[serde(default)]
+        params: String,
+    },
 }
 
 /// Comparison operators.
@@ -245,6 +255,29 @@ impl Expr {
                 high.visit_columns(f);
             }
             Expr::In { expr, .. } | Expr::Like { expr, .. } => expr.visit_columns(f),
+            Expr::Kernel { args, .. } => args.iter().for_each(|a| f(a)),
+        }
+    }
+
+    /// Calls `f` on the name of every kernel the expression calls.
+    pub fn visit_kernels_mut(&mut self, f: &mut dyn FnMut(&mut String)) {
+        match self {
+            Expr::Col(_) | Expr::Lit(_) => {}
+            Expr::Cmp { left, right, .. } | Expr::Arith { left, right, .. } => {
+                left.visit_kernels_mut(f);
+                right.visit_kernels_mut(f);
+            }
+            Expr::And(v) | Expr::Or(v) => v.iter_mut().for_each(|e| e.visit_kernels_mut(f)),
+            Expr::Not(e) | Expr::IsNull(e) | Expr::IsNotNull(e) => e.visit_kernels_mut(f),
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                expr.visit_kernels_mut(f);
+                low.visit_kernels_mut(f);
+                high.visit_kernels_mut(f);
+            }
+            Expr::In { expr, .. } | Expr::Like { expr, .. } => expr.visit_kernels_mut(f),
+            Expr::Kernel { name, .. } => f(name),
         }
     }
 
@@ -261,6 +294,7 @@ impl Expr {
                 expr, low, high, ..
             } => expr.depth().max(low.depth()).max(high.depth()),
             Expr::In { expr, .. } | Expr::Like { expr, .. } => expr.depth(),
+            Expr::Kernel { .. } => 0,
         }
     }
 
@@ -358,6 +392,12 @@ impl std::fmt::Display for Expr {
                 "({expr} {}LIKE '{}')",
                 if *negated { "NOT " } else { "" },
                 pattern.replace('\'', "''")
+            ),
+            Expr::Kernel { name, args, params } => write!(
+                f,
+                "KERNEL {name}({}; '{}')",
+                args.join(", "),
+                params.replace('\'', "''")
             ),
         }
     }

@@ -49,6 +49,11 @@ pub enum ErrorCode {
     Unsupported,
     /// Storage I/O failed.
     Io,
+    /// The plan calls a kernel the device does not have.
+    UnknownKernel,
+    /// A kernel module was refused at registration (not Wasm, wrong ABI, forbidden import,
+    /// manifest and exports disagree).
+    InvalidKernel,
     /// The call carries no valid bearer token.
     Unauthenticated,
     /// The caller's role does not allow the call.
@@ -71,6 +76,8 @@ impl ErrorCode {
             ErrorCode::KernelFailed => "kernel_failed",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Io => "io",
+            ErrorCode::UnknownKernel => "unknown_kernel",
+            ErrorCode::InvalidKernel => "invalid_kernel",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Internal => "internal",
@@ -152,6 +159,12 @@ pub mod actions {
     /// What a plan's filter keeps by the Parquet statistics, and the device's load. Body: the
     /// plan (JSON). Result: [`super::Estimate`] JSON.
     pub const ESTIMATE: &str = "estimate";
+    /// Register a kernel. Body: [`super::RegisterKernel`] JSON. Result: [`super::KernelInfo`].
+    pub const REGISTER_KERNEL: &str = "register_kernel";
+    /// The caller's kernels. Result: a JSON array of [`super::KernelInfo`].
+    pub const LIST_KERNELS: &str = "list_kernels";
+    /// Remove a kernel name. Body: the name (UTF-8).
+    pub const REMOVE_KERNEL: &str = "remove_kernel";
 }
 
 /// A plan's footprint by the Parquet statistics (min/max per row group, the page index),
@@ -222,6 +235,29 @@ pub struct PutSummary {
     pub bytes: u64,
     /// Object id.
     pub object: String,
+}
+
+/// A registered kernel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    /// Name (an alias of the module).
+    pub name: String,
+    /// SHA-256 of the module (hex): the version.
+    pub sha256: String,
+    /// Kind from the manifest (`filter`).
+    pub kind: String,
+    /// Module size.
+    pub bytes: u64,
+}
+
+/// Body of the `register_kernel` action (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterKernel {
+    /// Name to register the module under.
+    pub name: String,
+    /// The WebAssembly module, hex-encoded.
+    pub module_hex: String,
 }
 
 /// A table as the device describes it.

@@ -63,6 +63,12 @@ pub enum Error {
     /// Broken invariant or unexpected state.
     #[error("internal: {0}")]
     Internal(String),
+    /// The plan calls an unknown kernel.
+    #[error("unknown kernel '{0}' (see `nearstore kernel list`)")]
+    UnknownKernel(String),
+    /// A kernel module was refused.
+    #[error("kernel refused: {0}")]
+    InvalidKernel(String),
     /// No valid bearer token.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -99,6 +105,8 @@ impl Error {
             Error::Unsupported(_) => ErrorCode::Unsupported,
             Error::Io { .. } => ErrorCode::Io,
             Error::Kernel(_) => ErrorCode::KernelFailed,
+            Error::UnknownKernel(_) => ErrorCode::UnknownKernel,
+            Error::InvalidKernel(_) => ErrorCode::InvalidKernel,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::Arrow(_) | Error::Parquet(_) | Error::Internal(_) | Error::Config(_) => {

@@ -364,6 +364,39 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| Error::Protocol(e.to_string()))
     }
 
+    /// Registers a Wasm kernel module under `name` (the device validates it first: ABI
+    /// version, manifest, exports, imports). Registering again under a name replaces it.
+    pub async fn register_kernel(
+        &mut self,
+        name: &str,
+        module: &[u8],
+    ) -> Result<nearstore_proto::KernelInfo> {
+        let req = nearstore_proto::RegisterKernel {
+            name: name.to_string(),
+            module_hex: hex::encode(module),
+        };
+        let body = self
+            .action(
+                actions::REGISTER_KERNEL,
+                serde_json::to_vec(&req).expect("request serialises"),
+            )
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// The caller's registered kernels.
+    pub async fn kernels(&mut self) -> Result<Vec<nearstore_proto::KernelInfo>> {
+        let body = self.action(actions::LIST_KERNELS, Bytes::new()).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    /// Removes a kernel name.
+    pub async fn remove_kernel(&mut self, name: &str) -> Result<()> {
+        self.action(actions::REMOVE_KERNEL, name.to_string())
+            .await?;
+        Ok(())
+    }
+
     /// Verifies every object's checksum on the device.
     pub async fn scrub(&mut self) -> Result<ScrubReport> {
         let body = self.action(actions::SCRUB, Bytes::new()).await?;

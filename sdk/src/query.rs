@@ -25,6 +25,20 @@ impl Query {
         Ok(self.filter_expr(e))
     }
 
+    /// Adds (AND) a call of the registered filter kernel `name` over `args` with `params`.
+    pub fn kernel_filter<S: Into<String>>(
+        self,
+        name: &str,
+        args: impl IntoIterator<Item = S>,
+        params: &str,
+    ) -> Self {
+        self.filter_expr(Expr::Kernel {
+            name: name.to_string(),
+            args: args.into_iter().map(Into::into).collect(),
+            params: params.to_string(),
+        })
+    }
+
     /// Adds a filter expression; several filters are combined with AND.
     pub fn filter_expr(mut self, e: Expr) -> Self {
         self.plan.filter = Some(match self.plan.filter.take() {

@@ -1192,6 +1192,19 @@ fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
             pattern,
             negated,
         },
+        // Kernel arguments are columns: a projection output that is a renamed column maps back
+        // to it (any other stays as it is, and the device reports it as an unknown column).
+        Expr::Kernel { name, args, params } => Expr::Kernel {
+            name,
+            args: args
+                .into_iter()
+                .map(|a| match map.get(&a) {
+                    Some(Expr::Col(base)) => base.clone(),
+                    _ => a,
+                })
+                .collect(),
+            params,
+        },
     }
 }
 

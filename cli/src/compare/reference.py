@@ -1,8 +1,9 @@
 """Reference engines for `nearstore bench compare`: the same SQL run by DuckDB and by DataFusion
 directly on the device's Parquet file, as a user would run it instead of offloading.
 
-Reads a JSON request on stdin: {"parquet": PATH, "threads": N, "runs": N,
-"queries": [{"name": ..., "sql": ...}]} and prints one JSON object on stdout:
+Reads a JSON request on stdin: {"parquet": PATH, "threads": N, "runs": N, "out": PATH,
+"queries": [{"name": ..., "sql": ...}]} and writes one JSON object to the file "out" (stdout
+is left to the engines, which may print progress):
 {"engines": {"duckdb": VERSION, ...}, "results": {NAME: {ENGINE: {"ms": MEDIAN, "rows": N}}},
 "errors": {ENGINE: MESSAGE}}. An engine that is not installed is reported under "errors".
 """
@@ -28,12 +29,13 @@ def duckdb_engine(req):
 
     con = duckdb.connect()
     con.execute(f"SET threads = {int(req['threads'])}")
+    con.execute("SET enable_progress_bar = false")
     path = req["parquet"].replace("'", "''")
     con.execute(f"CREATE VIEW lineitem AS SELECT * FROM read_parquet('{path}')")
 
     def runner(sql):
         # Arrow out, as the device's client gets it (no per-row Python objects).
-        return lambda: con.execute(sql).fetch_arrow_table().num_rows
+        return lambda: con.execute(sql).to_arrow_table().num_rows
 
     return duckdb.__version__, runner
 
@@ -68,7 +70,8 @@ def main():
                 out["errors"][f"{name}/{q['name']}"] = f"{type(e).__name__}: {e}"
                 continue
             out["results"].setdefault(q["name"], {})[name] = r
-    json.dump(out, sys.stdout)
+    with open(req["out"], "w") as f:
+        json.dump(out, f)
 
 
 if __name__ == "__main__":

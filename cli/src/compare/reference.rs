@@ -127,8 +127,10 @@ pub fn run(
         parquet.display(),
         DEVICE_THREADS
     );
+    let out_file = tempfile::NamedTempFile::new().context("a file for the engines' output")?;
     let request = serde_json::json!({
         "parquet": parquet,
+        "out": out_file.path(),
         "threads": DEVICE_THREADS,
         "runs": runs.max(1),
         "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
@@ -136,7 +138,7 @@ pub fn run(
     let mut child = Command::new(&python)
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", python.display()))?;
@@ -153,8 +155,10 @@ pub fn run(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let parsed: Output =
-        serde_json::from_slice(&out.stdout).context("reading the reference engines' output")?;
+    let parsed: Output = serde_json::from_slice(
+        &std::fs::read(out_file.path()).context("reading the reference engines' output")?,
+    )
+    .context("parsing the reference engines' output")?;
     let note = (!parsed.errors.is_empty()).then(|| {
         parsed
             .errors

@@ -83,6 +83,13 @@ pub enum PhysExpr {
         /// NOT LIKE.
         negated: bool,
     },
+    /// A registered filter kernel over columns (run in its sandbox).
+    Kernel {
+        /// The call: module, parameters, the query's instance.
+        call: Arc<super::kernel_call::KernelCall>,
+        /// Argument columns.
+        args: Vec<PhysExpr>,
+    },
 }
 
 /// The result of evaluating an expression over a batch.
@@ -128,7 +135,8 @@ impl PhysExpr {
             | PhysExpr::IsNull(_)
             | PhysExpr::IsNotNull(_)
             | PhysExpr::InList { .. }
-            | PhysExpr::Like { .. } => DataType::Boolean,
+            | PhysExpr::Like { .. }
+            | PhysExpr::Kernel { .. } => DataType::Boolean,
         }
     }
 
@@ -159,8 +167,21 @@ impl PhysExpr {
                 left.visit(f);
                 right.visit(f);
             }
-            PhysExpr::And(v) | PhysExpr::Or(v) => v.iter().for_each(|e| e.visit(f)),
+            PhysExpr::And(v) | PhysExpr::Or(v) | PhysExpr::Kernel { args: v, .. } => {
+                v.iter().for_each(|e| e.visit(f))
+            }
         }
+    }
+
+    /// The kernel calls in the expression.
+    pub fn kernel_calls(&self) -> Vec<Arc<super::kernel_call::KernelCall>> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let PhysExpr::Kernel { call, .. } = e {
+                out.push(call.clone());
+            }
+        });
+        out
     }
 
     /// Evaluates over `batch`.
@@ -277,6 +298,13 @@ impl PhysExpr {
                 };
                 arr(Arc::new(out))
             }
+            PhysExpr::Kernel { call, args } => {
+                let cols = args
+                    .iter()
+                    .map(|a| a.eval(batch)?.into_array(batch.num_rows()))
+                    .collect::<Result<Vec<_>>>()?;
+                arr(Arc::new(call.eval(batch.num_rows(), &cols)?))
+            }
         })
     }
 
@@ -307,11 +335,30 @@ fn cast_checked(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
 }
 
 /// Binds plan expressions to one table's schema.
-#[derive(Debug)]
 pub struct Binder<'a> {
     table: &'a str,
     schema: &'a Schema,
+    kernels: Option<KernelResolver<'a>>,
 }
+
+impl std::fmt::Debug for Binder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binder")
+            .field("table", &self.table)
+            .field("kernels", &self.kernels.is_some())
+            .finish()
+    }
+}
+
+/// Finds a registered kernel by name: its compiled program and the sandbox that runs it.
+pub type KernelResolver<'a> = &'a (
+        dyn Fn(
+    &str,
+) -> Result<(
+    Arc<crate::compute::wasm::Program>,
+    Arc<crate::compute::wasm::Sandbox>,
+)> + Sync
+    );
 
 fn is_integer(t: &DataType) -> bool {
     t.is_integer()
@@ -355,7 +402,17 @@ fn common_numeric(a: &DataType, b: &DataType) -> DataType {
 impl<'a> Binder<'a> {
     /// A binder for `table` with `schema`.
     pub fn new(table: &'a str, schema: &'a Schema) -> Self {
-        Binder { table, schema }
+        Binder {
+            table,
+            schema,
+            kernels: None,
+        }
+    }
+
+    /// Lets the plan call registered kernels, found by `resolver`.
+    pub fn with_kernels(mut self, resolver: KernelResolver<'a>) -> Self {
+        self.kernels = Some(resolver);
+        self
     }
 
     /// The column's type, or an unknown-column error listing what exists.
@@ -478,6 +535,31 @@ impl<'a> Binder<'a> {
                     expr: Box::new(v),
                     pattern: cast_checked(&p, &t)?,
                     negated: *negated,
+                }
+            }
+            Expr::Kernel { name, args, params } => {
+                let resolve = self.kernels.ok_or_else(|| {
+                    Error::Unsupported(format!("kernel '{name}' can only run on a device"))
+                })?;
+                let cols = args
+                    .iter()
+                    .map(|a| self.column(a))
+                    .collect::<Result<Vec<_>>>()?;
+                for (a, c) in args.iter().zip(&cols) {
+                    let t = c.data_type();
+                    if super::kernel_call::arg_type(&t).is_none() {
+                        return Err(Error::TypeMismatch(format!(
+                            "kernel '{name}': column {a} is {t}; kernels take int32, int64, \
+                             float64, decimal128, date32 and utf8 columns"
+                        )));
+                    }
+                }
+                let (program, sandbox) = resolve(name)?;
+                PhysExpr::Kernel {
+                    call: Arc::new(super::kernel_call::KernelCall::new(
+                        name, program, sandbox, params,
+                    )),
+                    args: cols,
                 }
             }
         })

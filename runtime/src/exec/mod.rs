@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod expr;
+pub mod kernel_call;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -134,7 +135,8 @@ impl Executor {
         let table = self.storage.table(&plan.table)?;
         let counters = Arc::new(ScanCounters::default());
         let table_schema = self.table_schema(&table, &counters).await?;
-        let binder = Binder::new(&plan.table, &table_schema);
+        let resolve = |name: &str| self.kernel(name);
+        let binder = Binder::new(&plan.table, &table_schema).with_kernels(&resolve);
         let predicate = plan
             .filter
             .as_ref()
@@ -211,6 +213,28 @@ impl Executor {
             schema,
             backend,
         })
+    }
+
+    /// The registered kernel `name` (a storage name), compiled, and its sandbox.
+    pub fn kernel(
+        &self,
+        name: &str,
+    ) -> Result<(
+        Arc<crate::compute::wasm::Program>,
+        Arc<crate::compute::wasm::Sandbox>,
+    )> {
+        let bytes = self.storage.kernels().module(name)?;
+        let sandbox = self.wasm.sandbox().clone();
+        let program = sandbox.load(&bytes)?;
+        Ok((program, sandbox))
+    }
+
+    /// Validates and compiles a kernel module without registering it.
+    pub fn check_kernel(&self, module: &[u8]) -> Result<Arc<crate::compute::wasm::Program>> {
+        self.wasm
+            .sandbox()
+            .load(module)
+            .map_err(|e| Error::InvalidKernel(e.to_string()))
     }
 
     /// What the plan's filter may match by the statistics alone (no data is read).
@@ -310,6 +334,10 @@ impl Executor {
                 (native_session.clone(), BackendKind::Native)
             };
             placement.push(format!("filter={}", kind.as_str()));
+            for k in p.kernel_calls() {
+                let shown = k.name.rsplit('/').next().unwrap_or(&k.name);
+                placement.push(format!("kernel:{shown}=wasm"));
+            }
             (p, session)
         });
         let place = |e: &PhysExpr| -> &Session {

@@ -71,6 +71,7 @@ impl Principal {
         match e {
             Error::UnknownTable(n) => Error::UnknownTable(name(n)),
             Error::TableExists(n) => Error::TableExists(name(n)),
+            Error::UnknownKernel(n) => Error::UnknownKernel(name(n)),
             Error::UnknownColumn {
                 table,
                 column,

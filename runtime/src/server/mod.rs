@@ -60,6 +60,8 @@ pub fn status(e: &Error) -> Status {
         | ErrorCode::MalformedPlan
         | ErrorCode::InvalidUpload => tonic::Code::InvalidArgument,
         ErrorCode::TableExists => tonic::Code::AlreadyExists,
+        ErrorCode::UnknownKernel => tonic::Code::NotFound,
+        ErrorCode::InvalidKernel => tonic::Code::InvalidArgument,
         ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
         ErrorCode::CorruptObject => tonic::Code::DataLoss,
@@ -148,6 +150,17 @@ impl DeviceService {
     fn scoped(who: &Principal, plan: &Plan) -> Result<Plan> {
         let mut p = plan.clone();
         p.table = who.scope(&plan.table)?;
+        // Kernels live in the caller's namespace too.
+        let mut bad = None;
+        if let Some(f) = p.filter.as_mut() {
+            f.visit_kernels_mut(&mut |name| match who.scope(name) {
+                Ok(s) => *name = s,
+                Err(_) => bad = Some(name.clone()),
+            });
+        }
+        if let Some(name) = bad {
+            return Err(Error::UnknownKernel(name));
+        }
         Ok(p)
     }
 
@@ -276,6 +289,59 @@ impl DeviceService {
                 let mut e = self.executor.estimate(&Self::scoped(who, &plan)?).await?;
                 e.active_queries = self.active.load(Ordering::Relaxed);
                 Ok(vec![json(&e)])
+            }
+            actions::REGISTER_KERNEL => {
+                let req: nearstore_proto::RegisterKernel = serde_json::from_slice(&action.body)
+                    .map_err(|e| {
+                        Error::InvalidKernel(format!("register_kernel body is not valid: {e}"))
+                    })?;
+                let valid = !req.name.is_empty()
+                    && req.name.len() <= 128
+                    && req
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+                if !valid {
+                    return Err(Error::InvalidKernel(format!(
+                        "kernel name '{}' must be 1-128 characters of [A-Za-z0-9_.-]",
+                        req.name
+                    )));
+                }
+                let module = hex::decode(&req.module_hex)
+                    .map_err(|_| Error::InvalidKernel("module_hex is not hexadecimal".into()))?;
+                let program = self.executor.check_kernel(&module)?;
+                let kind = match program.kind {
+                    crate::compute::wasm::sandbox::KernelKind::Filter => "filter",
+                };
+                let stored = who.scope(&req.name)?;
+                let storage = self.storage().clone();
+                let mut info = tokio::task::spawn_blocking(move || {
+                    storage.kernels().register(&stored, &module, kind)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("kernel registration panicked: {e}")))??;
+                info.name = req.name;
+                tracing::info!(kernel = %info.name, sha256 = %info.sha256, "kernel registered");
+                Ok(vec![json(&info)])
+            }
+            actions::LIST_KERNELS => {
+                let mine: Vec<nearstore_proto::KernelInfo> = self
+                    .storage()
+                    .kernels()
+                    .list()
+                    .into_iter()
+                    .filter_map(|mut k| {
+                        let name = who.unscope(&k.name)?.to_string();
+                        k.name = name;
+                        Some(k)
+                    })
+                    .collect();
+                Ok(vec![json(&mine)])
+            }
+            actions::REMOVE_KERNEL => {
+                let name = body()?;
+                self.storage().kernels().remove(&who.scope(&name)?)?;
+                Ok(vec![Bytes::from(format!("removed kernel {name}"))])
             }
             actions::DEVICE_INFO | actions::SCRUB if !who.admin => {
                 Err(Error::PermissionDenied(format!(
@@ -626,6 +692,15 @@ impl FlightService for DeviceService {
             (
                 actions::SCRUB,
                 "Verify every object's SHA-256. Result: JSON report.",
+            ),
+            (
+                actions::REGISTER_KERNEL,
+                "Register a Wasm kernel. Body: {\"name\", \"module_hex\"} JSON. Result: JSON.",
+            ),
+            (actions::LIST_KERNELS, "The caller's kernels. Result: JSON."),
+            (
+                actions::REMOVE_KERNEL,
+                "Remove a kernel name. Body: the name.",
             ),
             (
                 actions::ESTIMATE,

@@ -16,6 +16,7 @@
 //! is lost, its files are garbage collected at the next start) or the new one (the upload is
 //! complete). An upload is acknowledged only after the catalog commit is durable.
 
+pub mod kernels;
 pub mod pi;
 pub mod reader;
 
@@ -208,6 +209,7 @@ pub struct Storage {
     commit: tokio::sync::Mutex<()>,
     open: Mutex<HashMap<String, Arc<Object>>>,
     next_tmp: AtomicU64,
+    kernels: kernels::KernelStore,
 }
 
 impl Storage {
@@ -274,6 +276,7 @@ impl Storage {
             tables = catalog.tables.len(),
             "namespace opened"
         );
+        let root_for_kernels = root.clone();
         Ok(Storage {
             root,
             reader,
@@ -282,12 +285,18 @@ impl Storage {
             commit: tokio::sync::Mutex::new(()),
             open: Mutex::new(HashMap::new()),
             next_tmp: AtomicU64::new(0),
+            kernels: kernels::KernelStore::open(&root_for_kernels)?,
         })
     }
 
     /// The data directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The registered kernels.
+    pub fn kernels(&self) -> &kernels::KernelStore {
+        &self.kernels
     }
 
     /// The read path.
@@ -739,7 +748,7 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Writes `bytes` to `path` and fsyncs the file.
-fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f =
         File::create(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     f.write_all(bytes)
@@ -747,7 +756,7 @@ fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("fsync of directory {}", dir.display()), e))
