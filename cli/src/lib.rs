@@ -3,6 +3,7 @@
 //! The binary's `main` calls [`run`]; tests drive the same function.
 
 pub mod compare;
+pub mod kernel;
 mod serve;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Make a bearer token for a tenant: prints the token once and the `[[tenants]]` entry
     /// (with only the token's SHA-256) for the device's TOML file.
     Token(TokenArgs),
+    /// Write, build, test and register Wasm kernels.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCommand),
 }
 
 /// `token` arguments.
@@ -126,7 +130,8 @@ pub struct DeviceArg {
 }
 
 impl DeviceArg {
-    async fn connect(&self) -> Result<Client> {
+    /// A client for the device.
+    pub async fn connect(&self) -> Result<Client> {
         let opts = ClientOptions {
             token: self.token.clone(),
             request_timeout: Duration::from_secs(self.timeout_secs),
@@ -379,6 +384,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token(args) => token(args),
+        Command::Kernel(cmd) => kernel::run(cmd).await,
         Command::Scrub(d) => {
             let mut c = d.connect().await?;
             let r = c.scrub().await?;

@@ -181,8 +181,23 @@ impl SqlSession {
                 }
             }
         }
+        // Kernels registered on any of the devices become SQL functions.
+        let mut kernels: Vec<String> = Vec::new();
+        for url in urls {
+            let mut client = Client::connect_with(url, options.clone()).await?;
+            for k in client.kernels().await? {
+                if !kernels.contains(&k.name) {
+                    kernels.push(k.name);
+                }
+            }
+        }
         let context = |mode: Mode| -> Result<SessionContext> {
             let ctx = SessionContext::new();
+            for k in &kernels {
+                ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+                    KernelUdf::new(k),
+                ));
+            }
             if mode == Mode::Offload {
                 ctx.add_optimizer_rule(Arc::new(PushAggregates));
                 ctx.add_optimizer_rule(Arc::new(PushTopK));
@@ -1259,6 +1274,81 @@ impl TableProvider for DeviceAggregate {
     }
 }
 
+/// A call of a registered kernel (`grep(l_comment, 'special')`): columns, then optionally one
+/// string literal, the parameters.
+fn kernel_call(f: &datafusion::logical_expr::expr::ScalarFunction) -> Option<Expr> {
+    let inner: &dyn std::any::Any = f.func.inner().as_ref();
+    let k = inner.downcast_ref::<KernelUdf>()?;
+    let mut args = Vec::new();
+    let mut params = None;
+    for (i, a) in f.args.iter().enumerate() {
+        match a {
+            DfExpr::Column(c) if params.is_none() => args.push(c.name.clone()),
+            DfExpr::Literal(
+                ScalarValue::Utf8(Some(p))
+                | ScalarValue::Utf8View(Some(p))
+                | ScalarValue::LargeUtf8(Some(p)),
+                _,
+            ) if i + 1 == f.args.len() => params = Some(p.clone()),
+            _ => return None,
+        }
+    }
+    Some(Expr::Kernel {
+        name: k.name.clone(),
+        args,
+        params: params.unwrap_or_default(),
+    })
+}
+
+/// A kernel registered on the devices, as a SQL function. It runs only on a device: in a
+/// WHERE clause over a device table in offload mode the provider pushes it down; anywhere
+/// else calling it is an error that says so.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct KernelUdf {
+    name: String,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl KernelUdf {
+    /// The function for kernel `name`.
+    pub fn new(name: &str) -> Self {
+        KernelUdf {
+            name: name.to_string(),
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for KernelUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _arg_types: &[arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
+        Ok(arrow::datatypes::DataType::Boolean)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        Err(DataFusionError::Execution(format!(
+            "kernel '{}' runs on the device: call it in the WHERE clause of a query over device \
+             tables in offload mode, with columns then an optional parameter string",
+            self.name
+        )))
+    }
+}
+
 /// Translates a DataFusion expression into the plan IR; `None` when the device cannot
 /// evaluate it with DataFusion's semantics. `schema` types the columns the expression reads;
 /// column qualifiers are ignored (the expression reads one table).
@@ -1274,6 +1364,7 @@ fn translate(e: &DfExpr, schema: &DFSchema) -> Option<Expr> {
     Some(match e {
         DfExpr::Column(c) => Expr::Col(c.name.clone()),
         DfExpr::Literal(v, _) => Expr::Lit(to_literal(v)?),
+        DfExpr::ScalarFunction(f) => kernel_call(f)?,
         DfExpr::BinaryExpr(BinaryExpr { left, op, right }) => {
             let (l, r) = (tr(left)?, tr(right)?);
             let cmp = |op| Expr::cmp(op, l.clone(), r.clone());

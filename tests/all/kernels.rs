@@ -13,7 +13,7 @@ use nearstore_runtime::exec::expr::Binder;
 const MANIFEST: &str = r#"(@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n")"#;
 
 /// A filter kernel whose `nearstore_filter` body is `body` (params: desc, out, cap).
-fn kernel(body: &str, extra: &str) -> Vec<u8> {
+pub(crate) fn kernel(body: &str, extra: &str) -> Vec<u8> {
     let text = format!(
         r#"(module
           {extra}
@@ -315,7 +315,7 @@ fn bad_modules_are_refused_at_registration() {
     builtin_still_works(&sb);
 }
 
-fn wat_with_version(v: i32) -> String {
+pub(crate) fn wat_with_version(v: i32) -> String {
     format!(
         r#"(module (memory (export "memory") 1)
             (func (export "nearstore_abi_version") (result i32) (i32.const {v}))

@@ -6,6 +6,7 @@ mod compare;
 mod device;
 mod differential;
 mod fanout;
+mod kernel_dev;
 mod kernels;
 mod python;
 mod sql;

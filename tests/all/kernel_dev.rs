@@ -1,0 +1,356 @@
+//! The kernel author's workflow, as `docs/kernels.md` tells it: scaffold a kernel, test it on
+//! the host, build it for the device, run it on a Parquet file, register it on a running device,
+//! and call it from SQL — same rows as the equivalent host-side SQL. Also the example kernels
+//! against their host-side equivalents, and modules the device refuses at registration.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use nearstore_proto::{ErrorCode, PutMode};
+use nearstore_sdk::{ClientOptions, Error, Mode, SqlSession};
+
+use crate::support::{TestDevice, cli_bin, table_batches};
+
+/// Where kernel builds go: under the workspace's target directory, so reruns are incremental.
+fn kernel_target() -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("nearstore-kernel-tests"));
+    base.join("kernel-tests")
+}
+
+fn nearstore(args: &[&str], cwd: &Path) -> (String, String) {
+    let out = Command::new(cli_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NEARSTORE_DEVICE")
+        .env_remove("NEARSTORE_TOKEN")
+        .output()
+        .unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "nearstore {args:?} failed:\n{so}\n{se}"
+    );
+    (so, se)
+}
+
+fn sorted_rows(r: &nearstore_sdk::SqlResult) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |i| {
+                b.columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kernel_goes_from_scaffold_to_sql() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let target = kernel_target();
+    let target = target.to_str().unwrap();
+
+    // 1. Scaffold, test on the host, build for the device.
+    nearstore(&["kernel", "new", "above"], w);
+    let crate_dir = w.join("above");
+    let host = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--quiet", "--target-dir", target])
+        .current_dir(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(
+        host.status.success(),
+        "the scaffold's own test fails: {}",
+        String::from_utf8_lossy(&host.stderr)
+    );
+    let (built, _) = nearstore(&["kernel", "build", "above", "--target-dir", target], w);
+    let module = PathBuf::from(built.trim());
+    assert!(module.ends_with("above.wasm"), "{built}");
+
+    // 2. Run it on a Parquet file, locally, in the device's sandbox.
+    let batches = table_batches(5_000, 1_000, 9);
+    let file = w.join("data.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&file).unwrap(),
+        batches[0].schema(),
+        None,
+    )
+    .unwrap();
+    for b in &batches {
+        writer.write(b).unwrap();
+    }
+    writer.close().unwrap();
+    let (rows, stats) = nearstore(
+        &[
+            "kernel",
+            "test",
+            module.to_str().unwrap(),
+            "--file",
+            "data.parquet",
+            "--args",
+            "id",
+            "--params",
+            "4990",
+            "--format",
+            "csv",
+        ],
+        w,
+    );
+    assert!(stats.contains("9 of 5000 rows selected"), "{stats}");
+    assert!(rows.starts_with("id,val,cat,day,price\n4991,"), "{rows}");
+    assert_eq!(rows.lines().count(), 1 + 9);
+
+    // 3. Register it on a running device, see it listed, call it from SQL.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+    let mut c = dev.client().await;
+    c.put_batches("t", PutMode::Create, batches).await.unwrap();
+    let (out, _) = nearstore(
+        &[
+            "kernel",
+            "register",
+            module.to_str().unwrap(),
+            "--device",
+            &dev.url,
+        ],
+        w,
+    );
+    assert!(out.contains("registered kernel above (filter"), "{out}");
+    let (list, _) = nearstore(&["kernel", "list", "--device", &dev.url], w);
+    assert!(list.starts_with("above\tfilter\t"), "{list}");
+
+    let s = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Offload)
+        .await
+        .unwrap();
+    let with_kernel = s
+        .sql("select id, cat from t where above(id, '4000') and cat <> 'beta'")
+        .await
+        .unwrap();
+    let host_side = s
+        .sql("select id, cat from t where id > 4000 and cat <> 'beta'")
+        .await
+        .unwrap();
+    assert!(with_kernel.num_rows() > 500);
+    assert_eq!(sorted_rows(&with_kernel), sorted_rows(&host_side));
+    let (plan, stats) = &with_kernel.scans[0];
+    assert!(
+        plan.filter
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("KERNEL above(id")
+    );
+    assert!(
+        stats.placement.contains("kernel:above=wasm"),
+        "{}",
+        stats.placement
+    );
+
+    // The same function where it cannot run on the device says so.
+    let t = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::FullTransfer)
+        .await
+        .unwrap();
+    let e = t
+        .sql("select id from t where above(id, '4000')")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("runs on the device"), "{e}");
+
+    // Bad calls: unknown kernel, wrong argument type, parameters the kernel rejects.
+    let plan = |k: nearstore_proto::Expr| nearstore_sdk::Query::table("t").filter_expr(k).build();
+    let call = |name: &str, col: &str, params: &str| nearstore_proto::Expr::Kernel {
+        name: name.into(),
+        args: vec![col.into()],
+        params: params.into(),
+    };
+    let code = |e: Error| match e {
+        Error::Device { code, message, .. } => (code, message),
+        other => panic!("{other}"),
+    };
+    let (k, m) = code(c.query(&plan(call("nope", "id", "1"))).await.unwrap_err());
+    assert_eq!(k, ErrorCode::UnknownKernel, "{m}");
+    assert!(m.contains("'nope'"), "{m}");
+    let (k, m) = code(c.query(&plan(call("above", "cat", "1"))).await.unwrap_err());
+    assert_eq!(k, ErrorCode::KernelFailed, "{m}");
+    let (k, m) = code(
+        c.query(&plan(call("above", "id", "many")))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(k, ErrorCode::KernelFailed, "{m}");
+    assert!(m.contains("above"), "{m}");
+    // Removal.
+    nearstore(&["kernel", "remove", "above", "--device", &dev.url], w);
+    assert!(c.kernels().await.unwrap().is_empty());
+    dev.stop().await;
+}
+
+/// A table of strings and points for the example kernels.
+fn examples_table() -> RecordBatch {
+    let n = 20_000usize;
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let words = ["ab", "cd", "abc", "special", "requests", "x", ""];
+    let mut s = Vec::new();
+    let mut px = Vec::new();
+    let mut py = Vec::new();
+    for i in 0..n {
+        let k = 1 + (next() % 4) as usize;
+        let text: Vec<&str> = (0..k).map(|_| words[(next() % 7) as usize]).collect();
+        s.push((i % 11 != 5).then(|| text.join(" ")));
+        px.push((i % 13 != 7).then(|| (next() % 2000) as f64 / 10.0 - 100.0));
+        py.push(Some((next() % 2000) as f64 / 10.0 - 100.0));
+    }
+    RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            std::sync::Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef,
+        ),
+        ("s", std::sync::Arc::new(StringArray::from(s)) as ArrayRef),
+        ("x", std::sync::Arc::new(Float64Array::from(px)) as ArrayRef),
+        ("y", std::sync::Arc::new(Float64Array::from(py)) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_kernels_equal_their_host_side_sql() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/examples");
+    let target = kernel_target();
+    let modules = tokio::task::spawn_blocking(move || {
+        nearstore::kernel::build(&examples, Some(&target)).unwrap()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+    let mut c = dev.client().await;
+    c.put_batches("pts", PutMode::Create, vec![examples_table()])
+        .await
+        .unwrap();
+    for m in &modules {
+        let name = m.file_stem().unwrap().to_str().unwrap();
+        c.register_kernel(name, &std::fs::read(m).unwrap())
+            .await
+            .unwrap();
+    }
+    let s = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Offload)
+        .await
+        .unwrap();
+    let pairs = [
+        (
+            "select id from pts where grep(s, 'abc')",
+            "select id from pts where s like '%abc%'",
+        ),
+        (
+            "select id from pts where grep(s, 'special re')",
+            "select id from pts where s like '%special re%'",
+        ),
+        (
+            "select id from pts where grep(s, '')",
+            "select id from pts where s is not null",
+        ),
+        (
+            "select id, x, y from pts where bbox(x, y, '-10, -20.5, 30, 0')",
+            "select id, x, y from pts where x between -10 and 30 and y between -20.5 and 0",
+        ),
+        (
+            "select count(*) from pts where bbox(x, y, '0,0,100,100') and grep(s, 'cd')",
+            "select count(*) from pts where x between 0 and 100 and y between 0 and 100 and s like '%cd%'",
+        ),
+    ];
+    for (kernel, host) in pairs {
+        let a = s
+            .sql(kernel)
+            .await
+            .unwrap_or_else(|e| panic!("{kernel}: {e}"));
+        let b = s.sql(host).await.unwrap();
+        assert!(b.num_rows() > 0, "{host}");
+        assert_eq!(sorted_rows(&a), sorted_rows(&b), "{kernel}");
+    }
+    // Bad parameters are the kernel's specific error, and the device goes on serving.
+    let e = s
+        .sql("select id from pts where bbox(x, y, 'not a box')")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bbox"), "{e}");
+    assert_eq!(
+        s.sql("select count(*) from pts").await.unwrap().num_rows(),
+        1
+    );
+    dev.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_bad_modules_with_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+    let mut c = dev.client().await;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not a module".to_vec(), "\\0asm"),
+        (
+            crate::kernels::kernel(
+                "(i32.const 0)",
+                r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+            ),
+            "wasi_snapshot_preview1.fd_write",
+        ),
+        (
+            wat::parse_str(crate::kernels::wat_with_version(9)).unwrap(),
+            "version 9",
+        ),
+        (
+            wat::parse_str(
+                r#"(module (memory (export "memory") 1)
+                (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+                (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+                (@custom "nearstore.manifest" "abi=1\nkind=filter\n"))"#,
+            )
+            .unwrap(),
+            "does not export `nearstore_filter`",
+        ),
+        (
+            wat::parse_str(
+                r#"(module (memory (export "memory") 1)
+                (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+                (func (export "nearstore_filter") (param i32 i32 i32) (result i32) (i32.const 0))
+                (@custom "nearstore.manifest" "abi=1\nkind=filter\n"))"#,
+            )
+            .unwrap(),
+            "nearstore_abi_version",
+        ),
+    ];
+    for (module, fix) in cases {
+        let e = c.register_kernel("k", &module).await.unwrap_err();
+        match e {
+            Error::Device { code, message, .. } => {
+                assert_eq!(code, ErrorCode::InvalidKernel, "{message}");
+                assert!(message.contains(fix), "{message} lacks {fix}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(c.kernels().await.unwrap().is_empty());
+    let e = c.register_kernel("bad/name", b"\0asm").await.unwrap_err();
+    assert!(e.to_string().contains("kernel name"), "{e}");
+    dev.stop().await;
+}
