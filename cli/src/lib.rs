@@ -4,6 +4,10 @@
 
 pub mod compare;
 pub mod kernel;
+
+/// The kernel author's guide (`docs/kernels.md`); its code blocks are compiled as doctests.
+#[doc = include_str!("../../docs/kernels.md")]
+pub mod kernel_guide {}
 mod serve;
 
 use std::path::PathBuf;

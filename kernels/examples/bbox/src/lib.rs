@@ -9,7 +9,9 @@ use nearstore_kernel::abi::status;
 use nearstore_kernel::{BLOCK, Batch, KernelResult, Selection, mask_block};
 
 nearstore_kernel::export_filter!(bbox);
-nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=bbox\nsignature=float64,float64;params=xmin,ymin,xmax,ymax\n");
+nearstore_kernel::manifest!(
+    b"abi=1\nkind=filter\nname=bbox\nsignature=float64,float64;params=xmin,ymin,xmax,ymax\n"
+);
 
 /// Parses `xmin,ymin,xmax,ymax`.
 fn parse_box(params: &[u8]) -> KernelResult<[f64; 4]> {
@@ -36,7 +38,10 @@ pub fn bbox(batch: &Batch, sel: &mut Selection) -> KernelResult {
     for base in (0..batch.rows()).step_by(BLOCK) {
         let mx = mask_block(xs, base, |x| x >= xmin && x <= xmax);
         let my = mask_block(ys, base, |y| y >= ymin && y <= ymax);
-        sel.push_mask(base, mx & my & xc.validity_block(base) & yc.validity_block(base))?;
+        sel.push_mask(
+            base,
+            mx & my & xc.validity_block(base) & yc.validity_block(base),
+        )?;
     }
     Ok(())
 }

@@ -80,7 +80,14 @@ mod tests {
 
     #[test]
     fn keeps_rows_containing_the_needle() {
-        let words = ["special requests", "", "pending", "xspecialx", "spec", "special"];
+        let words = [
+            "special requests",
+            "",
+            "pending",
+            "xspecialx",
+            "spec",
+            "special",
+        ];
         let (data, offs) = utf8(&words);
         // Row 5 is NULL (its bit is clear).
         let validity = [0b0001_1111u8];
@@ -96,7 +103,16 @@ mod tests {
     #[test]
     fn substring_search_matches_the_naive_one() {
         let hay = b"abababcabcabcd";
-        for needle in [&b""[..], b"a", b"abc", b"abcd", b"bcd", b"dd", b"cabcab", b"abababcabcabcd"] {
+        for needle in [
+            &b""[..],
+            b"a",
+            b"abc",
+            b"abcd",
+            b"bcd",
+            b"dd",
+            b"cabcab",
+            b"abababcabcabcd",
+        ] {
             let naive = needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle);
             assert_eq!(contains(hay, needle), naive, "{needle:?}");
         }
