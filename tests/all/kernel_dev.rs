@@ -113,6 +113,33 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
     assert!(stats.contains("9 of 5000 rows selected"), "{stats}");
     assert!(rows.starts_with("id,val,cat,day,price\n4991,"), "{rows}");
     assert_eq!(rows.lines().count(), 1 + 9);
+    // A kernel that traps: `kernel test` prints the device's error with the Wasm frames.
+    let trapping = w.join("trap.wasm");
+    std::fs::write(
+        &trapping,
+        crate::kernels::kernel("(call $boom) (i32.const 0)", "(func $boom unreachable)"),
+    )
+    .unwrap();
+    let out = Command::new(cli_bin())
+        .args([
+            "kernel",
+            "test",
+            "trap.wasm",
+            "--file",
+            "data.parquet",
+            "--args",
+            "id",
+        ])
+        .current_dir(w)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("trapped: wasm trap: wasm `unreachable` instruction executed"),
+        "{err}"
+    );
+    assert!(err.contains("boom"), "no backtrace frame: {err}");
 
     // 3. Register it on a running device, see it listed, call it from SQL.
     let dir = tempfile::tempdir().unwrap();

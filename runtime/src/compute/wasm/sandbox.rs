@@ -574,12 +574,18 @@ impl KernelSession {
         if let Some(code) = self.store.data().abort {
             return KernelError::Abort { kernel, code };
         }
+        // The Wasm frames of a trap (function names from the module's name section), so an
+        // author sees where the kernel failed.
+        let frames = e
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|bt| format!("\n{bt}"))
+            .unwrap_or_default();
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => self.deadline_error(),
             Some(Trap::StackOverflow) => KernelError::StackOverflow(kernel),
             Some(t) => KernelError::Trap {
                 kernel,
-                message: t.to_string(),
+                message: format!("{t}{frames}"),
             },
             None => KernelError::Trap {
                 kernel,
