@@ -3,6 +3,7 @@
 mod auto;
 mod cli;
 mod compare;
+mod crash;
 mod device;
 mod differential;
 mod fanout;
