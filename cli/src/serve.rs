@@ -76,6 +76,8 @@ struct FileConfig {
     /// runs open: no token needed.
     #[serde(default)]
     tenants: Vec<nearstore_runtime::server::auth::TenantConfig>,
+    /// Admission limits per tenant (`[qos]`: max_queries, max_queued).
+    qos: Option<nearstore_runtime::server::qos::QosConfig>,
 }
 
 /// Settings after merging flags, environment, file and defaults.
@@ -139,6 +141,9 @@ impl ServeArgs {
         device.backend = backend;
         device.link_gbps = self.link_gbps.or(file.link_gbps);
         device.tenants = file.tenants;
+        if let Some(q) = file.qos {
+            device.qos = q;
+        }
         if let Some(g) = device.link_gbps
             && !(g.is_finite() && g > 0.0)
         {

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     /// A kernel module was refused at registration (not Wasm, wrong ABI, forbidden import,
     /// manifest and exports disagree).
     InvalidKernel,
+    /// The caller has too many queries running and waiting; retry later (the status carries
+    /// `retry-after-ms`).
+    ResourceExhausted,
     /// The call carries no valid bearer token.
     Unauthenticated,
     /// The caller's role does not allow the call.
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::Io => "io",
             ErrorCode::UnknownKernel => "unknown_kernel",
             ErrorCode::InvalidKernel => "invalid_kernel",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Internal => "internal",

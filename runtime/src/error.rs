@@ -69,6 +69,14 @@ pub enum Error {
     /// A kernel module was refused.
     #[error("kernel refused: {0}")]
     InvalidKernel(String),
+    /// The caller has too many queries running and waiting.
+    #[error("resource exhausted: {message}; retry after {retry_after_ms} ms")]
+    ResourceExhausted {
+        /// What is exhausted.
+        message: String,
+        /// When a retry may succeed.
+        retry_after_ms: u64,
+    },
     /// No valid bearer token.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
@@ -107,6 +115,7 @@ impl Error {
             Error::Kernel(_) => ErrorCode::KernelFailed,
             Error::UnknownKernel(_) => ErrorCode::UnknownKernel,
             Error::InvalidKernel(_) => ErrorCode::InvalidKernel,
+            Error::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::Arrow(_) | Error::Parquet(_) | Error::Internal(_) | Error::Config(_) => {

@@ -46,6 +46,8 @@ pub struct DeviceConfig {
     pub link_gbps: Option<f64>,
     /// Tenants and their token hashes; none means an open device (no authentication).
     pub tenants: Vec<server::auth::TenantConfig>,
+    /// Admission limits per tenant (tenants may override them).
+    pub qos: server::qos::QosConfig,
 }
 
 impl DeviceConfig {
@@ -59,6 +61,7 @@ impl DeviceConfig {
             sandbox: compute::wasm::SandboxConfig::default(),
             link_gbps: None,
             tenants: Vec::new(),
+            qos: server::qos::QosConfig::default(),
         }
     }
 }
@@ -89,12 +92,25 @@ pub struct Device {
     executor: Arc<exec::Executor>,
     link: Arc<server::Link>,
     auth: Arc<server::auth::Auth>,
+    admission: Arc<server::qos::Admission>,
 }
 
 impl Device {
     /// Opens the namespace and starts the read path.
     pub fn open(config: &DeviceConfig) -> Result<Self> {
         let auth = Arc::new(server::auth::Auth::new(&config.tenants)?);
+        let overrides = config
+            .tenants
+            .iter()
+            .map(|t| {
+                let q = server::qos::QosConfig {
+                    max_queries: t.max_queries.unwrap_or(config.qos.max_queries),
+                    max_queued: t.max_queued.unwrap_or(config.qos.max_queued),
+                };
+                (t.name.clone(), q)
+            })
+            .collect();
+        let admission = Arc::new(server::qos::Admission::new(config.qos, overrides)?);
         let reader = Reader::start(config.reader)
             .map_err(|e| Error::io("starting the storage read path", e))?;
         let storage = Arc::new(Storage::open(&config.data_dir, reader, config.write)?);
@@ -108,6 +124,7 @@ impl Device {
             executor,
             link: Arc::new(server::Link::new(config.link_gbps)),
             auth,
+            admission,
         })
     }
 
@@ -178,6 +195,7 @@ impl Device {
             self.executor.clone(),
             self.link.clone(),
             self.auth.clone(),
+            self.admission.clone(),
         ))
         .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(server::MESSAGE_BYTES_MAX);

@@ -24,6 +24,8 @@ fn tenants() -> Vec<TenantConfig> {
         name: name.into(),
         token_sha256: token_hash(token),
         admin,
+        max_queries: None,
+        max_queued: None,
     })
     .collect()
 }
@@ -195,9 +197,71 @@ async fn an_open_device_needs_no_token_and_bad_tenant_config_is_refused() {
         name: "a".into(),
         token_sha256: "not-hex".into(),
         admin: false,
+        max_queries: None,
+        max_queued: None,
     }];
     let e = nearstore_runtime::Device::open(&cfg)
         .unwrap_err()
         .to_string();
     assert!(e.contains("64 hex digits"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_is_refused_past_its_queue_and_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        c.tenants[0].max_queries = Some(2);
+        c.tenants[0].max_queued = Some(2);
+        // A slow link keeps Alice's queries in flight.
+        c.link_gbps = Some(0.02);
+    })
+    .await;
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    alice
+        .put_batches("big", PutMode::Create, table_batches(200_000, 20_000, 4))
+        .await
+        .unwrap();
+    let mut bob = client(&dev.url, Some(BOB)).await;
+    bob.put_batches("small", PutMode::Create, table_batches(100, 100, 5))
+        .await
+        .unwrap();
+
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        let url = dev.url.clone();
+        flood.push(tokio::spawn(async move {
+            let mut c = client(&url, Some(ALICE)).await;
+            c.query(&Plan::scan("big")).await.map(|r| r.num_rows())
+        }));
+    }
+    // The four past the two running and the two waiting are refused at once.
+    let mut refused = 0;
+    let start = std::time::Instant::now();
+    while refused < 4 && start.elapsed() < std::time::Duration::from_secs(20) {
+        for f in flood.iter_mut().filter(|f| f.is_finished()) {
+            match f.await.unwrap() {
+                Err(Error::Device { code, message, .. }) => {
+                    assert_eq!(code, ErrorCode::ResourceExhausted, "{message}");
+                    assert!(message.contains("retry after"), "{message}");
+                    refused += 1;
+                }
+                other => panic!("a flood query finished first: {other:?}"),
+            }
+        }
+        flood.retain(|f| !f.is_finished());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, 4);
+    assert_eq!(flood.len(), 4, "two running and two waiting");
+    // Bob is admitted at once while Alice's queue is full.
+    let r = bob
+        .query(&Query::table("small").filter("id < 10").unwrap().build())
+        .await
+        .unwrap();
+    assert_eq!(r.num_rows(), 10);
+    for f in flood {
+        f.abort();
+    }
+    dev.stop().await;
 }

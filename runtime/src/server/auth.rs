@@ -28,6 +28,12 @@ pub struct TenantConfig {
     /// Whether the tenant may run device-wide actions.
     #[serde(default)]
     pub admin: bool,
+    /// Queries the tenant may run at once (default: the device's `[qos]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queries: Option<usize>,
+    /// Queries the tenant may have waiting (default: the device's `[qos]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<usize>,
 }
 
 /// Hex SHA-256 of a token, as stored in the configuration.
@@ -234,11 +240,15 @@ mod tests {
                 name: "alice".into(),
                 token_sha256: token_hash("a-secret"),
                 admin: false,
+                max_queries: None,
+                max_queued: None,
             },
             TenantConfig {
                 name: "ops".into(),
                 token_sha256: token_hash("o-secret"),
                 admin: true,
+                max_queries: None,
+                max_queued: None,
             },
         ])
         .unwrap();
@@ -278,6 +288,8 @@ mod tests {
             name: name.into(),
             token_sha256: hash.into(),
             admin: false,
+            max_queries: None,
+            max_queued: None,
         };
         let h = token_hash("x");
         for (cfg, msg) in [

@@ -39,6 +39,7 @@ use crate::storage::Storage;
 
 pub mod auth;
 pub mod link;
+pub mod qos;
 pub use auth::{Auth, Principal};
 pub use link::Link;
 
@@ -62,6 +63,7 @@ pub fn status(e: &Error) -> Status {
         ErrorCode::TableExists => tonic::Code::AlreadyExists,
         ErrorCode::UnknownKernel => tonic::Code::NotFound,
         ErrorCode::InvalidKernel => tonic::Code::InvalidArgument,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
         ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
         ErrorCode::CorruptObject => tonic::Code::DataLoss,
@@ -73,6 +75,11 @@ pub fn status(e: &Error) -> Status {
     if let Ok(v) = code.as_str().parse() {
         s.metadata_mut().insert(ERROR_CODE_METADATA, v);
     }
+    if let Error::ResourceExhausted { retry_after_ms, .. } = e
+        && let Ok(v) = retry_after_ms.to_string().parse()
+    {
+        s.metadata_mut().insert("retry-after-ms", v);
+    }
     s
 }
 
@@ -82,6 +89,7 @@ pub struct DeviceService {
     executor: Arc<Executor>,
     link: Arc<Link>,
     auth: Arc<Auth>,
+    admission: Arc<qos::Admission>,
     queries: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     active: Arc<AtomicU64>,
@@ -106,11 +114,17 @@ impl Drop for Active {
 impl DeviceService {
     /// A service over `executor` whose results leave through `link`, authenticating callers
     /// with `auth`.
-    pub fn new(executor: Arc<Executor>, link: Arc<Link>, auth: Arc<Auth>) -> Self {
+    pub fn new(
+        executor: Arc<Executor>,
+        link: Arc<Link>,
+        auth: Arc<Auth>,
+        admission: Arc<qos::Admission>,
+    ) -> Self {
         DeviceService {
             executor,
             link,
             auth,
+            admission,
             queries: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
             active: Arc::new(AtomicU64::new(0)),
@@ -197,7 +211,12 @@ impl DeviceService {
             .with_total_bytes(info.bytes as i64))
     }
 
-    async fn run_query(&self, plan: Plan) -> Result<BoxStream<FlightData>> {
+    async fn run_query(&self, who: &Principal, plan: Plan) -> Result<BoxStream<FlightData>> {
+        // Waits for one of the tenant's slots, or is refused when its queue is full.
+        let slot = self
+            .admission
+            .admit(who.tenant.as_deref().unwrap_or(""))
+            .await?;
         self.queries.fetch_add(1, Ordering::Relaxed);
         let active = Active::new(&self.active);
         let q = self.executor.prepare(&plan).await?;
@@ -209,6 +228,7 @@ impl DeviceService {
         tokio::spawn(async move {
             stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await;
             drop(active);
+            drop(slot);
         });
         Ok(Box::pin(ReceiverStream::new(out_rx)))
     }
@@ -636,7 +656,7 @@ impl FlightService for DeviceService {
         let who = self.authenticate(request.metadata())?;
         let r = async {
             let plan = Plan::from_json(&request.into_inner().ticket)?;
-            self.run_query(Self::scoped(&who, &plan)?).await
+            self.run_query(&who, Self::scoped(&who, &plan)?).await
         }
         .await;
         r.map(Response::new).map_err(|e| self.fail(who.visible(e)))
