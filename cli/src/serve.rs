@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// [default: unshaped].
     #[arg(long, env = "NEARSTORE_LINK_GBPS")]
     pub link_gbps: Option<f64>,
+    /// Serve Prometheus metrics (GET /metrics) on this address [default: off].
+    #[arg(long, env = "NEARSTORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The TOML configuration file: the same keys as the flags, with underscores.
@@ -72,6 +75,7 @@ struct FileConfig {
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
+    metrics_listen: Option<String>,
     /// Tenants (`[[tenants]]` tables: name, token_sha256, admin). Without any, the device
     /// runs open: no token needed.
     #[serde(default)]
@@ -89,6 +93,8 @@ pub struct Resolved {
     pub listen: String,
     /// Demo scale, or none for no demo.
     pub demo_scale: Option<f64>,
+    /// Metrics address, if any.
+    pub metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -158,6 +164,7 @@ impl ServeArgs {
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:50051".into()),
             demo_scale: (!no_demo).then(|| self.demo_scale.or(file.demo_scale).unwrap_or(0.1)),
+            metrics_listen: self.metrics_listen.clone().or(file.metrics_listen),
         })
     }
 }
@@ -237,6 +244,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "{} tenant(s) configured: every call needs a bearer token",
             r.device.tenants.len()
         );
+    }
+    if let Some(m) = &r.metrics_listen {
+        let l = tokio::net::TcpListener::bind(m)
+            .await
+            .with_context(|| format!("listening for metrics on {m}"))?;
+        eprintln!("metrics on http://{}/metrics", l.local_addr()?);
+        device.serve_metrics(l);
     }
     device.serve(listener, shutdown_signal()).await?;
     eprintln!("nearstore device stopped");

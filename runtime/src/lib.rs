@@ -93,6 +93,7 @@ pub struct Device {
     link: Arc<server::Link>,
     auth: Arc<server::auth::Auth>,
     admission: Arc<server::qos::Admission>,
+    metrics: Arc<server::metrics::Metrics>,
 }
 
 impl Device {
@@ -125,6 +126,7 @@ impl Device {
             link: Arc::new(server::Link::new(config.link_gbps)),
             auth,
             admission,
+            metrics: Arc::default(),
         })
     }
 
@@ -157,6 +159,15 @@ impl Device {
         }
         upload.commit()?;
         Ok(rows)
+    }
+
+    /// Serves Prometheus metrics (`GET /metrics`) on `listener`, on a task of its own.
+    pub fn serve_metrics(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(server::metrics::serve(
+            listener,
+            self.metrics.clone(),
+            self.storage.reader().clone(),
+        ))
     }
 
     /// Serves Arrow Flight on a free loopback port on a task of its own, for embedded use
@@ -196,6 +207,7 @@ impl Device {
             self.link.clone(),
             self.auth.clone(),
             self.admission.clone(),
+            self.metrics.clone(),
         ))
         .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(server::MESSAGE_BYTES_MAX);

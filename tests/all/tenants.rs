@@ -265,3 +265,89 @@ async fn a_flooding_tenant_is_refused_past_its_queue_and_others_go_on() {
     }
     dev.stop().await;
 }
+
+/// `GET path` on the metrics port.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_per_tenant_and_the_read_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| c.tenants = tenants()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _metrics = dev.device.serve_metrics(listener);
+
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    let mut bob = client(&dev.url, Some(BOB)).await;
+    alice
+        .put_batches("t", PutMode::Create, table_batches(20_000, 5_000, 1))
+        .await
+        .unwrap();
+    bob.put_batches("t", PutMode::Create, table_batches(100, 100, 2))
+        .await
+        .unwrap();
+    for f in ["id < 100", "id >= 19000"] {
+        let p = Query::table("t").filter(f).unwrap().build();
+        alice.query(&p).await.unwrap();
+    }
+    let bad = Query::table("t").filter("nope < 1").unwrap().build();
+    assert!(alice.query(&bad).await.is_err());
+    bob.query(&Plan::scan("t")).await.unwrap();
+
+    let text = http_get(addr, "/metrics").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert_eq!(
+        metric(&text, "nearstore_queries_total{tenant=\"alice\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&text, "nearstore_queries_total{tenant=\"bob\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "nearstore_failures_total{tenant=\"alice\",code=\"unknown_column\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "nearstore_query_seconds_count{tenant=\"alice\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "nearstore_query_seconds_bucket{tenant=\"alice\",le=\"+Inf\"}"
+        ),
+        2.0
+    );
+    assert!(metric(&text, "nearstore_bytes_sent_total{tenant=\"bob\"}") > 1000.0);
+    assert!(metric(&text, "nearstore_media_bytes_read_total{tenant=\"alice\"}") > 0.0);
+    assert!(text.contains("# TYPE nearstore_query_seconds histogram"));
+    let reader = text
+        .lines()
+        .find(|l| l.starts_with("nearstore_reader_ops_total{"))
+        .unwrap();
+    assert!(
+        reader.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 0,
+        "{reader}"
+    );
+    assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    dev.stop().await;
+}

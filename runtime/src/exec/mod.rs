@@ -271,32 +271,42 @@ impl Executor {
         let (tx, rx) = mpsc::channel(4);
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut stats = QueryStats {
-                backend: q.backend.kind().as_str().to_string(),
-                reader: this.storage.reader().kind().as_str().to_string(),
-                ..Default::default()
-            };
-            // A panic in an operator is a bug, but it must fail only this query.
-            let result = std::panic::AssertUnwindSafe(this.run(&q, &tx, &mut stats))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| {
-                    let msg = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(Error::Internal(format!("query execution panicked: {msg}")))
-                });
-            stats.total_us = started.elapsed().as_micros() as u64;
-            if let Err(e) = result {
-                tracing::warn!(table = %q.plan.table, error = %e, "query failed");
-                let _ = tx.send(Err(e)).await;
-            }
-            let _ = stats_tx.send(stats);
-        });
+        // One span per query; its stages (metadata and pruning, then the scan of each object)
+        // are spans inside it.
+        let span = tracing::info_span!(
+            "query",
+            table = %q.plan.table,
+            backend = %q.backend.kind().as_str()
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let started = Instant::now();
+                let mut stats = QueryStats {
+                    backend: q.backend.kind().as_str().to_string(),
+                    reader: this.storage.reader().kind().as_str().to_string(),
+                    ..Default::default()
+                };
+                // A panic in an operator is a bug, but it must fail only this query.
+                let result = std::panic::AssertUnwindSafe(this.run(&q, &tx, &mut stats))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(Error::Internal(format!("query execution panicked: {msg}")))
+                    });
+                stats.total_us = started.elapsed().as_micros() as u64;
+                if let Err(e) = result {
+                    tracing::warn!(table = %q.plan.table, error = %e, "query failed");
+                    let _ = tx.send(Err(e)).await;
+                }
+                let _ = stats_tx.send(stats);
+            },
+            span,
+        ));
         (rx, stats_rx)
     }
 
@@ -448,6 +458,14 @@ impl Executor {
             stats.pages_pruned += pruned.pages_pruned;
             stats.rows_total += pruned.rows_total;
             stats.plan_us += t_plan.elapsed().as_micros() as u64;
+            tracing::debug!(
+                object = %object.id,
+                row_groups = md.num_row_groups(),
+                row_groups_kept = pruned.row_groups.len(),
+                pages_pruned = pruned.pages_pruned,
+                plan_us = t_plan.elapsed().as_micros() as u64,
+                "object pruned"
+            );
             if pruned.row_groups.is_empty() {
                 continue;
             }

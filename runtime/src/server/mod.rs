@@ -39,6 +39,7 @@ use crate::storage::Storage;
 
 pub mod auth;
 pub mod link;
+pub mod metrics;
 pub mod qos;
 pub use auth::{Auth, Principal};
 pub use link::Link;
@@ -90,6 +91,7 @@ pub struct DeviceService {
     link: Arc<Link>,
     auth: Arc<Auth>,
     admission: Arc<qos::Admission>,
+    metrics: Arc<metrics::Metrics>,
     queries: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     active: Arc<AtomicU64>,
@@ -119,12 +121,14 @@ impl DeviceService {
         link: Arc<Link>,
         auth: Arc<Auth>,
         admission: Arc<qos::Admission>,
+        metrics: Arc<metrics::Metrics>,
     ) -> Self {
         DeviceService {
             executor,
             link,
             auth,
             admission,
+            metrics,
             queries: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
             active: Arc::new(AtomicU64::new(0)),
@@ -140,6 +144,13 @@ impl DeviceService {
 
     fn storage(&self) -> &Arc<Storage> {
         self.executor.storage()
+    }
+
+    /// Records a failed call of `who` in the metrics, then converts it.
+    fn fail_for(&self, who: &Principal, e: Error) -> Status {
+        self.metrics
+            .failed(who.tenant.as_deref().unwrap_or(""), e.code().as_str());
+        self.fail(who.visible(e))
     }
 
     fn fail(&self, e: Error) -> Status {
@@ -213,10 +224,15 @@ impl DeviceService {
 
     async fn run_query(&self, who: &Principal, plan: Plan) -> Result<BoxStream<FlightData>> {
         // Waits for one of the tenant's slots, or is refused when its queue is full.
-        let slot = self
-            .admission
-            .admit(who.tenant.as_deref().unwrap_or(""))
-            .await?;
+        let tenant = who.tenant.clone().unwrap_or_default();
+        let slot = match self.admission.admit(&tenant).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.rejected(&tenant);
+                return Err(e);
+            }
+        };
+        let started = std::time::Instant::now();
         self.queries.fetch_add(1, Ordering::Relaxed);
         let active = Active::new(&self.active);
         let q = self.executor.prepare(&plan).await?;
@@ -225,8 +241,17 @@ impl DeviceService {
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);
         let errors = self.errors.clone();
         let link = self.link.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await;
+            match stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await {
+                Ok(stats) => metrics.query_done(
+                    &tenant,
+                    stats.bytes_read_media,
+                    stats.bytes_sent,
+                    started.elapsed().as_secs_f64(),
+                ),
+                Err(code) => metrics.failed(&tenant, code),
+            }
             drop(active);
             drop(slot);
         });
@@ -501,7 +526,7 @@ async fn stream_result(
     out: mpsc::Sender<std::result::Result<FlightData, Status>>,
     errors: Arc<AtomicU64>,
     link: Arc<Link>,
-) {
+) -> std::result::Result<nearstore_proto::QueryStats, &'static str> {
     // Every message leaves through the (possibly emulated) link.
     let link_gbps = link.gbps();
     let out = link::paced(link, out);
@@ -526,7 +551,7 @@ async fn stream_result(
                 let n = fd.data_header.len() + fd.data_body.len();
                 bytes_sent += n as u64;
                 if out.send((Ok(fd), n)).await.is_err() {
-                    return; // client gone
+                    return Err("client_gone");
                 }
             }
             Err(e) => {
@@ -534,7 +559,7 @@ async fn stream_result(
                 let _ = out
                     .send((Err(Status::internal(format!("encoding failed: {e}"))), 0))
                     .await;
-                return;
+                return Err("internal");
             }
         }
     }
@@ -542,13 +567,13 @@ async fn stream_result(
     if let Some(e) = failed {
         errors.fetch_add(1, Ordering::Relaxed);
         let _ = out.send((Err(status(&e)), 0)).await;
-        return;
+        return Err(e.code().as_str());
     }
     let Ok(mut stats) = stats_rx.await else {
         let _ = out
             .send((Err(Status::internal("query ended without statistics")), 0))
             .await;
-        return;
+        return Err("internal");
     };
     stats.bytes_sent = bytes_sent;
     stats.link_gbps = link_gbps;
@@ -575,6 +600,7 @@ async fn stream_result(
             0,
         ))
         .await;
+    Ok(stats)
 }
 
 #[tonic::async_trait]
@@ -607,7 +633,7 @@ impl FlightService for DeviceService {
                 infos.push(
                     self.table_info(&who, name)
                         .await
-                        .map_err(|e| self.fail(who.visible(e))),
+                        .map_err(|e| self.fail_for(&who, e)),
                 );
             }
         }
@@ -622,7 +648,7 @@ impl FlightService for DeviceService {
         self.flight_info(&who, request.into_inner())
             .await
             .map(Response::new)
-            .map_err(|e| self.fail(who.visible(e)))
+            .map_err(|e| self.fail_for(&who, e))
     }
 
     async fn poll_flight_info(
@@ -646,7 +672,7 @@ impl FlightService for DeviceService {
             Ok(SchemaAsIpc::new(&q.schema(), &opts).try_into()?)
         }
         .await;
-        r.map(Response::new).map_err(|e| self.fail(who.visible(e)))
+        r.map(Response::new).map_err(|e| self.fail_for(&who, e))
     }
 
     async fn do_get(
@@ -659,7 +685,7 @@ impl FlightService for DeviceService {
             self.run_query(&who, Self::scoped(&who, &plan)?).await
         }
         .await;
-        r.map(Response::new).map_err(|e| self.fail(who.visible(e)))
+        r.map(Response::new).map_err(|e| self.fail_for(&who, e))
     }
 
     async fn do_put(
@@ -670,7 +696,7 @@ impl FlightService for DeviceService {
         let summary = self
             .put(&who, request.into_inner())
             .await
-            .map_err(|e| self.fail(who.visible(e)))?;
+            .map_err(|e| self.fail_for(&who, e))?;
         let meta = serde_json::to_vec(&summary).expect("summary serialises");
         let result = PutResult {
             app_metadata: meta.into(),
@@ -686,7 +712,7 @@ impl FlightService for DeviceService {
         let bodies = self
             .action(&who, request.into_inner())
             .await
-            .map_err(|e| self.fail(who.visible(e)))?;
+            .map_err(|e| self.fail_for(&who, e))?;
         let results = bodies
             .into_iter()
             .map(|body| Ok(arrow_flight::Result { body }))

@@ -236,6 +236,8 @@ pub struct ReaderCounters {
     pub bytes: AtomicU64,
     /// Batches submitted.
     pub batches: AtomicU64,
+    /// Read operations submitted and not completed yet (the queue depth in use).
+    pub in_flight: AtomicU64,
 }
 
 type Reply = oneshot::Sender<io::Result<Vec<AlignedBuf>>>;
@@ -364,7 +366,20 @@ impl Reader {
             }
         }
         let n_ops = ops.len() as u64;
-        let bufs = match &self.inner.uring_tx {
+        let c = &self.inner.counters;
+        c.in_flight.fetch_add(n_ops, Ordering::Relaxed);
+        let bufs = self.submit(file, ops).await;
+        c.in_flight.fetch_sub(n_ops, Ordering::Relaxed);
+        let bufs = bufs?;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.ops.fetch_add(n_ops, Ordering::Relaxed);
+        c.bytes
+            .fetch_add(bufs.iter().map(|b| b.len() as u64).sum(), Ordering::Relaxed);
+        Ok(bufs)
+    }
+
+    async fn submit(&self, file: Arc<File>, ops: Vec<ReadOp>) -> io::Result<Vec<AlignedBuf>> {
+        Ok(match &self.inner.uring_tx {
             Some(tx) => {
                 let (reply, rx) = oneshot::channel();
                 tx.send(Job { file, ops, reply })
@@ -375,13 +390,7 @@ impl Reader {
             None => tokio::task::spawn_blocking(move || pread_batch(&file, &ops))
                 .await
                 .map_err(|e| io::Error::other(format!("pread task failed: {e}")))??,
-        };
-        let c = &self.inner.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.ops.fetch_add(n_ops, Ordering::Relaxed);
-        c.bytes
-            .fetch_add(bufs.iter().map(|b| b.len() as u64).sum(), Ordering::Relaxed);
-        Ok(bufs)
+        })
     }
 }
 

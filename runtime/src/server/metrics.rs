@@ -1,0 +1,258 @@
+//! Prometheus metrics, served as text on a port of their own (`--metrics-listen`): per tenant,
+//! queries, failures by code, admission rejections, bytes read and sent, and a latency
+//! histogram; per device, the read path's operations, bytes and operations in flight.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::storage::reader::Reader;
+
+/// Upper bounds of the latency histogram's buckets, seconds.
+const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+#[derive(Debug, Default, Clone)]
+struct Tenant {
+    queries: u64,
+    bytes_read: u64,
+    bytes_sent: u64,
+    rejected: u64,
+    failures: BTreeMap<String, u64>,
+    latency: [u64; BUCKETS.len()],
+    latency_count: u64,
+    latency_sum: f64,
+}
+
+/// The device's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    tenants: Mutex<BTreeMap<String, Tenant>>,
+}
+
+fn label(tenant: &str) -> String {
+    if tenant.is_empty() {
+        "(open)".into()
+    } else {
+        tenant.replace('\\', "\\\\").replace('"', "\\\"")
+    }
+}
+
+impl Metrics {
+    fn with(&self, tenant: &str, f: impl FnOnce(&mut Tenant)) {
+        f(self
+            .tenants
+            .lock()
+            .expect("metrics")
+            .entry(label(tenant))
+            .or_default());
+    }
+
+    /// A query finished: its bytes and its latency.
+    pub fn query_done(&self, tenant: &str, bytes_read: u64, bytes_sent: u64, seconds: f64) {
+        self.with(tenant, |t| {
+            t.queries += 1;
+            t.bytes_read += bytes_read;
+            t.bytes_sent += bytes_sent;
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if seconds <= *b {
+                    t.latency[i] += 1;
+                }
+            }
+            t.latency_count += 1;
+            t.latency_sum += seconds;
+        });
+    }
+
+    /// A call failed with `code` (kernel traps and deadlines are `kernel_failed`).
+    pub fn failed(&self, tenant: &str, code: &str) {
+        self.with(tenant, |t| {
+            *t.failures.entry(code.to_string()).or_default() += 1
+        });
+    }
+
+    /// A query was refused by admission control.
+    pub fn rejected(&self, tenant: &str) {
+        self.with(tenant, |t| t.rejected += 1);
+    }
+
+    /// The text exposition.
+    pub fn render(&self, reader: &Reader) -> String {
+        let tenants = self.tenants.lock().expect("metrics").clone();
+        let mut out = String::new();
+        let mut add = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for l in lines {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        };
+        add(
+            "nearstore_queries_total",
+            "counter",
+            "Queries completed.",
+            tenants
+                .iter()
+                .map(|(t, m)| format!("nearstore_queries_total{{tenant=\"{t}\"}} {}", m.queries))
+                .collect(),
+        );
+        add(
+            "nearstore_media_bytes_read_total",
+            "counter",
+            "Bytes read from the media for queries.",
+            tenants
+                .iter()
+                .map(|(t, m)| {
+                    format!(
+                        "nearstore_media_bytes_read_total{{tenant=\"{t}\"}} {}",
+                        m.bytes_read
+                    )
+                })
+                .collect(),
+        );
+        add(
+            "nearstore_bytes_sent_total",
+            "counter",
+            "Result bytes sent to hosts.",
+            tenants
+                .iter()
+                .map(|(t, m)| {
+                    format!(
+                        "nearstore_bytes_sent_total{{tenant=\"{t}\"}} {}",
+                        m.bytes_sent
+                    )
+                })
+                .collect(),
+        );
+        add(
+            "nearstore_admission_rejected_total",
+            "counter",
+            "Queries refused because the tenant's queue was full.",
+            tenants
+                .iter()
+                .map(|(t, m)| {
+                    format!(
+                        "nearstore_admission_rejected_total{{tenant=\"{t}\"}} {}",
+                        m.rejected
+                    )
+                })
+                .collect(),
+        );
+        add(
+            "nearstore_failures_total",
+            "counter",
+            "Failed calls by error code (kernel traps, deadlines and limits are kernel_failed).",
+            tenants
+                .iter()
+                .flat_map(|(t, m)| {
+                    m.failures.iter().map(move |(code, n)| {
+                        format!("nearstore_failures_total{{tenant=\"{t}\",code=\"{code}\"}} {n}")
+                    })
+                })
+                .collect(),
+        );
+        let mut lat = Vec::new();
+        for (t, m) in &tenants {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                lat.push(format!(
+                    "nearstore_query_seconds_bucket{{tenant=\"{t}\",le=\"{b}\"}} {}",
+                    m.latency[i]
+                ));
+            }
+            lat.push(format!(
+                "nearstore_query_seconds_bucket{{tenant=\"{t}\",le=\"+Inf\"}} {}",
+                m.latency_count
+            ));
+            lat.push(format!(
+                "nearstore_query_seconds_sum{{tenant=\"{t}\"}} {}",
+                m.latency_sum
+            ));
+            lat.push(format!(
+                "nearstore_query_seconds_count{{tenant=\"{t}\"}} {}",
+                m.latency_count
+            ));
+        }
+        add(
+            "nearstore_query_seconds",
+            "histogram",
+            "Query latency on the device.",
+            lat,
+        );
+        let c = reader.counters();
+        let ld = std::sync::atomic::Ordering::Relaxed;
+        let kind = reader.kind().as_str();
+        add(
+            "nearstore_reader_ops_total",
+            "counter",
+            "Read operations completed by the read path (rate: IOPS).",
+            vec![format!(
+                "nearstore_reader_ops_total{{reader=\"{kind}\"}} {}",
+                c.ops.load(ld)
+            )],
+        );
+        add(
+            "nearstore_reader_bytes_total",
+            "counter",
+            "Bytes read by the read path.",
+            vec![format!(
+                "nearstore_reader_bytes_total{{reader=\"{kind}\"}} {}",
+                c.bytes.load(ld)
+            )],
+        );
+        add(
+            "nearstore_reader_in_flight",
+            "gauge",
+            "Read operations submitted and not completed (queue depth in use).",
+            vec![format!(
+                "nearstore_reader_in_flight{{reader=\"{kind}\"}} {}",
+                c.in_flight.load(ld)
+            )],
+        );
+        add(
+            "nearstore_reader_queue_depth",
+            "gauge",
+            "Configured queue depth of the read path.",
+            vec![format!(
+                "nearstore_reader_queue_depth{{reader=\"{kind}\"}} {}",
+                reader.config().queue_depth
+            )],
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, reader: Reader) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (metrics, reader) = (metrics.clone(), reader.clone());
+        tokio::spawn(async move {
+            let mut req = vec![0u8; 4096];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let line = String::from_utf8_lossy(&req[..n]);
+            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
+            {
+                ("200 OK", metrics.render(&reader))
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
