@@ -144,16 +144,15 @@ pub struct DeviceProcess {
 }
 
 impl DeviceProcess {
-    /// Starts `nearstore serve` on `dir` and a free loopback port, without the demo table.
+    /// Starts `nearstore serve` on `dir` and a loopback port the device picks (its start-up
+    /// line names it), without the demo table.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(cli_bin())
+        let mut child = Command::new(cli_bin())
             .args(["serve", "--no-demo", "--data"])
             .arg(dir)
             .args([
                 "--listen",
-                &listen,
+                "127.0.0.1:0",
                 "--row-group-rows",
                 "10000",
                 "--page-rows",
@@ -162,13 +161,31 @@ impl DeviceProcess {
             .args(extra)
             .env("NEARSTORE_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("device process starts");
-        DeviceProcess {
-            child,
-            url: format!("grpc://{listen}"),
-        }
+        // Forward the device's messages and pick its address out of the start-up line.
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split(" on grpc://").nth(1)
+                    && line.contains("nearstore device serving")
+                {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(format!("grpc://{addr}"));
+                }
+                eprintln!("{line}");
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the device announces its address within 60 s");
+        DeviceProcess { child, url }
     }
 
     /// Kills the process with SIGKILL and reaps it.

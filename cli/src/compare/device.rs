@@ -28,32 +28,54 @@ impl DeviceChild {
         scale: f64,
         link_gbps: Option<f64>,
     ) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("finding a free loopback port")?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--listen", &listen, "--demo-scale", &scale.to_string()])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--demo-scale",
+                &scale.to_string(),
+            ])
             .env("NEARSTORE_LOG", "warn")
             .env_remove("NEARSTORE_CONFIG")
             .env_remove("NEARSTORE_LINK_GBPS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(g) = link_gbps {
             cmd.args(["--link-gbps", &g.to_string()]);
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting the device ({} serve)", bin.display()))?;
+        // The device picks its port; its start-up line names it. Its other messages (the
+        // generation progress among them) pass through to our stderr.
+        let stderr = child.stderr.take().context("device stderr")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut tx = Some(tx);
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("nearstore device serving")
+                    && let Some(rest) = line.split(" on grpc://").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                eprintln!("{line}");
+            }
+        });
+        let addr = match tokio::time::timeout(START_TIMEOUT, rx).await {
+            Ok(Ok(a)) => a,
+            _ => bail!("the device did not start serving (its messages are above)"),
+        };
         let mut d = DeviceChild {
             child,
-            url: format!("grpc://{listen}"),
+            url: format!("grpc://{addr}"),
         };
         d.wait_ready().await?;
         Ok(d)
