@@ -115,7 +115,8 @@ impl KernelCall {
     /// A call of `program` (loaded by `sandbox`) with `params`.
     pub fn new(name: &str, program: Arc<Program>, sandbox: Arc<Sandbox>, params: &str) -> Self {
         KernelCall {
-            name: name.to_string(),
+            // Errors name the kernel as the caller does (without the tenant's namespace).
+            name: name.rsplit('/').next().unwrap_or(name).to_string(),
             program,
             sandbox,
             params: params.as_bytes().to_vec(),

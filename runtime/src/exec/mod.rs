@@ -345,8 +345,7 @@ impl Executor {
             };
             placement.push(format!("filter={}", kind.as_str()));
             for k in p.kernel_calls() {
-                let shown = k.name.rsplit('/').next().unwrap_or(&k.name);
-                placement.push(format!("kernel:{shown}=wasm"));
+                placement.push(format!("kernel:{}=wasm", k.name));
             }
             (p, session)
         });

@@ -1,0 +1,187 @@
+//! Hostile kernels under load: one tenant registers kernels that loop forever, grow memory,
+//! recurse, trap, return garbage or oversized selections, or spin just under their deadline,
+//! and runs them over and over while another tenant runs ordinary queries. Every hostile query
+//! fails with its own specific error (or, for the spinner, succeeds late); every one of the
+//! victim's queries succeeds with the right answer.
+
+use std::time::{Duration, Instant};
+
+use nearstore_proto::{ErrorCode, Expr, Plan, PutMode};
+use nearstore_runtime::server::auth::{TenantConfig, token_hash};
+use nearstore_sdk::{Client, ClientOptions, Error, Query};
+
+use crate::kernels::kernel;
+use crate::support::{TestDevice, sum_ids, table_batches};
+
+/// The hostile kernels: name, module, and what its query must fail with (`None`: succeeds).
+pub fn hostile_kernels() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
+    vec![
+        (
+            "spin_forever",
+            kernel("(loop $l (br $l)) (i32.const 0)", ""),
+            Some("deadline"),
+        ),
+        (
+            "grow_memory",
+            kernel(
+                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (unreachable)",
+                "",
+            ),
+            Some("memory limit"),
+        ),
+        (
+            "recurse",
+            kernel(
+                "(call $deep (i32.const 0)) (i32.const 0)",
+                "(func $deep (param i32) (call $deep (i32.add (local.get 0) (i32.const 1))))",
+            ),
+            Some("overflowed its stack"),
+        ),
+        ("trap", kernel("(unreachable)", ""), Some("trapped")),
+        (
+            // One selected row, index far past the batch.
+            "garbage_indices",
+            kernel(
+                "(i32.store (local.get $out) (i32.const 999999999)) (i32.const 1)",
+                "",
+            ),
+            Some("out of range"),
+        ),
+        (
+            // Claims more rows than the batch holds.
+            "oversized_output",
+            kernel("(i32.const 2000000)", ""),
+            Some("selected"),
+        ),
+        (
+            // A bounded busy loop (~10^7 iterations), well inside the deadline: slow, correct.
+            "spin_under_deadline",
+            kernel(
+                "(local $i i32) (local.set $i (i32.const 10000000)) \
+                 (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) \
+                 (i32.const 0)",
+                "",
+            ),
+            None,
+        ),
+    ]
+}
+
+const MALLORY: &str = "mallory-token";
+const VICTIM: &str = "victim-token";
+
+pub fn tenants() -> Vec<TenantConfig> {
+    [("mallory", MALLORY), ("victim", VICTIM)]
+        .into_iter()
+        .map(|(n, t)| TenantConfig {
+            name: n.into(),
+            token_sha256: token_hash(t),
+            admin: false,
+            max_queries: None,
+            max_queued: None,
+        })
+        .collect()
+}
+
+async fn client(url: &str, token: &str) -> Client {
+    Client::connect_with(
+        url,
+        ClientOptions {
+            token: Some(token.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn call(name: &str) -> Plan {
+    Query::table("m")
+        .filter_expr(Expr::Kernel {
+            name: name.into(),
+            args: vec!["id".into()],
+            params: String::new(),
+        })
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_kernels_fail_alone_while_the_victim_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        c.sandbox.deadline = Duration::from_millis(300);
+        c.sandbox.memory_bytes_max = 16 << 20;
+        c.sandbox.stack_bytes_max = 256 << 10;
+    })
+    .await;
+    let mut m = client(&dev.url, MALLORY).await;
+    m.put_batches("m", PutMode::Create, table_batches(5_000, 5_000, 1))
+        .await
+        .unwrap();
+    let kernels = hostile_kernels();
+    for (name, module, _) in &kernels {
+        m.register_kernel(name, module).await.unwrap();
+    }
+    let mut v = client(&dev.url, VICTIM).await;
+    v.put_batches("v", PutMode::Create, table_batches(50_000, 10_000, 2))
+        .await
+        .unwrap();
+    let victim_plan = Query::table("v").filter("id < 25000").unwrap().build();
+    let want = (25_000usize, (0..25_000i64).sum::<i64>());
+
+    // Mallory runs every hostile kernel, round after round, on two connections.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for a in 0..2 {
+        let (url, stop) = (dev.url.clone(), stop.clone());
+        let kernels = hostile_kernels();
+        attackers.push(tokio::spawn(async move {
+            let mut c = client(&url, MALLORY).await;
+            let mut seen = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (name, _, expect) in kernels.iter().skip(a) {
+                    let t = Instant::now();
+                    let r = c.query(&call(name)).await;
+                    if std::env::var_os("HOSTILE_DEBUG").is_some() {
+                        eprintln!("{name}: {:?} {:?}", t.elapsed(), r.as_ref().err());
+                    }
+                    match (expect, r) {
+                        (None, Ok(r)) => assert_eq!(r.num_rows(), 0, "{name}"),
+                        (Some(what), Err(Error::Device { code, message, .. })) => {
+                            assert_eq!(code, ErrorCode::KernelFailed, "{name}: {message}");
+                            assert!(message.contains(what), "{name}: {message}");
+                            assert!(message.contains(&format!("'{name}'")), "{name}: {message}");
+                            assert!(!message.contains("mallory/"), "{message}");
+                        }
+                        (e, r) => panic!("{name}: expected {e:?}, got {r:?}"),
+                    }
+                    seen += 1;
+                }
+            }
+            seen
+        }));
+    }
+    // The victim's queries, meanwhile: all succeed, all right.
+    let t = Instant::now();
+    let mut served = 0;
+    while t.elapsed() < Duration::from_secs(4) {
+        let r = v.query(&victim_plan).await.unwrap();
+        assert_eq!((r.num_rows(), sum_ids(&r.batches)), want);
+        served += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut hostile = 0;
+    for a in attackers {
+        hostile += a.await.unwrap();
+    }
+    eprintln!(
+        "hostile kernels: {hostile} hostile queries failed as expected while the victim ran {served} queries"
+    );
+    assert!(hostile >= kernels.len(), "every hostile kernel ran");
+    assert!(served >= 5);
+    // And the device is none the worse for it.
+    let r = v.query(&victim_plan).await.unwrap();
+    assert_eq!(r.num_rows(), want.0);
+    dev.stop().await;
+}
