@@ -10,6 +10,7 @@ mod fanout;
 mod hostile;
 mod kernel_dev;
 mod kernels;
+mod load;
 mod python;
 mod sql;
 mod sql_props;
