@@ -7,6 +7,7 @@ mod crash;
 mod device;
 mod differential;
 mod fanout;
+mod fuzz;
 mod hostile;
 mod kernel_dev;
 mod kernels;
