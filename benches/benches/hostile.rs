@@ -78,6 +78,7 @@ fn main() {
                 admin: false,
                 max_queries: None,
                 max_queued: None,
+            media_mb_per_s: None,
             })
             .collect();
         cfg.sandbox.deadline = Duration::from_millis(300);

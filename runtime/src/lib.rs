@@ -107,6 +107,7 @@ impl Device {
                 let q = server::qos::QosConfig {
                     max_queries: t.max_queries.unwrap_or(config.qos.max_queries),
                     max_queued: t.max_queued.unwrap_or(config.qos.max_queued),
+                    media_mb_per_s: t.media_mb_per_s.or(config.qos.media_mb_per_s),
                 };
                 (t.name.clone(), q)
             })

@@ -79,6 +79,7 @@ pub fn tenants() -> Vec<TenantConfig> {
             admin: false,
             max_queries: None,
             max_queued: None,
+            media_mb_per_s: None,
         })
         .collect()
 }

@@ -26,6 +26,7 @@ fn tenants() -> Vec<TenantConfig> {
         admin,
         max_queries: None,
         max_queued: None,
+        media_mb_per_s: None,
     })
     .collect()
 }
@@ -199,6 +200,7 @@ async fn an_open_device_needs_no_token_and_bad_tenant_config_is_refused() {
         admin: false,
         max_queries: None,
         max_queued: None,
+        media_mb_per_s: None,
     }];
     let e = nearstore_runtime::Device::open(&cfg)
         .unwrap_err()
@@ -349,5 +351,41 @@ async fn prometheus_metrics_count_per_tenant_and_the_read_path() {
         "{reader}"
     );
     assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    dev.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_media_bandwidth_is_limited_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        c.tenants[0].media_mb_per_s = Some(5.0);
+    })
+    .await;
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    let mut bob = client(&dev.url, Some(BOB)).await;
+    for c in [&mut alice, &mut bob] {
+        c.put_batches("t", PutMode::Create, table_batches(200_000, 20_000, 6))
+            .await
+            .unwrap();
+    }
+    let t = std::time::Instant::now();
+    let b = bob.query(&Plan::scan("t")).await.unwrap();
+    let bob_took = t.elapsed();
+    let t = std::time::Instant::now();
+    let a = alice.query(&Plan::scan("t")).await.unwrap();
+    let alice_took = t.elapsed();
+    assert_eq!(a.num_rows(), b.num_rows());
+    let read = a.stats.bytes_read_media as f64;
+    assert!(read > 2e6, "{read}");
+    // At 5 MB/s with a 1 MiB burst, Alice's reads cannot finish sooner than this (the bucket
+    // counts the bytes asked for; the media bytes include block alignment, hence the 0.8);
+    // Bob's are not held back at all.
+    let floor = std::time::Duration::from_secs_f64((0.8 * read - (1 << 20) as f64) / 5e6);
+    assert!(
+        alice_took >= floor,
+        "{alice_took:?} < {floor:?} for {read} B"
+    );
+    eprintln!("media limit: alice {alice_took:?} (floor {floor:?}), bob {bob_took:?}");
     dev.stop().await;
 }

@@ -43,6 +43,7 @@ pub struct PreparedQuery {
     output: Output,
     schema: SchemaRef,
     backend: Arc<dyn ComputeBackend>,
+    media_limit: Option<Arc<crate::server::qos::MediaBucket>>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +56,15 @@ impl PreparedQuery {
     /// Schema of the result.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Reads of this query wait for `bucket` (the tenant's media bandwidth).
+    pub fn with_media_limit(
+        mut self,
+        bucket: Option<Arc<crate::server::qos::MediaBucket>>,
+    ) -> Self {
+        self.media_limit = bucket;
+        self
     }
 }
 
@@ -212,6 +222,7 @@ impl Executor {
             output,
             schema,
             backend,
+            media_limit: None,
         })
     }
 
@@ -316,7 +327,10 @@ impl Executor {
         tx: &mpsc::Sender<Result<RecordBatch>>,
         stats: &mut QueryStats,
     ) -> Result<()> {
-        let counters = Arc::new(ScanCounters::default());
+        let counters = Arc::new(ScanCounters {
+            media_limit: q.media_limit.clone(),
+            ..Default::default()
+        });
         let errors = ErrorSlot::default();
         let plan = &q.plan;
         let backend = q.backend.clone();

@@ -41,6 +41,8 @@ pub struct ScanCounters {
     pub rows_selected: AtomicU64,
     /// Microseconds in the predicate.
     pub filter_us: AtomicU64,
+    /// The tenant's media bandwidth limit, if any: reads wait for it.
+    pub media_limit: Option<Arc<crate::server::qos::MediaBucket>>,
 }
 
 /// The first specific error of a query, kept where the Parquet decoder would flatten it into a
@@ -102,6 +104,9 @@ impl AsyncFileReader for ObjectReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
+            if let Some(b) = &self.counters.media_limit {
+                b.take(ranges.iter().map(|r| r.end - r.start).sum()).await;
+            }
             match self.object.read_ranges(&ranges).await {
                 Ok((bytes, n)) => {
                     self.counters.bytes_read.fetch_add(n, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use tonic::metadata::MetadataMap;
 use crate::error::{Error, Result};
 
 /// One tenant as configured (`[[tenants]]` in the device's TOML file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Tenant name: its namespace, 1-64 characters of `[A-Za-z0-9_-]`.
@@ -34,6 +34,9 @@ pub struct TenantConfig {
     /// Queries the tenant may have waiting (default: the device's `[qos]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<usize>,
+    /// Media bandwidth of the tenant's queries, MB/s (default: the device's `[qos]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_mb_per_s: Option<f64>,
 }
 
 /// Hex SHA-256 of a token, as stored in the configuration.
@@ -242,6 +245,7 @@ mod tests {
                 admin: false,
                 max_queries: None,
                 max_queued: None,
+                media_mb_per_s: None,
             },
             TenantConfig {
                 name: "ops".into(),
@@ -249,6 +253,7 @@ mod tests {
                 admin: true,
                 max_queries: None,
                 max_queued: None,
+                media_mb_per_s: None,
             },
         ])
         .unwrap();
@@ -290,6 +295,7 @@ mod tests {
             admin: false,
             max_queries: None,
             max_queued: None,
+            media_mb_per_s: None,
         };
         let h = token_hash("x");
         for (cfg, msg) in [

@@ -235,7 +235,11 @@ impl DeviceService {
         let started = std::time::Instant::now();
         self.queries.fetch_add(1, Ordering::Relaxed);
         let active = Active::new(&self.active);
-        let q = self.executor.prepare(&plan).await?;
+        let q = self
+            .executor
+            .prepare(&plan)
+            .await?
+            .with_media_limit(slot.media.clone());
         let schema = q.schema();
         let (rx, stats_rx) = self.executor.execute(q);
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);

@@ -13,13 +13,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::{Error, Result};
 
 /// Admission limits, device-wide defaults that a tenant's configuration may override.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QosConfig {
     /// Queries one tenant runs at once.
     pub max_queries: usize,
     /// Queries one tenant may have waiting for a slot.
     pub max_queued: usize,
+    /// Media bandwidth one tenant's queries may read together, MB/s (none: unlimited).
+    pub media_mb_per_s: Option<f64>,
 }
 
 impl Default for QosConfig {
@@ -27,6 +29,7 @@ impl Default for QosConfig {
         QosConfig {
             max_queries: 8,
             max_queued: 32,
+            media_mb_per_s: None,
         }
     }
 }
@@ -35,6 +38,43 @@ struct Lane {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     limits: QosConfig,
+    media: Option<Arc<MediaBucket>>,
+}
+
+/// A token bucket on bytes read from the media, shared by one tenant's queries: reads wait
+/// until the tenant's rate allows them, with a burst of 100 ms worth (at least 1 MiB).
+#[derive(Debug)]
+pub struct MediaBucket {
+    bytes_per_second: f64,
+    burst: std::time::Duration,
+    /// Theoretical arrival time of the next byte (GCRA).
+    tat: Mutex<tokio::time::Instant>,
+}
+
+impl MediaBucket {
+    /// A bucket of `mb_per_s` megabytes per second.
+    pub fn new(mb_per_s: f64) -> Self {
+        let bytes_per_second = mb_per_s * 1e6;
+        let burst =
+            std::time::Duration::from_secs_f64((0.1f64).max((1 << 20) as f64 / bytes_per_second));
+        MediaBucket {
+            bytes_per_second,
+            burst,
+            tat: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` may be read.
+    pub async fn take(&self, bytes: u64) {
+        let allowed_at = {
+            let mut tat = self.tat.lock().expect("media bucket");
+            let now = tokio::time::Instant::now();
+            let start = (*tat).max(now);
+            *tat = start + std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_second);
+            (*tat).checked_sub(self.burst).unwrap_or(now)
+        };
+        tokio::time::sleep_until(allowed_at).await;
+    }
 }
 
 /// Per-tenant admission.
@@ -52,9 +92,13 @@ impl std::fmt::Debug for Admission {
     }
 }
 
-/// A running query's slot; released when dropped.
+/// A running query's slot (released when dropped) and its tenant's media bucket.
 #[derive(Debug)]
-pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    /// The tenant's media bandwidth limit, if any.
+    pub media: Option<Arc<MediaBucket>>,
+}
 
 impl Admission {
     /// Admission with `defaults`, and per-tenant `overrides`.
@@ -65,6 +109,13 @@ impl Admission {
             if q.max_queries == 0 {
                 return Err(Error::Config(format!(
                     "{who}: max_queries must be at least 1"
+                )));
+            }
+            if let Some(m) = q.media_mb_per_s
+                && !(m.is_finite() && m > 0.0)
+            {
+                return Err(Error::Config(format!(
+                    "{who}: media_mb_per_s must be a positive number"
                 )));
             }
         }
@@ -85,6 +136,7 @@ impl Admission {
                     slots: Arc::new(Semaphore::new(limits.max_queries)),
                     waiting: AtomicUsize::new(0),
                     limits,
+                    media: limits.media_mb_per_s.map(|m| Arc::new(MediaBucket::new(m))),
                 })
             })
             .clone()
@@ -93,8 +145,12 @@ impl Admission {
     /// Waits for a slot of `tenant`'s, or refuses at once when its queue is full.
     pub async fn admit(&self, tenant: &str) -> Result<Slot> {
         let lane = self.lane(tenant);
+        let slot = |p| Slot {
+            _permit: p,
+            media: lane.media.clone(),
+        };
         if let Ok(p) = lane.slots.clone().try_acquire_owned() {
-            return Ok(Slot(p));
+            return Ok(slot(p));
         }
         let waiting = lane.waiting.fetch_add(1, Ordering::AcqRel);
         if waiting >= lane.limits.max_queued {
@@ -110,7 +166,7 @@ impl Admission {
         let permit = lane.slots.clone().acquire_owned().await;
         lane.waiting.fetch_sub(1, Ordering::AcqRel);
         permit
-            .map(Slot)
+            .map(slot)
             .map_err(|_| Error::Internal("admission closed".into()))
     }
 }
@@ -119,12 +175,30 @@ impl Admission {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn the_media_bucket_paces_reads_after_its_burst() {
+        // 10 MB/s with a burst of 1 MiB's worth: 6 MB take 0.6 s less the burst.
+        let b = MediaBucket::new(10.0);
+        assert_eq!(b.burst.as_secs_f64(), (1 << 20) as f64 / 10e6);
+        let t = tokio::time::Instant::now();
+        for _ in 0..6 {
+            b.take(1_000_000).await;
+        }
+        let want = std::time::Duration::from_millis(600) - b.burst;
+        assert!(
+            t.elapsed().abs_diff(want) < std::time::Duration::from_millis(1),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_and_other_tenants_are_unaffected() {
         let a = Admission::new(
             QosConfig {
                 max_queries: 2,
                 max_queued: 1,
+                media_mb_per_s: None,
             },
             HashMap::new(),
         )
