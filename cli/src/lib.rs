@@ -131,6 +131,16 @@ pub struct DeviceArg {
     /// Seconds allowed for one call.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Certificate authority (PEM) of a grpc+tls:// device.
+    #[arg(long, env = "NEARSTORE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Reads a CA file for the client options.
+fn read_ca(p: &Option<PathBuf>) -> Result<Option<Vec<u8>>> {
+    p.as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()
 }
 
 impl DeviceArg {
@@ -139,6 +149,7 @@ impl DeviceArg {
         let opts = ClientOptions {
             token: self.token.clone(),
             request_timeout: Duration::from_secs(self.timeout_secs),
+            tls_ca_pem: read_ca(&self.tls_ca)?,
             ..Default::default()
         };
         Client::connect_with(&self.device, opts)
@@ -269,6 +280,9 @@ pub struct SqlArgs {
     /// Seconds allowed for one call.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Certificate authority (PEM) of grpc+tls:// devices.
+    #[arg(long, env = "NEARSTORE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `tpch` arguments.
@@ -413,6 +427,7 @@ async fn sql(args: SqlArgs) -> Result<()> {
     let opts = ClientOptions {
         token: args.token.clone(),
         request_timeout: Duration::from_secs(args.timeout_secs),
+        tls_ca_pem: read_ca(&args.tls_ca)?,
         ..Default::default()
     };
     let session = nearstore_sdk::SqlSession::connect_many(&args.devices, opts, args.mode)

@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// [default: unshaped].
     #[arg(long, env = "NEARSTORE_LINK_GBPS")]
     pub link_gbps: Option<f64>,
+    /// TLS certificate chain (PEM); with --tls-key the device serves grpc+tls.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics (GET /metrics) on this address [default: off].
     #[arg(long, env = "NEARSTORE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -76,6 +82,8 @@ struct FileConfig {
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
     metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     /// Tenants (`[[tenants]]` tables: name, token_sha256, admin). Without any, the device
     /// runs open: no token needed.
     #[serde(default)]
@@ -149,6 +157,22 @@ impl ServeArgs {
         device.tenants = file.tenants;
         if let Some(q) = file.qos {
             device.qos = q;
+        }
+        match (
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+                };
+                device.tls = Some(nearstore_runtime::TlsPem {
+                    cert: read(&c)?,
+                    key: read(&k)?,
+                });
+            }
+            (None, None) => {}
+            _ => bail!("TLS needs both tls_cert and tls_key"),
         }
         if let Some(g) = device.link_gbps
             && !(g.is_finite() && g > 0.0)
@@ -225,8 +249,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", r.listen))?;
     let addr = listener.local_addr()?;
     eprintln!(
-        "nearstore device serving {} on grpc://{addr} (reader {}, backend {}, link {})",
+        "nearstore device serving {} on {}://{addr} (reader {}, backend {}, link {})",
         r.device.data_dir.display(),
+        if r.device.tls.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc"
+        },
         device.storage().reader().kind().as_str(),
         r.device.backend.as_str(),
         match r.device.link_gbps {

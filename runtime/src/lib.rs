@@ -48,6 +48,17 @@ pub struct DeviceConfig {
     pub tenants: Vec<server::auth::TenantConfig>,
     /// Admission limits per tenant (tenants may override them).
     pub qos: server::qos::QosConfig,
+    /// TLS certificate chain and private key (PEM); none serves plain gRPC.
+    pub tls: Option<TlsPem>,
+}
+
+/// A TLS identity in PEM.
+#[derive(Debug, Clone)]
+pub struct TlsPem {
+    /// Certificate chain.
+    pub cert: Vec<u8>,
+    /// Private key.
+    pub key: Vec<u8>,
 }
 
 impl DeviceConfig {
@@ -62,6 +73,7 @@ impl DeviceConfig {
             link_gbps: None,
             tenants: Vec::new(),
             qos: server::qos::QosConfig::default(),
+            tls: None,
         }
     }
 }
@@ -94,6 +106,7 @@ pub struct Device {
     auth: Arc<server::auth::Auth>,
     admission: Arc<server::qos::Admission>,
     metrics: Arc<server::metrics::Metrics>,
+    tls: Option<TlsPem>,
 }
 
 impl Device {
@@ -128,6 +141,7 @@ impl Device {
             auth,
             admission,
             metrics: Arc::default(),
+            tls: config.tls.clone(),
         })
     }
 
@@ -189,8 +203,13 @@ impl Device {
                 })
                 .await
         });
+        let scheme = if self.tls.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc"
+        };
         Ok(LocalServer {
-            url: format!("grpc://{addr}"),
+            url: format!("{scheme}://{addr}"),
             stop,
             task,
         })
@@ -213,7 +232,16 @@ impl Device {
         .max_decoding_message_size(server::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(server::MESSAGE_BYTES_MAX);
         tracing::info!(addr = ?addr, "serving Arrow Flight");
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(t) = &self.tls {
+            builder = builder
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key)),
+                )
+                .map_err(|e| Error::Config(format!("TLS certificate or key: {e}")))?;
+        }
+        builder
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(32 << 20)
             .add_service(svc)

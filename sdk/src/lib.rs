@@ -85,6 +85,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Time allowed for one call, including streaming the whole result.
     pub request_timeout: Duration,
+    /// PEM certificate(s) of the authority that signed the device's TLS certificate, for
+    /// `grpc+tls://` URLs.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -93,6 +96,7 @@ impl Default for ClientOptions {
             token: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(600),
+            tls_ca_pem: None,
         }
     }
 }
@@ -137,16 +141,16 @@ impl Client {
 
     /// Connects. `url` is `grpc://host:port` (or `http://`).
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self> {
-        let http = if let Some(rest) = url.strip_prefix("grpc://") {
-            format!("http://{rest}")
+        let (http, tls) = if let Some(rest) = url.strip_prefix("grpc://") {
+            (format!("http://{rest}"), false)
         } else if url.starts_with("http://") {
-            url.to_string()
-        } else if url.starts_with("grpc+tls://") || url.starts_with("https://") {
-            return Err(Error::InvalidArgument(format!(
-                "{url}: TLS is not supported by this build"
-            )));
+            (url.to_string(), false)
+        } else if let Some(rest) = url.strip_prefix("grpc+tls://") {
+            (format!("https://{rest}"), true)
+        } else if url.starts_with("https://") {
+            (url.to_string(), true)
         } else {
-            format!("http://{url}")
+            (format!("http://{url}"), false)
         };
         let transport = |message: String| Error::Transport {
             url: url.to_string(),
@@ -159,6 +163,22 @@ impl Client {
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(32 << 20)
             .tcp_nodelay(true);
+        let endpoint = if tls {
+            let ca = options.tls_ca_pem.as_ref().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{url}: a TLS device needs the certificate authority (ClientOptions::tls_ca_pem, \
+                     --tls-ca FILE)"
+                ))
+            })?;
+            endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .map_err(|e| Error::InvalidArgument(format!("TLS settings for {url}: {e}")))?
+        } else {
+            endpoint
+        };
         let channel: Channel = endpoint
             .connect()
             .await
@@ -211,6 +231,14 @@ impl Client {
                     url: self.url.clone(),
                     message: format!("{}: {}", code_name(s.code()), s.message()),
                 },
+                // The HTTP/2 layer failed (e.g. plaintext spoken to a TLS port): the device
+                // never answered.
+                tonic::Code::Internal if s.message().starts_with("h2 protocol error") => {
+                    Error::Transport {
+                        url: self.url.clone(),
+                        message: s.message().to_string(),
+                    }
+                }
                 other => Error::Device {
                     code: ErrorCode::Internal,
                     status: other,

@@ -389,3 +389,52 @@ async fn a_tenants_media_bandwidth_is_limited_and_others_are_not() {
     eprintln!("media limit: alice {alice_took:?} (floor {floor:?}), bob {bob_took:?}");
     dev.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_encrypted_flight_and_plaintext_or_wrong_authorities_fail() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let pem = cert.cert.pem().into_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        c.tls = Some(nearstore_runtime::TlsPem {
+            cert: pem.clone(),
+            key: cert.signing_key.serialize_pem().into_bytes(),
+        });
+    })
+    .await;
+    assert!(dev.url.starts_with("grpc+tls://"), "{}", dev.url);
+    let tls = |ca: Option<Vec<u8>>| ClientOptions {
+        token: Some(ALICE.into()),
+        tls_ca_pem: ca,
+        connect_timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut c = Client::connect_with(&dev.url, tls(Some(pem.clone())))
+        .await
+        .unwrap();
+    c.put_batches("t", PutMode::Create, table_batches(1000, 500, 1))
+        .await
+        .unwrap();
+    assert_eq!(c.query(&Plan::scan("t")).await.unwrap().num_rows(), 1000);
+
+    // Without the authority: told what to pass.
+    let e = Client::connect_with(&dev.url, tls(None)).await.unwrap_err();
+    assert!(e.to_string().contains("certificate authority"), "{e}");
+    // Another authority: the handshake fails.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let r = match Client::connect_with(&dev.url, tls(Some(other.cert.pem().into_bytes()))).await {
+        Ok(mut c) => c.tables().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(matches!(r, Err(Error::Transport { .. })), "{r:?}");
+    // Plain gRPC to a TLS port: a transport error, not an answer.
+    let plain = dev.url.replace("grpc+tls://", "grpc://");
+    let r = match Client::connect_with(&plain, tls(None)).await {
+        Ok(mut c) => c.tables().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(matches!(r, Err(Error::Transport { .. })), "{r:?}");
+    dev.stop().await;
+}
