@@ -184,5 +184,27 @@ async fn hostile_kernels_fail_alone_while_the_victim_is_served() {
     // And the device is none the worse for it.
     let r = v.query(&victim_plan).await.unwrap();
     assert_eq!(r.num_rows(), want.0);
+    // Mallory's kernels are Mallory's: the victim cannot see, call or remove them.
+    assert!(v.kernels().await.unwrap().is_empty());
+    let call_trap = Query::table("v")
+        .filter_expr(Expr::Kernel {
+            name: "trap".into(),
+            args: vec!["id".into()],
+            params: String::new(),
+        })
+        .build();
+    for e in [
+        v.query(&call_trap).await.unwrap_err(),
+        v.remove_kernel("trap").await.unwrap_err(),
+    ] {
+        match e {
+            Error::Device { code, message, .. } => {
+                assert_eq!(code, ErrorCode::UnknownKernel, "{message}");
+                assert!(!message.contains("mallory"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(m.kernels().await.unwrap().len(), kernels.len());
     dev.stop().await;
 }
