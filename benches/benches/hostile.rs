@@ -79,6 +79,8 @@ fn main() {
                 max_queries: None,
                 max_queued: None,
             media_mb_per_s: None,
+            kernel_deadline_ms: None,
+            kernel_memory_mb: None,
             })
             .collect();
         cfg.sandbox.deadline = Duration::from_millis(300);

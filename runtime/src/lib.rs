@@ -121,6 +121,8 @@ impl Device {
                     max_queries: t.max_queries.unwrap_or(config.qos.max_queries),
                     max_queued: t.max_queued.unwrap_or(config.qos.max_queued),
                     media_mb_per_s: t.media_mb_per_s.or(config.qos.media_mb_per_s),
+                    kernel_deadline_ms: t.kernel_deadline_ms.or(config.qos.kernel_deadline_ms),
+                    kernel_memory_mb: t.kernel_memory_mb.or(config.qos.kernel_memory_mb),
                 };
                 (t.name.clone(), q)
             })

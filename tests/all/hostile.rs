@@ -80,6 +80,8 @@ pub fn tenants() -> Vec<TenantConfig> {
             max_queries: None,
             max_queued: None,
             media_mb_per_s: None,
+            kernel_deadline_ms: None,
+            kernel_memory_mb: None,
         })
         .collect()
 }
@@ -206,5 +208,46 @@ async fn hostile_kernels_fail_alone_while_the_victim_is_served() {
         }
     }
     assert_eq!(m.kernels().await.unwrap().len(), kernels.len());
+    dev.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_kernel_limits_are_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        // The device's sandbox allows 30 s and 256 MiB; Mallory gets 200 ms and 4 MiB.
+        c.tenants[0].kernel_deadline_ms = Some(200);
+        c.tenants[0].kernel_memory_mb = Some(4);
+    })
+    .await;
+    let mut m = client(&dev.url, MALLORY).await;
+    m.put_batches("m", PutMode::Create, table_batches(1_000, 1_000, 1))
+        .await
+        .unwrap();
+    for (name, module, _) in hostile_kernels() {
+        m.register_kernel(name, &module).await.unwrap();
+    }
+    let t = Instant::now();
+    let e = m.query(&call("spin_forever")).await.unwrap_err();
+    assert!(e.to_string().contains("deadline of 200 ms"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let e = m.query(&call("grow_memory")).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("memory limit of {} bytes", 4 << 20)),
+        "{e}"
+    );
+    // The built-in filter runs under the same limits and still works.
+    let r = m
+        .query(&Query::table("m").filter("id < 10").unwrap().build())
+        .await
+        .unwrap();
+    assert_eq!(r.num_rows(), 10);
+    assert!(
+        r.stats.placement.contains("filter=wasm"),
+        "{}",
+        r.stats.placement
+    );
     dev.stop().await;
 }

@@ -27,6 +27,8 @@ fn tenants() -> Vec<TenantConfig> {
         max_queries: None,
         max_queued: None,
         media_mb_per_s: None,
+        kernel_deadline_ms: None,
+        kernel_memory_mb: None,
     })
     .collect()
 }
@@ -201,6 +203,8 @@ async fn an_open_device_needs_no_token_and_bad_tenant_config_is_refused() {
         max_queries: None,
         max_queued: None,
         media_mb_per_s: None,
+        kernel_deadline_ms: None,
+        kernel_memory_mb: None,
     }];
     let e = nearstore_runtime::Device::open(&cfg)
         .unwrap_err()

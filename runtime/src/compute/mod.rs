@@ -51,6 +51,13 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
 
     /// Opens the per-query context (for Wasm: a fresh instance, never shared across queries).
     fn open(&self) -> Result<Box<dyn ComputeSession>>;
+
+    /// Opens the per-query context under a tenant's kernel limits (backends that run no
+    /// untrusted code ignore them).
+    fn open_with(&self, limits: Option<wasm::KernelLimits>) -> Result<Box<dyn ComputeSession>> {
+        let _ = limits;
+        self.open()
+    }
 }
 
 /// What a session reports at the end of a query.

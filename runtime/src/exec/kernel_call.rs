@@ -9,7 +9,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
 use arrow::datatypes::DataType;
 use nearstore_kernel_abi::types;
 
-use crate::compute::wasm::{ColumnBuffers, KernelSession, Program, Sandbox};
+use crate::compute::wasm::{ColumnBuffers, KernelLimits, KernelSession, Program, Sandbox};
 use crate::error::{Error, Result};
 
 /// One kernel call site of a query.
@@ -20,6 +20,7 @@ pub struct KernelCall {
     sandbox: Arc<Sandbox>,
     params: Vec<u8>,
     session: Mutex<Option<KernelSession>>,
+    limits: Mutex<Option<KernelLimits>>,
 }
 
 impl std::fmt::Debug for KernelCall {
@@ -121,7 +122,13 @@ impl KernelCall {
             sandbox,
             params: params.as_bytes().to_vec(),
             session: Mutex::new(None),
+            limits: Mutex::new(None),
         }
+    }
+
+    /// Runs the call under `limits` (the caller's tenant's), from its first batch on.
+    pub fn set_limits(&self, limits: Option<KernelLimits>) {
+        *self.limits.lock().expect("kernel limits") = limits;
     }
 
     /// The module's SHA-256.
@@ -135,7 +142,8 @@ impl KernelCall {
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(Arg::view).collect();
         let mut slot = self.session.lock().expect("kernel session");
         if slot.is_none() {
-            *slot = Some(self.sandbox.session(&self.program)?);
+            let limits = *self.limits.lock().expect("kernel limits");
+            *slot = Some(self.sandbox.session_with(&self.program, limits)?);
         }
         let session = slot.as_mut().expect("just set");
         let selected = session

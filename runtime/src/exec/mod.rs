@@ -44,6 +44,7 @@ pub struct PreparedQuery {
     schema: SchemaRef,
     backend: Arc<dyn ComputeBackend>,
     media_limit: Option<Arc<crate::server::qos::MediaBucket>>,
+    kernel_limits: Option<crate::compute::wasm::KernelLimits>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +57,20 @@ impl PreparedQuery {
     /// Schema of the result.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Kernels of this query (built-in and registered) run under `limits` (the tenant's).
+    pub fn with_kernel_limits(
+        mut self,
+        limits: Option<crate::compute::wasm::KernelLimits>,
+    ) -> Self {
+        self.kernel_limits = limits;
+        if let Some(p) = &self.predicate {
+            for k in p.kernel_calls() {
+                k.set_limits(limits);
+            }
+        }
+        self
     }
 
     /// Reads of this query wait for `bucket` (the tenant's media bandwidth).
@@ -223,6 +238,7 @@ impl Executor {
             schema,
             backend,
             media_limit: None,
+            kernel_limits: None,
         })
     }
 
@@ -341,7 +357,9 @@ impl Executor {
         // backend gets one session per query (for Wasm: a fresh sandboxed instance).
         type Session = Arc<std::sync::Mutex<Box<dyn ComputeSession>>>;
         let open = |b: &Arc<dyn ComputeBackend>| -> Result<Session> {
-            Ok(Arc::new(std::sync::Mutex::new(b.open()?)))
+            Ok(Arc::new(std::sync::Mutex::new(
+                b.open_with(q.kernel_limits)?,
+            )))
         };
         let query_session = open(&backend)?;
         let native_session = if backend.kind() == BackendKind::Native {

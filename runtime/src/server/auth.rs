@@ -37,6 +37,12 @@ pub struct TenantConfig {
     /// Media bandwidth of the tenant's queries, MB/s (default: the device's `[qos]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_mb_per_s: Option<f64>,
+    /// Kernel time budget per query, ms (default: the device's `[qos]`, else the sandbox's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_deadline_ms: Option<u64>,
+    /// Kernel memory per query, MiB (default: the device's `[qos]`, else the sandbox's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_memory_mb: Option<usize>,
 }
 
 /// Hex SHA-256 of a token, as stored in the configuration.
@@ -246,6 +252,8 @@ mod tests {
                 max_queries: None,
                 max_queued: None,
                 media_mb_per_s: None,
+                kernel_deadline_ms: None,
+                kernel_memory_mb: None,
             },
             TenantConfig {
                 name: "ops".into(),
@@ -254,6 +262,8 @@ mod tests {
                 max_queries: None,
                 max_queued: None,
                 media_mb_per_s: None,
+                kernel_deadline_ms: None,
+                kernel_memory_mb: None,
             },
         ])
         .unwrap();
@@ -296,6 +306,8 @@ mod tests {
             max_queries: None,
             max_queued: None,
             media_mb_per_s: None,
+            kernel_deadline_ms: None,
+            kernel_memory_mb: None,
         };
         let h = token_hash("x");
         for (cfg, msg) in [

@@ -239,7 +239,8 @@ impl DeviceService {
             .executor
             .prepare(&plan)
             .await?
-            .with_media_limit(slot.media.clone());
+            .with_media_limit(slot.media.clone())
+            .with_kernel_limits(slot.kernel);
         let schema = q.schema();
         let (rx, stats_rx) = self.executor.execute(q);
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);

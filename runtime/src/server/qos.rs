@@ -22,6 +22,10 @@ pub struct QosConfig {
     pub max_queued: usize,
     /// Media bandwidth one tenant's queries may read together, MB/s (none: unlimited).
     pub media_mb_per_s: Option<f64>,
+    /// Kernel time budget of one of the tenant's queries, ms (none: the sandbox's).
+    pub kernel_deadline_ms: Option<u64>,
+    /// Kernel memory of one of the tenant's queries, MiB (none: the sandbox's).
+    pub kernel_memory_mb: Option<usize>,
 }
 
 impl Default for QosConfig {
@@ -30,6 +34,8 @@ impl Default for QosConfig {
             max_queries: 8,
             max_queued: 32,
             media_mb_per_s: None,
+            kernel_deadline_ms: None,
+            kernel_memory_mb: None,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
     /// The tenant's media bandwidth limit, if any.
     pub media: Option<Arc<MediaBucket>>,
+    /// The tenant's kernel limits, if any.
+    pub kernel: Option<crate::compute::wasm::KernelLimits>,
 }
 
 impl Admission {
@@ -145,9 +153,17 @@ impl Admission {
     /// Waits for a slot of `tenant`'s, or refuses at once when its queue is full.
     pub async fn admit(&self, tenant: &str) -> Result<Slot> {
         let lane = self.lane(tenant);
+        let kernel = match (lane.limits.kernel_deadline_ms, lane.limits.kernel_memory_mb) {
+            (None, None) => None,
+            (d, m) => Some(crate::compute::wasm::KernelLimits {
+                deadline: d.map_or(std::time::Duration::MAX, std::time::Duration::from_millis),
+                memory_bytes_max: m.map_or(usize::MAX, |m| m << 20),
+            }),
+        };
         let slot = |p| Slot {
             _permit: p,
             media: lane.media.clone(),
+            kernel,
         };
         if let Ok(p) = lane.slots.clone().try_acquire_owned() {
             return Ok(slot(p));
@@ -199,6 +215,8 @@ mod tests {
                 max_queries: 2,
                 max_queued: 1,
                 media_mb_per_s: None,
+                kernel_deadline_ms: None,
+                kernel_memory_mb: None,
             },
             HashMap::new(),
         )

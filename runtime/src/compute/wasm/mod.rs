@@ -21,7 +21,9 @@ use super::{ComputeBackend, ComputeSession, Support};
 use crate::error::{Error, Result};
 use crate::exec::aggregate::AggSpec;
 use crate::exec::expr::PhysExpr;
-pub use sandbox::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox, SandboxConfig};
+pub use sandbox::{
+    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox, SandboxConfig,
+};
 
 /// The built-in kernels, compiled for wasm32 (+simd128) by the build script.
 pub static BUILTIN_KERNELS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin.wasm"));
@@ -86,8 +88,12 @@ impl ComputeBackend for WasmBackend {
     }
 
     fn open(&self) -> Result<Box<dyn ComputeSession>> {
+        self.open_with(None)
+    }
+
+    fn open_with(&self, limits: Option<KernelLimits>) -> Result<Box<dyn ComputeSession>> {
         Ok(Box::new(WasmSession {
-            kernel: self.sandbox.session(&self.filter)?,
+            kernel: self.sandbox.session_with(&self.filter, limits)?,
             rows_seen: 0,
         }))
     }

@@ -51,6 +51,15 @@ impl Default for SandboxConfig {
     }
 }
 
+/// Limits on one query's kernel instance (a tenant's share of the sandbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLimits {
+    /// Wall-clock budget of all kernel calls of the query.
+    pub deadline: Duration,
+    /// Linear memory the instance may grow to.
+    pub memory_bytes_max: usize,
+}
+
 /// What went wrong in or around a kernel. Each is specific to one query.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -373,20 +382,35 @@ impl Sandbox {
 
     /// A fresh instance of `program` for one query.
     pub fn session(&self, program: &Arc<Program>) -> Result<KernelSession, KernelError> {
+        self.session_with(program, None)
+    }
+
+    /// A fresh instance of `program` for one query, under `limits` where given (a tenant's),
+    /// never above the sandbox's own.
+    pub fn session_with(
+        &self,
+        program: &Arc<Program>,
+        limits: Option<KernelLimits>,
+    ) -> Result<KernelSession, KernelError> {
+        let mut config = self.config;
+        if let Some(l) = limits {
+            config.deadline = config.deadline.min(l.deadline);
+            config.memory_bytes_max = config.memory_bytes_max.min(l.memory_bytes_max);
+        }
         let mut store = Store::new(
             &self.engine,
             HostState {
-                memory_bytes_max: self.config.memory_bytes_max,
+                memory_bytes_max: config.memory_bytes_max,
                 memory_limit_hit: false,
                 abort: None,
                 log_lines: 0,
             },
         );
         store.limiter(|s| s);
-        let deadline = Instant::now() + self.config.deadline;
+        let deadline = Instant::now() + config.deadline;
         let mut s = KernelSession {
             program: program.clone(),
-            config: self.config,
+            config,
             deadline,
             store,
             memory: None,
