@@ -1,14 +1,16 @@
 //! Admission control: each tenant may run a bounded number of queries at once and keep a
 //! bounded number waiting; past that a query is refused at once with `RESOURCE_EXHAUSTED` and a
 //! retry hint, rather than queueing without bound. Limits are per tenant, so one tenant's flood
-//! fills only its own slots and queue: another tenant is admitted as if the device were idle.
+//! fills only its own slots and queue. While several tenants have work, each may run at most its
+//! share of the device's cores (`cores / active tenants`, at least one) — queries it started
+//! before finish, new ones wait — so a tenant flooding the device with CPU-heavy (or hostile)
+//! queries leaves the others their share. A tenant alone may use all its `max_queries`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 
@@ -41,10 +43,15 @@ impl Default for QosConfig {
 }
 
 struct Lane {
-    slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
     limits: QosConfig,
     media: Option<Arc<MediaBucket>>,
+}
+
+/// Queries of one tenant, running and waiting.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    running: usize,
+    waiting: usize,
 }
 
 /// A token bucket on bytes read from the media, shared by one tenant's queries: reads wait
@@ -88,6 +95,9 @@ pub struct Admission {
     defaults: QosConfig,
     overrides: HashMap<String, QosConfig>,
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    counts: Mutex<HashMap<String, Counts>>,
+    cores: usize,
+    changed: Notify,
 }
 
 impl std::fmt::Debug for Admission {
@@ -98,19 +108,56 @@ impl std::fmt::Debug for Admission {
     }
 }
 
-/// A running query's slot (released when dropped) and its tenant's media bucket.
+/// A running query's slot (released when dropped) and its tenant's limits.
 #[derive(Debug)]
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _running: Held,
     /// The tenant's media bandwidth limit, if any.
     pub media: Option<Arc<MediaBucket>>,
     /// The tenant's kernel limits, if any.
     pub kernel: Option<crate::compute::wasm::KernelLimits>,
 }
 
+/// One query counted as running or waiting for a tenant; uncounted when dropped.
+#[derive(Debug)]
+struct Held {
+    admission: Arc<Admission>,
+    tenant: String,
+    running: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut counts = self.admission.counts.lock().expect("admission counts");
+        if let Some(c) = counts.get_mut(&self.tenant) {
+            if self.running {
+                c.running -= 1;
+            } else {
+                c.waiting -= 1;
+            }
+        }
+        drop(counts);
+        self.admission.changed.notify_waiters();
+    }
+}
+
 impl Admission {
-    /// Admission with `defaults`, and per-tenant `overrides`.
+    /// Admission with `defaults`, and per-tenant `overrides`, on a device with this machine's
+    /// cores.
     pub fn new(defaults: QosConfig, overrides: HashMap<String, QosConfig>) -> Result<Self> {
+        Self::with_cores(
+            defaults,
+            overrides,
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )
+    }
+
+    /// Admission on a device with `cores` cores.
+    pub fn with_cores(
+        defaults: QosConfig,
+        overrides: HashMap<String, QosConfig>,
+        cores: usize,
+    ) -> Result<Self> {
         for (who, q) in std::iter::once(("(default)".to_string(), &defaults))
             .chain(overrides.iter().map(|(k, v)| (k.clone(), v)))
         {
@@ -131,6 +178,9 @@ impl Admission {
             defaults,
             overrides,
             lanes: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
+            cores: cores.max(1),
+            changed: Notify::new(),
         })
     }
 
@@ -141,8 +191,6 @@ impl Admission {
             .or_insert_with(|| {
                 let limits = self.overrides.get(tenant).copied().unwrap_or(self.defaults);
                 Arc::new(Lane {
-                    slots: Arc::new(Semaphore::new(limits.max_queries)),
-                    waiting: AtomicUsize::new(0),
                     limits,
                     media: limits.media_mb_per_s.map(|m| Arc::new(MediaBucket::new(m))),
                 })
@@ -150,8 +198,22 @@ impl Admission {
             .clone()
     }
 
+    /// How many queries `tenant` may run now: all its `max_queries` while it is the only
+    /// tenant with work, else its share of the cores.
+    fn cap(&self, counts: &HashMap<String, Counts>, tenant: &str, max_queries: usize) -> usize {
+        let others = counts
+            .iter()
+            .filter(|(t, c)| t.as_str() != tenant && (c.running > 0 || c.waiting > 0))
+            .count();
+        if others == 0 {
+            max_queries
+        } else {
+            max_queries.min((self.cores / (others + 1)).max(1))
+        }
+    }
+
     /// Waits for a slot of `tenant`'s, or refuses at once when its queue is full.
-    pub async fn admit(&self, tenant: &str) -> Result<Slot> {
+    pub async fn admit(self: &Arc<Self>, tenant: &str) -> Result<Slot> {
         let lane = self.lane(tenant);
         let kernel = match (lane.limits.kernel_deadline_ms, lane.limits.kernel_memory_mb) {
             (None, None) => None,
@@ -160,30 +222,53 @@ impl Admission {
                 memory_bytes_max: m.map_or(usize::MAX, |m| m << 20),
             }),
         };
-        let slot = |p| Slot {
-            _permit: p,
-            media: lane.media.clone(),
-            kernel,
-        };
-        if let Ok(p) = lane.slots.clone().try_acquire_owned() {
-            return Ok(slot(p));
+        let mut waiting: Option<Held> = None;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut counts = self.counts.lock().expect("admission counts");
+                let cap = self.cap(&counts, tenant, lane.limits.max_queries);
+                let c = counts.entry(tenant.to_string()).or_default();
+                if c.running < cap {
+                    c.running += 1;
+                    if let Some(mut w) = waiting.take() {
+                        // The waiting count moves to running: drop it without its Drop.
+                        c.waiting -= 1;
+                        w.running = true;
+                        std::mem::forget(w);
+                    }
+                    return Ok(Slot {
+                        _running: Held {
+                            admission: self.clone(),
+                            tenant: tenant.to_string(),
+                            running: true,
+                        },
+                        media: lane.media.clone(),
+                        kernel,
+                    });
+                }
+                if waiting.is_none() {
+                    if c.waiting >= lane.limits.max_queued {
+                        return Err(Error::ResourceExhausted {
+                            message: format!(
+                                "{} queries running and {} waiting, the most this tenant may have",
+                                c.running, c.waiting
+                            ),
+                            retry_after_ms: 100,
+                        });
+                    }
+                    c.waiting += 1;
+                    waiting = Some(Held {
+                        admission: self.clone(),
+                        tenant: tenant.to_string(),
+                        running: false,
+                    });
+                }
+            }
+            changed.await;
         }
-        let waiting = lane.waiting.fetch_add(1, Ordering::AcqRel);
-        if waiting >= lane.limits.max_queued {
-            lane.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::ResourceExhausted {
-                message: format!(
-                    "{} queries running and {waiting} waiting, the most this tenant may have",
-                    lane.limits.max_queries
-                ),
-                retry_after_ms: 100,
-            });
-        }
-        let permit = lane.slots.clone().acquire_owned().await;
-        lane.waiting.fetch_sub(1, Ordering::AcqRel);
-        permit
-            .map(slot)
-            .map_err(|_| Error::Internal("admission closed".into()))
     }
 }
 
@@ -208,27 +293,27 @@ mod tests {
         );
     }
 
+    fn limits(max_queries: usize, max_queued: usize) -> QosConfig {
+        QosConfig {
+            max_queries,
+            max_queued,
+            ..QosConfig::default()
+        }
+    }
+
+    fn counts(a: &Admission, t: &str) -> Counts {
+        a.counts.lock().unwrap().get(t).copied().unwrap_or_default()
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_and_other_tenants_are_unaffected() {
-        let a = Admission::new(
-            QosConfig {
-                max_queries: 2,
-                max_queued: 1,
-                media_mb_per_s: None,
-                kernel_deadline_ms: None,
-                kernel_memory_mb: None,
-            },
-            HashMap::new(),
-        )
-        .unwrap();
+        let a = Arc::new(Admission::with_cores(limits(2, 1), HashMap::new(), 8).unwrap());
         let s1 = a.admit("x").await.unwrap();
         let _s2 = a.admit("x").await.unwrap();
         // The third waits; the fourth is refused.
-        let a = Arc::new(a);
         let a2 = a.clone();
         let waiter = tokio::spawn(async move { a2.admit("x").await.map(|_| ()) });
-        tokio::task::yield_now().await;
-        while a.lane("x").waiting.load(Ordering::Acquire) == 0 {
+        while counts(&a, "x").waiting == 0 {
             tokio::task::yield_now().await;
         }
         match a.admit("x").await {
@@ -239,5 +324,38 @@ mod tests {
         let _y = a.admit("y").await.unwrap();
         drop(s1);
         waiter.await.unwrap().unwrap();
+        assert_eq!(counts(&a, "x").waiting, 0);
+    }
+
+    #[tokio::test]
+    async fn busy_tenants_share_the_cores() {
+        // Two cores: alone, x runs all 8 it may; once y has work, x's new queries wait until x
+        // is under its share of one, while y is admitted at once.
+        let a = Arc::new(Admission::with_cores(limits(8, 8), HashMap::new(), 2).unwrap());
+        let mut x: Vec<Slot> = Vec::new();
+        for _ in 0..3 {
+            x.push(a.admit("x").await.unwrap());
+        }
+        let _y = a.admit("y").await.unwrap();
+        let a2 = a.clone();
+        let more = tokio::spawn(async move { a2.admit("x").await.map(|_| ()) });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!more.is_finished(), "x is over its share while y works");
+        x.pop();
+        x.pop();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!more.is_finished(), "x still holds its share of one");
+        x.pop();
+        more.await.unwrap().unwrap();
+        // A dropped waiter leaves no trace.
+        let _x1 = a.admit("x").await.unwrap();
+        let a3 = a.clone();
+        let gone = tokio::spawn(async move { a3.admit("x").await.map(|_| ()) });
+        while counts(&a, "x").waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(counts(&a, "x").waiting, 0);
     }
 }
