@@ -228,6 +228,10 @@ pub struct QueryArgs {
     /// Row limit.
     #[arg(long)]
     pub limit: Option<u64>,
+    /// A registered filter kernel: NAME(COLUMN[,COLUMN...]) with optional parameters after a
+    /// colon, e.g. "grep(l_comment):special"; repeatable (ANDed with --filter).
+    #[arg(long = "kernel")]
+    pub kernels: Vec<String>,
     /// Compute backend.
     #[arg(long)]
     pub backend: Option<BackendKind>,
@@ -570,6 +574,33 @@ pub fn parse_aggregate(text: &str) -> Result<(AggFunc, Option<String>, String)> 
     Ok((f, arg, name))
 }
 
+/// `NAME(COL[,COL...])[:PARAMS]` → name, columns, parameters.
+pub fn parse_kernel_call(text: &str) -> Result<(String, Vec<String>, String)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "kernel call '{text}' must look like NAME(COLUMN[,COLUMN...]) or NAME(COLUMN):PARAMS"
+        )
+    };
+    let open = text.find('(').ok_or_else(bad)?;
+    let close = text[open..].find(')').map(|i| open + i).ok_or_else(bad)?;
+    let name = text[..open].trim();
+    let cols: Vec<String> = text[open + 1..close]
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    let rest = text[close + 1..].trim_start();
+    let params = match rest.strip_prefix(':') {
+        Some(p) => p.to_string(),
+        None if rest.is_empty() => String::new(),
+        None => return Err(bad()),
+    };
+    if name.is_empty() || cols.is_empty() {
+        return Err(bad());
+    }
+    Ok((name.to_string(), cols, params))
+}
+
 fn build_plan(args: &QueryArgs) -> Result<Plan> {
     if let Some(p) = &args.plan {
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -586,6 +617,10 @@ fn build_plan(args: &QueryArgs) -> Result<Plan> {
     let mut q = Query::table(table);
     if let Some(f) = &args.filter {
         q = q.filter(f)?;
+    }
+    for k in &args.kernels {
+        let (name, args, params) = parse_kernel_call(k)?;
+        q = q.kernel_filter(&name, args, &params);
     }
     if !args.select.is_empty() {
         q = q.select(args.select.iter().map(|s| s.trim().to_string()));
@@ -720,6 +755,26 @@ pub fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_calls_parse() {
+        assert_eq!(
+            parse_kernel_call("grep(l_comment):special req").unwrap(),
+            (
+                "grep".into(),
+                vec!["l_comment".to_string()],
+                "special req".into()
+            )
+        );
+        assert_eq!(
+            parse_kernel_call("bbox(x, y):0,0,1,1").unwrap().2,
+            "0,0,1,1".to_string()
+        );
+        assert_eq!(parse_kernel_call("k(a)").unwrap().2, "");
+        for bad in ["grep", "grep()", "(a)", "grep(a) x", "grep(a"] {
+            assert!(parse_kernel_call(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn aggregates_parse() {

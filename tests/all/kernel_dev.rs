@@ -159,6 +159,26 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
     assert!(out.contains("registered kernel above (filter"), "{out}");
     let (list, _) = nearstore(&["kernel", "list", "--device", &dev.url], w);
     assert!(list.starts_with("above\tfilter\t"), "{list}");
+    // From a plan, through the CLI.
+    let (rows, _) = nearstore(
+        &[
+            "query",
+            "--table",
+            "t",
+            "--kernel",
+            "above(id):4990",
+            "--select",
+            "id",
+            "--format",
+            "csv",
+            "--no-stats",
+            "--device",
+            &dev.url,
+        ],
+        w,
+    );
+    let ids: Vec<&str> = rows.lines().skip(1).collect();
+    assert_eq!(ids, (4991..5000).map(|i| i.to_string()).collect::<Vec<_>>());
 
     let s = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Offload)
         .await
