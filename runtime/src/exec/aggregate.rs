@@ -321,7 +321,7 @@ pub struct HashAggregator {
     aggs: Vec<AggSpec>,
     schema: SchemaRef,
     keys: Option<RowConverter>,
-    map: HashMap<Box<[u8]>, usize>,
+    map: HashMap<Box<[u8]>, usize, ahash::RandomState>,
     group_rows: Vec<OwnedRow>,
     accs: Vec<Acc>,
     /// A compute session that accumulates instead of the native accumulators.
@@ -369,7 +369,7 @@ impl HashAggregator {
             aggs,
             schema: Arc::new(arrow::datatypes::Schema::new(fields)),
             keys,
-            map: HashMap::new(),
+            map: HashMap::default(),
             group_rows: Vec::new(),
             accs,
             offload: None,
