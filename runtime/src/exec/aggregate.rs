@@ -312,16 +312,13 @@ impl Acc {
     }
 }
 
-/// Groups found by scanning rather than hashing while there are no more than this many.
-const FEW_GROUPS: usize = 8;
-
 /// Hash aggregation over batches.
 pub struct HashAggregator {
     group_by: Vec<PhysExpr>,
     aggs: Vec<AggSpec>,
     schema: SchemaRef,
     keys: Option<RowConverter>,
-    map: HashMap<Box<[u8]>, usize, ahash::RandomState>,
+    map: HashMap<Box<[u8]>, usize>,
     group_rows: Vec<OwnedRow>,
     accs: Vec<Acc>,
     /// A compute session that accumulates instead of the native accumulators.
@@ -369,7 +366,7 @@ impl HashAggregator {
             aggs,
             schema: Arc::new(arrow::datatypes::Schema::new(fields)),
             keys,
-            map: HashMap::default(),
+            map: HashMap::new(),
             group_rows: Vec::new(),
             accs,
             offload: None,
@@ -415,25 +412,10 @@ impl HashAggregator {
                     .collect::<Result<Vec<_>>>()?;
                 let rows = conv.convert_columns(&cols)?;
                 let mut out = Vec::with_capacity(n);
-                // The row before's group when the key repeats (runs are common in stored
-                // data), a scan of the groups while there are few, the hash map otherwise.
-                let mut prev: Option<(usize, usize)> = None;
                 for i in 0..n {
-                    let key = rows.row(i);
-                    let key = key.as_ref();
-                    if let Some((pi, pg)) = prev
-                        && rows.row(pi).as_ref() == key
-                    {
-                        out.push(pg);
-                        continue;
-                    }
-                    let found = if self.group_rows.len() <= FEW_GROUPS {
-                        self.group_rows.iter().position(|o| o.row().as_ref() == key)
-                    } else {
-                        self.map.get(key).copied()
-                    };
-                    let g = match found {
-                        Some(g) => g,
+                    let r = rows.row(i);
+                    let g = match self.map.get(r.as_ref()) {
+                        Some(&g) => g,
                         None => {
                             let g = self.group_rows.len();
                             if g >= GROUPS_MAX {
@@ -441,12 +423,11 @@ impl HashAggregator {
                                     "more than {GROUPS_MAX} groups"
                                 )));
                             }
-                            self.map.insert(key.into(), g);
-                            self.group_rows.push(rows.row(i).owned());
+                            self.map.insert(r.as_ref().into(), g);
+                            self.group_rows.push(r.owned());
                             g
                         }
                     };
-                    prev = Some((i, g));
                     out.push(g);
                 }
                 out
