@@ -124,10 +124,15 @@ struct Held {
     admission: Arc<Admission>,
     tenant: String,
     running: bool,
+    /// Whether dropping it still has to uncount it.
+    counted: bool,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let mut counts = self.admission.counts.lock().expect("admission counts");
         if let Some(c) = counts.get_mut(&self.tenant) {
             if self.running {
@@ -234,16 +239,16 @@ impl Admission {
                 if c.running < cap {
                     c.running += 1;
                     if let Some(mut w) = waiting.take() {
-                        // The waiting count moves to running: drop it without its Drop.
+                        // The waiting count moves to running, here under the lock.
                         c.waiting -= 1;
-                        w.running = true;
-                        std::mem::forget(w);
+                        w.counted = false;
                     }
                     return Ok(Slot {
                         _running: Held {
                             admission: self.clone(),
                             tenant: tenant.to_string(),
                             running: true,
+                            counted: true,
                         },
                         media: lane.media.clone(),
                         kernel,
@@ -264,6 +269,7 @@ impl Admission {
                         admission: self.clone(),
                         tenant: tenant.to_string(),
                         running: false,
+                        counted: true,
                     });
                 }
             }
