@@ -7,25 +7,7 @@ use std::time::Duration;
 use nearstore_proto::PutMode;
 use nearstore_sdk::{Client, ClientOptions, Mode, SqlSession};
 
-use crate::support::{TestDevice, table_batches};
-
-fn sorted(r: &nearstore_sdk::SqlResult) -> Vec<String> {
-    let mut v: Vec<String> = r
-        .batches
-        .iter()
-        .flat_map(|b| {
-            (0..b.num_rows()).map(move |i| {
-                b.columns()
-                    .iter()
-                    .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-        })
-        .collect();
-    v.sort();
-    v
-}
+use crate::support::{TestDevice, sorted_rows, table_batches};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_mode_chooses_per_query_and_says_why() {
@@ -69,7 +51,7 @@ async fn auto_mode_chooses_per_query_and_says_why() {
         assert_eq!(r.mode, want, "{q}: {}", r.reason);
         assert!(r.reason.contains(why), "{q}: {}", r.reason);
         let t = transfer.sql(q).await.unwrap();
-        assert_eq!(sorted(&r), sorted(&t), "{q}");
+        assert_eq!(sorted_rows(&r), sorted_rows(&t), "{q}");
         if want == Mode::Offload {
             assert!(r.bytes_moved() < t.bytes_moved(), "{q}");
         }

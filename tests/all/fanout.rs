@@ -2,12 +2,11 @@
 //! exactly as one device holding all of it does; scans reach every device and pushed
 //! aggregates come back as partial aggregates merged on the host.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::RecordBatch;
 use nearstore_proto::PutMode;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::support::{DeviceProcess, connect_retry};
+use crate::support::{DeviceProcess, connect_retry, rows};
 
 const QUERIES: &[&str] = &[
     // Q1: grouped sums, decimal averages, counts.
@@ -32,26 +31,6 @@ const QUERIES: &[&str] = &[
     // Plain rows from every device.
     "select l_orderkey, l_partkey from lineitem where l_partkey < 30 order by l_orderkey, l_partkey",
 ];
-
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_devices_answer_like_one_device_holding_everything() {

@@ -10,7 +10,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray}
 use nearstore_proto::{ErrorCode, PutMode};
 use nearstore_sdk::{ClientOptions, Error, Mode, SqlSession};
 
-use crate::support::{TestDevice, cli_bin, table_batches};
+use crate::support::{TestDevice, cli_bin, sorted_rows, table_batches};
 
 /// Where kernel builds go: under the workspace's target directory, so reruns are incremental.
 fn kernel_target() -> PathBuf {
@@ -37,24 +37,6 @@ fn nearstore(args: &[&str], cwd: &Path) -> (String, String) {
         "nearstore {args:?} failed:\n{so}\n{se}"
     );
     (so, se)
-}
-
-fn sorted_rows(r: &nearstore_sdk::SqlResult) -> Vec<String> {
-    let mut v: Vec<String> = r
-        .batches
-        .iter()
-        .flat_map(|b| {
-            (0..b.num_rows()).map(move |i| {
-                b.columns()
-                    .iter()
-                    .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
-                    .collect::<Vec<_>>()
-                    .join("|")
-            })
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,10 @@
 //! device doing the filtering (offload) as with the host doing everything (full transfer),
 //! and offload moves fewer bytes.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
 use nearstore_runtime::storage::reader::ReaderChoice;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::support::TestDevice;
+use crate::support::{TestDevice, rows};
 
 /// The 22 TPC-H queries with the specification's validation parameters (Q11's fraction is the
 /// validation value 0.0001, not rescaled to the scale factor). Q15's view is a CTE. Every
@@ -235,27 +233,6 @@ const EXPECTED_ROWS: &[(&str, usize)] = &[
 /// aggregate; the aggregate itself (`sum(l_quantity) GROUP BY l_orderkey` over lineitem) runs
 /// on the device.
 const NO_FILTER: &[&str] = &["q18"];
-
-/// Rows as text, floats to 9 significant digits (aggregation order may differ between runs).
-pub(crate) fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
-}
 
 /// TPC-H scale factor of the agreement test.
 const SCALE: f64 = 0.1;

@@ -3,14 +3,13 @@
 //! and without GROUP BY; ORDER BY + LIMIT) return the same rows in offload mode, where the
 //! device filters and aggregates, as in full-transfer mode, where the host computes everything.
 
-use arrow::array::{Array, AsArray, Date32Array, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::Date32Array;
 use nearstore_proto::PutMode;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-use crate::support::{TestDevice, table_batches};
+use crate::support::{TestDevice, rows, table_batches};
 
 const ROWS: i64 = 30_000;
 
@@ -109,28 +108,6 @@ fn query() -> impl Strategy<Value = String> {
             }
         }),
     ]
-}
-
-/// Rows as text; floats to 9 significant digits (only min/max/avg of integers and floats
-/// reach here, and those agree to that precision whatever the summation order).
-fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
 }
 
 #[test]

@@ -6,7 +6,7 @@ use nearstore_proto::PutMode;
 use nearstore_runtime::storage::reader::ReaderChoice;
 use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
 
-use crate::sql::rows;
+use crate::support::rows;
 use crate::support::{TestDevice, table_batches};
 
 /// A device with lineitem, orders, customer and part at SF 0.01 and `gen` (20 000 rows of

@@ -245,3 +245,46 @@ pub fn sum_ids(batches: &[RecordBatch]) -> i64 {
         })
         .sum()
 }
+
+/// Result rows as text in their order, floats to 9 significant digits (the order of a float
+/// sum may differ between plans).
+pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Float64Type};
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Float64 if c.is_valid(i) => {
+                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
+                    }
+                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out
+}
+
+/// A SQL result's rows as exact text, sorted (for queries without a total order).
+pub fn sorted_rows(r: &nearstore_sdk::SqlResult) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |i| {
+                b.columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
