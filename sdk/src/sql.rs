@@ -710,6 +710,14 @@ async fn merge_partials(
 
 use futures::TryStreamExt;
 
+/// The provider behind a logical table scan, when it is a `T` (one of ours).
+fn provider_of<T: Clone + 'static>(scan: &datafusion::logical_expr::TableScan) -> Option<T> {
+    let provider =
+        datafusion::catalog::default_table_source::source_as_provider(&scan.source).ok()?;
+    let any: &dyn std::any::Any = provider.as_ref();
+    any.downcast_ref::<T>().cloned()
+}
+
 /// Optimizer rule: ORDER BY … LIMIT k directly over a device table scan whose filters were all
 /// pushed sends the order and k to the device, which keeps a running top k; the host's sort
 /// stays above to merge the devices' top rows (and to re-check the order).
@@ -745,13 +753,7 @@ impl datafusion::optimizer::OptimizerRule for PushTopK {
         let (Some(k), LogicalPlan::TableScan(scan)) = (sort.fetch, sort.input.as_ref()) else {
             return Ok(Transformed::no(plan));
         };
-        let Ok(provider) =
-            datafusion::catalog::default_table_source::source_as_provider(&scan.source)
-        else {
-            return Ok(Transformed::no(plan));
-        };
-        let any: &dyn std::any::Any = provider.as_ref();
-        let Some(dev) = any.downcast_ref::<DeviceTable>() else {
+        let Some(dev) = provider_of::<DeviceTable>(scan) else {
             return Ok(Transformed::no(plan));
         };
         if dev.mode != Mode::Offload || dev.top.is_some() {
@@ -797,10 +799,7 @@ fn top_of_aggregate(
     let LogicalPlan::TableScan(scan) = proj.input.as_ref() else {
         return None;
     };
-    let provider =
-        datafusion::catalog::default_table_source::source_as_provider(&scan.source).ok()?;
-    let any: &dyn std::any::Any = provider.as_ref();
-    let agg = any.downcast_ref::<DeviceAggregate>()?;
+    let agg = provider_of::<DeviceAggregate>(scan)?;
     if agg.urls.len() != 1 || !agg.plan.order_by.is_empty() {
         return None;
     }
@@ -900,12 +899,7 @@ fn push_aggregate(
         }
         _ => return Ok(None),
     };
-    let Ok(provider) = datafusion::catalog::default_table_source::source_as_provider(&scan.source)
-    else {
-        return Ok(None);
-    };
-    let any: &dyn std::any::Any = provider.as_ref();
-    let Some(dev) = any.downcast_ref::<DeviceTable>() else {
+    let Some(dev) = provider_of::<DeviceTable>(scan) else {
         return Ok(None);
     };
     if dev.mode != Mode::Offload || scan.fetch.is_some() {
