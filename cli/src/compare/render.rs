@@ -45,6 +45,30 @@ fn yes_no(met: Option<bool>) -> &'static str {
     }
 }
 
+/// A query's cells for each emulated link of the run: offload ms, transfer ms, speedup (empty
+/// where the link did not run).
+fn link_cells(r: &Report, q: &QueryReport) -> Vec<String> {
+    r.links
+        .iter()
+        .flat_map(|g| match q.shaped.iter().find(|x| x.link_gbps == *g) {
+            Some(x) => [
+                ms(x.offload_ms),
+                ms(x.transfer_ms),
+                format!("{:.1}x", x.speedup),
+            ],
+            None => Default::default(),
+        })
+        .collect()
+}
+
+/// A query's cell for each reference engine of the run: its median ms (empty if it did not run).
+fn engine_cells(r: &Report, q: &QueryReport) -> Vec<String> {
+    r.engines
+        .keys()
+        .map(|e| q.reference.get(e).map(|x| ms(x.ms)).unwrap_or_default())
+        .collect()
+}
+
 /// The Markdown report: one table a person reads in a pull request.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
@@ -85,19 +109,8 @@ pub fn markdown(r: &Report) -> String {
             ms(q.transfer.wall_ms),
             q.speedup
         );
-        for g in &r.links {
-            match q.shaped.iter().find(|x| x.link_gbps == *g) {
-                Some(x) => {
-                    let _ = write!(
-                        s,
-                        " {} | {} | {:.1}x |",
-                        ms(x.offload_ms),
-                        ms(x.transfer_ms),
-                        x.speedup
-                    );
-                }
-                None => s.push_str(" | | |"),
-            }
+        for c in link_cells(r, q) {
+            let _ = write!(s, " {c} |");
         }
         let _ = write!(
             s,
@@ -106,13 +119,8 @@ pub fn markdown(r: &Report) -> String {
             ms(q.offload.host_cpu_ms),
             ms(q.transfer.host_cpu_ms)
         );
-        for e in &engines {
-            match q.reference.get(*e) {
-                Some(x) => {
-                    let _ = write!(s, " {} |", ms(x.ms));
-                }
-                None => s.push_str(" |"),
-            }
+        for c in engine_cells(r, q) {
+            let _ = write!(s, " {c} |");
         }
         s.push('\n');
     }
@@ -462,19 +470,8 @@ pub fn html(r: &Report) -> String {
             ms(q.transfer.wall_ms),
             q.speedup
         );
-        for g in &r.links {
-            match q.shaped.iter().find(|x| x.link_gbps == *g) {
-                Some(x) => {
-                    let _ = write!(
-                        s,
-                        "<td>{}</td><td>{}</td><td>{:.1}x</td>",
-                        ms(x.offload_ms),
-                        ms(x.transfer_ms),
-                        x.speedup
-                    );
-                }
-                None => s.push_str("<td></td><td></td><td></td>"),
-            }
+        for c in link_cells(r, q) {
+            let _ = write!(s, "<td>{c}</td>");
         }
         let _ = write!(
             s,
@@ -484,13 +481,8 @@ pub fn html(r: &Report) -> String {
             ms(q.offload.host_cpu_ms),
             ms(q.transfer.host_cpu_ms)
         );
-        for e in r.engines.keys() {
-            match q.reference.get(e) {
-                Some(x) => {
-                    let _ = write!(s, "<td>{}</td>", ms(x.ms));
-                }
-                None => s.push_str("<td></td>"),
-            }
+        for c in engine_cells(r, q) {
+            let _ = write!(s, "<td>{c}</td>");
         }
         s.push_str("</tr>\n");
     }
