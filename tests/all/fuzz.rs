@@ -223,6 +223,30 @@ fn damaged_parquet_uploads_are_refused_or_stored_whole() {
         |_| {},
     ));
     assert_eq!(whole.unwrap().rows, 2000);
+    // Found by this test: a footer byte that makes the decoder panic on an unknown logical
+    // type is an invalid upload (it was reported as internal).
+    let mut odd = good.clone();
+    if odd.len() > 62749 {
+        odd[62749] = 120;
+        let r = rt.block_on(c.borrow_mut().put_parquet(
+            "odd",
+            PutMode::Create,
+            Bytes::from(odd),
+            |_| {},
+        ));
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    Error::Device {
+                        code: ErrorCode::InvalidUpload,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+    }
     let case = std::cell::Cell::new(0u32);
     let stored = std::cell::Cell::new(0u32);
     runner(120)

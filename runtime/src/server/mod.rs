@@ -511,7 +511,9 @@ async fn feed_parquet(
         Ok(())
     })
     .await
-    .map_err(|e| Error::Internal(format!("upload validation panicked: {e}")))?
+    // The decoder panics on some damaged footers (an unknown logical type, say): for bytes a
+    // client sent, that is an invalid upload, not a device fault.
+    .map_err(|e| Error::InvalidUpload(format!("the Parquet decoder failed on this file: {e}")))?
 }
 
 struct TempFile(std::path::PathBuf);
