@@ -247,15 +247,22 @@ impl DeviceService {
         let errors = self.errors.clone();
         let link = self.link.clone();
         let metrics = self.metrics.clone();
+        let admission = self.admission.clone();
         tokio::spawn(async move {
             match stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await {
-                Ok(stats) => metrics.query_done(
-                    &tenant,
-                    stats.bytes_read_media,
-                    stats.bytes_sent,
-                    started.elapsed().as_secs_f64(),
-                ),
-                Err(code) => metrics.failed(&tenant, code),
+                Ok(stats) => {
+                    admission.query_ended(&tenant, false);
+                    metrics.query_done(
+                        &tenant,
+                        stats.bytes_read_media,
+                        stats.bytes_sent,
+                        started.elapsed().as_secs_f64(),
+                    )
+                }
+                Err(code) => {
+                    admission.query_ended(&tenant, code == ErrorCode::KernelFailed.as_str());
+                    metrics.failed(&tenant, code)
+                }
             }
             drop(active);
             drop(slot);

@@ -1,10 +1,18 @@
 //! Admission control: each tenant may run a bounded number of queries at once and keep a
 //! bounded number waiting; past that a query is refused at once with `RESOURCE_EXHAUSTED` and a
 //! retry hint, rather than queueing without bound. Limits are per tenant, so one tenant's flood
-//! fills only its own slots and queue. While several tenants have work, each may run at most its
+//! fills only its own slots and queue. While several tenants have work (a query running or
+//! waiting, or one that ended in the last 250 ms), each may run at most its
 //! share of the device's cores (`cores / active tenants`, at least one) — queries it started
 //! before finish, new ones wait — so a tenant flooding the device with CPU-heavy (or hostile)
 //! queries leaves the others their share. A tenant alone may use all its `max_queries`.
+//!
+//! A tenant whose kernels fail (trap, deadline, memory or stack limit, bad output) is backed
+//! off while other tenants have work: after its n-th kernel failure in a row its next query is
+//! admitted no sooner than 5 ms · 2^(n−1) later (at most 2 s), so a tenant that keeps sending
+//! hostile kernels spends the device's cores mostly waiting, not spinning. A query that ends
+//! well clears the count; a tenant alone is never backed off. Its hostile queries still fail
+//! with their own errors.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,14 +53,32 @@ impl Default for QosConfig {
 struct Lane {
     limits: QosConfig,
     media: Option<Arc<MediaBucket>>,
+    backoff: Mutex<Backoff>,
 }
 
-/// Queries of one tenant, running and waiting.
+/// Kernel failures in a row, and when the tenant's next query may start while others work.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<tokio::time::Instant>,
+}
+
+/// The first back-off after a kernel failure; it doubles with each further failure in a row.
+const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest back-off.
+const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Queries of one tenant, running and waiting, and when its last query ended.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
     running: usize,
     waiting: usize,
+    last_end: Option<tokio::time::Instant>,
 }
+
+/// How long a tenant still counts as having work after its last query ended: a client that
+/// sends one query after another spends part of its time between them.
+const RECENT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A token bucket on bytes read from the media, shared by one tenant's queries: reads wait
 /// until the tenant's rate allows them, with a burst of 100 ms worth (at least 1 MiB).
@@ -137,6 +163,7 @@ impl Drop for Held {
         if let Some(c) = counts.get_mut(&self.tenant) {
             if self.running {
                 c.running -= 1;
+                c.last_end = Some(tokio::time::Instant::now());
             } else {
                 c.waiting -= 1;
             }
@@ -198,23 +225,59 @@ impl Admission {
                 Arc::new(Lane {
                     limits,
                     media: limits.media_mb_per_s.map(|m| Arc::new(MediaBucket::new(m))),
+                    backoff: Mutex::default(),
                 })
             })
             .clone()
     }
 
+    /// Records how one of `tenant`'s queries ended: a kernel failure lengthens its back-off, a
+    /// query that succeeded clears it.
+    pub fn query_ended(&self, tenant: &str, kernel_failed: bool) {
+        let lane = self.lane(tenant);
+        let mut b = lane.backoff.lock().expect("admission backoff");
+        if kernel_failed {
+            b.failures = b.failures.saturating_add(1);
+            let wait = BACKOFF_FIRST
+                .saturating_mul(1u32 << (b.failures - 1).min(16))
+                .min(BACKOFF_MAX);
+            b.until = Some(tokio::time::Instant::now() + wait);
+        } else {
+            *b = Backoff::default();
+        }
+    }
+
     /// How many queries `tenant` may run now: all its `max_queries` while it is the only
     /// tenant with work, else its share of the cores.
-    fn cap(&self, counts: &HashMap<String, Counts>, tenant: &str, max_queries: usize) -> usize {
-        let others = counts
-            .iter()
-            .filter(|(t, c)| t.as_str() != tenant && (c.running > 0 || c.waiting > 0))
-            .count();
+    fn cap(&self, others: usize, max_queries: usize) -> usize {
         if others == 0 {
             max_queries
         } else {
             max_queries.min((self.cores / (others + 1)).max(1))
         }
+    }
+
+    /// Tenants other than `tenant` with work: queries running or waiting, or one that ended
+    /// less than [`RECENT`] ago; and the next instant one of the latter stops counting.
+    fn others(
+        counts: &HashMap<String, Counts>,
+        tenant: &str,
+        now: tokio::time::Instant,
+    ) -> (usize, Option<tokio::time::Instant>) {
+        let mut n = 0;
+        let mut next_change: Option<tokio::time::Instant> = None;
+        for (t, c) in counts {
+            if t.as_str() == tenant {
+                continue;
+            }
+            if c.running > 0 || c.waiting > 0 {
+                n += 1;
+            } else if let Some(quiet) = c.last_end.map(|e| e + RECENT).filter(|q| *q > now) {
+                n += 1;
+                next_change = Some(next_change.map_or(quiet, |w| w.min(quiet)));
+            }
+        }
+        (n, next_change)
     }
 
     /// Waits for a slot of `tenant`'s, or refuses at once when its queue is full.
@@ -232,11 +295,25 @@ impl Admission {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            let mut backed_off = None;
+            let wake;
             {
                 let mut counts = self.counts.lock().expect("admission counts");
-                let cap = self.cap(&counts, tenant, lane.limits.max_queries);
+                let now = tokio::time::Instant::now();
+                let (others, next_change) = Self::others(&counts, tenant, now);
+                let cap = self.cap(others, lane.limits.max_queries);
+                if others > 0 {
+                    let until = lane.backoff.lock().expect("admission backoff").until;
+                    backed_off = until.filter(|u| *u > now);
+                }
+                // Besides a change of counts, the end of the back-off or another tenant
+                // falling quiet may admit this query.
+                wake = match (backed_off, next_change) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let c = counts.entry(tenant.to_string()).or_default();
-                if c.running < cap {
+                if c.running < cap && backed_off.is_none() {
                     c.running += 1;
                     if let Some(mut w) = waiting.take() {
                         // The waiting count moves to running, here under the lock.
@@ -273,7 +350,15 @@ impl Admission {
                     });
                 }
             }
-            changed.await;
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => changed.await,
+            }
         }
     }
 }
@@ -363,5 +448,41 @@ mod tests {
         gone.abort();
         let _ = gone.await;
         assert_eq!(counts(&a, "x").waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kernel_failures_back_a_tenant_off_while_others_work() {
+        let a = Arc::new(Admission::with_cores(limits(8, 8), HashMap::new(), 8).unwrap());
+        // Alone, x is never backed off.
+        for _ in 0..4 {
+            a.query_ended("x", true);
+        }
+        let t = tokio::time::Instant::now();
+        drop(a.admit("x").await.unwrap());
+        assert_eq!(t.elapsed(), std::time::Duration::ZERO);
+        // While y works, x's fifth failure in a row delays its next query by 5 ms · 2⁴.
+        let y = a.admit("y").await.unwrap();
+        a.query_ended("x", true);
+        let after_fifth = tokio::time::Instant::now();
+        drop(a.admit("x").await.unwrap());
+        assert_eq!(after_fifth.elapsed(), std::time::Duration::from_millis(80));
+        // y itself is admitted at once, and x's success clears its count.
+        drop(a.admit("y").await.unwrap());
+        a.query_ended("x", false);
+        let t = tokio::time::Instant::now();
+        drop(a.admit("x").await.unwrap());
+        assert_eq!(t.elapsed(), std::time::Duration::ZERO);
+        // The back-off is bounded, and ends early once y has been quiet for a while.
+        for _ in 0..30 {
+            a.query_ended("x", true);
+        }
+        let a2 = a.clone();
+        let waiter = tokio::spawn(async move { a2.admit("x").await.map(|_| ()) });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished(), "x waits while y works");
+        let t = tokio::time::Instant::now();
+        drop(y);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(t.elapsed(), RECENT);
     }
 }
