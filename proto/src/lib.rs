@@ -248,8 +248,11 @@ pub struct KernelInfo {
     pub name: String,
     /// SHA-256 of the module (hex): the version.
     pub sha256: String,
-    /// Kind from the manifest (`filter`).
+    /// Kind from the manifest (`filter`, `map` or `aggregate`).
     pub kind: String,
+    /// Output type of a map or aggregate kernel (`int64`, `float64`, `list_int64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// Module size.
     pub bytes: u64,
 }

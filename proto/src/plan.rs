@@ -98,6 +98,10 @@ pub enum AggFunc {
     Max,
     /// `avg(expr)` as Float64.
     Avg,
+    /// A registered aggregate kernel: `expr` is its call (`{"kernel": {"name", "args",
+    /// "params"}}`); the kernel's manifest gives the output type. Its partial states do not
+    /// merge on the host, so a query runs it on one device.
+    Kernel,
 }
 
 impl AggFunc {
@@ -110,6 +114,7 @@ impl AggFunc {
             AggFunc::Min => "min",
             AggFunc::Max => "max",
             AggFunc::Avg => "avg",
+            AggFunc::Kernel => "kernel",
         }
     }
 }
@@ -136,6 +141,7 @@ impl Aggregate {
         }
         match &self.expr {
             Some(Expr::Col(c)) => format!("{}_{}", self.func.as_str(), c),
+            Some(Expr::Kernel { name, .. }) => name.clone(),
             _ => self.func.as_str().to_string(),
         }
     }
@@ -251,6 +257,14 @@ impl Plan {
                     return Err(Error::MalformedPlan("count_star takes no argument".into()));
                 }
                 (AggFunc::CountStar, None) => {}
+                (AggFunc::Kernel, Some(Expr::Kernel { .. })) => {}
+                (AggFunc::Kernel, _) => {
+                    return Err(Error::MalformedPlan(
+                        "aggregate kernel needs a kernel call as its expr: \
+                         {\"kernel\": {\"name\": …, \"args\": […], \"params\": …}}"
+                            .into(),
+                    ));
+                }
                 (f, None) => {
                     return Err(Error::MalformedPlan(format!(
                         "aggregate {} needs an argument",

@@ -182,24 +182,31 @@ impl SqlSession {
             }
         }
         // Kernels registered on any of the devices become SQL functions.
-        let mut kernels: Vec<String> = Vec::new();
+        let mut kernels: Vec<nearstore_proto::KernelInfo> = Vec::new();
         for url in urls {
             let mut client = Client::connect_with(url, options.clone()).await?;
             for k in client.kernels().await? {
-                if !kernels.contains(&k.name) {
-                    kernels.push(k.name);
+                if !kernels.iter().any(|have| have.name == k.name) {
+                    kernels.push(k);
                 }
             }
         }
         let context = |mode: Mode| -> Result<SessionContext> {
             let ctx = SessionContext::new();
             for k in &kernels {
-                ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-                    KernelUdf::new(k),
-                ));
+                if k.kind == "aggregate" {
+                    ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
+                        KernelUdaf::new(k),
+                    ));
+                } else {
+                    ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+                        KernelUdf::new(k),
+                    ));
+                }
             }
             if mode == Mode::Offload {
                 ctx.add_optimizer_rule(Arc::new(PushAggregates));
+                ctx.add_optimizer_rule(Arc::new(PushKernelProjections));
                 ctx.add_optimizer_rule(Arc::new(PushTopK));
             }
             for (name, schema, devices) in &tables {
@@ -675,6 +682,21 @@ async fn merge_partials(
     let Some(first) = batches.first() else {
         return Ok(batches);
     };
+    if plan.aggregates.is_empty() && plan.group_by.is_empty() {
+        // Rows (a pushed projection): each device's rows are part of the answer, up to the
+        // plan's limit.
+        let mut left = plan.limit.map_or(usize::MAX, |l| l as usize);
+        let mut out = Vec::new();
+        for b in batches {
+            if left == 0 {
+                break;
+            }
+            let take = b.num_rows().min(left);
+            left -= take;
+            out.push(b.slice(0, take));
+        }
+        return Ok(out);
+    }
     let schema = first.schema();
     let quote = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
     let mut select: Vec<String> = plan.group_by.iter().map(|g| quote(g)).collect();
@@ -690,6 +712,11 @@ async fn merge_partials(
             AggFunc::Avg => {
                 return Err(DataFusionError::Internal(
                     "an average cannot be merged across devices; push sum and count".into(),
+                ));
+            }
+            AggFunc::Kernel => {
+                return Err(DataFusionError::Internal(
+                    "an aggregate kernel's results cannot be merged across devices".into(),
                 ));
             }
         };
@@ -882,7 +909,7 @@ impl datafusion::optimizer::OptimizerRule for PushAggregates {
 fn push_aggregate(
     plan: &datafusion::logical_expr::LogicalPlan,
 ) -> datafusion::common::Result<Option<datafusion::logical_expr::LogicalPlan>> {
-    use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
+    use datafusion::logical_expr::LogicalPlan;
     use nearstore_proto::{AggFunc, Aggregate};
     let LogicalPlan::Aggregate(agg) = plan else {
         return Ok(None);
@@ -954,7 +981,34 @@ fn push_aggregate(
             return Ok(None);
         };
         let p = &f.params;
-        if p.distinct || p.filter.is_some() || !p.order_by.is_empty() || p.args.len() > 1 {
+        if p.distinct || p.filter.is_some() || !p.order_by.is_empty() {
+            return Ok(None);
+        }
+        let udaf: &dyn std::any::Any = f.func.inner().as_ref();
+        if let Some(k) = udaf.downcast_ref::<KernelUdaf>() {
+            // Kernel states merge only inside the device: one device answers the whole query.
+            if dev.urls.len() != 1 {
+                return Ok(None);
+            }
+            let Some((args, params)) = kernel_args(&p.args) else {
+                return Ok(None);
+            };
+            let call = substitute(
+                Expr::Kernel {
+                    name: k.name.clone(),
+                    args,
+                    params,
+                },
+                &inline,
+            );
+            device.aggregates.push(Aggregate {
+                func: AggFunc::Kernel,
+                expr: Some(call),
+                name: Some(format!("a{i}")),
+            });
+            continue;
+        }
+        if p.args.len() > 1 {
             return Ok(None);
         }
         let arg = p.args.first();
@@ -1023,8 +1077,18 @@ fn push_aggregate(
         }
     }
     device.aggregates.extend(extra);
-    let fields: Vec<arrow::datatypes::Field> = agg
-        .schema
+    pushed_plan(&dev, device, layout, &agg.schema).map(Some)
+}
+
+/// A device plan that replaces a logical plan node whose output schema is `out`: a scan of the
+/// plan's result (columns `c0`, `c1`, … built by `layout`) renamed to `out`'s columns.
+fn pushed_plan(
+    dev: &DeviceTable,
+    device: Plan,
+    layout: Vec<OutCol>,
+    out: &DFSchema,
+) -> datafusion::common::Result<datafusion::logical_expr::LogicalPlan> {
+    let fields: Vec<arrow::datatypes::Field> = out
         .iter()
         .enumerate()
         .map(|(i, (_, f))| {
@@ -1040,8 +1104,7 @@ fn push_aggregate(
         log: dev.log.clone(),
     };
     let source = datafusion::catalog::default_table_source::provider_as_source(Arc::new(table));
-    let exprs: Vec<DfExpr> = agg
-        .schema
+    let exprs: Vec<DfExpr> = out
         .iter()
         .enumerate()
         .map(|(i, (q, f))| {
@@ -1052,10 +1115,102 @@ fn push_aggregate(
             .alias_qualified(q.cloned(), f.name())
         })
         .collect();
-    let new = LogicalPlanBuilder::scan(AGG_SCAN, source, None)?
+    datafusion::logical_expr::LogicalPlanBuilder::scan(AGG_SCAN, source, None)?
         .project(exprs)?
-        .build()?;
-    Ok(Some(new))
+        .build()
+}
+
+/// Pushes a projection that calls a map kernel (`select id, score(x, y) from t where …`) over
+/// a device table to the device, with the scan's filters and limit: the kernel runs next to
+/// the data and only its results cross the link.
+#[derive(Debug)]
+pub struct PushKernelProjections;
+
+impl datafusion::optimizer::OptimizerRule for PushKernelProjections {
+    fn name(&self) -> &str {
+        "nearstore_push_kernel_projections"
+    }
+
+    fn apply_order(&self) -> Option<datafusion::optimizer::ApplyOrder> {
+        Some(datafusion::optimizer::ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> datafusion::common::Result<
+        datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>,
+    > {
+        use datafusion::common::tree_node::Transformed;
+        match push_kernel_projection(&plan)? {
+            Some(p) => Ok(Transformed::yes(p)),
+            None => Ok(Transformed::no(plan)),
+        }
+    }
+}
+
+/// Whether `e` calls a registered filter or map kernel.
+fn calls_kernel(e: &DfExpr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    e.exists(|x| {
+        Ok(match x {
+            DfExpr::ScalarFunction(f) => {
+                let inner: &dyn std::any::Any = f.func.inner().as_ref();
+                inner.downcast_ref::<KernelUdf>().is_some()
+            }
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
+}
+
+fn push_kernel_projection(
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> datafusion::common::Result<Option<datafusion::logical_expr::LogicalPlan>> {
+    use datafusion::logical_expr::LogicalPlan;
+    let LogicalPlan::Projection(p) = plan else {
+        return Ok(None);
+    };
+    let LogicalPlan::TableScan(scan) = p.input.as_ref() else {
+        return Ok(None);
+    };
+    let Some(dev) = provider_of::<DeviceTable>(scan) else {
+        return Ok(None);
+    };
+    if dev.mode != Mode::Offload || !p.expr.iter().any(calls_kernel) {
+        return Ok(None);
+    }
+    let Some(filters) = scan
+        .filters
+        .iter()
+        .map(|f| to_plan_expr(f, &dev.df_schema))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let mut device = Plan::scan(&dev.table);
+    device.filter = match filters.len() {
+        0 => None,
+        1 => filters.into_iter().next(),
+        _ => Some(Expr::And(filters)),
+    };
+    device.limit = scan.fetch.map(|f| f as u64);
+    for (i, e) in p.expr.iter().enumerate() {
+        let inner = match e {
+            DfExpr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        let Some(x) = to_plan_expr(inner, &dev.df_schema) else {
+            return Ok(None);
+        };
+        device.projection.push(Projection::Named {
+            name: format!("c{i}"),
+            expr: x,
+        });
+    }
+    let layout = (0..p.expr.len()).map(OutCol::Direct).collect();
+    pushed_plan(&dev, device, layout, &p.schema).map(Some)
 }
 
 /// How one output column of a pushed aggregate comes from the device's result.
@@ -1273,9 +1428,19 @@ impl TableProvider for DeviceAggregate {
 fn kernel_call(f: &datafusion::logical_expr::expr::ScalarFunction) -> Option<Expr> {
     let inner: &dyn std::any::Any = f.func.inner().as_ref();
     let k = inner.downcast_ref::<KernelUdf>()?;
+    let (args, params) = kernel_args(&f.args)?;
+    Some(Expr::Kernel {
+        name: k.name.clone(),
+        args,
+        params,
+    })
+}
+
+/// A kernel call's arguments: columns, then optionally one string literal (the parameters).
+fn kernel_args(call_args: &[DfExpr]) -> Option<(Vec<String>, String)> {
     let mut args = Vec::new();
     let mut params = None;
-    for (i, a) in f.args.iter().enumerate() {
+    for (i, a) in call_args.iter().enumerate() {
         match a {
             DfExpr::Column(c) if params.is_none() => args.push(c.name.clone()),
             DfExpr::Literal(
@@ -1283,35 +1448,97 @@ fn kernel_call(f: &datafusion::logical_expr::expr::ScalarFunction) -> Option<Exp
                 | ScalarValue::Utf8View(Some(p))
                 | ScalarValue::LargeUtf8(Some(p)),
                 _,
-            ) if i + 1 == f.args.len() => params = Some(p.clone()),
+            ) if i + 1 == call_args.len() => params = Some(p.clone()),
             _ => return None,
         }
     }
-    Some(Expr::Kernel {
-        name: k.name.clone(),
-        args,
-        params: params.unwrap_or_default(),
-    })
+    Some((args, params.unwrap_or_default()))
 }
 
-/// A kernel registered on the devices, as a SQL function. It runs only on a device: in a
-/// WHERE clause over a device table in offload mode the provider pushes it down; anywhere
-/// else calling it is an error that says so.
+/// The SQL type of a map or aggregate kernel's output (`KernelInfo::output`).
+fn kernel_output_type(k: &nearstore_proto::KernelInfo) -> arrow::datatypes::DataType {
+    use arrow::datatypes::{DataType, Field};
+    match k.output.as_deref() {
+        Some("int64") => DataType::Int64,
+        Some("float64") => DataType::Float64,
+        Some("list_int64") => DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+        _ => DataType::Boolean,
+    }
+}
+
+/// A filter or map kernel registered on the devices, as a SQL scalar function (a filter is
+/// Boolean, a map kernel has its manifest's output type). It runs only on a device: over a
+/// device table in offload mode the provider pushes a filter kernel in WHERE and a map kernel
+/// in WHERE or SELECT (or in an aggregate's argument) down; anywhere else calling it is an
+/// error that says so.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct KernelUdf {
     name: String,
+    output: arrow::datatypes::DataType,
     signature: datafusion::logical_expr::Signature,
 }
 
 impl KernelUdf {
-    /// The function for kernel `name`.
-    pub fn new(name: &str) -> Self {
+    /// The function for the kernel `k`.
+    pub fn new(k: &nearstore_proto::KernelInfo) -> Self {
         KernelUdf {
-            name: name.to_string(),
+            name: k.name.clone(),
+            output: kernel_output_type(k),
             signature: datafusion::logical_expr::Signature::variadic_any(
                 datafusion::logical_expr::Volatility::Immutable,
             ),
         }
+    }
+}
+
+/// An aggregate kernel registered on the devices, as a SQL aggregate function with its
+/// manifest's output type. It runs only on a device: an aggregation over one device's table
+/// in offload mode pushes it down (with GROUP BY); anywhere else it is an error that says so.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct KernelUdaf {
+    name: String,
+    output: arrow::datatypes::DataType,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl KernelUdaf {
+    /// The function for the aggregate kernel `k`.
+    pub fn new(k: &nearstore_proto::KernelInfo) -> Self {
+        KernelUdaf {
+            name: k.name.clone(),
+            output: kernel_output_type(k),
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl datafusion::logical_expr::AggregateUDFImpl for KernelUdaf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _arg_types: &[arrow::datatypes::DataType],
+    ) -> datafusion::common::Result<arrow::datatypes::DataType> {
+        Ok(self.output.clone())
+    }
+
+    fn accumulator(
+        &self,
+        _args: datafusion::logical_expr::function::AccumulatorArgs,
+    ) -> datafusion::common::Result<Box<dyn datafusion::logical_expr::Accumulator>> {
+        Err(DataFusionError::Execution(format!(
+            "aggregate kernel '{}' runs on the device: call it over one device's table in \
+             offload mode, with columns then an optional parameter string, grouped by columns",
+            self.name
+        )))
     }
 }
 
@@ -1328,7 +1555,7 @@ impl datafusion::logical_expr::ScalarUDFImpl for KernelUdf {
         &self,
         _arg_types: &[arrow::datatypes::DataType],
     ) -> datafusion::common::Result<arrow::datatypes::DataType> {
-        Ok(arrow::datatypes::DataType::Boolean)
+        Ok(self.output.clone())
     }
 
     fn invoke_with_args(
@@ -1336,8 +1563,9 @@ impl datafusion::logical_expr::ScalarUDFImpl for KernelUdf {
         _args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
         Err(DataFusionError::Execution(format!(
-            "kernel '{}' runs on the device: call it in the WHERE clause of a query over device \
-             tables in offload mode, with columns then an optional parameter string",
+            "kernel '{}' runs on the device: call it in the WHERE clause (or, a map kernel, in \
+             SELECT) of a query over device tables in offload mode, with columns then an \
+             optional parameter string",
             self.name
         )))
     }

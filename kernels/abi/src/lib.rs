@@ -37,8 +37,37 @@ pub const EXPORT_FILTER_BITMAP: &str = "nearstore_filter_bitmap";
 /// [`agg::SLOT_BYTES`], group-major, which the host zeroes and keeps across calls. Returns 0 or
 /// a negative [`status`].
 pub const EXPORT_AGG_UPDATE: &str = "nearstore_agg_update";
+/// `(batch: u32, out: u32, rows: u32) -> i32`: a map kernel (manifest `kind=map`). It writes
+/// one value per row of the manifest's `output` type: `rows` 8-byte little-endian values
+/// (`i64`, or `f64` bits) at `out`, then `ceil(rows / 64)` little-endian `u64` validity words
+/// (bit set: the value is valid; bits past the last row zero). Returns `rows`, or a negative
+/// [`status`].
+pub const EXPORT_MAP: &str = "nearstore_map";
+/// `(state: u32, out: u32, out_cap: u32) -> i32`: finishes one group of a custom aggregate
+/// kernel (manifest `kind=aggregate`). `state` addresses the group's `state_size` bytes (the
+/// manifest's), which the kernel's [`EXPORT_AGG_UPDATE`] filled; all zero means no row reached
+/// the group. The kernel writes up to `out_cap` 8-byte little-endian values at `out` and
+/// returns how many: for `output=int64` or `float64` 1 (the value) or 0 (NULL), for
+/// `output=list_int64` the list's length, or [`status::OUTPUT_TOO_SMALL`] to be called again
+/// with more room. For custom aggregates [`EXPORT_AGG_UPDATE`]'s parameters are the caller's
+/// parameter bytes and each group's state is `state_size` bytes (not [`agg`] slots); column 0
+/// holds the groups, the other columns the kernel's arguments.
+pub const EXPORT_AGG_FINISH: &str = "nearstore_agg_finish";
 /// The kernel's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
+
+/// Output types of map and aggregate kernels (manifest `output=`).
+pub mod output {
+    /// 64-bit signed integers.
+    pub const INT64: &str = "int64";
+    /// 64-bit floats.
+    pub const FLOAT64: &str = "float64";
+    /// Lists of 64-bit signed integers (aggregate kernels only).
+    pub const LIST_INT64: &str = "list_int64";
+}
+
+/// The largest `state_size` an aggregate kernel may declare (bytes per group).
+pub const STATE_SIZE_MAX: usize = 64 * 1024;
 
 /// Module of the only host functions a kernel may import.
 pub const IMPORT_MODULE: &str = "nearstore";
@@ -48,7 +77,8 @@ pub const IMPORT_LOG: &str = "log";
 pub const IMPORT_ABORT: &str = "abort";
 
 /// Name of the custom section holding the kernel manifest (UTF-8 `key=value` lines:
-/// `abi`, `kind`, `name`, `signature`, `state_size`).
+/// `abi`, `kind` (`filter`, `map` or `aggregate`), `name`, `signature`, and for map and
+/// aggregate kernels `output` (see [`output`]), for aggregate kernels `state_size`).
 pub const MANIFEST_SECTION: &str = "nearstore.manifest";
 
 /// Column types (`ColumnDesc::type_code`).

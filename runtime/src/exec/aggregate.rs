@@ -19,6 +19,7 @@ use nearstore_proto::AggFunc;
 use crate::compute::ComputeSession;
 use crate::error::{Error, Result};
 use crate::exec::expr::PhysExpr;
+use crate::exec::kernel_call::KernelCall;
 
 /// Most groups one query may build.
 pub const GROUPS_MAX: usize = 10_000_000;
@@ -39,6 +40,7 @@ impl AggSpec {
     pub fn output_type(&self) -> Result<DataType> {
         let input = self.input.as_ref().map(PhysExpr::data_type);
         Ok(match (self.func, input) {
+            (AggFunc::Kernel, Some(t)) => t,
             (AggFunc::CountStar | AggFunc::Count, _) => DataType::Int64,
             (AggFunc::Avg, Some(t)) if is_summable(&t) => DataType::Float64,
             (AggFunc::Sum, Some(t)) if t.is_signed_integer() => DataType::Int64,
@@ -84,12 +86,18 @@ enum Acc {
         best: Vec<Option<OwnedRow>>,
         min: bool,
     },
+    /// An aggregate kernel: its states live in the kernel's sandboxed instance.
+    Kernel(Arc<KernelCall>, Vec<PhysExpr>),
 }
 
 impl Acc {
     fn new(spec: &AggSpec) -> Result<Self> {
         let out = spec.output_type()?;
         Ok(match spec.func {
+            AggFunc::Kernel => match &spec.input {
+                Some(PhysExpr::Kernel { call, args }) => Acc::Kernel(call.clone(), args.clone()),
+                _ => return Err(Error::Internal("aggregate kernel without a call".into())),
+            },
             AggFunc::CountStar | AggFunc::Count => Acc::Count(Vec::new()),
             AggFunc::Avg => match spec.input.as_ref().map(PhysExpr::data_type) {
                 Some(DataType::Decimal128(_, s)) => Acc::AvgExact(Vec::new(), Vec::new(), s),
@@ -210,6 +218,11 @@ impl Acc {
                     }
                 }
             }
+            Acc::Kernel(..) => {
+                return Err(Error::Internal(
+                    "aggregate kernels accumulate through their call".into(),
+                ));
+            }
             Acc::MinMax { conv, best, min } => {
                 let v = values.expect("min/max has input");
                 best.resize(n_groups, None);
@@ -280,6 +293,7 @@ impl Acc {
                     })
                     .collect::<Float64Array>(),
             ),
+            Acc::Kernel(call, _) => call.finish_groups(n_groups)?,
             Acc::MinMax { conv, mut best, .. } => {
                 best.resize(n_groups, None);
                 if best.iter().all(Option::is_some) {
@@ -453,6 +467,18 @@ impl HashAggregator {
             );
         }
         for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {
+            if let Acc::Kernel(call, args) = acc {
+                let cols = args
+                    .iter()
+                    .map(|a| eval(a, batch))
+                    .collect::<Result<Vec<_>>>()?;
+                let ids: Option<Vec<i32>> = self
+                    .keys
+                    .as_ref()
+                    .map(|_| groups.iter().map(|&g| g as i32).collect());
+                call.update_groups(n, ids.as_deref(), n_groups, &cols)?;
+                continue;
+            }
             let values = spec.input.as_ref().map(|e| eval(e, batch)).transpose()?;
             acc.update(values.as_ref(), &groups, n_groups, &spec.name)?;
         }

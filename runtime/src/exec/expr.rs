@@ -83,7 +83,8 @@ pub enum PhysExpr {
         /// NOT LIKE.
         negated: bool,
     },
-    /// A registered filter kernel over columns (run in its sandbox).
+    /// A registered kernel over columns (run in its sandbox): a filter (Boolean), a map (its
+    /// output type), or, as an aggregate's input only, an aggregate kernel.
     Kernel {
         /// The call: module, parameters, the query's instance.
         call: Arc<super::kernel_call::KernelCall>,
@@ -135,8 +136,8 @@ impl PhysExpr {
             | PhysExpr::IsNull(_)
             | PhysExpr::IsNotNull(_)
             | PhysExpr::InList { .. }
-            | PhysExpr::Like { .. }
-            | PhysExpr::Kernel { .. } => DataType::Boolean,
+            | PhysExpr::Like { .. } => DataType::Boolean,
+            PhysExpr::Kernel { call, .. } => call.data_type(),
         }
     }
 
@@ -303,7 +304,7 @@ impl PhysExpr {
                     .iter()
                     .map(|a| a.eval(batch)?.into_array(batch.num_rows()))
                     .collect::<Result<Vec<_>>>()?;
-                arr(Arc::new(call.eval(batch.num_rows(), &cols)?))
+                arr(call.eval(batch.num_rows(), &cols)?)
             }
         })
     }
@@ -537,6 +538,25 @@ impl<'a> Binder<'a> {
                     negated: *negated,
                 }
             }
+            Expr::Kernel { .. } => {
+                let k = self.bind_kernel(expr)?;
+                if let PhysExpr::Kernel { call, .. } = &k
+                    && call.kind() == crate::compute::wasm::sandbox::KernelKind::Aggregate
+                {
+                    return Err(Error::TypeMismatch(format!(
+                        "kernel '{}' is an aggregate kernel: call it as an aggregate \
+                         ({{\"func\": \"kernel\", \"expr\": {{\"kernel\": …}}}}), not in an expression",
+                        call.name
+                    )));
+                }
+                k
+            }
+        })
+    }
+
+    /// Binds a kernel call of any kind (the aggregate binder takes aggregate kernels).
+    pub fn bind_kernel(&self, expr: &Expr) -> Result<PhysExpr> {
+        Ok(match expr {
             Expr::Kernel { name, args, params } => {
                 let resolve = self.kernels.ok_or_else(|| {
                     Error::Unsupported(format!("kernel '{name}' can only run on a device"))
@@ -561,6 +581,11 @@ impl<'a> Binder<'a> {
                     )),
                     args: cols,
                 }
+            }
+            other => {
+                return Err(Error::MalformedPlan(format!(
+                    "expected a kernel call, got {other}"
+                )));
             }
         })
     }

@@ -14,11 +14,12 @@ use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::{FutureExt, StreamExt};
-use nearstore_proto::{BackendKind, Plan, QueryStats};
+use nearstore_proto::{AggFunc, BackendKind, Plan, QueryStats};
 use tokio::sync::mpsc;
 
 use crate::compute::fpga::{FpgaBackend, TimingModel};
 use crate::compute::native::NativeBackend;
+use crate::compute::wasm::sandbox::KernelKind;
 use crate::compute::wasm::{SandboxConfig, WasmBackend};
 use crate::compute::{ComputeBackend, ComputeSession, Support};
 use crate::error::{Error, Result};
@@ -179,9 +180,25 @@ impl Executor {
                 .aggregates
                 .iter()
                 .map(|a| {
+                    let input = match (a.func, &a.expr) {
+                        (AggFunc::Kernel, Some(e)) => {
+                            let k = binder.bind_kernel(e)?;
+                            if let PhysExpr::Kernel { call, .. } = &k
+                                && call.kind() != KernelKind::Aggregate
+                            {
+                                return Err(Error::TypeMismatch(format!(
+                                    "kernel '{}' is a {} kernel, not an aggregate kernel",
+                                    call.name,
+                                    call.kind().as_str()
+                                )));
+                            }
+                            Some(k)
+                        }
+                        (_, e) => e.as_ref().map(|e| binder.bind(e)).transpose()?,
+                    };
                     Ok(AggSpec {
                         func: a.func,
-                        input: a.expr.as_ref().map(|e| binder.bind(e)).transpose()?,
+                        input,
                         name: a.output_name(),
                     })
                 })
@@ -414,6 +431,13 @@ impl Executor {
                     BackendKind::Native
                 };
                 placement.push(format!("aggregate={}", on.as_str()));
+                if let Output::Aggregate(_, aggs) = &q.output {
+                    for a in aggs {
+                        if let Some(PhysExpr::Kernel { call, .. }) = &a.input {
+                            placement.push(format!("kernel:{}=wasm", call.name));
+                        }
+                    }
+                }
                 // Aggregate inputs that are expressions, not plain columns, are computed first.
                 let computed = exprs.iter().any(|e| !matches!(e, PhysExpr::Column { .. }));
                 if computed {

@@ -367,13 +367,12 @@ impl DeviceService {
                 let module = hex::decode(&req.module_hex)
                     .map_err(|_| Error::InvalidKernel("module_hex is not hexadecimal".into()))?;
                 let program = self.executor.check_kernel(&module)?;
-                let kind = match program.kind {
-                    crate::compute::wasm::sandbox::KernelKind::Filter => "filter",
-                };
+                let kind = program.kind.as_str();
+                let output = program.output.map(|o| o.as_str());
                 let stored = who.scope(&req.name)?;
                 let storage = self.storage().clone();
                 let mut info = tokio::task::spawn_blocking(move || {
-                    storage.kernels().register(&stored, &module, kind)
+                    storage.kernels().register(&stored, &module, kind, output)
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("kernel registration panicked: {e}")))??;

@@ -21,6 +21,9 @@ const MAP_VERSION: u32 = 1;
 struct Entry {
     sha256: String,
     kind: String,
+    /// Output type of map and aggregate kernels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
     bytes: u64,
 }
 
@@ -112,7 +115,13 @@ impl KernelStore {
 
     /// Registers `module` (already validated by the sandbox) under `name`, replacing what the
     /// name referred to.
-    pub fn register(&self, name: &str, module: &[u8], kind: &str) -> Result<KernelInfo> {
+    pub fn register(
+        &self,
+        name: &str,
+        module: &[u8],
+        kind: &str,
+        output: Option<&str>,
+    ) -> Result<KernelInfo> {
         let sha = hex::encode(Sha256::digest(module));
         let dst = self.root.join("kernels").join(module_name(&sha));
         if !dst.exists() {
@@ -128,6 +137,7 @@ impl KernelStore {
             Entry {
                 sha256: sha.clone(),
                 kind: kind.to_string(),
+                output: output.map(str::to_string),
                 bytes: module.len() as u64,
             },
         );
@@ -139,6 +149,7 @@ impl KernelStore {
             name: name.to_string(),
             sha256: sha,
             kind: kind.to_string(),
+            output: output.map(str::to_string),
             bytes: module.len() as u64,
         })
     }
@@ -167,6 +178,7 @@ impl KernelStore {
                 name: name.clone(),
                 sha256: e.sha256.clone(),
                 kind: e.kind.clone(),
+                output: e.output.clone(),
                 bytes: e.bytes,
             })
             .collect()
@@ -203,11 +215,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let s = KernelStore::open(dir.path()).unwrap();
-        let a = s.register("t/grep", b"\0asm module a", "filter").unwrap();
-        s.register("t/grep2", b"\0asm module a", "filter").unwrap();
+        let a = s
+            .register("t/grep", b"\0asm module a", "filter", None)
+            .unwrap();
+        s.register("t/grep2", b"\0asm module a", "filter", None)
+            .unwrap();
         assert_eq!(s.module("t/grep").unwrap(), b"\0asm module a");
         // Re-registering a name points it at the new module; the old one stays for grep2.
-        let b = s.register("t/grep", b"\0asm module b", "filter").unwrap();
+        let b = s
+            .register("t/grep", b"\0asm module b", "filter", None)
+            .unwrap();
         assert_ne!(a.sha256, b.sha256);
         let files = || {
             std::fs::read_dir(dir.path().join("kernels"))

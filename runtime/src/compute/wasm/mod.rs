@@ -70,6 +70,8 @@ impl ComputeBackend for WasmBackend {
 
     fn supports_aggregates(&self, aggs: &[AggSpec]) -> Support {
         let ok = aggs.iter().all(|a| match &a.input {
+            // Aggregate kernels run in their own sandboxed instance, next to the built-in.
+            _ if a.func == AggFunc::Kernel => false,
             None => true,
             Some(e) => matches!(
                 e.data_type(),
@@ -141,6 +143,11 @@ impl ComputeSession for WasmSession {
                 AggFunc::Sum | AggFunc::Avg => agg::SUM,
                 AggFunc::Min => agg::MIN,
                 AggFunc::Max => agg::MAX,
+                AggFunc::Kernel => {
+                    return Err(Error::Internal(
+                        "aggregate kernels do not run in the built-in kernel".into(),
+                    ));
+                }
             };
             let col = match input {
                 Some(arr) => {

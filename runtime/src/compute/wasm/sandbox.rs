@@ -134,8 +134,59 @@ pub enum KernelError {
 /// The kind of a kernel, from its manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelKind {
-    /// Exports `nearstore_filter`.
+    /// Exports `nearstore_filter`: selects rows.
     Filter,
+    /// Exports `nearstore_map`: one value per row.
+    Map,
+    /// Exports `nearstore_agg_update` and `nearstore_agg_finish`: one value per group.
+    Aggregate,
+}
+
+impl KernelKind {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelKind::Filter => "filter",
+            KernelKind::Map => "map",
+            KernelKind::Aggregate => "aggregate",
+        }
+    }
+}
+
+/// What a map or aggregate kernel returns (manifest `output=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelOutput {
+    /// `int64`.
+    Int64,
+    /// `float64`.
+    Float64,
+    /// `list_int64` (aggregates only).
+    ListInt64,
+}
+
+impl KernelOutput {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelOutput::Int64 => abi::output::INT64,
+            KernelOutput::Float64 => abi::output::FLOAT64,
+            KernelOutput::ListInt64 => abi::output::LIST_INT64,
+        }
+    }
+
+    /// The Arrow type of the output.
+    pub fn data_type(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, Field};
+        match self {
+            KernelOutput::Int64 => DataType::Int64,
+            KernelOutput::Float64 => DataType::Float64,
+            KernelOutput::ListInt64 => DataType::List(std::sync::Arc::new(Field::new(
+                "item",
+                DataType::Int64,
+                true,
+            ))),
+        }
+    }
 }
 
 /// A loaded, validated, compiled kernel.
@@ -146,6 +197,10 @@ pub struct Program {
     pub name: String,
     /// Kind.
     pub kind: KernelKind,
+    /// Output type (map and aggregate kernels).
+    pub output: Option<KernelOutput>,
+    /// Bytes of state per group (aggregate kernels).
+    pub state_size: usize,
     pre: InstancePre<HostState>,
 }
 
@@ -327,9 +382,11 @@ impl Sandbox {
         }
         let kind = match manifest.get("kind").map(String::as_str) {
             Some("filter") => KernelKind::Filter,
+            Some("map") => KernelKind::Map,
+            Some("aggregate") => KernelKind::Aggregate,
             Some(other) => {
                 return Err(KernelError::AbiMismatch(format!(
-                    "manifest kind '{other}' is not supported (filter)"
+                    "manifest kind '{other}' is not supported (filter, map or aggregate)"
                 )));
             }
             None => return Err(KernelError::AbiMismatch("manifest has no kind".into())),
@@ -348,16 +405,63 @@ impl Sandbox {
             .get("name")
             .cloned()
             .unwrap_or_else(|| id[..12].to_string());
-        let need = [
+        let output = match (kind, manifest.get("output").map(String::as_str)) {
+            (KernelKind::Filter, None) => None,
+            (KernelKind::Filter, Some(o)) => {
+                return Err(KernelError::AbiMismatch(format!(
+                    "the manifest gives a filter kernel output={o}; filters select rows and have no output type"
+                )));
+            }
+            (_, Some(abi::output::INT64)) => Some(KernelOutput::Int64),
+            (_, Some(abi::output::FLOAT64)) => Some(KernelOutput::Float64),
+            (KernelKind::Aggregate, Some(abi::output::LIST_INT64)) => Some(KernelOutput::ListInt64),
+            (k, o) => {
+                let allowed = match k {
+                    KernelKind::Aggregate => "int64, float64 or list_int64",
+                    _ => "int64 or float64",
+                };
+                return Err(KernelError::AbiMismatch(format!(
+                    "a {} kernel's manifest needs output={allowed}, not {}",
+                    k.as_str(),
+                    o.map_or("nothing".to_string(), |o| format!("output={o}"))
+                )));
+            }
+        };
+        let state_size = match (kind, manifest.get("state_size")) {
+            (KernelKind::Aggregate, Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=abi::STATE_SIZE_MAX).contains(&n) => n,
+                _ => {
+                    return Err(KernelError::AbiMismatch(format!(
+                        "manifest state_size={n} must be a number of bytes from 1 to {}",
+                        abi::STATE_SIZE_MAX
+                    )));
+                }
+            },
+            (KernelKind::Aggregate, None) => {
+                return Err(KernelError::AbiMismatch(
+                    "an aggregate kernel's manifest needs state_size=BYTES (per group)".into(),
+                ));
+            }
+            _ => 0,
+        };
+        let mut need = vec![
             (abi::EXPORT_ABI_VERSION, "func () -> i32"),
             (abi::EXPORT_ALLOC, "func (i32, i32) -> i32"),
-            (abi::EXPORT_FILTER, "func (i32, i32, i32) -> i32"),
             (abi::EXPORT_MEMORY, "memory"),
         ];
+        match kind {
+            KernelKind::Filter => need.push((abi::EXPORT_FILTER, "func (i32, i32, i32) -> i32")),
+            KernelKind::Map => need.push((abi::EXPORT_MAP, "func (i32, i32, i32) -> i32")),
+            KernelKind::Aggregate => {
+                need.push((abi::EXPORT_AGG_UPDATE, "func (i32, i32, i32) -> i32"));
+                need.push((abi::EXPORT_AGG_FINISH, "func (i32, i32, i32) -> i32"));
+            }
+        }
         for (export, what) in need {
             if module.get_export(export).is_none() {
                 return Err(KernelError::AbiMismatch(format!(
-                    "the manifest says kind=filter but the module does not export `{export}` ({what})"
+                    "the manifest says kind={} but the module does not export `{export}` ({what})",
+                    kind.as_str()
                 )));
             }
         }
@@ -369,6 +473,8 @@ impl Sandbox {
             id: id.clone(),
             name,
             kind,
+            output,
+            state_size,
             pre,
         });
         // Run it once, under query limits, to check the exports' types and the ABI version.
@@ -418,6 +524,8 @@ impl Sandbox {
             filter: None,
             filter_bitmap: None,
             agg_update: None,
+            map: None,
+            agg_finish: None,
             state: (0, 0, 0),
             arena: 0,
             arena_cap: 0,
@@ -445,7 +553,25 @@ impl Sandbox {
                     ))
                 })?,
         );
-        s.filter = batch_export(&instance, &mut s.store, abi::EXPORT_FILTER, true)?;
+        let kind = program.kind;
+        s.filter = batch_export(
+            &instance,
+            &mut s.store,
+            abi::EXPORT_FILTER,
+            kind == KernelKind::Filter,
+        )?;
+        s.map = batch_export(
+            &instance,
+            &mut s.store,
+            abi::EXPORT_MAP,
+            kind == KernelKind::Map,
+        )?;
+        s.agg_finish = batch_export(
+            &instance,
+            &mut s.store,
+            abi::EXPORT_AGG_FINISH,
+            kind == KernelKind::Aggregate,
+        )?;
         s.filter_bitmap = batch_export(&instance, &mut s.store, abi::EXPORT_FILTER_BITMAP, false)?;
         s.agg_update = batch_export(&instance, &mut s.store, abi::EXPORT_AGG_UPDATE, false)?;
         s.memory = Some(
@@ -527,6 +653,8 @@ pub struct KernelSession {
     filter: Option<BatchFunc>,
     filter_bitmap: Option<BatchFunc>,
     agg_update: Option<BatchFunc>,
+    map: Option<BatchFunc>,
+    agg_finish: Option<BatchFunc>,
     /// Aggregate state: address, groups it has room for, bytes per group.
     state: (u32, usize, usize),
     arena: u32,
@@ -789,10 +917,46 @@ impl KernelSession {
         params: &[u8],
         groups: usize,
     ) -> Result<(), KernelError> {
+        let per_group = params.len() / 4 * abi::agg::SLOT_BYTES;
+        self.update_groups(rows, columns, params, groups, per_group)
+    }
+
+    /// Accumulates one batch into a custom aggregate kernel's states (`state_size` bytes per
+    /// group, the manifest's). `columns[0]` holds the groups as for
+    /// [`KernelSession::aggregate_update`]; the others are the kernel's arguments.
+    pub fn group_update(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+        groups: usize,
+    ) -> Result<(), KernelError> {
+        let per_group = self.program.state_size;
+        if self.program.kind != KernelKind::Aggregate || per_group == 0 {
+            return Err(self.not_a("an aggregate"));
+        }
+        self.update_groups(rows, columns, params, groups, per_group)
+    }
+
+    fn not_a(&self, what: &str) -> KernelError {
+        KernelError::AbiMismatch(format!(
+            "kernel {} is a {} kernel, not {what} kernel",
+            self.program.name,
+            self.program.kind.as_str()
+        ))
+    }
+
+    fn update_groups(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+        groups: usize,
+        per_group: usize,
+    ) -> Result<(), KernelError> {
         let f = self.agg_update.clone().ok_or_else(|| {
             KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_AGG_UPDATE))
         })?;
-        let per_group = params.len() / 4 * abi::agg::SLOT_BYTES;
         let (ptr, cap, bytes) = self.state;
         if bytes != 0 && bytes != per_group {
             return Err(KernelError::Host(
@@ -836,6 +1000,102 @@ impl KernelSession {
             .get(ptr as usize..ptr as usize + groups * per_group)
             .map(<[u8]>::to_vec)
             .ok_or_else(|| KernelError::Host("aggregate state outside kernel memory".into()))
+    }
+
+    /// Finishes `groups` groups of a custom aggregate kernel: each group's 8-byte values as the
+    /// kernel wrote them (one or none for a scalar output, any number for a list), checked
+    /// against the output type. A group no row reached has an all-zero state.
+    pub fn group_finish(&mut self, groups: usize) -> Result<Vec<Vec<u64>>, KernelError> {
+        let f = self
+            .agg_finish
+            .clone()
+            .ok_or_else(|| self.not_a("an aggregate"))?;
+        let per_group = self.program.state_size;
+        let list = self.program.output == Some(KernelOutput::ListInt64);
+        if groups > 0 && (self.state.0 == 0 || self.state.1 < groups) {
+            // No batch reached the kernel (an empty table): every group's state is zero.
+            let p = self.alloc_zeroed(groups * per_group)?;
+            self.state = (p, groups, per_group);
+        }
+        let mut cap: usize = if list { 64 } else { 1 };
+        let mut out = Vec::with_capacity(groups);
+        let mut g = 0;
+        while g < groups {
+            self.reserve(cap * 8 + ALIGN)?;
+            let at = align_up(self.arena as usize) as u32;
+            let state = self.state.0 + (g * per_group) as u32;
+            let n = self.arm().and_then(|()| {
+                f.call(&mut self.store, (state, at, cap as u32))
+                    .map_err(|e| self.classify(e))
+            })?;
+            if n == abi::status::OUTPUT_TOO_SMALL && list && cap < (1 << 24) {
+                cap *= 4;
+                continue;
+            }
+            let n = usize::try_from(n).map_err(|_| KernelError::Status {
+                kernel: self.program.name.clone(),
+                status: n,
+            })?;
+            if n > cap || (!list && n > 1) {
+                return Err(KernelError::BadOutput {
+                    kernel: self.program.name.clone(),
+                    detail: format!(
+                        "finishing group {g} returned {n} values where {} fit",
+                        if list { cap } else { 1 }
+                    ),
+                });
+            }
+            let data = self.memory.expect("memory resolved").data(&self.store);
+            let bytes = data
+                .get(at as usize..at as usize + n * 8)
+                .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+            out.push(
+                bytes
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                    .collect(),
+            );
+            g += 1;
+        }
+        Ok(out)
+    }
+
+    /// Runs a map kernel over `rows` rows: one 8-byte value per row and a validity bitmap
+    /// (`u64` words), checked: the count, and no validity bit past the last row.
+    pub fn map(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+    ) -> Result<(Vec<u64>, Vec<u64>), KernelError> {
+        let f = self.map.clone().ok_or_else(|| self.not_a("a map"))?;
+        let words = rows.div_ceil(64);
+        let (desc, out) = self.stage(rows, columns, params, (rows + words) * 8)?;
+        let n = self.call_batch(&f, (desc, out, rows as u32))? as usize;
+        let kernel = || self.program.name.clone();
+        if n != rows {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("mapped {n} values for a {rows}-row batch"),
+            });
+        }
+        let data = self.memory.expect("memory resolved").data(&self.store);
+        let bytes = data
+            .get(out as usize..out as usize + (rows + words) * 8)
+            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+        let all: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        let (values, validity) = all.split_at(rows);
+        let tail = rows % 64;
+        if tail != 0 && validity.last().is_some_and(|w| w >> tail != 0) {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("validity marks rows past the end of a {rows}-row batch"),
+            });
+        }
+        Ok((values.to_vec(), validity.to_vec()))
     }
 
     /// Whether the kernel offers the bitmap form of the filter.
@@ -892,10 +1152,13 @@ impl KernelSession {
     ) -> Result<Vec<u32>, KernelError> {
         let (desc, out) = self.stage(rows, columns, params, rows * 4)?;
         let base_out = out as usize;
-        let f = self
-            .filter
-            .clone()
-            .expect("filter resolved at instantiation");
+        let f = self.filter.clone().ok_or_else(|| {
+            KernelError::AbiMismatch(format!(
+                "kernel {} is a {} kernel, not a filter",
+                self.program.name,
+                self.program.kind.as_str()
+            ))
+        })?;
         let n = self.call_batch(&f, (desc, out, rows as u32))? as usize;
         let kernel = || self.program.name.clone();
         if n > rows {
