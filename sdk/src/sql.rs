@@ -1172,8 +1172,26 @@ fn push_kernel_projection(
     let LogicalPlan::Projection(p) = plan else {
         return Ok(None);
     };
-    let LogicalPlan::TableScan(scan) = p.input.as_ref() else {
-        return Ok(None);
+    // The scan, or a LIMIT (without OFFSET) that the optimizer moved below the projection.
+    let (scan, limit) = match p.input.as_ref() {
+        LogicalPlan::TableScan(scan) => (scan, None),
+        LogicalPlan::Limit(l) => {
+            let LogicalPlan::TableScan(scan) = l.input.as_ref() else {
+                return Ok(None);
+            };
+            match l.get_fetch_type()? {
+                datafusion::logical_expr::FetchType::Literal(Some(n))
+                    if matches!(
+                        l.get_skip_type()?,
+                        datafusion::logical_expr::SkipType::Literal(0)
+                    ) =>
+                {
+                    (scan, Some(n as u64))
+                }
+                _ => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
     };
     let Some(dev) = provider_of::<DeviceTable>(scan) else {
         return Ok(None);
@@ -1195,7 +1213,10 @@ fn push_kernel_projection(
         1 => filters.into_iter().next(),
         _ => Some(Expr::And(filters)),
     };
-    device.limit = scan.fetch.map(|f| f as u64);
+    device.limit = match (scan.fetch.map(|f| f as u64), limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     for (i, e) in p.expr.iter().enumerate() {
         let inner = match e {
             DfExpr::Alias(a) => a.expr.as_ref(),

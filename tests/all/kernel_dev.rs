@@ -257,6 +257,11 @@ fn examples_table() -> RecordBatch {
         ("s", std::sync::Arc::new(StringArray::from(s)) as ArrayRef),
         ("x", std::sync::Arc::new(Float64Array::from(px)) as ArrayRef),
         ("y", std::sync::Arc::new(Float64Array::from(py)) as ArrayRef),
+        (
+            "g",
+            std::sync::Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 5)))
+                as ArrayRef,
+        ),
     ])
     .unwrap()
 }
@@ -316,6 +321,159 @@ async fn example_kernels_equal_their_host_side_sql() {
         assert!(b.num_rows() > 0, "{host}");
         assert_eq!(sorted_rows(&a), sorted_rows(&b), "{kernel}");
     }
+    // A map kernel in SELECT (pushed with the filter and limit) and in WHERE.
+    let pairs = [
+        (
+            "select id, score(x, y, '0.5,2') as v from pts",
+            "select id, 0.5 * x + 2 * y as v from pts",
+        ),
+        (
+            "select id, score(x, y, '1,-1') from pts where bbox(x, y, '0,0,50,50')",
+            "select id, 1 * x + -1 * y from pts where x between 0 and 50 and y between 0 and 50",
+        ),
+        (
+            "select count(*) from pts where score(x, y, '1,1') > 10",
+            "select count(*) from pts where 1 * x + 1 * y > 10",
+        ),
+        (
+            "select g, sum(score(x, y, '2,0')) from pts group by g",
+            "select g, sum(2 * x + 0 * y) from pts group by g",
+        ),
+    ];
+    for (kernel, host) in pairs {
+        let a = s
+            .sql(kernel)
+            .await
+            .unwrap_or_else(|e| panic!("{kernel}: {e}"));
+        let b = s.sql(host).await.unwrap();
+        assert!(b.num_rows() > 0, "{host}");
+        assert_eq!(sorted_rows(&a), sorted_rows(&b), "{kernel}");
+        // The kernel ran on the device: its call is in the plan sent.
+        assert!(
+            a.scans
+                .iter()
+                .any(|(p, _)| String::from_utf8_lossy(&p.to_json()).contains("\"score\"")),
+            "{kernel}: {:?}",
+            a.scans
+        );
+    }
+    let few = s
+        .sql("select id, score(x, y, '1,1') from pts limit 7")
+        .await
+        .unwrap();
+    assert_eq!(few.num_rows(), 7);
+    assert!(few.bytes_moved() < 4096, "{}", few.bytes_moved());
+
+    // Aggregate kernels with and without GROUP BY against the host's SQL.
+    let hist = s
+        .sql("select g, histogram(y, '-100,100,20') as h from pts group by g")
+        .await
+        .unwrap();
+    let counts = s
+        .sql(
+            "select g, cast(floor((y - -100) * 20 / (100 - -100)) as bigint) as b, count(*) as n \
+             from pts where y >= -100 and y < 100 group by g, b",
+        )
+        .await
+        .unwrap();
+    let mut want = vec![vec![0i64; 20]; 5];
+    for b in &counts.batches {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        let (g, k, n) = (
+            b.column(0).as_primitive::<Int64Type>(),
+            b.column(1).as_primitive::<Int64Type>(),
+            b.column(2).as_primitive::<Int64Type>(),
+        );
+        for r in 0..b.num_rows() {
+            want[g.value(r) as usize][k.value(r) as usize] = n.value(r);
+        }
+    }
+    let want_rows: Vec<String> = (0..5)
+        .map(|g| {
+            let l: Vec<String> = want[g].iter().map(|c| c.to_string()).collect();
+            format!("{g}|[{}]", l.join(", "))
+        })
+        .collect();
+    assert_eq!(sorted_rows(&hist), want_rows);
+    assert!(
+        hist.scans.iter().all(|(p, _)| !p.aggregates.is_empty()),
+        "the histogram ran on the device"
+    );
+    for (grouped, k) in [(true, 5), (false, 12)] {
+        let (kernel, host) = if grouped {
+            (
+                format!("select g, topk(id, x, '{k}') from pts group by g"),
+                format!(
+                    "select g, id from (select g, id, row_number() over (partition by g order by \
+                     x desc, id) as r from pts where x is not null) where r <= {k} order by g, r"
+                ),
+            )
+        } else {
+            (
+                format!("select topk(id, x, '{k}') from pts"),
+                format!(
+                    "select 0 as g, id from pts where x is not null order by x desc, id limit {k}"
+                ),
+            )
+        };
+        let a = s.sql(&kernel).await.unwrap();
+        let b = s.sql(&host).await.unwrap();
+        let mut lists: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for batch in &b.batches {
+            use arrow::array::AsArray;
+            use arrow::datatypes::Int64Type;
+            let (g, id) = (
+                arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64).unwrap(),
+                batch.column(1).clone(),
+            );
+            for r in 0..batch.num_rows() {
+                lists
+                    .entry(g.as_primitive::<Int64Type>().value(r))
+                    .or_default()
+                    .push(id.as_primitive::<Int64Type>().value(r).to_string());
+            }
+        }
+        let want: Vec<String> = lists
+            .iter()
+            .map(|(g, ids)| {
+                let l = format!("[{}]", ids.join(", "));
+                if grouped { format!("{g}|{l}") } else { l }
+            })
+            .collect();
+        assert_eq!(sorted_rows(&a), want, "{kernel}");
+    }
+    // Kernels run only on the device: in full-transfer mode calling one says so.
+    let host = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::FullTransfer)
+        .await
+        .unwrap();
+    for q in [
+        "select histogram(y, '0,1,2') from pts",
+        "select score(x, y, '1,1') from pts",
+    ] {
+        let e = host.sql(q).await.unwrap_err().to_string();
+        assert!(e.contains("runs on the device"), "{q}: {e}");
+    }
+    // A map kernel is not an aggregate kernel.
+    let mut plain = dev.client().await;
+    let mut bad = nearstore_proto::Plan::scan("pts");
+    bad.aggregates.push(nearstore_proto::Aggregate {
+        func: nearstore_proto::AggFunc::Kernel,
+        expr: Some(nearstore_proto::Expr::Kernel {
+            name: "score".into(),
+            args: vec!["x".into(), "y".into()],
+            params: "1,1".into(),
+        }),
+        name: None,
+    });
+    let e = plain.query(&bad).await.unwrap_err();
+    assert!(e.to_string().contains("not an aggregate kernel"), "{e}");
+    let e = s
+        .sql("select histogram(y, 'nonsense') from pts")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("histogram"), "{e}");
+
     // Bad parameters are the kernel's specific error, and the device goes on serving.
     let e = s
         .sql("select id from pts where bbox(x, y, 'not a box')")
@@ -368,6 +526,68 @@ async fn registration_refuses_bad_modules_with_what_to_fix() {
             "nearstore_abi_version",
         ),
     ];
+    // Map and aggregate kernels: the manifest's output type and state size, and the exports
+    // their kind needs.
+    let module = |manifest: &str, exports: &str| {
+        // The manifest's lines, escaped for a WAT string.
+        let manifest = manifest.replace('\n', "\\n");
+        wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1)
+            (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+            (func (export "nearstore_alloc") (param i32 i32) (result i32) (i32.const 0))
+            {exports}
+            (@custom "nearstore.manifest" "{manifest}"))"#
+        ))
+        .unwrap()
+    };
+    let f3 = |name: &str| {
+        format!(r#"(func (export "{name}") (param i32 i32 i32) (result i32) (i32.const 0))"#)
+    };
+    let agg = format!(
+        "{}{}",
+        f3("nearstore_agg_update"),
+        f3("nearstore_agg_finish")
+    );
+    let cases = cases.into_iter().chain([
+        (
+            module("abi=1\nkind=map\n", &f3("nearstore_map")),
+            "needs output=int64 or float64",
+        ),
+        (
+            module("abi=1\nkind=map\noutput=list_int64\n", &f3("nearstore_map")),
+            "not output=list_int64",
+        ),
+        (
+            module("abi=1\nkind=map\noutput=int64\n", &f3("nearstore_filter")),
+            "does not export `nearstore_map`",
+        ),
+        (
+            module("abi=1\nkind=aggregate\noutput=int64\n", &agg),
+            "needs state_size",
+        ),
+        (
+            module("abi=1\nkind=aggregate\noutput=int64\nstate_size=0\n", &agg),
+            "state_size=0",
+        ),
+        (
+            module(
+                "abi=1\nkind=aggregate\noutput=float64\nstate_size=8\n",
+                &f3("nearstore_agg_update"),
+            ),
+            "does not export `nearstore_agg_finish`",
+        ),
+        (
+            module(
+                "abi=1\nkind=filter\noutput=int64\n",
+                &f3("nearstore_filter"),
+            ),
+            "no output type",
+        ),
+        (
+            module("abi=1\nkind=reduce\n", &f3("nearstore_filter")),
+            "filter, map or aggregate",
+        ),
+    ]);
     for (module, fix) in cases {
         let e = c.register_kernel("k", &module).await.unwrap_err();
         match e {

@@ -431,3 +431,136 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
     let e = finish_state(&[spec], &state, 1, 100, "hostile").unwrap_err();
     assert!(e.to_string().contains("exceeds the 100 rows given"), "{e}");
 }
+
+/// A kernel with the manifest `manifest` (lines separated by `\n`) and the exported functions
+/// `funcs` (WAT), besides the ABI version, a bump allocator and its memory.
+fn kernel_with(manifest: &str, funcs: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+          (memory (export "memory") 2)
+          (global $next (mut i32) (i32.const 1024))
+          (func (export "nearstore_abi_version") (result i32) (i32.const 1))
+          (func (export "nearstore_alloc") (param $size i32) (param $align i32) (result i32)
+            (local $p i32)
+            (local.set $p (global.get $next))
+            (global.set $next (i32.add (global.get $next) (i32.and (i32.add (local.get $size) (i32.const 15)) (i32.const -16))))
+            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
+              (then (drop (memory.grow (i32.add (i32.div_u (i32.sub (global.get $next) (i32.mul (memory.size) (i32.const 65536))) (i32.const 65536)) (i32.const 1))))))
+            (local.get $p))
+          {funcs}
+          (@custom "nearstore.manifest" "{}"))"#,
+        manifest.replace('\n', "\\n")
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("test kernel does not assemble: {e}\n{text}"))
+}
+
+#[test]
+fn map_and_aggregate_kernel_outputs_are_checked() {
+    let sb = sandbox();
+    let data = ids();
+    let col = ColumnBuffers {
+        type_code: nearstore_kernel_abi::types::INT64,
+        scale: 0,
+        values: &data,
+        validity: None,
+        offsets: None,
+    };
+    let map = |body: &str| {
+        sb.load(&kernel_with(
+            "abi=1\nkind=map\nname=m\noutput=int64\n",
+            &format!(
+                r#"(func (export "nearstore_map") (param $desc i32) (param $out i32) (param $rows i32) (result i32) {body})"#
+            ),
+        ))
+        .unwrap()
+    };
+    let bad = |r: Result<(Vec<u64>, Vec<u64>), KernelError>, what: &str| match r {
+        Err(KernelError::BadOutput { detail, .. }) => assert!(detail.contains(what), "{detail}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    // Too few values, and validity bits past the last row.
+    let p = map("(i32.sub (local.get $rows) (i32.const 1))");
+    bad(
+        sb.session(&p).unwrap().map(100, &[col], &[]),
+        "mapped 99 values",
+    );
+    let p = map(
+        "(i64.store (i32.add (local.get $out) (i32.const 808)) (i64.const -1)) (local.get $rows)",
+    );
+    bad(
+        sb.session(&p).unwrap().map(100, &[col], &[]),
+        "past the end",
+    );
+    // A well-formed map: value i = i * 3, every row valid.
+    let p = map(r#"(local $i i32)
+           (loop $l
+             (i64.store (i32.add (local.get $out) (i32.shl (local.get $i) (i32.const 3)))
+               (i64.mul (i64.extend_i32_u (local.get $i)) (i64.const 3)))
+             (local.set $i (i32.add (local.get $i) (i32.const 1)))
+             (br_if $l (i32.lt_u (local.get $i) (local.get $rows))))
+           (i64.store (i32.add (local.get $out) (i32.const 800)) (i64.const -1))
+           (i64.store (i32.add (local.get $out) (i32.const 808)) (i64.const 0xFFFFFFFFF))
+           (local.get $rows)"#);
+    let (values, validity) = sb.session(&p).unwrap().map(100, &[col], &[]).unwrap();
+    assert_eq!(values[99], 297);
+    assert_eq!(validity, [u64::MAX, 0xF_FFFF_FFFF]);
+
+    let agg = |output: &str, update: &str, finish: &str| {
+        sb.load(&kernel_with(
+            &format!("abi=1\nkind=aggregate\nname=a\noutput={output}\nstate_size=16\n"),
+            &format!(
+                r#"(func (export "nearstore_agg_update") (param i32 i32 i32) (result i32) {update})
+                   (func (export "nearstore_agg_finish") (param i32 i32 i32) (result i32) {finish})"#
+            ),
+        ))
+        .unwrap()
+    };
+    let groups = ColumnBuffers {
+        type_code: 0,
+        scale: 0,
+        values: &[],
+        validity: None,
+        offsets: None,
+    };
+    let run = |p: &Arc<Program>| -> Result<Vec<Vec<u64>>, KernelError> {
+        let mut s = sb.session(p)?;
+        s.group_update(100, &[groups, col], b"", 1)?;
+        s.group_finish(1)
+    };
+    let bad = |r: Result<Vec<Vec<u64>>, KernelError>, what: &str| match r {
+        Err(KernelError::BadOutput { detail, .. }) => assert!(detail.contains(what), "{detail}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    bad(
+        run(&agg("int64", "(i32.const 1)", "(i32.const 0)")),
+        "aggregate update returned 1",
+    );
+    bad(
+        run(&agg("int64", "(i32.const 0)", "(i32.const 2)")),
+        "returned 2 values where 1 fit",
+    );
+    bad(
+        run(&agg("list_int64", "(i32.const 0)", "(i32.const 65)")),
+        "returned 65 values where 64 fit",
+    );
+    // A status is the kernel's own error; a scalar with no value is NULL.
+    assert!(matches!(
+        run(&agg("int64", "(i32.const -3)", "(i32.const 0)")),
+        Err(KernelError::Status { status: -3, .. })
+    ));
+    assert_eq!(
+        run(&agg("float64", "(i32.const 0)", "(i32.const 0)")).unwrap(),
+        vec![Vec::<u64>::new()]
+    );
+    // A map kernel is not an aggregate, nor a filter.
+    let m = map("(local.get $rows)");
+    assert!(matches!(
+        sb.session(&m).unwrap().group_finish(1),
+        Err(KernelError::AbiMismatch(_))
+    ));
+    assert!(matches!(
+        sb.session(&m).unwrap().filter(100, &[col], &[]),
+        Err(KernelError::AbiMismatch(_))
+    ));
+    builtin_still_works(&sb);
+}
