@@ -425,6 +425,10 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
             .unwrap()
             .aggregate(AggFunc::Sum, Some("id"), "s")
             .unwrap()
+            .aggregate(AggFunc::Min, Some("val"), "lo")
+            .unwrap()
+            .aggregate(AggFunc::Max, Some("price"), "hi")
+            .unwrap()
             .backend(b)
             .build()
     };
@@ -432,26 +436,45 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
     let fpga = c.query(&plan(BackendKind::Fpga)).await.unwrap();
     assert_eq!(fpga.concat().unwrap(), native.concat().unwrap());
     assert!(
-        fpga.stats.placement.starts_with("filter=fpga"),
+        fpga.stats
+            .placement
+            .starts_with("filter=fpga aggregate=fpga"),
         "{}",
         fpga.stats.placement
     );
     assert!(fpga.stats.fpga_modelled_us > 0);
     assert_eq!(fpga.stats.fallbacks, 0);
 
-    // A device fault after two runs: the rest of the query runs in Wasm, same answer.
+    // A device fault after two or three runs (a batch's filter, then its aggregate): the rest
+    // of the query runs in Wasm, whose accumulators merge with the device's, same answer.
     let device = dev.device.executor().fpga().device().clone();
-    device.inject_fault(2);
-    let faulted = c.query(&plan(BackendKind::Fpga)).await.unwrap();
-    assert_eq!(faulted.concat().unwrap(), native.concat().unwrap());
-    assert_eq!(faulted.stats.fallbacks, 1);
-    assert!(
-        faulted.stats.placement.contains("fell back to wasm"),
-        "{}",
-        faulted.stats.placement
-    );
-    device.clear_fault();
+    for after in [2, 3] {
+        device.inject_fault(after);
+        let faulted = c.query(&plan(BackendKind::Fpga)).await.unwrap();
+        assert_eq!(faulted.concat().unwrap(), native.concat().unwrap());
+        assert_eq!(faulted.stats.fallbacks, 1);
+        assert!(
+            faulted.stats.placement.contains("fell back to wasm"),
+            "{}",
+            faulted.stats.placement
+        );
+        device.clear_fault();
+    }
     let again = c.query(&plan(BackendKind::Fpga)).await.unwrap();
     assert_eq!(again.stats.fallbacks, 0);
+    // More groups than the device has accumulators: Wasm takes over, same answer.
+    let many = |b: BackendKind| {
+        Query::table("t")
+            .group_by(["id"])
+            .aggregate(AggFunc::Max, Some("val"), "v")
+            .unwrap()
+            .order_by("id", false)
+            .backend(b)
+            .build()
+    };
+    let fpga = c.query(&many(BackendKind::Fpga)).await.unwrap();
+    let native = c.query(&many(BackendKind::Native)).await.unwrap();
+    assert_eq!(fpga.concat().unwrap(), native.concat().unwrap());
+    assert_eq!(fpga.stats.fallbacks, 1, "{}", fpga.stats.placement);
     dev.stop().await;
 }

@@ -253,7 +253,7 @@ fn predicate() -> impl Strategy<Value = Expr> {
 }
 
 /// Checks one predicate on `table` against the model: filtered scans on every backend return
-/// exactly the model's rows, and grouped aggregates (native and Wasm) its groups.
+/// exactly the model's rows, and grouped aggregates (native, Wasm, FPGA) its groups.
 fn check_predicate(
     rt: &tokio::runtime::Runtime,
     c: &mut nearstore_sdk::Client,
@@ -298,7 +298,8 @@ fn check_predicate(
         prop_assert_eq!(&got, &want, "predicate {} on {:?}", pred, backend);
     }
 
-    // Grouped aggregates over the same predicate, accumulated natively and in Wasm.
+    // Grouped aggregates over the same predicate, accumulated natively, in Wasm and on the
+    // emulated FPGA.
     type Agg = (i64, i64, Option<f64>, Option<i128>);
     let mut want: BTreeMap<String, Agg> = BTreeMap::new();
     for row in model.iter().filter(|row| eval(&pred, row) == Some(true)) {
@@ -310,7 +311,7 @@ fn check_predicate(
         }
         e.3 = Some(e.3.map_or(row.price, |m: i128| m.max(row.price)));
     }
-    for backend in [BackendKind::Native, BackendKind::Wasm] {
+    for backend in [BackendKind::Native, BackendKind::Wasm, BackendKind::Fpga] {
         let plan = Query::table(table)
             .filter_expr(pred.clone())
             .group_by(["cat"])
@@ -329,12 +330,9 @@ fn check_predicate(
             .block_on(c.query(&plan))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let b = r.concat().unwrap();
-        if backend == BackendKind::Wasm {
-            prop_assert!(
-                r.stats.placement.contains("aggregate=wasm"),
-                "{}",
-                r.stats.placement
-            );
+        if backend != BackendKind::Native {
+            let want = format!("aggregate={}", backend.as_str());
+            prop_assert!(r.stats.placement.contains(&want), "{}", r.stats.placement);
         }
         let cat = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
         let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();

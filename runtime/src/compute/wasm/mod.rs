@@ -94,14 +94,22 @@ impl ComputeBackend for WasmBackend {
     }
 
     fn open_with(&self, limits: Option<KernelLimits>) -> Result<Box<dyn ComputeSession>> {
-        Ok(Box::new(WasmSession {
-            kernel: self.sandbox.session_with(&self.filter, limits)?,
-            rows_seen: 0,
-        }))
+        Ok(Box::new(self.session(limits)?))
     }
 }
 
-struct WasmSession {
+impl WasmBackend {
+    /// A session of the built-in kernel under `limits` (the FPGA backend's fallback).
+    pub(crate) fn session(&self, limits: Option<KernelLimits>) -> Result<WasmSession> {
+        Ok(WasmSession {
+            kernel: self.sandbox.session_with(&self.filter, limits)?,
+            rows_seen: 0,
+        })
+    }
+}
+
+/// One query's instance of the built-in kernel.
+pub(crate) struct WasmSession {
     kernel: KernelSession,
     /// Rows given to the aggregate kernel (bounds every count it reports).
     rows_seen: u64,
@@ -134,32 +142,7 @@ impl ComputeSession for WasmSession {
         inputs: &[Option<ArrayRef>],
         rows: usize,
     ) -> Result<()> {
-        let mut params = Vec::with_capacity(aggs.len() * 4);
-        let mut owned = Vec::new();
-        for (a, input) in aggs.iter().zip(inputs) {
-            let func = match a.func {
-                AggFunc::CountStar => agg::COUNT_STAR,
-                AggFunc::Count => agg::COUNT,
-                AggFunc::Sum | AggFunc::Avg => agg::SUM,
-                AggFunc::Min => agg::MIN,
-                AggFunc::Max => agg::MAX,
-                AggFunc::Kernel => {
-                    return Err(Error::Internal(
-                        "aggregate kernels do not run in the built-in kernel".into(),
-                    ));
-                }
-            };
-            let col = match input {
-                Some(arr) => {
-                    owned.push(OwnedColumn::of(arr));
-                    owned.len() as u16
-                }
-                None => agg::NO_COLUMN,
-            };
-            params.push(func);
-            params.extend(col.to_le_bytes());
-            params.push(0);
-        }
+        let (params, owned) = marshal_aggregate(aggs, inputs)?;
         let group_bytes: Option<&[u8]> = groups.map(|g| {
             // SAFETY: u32 has no padding or invalid bit patterns; the byte view covers exactly
             // the slice's memory and lives as long as `g`.
@@ -180,13 +163,8 @@ impl ComputeSession for WasmSession {
     }
 
     fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {
-        let state = if self.rows_seen == 0 {
-            // No batch reached the kernel: every accumulator is empty.
-            vec![0; n_groups * aggs.len() * agg::SLOT_BYTES]
-        } else {
-            self.kernel.aggregate_state(n_groups)?
-        };
-        finish_state(aggs, &state, n_groups, self.rows_seen, self.kernel.name())
+        let (state, rows_seen) = self.raw_state(aggs, n_groups)?;
+        finish_state(aggs, &state, n_groups, rows_seen, self.kernel.name())
     }
 
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {
@@ -194,6 +172,102 @@ impl ComputeSession for WasmSession {
         // if it ever does.
         NativeBackend.evaluate(expr, batch)
     }
+}
+
+impl WasmSession {
+    /// The kernel's aggregate slots for `n_groups` groups (unchecked) and the rows it was
+    /// given.
+    pub(crate) fn raw_state(&self, aggs: &[AggSpec], n_groups: usize) -> Result<(Vec<u8>, u64)> {
+        let state = if self.rows_seen == 0 {
+            // No batch reached the kernel: every accumulator is empty.
+            vec![0; n_groups * aggs.len() * agg::SLOT_BYTES]
+        } else {
+            self.kernel.aggregate_state(n_groups)?
+        };
+        Ok((state, self.rows_seen))
+    }
+}
+
+/// The aggregate program (see `nearstore_kernel_abi::agg`) for `aggs` and their input columns
+/// in the kernel ABI's layout (column 0 is left for the groups).
+pub(crate) fn marshal_aggregate(
+    aggs: &[AggSpec],
+    inputs: &[Option<ArrayRef>],
+) -> Result<(Vec<u8>, Vec<OwnedColumn>)> {
+    let mut params = Vec::with_capacity(aggs.len() * 4);
+    let mut owned = Vec::new();
+    for (a, input) in aggs.iter().zip(inputs) {
+        let func = match a.func {
+            AggFunc::CountStar => agg::COUNT_STAR,
+            AggFunc::Count => agg::COUNT,
+            AggFunc::Sum | AggFunc::Avg => agg::SUM,
+            AggFunc::Min => agg::MIN,
+            AggFunc::Max => agg::MAX,
+            AggFunc::Kernel => {
+                return Err(Error::Internal(
+                    "aggregate kernels do not run in the built-in kernel".into(),
+                ));
+            }
+        };
+        let col = match input {
+            Some(arr) => {
+                owned.push(OwnedColumn::of(arr));
+                owned.len() as u16
+            }
+            None => agg::NO_COLUMN,
+        };
+        params.push(func);
+        params.extend(col.to_le_bytes());
+        params.push(0);
+    }
+    Ok((params, owned))
+}
+
+/// Adds the aggregate slots `src` into `dst` (both `groups × aggs` slots): counts and sums add
+/// up (float sums as floats), minima and maxima keep the better of the two.
+pub(crate) fn merge_state(aggs: &[AggSpec], dst: &mut [u8], src: &[u8]) -> Result<()> {
+    let naggs = aggs.len();
+    if dst.len() != src.len() || naggs == 0 || !dst.len().is_multiple_of(naggs * agg::SLOT_BYTES) {
+        return Err(Error::Internal(
+            "aggregate states of different shapes".into(),
+        ));
+    }
+    let float: Vec<bool> = aggs
+        .iter()
+        .map(|a| a.input.as_ref().map(PhysExpr::data_type) == Some(DataType::Float64))
+        .collect();
+    for (i, (d, s)) in dst
+        .chunks_exact_mut(agg::SLOT_BYTES)
+        .zip(src.chunks_exact(agg::SLOT_BYTES))
+        .enumerate()
+    {
+        let a = &aggs[i % naggs];
+        let read = |b: &[u8]| {
+            (
+                i128::from_le_bytes(b[..16].try_into().expect("16 bytes")),
+                i64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            )
+        };
+        let ((da, dc), (sa, sc)) = (read(d), read(s));
+        if sc == 0 {
+            continue;
+        }
+        let acc = match a.func {
+            AggFunc::Sum | AggFunc::Avg if float[i % naggs] => {
+                let sum = f64::from_bits(da as u64) + f64::from_bits(sa as u64);
+                sum.to_bits() as i128
+            }
+            AggFunc::Sum | AggFunc::Avg => da
+                .checked_add(sa)
+                .ok_or_else(|| Error::TypeMismatch(format!("aggregate {} overflowed", a.name)))?,
+            AggFunc::Min if dc == 0 || sa < da => sa,
+            AggFunc::Max if dc == 0 || sa > da => sa,
+            _ => da,
+        };
+        d[..16].copy_from_slice(&acc.to_le_bytes());
+        d[16..24].copy_from_slice(&(dc + sc).to_le_bytes());
+    }
+    Ok(())
 }
 
 /// Turns a kernel's aggregate state into result arrays, checking what can be checked: every
