@@ -317,8 +317,7 @@ fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
                 None => merge(st, 0, j, func, false, &Partial { count: rows as i64, ..zero })?,
                 Some(g) => {
                     for &gi in g.iter().take(rows) {
-                        let one = Partial { count: 1, ..zero };
-                        merge(st, gi as usize, j, func, false, &one)?;
+                        st.fold(gi as u32 as usize, j, (), |acc, _, ()| Ok(acc))?;
                     }
                 }
             }
@@ -383,17 +382,50 @@ fn accumulate<T: Copy>(
             }
             merge(st, 0, a.j, a.func, a.float, &part)
         }
-        _ => {
-            for (i, &x) in vals.iter().enumerate().take(a.rows) {
-                if c.is_valid(i) {
-                    let gi = a.groups.map_or(0, |g| g[i]);
-                    let (v, f) = conv(x);
-                    let mut part = zero;
-                    fold(&mut part, a.func, a.float, v, f)?;
-                    merge(st, gi as usize, a.j, a.func, a.float, &part)?;
-                }
+        // Row at a time into each row's slot, one loop per function.
+        _ => match a.func {
+            agg::SUM if a.float => scatter(st, c, vals, a, |acc, _, x| {
+                let (_, f) = conv(x);
+                Ok((f64::from_bits(acc as u64) + f).to_bits() as i128)
+            }),
+            agg::SUM => scatter(st, c, vals, a, |acc, _, x| {
+                acc.checked_add(conv(x).0).ok_or(status::OVERFLOW)
+            }),
+            agg::MIN => scatter(st, c, vals, a, |acc, n, x| {
+                let v = conv(x).0;
+                Ok(if n == 0 || v < acc { v } else { acc })
+            }),
+            agg::MAX => scatter(st, c, vals, a, |acc, n, x| {
+                let v = conv(x).0;
+                Ok(if n == 0 || v > acc { v } else { acc })
+            }),
+            _ => scatter(st, c, vals, a, |acc, _, _| Ok(acc)),
+        },
+    }
+}
+
+/// Folds each valid row of `vals` into its group's slot with `f`.
+#[inline(always)]
+fn scatter<T: Copy>(
+    st: &mut AggState,
+    c: &Column,
+    vals: &[T],
+    a: &Args,
+    f: impl Fn(i128, i64, T) -> KernelResult<i128>,
+) -> KernelResult {
+    let vals = vals.get(..a.rows).ok_or(status::BAD_INPUT)?;
+    for base in (0..a.rows).step_by(BLOCK) {
+        let valid = c.validity_block(base);
+        let end = (base + BLOCK).min(a.rows);
+        for i in base..end {
+            if valid >> (i - base) & 1 != 0 {
+                let g = match a.groups {
+                    Some(g) => *g.get(i).ok_or(status::BAD_INPUT)? as u32 as usize,
+                    None => 0,
+                };
+                st.fold(g, a.j, vals[i], &f)?;
             }
-            Ok(())
         }
     }
+    Ok(())
 }
