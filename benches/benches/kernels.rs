@@ -134,6 +134,61 @@ fn fpga_model(_c: &mut Criterion) {
             samples[samples.len() / 2]
         );
     }
+    // The aggregate engine: sum, max and count(*), without groups and over 10 000 groups.
+    use nearstore_proto::AggFunc;
+    use nearstore_runtime::exec::aggregate::{AggSpec, HashAggregator};
+    let schema = data[0].schema();
+    let binder = Binder::new("bench", &schema);
+    let aggs = vec![
+        AggSpec {
+            func: AggFunc::Sum,
+            input: Some(binder.column("l_quantity").unwrap()),
+            name: "s".into(),
+        },
+        AggSpec {
+            func: AggFunc::Max,
+            input: Some(binder.column("f").unwrap()),
+            name: "m".into(),
+        },
+        AggSpec {
+            func: AggFunc::CountStar,
+            input: None,
+            name: "n".into(),
+        },
+    ];
+    let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
+    println!("| aggregate | modelled µs | emulation µs (host) | fell back |\n|---|---:|---:|---|");
+    for (name, group_by) in [
+        ("ungrouped", vec![]),
+        ("grouped_10k", vec![binder.column("k").unwrap()]),
+    ] {
+        let mut samples = Vec::new();
+        let (mut modelled, mut fallbacks) = (0.0, 0);
+        for _ in 0..5 {
+            let session = Arc::new(std::sync::Mutex::new(fpga.open().unwrap()));
+            let mut h = HashAggregator::new(group_by.clone(), aggs.clone()).unwrap();
+            h.offload_to(session.clone());
+            let t = std::time::Instant::now();
+            for batch in &data {
+                h.update(batch, &eval).unwrap();
+            }
+            black_box(h.finish().unwrap());
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+            let report = session.lock().unwrap().report();
+            modelled = report.modelled_us;
+            fallbacks = report.fallbacks;
+        }
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "| {name} | {modelled:.0} | {:.0} | {} |",
+            samples[samples.len() / 2],
+            if fallbacks > 0 {
+                "yes (more groups than accumulators)"
+            } else {
+                "no"
+            }
+        );
+    }
 }
 
 /// Aggregation: native accumulators against the Wasm kernel (group ids are computed on the
