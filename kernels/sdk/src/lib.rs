@@ -234,7 +234,7 @@ pub fn cmp_block_i64(values: &[i64], base: usize, op: Cmp, lit: i64) -> u64 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if base + BLOCK <= values.len() {
         // SAFETY: rows base..base + 64 are in bounds (checked).
-        return unsafe { simd::cmp_i64(values.as_ptr().add(base), op, lit, false) };
+        return unsafe { simd::cmp_i64::<false>(values.as_ptr().add(base), op, lit) };
     }
     mask_block(values, base, |x| op.holds(x, lit))
 }
@@ -258,7 +258,7 @@ pub fn cmp_block_f64(values: &[f64], base: usize, op: Cmp, lit: f64) -> u64 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if base + BLOCK <= values.len() {
         // SAFETY: rows base..base + 64 are in bounds (checked); f64 and i64 have one size.
-        return unsafe { simd::cmp_i64(values.as_ptr().add(base).cast::<i64>(), op, key, true) };
+        return unsafe { simd::cmp_i64::<true>(values.as_ptr().add(base).cast::<i64>(), op, key) };
     }
     mask_block(values, base, |x| op.holds(f64_order_key(x), key))
 }
@@ -271,46 +271,72 @@ mod simd {
 
     use super::Cmp;
 
+    /// `f(0) | f(1) | … | f(N - 1)` written out, so the block has no loop: no back-edge, no
+    /// interruption check, constant shifts.
+    macro_rules! unrolled {
+        (16, $f:expr) => {
+            $f(0)
+                | $f(1)
+                | $f(2)
+                | $f(3)
+                | $f(4)
+                | $f(5)
+                | $f(6)
+                | $f(7)
+                | $f(8)
+                | $f(9)
+                | $f(10)
+                | $f(11)
+                | $f(12)
+                | $f(13)
+                | $f(14)
+                | $f(15)
+        };
+        (32, $f:expr) => {
+            unrolled!(16, $f) | unrolled!(16, |j: usize| $f(j + 16))
+        };
+    }
+
     macro_rules! lanes64 {
-        ($p:expr, $l:expr, $f:ident, $key:expr) => {{
-            let mut m = 0u64;
-            for j in 0..32 {
-                // SAFETY: the caller guarantees 64 readable values at $p.
-                let mut v = unsafe { v128_load($p.add(2 * j).cast::<v128>()) };
-                if $key {
+        ($p:expr, $l:expr, $f:ident, $key:ident) => {{
+            #[inline(always)]
+            fn step<const KEY: bool>(p: *const i64, l: v128, j: usize) -> u64 {
+                // SAFETY: the caller guarantees 64 readable values at p.
+                let mut v = unsafe { v128_load(p.add(2 * j).cast::<v128>()) };
+                if KEY {
                     let sign = i64x2_shr(v, 63);
                     v = v128_xor(v, u64x2_shr(sign, 1));
                 }
-                m |= (i64x2_bitmask($f(v, $l)) as u64) << (2 * j);
+                (i64x2_bitmask($f(v, l)) as u64) << (2 * j)
             }
-            m
+            unrolled!(32, |j| step::<$key>($p, $l, j))
         }};
     }
 
     /// # Safety
     /// `p` must address 64 readable `i64`s.
     #[inline]
-    pub unsafe fn cmp_i64(p: *const i64, op: Cmp, lit: i64, key: bool) -> u64 {
+    pub unsafe fn cmp_i64<const KEY: bool>(p: *const i64, op: Cmp, lit: i64) -> u64 {
         let l = i64x2_splat(lit);
         match op {
-            Cmp::Eq => lanes64!(p, l, i64x2_eq, key),
-            Cmp::Ne => lanes64!(p, l, i64x2_ne, key),
-            Cmp::Lt => lanes64!(p, l, i64x2_lt, key),
-            Cmp::Le => lanes64!(p, l, i64x2_le, key),
-            Cmp::Gt => lanes64!(p, l, i64x2_gt, key),
-            Cmp::Ge => lanes64!(p, l, i64x2_ge, key),
+            Cmp::Eq => lanes64!(p, l, i64x2_eq, KEY),
+            Cmp::Ne => lanes64!(p, l, i64x2_ne, KEY),
+            Cmp::Lt => lanes64!(p, l, i64x2_lt, KEY),
+            Cmp::Le => lanes64!(p, l, i64x2_le, KEY),
+            Cmp::Gt => lanes64!(p, l, i64x2_gt, KEY),
+            Cmp::Ge => lanes64!(p, l, i64x2_ge, KEY),
         }
     }
 
     macro_rules! lanes32 {
         ($p:expr, $l:expr, $f:ident) => {{
-            let mut m = 0u64;
-            for j in 0..16 {
-                // SAFETY: the caller guarantees 64 readable values at $p.
-                let v = unsafe { v128_load($p.add(4 * j).cast::<v128>()) };
-                m |= (i32x4_bitmask($f(v, $l)) as u64) << (4 * j);
+            #[inline(always)]
+            fn step(p: *const i32, l: v128, j: usize) -> u64 {
+                // SAFETY: the caller guarantees 64 readable values at p.
+                let v = unsafe { v128_load(p.add(4 * j).cast::<v128>()) };
+                (i32x4_bitmask($f(v, l)) as u64) << (4 * j)
             }
-            m
+            unrolled!(16, |j| step($p, $l, j))
         }};
     }
 
