@@ -78,7 +78,7 @@ async fn q6_and_q1_on_the_device_match_the_host() {
         .backend(BackendKind::Wasm)
         .build();
     let r = c.query(&q6).await.unwrap();
-    assert_eq!(r.stats.placement, "filter=wasm aggregate=wasm exprs=native");
+    assert_eq!(r.stats.placement, "filter=wasm aggregate=wasm exprs=wasm");
     let b = r.concat().unwrap();
     assert_eq!(b.num_rows(), 1);
     let revenue = b.column(0).as_primitive::<Decimal128Type>();
@@ -139,7 +139,7 @@ async fn q6_and_q1_on_the_device_match_the_host() {
         .backend(BackendKind::Wasm)
         .build();
     let r = c.query(&q1).await.unwrap();
-    assert_eq!(r.stats.placement, "filter=wasm aggregate=wasm exprs=native");
+    assert_eq!(r.stats.placement, "filter=wasm aggregate=wasm exprs=wasm");
     let b = r.concat().unwrap();
     assert_eq!(b.num_rows(), want_q1.len());
     let rf = strings(col(&b, "l_returnflag"));

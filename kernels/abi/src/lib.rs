@@ -53,8 +53,57 @@ pub const EXPORT_MAP: &str = "nearstore_map";
 /// parameter bytes and each group's state is `state_size` bytes (not [`agg`] slots); column 0
 /// holds the groups, the other columns the kernel's arguments.
 pub const EXPORT_AGG_FINISH: &str = "nearstore_agg_finish";
+/// `(batch: u32, out: u32, rows: u32) -> i32`, optional (the built-in kernel): evaluates the
+/// [`expr`] program (the parameters) per row, writing `rows` 16-byte little-endian values
+/// (`i128` for integer and decimal results; for float results the `f64` bits in the low 8
+/// bytes) at `out`, then `ceil(rows / 64)` validity words. Returns `rows`, or
+/// [`status::OVERFLOW`] when a valid row's value leaves its type's range.
+pub const EXPORT_PROJECT: &str = "nearstore_project";
 /// The kernel's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
+
+/// The expression program of [`EXPORT_PROJECT`]: postfix, over the batch's columns, each
+/// instruction an opcode byte and its operands (little-endian). A row is NULL when any column
+/// it reads is.
+///
+/// | opcode | operands | pushes |
+/// |---|---|---|
+/// | [`expr::COL`] | column `u16` | the column's values (int32, int64, decimal128 unscaled, float64) |
+/// | [`expr::INT`] | `i128` | an integer or unscaled decimal constant |
+/// | [`expr::FLOAT`] | `f64` | a float constant |
+/// | [`expr::ADD`] / [`expr::SUB`] / [`expr::MUL`] | range `u8` | the result, checked against the range |
+/// | [`expr::RESCALE`] | `k: u8` | the value × 10^k (a decimal's scale raised by k), checked |
+pub mod expr {
+    /// Push a column.
+    pub const COL: u8 = 1;
+    /// Push an integer constant.
+    pub const INT: u8 = 2;
+    /// Push a float constant.
+    pub const FLOAT: u8 = 3;
+    /// Pop two, push their sum.
+    pub const ADD: u8 = 4;
+    /// Pop two, push their difference.
+    pub const SUB: u8 = 5;
+    /// Pop two, push their product.
+    pub const MUL: u8 = 6;
+    /// Pop one, push it × 10^k.
+    pub const RESCALE: u8 = 7;
+
+    /// The range an arithmetic result must lie in (its SQL type).
+    pub mod range {
+        /// `i32`.
+        pub const I32: u8 = 0;
+        /// `i64`.
+        pub const I64: u8 = 1;
+        /// `i128` (decimals).
+        pub const I128: u8 = 2;
+        /// `f64` (IEEE arithmetic, no check).
+        pub const F64: u8 = 3;
+    }
+
+    /// Deepest evaluation stack a program may need.
+    pub const STACK_MAX: usize = 16;
+}
 
 /// Output types of map and aggregate kernels (manifest `output=`).
 pub mod output {

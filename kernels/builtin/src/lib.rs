@@ -8,7 +8,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 
-use nearstore_kernel::abi::{agg, program, status, types};
+use nearstore_kernel::abi::{agg, expr, program, status, types};
 use nearstore_kernel::{
     AggState, BLOCK, Batch, Cmp, Column, KernelResult, Selection, cmp_block_f64, cmp_block_i32,
     cmp_block_i64, f64_order_key, lanes, mask_block,
@@ -16,6 +16,7 @@ use nearstore_kernel::{
 
 nearstore_kernel::export_filter!(filter);
 nearstore_kernel::export_aggregate!(aggregate);
+nearstore_kernel::export_project!(project);
 nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=builtin.filter\nsignature=program\nstate_size=0\n");
 
 /// A literal decoded for its column's type.
@@ -425,6 +426,174 @@ fn scatter<T: Copy>(
                 };
                 st.fold(g, a.j, vals[i], &f)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// One instruction of the expression program.
+#[derive(Clone, Copy)]
+enum XOp {
+    Col(usize),
+    Int(i128),
+    Float(f64),
+    Arith(u8, u8),
+    Rescale(i128),
+}
+
+/// A stack value over one 64-row block: integers (and unscaled decimals) or floats, and the
+/// rows that are valid.
+enum Vals {
+    I([i128; BLOCK], u64),
+    F([f64; BLOCK], u64),
+}
+
+fn decode_expr(batch: &Batch) -> KernelResult<Vec<XOp>> {
+    let mut r = Reader { b: batch.params(), pos: 0 };
+    let mut ops = Vec::new();
+    let mut depth = 0usize;
+    while r.pos < r.b.len() {
+        let op = match r.u8()? {
+            expr::COL => XOp::Col(check_col(batch, r.u16()?)?),
+            expr::INT => XOp::Int(i128::from_le_bytes(r.take(16)?.try_into().map_err(|_| status::BAD_INPUT)?)),
+            expr::FLOAT => XOp::Float(f64::from_le_bytes(r.take(8)?.try_into().map_err(|_| status::BAD_INPUT)?)),
+            op @ (expr::ADD | expr::SUB | expr::MUL) => XOp::Arith(op, r.u8()?),
+            expr::RESCALE => {
+                let k = r.u8()? as u32;
+                XOp::Rescale(10i128.checked_pow(k).ok_or(status::BAD_INPUT)?)
+            }
+            _ => return Err(status::BAD_INPUT),
+        };
+        depth = match op {
+            XOp::Col(_) | XOp::Int(_) | XOp::Float(_) => depth + 1,
+            XOp::Arith(..) => depth.checked_sub(1).filter(|d| *d >= 1).ok_or(status::BAD_INPUT)?,
+            XOp::Rescale(_) if depth >= 1 => depth,
+            XOp::Rescale(_) => return Err(status::BAD_INPUT),
+        };
+        if depth > expr::STACK_MAX {
+            return Err(status::BAD_INPUT);
+        }
+        ops.push(op);
+    }
+    if depth != 1 {
+        return Err(status::BAD_INPUT);
+    }
+    Ok(ops)
+}
+
+/// Rows `base..base + n` of a column as a stack value.
+fn load(c: &Column, base: usize, n: usize) -> KernelResult<Vals> {
+    let valid = c.validity_block(base) & lanes(n);
+    Ok(match c.type_code() {
+        types::FLOAT64 => {
+            let mut v = [0f64; BLOCK];
+            v[..n].copy_from_slice(&c.f64s()?[base..base + n]);
+            Vals::F(v, valid)
+        }
+        t => {
+            let mut v = [0i128; BLOCK];
+            match t {
+                types::INT32 => {
+                    for (d, s) in v.iter_mut().zip(&c.i32s()?[base..base + n]) {
+                        *d = *s as i128;
+                    }
+                }
+                types::INT64 => {
+                    for (d, s) in v.iter_mut().zip(&c.i64s()?[base..base + n]) {
+                        *d = *s as i128;
+                    }
+                }
+                types::DECIMAL128 => v[..n].copy_from_slice(&c.i128s()?[base..base + n]),
+                _ => return Err(status::UNSUPPORTED),
+            }
+            Vals::I(v, valid)
+        }
+    })
+}
+
+/// Checks a valid row's value against the result's range.
+#[inline(always)]
+fn in_range(x: i128, range: u8) -> KernelResult<i128> {
+    let ok = match range {
+        expr::range::I32 => i32::try_from(x).is_ok(),
+        expr::range::I64 => i64::try_from(x).is_ok(),
+        _ => true,
+    };
+    if ok { Ok(x) } else { Err(status::OVERFLOW) }
+}
+
+/// Evaluates the expression program (see `nearstore_kernel_abi::expr`) over a batch, 64 rows
+/// at a time; arithmetic is checked on valid rows only, as Arrow's is.
+fn project(batch: &Batch, out: &mut [i128], validity: &mut [u64]) -> KernelResult {
+    let ops = decode_expr(batch)?;
+    let rows = batch.rows();
+    let mut stack: Vec<Vals> = Vec::with_capacity(expr::STACK_MAX);
+    for base in (0..rows).step_by(BLOCK) {
+        let n = (rows - base).min(BLOCK);
+        let all = lanes(n);
+        stack.clear();
+        for op in &ops {
+            let v = match *op {
+                XOp::Col(c) => load(batch.column(c)?, base, n)?,
+                XOp::Int(x) => Vals::I([x; BLOCK], all),
+                XOp::Float(x) => Vals::F([x; BLOCK], all),
+                XOp::Rescale(m) => match stack.pop() {
+                    Some(Vals::I(mut a, va)) => {
+                        for (i, x) in a.iter_mut().enumerate().take(n) {
+                            if va >> i & 1 == 1 {
+                                *x = x.checked_mul(m).ok_or(status::OVERFLOW)?;
+                            }
+                        }
+                        Vals::I(a, va)
+                    }
+                    _ => return Err(status::BAD_INPUT),
+                },
+                XOp::Arith(op, range) => {
+                    let (b, a) = (stack.pop(), stack.pop());
+                    match (a, b) {
+                        (Some(Vals::F(mut a, va)), Some(Vals::F(b, vb))) if range == expr::range::F64 => {
+                            for (x, y) in a.iter_mut().zip(&b) {
+                                *x = match op {
+                                    expr::ADD => *x + y,
+                                    expr::SUB => *x - y,
+                                    _ => *x * y,
+                                };
+                            }
+                            Vals::F(a, va & vb)
+                        }
+                        (Some(Vals::I(mut a, va)), Some(Vals::I(b, vb))) if range != expr::range::F64 => {
+                            let v = va & vb;
+                            for i in 0..n {
+                                if v >> i & 1 == 1 {
+                                    let r = match op {
+                                        expr::ADD => a[i].checked_add(b[i]),
+                                        expr::SUB => a[i].checked_sub(b[i]),
+                                        _ => a[i].checked_mul(b[i]),
+                                    };
+                                    a[i] = in_range(r.ok_or(status::OVERFLOW)?, range)?;
+                                }
+                            }
+                            Vals::I(a, v)
+                        }
+                        _ => return Err(status::BAD_INPUT),
+                    }
+                }
+            };
+            stack.push(v);
+        }
+        let (dst, w) = (&mut out[base..base + n], base / BLOCK);
+        match stack.pop() {
+            Some(Vals::I(v, valid)) => {
+                dst.copy_from_slice(&v[..n]);
+                validity[w] = valid;
+            }
+            Some(Vals::F(v, valid)) => {
+                for (d, x) in dst.iter_mut().zip(&v[..n]) {
+                    *d = x.to_bits() as i128;
+                }
+                validity[w] = valid;
+            }
+            None => return Err(status::BAD_INPUT),
         }
     }
     Ok(())

@@ -816,6 +816,57 @@ pub unsafe fn __run_map(
     result.unwrap_or_else(|e| e)
 }
 
+/// Runs an expression-program function for the generated `nearstore_project` export (the
+/// built-in kernel's computed columns). Not for direct use.
+///
+/// # Safety
+/// As [`batch_from_memory`]; `out` must address `rows` writable 16-byte values followed by
+/// `ceil(rows / 64)` `u64`s, 16-byte aligned.
+#[doc(hidden)]
+pub unsafe fn __run_project(
+    desc: u32,
+    out: u32,
+    rows: u32,
+    f: fn(&Batch, &mut [i128], &mut [u64]) -> KernelResult,
+) -> i32 {
+    let result = with_scratch(|| -> KernelResult<i32> {
+        // SAFETY: forwarded contract.
+        let batch = unsafe { batch_from_memory(desc) }?;
+        if batch.rows() != rows as usize || !out.is_multiple_of(16) {
+            return Err(status::BAD_INPUT);
+        }
+        let n = rows as usize;
+        // SAFETY: the host reserved n i128s then ceil(n / 64) u64s at `out` (contract),
+        // 16-byte aligned (checked).
+        let (values, validity) = unsafe {
+            (
+                core::slice::from_raw_parts_mut(out as usize as *mut i128, n),
+                core::slice::from_raw_parts_mut(
+                    (out as usize + 16 * n) as *mut u64,
+                    n.div_ceil(64),
+                ),
+            )
+        };
+        f(&batch, values, validity)?;
+        Ok(rows as i32)
+    });
+    result.unwrap_or_else(|e| e)
+}
+
+/// Generates the `nearstore_project` export around `fn(&Batch, &mut [i128], &mut [u64]) ->
+/// KernelResult` (values, validity words). Used by the built-in kernel.
+#[macro_export]
+macro_rules! export_project {
+    ($f:path) => {
+        /// Expression-program entry point (Nearstore kernel ABI).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn nearstore_project(desc: u32, out: u32, rows: u32) -> i32 {
+            // SAFETY: the device calls this export with addresses it wrote per the ABI.
+            unsafe { $crate::__run_project(desc, out, rows, $f) }
+        }
+    };
+}
+
 /// Generates the exports of a map kernel around `fn(&Batch, &mut MapOutput) -> KernelResult`.
 #[macro_export]
 macro_rules! export_map {

@@ -415,8 +415,13 @@ impl Executor {
                 .chain(a.iter().filter_map(|a| a.input.as_ref()))
                 .collect(),
         };
-        let exprs_on_backend = !exprs.is_empty()
-            && exprs
+        // Where the computed expressions run (plain columns and literals need no operator).
+        let computed: Vec<&&PhysExpr> = exprs
+            .iter()
+            .filter(|e| !matches!(e, PhysExpr::Column { .. } | PhysExpr::Literal(_)))
+            .collect();
+        let exprs_on_backend = !computed.is_empty()
+            && computed
                 .iter()
                 .all(|e| backend.supports_expr(e) == Support::Exact);
         let offload_aggs = match &q.output {

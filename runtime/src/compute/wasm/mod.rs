@@ -14,7 +14,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use nearstore_kernel_abi::{agg, program, types};
-use nearstore_proto::{AggFunc, BackendKind, CmpOp};
+use nearstore_proto::{AggFunc, ArithOp, BackendKind, CmpOp};
 
 use super::native::NativeBackend;
 use super::{ComputeBackend, ComputeSession, Support};
@@ -64,8 +64,15 @@ impl ComputeBackend for WasmBackend {
         filter_support(predicate)
     }
 
-    fn supports_expr(&self, _expr: &PhysExpr) -> Support {
-        Support::Unsupported
+    fn supports_expr(&self, expr: &PhysExpr) -> Support {
+        // Computed columns (arithmetic) whose program the built-in kernel evaluates with
+        // Arrow's results; plain columns and literals need no kernel.
+        match expr {
+            PhysExpr::Arith { .. } | PhysExpr::Cast { .. } if compile_project(expr).is_some() => {
+                Support::Exact
+            }
+            _ => Support::Unsupported,
+        }
     }
 
     fn supports_aggregates(&self, aggs: &[AggSpec]) -> Support {
@@ -168,10 +175,203 @@ impl ComputeSession for WasmSession {
     }
 
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {
-        // Placement never sends expressions here (supports_expr is Unsupported); stay correct
-        // if it ever does.
-        NativeBackend.evaluate(expr, batch)
+        let Some((params, columns)) = compile_project(expr) else {
+            return NativeBackend.evaluate(expr, batch);
+        };
+        let owned = columns
+            .iter()
+            .map(|c| {
+                batch.column_by_name(c).map(OwnedColumn::of).ok_or_else(|| {
+                    Error::Internal(format!("column '{c}' missing from the decoded batch"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
+        let rows = batch.num_rows();
+        match self.kernel.project(rows, &views, &params) {
+            Ok((values, validity)) => project_array(&expr.data_type(), values, &validity, rows)
+                .map_err(|detail| {
+                    Error::from(KernelError::BadOutput {
+                        kernel: self.kernel.name().to_string(),
+                        detail,
+                    })
+                }),
+            // A value out of its type's range: the native evaluation reports it as Arrow does.
+            Err(KernelError::Status { status, .. })
+                if status == nearstore_kernel_abi::status::OVERFLOW =>
+            {
+                NativeBackend.evaluate(expr, batch)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
+}
+
+/// The result array of a computed column from the kernel's 16-byte values and validity words,
+/// checking that each valid value fits `t`.
+fn project_array(
+    t: &DataType,
+    values: Vec<i128>,
+    validity: &[u64],
+    rows: usize,
+) -> std::result::Result<ArrayRef, String> {
+    use arrow::array::{Decimal128Array, Float64Array, Int32Array, Int64Array};
+    use arrow::buffer::{BooleanBuffer, NullBuffer};
+    let bytes: Vec<u8> = validity.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let nulls = NullBuffer::new(BooleanBuffer::new(bytes.into(), 0, rows));
+    let valid = |i: usize| nulls.is_valid(i);
+    let nulls_opt = (nulls.null_count() > 0).then(|| nulls.clone());
+    let narrow = |what: &str| format!("a valid value does not fit {what}");
+    Ok(match t {
+        DataType::Float64 => Arc::new(Float64Array::new(
+            values.iter().map(|v| f64::from_bits(*v as u64)).collect(),
+            nulls_opt,
+        )),
+        DataType::Int64 => {
+            let mut out = Vec::with_capacity(rows);
+            for (i, v) in values.iter().enumerate() {
+                out.push(match i64::try_from(*v) {
+                    Ok(x) => x,
+                    Err(_) if !valid(i) => 0,
+                    Err(_) => return Err(narrow("int64")),
+                });
+            }
+            Arc::new(Int64Array::new(out.into(), nulls_opt))
+        }
+        DataType::Int32 => {
+            let mut out = Vec::with_capacity(rows);
+            for (i, v) in values.iter().enumerate() {
+                out.push(match i32::try_from(*v) {
+                    Ok(x) => x,
+                    Err(_) if !valid(i) => 0,
+                    Err(_) => return Err(narrow("int32")),
+                });
+            }
+            Arc::new(Int32Array::new(out.into(), nulls_opt))
+        }
+        DataType::Decimal128(p, s) => Arc::new(
+            Decimal128Array::new(values.into(), nulls_opt)
+                .with_precision_and_scale(*p, *s)
+                .map_err(|e| e.to_string())?,
+        ),
+        other => return Err(format!("no computed columns of type {other}")),
+    })
+}
+
+/// Compiles a computed column into the built-in kernel's expression program (see
+/// `nearstore_kernel_abi::expr`) and the columns it reads. `None` when the kernel cannot
+/// compute it exactly as Arrow does: only `+ - *` over int32, int64, decimal128 and float64
+/// operands of one type (the binder unifies them), literals, and decimal casts that keep
+/// every value (scale and integer digits not reduced).
+pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
+    use nearstore_kernel_abi::expr;
+    fn range(t: &DataType) -> Option<u8> {
+        Some(match t {
+            DataType::Int32 => expr::range::I32,
+            DataType::Int64 => expr::range::I64,
+            DataType::Decimal128(..) => expr::range::I128,
+            DataType::Float64 => expr::range::F64,
+            _ => return None,
+        })
+    }
+    fn emit(
+        e: &PhysExpr,
+        cols: &mut Vec<String>,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<usize> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{Decimal128Type, Float64Type, Int32Type, Int64Type};
+        Some(match e {
+            PhysExpr::Column { name, data_type } => {
+                range(data_type)?;
+                out.push(expr::COL);
+                out.extend(col_index(cols, name)?);
+                depth + 1
+            }
+            PhysExpr::Literal(a) if !a.is_null(0) => {
+                match a.data_type() {
+                    DataType::Float64 => {
+                        out.push(expr::FLOAT);
+                        out.extend(a.as_primitive::<Float64Type>().value(0).to_le_bytes());
+                    }
+                    t => {
+                        let v: i128 = match t {
+                            DataType::Int32 => a.as_primitive::<Int32Type>().value(0).into(),
+                            DataType::Int64 => a.as_primitive::<Int64Type>().value(0).into(),
+                            DataType::Decimal128(..) => a.as_primitive::<Decimal128Type>().value(0),
+                            _ => return None,
+                        };
+                        out.push(expr::INT);
+                        out.extend(v.to_le_bytes());
+                    }
+                }
+                depth + 1
+            }
+            PhysExpr::Cast { expr: inner, to } => {
+                let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) =
+                    (inner.data_type(), to)
+                else {
+                    return None;
+                };
+                let (p1, s1, p2, s2) = (p1 as i16, s1 as i16, *p2 as i16, *s2 as i16);
+                if s2 < s1 || p2 - s2 < p1 - s1 {
+                    return None;
+                }
+                let d = emit(inner, cols, out, depth)?;
+                if s2 > s1 {
+                    out.extend([expr::RESCALE, (s2 - s1) as u8]);
+                }
+                d
+            }
+            PhysExpr::Arith {
+                op,
+                left,
+                right,
+                data_type,
+            } => {
+                let r = range(data_type)?;
+                let (lt, rt) = (left.data_type(), right.data_type());
+                // Operands of one type; for decimals, + and - keep the scale and * adds them,
+                // as the plain integer operations on unscaled values do.
+                let same = lt == rt && range(&lt) == Some(r);
+                let scales_ok = match (op, &lt, data_type) {
+                    (_, DataType::Decimal128(..), DataType::Decimal128(_, so)) => {
+                        let DataType::Decimal128(_, si) = lt else {
+                            return None;
+                        };
+                        match op {
+                            ArithOp::Add | ArithOp::Sub => *so == si,
+                            ArithOp::Mul => *so == si * 2,
+                            ArithOp::Div => false,
+                        }
+                    }
+                    _ => true,
+                };
+                if !same || !scales_ok {
+                    return None;
+                }
+                let code = match op {
+                    ArithOp::Add => expr::ADD,
+                    ArithOp::Sub => expr::SUB,
+                    ArithOp::Mul => expr::MUL,
+                    ArithOp::Div => return None,
+                };
+                let d = emit(left, cols, out, depth)?;
+                let d = emit(right, cols, out, d)?;
+                if d > expr::STACK_MAX {
+                    return None;
+                }
+                out.extend([code, r]);
+                d - 1
+            }
+            _ => return None,
+        })
+    }
+    let mut out = Vec::new();
+    let mut cols = Vec::new();
+    let depth = emit(e, &mut cols, &mut out, 0)?;
+    (depth == 1 && depth <= expr::STACK_MAX).then_some((out, cols))
 }
 
 impl WasmSession {

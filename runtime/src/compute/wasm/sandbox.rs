@@ -526,6 +526,7 @@ impl Sandbox {
             agg_update: None,
             map: None,
             agg_finish: None,
+            project: None,
             state: (0, 0, 0),
             arena: 0,
             arena_cap: 0,
@@ -566,6 +567,7 @@ impl Sandbox {
             abi::EXPORT_MAP,
             kind == KernelKind::Map,
         )?;
+        s.project = batch_export(&instance, &mut s.store, abi::EXPORT_PROJECT, false)?;
         s.agg_finish = batch_export(
             &instance,
             &mut s.store,
@@ -655,6 +657,7 @@ pub struct KernelSession {
     agg_update: Option<BatchFunc>,
     map: Option<BatchFunc>,
     agg_finish: Option<BatchFunc>,
+    project: Option<BatchFunc>,
     /// Aggregate state: address, groups it has room for, bytes per group.
     state: (u32, usize, usize),
     arena: u32,
@@ -1069,9 +1072,48 @@ impl KernelSession {
         params: &[u8],
     ) -> Result<(Vec<u64>, Vec<u64>), KernelError> {
         let f = self.map.clone().ok_or_else(|| self.not_a("a map"))?;
+        let (bytes, validity) = self.values_out(&f, rows, columns, params, 8)?;
+        let values = bytes
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        Ok((values, validity))
+    }
+
+    /// Runs the built-in kernel's expression program (`nearstore_project`): one 16-byte value
+    /// per row (`i128`; a float's bits in the low 8 bytes) and validity words, checked as a
+    /// map's.
+    pub fn project(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+    ) -> Result<(Vec<i128>, Vec<u64>), KernelError> {
+        let f = self.project.clone().ok_or_else(|| {
+            KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_PROJECT))
+        })?;
+        let (bytes, validity) = self.values_out(&f, rows, columns, params, 16)?;
+        let values = bytes
+            .chunks_exact(16)
+            .map(|w| i128::from_le_bytes(w.try_into().expect("16 bytes")))
+            .collect();
+        Ok((values, validity))
+    }
+
+    /// Calls a `(batch, out, rows)` export that writes `rows` values of `width` bytes and then
+    /// validity words; returns the value bytes and the words after checking the count and the
+    /// tail bits.
+    fn values_out(
+        &mut self,
+        f: &BatchFunc,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+        width: usize,
+    ) -> Result<(Vec<u8>, Vec<u64>), KernelError> {
         let words = rows.div_ceil(64);
-        let (desc, out) = self.stage(rows, columns, params, (rows + words) * 8)?;
-        let n = self.call_batch(&f, (desc, out, rows as u32))? as usize;
+        let (desc, out) = self.stage(rows, columns, params, rows * width + words * 8)?;
+        let n = self.call_batch(f, (desc, out, rows as u32))? as usize;
         let kernel = || self.program.name.clone();
         if n != rows {
             return Err(KernelError::BadOutput {
@@ -1080,14 +1122,15 @@ impl KernelSession {
             });
         }
         let data = self.memory.expect("memory resolved").data(&self.store);
+        let (start, len) = (out as usize, rows * width + words * 8);
         let bytes = data
-            .get(out as usize..out as usize + (rows + words) * 8)
+            .get(start..start + len)
             .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
-        let all: Vec<u64> = bytes
+        let (values, tail_words) = bytes.split_at(rows * width);
+        let validity: Vec<u64> = tail_words
             .chunks_exact(8)
             .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
             .collect();
-        let (values, validity) = all.split_at(rows);
         let tail = rows % 64;
         if tail != 0 && validity.last().is_some_and(|w| w >> tail != 0) {
             return Err(KernelError::BadOutput {
@@ -1095,7 +1138,7 @@ impl KernelSession {
                 detail: format!("validity marks rows past the end of a {rows}-row batch"),
             });
         }
-        Ok((values.to_vec(), validity.to_vec()))
+        Ok((values.to_vec(), validity))
     }
 
     /// Whether the kernel offers the bitmap form of the filter.
