@@ -577,3 +577,148 @@ fn computed_columns_in_wasm_equal_native() {
         dev.stop().await;
     });
 }
+
+/// `ORDER BY key [, id] LIMIT k` with the top-k pre-selection in the Wasm kernel equals the
+/// native sort, for every key type, both directions, both null placements, ties and k from one
+/// to more than the table.
+#[test]
+fn topk_in_wasm_equals_native() {
+    use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array};
+    use nearstore_proto::SortKey;
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
+        let mut c = dev.client().await;
+        let n = 30_000i64;
+        // Few distinct values (many ties), NULLs, and extremes.
+        let h = |i: i64| (i.wrapping_mul(2_654_435_761) >> 7) % 1000;
+        let batches: Vec<RecordBatch> = (0..3)
+            .map(|part| {
+                let ids: Vec<i64> = (part * n / 3..(part + 1) * n / 3).collect();
+                let col =
+                    |f: &dyn Fn(i64) -> Option<i64>| ids.iter().map(|&i| f(i)).collect::<Vec<_>>();
+                let v = |i: i64| (i % 9 != 4).then(|| h(i) - 500);
+                RecordBatch::try_from_iter(vec![
+                    ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+                    (
+                        "a",
+                        Arc::new(
+                            col(&v)
+                                .into_iter()
+                                .map(|x| x.map(|x| x as i32))
+                                .collect::<Int32Array>(),
+                        ) as ArrayRef,
+                    ),
+                    (
+                        "b",
+                        Arc::new(Int64Array::from(col(&|i| {
+                            if i == 77 {
+                                Some(i64::MIN)
+                            } else {
+                                v(i).map(|x| x * 1_000_003)
+                            }
+                        }))) as ArrayRef,
+                    ),
+                    (
+                        "f",
+                        Arc::new(
+                            col(&v)
+                                .into_iter()
+                                .map(|x| x.map(|x| if x == 13 { -0.0 } else { x as f64 / 3.0 }))
+                                .collect::<Float64Array>(),
+                        ) as ArrayRef,
+                    ),
+                    (
+                        "d",
+                        Arc::new(
+                            col(&v)
+                                .into_iter()
+                                .map(|x| x.map(|x| x as i128 * 7))
+                                .collect::<Decimal128Array>()
+                                .with_precision_and_scale(12, 2)
+                                .unwrap(),
+                        ) as ArrayRef,
+                    ),
+                    (
+                        "w",
+                        Arc::new(
+                            col(&v)
+                                .into_iter()
+                                .map(|x| x.map(|x| x as i128 * 10i128.pow(30)))
+                                .collect::<Decimal128Array>()
+                                .with_precision_and_scale(38, 4)
+                                .unwrap(),
+                        ) as ArrayRef,
+                    ),
+                    (
+                        "day",
+                        Arc::new(
+                            col(&v)
+                                .into_iter()
+                                .map(|x| x.map(|x| x as i32 + 9000))
+                                .collect::<Date32Array>(),
+                        ) as ArrayRef,
+                    ),
+                ])
+                .unwrap()
+            })
+            .collect();
+        c.put_batches("tk", PutMode::Create, batches).await.unwrap();
+        let mut checked = 0;
+        for key in ["a", "b", "f", "d", "w", "day"] {
+            for (descending, nulls_first) in [
+                (false, None),
+                (true, None),
+                (false, Some(true)),
+                (true, Some(false)),
+            ] {
+                for k in [1u64, 7, 100, 5000, 40_000] {
+                    let run = |b: BackendKind| {
+                        let mut p = Query::table("tk")
+                            .select(["id", key])
+                            .limit(k)
+                            .backend(b)
+                            .build();
+                        p.order_by = vec![
+                            SortKey {
+                                column: key.into(),
+                                descending,
+                                nulls_first,
+                            },
+                            SortKey {
+                                column: "id".into(),
+                                descending: false,
+                                nulls_first: None,
+                            },
+                        ];
+                        p
+                    };
+                    let native = c.query(&run(BackendKind::Native)).await.unwrap();
+                    let wasm = c.query(&run(BackendKind::Wasm)).await.unwrap();
+                    let what = format!("{key} desc={descending} nulls_first={nulls_first:?} k={k}");
+                    assert_eq!(native.concat().unwrap(), wasm.concat().unwrap(), "{what}");
+                    assert_eq!(wasm.num_rows() as u64, k.min(n as u64), "{what}");
+                    assert!(
+                        wasm.stats.placement.contains("topk=wasm"),
+                        "{what}: {}",
+                        wasm.stats.placement
+                    );
+                    assert!(
+                        !native.stats.placement.contains("topk"),
+                        "{}",
+                        native.stats.placement
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 4 * 5);
+        dev.stop().await;
+    });
+}

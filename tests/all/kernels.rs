@@ -564,3 +564,40 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
     ));
     builtin_still_works(&sb);
 }
+
+/// The top-k pre-selection keeps few rows: over 100 batches of random keys, only the rows that
+/// beat the running k-th best (about k·ln(rows/k) of them), all of the true top k among them.
+#[test]
+fn topk_preselection_keeps_the_top_rows_and_few_others() {
+    use arrow::array::{ArrayRef, Int64Array};
+    use nearstore_runtime::compute::ComputeBackend;
+    use nearstore_runtime::compute::wasm::WasmBackend;
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let mut s = wasm.open().unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let (mut kept, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let vals: Vec<i64> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 1_000_000_000) as i64
+            })
+            .collect();
+        let key: ArrayRef = Arc::new(Int64Array::from(vals.clone()));
+        let mask = s.topk(&key, true, true, 10).unwrap();
+        assert_eq!(mask.len(), 8192);
+        kept.extend((0..8192).filter(|&i| mask.value(i)).map(|i| vals[i]));
+        all.extend(vals);
+    }
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    kept.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(&kept[..10], &all[..10]);
+    assert!(
+        kept.len() < 500,
+        "{} of {} rows kept",
+        kept.len(),
+        all.len()
+    );
+}

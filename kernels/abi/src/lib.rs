@@ -59,6 +59,15 @@ pub const EXPORT_AGG_FINISH: &str = "nearstore_agg_finish";
 /// bytes) at `out`, then `ceil(rows / 64)` validity words. Returns `rows`, or
 /// [`status::OVERFLOW`] when a valid row's value leaves its type's range.
 pub const EXPORT_PROJECT: &str = "nearstore_project";
+/// `(batch: u32, out: u32, state: u32) -> i32`, optional (the built-in kernel): the top-k
+/// pre-selection of `ORDER BY key … LIMIT k`. Column 0 is the first sort key (int32, date32,
+/// int64, decimal128, float64); the parameters are two bytes, descending and nulls-first. The
+/// state (16-byte aligned, kept by the host across batches) is `k: u32`, `n: u32`, 8 reserved
+/// bytes, then `k` `i128` order keys (a min-heap of the best `n` keys so far). The kernel
+/// writes a selection bitmap (`ceil(rows / 64)` `u64`s) of the rows whose key is at least the
+/// k-th best seen (so every row of the final top k is among them), updates the state, and
+/// returns the number of rows selected.
+pub const EXPORT_TOPK: &str = "nearstore_topk";
 /// The kernel's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
 

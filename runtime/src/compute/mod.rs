@@ -50,6 +50,12 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
         Support::Unsupported
     }
 
+    /// Whether this backend can pre-select the rows of `ORDER BY … LIMIT k` by a first sort
+    /// key of type `key`.
+    fn supports_topk(&self, _key: &arrow::datatypes::DataType) -> Support {
+        Support::Unsupported
+    }
+
     /// Opens the per-query context (for Wasm: a fresh instance, never shared across queries).
     fn open(&self) -> Result<Box<dyn ComputeSession>>;
 
@@ -95,6 +101,21 @@ pub trait ComputeSession: Send {
     /// Final values of the accumulated aggregates, one array per aggregate, `n_groups` long.
     fn aggregate_finish(&mut self, _aggs: &[AggSpec], _n_groups: usize) -> Result<Vec<ArrayRef>> {
         Err(Error::Unsupported("this backend does not aggregate".into()))
+    }
+
+    /// The rows of a batch that may be in the query's top `k` by `key` (the first sort key of
+    /// `ORDER BY … LIMIT k`): every row whose key is at least the k-th best seen so far in the
+    /// query. The session keeps the best keys across batches.
+    fn topk(
+        &mut self,
+        _key: &ArrayRef,
+        _descending: bool,
+        _nulls_first: bool,
+        _k: usize,
+    ) -> Result<BooleanArray> {
+        Err(Error::Unsupported(
+            "this backend does not select top-k rows".into(),
+        ))
     }
 
     /// Device-side figures for the query statistics.

@@ -34,6 +34,9 @@ pub const BATCH_ROWS: usize = 8192;
 /// Rows an ORDER BY without LIMIT may sort on the device.
 pub const SORT_ROWS_MAX: usize = 50_000_000;
 
+/// Largest LIMIT whose top-k pre-selection runs in the backend (its state holds k keys).
+pub const TOPK_KERNEL_MAX: u64 = 1 << 20;
+
 /// A plan bound to a table: everything checked, ready to run.
 #[derive(Debug, Clone)]
 pub struct PreparedQuery {
@@ -501,6 +504,29 @@ impl Executor {
         };
         let mut collected: Vec<RecordBatch> = Vec::new();
         let must_collect = !plan.order_by.is_empty();
+        // ORDER BY … LIMIT k over rows: the backend may pre-select each batch's rows that can
+        // still be in the top k by the first sort key (the running sort below settles the rest).
+        let topk = match (&q.output, plan.order_by.first(), plan.limit) {
+            (Output::Project(_), Some(first), Some(k)) if k > 0 && k <= TOPK_KERNEL_MAX => q
+                .schema
+                .index_of(&first.column)
+                .ok()
+                .filter(|&i| backend.supports_topk(q.schema.field(i).data_type()) == Support::Exact)
+                .map(|i| {
+                    (
+                        i,
+                        first.descending,
+                        first.nulls_first.unwrap_or(first.descending),
+                        k,
+                    )
+                }),
+            _ => None,
+        };
+        if topk.is_some() {
+            stats
+                .placement
+                .push_str(&format!(" topk={}", backend.kind().as_str()));
+        }
         let mut collected_rows = 0usize;
 
         stats.objects = q.table.objects.len() as u64;
@@ -585,6 +611,15 @@ impl Executor {
                             &arrow::record_batch::RecordBatchOptions::new()
                                 .with_row_count(Some(batch.num_rows())),
                         )?;
+                        if let Some((i, descending, nulls_first, k)) = topk {
+                            let keep = query_session.lock().expect("compute session").topk(
+                                out.column(i),
+                                descending,
+                                nulls_first,
+                                k as usize,
+                            )?;
+                            out = arrow::compute::filter_record_batch(&out, &keep)?;
+                        }
                         out = compact_views(out)?;
                         if let Some(r) = remaining.as_mut() {
                             if out.num_rows() > *r {

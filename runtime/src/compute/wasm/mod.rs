@@ -75,6 +75,13 @@ impl ComputeBackend for WasmBackend {
         }
     }
 
+    fn supports_topk(&self, key: &DataType) -> Support {
+        match type_code(key) {
+            Some(_) => Support::Exact,
+            None => Support::Unsupported,
+        }
+    }
+
     fn supports_aggregates(&self, aggs: &[AggSpec]) -> Support {
         let ok = aggs.iter().all(|a| match &a.input {
             // Aggregate kernels run in their own sandboxed instance, next to the built-in.
@@ -172,6 +179,21 @@ impl ComputeSession for WasmSession {
     fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {
         let (state, rows_seen) = self.raw_state(aggs, n_groups)?;
         finish_state(aggs, &state, n_groups, rows_seen, self.kernel.name())
+    }
+
+    fn topk(
+        &mut self,
+        key: &ArrayRef,
+        descending: bool,
+        nulls_first: bool,
+        k: usize,
+    ) -> Result<BooleanArray> {
+        let col = OwnedColumn::of(key);
+        let params = [u8::from(descending), u8::from(nulls_first)];
+        let rows = key.len();
+        let bytes = self.kernel.topk(rows, &[col.view()], &params, k)?;
+        let bits = arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows);
+        Ok(BooleanArray::new(bits, None))
     }
 
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {

@@ -527,6 +527,8 @@ impl Sandbox {
             map: None,
             agg_finish: None,
             project: None,
+            topk: None,
+            topk_state: (0, 0),
             state: (0, 0, 0),
             arena: 0,
             arena_cap: 0,
@@ -568,6 +570,7 @@ impl Sandbox {
             kind == KernelKind::Map,
         )?;
         s.project = batch_export(&instance, &mut s.store, abi::EXPORT_PROJECT, false)?;
+        s.topk = batch_export(&instance, &mut s.store, abi::EXPORT_TOPK, false)?;
         s.agg_finish = batch_export(
             &instance,
             &mut s.store,
@@ -658,6 +661,9 @@ pub struct KernelSession {
     map: Option<BatchFunc>,
     agg_finish: Option<BatchFunc>,
     project: Option<BatchFunc>,
+    topk: Option<BatchFunc>,
+    /// Top-k state: address and k.
+    topk_state: (u32, usize),
     /// Aggregate state: address, groups it has room for, bytes per group.
     state: (u32, usize, usize),
     arena: u32,
@@ -1098,6 +1104,63 @@ impl KernelSession {
             .map(|w| i128::from_le_bytes(w.try_into().expect("16 bytes")))
             .collect();
         Ok((values, validity))
+    }
+
+    /// Whether the kernel offers the top-k pre-selection.
+    pub fn has_topk(&self) -> bool {
+        self.topk.is_some()
+    }
+
+    /// The top-k pre-selection over one batch (`columns[0]` the first sort key, `params` its
+    /// direction and null placement): a bitmap of the rows that may be in the query's top `k`,
+    /// checked (tail bits, count). The kernel keeps the best keys across calls.
+    pub fn topk(
+        &mut self,
+        rows: usize,
+        columns: &[ColumnBuffers<'_>],
+        params: &[u8],
+        k: usize,
+    ) -> Result<Vec<u8>, KernelError> {
+        let f = self
+            .topk
+            .clone()
+            .ok_or_else(|| KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_TOPK)))?;
+        if self.topk_state.0 == 0 {
+            let k32 = u32::try_from(k)
+                .map_err(|_| KernelError::Host(format!("top {k} is too many for a kernel")))?;
+            let p = self.alloc_zeroed(16 + 16 * k)?;
+            let memory = self.memory.expect("memory resolved");
+            memory.data_mut(&mut self.store)[p as usize..p as usize + 4]
+                .copy_from_slice(&k32.to_le_bytes());
+            self.topk_state = (p, k);
+        } else if self.topk_state.1 != k {
+            return Err(KernelError::Host("top-k changed within a query".into()));
+        }
+        let words = rows.div_ceil(64);
+        let (desc, out) = self.stage(rows, columns, params, words * 8)?;
+        let n = self.call_batch(&f, (desc, out, self.topk_state.0))?;
+        let kernel = || self.program.name.clone();
+        let memory = self.memory.expect("memory resolved");
+        let bytes = memory
+            .data(&self.store)
+            .get(out as usize..out as usize + rows.div_ceil(8))
+            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?
+            .to_vec();
+        let tail = rows % 8;
+        if tail != 0 && bytes.last().is_some_and(|b| b >> tail != 0) {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("top-k selects rows past the end of a {rows}-row batch"),
+            });
+        }
+        let set: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        if set != n as usize {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("top-k returned count {n} but selects {set} rows"),
+            });
+        }
+        Ok(bytes)
     }
 
     /// Calls a `(batch, out, rows)` export that writes `rows` values of `width` bytes and then
