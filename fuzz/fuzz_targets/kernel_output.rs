@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
         values: &values,
         validity: None,
         offsets: None,
+        narrow: false,
     };
     let Ok(mut s) = sb.session(program) else { return };
     if let Ok(sel) = s.filter(rows, &[col], params) {

@@ -331,6 +331,7 @@ fn kernel_outputs_are_accepted_exactly_when_valid() {
                 values: &data,
                 validity: None,
                 offsets: None,
+                narrow: false,
             };
             let got = sb
                 .session(&program)

@@ -58,6 +58,7 @@ fn run(sb: &Sandbox, program: &Arc<Program>) -> Result<Vec<u32>, KernelError> {
         values: &data,
         validity: None,
         offsets: None,
+        narrow: false,
     };
     sb.session(program)?.filter(100, &[col], &[])
 }
@@ -82,6 +83,7 @@ fn builtin_still_works(sb: &Sandbox) {
         values: &data,
         validity: None,
         offsets: None,
+        narrow: false,
     };
     let got = sb
         .session(&program)
@@ -191,6 +193,7 @@ fn garbage_outputs_are_rejected() {
         values: &data,
         validity: None,
         offsets: None,
+        narrow: false,
     };
     for (body, want) in [
         // row 100 of a 100-row batch: bit 36 of word 1
@@ -374,6 +377,7 @@ fn one_session_runs_many_batches_in_bounded_memory() {
         values: &data,
         validity: None,
         offsets: None,
+        narrow: false,
     };
     for _ in 0..40_000 {
         let got = session.filter(100, &[col], &params).unwrap();
@@ -405,6 +409,7 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
             values: &[],
             validity: None,
             offsets: None,
+            narrow: false,
         },
         ColumnBuffers {
             type_code: nearstore_kernel_abi::types::INT64,
@@ -412,6 +417,7 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
             values: &data,
             validity: None,
             offsets: None,
+            narrow: false,
         },
     ];
     // One aggregate: count(column 1).
@@ -464,6 +470,7 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
         values: &data,
         validity: None,
         offsets: None,
+        narrow: false,
     };
     let map = |body: &str| {
         sb.load(&kernel_with(
@@ -521,6 +528,7 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
         values: &[],
         validity: None,
         offsets: None,
+        narrow: false,
     };
     let run = |p: &Arc<Program>| -> Result<Vec<Vec<u64>>, KernelError> {
         let mut s = sb.session(p)?;

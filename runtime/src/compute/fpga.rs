@@ -863,7 +863,13 @@ fn put_columns(
     views
         .iter()
         .map(|v| {
-            let values = put(dev, v.values, allocated, modelled)?;
+            let values = if v.narrow {
+                let mut narrowed = vec![0u8; v.staged_len()];
+                v.stage_values(&mut narrowed);
+                put(dev, &narrowed, allocated, modelled)?
+            } else {
+                put(dev, v.values, allocated, modelled)?
+            };
             let validity = v
                 .validity
                 .map(|n| put(dev, n, allocated, modelled))

@@ -116,6 +116,7 @@ impl Arg {
             values: &self.values,
             validity: self.validity.as_deref(),
             offsets: self.offsets.as_deref(),
+            narrow: false,
         }
     }
 }
@@ -230,6 +231,7 @@ impl KernelCall {
             values: &ids,
             validity: None,
             offsets: None,
+            narrow: false,
         }];
         views.extend(owned.iter().map(Arg::view));
         self.with_session(|s| s.group_update(rows, &views, &self.params, n_groups))

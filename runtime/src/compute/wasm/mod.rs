@@ -168,6 +168,7 @@ impl ComputeSession for WasmSession {
             values: group_bytes.unwrap_or(&[]),
             validity: None,
             offsets: None,
+            narrow: false,
         }];
         views.extend(owned.iter().map(OwnedColumn::view));
         self.kernel
@@ -674,6 +675,8 @@ pub(crate) struct OwnedColumn {
     type_code: u32,
     scale: i32,
     values: arrow::buffer::Buffer,
+    /// `values` are i128s to narrow to i64 on the way into the kernel.
+    narrow: bool,
     validity: Option<Vec<u8>>,
 }
 
@@ -682,14 +685,14 @@ impl OwnedColumn {
         let data = a.to_data();
         let (type_code, scale) = type_code(a.data_type()).unwrap_or((0, 0));
         let width = types::width(type_code);
-        let values = if let (DataType::Decimal128(..), types::INT64) = (a.data_type(), type_code) {
-            // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares
-            // them with 64-bit SIMD lanes.
-            use arrow::array::AsArray;
-            let d = a.as_primitive::<arrow::datatypes::Decimal128Type>();
-            arrow::buffer::Buffer::from_vec(
-                d.values().iter().map(|v| *v as i64).collect::<Vec<i64>>(),
-            )
+        // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares them
+        // with 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
+        let narrow = matches!(
+            (a.data_type(), type_code),
+            (DataType::Decimal128(..), types::INT64)
+        );
+        let values = if narrow {
+            data.buffers()[0].slice_with_length(data.offset() * 16, data.len() * 16)
         } else if width > 0 {
             data.buffers()[0].slice_with_length(data.offset() * width, data.len() * width)
         } else {
@@ -712,6 +715,7 @@ impl OwnedColumn {
             type_code,
             scale,
             values,
+            narrow,
             validity,
         }
     }
@@ -723,6 +727,7 @@ impl OwnedColumn {
             values: self.values.as_slice(),
             validity: self.validity.as_deref(),
             offsets: None,
+            narrow: self.narrow,
         }
     }
 }

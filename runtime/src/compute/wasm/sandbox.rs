@@ -692,6 +692,43 @@ pub struct ColumnBuffers<'a> {
     pub validity: Option<&'a [u8]>,
     /// Offsets (UTF8).
     pub offsets: Option<&'a [u8]>,
+    /// `values` holds `i128`s whose values fit `i64` (decimals of precision ≤ 18) and
+    /// `type_code` is INT64: they are narrowed while being copied into the kernel's memory,
+    /// with no pass of their own.
+    pub narrow: bool,
+}
+
+impl ColumnBuffers<'_> {
+    /// Bytes of the values as the kernel sees them.
+    pub fn staged_len(&self) -> usize {
+        if self.narrow {
+            self.values.len() / 2
+        } else {
+            self.values.len()
+        }
+    }
+
+    /// Writes the values as the kernel sees them into `out` (`staged_len` bytes).
+    pub fn stage_values(&self, out: &mut [u8]) {
+        if self.narrow {
+            // SAFETY: i128 and i64 have no invalid bit patterns; align_to only yields the
+            // aligned middle parts.
+            let (src, dst) = unsafe { (self.values.align_to::<i128>(), out.align_to_mut::<i64>()) };
+            if src.0.is_empty() && src.2.is_empty() && dst.0.is_empty() && dst.2.is_empty() {
+                // A loop the compiler vectorises.
+                for (d, s) in dst.1.iter_mut().zip(src.1) {
+                    *d = *s as i64;
+                }
+            } else {
+                // Little-endian: an i128 that fits i64 has the i64's bytes first.
+                for (d, s) in out.chunks_exact_mut(8).zip(self.values.chunks_exact(16)) {
+                    d.copy_from_slice(&s[..8]);
+                }
+            }
+        } else {
+            out.copy_from_slice(self.values);
+        }
+    }
 }
 
 const ALIGN: usize = 16;
@@ -808,7 +845,7 @@ impl KernelSession {
         let mut placed = Vec::with_capacity(columns.len());
         for c in columns {
             let v = off;
-            off = align_up(off + c.values.len());
+            off = align_up(off + c.staged_len());
             let val = c.validity.map(|b| {
                 let at = off;
                 off = align_up(off + b.len());
@@ -835,7 +872,7 @@ impl KernelSession {
             .ok_or_else(|| KernelError::Host("arena outside kernel memory".into()))?;
         region[..params.len()].copy_from_slice(params);
         for (i, (c, (v, val, ofs))) in columns.iter().zip(&placed).enumerate() {
-            region[*v..*v + c.values.len()].copy_from_slice(c.values);
+            c.stage_values(&mut region[*v..*v + c.staged_len()]);
             if let (Some(b), Some(at)) = (c.validity, val) {
                 region[*at..*at + b.len()].copy_from_slice(b);
             }
@@ -846,7 +883,7 @@ impl KernelSession {
                 type_code: c.type_code,
                 scale: c.scale as u32,
                 values_ptr: (base + v) as u32,
-                values_len: c.values.len() as u32,
+                values_len: c.staged_len() as u32,
                 validity_ptr: val.map(|a| (base + a) as u32).unwrap_or(0),
                 offsets_ptr: ofs.map(|a| (base + a) as u32).unwrap_or(0),
                 offsets_len: c.offsets.map(|b| b.len() as u32).unwrap_or(0),
