@@ -1,5 +1,6 @@
-//! Wasm filter kernels against the native backend on the same decoded batches (epoch
-//! interruption on, as on the device), and the cost of setting up a kernel for a query.
+//! Wasm filter, aggregate and computed-column kernels against the native backend on the same
+//! decoded batches (epoch interruption on, as on the device), the cost of setting up a kernel
+//! for a query, and the emulated FPGA's modelled against measured time.
 //!
 //! `cargo bench -p nearstore-benches --bench kernels` (release profile; not part of CI).
 
@@ -242,6 +243,41 @@ fn aggregates(c: &mut Criterion) {
     }
 }
 
+/// Computed columns: the native backend's Arrow arithmetic against the Wasm kernel's
+/// expression program, on the same batches.
+fn projections(c: &mut Criterion) {
+    let data = batches();
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let schema = data[0].schema();
+    let binder = Binder::new("bench", &schema);
+    for (name, text) in [
+        ("decimal_q1", "l_quantity * (1 - l_discount)"),
+        ("int64", "k * 3 - k"),
+        ("float64", "f * 2.5 - f"),
+    ] {
+        let e = binder.bind(&Expr::parse(text).unwrap()).unwrap();
+        let mut g = c.benchmark_group(format!("project/{name}"));
+        g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
+        g.bench_function("native", |b| {
+            let mut s = NativeBackend.open().unwrap();
+            b.iter(|| {
+                for batch in &data {
+                    black_box(s.evaluate(&e, batch).unwrap());
+                }
+            })
+        });
+        g.bench_function("wasm", |b| {
+            let mut s = wasm.open().unwrap();
+            b.iter(|| {
+                for batch in &data {
+                    black_box(s.evaluate(&e, batch).unwrap());
+                }
+            })
+        });
+        g.finish();
+    }
+}
+
 fn setup(c: &mut Criterion) {
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     c.bench_function("kernel_setup/wasm_session_cached_module", |b| {
@@ -249,5 +285,5 @@ fn setup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, filters, aggregates, setup, fpga_model);
+criterion_group!(benches, filters, aggregates, projections, setup, fpga_model);
 criterion_main!(benches);

@@ -54,10 +54,11 @@ pub const EXPORT_MAP: &str = "nearstore_map";
 /// holds the groups, the other columns the kernel's arguments.
 pub const EXPORT_AGG_FINISH: &str = "nearstore_agg_finish";
 /// `(batch: u32, out: u32, rows: u32) -> i32`, optional (the built-in kernel): evaluates the
-/// [`expr`] program (the parameters) per row, writing `rows` 16-byte little-endian values
-/// (`i128` for integer and decimal results; for float results the `f64` bits in the low 8
-/// bytes) at `out`, then `ceil(rows / 64)` validity words. Returns `rows`, or
-/// [`status::OVERFLOW`] when a valid row's value leaves its type's range.
+/// [`expr`] program per row. The parameters are the output width (one byte, 8 or 16) and the
+/// program. At `out` it writes `ceil(rows / 64)` validity words, then `rows` little-endian
+/// values: 8 bytes (`i64`, or `f64` bits) or 16 (`i128`). Returns `rows`, or
+/// [`status::OVERFLOW`] when a valid row's value leaves its type's range (or, 8 bytes wide,
+/// 64 bits).
 pub const EXPORT_PROJECT: &str = "nearstore_project";
 /// `(batch: u32, out: u32, state: u32) -> i32`, optional (the built-in kernel): the top-k
 /// pre-selection of `ORDER BY key … LIMIT k`. Column 0 is the first sort key (int32, date32,

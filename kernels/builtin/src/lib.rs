@@ -438,18 +438,30 @@ enum XOp {
     Int(i128),
     Float(f64),
     Arith(u8, u8),
-    Rescale(i128),
+    Rescale(u32),
 }
 
-/// A stack value over one 64-row block: integers (and unscaled decimals) or floats, and the
-/// rows that are valid.
-enum Vals {
-    I([i128; BLOCK], u64),
-    F([f64; BLOCK], u64),
+/// A stack value over the whole batch, column at a time: a column as the batch holds it, a
+/// computed column (64-bit integers while every value fits — the fast path the compiler
+/// vectorises —, 128-bit integers for wide decimals, or floats), or a constant.
+enum Vals<'a> {
+    I64Ref(&'a [i64]),
+    F64Ref(&'a [f64]),
+    I64(Vec<i64>),
+    I128(Vec<i128>),
+    F64(Vec<f64>),
+    ConstI(i128),
+    ConstF(f64),
 }
 
-fn decode_expr(batch: &Batch) -> KernelResult<Vec<XOp>> {
-    let mut r = Reader { b: batch.params(), pos: 0 };
+struct Value<'a> {
+    vals: Vals<'a>,
+    /// Validity words; `None`: every row valid.
+    valid: Option<Vec<u64>>,
+}
+
+fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
+    let mut r = Reader { b: params, pos: 0 };
     let mut ops = Vec::new();
     let mut depth = 0usize;
     while r.pos < r.b.len() {
@@ -460,7 +472,8 @@ fn decode_expr(batch: &Batch) -> KernelResult<Vec<XOp>> {
             op @ (expr::ADD | expr::SUB | expr::MUL) => XOp::Arith(op, r.u8()?),
             expr::RESCALE => {
                 let k = r.u8()? as u32;
-                XOp::Rescale(10i128.checked_pow(k).ok_or(status::BAD_INPUT)?)
+                10i128.checked_pow(k).ok_or(status::BAD_INPUT)?;
+                XOp::Rescale(k)
             }
             _ => return Err(status::BAD_INPUT),
         };
@@ -481,34 +494,104 @@ fn decode_expr(batch: &Batch) -> KernelResult<Vec<XOp>> {
     Ok(ops)
 }
 
-/// Rows `base..base + n` of a column as a stack value.
-fn load(c: &Column, base: usize, n: usize) -> KernelResult<Vals> {
-    let valid = c.validity_block(base) & lanes(n);
-    Ok(match c.type_code() {
-        types::FLOAT64 => {
-            let mut v = [0f64; BLOCK];
-            v[..n].copy_from_slice(&c.f64s()?[base..base + n]);
-            Vals::F(v, valid)
+/// A column as a stack value (borrowed where its layout is already the one computed on).
+fn load<'a>(c: &Column<'a>, rows: usize) -> KernelResult<Value<'a>> {
+    let valid = c.has_nulls().then(|| {
+        (0..rows).step_by(BLOCK).map(|b| c.validity_block(b) & lanes(rows - b)).collect()
+    });
+    let vals = match c.type_code() {
+        types::FLOAT64 => Vals::F64Ref(&c.f64s()?[..rows]),
+        types::INT32 => Vals::I64(c.i32s()?[..rows].iter().map(|&x| x as i64).collect()),
+        types::INT64 => Vals::I64Ref(&c.i64s()?[..rows]),
+        types::DECIMAL128 => Vals::I128(c.i128s()?[..rows].to_vec()),
+        _ => return Err(status::UNSUPPORTED),
+    };
+    Ok(Value { vals, valid })
+}
+
+fn is_valid(valid: &Option<Vec<u64>>, i: usize) -> bool {
+    valid.as_ref().is_none_or(|v| v[i / 64] >> (i % 64) & 1 == 1)
+}
+
+fn and_valid(a: Option<Vec<u64>>, b: Option<Vec<u64>>) -> Option<Vec<u64>> {
+    match (a, b) {
+        (Some(mut x), Some(y)) => {
+            x.iter_mut().zip(&y).for_each(|(p, q)| *p &= q);
+            Some(x)
         }
-        t => {
-            let mut v = [0i128; BLOCK];
-            match t {
-                types::INT32 => {
-                    for (d, s) in v.iter_mut().zip(&c.i32s()?[base..base + n]) {
-                        *d = *s as i128;
-                    }
-                }
-                types::INT64 => {
-                    for (d, s) in v.iter_mut().zip(&c.i64s()?[base..base + n]) {
-                        *d = *s as i128;
-                    }
-                }
-                types::DECIMAL128 => v[..n].copy_from_slice(&c.i128s()?[base..base + n]),
-                _ => return Err(status::UNSUPPORTED),
-            }
-            Vals::I(v, valid)
-        }
+        (x, None) | (None, x) => x,
+    }
+}
+
+/// The value as 128-bit integers (`None` for floats).
+fn wide(v: &Vals, rows: usize) -> Option<Vec<i128>> {
+    Some(match v {
+        Vals::I64Ref(a) => a.iter().map(|&x| x as i128).collect(),
+        Vals::I64(a) => a.iter().map(|&x| x as i128).collect(),
+        Vals::I128(a) => a.clone(),
+        Vals::ConstI(c) => alloc::vec![*c; rows],
+        _ => return None,
     })
+}
+
+/// `op` over 64-bit integers with wrapping arithmetic, and whether a valid row overflowed
+/// (then the caller redoes it in 128 bits). Generic over the operand iterators (a slice or a
+/// repeated constant), so each combination gets a straight loop the compiler vectorises.
+#[inline(always)]
+fn bin_i64<A, B>(op: u8, rows: usize, a: A, b: B, valid: &Option<Vec<u64>>) -> (Vec<i64>, bool)
+where
+    A: Iterator<Item = i64> + Clone,
+    B: Iterator<Item = i64> + Clone,
+{
+    let mut out = Vec::with_capacity(rows);
+    let pairs = a.zip(b);
+    // Per row: the result, and whether it overflowed (for products: an operand beyond ±2^31,
+    // which the wide path then settles); one monomorphised loop per operator.
+    macro_rules! run {
+        ($f:expr, $bad:expr) => {{
+            out.extend(pairs.clone().map(|(x, y)| $f(x, y)));
+            match valid {
+                None => pairs
+                    .zip(&out)
+                    .fold(false, |acc, ((x, y), r)| acc | $bad(x, y, *r)),
+                Some(v) => pairs
+                    .zip(&out)
+                    .enumerate()
+                    .any(|(i, ((x, y), r))| v[i / 64] >> (i % 64) & 1 == 1 && $bad(x, y, *r)),
+            }
+        }};
+    }
+    let over = match op {
+        expr::ADD => run!(
+            |x: i64, y: i64| x.wrapping_add(y),
+            |x: i64, y: i64, r: i64| ((x ^ r) & (y ^ r)) < 0
+        ),
+        expr::SUB => run!(
+            |x: i64, y: i64| x.wrapping_sub(y),
+            |x: i64, y: i64, r: i64| ((x ^ y) & (x ^ r)) < 0
+        ),
+        _ => run!(
+            |x: i64, y: i64| x.wrapping_mul(y),
+            |x: i64, y: i64, _r: i64| (x as i32 as i64 != x) | (y as i32 as i64 != y)
+        ),
+    };
+    (out, over)
+}
+
+#[inline(always)]
+fn bin_f64<A, B>(op: u8, rows: usize, a: A, b: B) -> Vec<f64>
+where
+    A: Iterator<Item = f64>,
+    B: Iterator<Item = f64>,
+{
+    let mut out = Vec::with_capacity(rows);
+    let pairs = a.zip(b);
+    match op {
+        expr::ADD => out.extend(pairs.map(|(x, y)| x + y)),
+        expr::SUB => out.extend(pairs.map(|(x, y)| x - y)),
+        _ => out.extend(pairs.map(|(x, y)| x * y)),
+    }
+    out
 }
 
 /// Checks a valid row's value against the result's range.
@@ -522,79 +605,165 @@ fn in_range(x: i128, range: u8) -> KernelResult<i128> {
     if ok { Ok(x) } else { Err(status::OVERFLOW) }
 }
 
-/// Evaluates the expression program (see `nearstore_kernel_abi::expr`) over a batch, 64 rows
-/// at a time; arithmetic is checked on valid rows only, as Arrow's is.
-fn project(batch: &Batch, out: &mut [i128], validity: &mut [u64]) -> KernelResult {
-    let ops = decode_expr(batch)?;
+fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Value<'static>> {
+    let valid = and_valid(a.valid, b.valid);
+    if range == expr::range::F64 {
+        fn floats<'v>(v: &'v Vals) -> Option<&'v [f64]> {
+            match v {
+                Vals::F64Ref(s) => Some(s),
+                Vals::F64(s) => Some(s.as_slice()),
+                _ => None,
+            }
+        }
+        let konst = |v: &Vals| match v {
+            Vals::ConstF(c) => Some(*c),
+            _ => None,
+        };
+        let rep = |c: f64| core::iter::repeat_n(c, rows);
+        let vals = match (floats(&a.vals), floats(&b.vals)) {
+            (Some(x), Some(y)) => bin_f64(op, rows, x.iter().copied(), y.iter().copied()),
+            (Some(x), None) => {
+                let c = konst(&b.vals).ok_or(status::BAD_INPUT)?;
+                bin_f64(op, rows, x.iter().copied(), rep(c))
+            }
+            (None, Some(y)) => {
+                let c = konst(&a.vals).ok_or(status::BAD_INPUT)?;
+                bin_f64(op, rows, rep(c), y.iter().copied())
+            }
+            (None, None) => {
+                let (c, d) = (konst(&a.vals), konst(&b.vals));
+                let (c, d) = (c.ok_or(status::BAD_INPUT)?, d.ok_or(status::BAD_INPUT)?);
+                bin_f64(op, rows, rep(c), rep(d))
+            }
+        };
+        return Ok(Value { vals: Vals::F64(vals), valid });
+    }
+    let narrow = |v: &Vals| matches!(v, Vals::I64Ref(_) | Vals::I64(_))
+        || matches!(v, Vals::ConstI(c) if i64::try_from(*c).is_ok());
+    if narrow(&a.vals) && narrow(&b.vals) {
+        fn slice<'v>(v: &'v Vals) -> Option<&'v [i64]> {
+            match v {
+                Vals::I64Ref(s) => Some(s),
+                Vals::I64(s) => Some(s.as_slice()),
+                _ => None,
+            }
+        }
+        let konst = |v: &Vals| match v {
+            Vals::ConstI(c) => *c as i64,
+            _ => 0,
+        };
+        let rep = |c: i64| core::iter::repeat_n(c, rows);
+        let (r, over) = match (slice(&a.vals), slice(&b.vals)) {
+            (Some(x), Some(y)) => bin_i64(op, rows, x.iter().copied(), y.iter().copied(), &valid),
+            (Some(x), None) => bin_i64(op, rows, x.iter().copied(), rep(konst(&b.vals)), &valid),
+            (None, Some(y)) => bin_i64(op, rows, rep(konst(&a.vals)), y.iter().copied(), &valid),
+            (None, None) => bin_i64(op, rows, rep(konst(&a.vals)), rep(konst(&b.vals)), &valid),
+        };
+        if !over {
+            if range == expr::range::I32 {
+                for (i, z) in r.iter().enumerate() {
+                    if is_valid(&valid, i) && *z as i32 as i64 != *z {
+                        return Err(status::OVERFLOW);
+                    }
+                }
+            }
+            return Ok(Value { vals: Vals::I64(r), valid });
+        }
+    }
+    // Wide, or a row needs more than 64 bits: 128-bit arithmetic, checked.
+    let (Some(mut x), Some(y)) = (wide(&a.vals, rows), wide(&b.vals, rows)) else {
+        return Err(status::BAD_INPUT);
+    };
+    for i in 0..rows {
+        if is_valid(&valid, i) {
+            let r = match op {
+                expr::ADD => x[i].checked_add(y[i]),
+                expr::SUB => x[i].checked_sub(y[i]),
+                _ => x[i].checked_mul(y[i]),
+            }
+            .ok_or(status::OVERFLOW)?;
+            x[i] = in_range(r, range)?;
+        }
+    }
+    Ok(Value { vals: Vals::I128(x), valid })
+}
+
+/// Evaluates the expression program (see `nearstore_kernel_abi::expr`) over a batch, column
+/// at a time; integer arithmetic is checked on valid rows only, as Arrow's is: in 64 bits
+/// while it fits, in 128 bits for what does not (decimals), an error for what leaves an
+/// integer type's range. Writes 8-byte values (`i64`, or `f64` bits) when the first parameter
+/// byte is 8, else 16-byte `i128`s.
+fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult {
+    let params = batch.params();
+    let (&width, program) = params.split_first().ok_or(status::BAD_INPUT)?;
+    let ops = decode_expr(program, batch)?;
     let rows = batch.rows();
-    let mut stack: Vec<Vals> = Vec::with_capacity(expr::STACK_MAX);
-    for base in (0..rows).step_by(BLOCK) {
-        let n = (rows - base).min(BLOCK);
-        let all = lanes(n);
-        stack.clear();
-        for op in &ops {
-            let v = match *op {
-                XOp::Col(c) => load(batch.column(c)?, base, n)?,
-                XOp::Int(x) => Vals::I([x; BLOCK], all),
-                XOp::Float(x) => Vals::F([x; BLOCK], all),
-                XOp::Rescale(m) => match stack.pop() {
-                    Some(Vals::I(mut a, va)) => {
-                        for (i, x) in a.iter_mut().enumerate().take(n) {
-                            if va >> i & 1 == 1 {
-                                *x = x.checked_mul(m).ok_or(status::OVERFLOW)?;
-                            }
-                        }
-                        Vals::I(a, va)
-                    }
-                    _ => return Err(status::BAD_INPUT),
-                },
-                XOp::Arith(op, range) => {
-                    let (b, a) = (stack.pop(), stack.pop());
-                    match (a, b) {
-                        (Some(Vals::F(mut a, va)), Some(Vals::F(b, vb))) if range == expr::range::F64 => {
-                            for (x, y) in a.iter_mut().zip(&b) {
-                                *x = match op {
-                                    expr::ADD => *x + y,
-                                    expr::SUB => *x - y,
-                                    _ => *x * y,
-                                };
-                            }
-                            Vals::F(a, va & vb)
-                        }
-                        (Some(Vals::I(mut a, va)), Some(Vals::I(b, vb))) if range != expr::range::F64 => {
-                            let v = va & vb;
-                            for i in 0..n {
-                                if v >> i & 1 == 1 {
-                                    let r = match op {
-                                        expr::ADD => a[i].checked_add(b[i]),
-                                        expr::SUB => a[i].checked_sub(b[i]),
-                                        _ => a[i].checked_mul(b[i]),
-                                    };
-                                    a[i] = in_range(r.ok_or(status::OVERFLOW)?, range)?;
-                                }
-                            }
-                            Vals::I(a, v)
-                        }
-                        _ => return Err(status::BAD_INPUT),
+    let words = rows.div_ceil(64);
+    let mut stack: Vec<Value> = Vec::with_capacity(expr::STACK_MAX);
+    for op in &ops {
+        let v = match *op {
+            XOp::Col(c) => load(batch.column(c)?, rows)?,
+            XOp::Int(x) => Value { vals: Vals::ConstI(x), valid: None },
+            XOp::Float(x) => Value { vals: Vals::ConstF(x), valid: None },
+            XOp::Rescale(k) => {
+                let v = stack.pop().ok_or(status::BAD_INPUT)?;
+                let m = 10i128.pow(k);
+                let mut a = wide(&v.vals, rows).ok_or(status::BAD_INPUT)?;
+                for (i, x) in a.iter_mut().enumerate() {
+                    if is_valid(&v.valid, i) {
+                        *x = x.checked_mul(m).ok_or(status::OVERFLOW)?;
                     }
                 }
-            };
-            stack.push(v);
-        }
-        let (dst, w) = (&mut out[base..base + n], base / BLOCK);
-        match stack.pop() {
-            Some(Vals::I(v, valid)) => {
-                dst.copy_from_slice(&v[..n]);
-                validity[w] = valid;
+                Value { vals: Vals::I128(a), valid: v.valid }
             }
-            Some(Vals::F(v, valid)) => {
-                for (d, x) in dst.iter_mut().zip(&v[..n]) {
-                    *d = x.to_bits() as i128;
+            XOp::Arith(op, range) => {
+                let b = stack.pop().ok_or(status::BAD_INPUT)?;
+                let a = stack.pop().ok_or(status::BAD_INPUT)?;
+                arith(op, range, rows, a, b)?
+            }
+        };
+        stack.push(v);
+    }
+    let v = stack.pop().ok_or(status::BAD_INPUT)?;
+    match width {
+        8 => {
+            let out = out.get_mut(..rows * 8).ok_or(status::OUTPUT_TOO_SMALL)?;
+            // SAFETY: u64 has no invalid bit patterns; only the aligned middle is used.
+            let (pre, out, post) = unsafe { out.align_to_mut::<u64>() };
+            if !pre.is_empty() || !post.is_empty() {
+                return Err(status::BAD_INPUT);
+            }
+            match &v.vals {
+                Vals::I64Ref(x) => out.iter_mut().zip(*x).for_each(|(d, s)| *d = *s as u64),
+                Vals::I64(x) => out.iter_mut().zip(x).for_each(|(d, s)| *d = *s as u64),
+                Vals::F64Ref(x) => out.iter_mut().zip(*x).for_each(|(d, s)| *d = s.to_bits()),
+                Vals::F64(x) => out.iter_mut().zip(x).for_each(|(d, s)| *d = s.to_bits()),
+                Vals::ConstF(c) => out.iter_mut().for_each(|d| *d = c.to_bits()),
+                vals => {
+                    let x = wide(vals, rows).ok_or(status::BAD_INPUT)?;
+                    for (i, (d, z)) in out.iter_mut().zip(&x).enumerate() {
+                        // A valid value beyond 64 bits: the host computes the batch instead.
+                        *d = match i64::try_from(*z) {
+                            Ok(n) => n as u64,
+                            Err(_) if !is_valid(&v.valid, i) => 0,
+                            Err(_) => return Err(status::OVERFLOW),
+                        };
+                    }
                 }
-                validity[w] = valid;
             }
-            None => return Err(status::BAD_INPUT),
         }
+        16 => {
+            let out = out.get_mut(..rows * 16).ok_or(status::OUTPUT_TOO_SMALL)?;
+            let x = wide(&v.vals, rows).ok_or(status::BAD_INPUT)?;
+            for (i, z) in x.iter().enumerate() {
+                out[16 * i..16 * i + 16].copy_from_slice(&z.to_le_bytes());
+            }
+        }
+        _ => return Err(status::BAD_INPUT),
+    }
+    match &v.valid {
+        Some(w) => validity[..words].copy_from_slice(w),
+        None => validity[..words].iter_mut().enumerate().for_each(|(w, x)| *x = lanes(rows - 64 * w)),
     }
     Ok(())
 }

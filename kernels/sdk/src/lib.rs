@@ -131,6 +131,11 @@ impl<'a> Column<'a> {
         }
     }
 
+    /// Whether the column has a validity bitmap (may hold NULLs).
+    pub fn has_nulls(&self) -> bool {
+        self.validity.is_some()
+    }
+
     /// Validity of rows `base..base + 64` as a mask (bit i = row base + i), zero past the end.
     pub fn validity_block(&self, base: usize) -> u64 {
         let n = self.rows.saturating_sub(base).min(BLOCK);
@@ -820,31 +825,33 @@ pub unsafe fn __run_map(
 /// built-in kernel's computed columns). Not for direct use.
 ///
 /// # Safety
-/// As [`batch_from_memory`]; `out` must address `rows` writable 16-byte values followed by
-/// `ceil(rows / 64)` `u64`s, 16-byte aligned.
+/// As [`batch_from_memory`]; `out` must address `ceil(rows / 64)` writable `u64`s followed by
+/// `rows` values of the width in the first parameter byte (8 or 16), 8-byte aligned.
 #[doc(hidden)]
 pub unsafe fn __run_project(
     desc: u32,
     out: u32,
     rows: u32,
-    f: fn(&Batch, &mut [i128], &mut [u64]) -> KernelResult,
+    f: fn(&Batch, &mut [u8], &mut [u64]) -> KernelResult,
 ) -> i32 {
     let result = with_scratch(|| -> KernelResult<i32> {
         // SAFETY: forwarded contract.
         let batch = unsafe { batch_from_memory(desc) }?;
-        if batch.rows() != rows as usize || !out.is_multiple_of(16) {
+        let width = match batch.params().first() {
+            Some(&w @ (8 | 16)) => w as usize,
+            _ => return Err(status::BAD_INPUT),
+        };
+        if batch.rows() != rows as usize || !out.is_multiple_of(8) {
             return Err(status::BAD_INPUT);
         }
         let n = rows as usize;
-        // SAFETY: the host reserved n i128s then ceil(n / 64) u64s at `out` (contract),
-        // 16-byte aligned (checked).
-        let (values, validity) = unsafe {
+        let words = n.div_ceil(64);
+        // SAFETY: the host reserved the words then n values of `width` bytes at `out`
+        // (contract), aligned (checked).
+        let (validity, values) = unsafe {
             (
-                core::slice::from_raw_parts_mut(out as usize as *mut i128, n),
-                core::slice::from_raw_parts_mut(
-                    (out as usize + 16 * n) as *mut u64,
-                    n.div_ceil(64),
-                ),
+                core::slice::from_raw_parts_mut(out as usize as *mut u64, words),
+                core::slice::from_raw_parts_mut((out as usize + 8 * words) as *mut u8, width * n),
             )
         };
         f(&batch, values, validity)?;
@@ -853,8 +860,8 @@ pub unsafe fn __run_project(
     result.unwrap_or_else(|e| e)
 }
 
-/// Generates the `nearstore_project` export around `fn(&Batch, &mut [i128], &mut [u64]) ->
-/// KernelResult` (values, validity words). Used by the built-in kernel.
+/// Generates the `nearstore_project` export around `fn(&Batch, &mut [u8], &mut [u64]) ->
+/// KernelResult` (value bytes, validity words). Used by the built-in kernel.
 #[macro_export]
 macro_rules! export_project {
     ($f:path) => {

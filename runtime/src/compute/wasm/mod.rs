@@ -211,14 +211,22 @@ impl ComputeSession for WasmSession {
             .collect::<Result<Vec<_>>>()?;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
+        let t = expr.data_type();
+        // Results that fit 64 bits come back 8 bytes wide.
+        let width: u8 = match t {
+            DataType::Decimal128(p, _) if p > 18 => 16,
+            _ => 8,
+        };
+        let params: Vec<u8> = std::iter::once(width).chain(params).collect();
         match self.kernel.project(rows, &views, &params) {
-            Ok((values, validity)) => project_array(&expr.data_type(), values, &validity, rows)
-                .map_err(|detail| {
+            Ok((values, validity)) => {
+                project_array(&t, &values, &validity, rows).map_err(|detail| {
                     Error::from(KernelError::BadOutput {
                         kernel: self.kernel.name().to_string(),
                         detail,
                     })
-                }),
+                })
+            }
             // A value out of its type's range: the native evaluation reports it as Arrow does.
             Err(KernelError::Status { status, .. })
                 if status == nearstore_kernel_abi::status::OVERFLOW =>
@@ -230,53 +238,79 @@ impl ComputeSession for WasmSession {
     }
 }
 
-/// The result array of a computed column from the kernel's 16-byte values and validity words,
-/// checking that each valid value fits `t`.
+/// The result array of a computed column from the kernel's values (8 bytes wide, or 16 for a
+/// decimal of precision above 18) and validity words, checking that each valid value fits `t`.
 fn project_array(
     t: &DataType,
-    values: Vec<i128>,
+    buffer: &arrow::buffer::Buffer,
     validity: &[u64],
     rows: usize,
 ) -> std::result::Result<ArrayRef, String> {
+    use arrow::buffer::ScalarBuffer;
+    let values = buffer.as_slice();
     use arrow::array::{Decimal128Array, Float64Array, Int32Array, Int64Array};
     use arrow::buffer::{BooleanBuffer, NullBuffer};
     let bytes: Vec<u8> = validity.iter().flat_map(|w| w.to_le_bytes()).collect();
     let nulls = NullBuffer::new(BooleanBuffer::new(bytes.into(), 0, rows));
-    let valid = |i: usize| nulls.is_valid(i);
-    let nulls_opt = (nulls.null_count() > 0).then(|| nulls.clone());
-    let narrow = |what: &str| format!("a valid value does not fit {what}");
+    let nulls = (nulls.null_count() > 0).then_some(nulls);
+    let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    let words = |w: usize| -> std::result::Result<(), String> {
+        if values.len() == rows * w {
+            Ok(())
+        } else {
+            Err(format!("{} bytes of values for {rows} rows", values.len()))
+        }
+    };
+    let i64s = || -> Vec<i64> {
+        values
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect()
+    };
     Ok(match t {
-        DataType::Float64 => Arc::new(Float64Array::new(
-            values.iter().map(|v| f64::from_bits(*v as u64)).collect(),
-            nulls_opt,
-        )),
+        DataType::Float64 => {
+            words(8)?;
+            Arc::new(Float64Array::new(
+                ScalarBuffer::new(buffer.clone(), 0, rows),
+                nulls,
+            ))
+        }
         DataType::Int64 => {
-            let mut out = Vec::with_capacity(rows);
-            for (i, v) in values.iter().enumerate() {
-                out.push(match i64::try_from(*v) {
-                    Ok(x) => x,
-                    Err(_) if !valid(i) => 0,
-                    Err(_) => return Err(narrow("int64")),
-                });
-            }
-            Arc::new(Int64Array::new(out.into(), nulls_opt))
+            words(8)?;
+            Arc::new(Int64Array::new(
+                ScalarBuffer::new(buffer.clone(), 0, rows),
+                nulls,
+            ))
         }
         DataType::Int32 => {
+            words(8)?;
             let mut out = Vec::with_capacity(rows);
-            for (i, v) in values.iter().enumerate() {
-                out.push(match i32::try_from(*v) {
+            for (i, v) in i64s().into_iter().enumerate() {
+                out.push(match i32::try_from(v) {
                     Ok(x) => x,
                     Err(_) if !valid(i) => 0,
-                    Err(_) => return Err(narrow("int32")),
+                    Err(_) => return Err("a valid value does not fit int32".into()),
                 });
             }
-            Arc::new(Int32Array::new(out.into(), nulls_opt))
+            Arc::new(Int32Array::new(out.into(), nulls))
         }
-        DataType::Decimal128(p, s) => Arc::new(
-            Decimal128Array::new(values.into(), nulls_opt)
-                .with_precision_and_scale(*p, *s)
-                .map_err(|e| e.to_string())?,
-        ),
+        DataType::Decimal128(p, s) => {
+            let v: Vec<i128> = if *p > 18 {
+                words(16)?;
+                values
+                    .chunks_exact(16)
+                    .map(|b| i128::from_le_bytes(b.try_into().expect("16 bytes")))
+                    .collect()
+            } else {
+                words(8)?;
+                i64s().into_iter().map(i128::from).collect()
+            };
+            Arc::new(
+                Decimal128Array::new(v.into(), nulls)
+                    .with_precision_and_scale(*p, *s)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
         other => return Err(format!("no computed columns of type {other}")),
     })
 }

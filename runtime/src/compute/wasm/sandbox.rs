@@ -1123,24 +1123,54 @@ impl KernelSession {
         Ok((values, validity))
     }
 
-    /// Runs the built-in kernel's expression program (`nearstore_project`): one 16-byte value
-    /// per row (`i128`; a float's bits in the low 8 bytes) and validity words, checked as a
-    /// map's.
+    /// Runs the built-in kernel's expression program (`nearstore_project`; `params` starts
+    /// with the output width, 8 or 16): the validity words and `rows` values of that width,
+    /// checked: the count, and no validity bit past the last row.
     pub fn project(
         &mut self,
         rows: usize,
         columns: &[ColumnBuffers<'_>],
         params: &[u8],
-    ) -> Result<(Vec<i128>, Vec<u64>), KernelError> {
+    ) -> Result<(arrow::buffer::Buffer, Vec<u64>), KernelError> {
         let f = self.project.clone().ok_or_else(|| {
             KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_PROJECT))
         })?;
-        let (bytes, validity) = self.values_out(&f, rows, columns, params, 16)?;
-        let values = bytes
-            .chunks_exact(16)
-            .map(|w| i128::from_le_bytes(w.try_into().expect("16 bytes")))
+        let width = match params.first() {
+            Some(&w @ (8 | 16)) => w as usize,
+            _ => {
+                return Err(KernelError::Host(
+                    "expression program without its width".into(),
+                ));
+            }
+        };
+        let words = rows.div_ceil(64);
+        let (desc, out) = self.stage(rows, columns, params, words * 8 + rows * width)?;
+        let n = self.call_batch(&f, (desc, out, rows as u32))? as usize;
+        let kernel = || self.program.name.clone();
+        if n != rows {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("computed {n} values for a {rows}-row batch"),
+            });
+        }
+        let data = self.memory.expect("memory resolved").data(&self.store);
+        let bytes = data
+            .get(out as usize..out as usize + words * 8 + rows * width)
+            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+        let (head, values) = bytes.split_at(words * 8);
+        let validity: Vec<u64> = head
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
             .collect();
-        Ok((values, validity))
+        let tail = rows % 64;
+        if tail != 0 && validity.last().is_some_and(|w| w >> tail != 0) {
+            return Err(KernelError::BadOutput {
+                kernel: kernel(),
+                detail: format!("validity marks rows past the end of a {rows}-row batch"),
+            });
+        }
+        // One copy, into an aligned buffer the result array can own.
+        Ok((arrow::buffer::Buffer::from_slice_ref(values), validity))
     }
 
     /// Whether the kernel offers the top-k pre-selection.
