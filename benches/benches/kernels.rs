@@ -44,12 +44,14 @@ fn batches() -> Vec<RecordBatch> {
                 .unwrap();
             let k: Int64Array = (0..ROWS).map(|_| Some((next() % 10_000) as i64)).collect();
             let f: Float64Array = (0..ROWS).map(|_| Some((next() % 10_000) as f64)).collect();
+            let wide: Int64Array = (0..ROWS).map(|_| Some((next() % 200_000) as i64)).collect();
             RecordBatch::try_from_iter(vec![
                 ("l_shipdate", Arc::new(ship) as ArrayRef),
                 ("l_discount", Arc::new(disc) as ArrayRef),
                 ("l_quantity", Arc::new(qty) as ArrayRef),
                 ("k", Arc::new(k) as ArrayRef),
                 ("f", Arc::new(f) as ArrayRef),
+                ("g", Arc::new(wide) as ArrayRef),
             ])
             .unwrap()
         })
@@ -222,6 +224,7 @@ fn aggregates(c: &mut Criterion) {
     for (name, group_by) in [
         ("ungrouped", vec![]),
         ("grouped_10k", vec![binder.column("k").unwrap()]),
+        ("grouped_200k", vec![binder.column("g").unwrap()]),
     ] {
         let mut g = c.benchmark_group(format!("aggregate/{name}"));
         g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
