@@ -947,7 +947,7 @@ fn push_aggregate(
     }
     // Aggregate arguments read the aggregate's input (the scan or the projection).
     let input_schema = agg.input.schema().as_ref().clone().strip_qualifiers();
-    let resolve = |e: &DfExpr| to_plan_expr(e, &input_schema).map(|x| substitute(x, &inline));
+    let resolve = |e: &DfExpr| to_plan_expr(e, &input_schema).and_then(|x| substitute(x, &inline));
     let Some(filters) = scan
         .filters
         .iter()
@@ -993,14 +993,16 @@ fn push_aggregate(
             let Some((args, params)) = kernel_args(&p.args) else {
                 return Ok(None);
             };
-            let call = substitute(
+            let Some(call) = substitute(
                 Expr::Kernel {
                     name: k.name.clone(),
                     args,
                     params,
                 },
                 &inline,
-            );
+            ) else {
+                return Ok(None);
+            };
             device.aggregates.push(Aggregate {
                 func: AggFunc::Kernel,
                 expr: Some(call),
@@ -1327,36 +1329,42 @@ fn apply_layout(b: RecordBatch, layout: &[OutCol]) -> datafusion::common::Result
     Ok(RecordBatch::try_new(schema, cols)?)
 }
 
-/// Replaces references to projection outputs with the expressions that compute them.
-fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
-    let sub = |b: Box<Expr>| Box::new(substitute(*b, map));
-    match e {
+/// Replaces the columns of `e` that name projection outputs by their expressions (`map`);
+/// `None` when a kernel argument names a computed output (a kernel reads stored columns).
+fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Option<Expr> {
+    let sub = |b: Box<Expr>| substitute(*b, map).map(Box::new);
+    let all = |v: Vec<Expr>| {
+        v.into_iter()
+            .map(|x| substitute(x, map))
+            .collect::<Option<Vec<_>>>()
+    };
+    Some(match e {
         Expr::Col(c) => map.get(&c).cloned().unwrap_or(Expr::Col(c)),
         Expr::Lit(l) => Expr::Lit(l),
         Expr::Cmp { op, left, right } => Expr::Cmp {
             op,
-            left: sub(left),
-            right: sub(right),
+            left: sub(left)?,
+            right: sub(right)?,
         },
         Expr::Arith { op, left, right } => Expr::Arith {
             op,
-            left: sub(left),
-            right: sub(right),
+            left: sub(left)?,
+            right: sub(right)?,
         },
-        Expr::And(v) => Expr::And(v.into_iter().map(|x| substitute(x, map)).collect()),
-        Expr::Or(v) => Expr::Or(v.into_iter().map(|x| substitute(x, map)).collect()),
-        Expr::Not(x) => Expr::Not(sub(x)),
-        Expr::IsNull(x) => Expr::IsNull(sub(x)),
-        Expr::IsNotNull(x) => Expr::IsNotNull(sub(x)),
+        Expr::And(v) => Expr::And(all(v)?),
+        Expr::Or(v) => Expr::Or(all(v)?),
+        Expr::Not(x) => Expr::Not(sub(x)?),
+        Expr::IsNull(x) => Expr::IsNull(sub(x)?),
+        Expr::IsNotNull(x) => Expr::IsNotNull(sub(x)?),
         Expr::Between {
             expr,
             low,
             high,
             negated,
         } => Expr::Between {
-            expr: sub(expr),
-            low: sub(low),
-            high: sub(high),
+            expr: sub(expr)?,
+            low: sub(low)?,
+            high: sub(high)?,
             negated,
         },
         Expr::In {
@@ -1364,7 +1372,7 @@ fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
             list,
             negated,
         } => Expr::In {
-            expr: sub(expr),
+            expr: sub(expr)?,
             list,
             negated,
         },
@@ -1373,24 +1381,25 @@ fn substitute(e: Expr, map: &std::collections::HashMap<String, Expr>) -> Expr {
             pattern,
             negated,
         } => Expr::Like {
-            expr: sub(expr),
+            expr: sub(expr)?,
             pattern,
             negated,
         },
         // Kernel arguments are columns: a projection output that is a renamed column maps back
-        // to it (any other stays as it is, and the device reports it as an unknown column).
+        // to it; one that is computed cannot be an argument.
         Expr::Kernel { name, args, params } => Expr::Kernel {
             name,
             args: args
                 .into_iter()
                 .map(|a| match map.get(&a) {
-                    Some(Expr::Col(base)) => base.clone(),
-                    _ => a,
+                    None => Some(a),
+                    Some(Expr::Col(base)) => Some(base.clone()),
+                    Some(_) => None,
                 })
-                .collect(),
+                .collect::<Option<Vec<_>>>()?,
             params,
         },
-    }
+    })
 }
 
 /// A pushed aggregate: the device plan and the aggregate's output schema.

@@ -551,6 +551,17 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
         run(&agg("list_int64", "(i32.const 0)", "(i32.const 65)")),
         "returned 65 values where 64 fit",
     );
+    // A kernel cannot make the host hold more results than its memory limit (16 MiB here:
+    // 2 Mi values) could: 40 000 groups of 64 values each are refused.
+    let greedy = agg("list_int64", "(i32.const 0)", "(local.get 2)");
+    let mut s = sb.session(&greedy).unwrap();
+    s.group_update(100, &[groups, col], b"", 40_000).unwrap();
+    match s.group_finish(40_000) {
+        Err(KernelError::BadOutput { detail, .. }) => {
+            assert!(detail.contains("memory limit"), "{detail}")
+        }
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
     // A status is the kernel's own error; a scalar with no value is NULL.
     assert!(matches!(
         run(&agg("int64", "(i32.const -3)", "(i32.const 0)")),

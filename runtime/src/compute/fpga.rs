@@ -32,8 +32,8 @@ use nearstore_proto::BackendKind;
 use super::namespace::{ComputeNamespace, ComputeProgram, MemRange, NamespaceError};
 use super::native::NativeBackend;
 use super::wasm::{
-    ColumnBuffers, KernelLimits, WasmBackend, WasmSession, filter_support, finish_state,
-    marshal_aggregate, marshal_filter, merge_state,
+    ColumnBuffers, KernelLimits, WasmBackend, WasmSession, check_counts, filter_support,
+    finish_state, marshal_aggregate, marshal_filter, merge_state,
 };
 use super::{ComputeBackend, ComputeSession, SessionReport, Support};
 use crate::error::{Error, Result};
@@ -1006,6 +1006,7 @@ impl ComputeSession for FpgaSession {
         if let Some(wasm) = &self.fallback {
             // What the device accumulated before the fault, plus what Wasm did after.
             let (rest, wasm_rows) = wasm.raw_state(aggs, n_groups)?;
+            check_counts(&rest, wasm_rows, wasm.kernel_name())?;
             merge_state(aggs, &mut state, &rest)?;
             rows += wasm_rows;
         }

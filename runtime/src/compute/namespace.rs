@@ -281,7 +281,9 @@ impl ComputeNamespace {
         // Disjoint mutable views of the SLM, in the set's order (the set was checked for
         // overlaps when created).
         let mut order: Vec<usize> = (0..ranges.len()).collect();
-        order.sort_by_key(|&i| ranges[i].offset);
+        // Same order as the overlap check (offset, then length), so an empty range at the
+        // start of another comes first.
+        order.sort_by_key(|&i| ranges[i]);
         let mut views: Vec<Option<&mut [u8]>> = (0..ranges.len()).map(|_| None).collect();
         let mut rest: &mut [u8] = &mut self.memory;
         let mut consumed = 0u64;
@@ -377,6 +379,13 @@ mod tests {
             }]),
             Err(NamespaceError::BadRange(_))
         ));
+        // An empty range at the start of another is not an overlap, in either order.
+        let empty = MemRange {
+            offset: b.offset,
+            len: 0,
+        };
+        let with_empty = ns.create_range_set(&[b, empty]).unwrap();
+        ns.execute(p, with_empty, 0, 0).unwrap();
         ns.delete_range_set(one).unwrap();
         assert_eq!(
             ns.execute(p, one, 1, 0),

@@ -251,7 +251,7 @@ impl DeviceService {
         tokio::spawn(async move {
             match stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await {
                 Ok(stats) => {
-                    admission.query_ended(&tenant, false);
+                    admission.query_ended(&tenant, qos::Outcome::Succeeded);
                     metrics.query_done(
                         &tenant,
                         stats.bytes_read_media,
@@ -260,7 +260,12 @@ impl DeviceService {
                     )
                 }
                 Err(code) => {
-                    admission.query_ended(&tenant, code == ErrorCode::KernelFailed.as_str());
+                    let outcome = if code == ErrorCode::KernelFailed.as_str() {
+                        qos::Outcome::KernelFailed
+                    } else {
+                        qos::Outcome::OtherFailure
+                    };
+                    admission.query_ended(&tenant, outcome);
                     metrics.failed(&tenant, code)
                 }
             }

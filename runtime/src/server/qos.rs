@@ -56,6 +56,17 @@ struct Lane {
     backoff: Mutex<Backoff>,
 }
 
+/// How a query ended, for the kernel-failure back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It answered.
+    Succeeded,
+    /// A kernel of it failed (trap, deadline, limit, bad output).
+    KernelFailed,
+    /// It failed otherwise.
+    OtherFailure,
+}
+
 /// Kernel failures in a row, and when the tenant's next query may start while others work.
 #[derive(Debug, Default)]
 struct Backoff {
@@ -231,19 +242,22 @@ impl Admission {
             .clone()
     }
 
-    /// Records how one of `tenant`'s queries ended: a kernel failure lengthens its back-off, a
-    /// query that succeeded clears it.
-    pub fn query_ended(&self, tenant: &str, kernel_failed: bool) {
+    /// Records that one of `tenant`'s queries ended: a kernel failure lengthens its back-off,
+    /// a query that succeeded clears it, any other failure (a client gone, a bad plan) leaves
+    /// it as it is.
+    pub fn query_ended(&self, tenant: &str, outcome: Outcome) {
         let lane = self.lane(tenant);
         let mut b = lane.backoff.lock().expect("admission backoff");
-        if kernel_failed {
-            b.failures = b.failures.saturating_add(1);
-            let wait = BACKOFF_FIRST
-                .saturating_mul(1u32 << (b.failures - 1).min(16))
-                .min(BACKOFF_MAX);
-            b.until = Some(tokio::time::Instant::now() + wait);
-        } else {
-            *b = Backoff::default();
+        match outcome {
+            Outcome::KernelFailed => {
+                b.failures = b.failures.saturating_add(1);
+                let wait = BACKOFF_FIRST
+                    .saturating_mul(1u32 << (b.failures - 1).min(16))
+                    .min(BACKOFF_MAX);
+                b.until = Some(tokio::time::Instant::now() + wait);
+            }
+            Outcome::Succeeded => *b = Backoff::default(),
+            Outcome::OtherFailure => {}
         }
     }
 
@@ -257,9 +271,11 @@ impl Admission {
         }
     }
 
-    /// Tenants other than `tenant` with work: queries running or waiting, or one that ended
-    /// less than [`RECENT`] ago; and the next instant one of the latter stops counting.
+    /// Tenants other than `tenant` with work: queries running or waiting (unless all they do
+    /// is wait out a kernel-failure back-off), or one that ended less than [`RECENT`] ago; and
+    /// the next instant one of the latter stops counting.
     fn others(
+        &self,
         counts: &HashMap<String, Counts>,
         tenant: &str,
         now: tokio::time::Instant,
@@ -270,7 +286,15 @@ impl Admission {
             if t.as_str() == tenant {
                 continue;
             }
-            if c.running > 0 || c.waiting > 0 {
+            let backed_off = || {
+                self.lanes
+                    .lock()
+                    .expect("admission lanes")
+                    .get(t)
+                    .and_then(|l| l.backoff.lock().expect("admission backoff").until)
+                    .is_some_and(|u| u > now)
+            };
+            if c.running > 0 || (c.waiting > 0 && !backed_off()) {
                 n += 1;
             } else if let Some(quiet) = c.last_end.map(|e| e + RECENT).filter(|q| *q > now) {
                 n += 1;
@@ -300,7 +324,7 @@ impl Admission {
             {
                 let mut counts = self.counts.lock().expect("admission counts");
                 let now = tokio::time::Instant::now();
-                let (others, next_change) = Self::others(&counts, tenant, now);
+                let (others, next_change) = self.others(&counts, tenant, now);
                 let cap = self.cap(others, lane.limits.max_queries);
                 if others > 0 {
                     let until = lane.backoff.lock().expect("admission backoff").until;
@@ -455,26 +479,33 @@ mod tests {
         let a = Arc::new(Admission::with_cores(limits(8, 8), HashMap::new(), 8).unwrap());
         // Alone, x is never backed off.
         for _ in 0..4 {
-            a.query_ended("x", true);
+            a.query_ended("x", Outcome::KernelFailed);
         }
         let t = tokio::time::Instant::now();
         drop(a.admit("x").await.unwrap());
         assert_eq!(t.elapsed(), std::time::Duration::ZERO);
         // While y works, x's fifth failure in a row delays its next query by 5 ms · 2⁴.
         let y = a.admit("y").await.unwrap();
-        a.query_ended("x", true);
+        a.query_ended("x", Outcome::KernelFailed);
         let after_fifth = tokio::time::Instant::now();
         drop(a.admit("x").await.unwrap());
         assert_eq!(after_fifth.elapsed(), std::time::Duration::from_millis(80));
         // y itself is admitted at once, and x's success clears its count.
         drop(a.admit("y").await.unwrap());
-        a.query_ended("x", false);
+        // A failure that is not a kernel's leaves the count (the next kernel failure is the
+        // sixth in a row: 160 ms); a success clears it.
+        a.query_ended("x", Outcome::OtherFailure);
+        a.query_ended("x", Outcome::KernelFailed);
+        let t = tokio::time::Instant::now();
+        drop(a.admit("x").await.unwrap());
+        assert_eq!(t.elapsed(), std::time::Duration::from_millis(160));
+        a.query_ended("x", Outcome::Succeeded);
         let t = tokio::time::Instant::now();
         drop(a.admit("x").await.unwrap());
         assert_eq!(t.elapsed(), std::time::Duration::ZERO);
         // The back-off is bounded, and ends early once y has been quiet for a while.
         for _ in 0..30 {
-            a.query_ended("x", true);
+            a.query_ended("x", Outcome::KernelFailed);
         }
         let a2 = a.clone();
         let waiter = tokio::spawn(async move { a2.admit("x").await.map(|_| ()) });
@@ -484,5 +515,27 @@ mod tests {
         drop(y);
         waiter.await.unwrap().unwrap();
         assert_eq!(t.elapsed(), RECENT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_waiting_out_a_back_off_does_not_shrink_the_others_share() {
+        // Two cores: y would be held to one query while x has work, but x only waits.
+        let a = Arc::new(Admission::with_cores(limits(8, 8), HashMap::new(), 2).unwrap());
+        for _ in 0..3 {
+            a.query_ended("x", Outcome::KernelFailed);
+        }
+        let y1 = a.admit("y").await.unwrap();
+        let a2 = a.clone();
+        let x = tokio::spawn(async move { a2.admit("x").await.map(|_| ()) });
+        while counts(&a, "x").waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        let more = tokio::time::timeout(std::time::Duration::from_millis(1), async {
+            (a.admit("y").await.unwrap(), a.admit("y").await.unwrap())
+        })
+        .await
+        .expect("y keeps all its slots while x is backed off");
+        drop((y1, more));
+        x.await.unwrap().unwrap();
     }
 }

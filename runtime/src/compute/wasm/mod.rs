@@ -432,6 +432,11 @@ pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
 }
 
 impl WasmSession {
+    /// The name of the kernel the session runs.
+    pub(crate) fn kernel_name(&self) -> &str {
+        self.kernel.name()
+    }
+
     /// The kernel's aggregate slots for `n_groups` groups (unchecked) and the rows it was
     /// given.
     pub(crate) fn raw_state(&self, aggs: &[AggSpec], n_groups: usize) -> Result<(Vec<u8>, u64)> {
@@ -480,6 +485,20 @@ pub(crate) fn marshal_aggregate(
     Ok((params, owned))
 }
 
+/// Checks that every count in a kernel's aggregate slots lies within the `rows` it was given.
+pub(crate) fn check_counts(state: &[u8], rows: u64, kernel: &str) -> Result<()> {
+    for slot in state.chunks_exact(agg::SLOT_BYTES) {
+        let count = i64::from_le_bytes(slot[16..24].try_into().expect("8 bytes"));
+        if count < 0 || count as u64 > rows {
+            return Err(Error::from(KernelError::BadOutput {
+                kernel: kernel.to_string(),
+                detail: format!("count {count} exceeds the {rows} rows given"),
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// Adds the aggregate slots `src` into `dst` (both `groups × aggs` slots): counts and sums add
 /// up (float sums as floats), minima and maxima keep the better of the two.
 pub(crate) fn merge_state(aggs: &[AggSpec], dst: &mut [u8], src: &[u8]) -> Result<()> {
@@ -506,9 +525,18 @@ pub(crate) fn merge_state(aggs: &[AggSpec], dst: &mut [u8], src: &[u8]) -> Resul
             )
         };
         let ((da, dc), (sa, sc)) = (read(d), read(s));
+        if dc < 0 || sc < 0 {
+            return Err(Error::Internal(format!(
+                "aggregate {} has a negative count to merge",
+                a.name
+            )));
+        }
         if sc == 0 {
             continue;
         }
+        let count = dc
+            .checked_add(sc)
+            .ok_or_else(|| Error::Internal(format!("aggregate {} count overflowed", a.name)))?;
         let acc = match a.func {
             AggFunc::Sum | AggFunc::Avg if float[i % naggs] => {
                 let sum = f64::from_bits(da as u64) + f64::from_bits(sa as u64);
@@ -522,7 +550,7 @@ pub(crate) fn merge_state(aggs: &[AggSpec], dst: &mut [u8], src: &[u8]) -> Resul
             _ => da,
         };
         d[..16].copy_from_slice(&acc.to_le_bytes());
-        d[16..24].copy_from_slice(&(dc + sc).to_le_bytes());
+        d[16..24].copy_from_slice(&count.to_le_bytes());
     }
     Ok(())
 }

@@ -1063,7 +1063,12 @@ impl KernelSession {
             let p = self.alloc_zeroed(groups * per_group)?;
             self.state = (p, groups, per_group);
         }
-        let mut cap: usize = if list { 64 } else { 1 };
+        let first_cap: usize = if list { 64 } else { 1 };
+        let mut cap = first_cap;
+        // The values of all groups together stay within what the kernel's memory could hold:
+        // a kernel cannot make the host hold more than its own limit.
+        let budget = self.config.memory_bytes_max / 8;
+        let mut total = 0usize;
         let mut out = Vec::with_capacity(groups);
         let mut g = 0;
         while g < groups {
@@ -1091,6 +1096,15 @@ impl KernelSession {
                     ),
                 });
             }
+            total += n;
+            if total > budget {
+                return Err(KernelError::BadOutput {
+                    kernel: self.program.name.clone(),
+                    detail: format!(
+                        "its results pass {budget} values, more than its memory limit could hold"
+                    ),
+                });
+            }
             let data = self.memory.expect("memory resolved").data(&self.store);
             let bytes = data
                 .get(at as usize..at as usize + n * 8)
@@ -1102,6 +1116,7 @@ impl KernelSession {
                     .collect(),
             );
             g += 1;
+            cap = first_cap;
         }
         Ok(out)
     }
