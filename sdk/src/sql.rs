@@ -948,19 +948,8 @@ fn push_aggregate(
     // Aggregate arguments read the aggregate's input (the scan or the projection).
     let input_schema = agg.input.schema().as_ref().clone().strip_qualifiers();
     let resolve = |e: &DfExpr| to_plan_expr(e, &input_schema).and_then(|x| substitute(x, &inline));
-    let Some(filters) = scan
-        .filters
-        .iter()
-        .map(|f| to_plan_expr(f, &dev.df_schema))
-        .collect::<Option<Vec<_>>>()
-    else {
+    let Some(mut device) = filtered_plan(&dev, scan) else {
         return Ok(None);
-    };
-    let mut device = Plan::scan(&dev.table);
-    device.filter = match filters.len() {
-        0 => None,
-        1 => filters.into_iter().next(),
-        _ => Some(Expr::And(filters)),
     };
     for g in &agg.group_expr {
         let DfExpr::Column(c) = g else {
@@ -1082,6 +1071,23 @@ fn push_aggregate(
     pushed_plan(&dev, device, layout, &agg.schema).map(Some)
 }
 
+/// The device plan of `scan`'s table with its (pushed) filters; `None` when a filter does not
+/// translate into the plan IR.
+fn filtered_plan(dev: &DeviceTable, scan: &datafusion::logical_expr::TableScan) -> Option<Plan> {
+    let mut filters = scan
+        .filters
+        .iter()
+        .map(|f| to_plan_expr(f, &dev.df_schema))
+        .collect::<Option<Vec<_>>>()?;
+    let mut device = Plan::scan(&dev.table);
+    device.filter = match filters.len() {
+        0 => None,
+        1 => filters.pop(),
+        _ => Some(Expr::And(filters)),
+    };
+    Some(device)
+}
+
 /// A device plan that replaces a logical plan node whose output schema is `out`: a scan of the
 /// plan's result (columns `c0`, `c1`, … built by `layout`) renamed to `out`'s columns.
 fn pushed_plan(
@@ -1201,19 +1207,8 @@ fn push_kernel_projection(
     if dev.mode != Mode::Offload || !p.expr.iter().any(calls_kernel) {
         return Ok(None);
     }
-    let Some(filters) = scan
-        .filters
-        .iter()
-        .map(|f| to_plan_expr(f, &dev.df_schema))
-        .collect::<Option<Vec<_>>>()
-    else {
+    let Some(mut device) = filtered_plan(&dev, scan) else {
         return Ok(None);
-    };
-    let mut device = Plan::scan(&dev.table);
-    device.filter = match filters.len() {
-        0 => None,
-        1 => filters.into_iter().next(),
-        _ => Some(Expr::And(filters)),
     };
     device.limit = match (scan.fetch.map(|f| f as u64), limit) {
         (Some(a), Some(b)) => Some(a.min(b)),

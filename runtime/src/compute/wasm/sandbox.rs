@@ -1088,29 +1088,19 @@ impl KernelSession {
                 status: n,
             })?;
             if n > cap || (!list && n > 1) {
-                return Err(KernelError::BadOutput {
-                    kernel: self.program.name.clone(),
-                    detail: format!(
-                        "finishing group {g} returned {n} values where {} fit",
-                        if list { cap } else { 1 }
-                    ),
-                });
+                return Err(self.bad_output(format!(
+                    "finishing group {g} returned {n} values where {} fit",
+                    if list { cap } else { 1 }
+                )));
             }
             total += n;
             if total > budget {
-                return Err(KernelError::BadOutput {
-                    kernel: self.program.name.clone(),
-                    detail: format!(
-                        "its results pass {budget} values, more than its memory limit could hold"
-                    ),
-                });
+                return Err(self.bad_output(format!(
+                    "its results pass {budget} values, more than its memory limit could hold"
+                )));
             }
-            let data = self.memory.expect("memory resolved").data(&self.store);
-            let bytes = data
-                .get(at as usize..at as usize + n * 8)
-                .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
             out.push(
-                bytes
+                self.output(at, n * 8)?
                     .chunks_exact(8)
                     .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
                     .collect(),
@@ -1161,29 +1151,12 @@ impl KernelSession {
         let words = rows.div_ceil(64);
         let (desc, out) = self.stage(rows, columns, params, words * 8 + rows * width)?;
         let n = self.call_batch(&f, (desc, out, rows as u32))? as usize;
-        let kernel = || self.program.name.clone();
         if n != rows {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("computed {n} values for a {rows}-row batch"),
-            });
+            return Err(self.bad_output(format!("computed {n} values for a {rows}-row batch")));
         }
-        let data = self.memory.expect("memory resolved").data(&self.store);
-        let bytes = data
-            .get(out as usize..out as usize + words * 8 + rows * width)
-            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+        let bytes = self.output(out, words * 8 + rows * width)?;
         let (head, values) = bytes.split_at(words * 8);
-        let validity: Vec<u64> = head
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
-        let tail = rows % 64;
-        if tail != 0 && validity.last().is_some_and(|w| w >> tail != 0) {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("validity marks rows past the end of a {rows}-row batch"),
-            });
-        }
+        let validity = self.validity(head, rows)?;
         // One copy, into an aligned buffer the result array can own.
         Ok((arrow::buffer::Buffer::from_slice_ref(values), validity))
     }
@@ -1221,28 +1194,7 @@ impl KernelSession {
         let words = rows.div_ceil(64);
         let (desc, out) = self.stage(rows, columns, params, words * 8)?;
         let n = self.call_batch(&f, (desc, out, self.topk_state.0))?;
-        let kernel = || self.program.name.clone();
-        let memory = self.memory.expect("memory resolved");
-        let bytes = memory
-            .data(&self.store)
-            .get(out as usize..out as usize + rows.div_ceil(8))
-            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?
-            .to_vec();
-        let tail = rows % 8;
-        if tail != 0 && bytes.last().is_some_and(|b| b >> tail != 0) {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("top-k selects rows past the end of a {rows}-row batch"),
-            });
-        }
-        let set: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
-        if set != n as usize {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("top-k returned count {n} but selects {set} rows"),
-            });
-        }
-        Ok(bytes)
+        self.selection(out, rows, n, "top-k")
     }
 
     /// Calls a `(batch, out, rows)` export that writes `rows` values of `width` bytes and then
@@ -1259,31 +1211,64 @@ impl KernelSession {
         let words = rows.div_ceil(64);
         let (desc, out) = self.stage(rows, columns, params, rows * width + words * 8)?;
         let n = self.call_batch(f, (desc, out, rows as u32))? as usize;
-        let kernel = || self.program.name.clone();
         if n != rows {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("mapped {n} values for a {rows}-row batch"),
-            });
+            return Err(self.bad_output(format!("mapped {n} values for a {rows}-row batch")));
         }
-        let data = self.memory.expect("memory resolved").data(&self.store);
-        let (start, len) = (out as usize, rows * width + words * 8);
-        let bytes = data
-            .get(start..start + len)
-            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+        let bytes = self.output(out, rows * width + words * 8)?;
         let (values, tail_words) = bytes.split_at(rows * width);
-        let validity: Vec<u64> = tail_words
+        Ok((values.to_vec(), self.validity(tail_words, rows)?))
+    }
+
+    /// `len` bytes of the kernel's memory at `at`: an output it wrote.
+    fn output(&self, at: u32, len: usize) -> Result<&[u8], KernelError> {
+        let at = at as usize;
+        self.memory
+            .expect("memory resolved")
+            .data(&self.store)
+            .get(at..at.saturating_add(len))
+            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))
+    }
+
+    fn bad_output(&self, detail: String) -> KernelError {
+        KernelError::BadOutput {
+            kernel: self.program.name.clone(),
+            detail,
+        }
+    }
+
+    /// The selection bitmap (`rows` bits) the kernel wrote at `out`, checked: no bit past the
+    /// last row, and `n` (what the kernel returned) bits set. `what` names it in errors.
+    fn selection(&self, out: u32, rows: usize, n: u32, what: &str) -> Result<Vec<u8>, KernelError> {
+        let bytes = self.output(out, rows.div_ceil(8))?.to_vec();
+        let tail = rows % 8;
+        if tail != 0 && bytes.last().is_some_and(|b| b >> tail != 0) {
+            return Err(self.bad_output(format!(
+                "{what} selects rows past the end of a {rows}-row batch"
+            )));
+        }
+        let set: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        if set != n as usize {
+            return Err(self.bad_output(format!(
+                "returned count {n} but the {what} selects {set} rows"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Validity words the kernel wrote (`bytes`, little-endian `u64`s), checked: no bit past
+    /// the last of `rows` rows.
+    fn validity(&self, bytes: &[u8], rows: usize) -> Result<Vec<u64>, KernelError> {
+        let words: Vec<u64> = bytes
             .chunks_exact(8)
             .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
             .collect();
         let tail = rows % 64;
-        if tail != 0 && validity.last().is_some_and(|w| w >> tail != 0) {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("validity marks rows past the end of a {rows}-row batch"),
-            });
+        if tail != 0 && words.last().is_some_and(|w| w >> tail != 0) {
+            return Err(self.bad_output(format!(
+                "validity marks rows past the end of a {rows}-row batch"
+            )));
         }
-        Ok((values.to_vec(), validity))
+        Ok(words)
     }
 
     /// Whether the kernel offers the bitmap form of the filter.
@@ -1306,28 +1291,7 @@ impl KernelSession {
             KernelError::AbiMismatch(format!("no `{}` export", abi::EXPORT_FILTER_BITMAP))
         })?;
         let n = self.call_batch(&f, (desc, out, words as u32))?;
-        let kernel = || self.program.name.clone();
-        let memory = self.memory.expect("memory resolved");
-        let bytes = memory
-            .data(&self.store)
-            .get(out as usize..out as usize + rows.div_ceil(8))
-            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?
-            .to_vec();
-        let tail = rows % 8;
-        if tail != 0 && bytes.last().is_some_and(|b| b >> tail != 0) {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("bitmap selects rows past the end of a {rows}-row batch"),
-            });
-        }
-        let set: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
-        if set != n as usize {
-            return Err(KernelError::BadOutput {
-                kernel: kernel(),
-                detail: format!("returned count {n} but the bitmap selects {set} rows"),
-            });
-        }
-        Ok(bytes)
+        self.selection(out, rows, n, "bitmap")
     }
 
     /// Runs the filter export over `rows` rows of `columns` with `params`; returns the selected
@@ -1339,7 +1303,6 @@ impl KernelSession {
         params: &[u8],
     ) -> Result<Vec<u32>, KernelError> {
         let (desc, out) = self.stage(rows, columns, params, rows * 4)?;
-        let base_out = out as usize;
         let f = self.filter.clone().ok_or_else(|| {
             KernelError::AbiMismatch(format!(
                 "kernel {} is a {} kernel, not a filter",
@@ -1355,10 +1318,7 @@ impl KernelSession {
                 detail: format!("selected {n} rows of a {rows}-row batch"),
             });
         }
-        let data = self.memory.expect("memory resolved").data(&self.store);
-        let out = data
-            .get(base_out..base_out + n * 4)
-            .ok_or_else(|| KernelError::Host("output outside kernel memory".into()))?;
+        let out = self.output(out, n * 4)?;
         let mut idx = Vec::with_capacity(n);
         let mut prev: Option<u32> = None;
         for w in out.chunks_exact(4) {
