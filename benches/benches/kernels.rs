@@ -138,27 +138,10 @@ fn fpga_model(_c: &mut Criterion) {
         );
     }
     // The aggregate engine: sum, max and count(*), without groups and over 10 000 groups.
-    use nearstore_proto::AggFunc;
-    use nearstore_runtime::exec::aggregate::{AggSpec, HashAggregator};
+    use nearstore_runtime::exec::aggregate::HashAggregator;
     let schema = data[0].schema();
     let binder = Binder::new("bench", &schema);
-    let aggs = vec![
-        AggSpec {
-            func: AggFunc::Sum,
-            input: Some(binder.column("l_quantity").unwrap()),
-            name: "s".into(),
-        },
-        AggSpec {
-            func: AggFunc::Max,
-            input: Some(binder.column("f").unwrap()),
-            name: "m".into(),
-        },
-        AggSpec {
-            func: AggFunc::CountStar,
-            input: None,
-            name: "n".into(),
-        },
-    ];
+    let aggs = bench_aggregates(&binder);
     let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
     println!("| aggregate | modelled µs | emulation µs (host) | fell back |\n|---|---:|---:|---|");
     for (name, group_by) in [
@@ -194,16 +177,12 @@ fn fpga_model(_c: &mut Criterion) {
     }
 }
 
-/// Aggregation: native accumulators against the Wasm kernel (group ids are computed on the
-/// host in both cases).
-fn aggregates(c: &mut Criterion) {
+/// The aggregates both aggregate benchmarks compute: sum of a decimal, max of a float,
+/// count(*).
+fn bench_aggregates(binder: &Binder) -> Vec<nearstore_runtime::exec::aggregate::AggSpec> {
     use nearstore_proto::AggFunc;
-    use nearstore_runtime::exec::aggregate::{AggSpec, HashAggregator};
-    let data = batches();
-    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
-    let schema = data[0].schema();
-    let binder = Binder::new("bench", &schema);
-    let aggs = vec![
+    use nearstore_runtime::exec::aggregate::AggSpec;
+    vec![
         AggSpec {
             func: AggFunc::Sum,
             input: Some(binder.column("l_quantity").unwrap()),
@@ -219,7 +198,18 @@ fn aggregates(c: &mut Criterion) {
             input: None,
             name: "n".into(),
         },
-    ];
+    ]
+}
+
+/// Aggregation: native accumulators against the Wasm kernel (group ids are computed on the
+/// host in both cases).
+fn aggregates(c: &mut Criterion) {
+    use nearstore_runtime::exec::aggregate::HashAggregator;
+    let data = batches();
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let schema = data[0].schema();
+    let binder = Binder::new("bench", &schema);
+    let aggs = bench_aggregates(&binder);
     let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
     for (name, group_by) in [
         ("ungrouped", vec![]),

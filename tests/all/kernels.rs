@@ -12,26 +12,17 @@ use nearstore_runtime::exec::expr::Binder;
 
 const MANIFEST: &str = r#"(@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n")"#;
 
-/// A filter kernel whose `nearstore_filter` body is `body` (params: desc, out, cap).
+/// A filter kernel whose `nearstore_filter` body is `body` (params: desc, out, cap), with
+/// `extra` (imports, helper functions) at the start of the module.
 pub(crate) fn kernel(body: &str, extra: &str) -> Vec<u8> {
-    let text = format!(
-        r#"(module
-          {extra}
-          (memory (export "memory") 2)
-          (global $next (mut i32) (i32.const 1024))
-          (func (export "nearstore_abi_version") (result i32) (i32.const 1))
-          (func (export "nearstore_alloc") (param $size i32) (param $align i32) (result i32)
-            (local $p i32)
-            (local.set $p (global.get $next))
-            (global.set $next (i32.add (global.get $next) (i32.and (i32.add (local.get $size) (i32.const 15)) (i32.const -16))))
-            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-              (then (drop (memory.grow (i32.add (i32.div_u (i32.sub (global.get $next) (i32.mul (memory.size) (i32.const 65536))) (i32.const 65536)) (i32.const 1))))))
-            (local.get $p))
-          (func $f (export "nearstore_filter") (param $desc i32) (param $out i32) (param $cap i32) (result i32)
-            {body})
-          {MANIFEST})"#
-    );
-    wat::parse_str(&text).unwrap_or_else(|e| panic!("test kernel does not assemble: {e}\n{text}"))
+    kernel_with(
+        "abi=1\nkind=filter\nname=hostile\n",
+        extra,
+        &format!(
+            r#"(func $f (export "nearstore_filter") (param $desc i32) (param $out i32) (param $cap i32) (result i32)
+            {body})"#
+        ),
+    )
 }
 
 fn sandbox() -> Sandbox {
@@ -438,11 +429,13 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
     assert!(e.to_string().contains("exceeds the 100 rows given"), "{e}");
 }
 
-/// A kernel with the manifest `manifest` (lines separated by `\n`) and the exported functions
-/// `funcs` (WAT), besides the ABI version, a bump allocator and its memory.
-fn kernel_with(manifest: &str, funcs: &str) -> Vec<u8> {
+/// A kernel with the manifest `manifest` (lines separated by `\n`), `extra` (imports, helper
+/// functions) at the start and the exported functions `funcs` (WAT), besides the ABI version,
+/// a bump allocator and its memory.
+fn kernel_with(manifest: &str, extra: &str, funcs: &str) -> Vec<u8> {
     let text = format!(
         r#"(module
+          {extra}
           (memory (export "memory") 2)
           (global $next (mut i32) (i32.const 1024))
           (func (export "nearstore_abi_version") (result i32) (i32.const 1))
@@ -475,6 +468,7 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
     let map = |body: &str| {
         sb.load(&kernel_with(
             "abi=1\nkind=map\nname=m\noutput=int64\n",
+            "",
             &format!(
                 r#"(func (export "nearstore_map") (param $desc i32) (param $out i32) (param $rows i32) (result i32) {body})"#
             ),
@@ -515,6 +509,7 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
     let agg = |output: &str, update: &str, finish: &str| {
         sb.load(&kernel_with(
             &format!("abi=1\nkind=aggregate\nname=a\noutput={output}\nstate_size=16\n"),
+            "",
             &format!(
                 r#"(func (export "nearstore_agg_update") (param i32 i32 i32) (result i32) {update})
                    (func (export "nearstore_agg_finish") (param i32 i32 i32) (result i32) {finish})"#
