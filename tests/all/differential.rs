@@ -458,267 +458,252 @@ fn date_helpers_round_trip() {
 /// Computed columns (`+ - *` over int32, int64, decimals and floats, with nulls, extremes and
 /// overflows): the Wasm kernel's expression program returns exactly the native backend's
 /// values, or the same error; and it is where the placement says.
-#[test]
-fn computed_columns_in_wasm_equal_native() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn computed_columns_in_wasm_equal_native() {
     use arrow::array::{ArrayRef, Decimal128Array, Int32Array, Int64Array};
     use std::sync::Arc;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    rt.block_on(async {
-        let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
-        let mut c = dev.client().await;
-        let n = 20_000i64;
-        let edge = |i: i64| i % 997 == 0;
-        let a32: Int32Array = (0..n)
-            .map(|i| {
-                (i % 7 != 3).then_some(if edge(i) {
-                    i32::MAX - 3
-                } else {
-                    (i % 2001 - 1000) as i32
-                })
+    let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
+    let mut c = dev.client().await;
+    let n = 20_000i64;
+    let edge = |i: i64| i % 997 == 0;
+    let a32: Int32Array = (0..n)
+        .map(|i| {
+            (i % 7 != 3).then_some(if edge(i) {
+                i32::MAX - 3
+            } else {
+                (i % 2001 - 1000) as i32
             })
-            .collect();
-        let i64s: Int64Array = (0..n)
-            .map(|i| (i % 11 != 5).then_some(i * 7919 - 50_000_000))
-            .collect();
-        let d = (0..n)
-            .map(|i| (i % 13 != 2).then_some((i * 37) % 100_000 - 20_000))
-            .map(|v| v.map(i128::from))
-            .collect::<Decimal128Array>()
-            .with_precision_and_scale(15, 2)
-            .unwrap();
-        let big = (0..n)
-            .map(|i| {
-                Some(if edge(i) {
-                    i128::MAX / 3
-                } else {
-                    i as i128 * 1_000_000_007
-                })
-            })
-            .collect::<Decimal128Array>()
-            .with_precision_and_scale(38, 10)
-            .unwrap();
-        let f = Float64Array::from_iter(
-            (0..n).map(|i| (i % 17 != 1).then_some(i as f64 / 7.0 - 1000.0)),
-        );
-        let batch = RecordBatch::try_from_iter(vec![
-            (
-                "id",
-                Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
-            ),
-            ("a32", Arc::new(a32) as ArrayRef),
-            ("i", Arc::new(i64s) as ArrayRef),
-            ("d", Arc::new(d) as ArrayRef),
-            ("big", Arc::new(big) as ArrayRef),
-            ("f", Arc::new(f) as ArrayRef),
-        ])
+        })
+        .collect();
+    let i64s: Int64Array = (0..n)
+        .map(|i| (i % 11 != 5).then_some(i * 7919 - 50_000_000))
+        .collect();
+    let d = (0..n)
+        .map(|i| (i % 13 != 2).then_some((i * 37) % 100_000 - 20_000))
+        .map(|v| v.map(i128::from))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(15, 2)
         .unwrap();
-        c.put_batches("calc", PutMode::Create, vec![batch])
-            .await
-            .unwrap();
-        let cases = [
-            ("d * (1 - d)", true),
-            ("d + d - d", true),
-            ("d * d * d", true),
-            ("i * 3 - i", true),
-            ("i * i", true),
-            ("a32 * 2", true),
-            ("a32 + a32", true),
-            ("f * 2.5 - f", true),
-            ("big + big", true),
-            ("big * big", true),
-            ("d * 3", true),
-            ("a32 + i", false),
-        ];
-        let (mut agreed, mut failed_alike) = (0, Vec::new());
-        for (text, in_wasm) in cases {
-            let run = |b: BackendKind| {
-                Query::table("calc")
-                    .select(["id"])
-                    .select_expr("v", text)
-                    .unwrap()
-                    .backend(b)
-                    .build()
-            };
-            let native = c.query(&run(BackendKind::Native)).await;
-            let wasm = c.query(&run(BackendKind::Wasm)).await;
-            match (native, wasm) {
-                (Ok(a), Ok(b)) => {
-                    assert_eq!(a.concat().unwrap(), b.concat().unwrap(), "{text}");
-                    let want = if in_wasm {
-                        "project=wasm"
-                    } else {
-                        "project=native"
-                    };
-                    assert!(
-                        b.stats.placement.contains(want),
-                        "{text}: {}",
-                        b.stats.placement
-                    );
-                    agreed += 1;
-                }
-                (Err(a), Err(b)) => {
-                    assert_eq!(a.to_string(), b.to_string(), "{text}");
-                    failed_alike.push(text);
-                }
-                (a, b) => panic!("{text}: native {:?} but wasm {:?}", a.err(), b.err()),
+    let big = (0..n)
+        .map(|i| {
+            Some(if edge(i) {
+                i128::MAX / 3
+            } else {
+                i as i128 * 1_000_000_007
+            })
+        })
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(38, 10)
+        .unwrap();
+    let f =
+        Float64Array::from_iter((0..n).map(|i| (i % 17 != 1).then_some(i as f64 / 7.0 - 1000.0)));
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+        ),
+        ("a32", Arc::new(a32) as ArrayRef),
+        ("i", Arc::new(i64s) as ArrayRef),
+        ("d", Arc::new(d) as ArrayRef),
+        ("big", Arc::new(big) as ArrayRef),
+        ("f", Arc::new(f) as ArrayRef),
+    ])
+    .unwrap();
+    c.put_batches("calc", PutMode::Create, vec![batch])
+        .await
+        .unwrap();
+    let cases = [
+        ("d * (1 - d)", true),
+        ("d + d - d", true),
+        ("d * d * d", true),
+        ("i * 3 - i", true),
+        ("i * i", true),
+        ("a32 * 2", true),
+        ("a32 + a32", true),
+        ("f * 2.5 - f", true),
+        ("big + big", true),
+        ("big * big", true),
+        ("d * 3", true),
+        ("a32 + i", false),
+    ];
+    let (mut agreed, mut failed_alike) = (0, Vec::new());
+    for (text, in_wasm) in cases {
+        let run = |b: BackendKind| {
+            Query::table("calc")
+                .select(["id"])
+                .select_expr("v", text)
+                .unwrap()
+                .backend(b)
+                .build()
+        };
+        let native = c.query(&run(BackendKind::Native)).await;
+        let wasm = c.query(&run(BackendKind::Wasm)).await;
+        match (native, wasm) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.concat().unwrap(), b.concat().unwrap(), "{text}");
+                let want = if in_wasm {
+                    "project=wasm"
+                } else {
+                    "project=native"
+                };
+                assert!(
+                    b.stats.placement.contains(want),
+                    "{text}: {}",
+                    b.stats.placement
+                );
+                agreed += 1;
             }
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string(), "{text}");
+                failed_alike.push(text);
+            }
+            (a, b) => panic!("{text}: native {:?} but wasm {:?}", a.err(), b.err()),
         }
-        // The int32 extremes doubled and the decimal(38, 10) extremes squared overflow (as
-        // errors, alike); everything else computes.
-        assert_eq!(
-            (agreed, failed_alike),
-            (9, vec!["a32 * 2", "a32 + a32", "big * big"])
-        );
-        dev.stop().await;
-    });
+    }
+    // The int32 extremes doubled and the decimal(38, 10) extremes squared overflow (as
+    // errors, alike); everything else computes.
+    assert_eq!(
+        (agreed, failed_alike),
+        (9, vec!["a32 * 2", "a32 + a32", "big * big"])
+    );
+    dev.stop().await;
 }
 
 /// `ORDER BY key [, id] LIMIT k` with the top-k pre-selection in the Wasm kernel equals the
 /// native sort, for every key type, both directions, both null placements, ties and k from one
 /// to more than the table.
-#[test]
-fn topk_in_wasm_equals_native() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topk_in_wasm_equals_native() {
     use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array};
     use nearstore_proto::SortKey;
     use std::sync::Arc;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    rt.block_on(async {
-        let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
-        let mut c = dev.client().await;
-        let n = 30_000i64;
-        // Few distinct values (many ties), NULLs, and extremes.
-        let h = |i: i64| (i.wrapping_mul(2_654_435_761) >> 7) % 1000;
-        let batches: Vec<RecordBatch> = (0..3)
-            .map(|part| {
-                let ids: Vec<i64> = (part * n / 3..(part + 1) * n / 3).collect();
-                let col =
-                    |f: &dyn Fn(i64) -> Option<i64>| ids.iter().map(|&i| f(i)).collect::<Vec<_>>();
-                let v = |i: i64| (i % 9 != 4).then(|| h(i) - 500);
-                RecordBatch::try_from_iter(vec![
-                    ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
-                    (
-                        "a",
-                        Arc::new(
-                            col(&v)
-                                .into_iter()
-                                .map(|x| x.map(|x| x as i32))
-                                .collect::<Int32Array>(),
-                        ) as ArrayRef,
-                    ),
-                    (
-                        "b",
-                        Arc::new(Int64Array::from(col(&|i| {
-                            if i == 77 {
-                                Some(i64::MIN)
-                            } else {
-                                v(i).map(|x| x * 1_000_003)
-                            }
-                        }))) as ArrayRef,
-                    ),
-                    (
-                        "f",
-                        Arc::new(
-                            col(&v)
-                                .into_iter()
-                                .map(|x| x.map(|x| if x == 13 { -0.0 } else { x as f64 / 3.0 }))
-                                .collect::<Float64Array>(),
-                        ) as ArrayRef,
-                    ),
-                    (
-                        "d",
-                        Arc::new(
-                            col(&v)
-                                .into_iter()
-                                .map(|x| x.map(|x| x as i128 * 7))
-                                .collect::<Decimal128Array>()
-                                .with_precision_and_scale(12, 2)
-                                .unwrap(),
-                        ) as ArrayRef,
-                    ),
-                    (
-                        "w",
-                        Arc::new(
-                            col(&v)
-                                .into_iter()
-                                .map(|x| x.map(|x| x as i128 * 10i128.pow(30)))
-                                .collect::<Decimal128Array>()
-                                .with_precision_and_scale(38, 4)
-                                .unwrap(),
-                        ) as ArrayRef,
-                    ),
-                    (
-                        "day",
-                        Arc::new(
-                            col(&v)
-                                .into_iter()
-                                .map(|x| x.map(|x| x as i32 + 9000))
-                                .collect::<Date32Array>(),
-                        ) as ArrayRef,
-                    ),
-                ])
-                .unwrap()
-            })
-            .collect();
-        c.put_batches("tk", PutMode::Create, batches).await.unwrap();
-        let mut checked = 0;
-        for key in ["a", "b", "f", "d", "w", "day"] {
-            for (descending, nulls_first) in [
-                (false, None),
-                (true, None),
-                (false, Some(true)),
-                (true, Some(false)),
-            ] {
-                for k in [1u64, 7, 100, 5000, 40_000] {
-                    let run = |b: BackendKind| {
-                        let mut p = Query::table("tk")
-                            .select(["id", key])
-                            .limit(k)
-                            .backend(b)
-                            .build();
-                        p.order_by = vec![
-                            SortKey {
-                                column: key.into(),
-                                descending,
-                                nulls_first,
-                            },
-                            SortKey {
-                                column: "id".into(),
-                                descending: false,
-                                nulls_first: None,
-                            },
-                        ];
-                        p
-                    };
-                    let native = c.query(&run(BackendKind::Native)).await.unwrap();
-                    let wasm = c.query(&run(BackendKind::Wasm)).await.unwrap();
-                    let what = format!("{key} desc={descending} nulls_first={nulls_first:?} k={k}");
-                    assert_eq!(native.concat().unwrap(), wasm.concat().unwrap(), "{what}");
-                    assert_eq!(wasm.num_rows() as u64, k.min(n as u64), "{what}");
-                    assert!(
-                        wasm.stats.placement.contains("topk=wasm"),
-                        "{what}: {}",
-                        wasm.stats.placement
-                    );
-                    assert!(
-                        !native.stats.placement.contains("topk"),
-                        "{}",
-                        native.stats.placement
-                    );
-                    checked += 1;
-                }
+    let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
+    let mut c = dev.client().await;
+    let n = 30_000i64;
+    // Few distinct values (many ties), NULLs, and extremes.
+    let h = |i: i64| (i.wrapping_mul(2_654_435_761) >> 7) % 1000;
+    let batches: Vec<RecordBatch> = (0..3)
+        .map(|part| {
+            let ids: Vec<i64> = (part * n / 3..(part + 1) * n / 3).collect();
+            let col =
+                |f: &dyn Fn(i64) -> Option<i64>| ids.iter().map(|&i| f(i)).collect::<Vec<_>>();
+            let v = |i: i64| (i % 9 != 4).then(|| h(i) - 500);
+            RecordBatch::try_from_iter(vec![
+                ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+                (
+                    "a",
+                    Arc::new(
+                        col(&v)
+                            .into_iter()
+                            .map(|x| x.map(|x| x as i32))
+                            .collect::<Int32Array>(),
+                    ) as ArrayRef,
+                ),
+                (
+                    "b",
+                    Arc::new(Int64Array::from(col(&|i| {
+                        if i == 77 {
+                            Some(i64::MIN)
+                        } else {
+                            v(i).map(|x| x * 1_000_003)
+                        }
+                    }))) as ArrayRef,
+                ),
+                (
+                    "f",
+                    Arc::new(
+                        col(&v)
+                            .into_iter()
+                            .map(|x| x.map(|x| if x == 13 { -0.0 } else { x as f64 / 3.0 }))
+                            .collect::<Float64Array>(),
+                    ) as ArrayRef,
+                ),
+                (
+                    "d",
+                    Arc::new(
+                        col(&v)
+                            .into_iter()
+                            .map(|x| x.map(|x| x as i128 * 7))
+                            .collect::<Decimal128Array>()
+                            .with_precision_and_scale(12, 2)
+                            .unwrap(),
+                    ) as ArrayRef,
+                ),
+                (
+                    "w",
+                    Arc::new(
+                        col(&v)
+                            .into_iter()
+                            .map(|x| x.map(|x| x as i128 * 10i128.pow(30)))
+                            .collect::<Decimal128Array>()
+                            .with_precision_and_scale(38, 4)
+                            .unwrap(),
+                    ) as ArrayRef,
+                ),
+                (
+                    "day",
+                    Arc::new(
+                        col(&v)
+                            .into_iter()
+                            .map(|x| x.map(|x| x as i32 + 9000))
+                            .collect::<Date32Array>(),
+                    ) as ArrayRef,
+                ),
+            ])
+            .unwrap()
+        })
+        .collect();
+    c.put_batches("tk", PutMode::Create, batches).await.unwrap();
+    let mut checked = 0;
+    for key in ["a", "b", "f", "d", "w", "day"] {
+        for (descending, nulls_first) in [
+            (false, None),
+            (true, None),
+            (false, Some(true)),
+            (true, Some(false)),
+        ] {
+            for k in [1u64, 7, 100, 5000, 40_000] {
+                let run = |b: BackendKind| {
+                    let mut p = Query::table("tk")
+                        .select(["id", key])
+                        .limit(k)
+                        .backend(b)
+                        .build();
+                    p.order_by = vec![
+                        SortKey {
+                            column: key.into(),
+                            descending,
+                            nulls_first,
+                        },
+                        SortKey {
+                            column: "id".into(),
+                            descending: false,
+                            nulls_first: None,
+                        },
+                    ];
+                    p
+                };
+                let native = c.query(&run(BackendKind::Native)).await.unwrap();
+                let wasm = c.query(&run(BackendKind::Wasm)).await.unwrap();
+                let what = format!("{key} desc={descending} nulls_first={nulls_first:?} k={k}");
+                assert_eq!(native.concat().unwrap(), wasm.concat().unwrap(), "{what}");
+                assert_eq!(wasm.num_rows() as u64, k.min(n as u64), "{what}");
+                assert!(
+                    wasm.stats.placement.contains("topk=wasm"),
+                    "{what}: {}",
+                    wasm.stats.placement
+                );
+                assert!(
+                    !native.stats.placement.contains("topk"),
+                    "{}",
+                    native.stats.placement
+                );
+                checked += 1;
             }
         }
-        assert_eq!(checked, 6 * 4 * 5);
-        dev.stop().await;
-    });
+    }
+    assert_eq!(checked, 6 * 4 * 5);
+    dev.stop().await;
 }
