@@ -266,6 +266,19 @@ fn examples_table() -> RecordBatch {
     .unwrap()
 }
 
+/// Runs the kernel query and its host-side equivalent: the host's has rows and both have the
+/// same ones. Returns the kernel query's result.
+async fn same_rows(s: &SqlSession, kernel: &str, host: &str) -> nearstore_sdk::SqlResult {
+    let a = s
+        .sql(kernel)
+        .await
+        .unwrap_or_else(|e| panic!("{kernel}: {e}"));
+    let b = s.sql(host).await.unwrap();
+    assert!(b.num_rows() > 0, "{host}");
+    assert_eq!(sorted_rows(&a), sorted_rows(&b), "{kernel}");
+    a
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_kernels_equal_their_host_side_sql() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/examples");
@@ -313,13 +326,7 @@ async fn example_kernels_equal_their_host_side_sql() {
         ),
     ];
     for (kernel, host) in pairs {
-        let a = s
-            .sql(kernel)
-            .await
-            .unwrap_or_else(|e| panic!("{kernel}: {e}"));
-        let b = s.sql(host).await.unwrap();
-        assert!(b.num_rows() > 0, "{host}");
-        assert_eq!(sorted_rows(&a), sorted_rows(&b), "{kernel}");
+        same_rows(&s, kernel, host).await;
     }
     // A map kernel in SELECT (pushed with the filter and limit) and in WHERE.
     let pairs = [
@@ -341,13 +348,7 @@ async fn example_kernels_equal_their_host_side_sql() {
         ),
     ];
     for (kernel, host) in pairs {
-        let a = s
-            .sql(kernel)
-            .await
-            .unwrap_or_else(|e| panic!("{kernel}: {e}"));
-        let b = s.sql(host).await.unwrap();
-        assert!(b.num_rows() > 0, "{host}");
-        assert_eq!(sorted_rows(&a), sorted_rows(&b), "{kernel}");
+        let a = same_rows(&s, kernel, host).await;
         // The kernel ran on the device: its call is in the plan sent.
         assert!(
             a.scans
