@@ -201,14 +201,7 @@ impl ComputeSession for WasmSession {
         let Some((params, columns)) = compile_project(expr) else {
             return NativeBackend.evaluate(expr, batch);
         };
-        let owned = columns
-            .iter()
-            .map(|c| {
-                batch.column_by_name(c).map(OwnedColumn::of).ok_or_else(|| {
-                    Error::Internal(format!("column '{c}' missing from the decoded batch"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let owned = marshal_columns(batch, &columns)?;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
         let t = expr.data_type();
@@ -721,15 +714,19 @@ pub(crate) fn marshal_filter(
     let (params, columns) = compile_filter(predicate).ok_or_else(|| {
         Error::Internal("predicate placed on a backend that cannot run it".into())
     })?;
-    let owned = columns
+    Ok((params, marshal_columns(batch, &columns)?))
+}
+
+/// The columns `names` of a decoded batch in the kernel ABI's layout.
+fn marshal_columns(batch: &RecordBatch, names: &[String]) -> Result<Vec<OwnedColumn>> {
+    names
         .iter()
         .map(|c| {
             batch.column_by_name(c).map(OwnedColumn::of).ok_or_else(|| {
                 Error::Internal(format!("column '{c}' missing from the decoded batch"))
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((params, owned))
+        .collect()
 }
 
 /// Buffers of one Arrow column in the layout the kernel ABI expects (offset-free).
