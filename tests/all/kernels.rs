@@ -41,16 +41,21 @@ fn ids() -> Vec<u8> {
     (0..100i64).flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn run(sb: &Sandbox, program: &Arc<Program>) -> Result<Vec<u32>, KernelError> {
-    let data = ids();
-    let col = ColumnBuffers {
+/// An int64 column without nulls over `data` (little-endian values).
+fn int64_column(data: &[u8]) -> ColumnBuffers<'_> {
+    ColumnBuffers {
         type_code: nearstore_kernel_abi::types::INT64,
         scale: 0,
-        values: &data,
+        values: data,
         validity: None,
         offsets: None,
         narrow: false,
-    };
+    }
+}
+
+fn run(sb: &Sandbox, program: &Arc<Program>) -> Result<Vec<u32>, KernelError> {
+    let data = ids();
+    let col = int64_column(&data);
     sb.session(program)?.filter(100, &[col], &[])
 }
 
@@ -68,14 +73,7 @@ fn builtin_still_works(sb: &Sandbox) {
     assert_eq!(cols, vec!["id"]);
     let program = sb.load(BUILTIN_KERNELS).unwrap();
     let data = ids();
-    let col = ColumnBuffers {
-        type_code: nearstore_kernel_abi::types::INT64,
-        scale: 0,
-        values: &data,
-        validity: None,
-        offsets: None,
-        narrow: false,
-    };
+    let col = int64_column(&data);
     let got = sb
         .session(&program)
         .unwrap()
@@ -178,14 +176,7 @@ fn garbage_outputs_are_rejected() {
         )
     };
     let data = ids();
-    let col = ColumnBuffers {
-        type_code: nearstore_kernel_abi::types::INT64,
-        scale: 0,
-        values: &data,
-        validity: None,
-        offsets: None,
-        narrow: false,
-    };
+    let col = int64_column(&data);
     for (body, want) in [
         // row 100 of a 100-row batch: bit 36 of word 1
         (
@@ -362,14 +353,7 @@ fn one_session_runs_many_batches_in_bounded_memory() {
     let program = sb.load(BUILTIN_KERNELS).unwrap();
     let mut session = sb.session(&program).unwrap();
     let data = ids();
-    let col = ColumnBuffers {
-        type_code: nearstore_kernel_abi::types::INT64,
-        scale: 0,
-        values: &data,
-        validity: None,
-        offsets: None,
-        narrow: false,
-    };
+    let col = int64_column(&data);
     for _ in 0..40_000 {
         let got = session.filter(100, &[col], &params).unwrap();
         assert_eq!(got.len(), 11);
@@ -402,14 +386,7 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
             offsets: None,
             narrow: false,
         },
-        ColumnBuffers {
-            type_code: nearstore_kernel_abi::types::INT64,
-            scale: 0,
-            values: &data,
-            validity: None,
-            offsets: None,
-            narrow: false,
-        },
+        int64_column(&data),
     ];
     // One aggregate: count(column 1).
     let params = [nearstore_kernel_abi::agg::COUNT, 1, 0, 0];
@@ -457,14 +434,7 @@ fn kernel_with(manifest: &str, extra: &str, funcs: &str) -> Vec<u8> {
 fn map_and_aggregate_kernel_outputs_are_checked() {
     let sb = sandbox();
     let data = ids();
-    let col = ColumnBuffers {
-        type_code: nearstore_kernel_abi::types::INT64,
-        scale: 0,
-        values: &data,
-        validity: None,
-        offsets: None,
-        narrow: false,
-    };
+    let col = int64_column(&data);
     let map = |body: &str| {
         sb.load(&kernel_with(
             "abi=1\nkind=map\nname=m\noutput=int64\n",
