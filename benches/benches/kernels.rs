@@ -45,6 +45,8 @@ fn batches() -> Vec<RecordBatch> {
             let k: Int64Array = (0..ROWS).map(|_| Some((next() % 10_000) as i64)).collect();
             let f: Float64Array = (0..ROWS).map(|_| Some((next() % 10_000) as f64)).collect();
             let wide: Int64Array = (0..ROWS).map(|_| Some((next() % 200_000) as i64)).collect();
+            // Values over the whole 64-bit range: nothing to narrow.
+            let full: Int64Array = (0..ROWS).map(|_| Some(next() as i64)).collect();
             RecordBatch::try_from_iter(vec![
                 ("l_shipdate", Arc::new(ship) as ArrayRef),
                 ("l_discount", Arc::new(disc) as ArrayRef),
@@ -52,6 +54,7 @@ fn batches() -> Vec<RecordBatch> {
                 ("k", Arc::new(k) as ArrayRef),
                 ("f", Arc::new(f) as ArrayRef),
                 ("g", Arc::new(wide) as ArrayRef),
+                ("w", Arc::new(full) as ArrayRef),
             ])
             .unwrap()
         })
@@ -75,6 +78,7 @@ fn filters(c: &mut Criterion) {
         ),
         ("int64_lt_1pct", "k < 100"),
         ("int64_lt_50pct", "k < 5000"),
+        ("int64_full_range_lt_50pct", "w < 0"),
         ("float64_gt_50pct", "f > 4999.5"),
     ];
     for (name, text) in cases {

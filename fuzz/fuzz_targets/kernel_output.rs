@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use nearstore_runtime::compute::wasm::{ColumnBuffers, Program, Sandbox, SandboxConfig};
+use nearstore_runtime::compute::wasm::{ColumnBuffers, Program, Sandbox, SandboxConfig, Stage};
 
 fn setup() -> &'static (Sandbox, Arc<Program>) {
     static S: OnceLock<(Sandbox, Arc<Program>)> = OnceLock::new();
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         values: &values,
         validity: None,
         offsets: None,
-        narrow: false,
+        stage: Stage::Copy,
     };
     let Ok(mut s) = sb.session(program) else { return };
     if let Ok(sel) = s.filter(rows, &[col], params) {

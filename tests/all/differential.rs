@@ -707,3 +707,149 @@ async fn topk_in_wasm_equals_native() {
     assert_eq!(checked, 6 * 4 * 5);
     dev.stop().await;
 }
+
+/// Integer columns the Wasm filter gets narrowed (each batch's values in the fewest bytes
+/// that hold them, tried at the width the last batch needed): for int32, date32, int64 and
+/// decimal(15, 2) columns with nulls, over batches whose ranges grow and shrink, compares
+/// against literals on either side of every width's bounds select exactly the native
+/// backend's rows — with NOT, IN lists and tails shorter than a block.
+#[test]
+fn narrowed_integer_columns_filter_like_native() {
+    use arrow::array::{ArrayRef, BooleanArray, Int32Array};
+    use nearstore_runtime::compute::native::NativeBackend;
+    use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
+    use nearstore_runtime::compute::{ComputeBackend, Support};
+    use nearstore_runtime::exec::expr::Binder;
+    use std::sync::Arc;
+
+    // Per batch: rows and the bound of its values (|v| <= bound).
+    let shapes: [(usize, i64); 8] = [
+        (700, 100),
+        (1500, 2_000_000_000),
+        (1, 127),
+        (2100, 30_000),
+        (64, 128),
+        (900, i64::MAX),
+        (1030, 32_768),
+        (500, 3),
+    ];
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let batches: Vec<RecordBatch> = shapes
+        .iter()
+        .map(|&(rows, bound)| {
+            let mut value = |cap: i64| -> Option<i64> {
+                let r = next();
+                let b = bound.min(cap);
+                // Every tenth row null; the bounds themselves appear.
+                match r % 10 {
+                    0 => None,
+                    1 => Some(b),
+                    2 => Some(-b),
+                    _ => Some((r >> 8) as i64 % (b.saturating_add(1)).max(1)),
+                }
+            };
+            let i32s: Int32Array = (0..rows)
+                .map(|_| value(i32::MAX as i64).map(|v| v as i32))
+                .collect();
+            let days: Date32Array = (0..rows)
+                .map(|_| value(100_000).map(|v| v as i32))
+                .collect();
+            let i64s: Int64Array = (0..rows).map(|_| value(i64::MAX)).collect();
+            let dec = (0..rows)
+                .map(|_| value(999_999_999_999_999).map(i128::from))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .unwrap();
+            RecordBatch::try_from_iter(vec![
+                ("a", Arc::new(i32s) as ArrayRef),
+                ("d", Arc::new(days) as ArrayRef),
+                ("k", Arc::new(i64s) as ArrayRef),
+                ("p", Arc::new(dec) as ArrayRef),
+            ])
+            .unwrap()
+        })
+        .collect();
+
+    let edges: Vec<i64> = vec![
+        0,
+        3,
+        -127,
+        127,
+        128,
+        -128,
+        -129,
+        32_767,
+        32_768,
+        -32_768,
+        -32_769,
+        i32::MAX as i64,
+        i32::MIN as i64,
+        i32::MAX as i64 + 1,
+        i32::MIN as i64 - 1,
+        i64::MAX,
+        i64::MIN + 1,
+    ];
+    let decimal = |v: i64| {
+        let sign = if v < 0 { "-" } else { "" };
+        let a = v.unsigned_abs();
+        format!("{sign}{}.{:02}", a / 100, a % 100)
+    };
+    let mut predicates = Vec::new();
+    for &e in &edges {
+        for op in ["=", "!=", "<", "<=", ">", ">="] {
+            if i32::try_from(e).is_ok() {
+                predicates.push(format!("a {op} {e}"));
+            }
+            if (-100_000..=100_000).contains(&e) {
+                predicates.push(format!("d {op} DATE '{}'", civil_from_days(e)));
+            }
+            predicates.push(format!("k {op} {e}"));
+            if e.unsigned_abs() <= 999_999_999_999_999 {
+                predicates.push(format!("p {op} {}", decimal(e)));
+            }
+        }
+        predicates.push(format!("NOT (k < {e}) OR a IS NULL"));
+    }
+    predicates.push("k IN (3, 128, -129, 99999999999, -32769) AND NOT a IN (0, 2147483647)".into());
+    predicates.push("k NOT IN (127, 40000) AND p IN (1.27, -1.28, 327.68)".into());
+
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let native = NativeBackend;
+    let selected = |b: &BooleanArray| -> Vec<usize> {
+        (0..b.len())
+            .filter(|&i| b.is_valid(i) && b.value(i))
+            .collect()
+    };
+    let schema = batches[0].schema();
+    let (mut checked, mut some_selected) = (0, 0);
+    for text in &predicates {
+        let pred = Binder::new("narrow", &schema)
+            .bind_bool(&Expr::parse(text).unwrap())
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert!(
+            matches!(wasm.supports_filter(&pred), Support::Exact),
+            "{text} runs in Wasm"
+        );
+        // One session per predicate, as per query: later batches try the width earlier
+        // ones needed.
+        let mut w = wasm.open().unwrap();
+        let mut n = native.open().unwrap();
+        for (i, batch) in batches.iter().enumerate() {
+            let want = selected(&n.filter(&pred, batch).unwrap());
+            let got = selected(&w.filter(&pred, batch).unwrap());
+            assert_eq!(got, want, "{text}, batch {i}");
+            some_selected += usize::from(!want.is_empty());
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 1000 && some_selected > checked / 3,
+        "{checked} {some_selected}"
+    );
+}

@@ -6,7 +6,7 @@
 use arrow_flight::{Action, FlightDescriptor, Ticket};
 use bytes::Bytes;
 use nearstore_proto::{ErrorCode, Plan, PutMode};
-use nearstore_runtime::compute::wasm::{ColumnBuffers, KernelError, Sandbox, SandboxConfig};
+use nearstore_runtime::compute::wasm::{ColumnBuffers, KernelError, Sandbox, SandboxConfig, Stage};
 use nearstore_sdk::Error;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -331,7 +331,7 @@ fn kernel_outputs_are_accepted_exactly_when_valid() {
                 values: &data,
                 validity: None,
                 offsets: None,
-                narrow: false,
+                stage: Stage::Copy,
             };
             let got = sb
                 .session(&program)

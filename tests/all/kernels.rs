@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use nearstore_proto::Expr;
 use nearstore_runtime::compute::wasm::{
-    BUILTIN_KERNELS, ColumnBuffers, KernelError, Program, Sandbox, SandboxConfig, compile_filter,
+    BUILTIN_KERNELS, ColumnBuffers, KernelError, Program, Sandbox, SandboxConfig, Stage,
+    compile_filter,
 };
 use nearstore_runtime::exec::expr::Binder;
 
@@ -49,7 +50,7 @@ fn int64_column(data: &[u8]) -> ColumnBuffers<'_> {
         values: data,
         validity: None,
         offsets: None,
-        narrow: false,
+        stage: Stage::Copy,
     }
 }
 
@@ -384,7 +385,7 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
             values: &[],
             validity: None,
             offsets: None,
-            narrow: false,
+            stage: Stage::Copy,
         },
         int64_column(&data),
     ];
@@ -493,7 +494,7 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
         values: &[],
         validity: None,
         offsets: None,
-        narrow: false,
+        stage: Stage::Copy,
     };
     let run = |p: &Arc<Program>| -> Result<Vec<Vec<u64>>, KernelError> {
         let mut s = sb.session(p)?;

@@ -221,8 +221,11 @@ pub struct ColumnDesc {
     pub offsets_ptr: u32,
     /// Length of the offsets in bytes.
     pub offsets_len: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Bytes per value as stored, 0 when the values have their type's own width. 1, 2 or 4:
+    /// the values of an `INT32`, `DATE32` or `INT64` column are held as signed integers that
+    /// narrow (every value of the batch fits them). The host narrows only for the built-in
+    /// filter kernel; other kernels always get 0.
+    pub stored_width: u32,
 }
 
 fn put(out: &mut [u8], i: usize, v: u32) {
@@ -277,7 +280,7 @@ impl ColumnDesc {
             self.validity_ptr,
             self.offsets_ptr,
             self.offsets_len,
-            self.reserved,
+            self.stored_width,
         ];
         for (i, v) in words.into_iter().enumerate() {
             put(out, i, v);
@@ -294,7 +297,7 @@ impl ColumnDesc {
             validity_ptr: get(b, 4),
             offsets_ptr: get(b, 5),
             offsets_len: get(b, 6),
-            reserved: get(b, 7),
+            stored_width: get(b, 7),
         }
     }
 }
@@ -402,7 +405,7 @@ mod tests {
             validity_ptr: 0,
             offsets_ptr: 0,
             offsets_len: 0,
-            reserved: 0,
+            stored_width: 0,
         };
         let mut buf = [0u8; COLUMN_DESC_BYTES];
         c.write(&mut buf);

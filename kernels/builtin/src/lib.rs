@@ -1,23 +1,29 @@
 //! The built-in filter kernel: evaluates the device's filter program (see
-//! `nearstore_kernel_abi::program`) over a batch, 64 rows at a time, with SQL three-valued
-//! logic. Each stack value is a pair of masks: rows known true and rows known false (a row in
-//! neither is NULL), so AND, OR and NOT are two bitwise operations per block.
+//! `nearstore_kernel_abi::program`) over a batch in passes of 1 024 rows, with SQL three-valued
+//! logic. Each stack value is a pair of masks per block of 64 rows: rows known true and rows
+//! known false (a row in neither is NULL), so AND, OR and NOT are two bitwise operations per
+//! block. Integer columns may come narrowed by the host (every value of the batch fits a
+//! smaller width); compares are resolved against the width the values are stored in, so a
+//! narrower column compares more rows per SIMD instruction.
 #![no_std]
 
 extern crate alloc;
 
+use alloc::vec;
 use alloc::vec::Vec;
 
 use nearstore_kernel::abi::{agg, expr, program, status, types};
 use nearstore_kernel::{
-    AggState, BLOCK, Batch, Cmp, Column, KernelResult, Selection, cmp_block_f64, cmp_block_i32,
-    cmp_block_i64, f64_order_key, lanes, mask_block,
+    AggState, BLOCK, Batch, Cmp, Column, Ints, KernelResult, Selection, cmp_blocks, f64_order_key,
+    lanes,
 };
 
 nearstore_kernel::export_filter!(filter);
 nearstore_kernel::export_aggregate!(aggregate);
 nearstore_kernel::export_project!(project);
-nearstore_kernel::manifest!(b"abi=1\nkind=filter\nname=builtin.filter\nsignature=program\nstate_size=0\n");
+nearstore_kernel::manifest!(
+    b"abi=1\nkind=filter\nname=builtin.filter\nsignature=program\nstate_size=0\n"
+);
 
 /// A literal decoded for its column's type.
 #[derive(Clone, Copy)]
@@ -29,11 +35,35 @@ enum Lit {
     I128(i128),
 }
 
-enum Op {
-    Cmp { col: usize, op: u8, lit: Lit },
-    IsNull(usize),
-    IsNotNull(usize),
-    In { col: usize, lits: Vec<Lit> },
+/// A comparison resolved against how its column's values are stored: the literal in the
+/// stored width, or — when it lies outside what that width holds — the answer for every row.
+#[derive(Clone, Copy)]
+enum Test<'a> {
+    I8(&'a [i8], i8),
+    I16(&'a [i16], i16),
+    I32(&'a [i32], i32),
+    I64(&'a [i64], i64),
+    F64(&'a [f64], f64),
+    I128(&'a [i128], i128),
+    /// Holds for every row (before validity).
+    All,
+    /// Holds for no row.
+    Nothing,
+}
+
+enum Op<'a> {
+    Cmp {
+        col: &'a Column<'a>,
+        op: Cmp,
+        test: Test<'a>,
+    },
+    IsNull(&'a Column<'a>),
+    IsNotNull(&'a Column<'a>),
+    /// Equality with any of the tests (those that can hold).
+    In {
+        col: &'a Column<'a>,
+        tests: Vec<Test<'a>>,
+    },
     And,
     Or,
     Not,
@@ -47,7 +77,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> KernelResult<&[u8]> {
-        let s = self.b.get(self.pos..self.pos + n).ok_or(status::BAD_INPUT)?;
+        let s = self
+            .b
+            .get(self.pos..self.pos + n)
+            .ok_or(status::BAD_INPUT)?;
         self.pos += n;
         Ok(s)
     }
@@ -84,8 +117,56 @@ impl Reader<'_> {
     }
 }
 
-/// Decodes and checks the whole program before touching any row.
-fn decode(batch: &Batch) -> KernelResult<Vec<Op>> {
+fn cmp_op(code: u8) -> KernelResult<Cmp> {
+    Ok(match code {
+        program::op::EQ => Cmp::Eq,
+        program::op::NE => Cmp::Ne,
+        program::op::LT => Cmp::Lt,
+        program::op::LE => Cmp::Le,
+        program::op::GT => Cmp::Gt,
+        program::op::GE => Cmp::Ge,
+        _ => return Err(status::BAD_INPUT),
+    })
+}
+
+/// The literal in the stored type, or the answer when no stored value can equal it: it lies
+/// above every value (`l > 0`) or below every value.
+fn fit<'a, T: TryFrom<i64>>(
+    v: &'a [T],
+    l: i64,
+    op: Cmp,
+    test: fn(&'a [T], T) -> Test<'a>,
+) -> Test<'a> {
+    match T::try_from(l) {
+        Ok(x) => test(v, x),
+        Err(_) => match (op, l > 0) {
+            (Cmp::Ne, _) | (Cmp::Lt | Cmp::Le, true) | (Cmp::Gt | Cmp::Ge, false) => Test::All,
+            _ => Test::Nothing,
+        },
+    }
+}
+
+/// `column op lit` against the column's values as stored.
+fn resolve<'a>(col: &Column<'a>, op: Cmp, lit: Lit) -> KernelResult<Test<'a>> {
+    let int = |l: i64| -> KernelResult<Test<'a>> {
+        Ok(match col.ints()? {
+            Ints::I8(v) => fit(v, l, op, Test::I8),
+            Ints::I16(v) => fit(v, l, op, Test::I16),
+            Ints::I32(v) => fit(v, l, op, Test::I32),
+            Ints::I64(v) => Test::I64(v, l),
+        })
+    };
+    match lit {
+        Lit::F64(l) => Ok(Test::F64(col.f64s()?, l)),
+        Lit::I128(l) => Ok(Test::I128(col.i128s()?, l)),
+        Lit::I32(l) => int(l as i64),
+        Lit::I64(l) => int(l),
+    }
+}
+
+/// Decodes and checks the whole program, and resolves its compares against the batch, before
+/// touching any row.
+fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
     let bytes = batch.params();
     if bytes.len() > program::PROGRAM_BYTES_MAX {
         return Err(status::BAD_INPUT);
@@ -97,25 +178,24 @@ fn decode(batch: &Batch) -> KernelResult<Vec<Op>> {
         let code = r.u8()?;
         let op = match code {
             program::CMP => {
-                let col = r.u16()?;
-                let op = r.u8()?;
-                if op > program::op::GE {
-                    return Err(status::BAD_INPUT);
-                }
-                let lit = r.lit(batch.column(col)?)?;
-                Op::Cmp { col, op, lit }
+                let col = batch.column(r.u16()?)?;
+                let op = cmp_op(r.u8()?)?;
+                let test = resolve(col, op, r.lit(col)?)?;
+                Op::Cmp { col, op, test }
             }
-            program::IS_NULL => Op::IsNull(check_col(batch, r.u16()?)?),
-            program::IS_NOT_NULL => Op::IsNotNull(check_col(batch, r.u16()?)?),
+            program::IS_NULL => Op::IsNull(batch.column(r.u16()?)?),
+            program::IS_NOT_NULL => Op::IsNotNull(batch.column(r.u16()?)?),
             program::IN => {
-                let col = r.u16()?;
+                let col = batch.column(r.u16()?)?;
                 let n = r.u16()?;
-                let c = batch.column(col)?;
-                let mut lits = Vec::with_capacity(n);
+                let mut tests = Vec::with_capacity(n);
                 for _ in 0..n {
-                    lits.push(r.lit(c)?);
+                    let test = resolve(col, Cmp::Eq, r.lit(col)?)?;
+                    if !matches!(test, Test::Nothing) {
+                        tests.push(test);
+                    }
                 }
-                Op::In { col, lits }
+                Op::In { col, tests }
             }
             program::AND => Op::And,
             program::OR => Op::Or,
@@ -130,7 +210,10 @@ fn decode(batch: &Batch) -> KernelResult<Vec<Op>> {
             _ => return Err(status::BAD_INPUT),
         };
         depth = match op {
-            Op::And | Op::Or => depth.checked_sub(1).filter(|d| *d >= 1).ok_or(status::BAD_INPUT)?,
+            Op::And | Op::Or => depth
+                .checked_sub(1)
+                .filter(|d| *d >= 1)
+                .ok_or(status::BAD_INPUT)?,
             Op::Not => {
                 if depth == 0 {
                     return Err(status::BAD_INPUT);
@@ -150,93 +233,124 @@ fn decode(batch: &Batch) -> KernelResult<Vec<Op>> {
     Ok(ops)
 }
 
-fn check_col(batch: &Batch, col: usize) -> KernelResult<usize> {
-    batch.column(col).map(|_| col)
+/// Blocks of 64 rows the program runs over per pass: each operation is dispatched once per
+/// pass, its inner loop runs over all the blocks.
+const CHUNK: usize = 16;
+
+/// Rows known true and rows known false, one mask per block of a pass.
+type Masks = ([u64; CHUNK], [u64; CHUNK]);
+
+/// Masks of the blocks from row `base` where `test` holds (validity not applied).
+fn test_blocks(test: &Test, op: Cmp, base: usize, live: &[u64], out: &mut [u64]) {
+    match *test {
+        Test::I8(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::I16(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::I32(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::I64(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::F64(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::I128(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::All => out.copy_from_slice(live),
+        Test::Nothing => out.fill(0),
+    }
 }
 
-/// Mask of rows in the block where `value op lit` holds (validity not applied).
-#[inline(always)]
-fn cmp_block(c: &Column, base: usize, op: u8, lit: Lit) -> KernelResult<u64> {
-    let op = match op {
-        program::op::EQ => Cmp::Eq,
-        program::op::NE => Cmp::Ne,
-        program::op::LT => Cmp::Lt,
-        program::op::LE => Cmp::Le,
-        program::op::GT => Cmp::Gt,
-        _ => Cmp::Ge,
-    };
-    Ok(match lit {
-        Lit::I32(l) => cmp_block_i32(c.i32s()?, base, op, l),
-        Lit::I64(l) => cmp_block_i64(c.i64s()?, base, op, l),
-        Lit::F64(l) => cmp_block_f64(c.f64s()?, base, op, l),
-        Lit::I128(l) => {
-            let v = c.i128s()?;
-            match op {
-                Cmp::Eq => mask_block(v, base, |x| x == l),
-                Cmp::Ne => mask_block(v, base, |x| x != l),
-                Cmp::Lt => mask_block(v, base, |x| x < l),
-                Cmp::Le => mask_block(v, base, |x| x <= l),
-                Cmp::Gt => mask_block(v, base, |x| x > l),
-                Cmp::Ge => mask_block(v, base, |x| x >= l),
-            }
-        }
-    })
+/// Splits `m` (rows where a test holds) by validity into known true and known false.
+fn with_validity(col: &Column, base: usize, m: &mut Masks, n: usize) {
+    for b in 0..n {
+        let valid = col.validity_block(base + b * BLOCK);
+        let hit = m.0[b];
+        m.0[b] = hit & valid;
+        m.1[b] = !hit & valid;
+    }
 }
 
 fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
     let ops = decode(batch)?;
     let rows = batch.rows();
-    // (known true, known false) per stack slot.
-    let mut stack: Vec<(u64, u64)> = Vec::with_capacity(program::STACK_MAX);
-    for base in (0..rows).step_by(BLOCK) {
-        let live = lanes(rows - base);
-        stack.clear();
+    let mut stack: Vec<Masks> = vec![([0; CHUNK], [0; CHUNK]); program::STACK_MAX];
+    let mut any = [0u64; CHUNK];
+    let mut live = [0u64; CHUNK];
+    for base in (0..rows).step_by(CHUNK * BLOCK) {
+        let n = (rows - base).div_ceil(BLOCK).min(CHUNK);
+        for (b, l) in live[..n].iter_mut().enumerate() {
+            *l = lanes(rows - base - b * BLOCK);
+        }
+        let live = &live[..n];
+        let mut sp = 0;
         for op in &ops {
-            let v = match op {
-                Op::Cmp { col, op, lit } => {
-                    let c = batch.column(*col)?;
-                    let valid = c.validity_block(base);
-                    let m = cmp_block(c, base, *op, *lit)?;
-                    (m & valid, !m & valid)
+            match op {
+                Op::Cmp { col, op, test } => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    test_blocks(test, *op, base, live, &mut top.0[..n]);
+                    with_validity(col, base, top, n);
+                    sp += 1;
                 }
-                Op::IsNull(col) => {
-                    let valid = batch.column(*col)?.validity_block(base);
-                    (!valid & live, valid)
-                }
-                Op::IsNotNull(col) => {
-                    let valid = batch.column(*col)?.validity_block(base);
-                    (valid, !valid & live)
-                }
-                Op::In { col, lits } => {
-                    let c = batch.column(*col)?;
-                    let valid = c.validity_block(base);
-                    let mut m = 0u64;
-                    for lit in lits {
-                        m |= cmp_block(c, base, program::op::EQ, *lit)?;
+                Op::In { col, tests } => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    top.0[..n].fill(0);
+                    for test in tests {
+                        test_blocks(test, Cmp::Eq, base, live, &mut any[..n]);
+                        for (t, a) in top.0[..n].iter_mut().zip(&any[..n]) {
+                            *t |= a;
+                        }
                     }
-                    (m & valid, !m & valid)
+                    with_validity(col, base, top, n);
+                    sp += 1;
+                }
+                Op::IsNull(col) | Op::IsNotNull(col) => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    for b in 0..n {
+                        let valid = col.validity_block(base + b * BLOCK);
+                        let (t, f) = if matches!(op, Op::IsNull(_)) {
+                            (!valid & live[b], valid)
+                        } else {
+                            (valid, !valid & live[b])
+                        };
+                        top.0[b] = t;
+                        top.1[b] = f;
+                    }
+                    sp += 1;
                 }
                 Op::And | Op::Or => {
-                    let (bt, bf) = stack.pop().ok_or(status::BAD_INPUT)?;
-                    let (at, af) = stack.pop().ok_or(status::BAD_INPUT)?;
-                    if matches!(op, Op::And) {
-                        (at & bt, af | bf)
-                    } else {
-                        (at | bt, af & bf)
+                    sp = sp
+                        .checked_sub(1)
+                        .filter(|s| *s >= 1)
+                        .ok_or(status::BAD_INPUT)?;
+                    let (lower, upper) = stack.split_at_mut(sp);
+                    let (a, b) = (&mut lower[sp - 1], &upper[0]);
+                    let and = matches!(op, Op::And);
+                    for i in 0..n {
+                        if and {
+                            a.0[i] &= b.0[i];
+                            a.1[i] |= b.1[i];
+                        } else {
+                            a.0[i] |= b.0[i];
+                            a.1[i] &= b.1[i];
+                        }
                     }
                 }
                 Op::Not => {
-                    let (t, f) = stack.pop().ok_or(status::BAD_INPUT)?;
-                    (f, t)
+                    let top = stack
+                        .get_mut(sp.checked_sub(1).ok_or(status::BAD_INPUT)?)
+                        .ok_or(status::BAD_INPUT)?;
+                    core::mem::swap(&mut top.0, &mut top.1);
                 }
-                Op::Const(0) => (0, live),
-                Op::Const(1) => (live, 0),
-                Op::Const(_) => (0, 0),
-            };
-            stack.push(v);
+                Op::Const(v) => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    for b in 0..n {
+                        top.0[b] = if *v == 1 { live[b] } else { 0 };
+                        top.1[b] = if *v == 0 { live[b] } else { 0 };
+                    }
+                    sp += 1;
+                }
+            }
         }
-        let (t, _) = stack.pop().ok_or(status::BAD_INPUT)?;
-        sel.push_mask(base, t & live)?;
+        if sp != 1 {
+            return Err(status::BAD_INPUT);
+        }
+        for b in 0..n {
+            sel.push_mask(base + b * BLOCK, stack[0].0[b] & live[b])?;
+        }
     }
     Ok(())
 }
@@ -272,7 +386,14 @@ fn fold(p: &mut Partial, func: u8, float: bool, v: i128, f: f64) -> KernelResult
 }
 
 /// Merges a partial into a state slot.
-fn merge(st: &mut AggState, group: usize, j: usize, func: u8, float: bool, p: &Partial) -> KernelResult {
+fn merge(
+    st: &mut AggState,
+    group: usize,
+    j: usize,
+    func: u8,
+    float: bool,
+    p: &Partial,
+) -> KernelResult {
     if p.count == 0 {
         return Ok(());
     }
@@ -285,11 +406,18 @@ fn merge(st: &mut AggState, group: usize, j: usize, func: u8, float: bool, p: &P
         }
         agg::SUM => {
             let prev = i128::from_le_bytes(*acc);
-            *acc = prev.checked_add(p.acc).ok_or(status::OVERFLOW)?.to_le_bytes();
+            *acc = prev
+                .checked_add(p.acc)
+                .ok_or(status::OVERFLOW)?
+                .to_le_bytes();
         }
         agg::MIN | agg::MAX => {
             let prev = i128::from_le_bytes(*acc);
-            let better = if func == agg::MIN { p.acc < prev } else { p.acc > prev };
+            let better = if func == agg::MIN {
+                p.acc < prev
+            } else {
+                p.acc > prev
+            };
             if first || better {
                 *acc = p.acc.to_le_bytes();
             }
@@ -308,14 +436,32 @@ fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     }
     let rows = batch.rows();
     let gcol = batch.column(0)?;
-    let groups: Option<&[i32]> = if gcol.type_code() == 0 { None } else { Some(gcol.i32s()?) };
+    let groups: Option<&[i32]> = if gcol.type_code() == 0 {
+        None
+    } else {
+        Some(gcol.i32s()?)
+    };
     for j in 0..p.len() / 4 {
         let func = p[4 * j];
         let col = u16::from_le_bytes([p[4 * j + 1], p[4 * j + 2]]);
-        let zero = Partial { acc: 0, fsum: 0.0, count: 0 };
+        let zero = Partial {
+            acc: 0,
+            fsum: 0.0,
+            count: 0,
+        };
         if func == agg::COUNT_STAR {
             match groups {
-                None => merge(st, 0, j, func, false, &Partial { count: rows as i64, ..zero })?,
+                None => merge(
+                    st,
+                    0,
+                    j,
+                    func,
+                    false,
+                    &Partial {
+                        count: rows as i64,
+                        ..zero
+                    },
+                )?,
                 Some(g) => {
                     for &gi in g.iter().take(rows) {
                         st.fold(gi as u32 as usize, j, (), |acc, _, ()| Ok(acc))?;
@@ -329,12 +475,22 @@ fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
         }
         let c = batch.column(col as usize)?;
         let float = c.type_code() == types::FLOAT64;
-        let args = Args { func, float, j, rows, groups };
+        let args = Args {
+            func,
+            float,
+            j,
+            rows,
+            groups,
+        };
         match c.type_code() {
-            types::INT32 | types::DATE32 => accumulate(st, c, c.i32s()?, |x| (x as i128, 0.0), &args)?,
+            types::INT32 | types::DATE32 => {
+                accumulate(st, c, c.i32s()?, |x| (x as i128, 0.0), &args)?
+            }
             types::INT64 => accumulate(st, c, c.i64s()?, |x| (x as i128, 0.0), &args)?,
             types::DECIMAL128 => accumulate(st, c, c.i128s()?, |x| (x, 0.0), &args)?,
-            types::FLOAT64 => accumulate(st, c, c.f64s()?, |x| (f64_order_key(x) as i128, x), &args)?,
+            types::FLOAT64 => {
+                accumulate(st, c, c.f64s()?, |x| (f64_order_key(x) as i128, x), &args)?
+            }
             _ => return Err(status::UNSUPPORTED),
         }
     }
@@ -358,7 +514,11 @@ fn accumulate<T: Copy>(
     conv: impl Fn(T) -> (i128, f64),
     a: &Args,
 ) -> KernelResult {
-    let zero = Partial { acc: 0, fsum: 0.0, count: 0 };
+    let zero = Partial {
+        acc: 0,
+        fsum: 0.0,
+        count: 0,
+    };
     match a.groups {
         // Float sums are folded row by row into the slot so the rounding order matches a
         // sequential sum over all batches.
@@ -466,9 +626,17 @@ fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
     let mut depth = 0usize;
     while r.pos < r.b.len() {
         let op = match r.u8()? {
-            expr::COL => XOp::Col(check_col(batch, r.u16()?)?),
-            expr::INT => XOp::Int(i128::from_le_bytes(r.take(16)?.try_into().map_err(|_| status::BAD_INPUT)?)),
-            expr::FLOAT => XOp::Float(f64::from_le_bytes(r.take(8)?.try_into().map_err(|_| status::BAD_INPUT)?)),
+            expr::COL => {
+                let c = r.u16()?;
+                batch.column(c)?;
+                XOp::Col(c)
+            }
+            expr::INT => XOp::Int(i128::from_le_bytes(
+                r.take(16)?.try_into().map_err(|_| status::BAD_INPUT)?,
+            )),
+            expr::FLOAT => XOp::Float(f64::from_le_bytes(
+                r.take(8)?.try_into().map_err(|_| status::BAD_INPUT)?,
+            )),
             op @ (expr::ADD | expr::SUB | expr::MUL) => XOp::Arith(op, r.u8()?),
             expr::RESCALE => {
                 let k = r.u8()? as u32;
@@ -479,7 +647,10 @@ fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
         };
         depth = match op {
             XOp::Col(_) | XOp::Int(_) | XOp::Float(_) => depth + 1,
-            XOp::Arith(..) => depth.checked_sub(1).filter(|d| *d >= 1).ok_or(status::BAD_INPUT)?,
+            XOp::Arith(..) => depth
+                .checked_sub(1)
+                .filter(|d| *d >= 1)
+                .ok_or(status::BAD_INPUT)?,
             XOp::Rescale(_) if depth >= 1 => depth,
             XOp::Rescale(_) => return Err(status::BAD_INPUT),
         };
@@ -497,7 +668,10 @@ fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
 /// A column as a stack value (borrowed where its layout is already the one computed on).
 fn load<'a>(c: &Column<'a>, rows: usize) -> KernelResult<Value<'a>> {
     let valid = c.has_nulls().then(|| {
-        (0..rows).step_by(BLOCK).map(|b| c.validity_block(b) & lanes(rows - b)).collect()
+        (0..rows)
+            .step_by(BLOCK)
+            .map(|b| c.validity_block(b) & lanes(rows - b))
+            .collect()
     });
     let vals = match c.type_code() {
         types::FLOAT64 => Vals::F64Ref(&c.f64s()?[..rows]),
@@ -510,7 +684,9 @@ fn load<'a>(c: &Column<'a>, rows: usize) -> KernelResult<Value<'a>> {
 }
 
 fn is_valid(valid: &Option<Vec<u64>>, i: usize) -> bool {
-    valid.as_ref().is_none_or(|v| v[i / 64] >> (i % 64) & 1 == 1)
+    valid
+        .as_ref()
+        .is_none_or(|v| v[i / 64] >> (i % 64) & 1 == 1)
 }
 
 fn and_valid(a: Option<Vec<u64>>, b: Option<Vec<u64>>) -> Option<Vec<u64>> {
@@ -636,10 +812,15 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
                 bin_f64(op, rows, rep(c), rep(d))
             }
         };
-        return Ok(Value { vals: Vals::F64(vals), valid });
+        return Ok(Value {
+            vals: Vals::F64(vals),
+            valid,
+        });
     }
-    let narrow = |v: &Vals| matches!(v, Vals::I64Ref(_) | Vals::I64(_))
-        || matches!(v, Vals::ConstI(c) if i64::try_from(*c).is_ok());
+    let narrow = |v: &Vals| {
+        matches!(v, Vals::I64Ref(_) | Vals::I64(_))
+            || matches!(v, Vals::ConstI(c) if i64::try_from(*c).is_ok())
+    };
     if narrow(&a.vals) && narrow(&b.vals) {
         fn slice<'v>(v: &'v Vals) -> Option<&'v [i64]> {
             match v {
@@ -667,7 +848,10 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
                     }
                 }
             }
-            return Ok(Value { vals: Vals::I64(r), valid });
+            return Ok(Value {
+                vals: Vals::I64(r),
+                valid,
+            });
         }
     }
     // Wide, or a row needs more than 64 bits: 128-bit arithmetic, checked.
@@ -685,7 +869,10 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
             x[i] = in_range(r, range)?;
         }
     }
-    Ok(Value { vals: Vals::I128(x), valid })
+    Ok(Value {
+        vals: Vals::I128(x),
+        valid,
+    })
 }
 
 /// Evaluates the expression program (see `nearstore_kernel_abi::expr`) over a batch, column
@@ -703,8 +890,14 @@ fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult 
     for op in &ops {
         let v = match *op {
             XOp::Col(c) => load(batch.column(c)?, rows)?,
-            XOp::Int(x) => Value { vals: Vals::ConstI(x), valid: None },
-            XOp::Float(x) => Value { vals: Vals::ConstF(x), valid: None },
+            XOp::Int(x) => Value {
+                vals: Vals::ConstI(x),
+                valid: None,
+            },
+            XOp::Float(x) => Value {
+                vals: Vals::ConstF(x),
+                valid: None,
+            },
             XOp::Rescale(k) => {
                 let v = stack.pop().ok_or(status::BAD_INPUT)?;
                 let m = 10i128.pow(k);
@@ -714,7 +907,10 @@ fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult 
                         *x = x.checked_mul(m).ok_or(status::OVERFLOW)?;
                     }
                 }
-                Value { vals: Vals::I128(a), valid: v.valid }
+                Value {
+                    vals: Vals::I128(a),
+                    valid: v.valid,
+                }
             }
             XOp::Arith(op, range) => {
                 let b = stack.pop().ok_or(status::BAD_INPUT)?;
@@ -763,7 +959,10 @@ fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult 
     }
     match &v.valid {
         Some(w) => validity[..words].copy_from_slice(w),
-        None => validity[..words].iter_mut().enumerate().for_each(|(w, x)| *x = lanes(rows - 64 * w)),
+        None => validity[..words]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(w, x)| *x = lanes(rows - 64 * w)),
     }
     Ok(())
 }
@@ -812,7 +1011,8 @@ unsafe fn topk(desc: u32, out: u32, state: u32) -> KernelResult<usize> {
     // SAFETY: per the contract, k i128s after the header, 16-byte aligned.
     let heap = unsafe { core::slice::from_raw_parts_mut((state as usize + 16) as *mut i128, k) };
     // SAFETY: per the contract.
-    let words = unsafe { core::slice::from_raw_parts_mut(out as usize as *mut u64, rows.div_ceil(64)) };
+    let words =
+        unsafe { core::slice::from_raw_parts_mut(out as usize as *mut u64, rows.div_ceil(64)) };
     let c = batch.column(0)?;
     let (i32s, i64s, i128s, f64s) = match c.type_code() {
         types::INT32 | types::DATE32 => (c.i32s()?, &[][..], &[][..], &[][..]),

@@ -53,6 +53,23 @@ pub struct Column<'a> {
     validity: Option<&'a [u8]>,
     offsets: Option<&'a [u8]>,
     rows: usize,
+    /// Bytes per stored value when the host narrowed the column, else 0.
+    stored_width: u32,
+}
+
+/// Integer values of an `INT32`, `DATE32` or `INT64` column as held in memory: in the type's
+/// own width, or narrowed by the host to a smaller signed width that every value fits (see
+/// [`abi::ColumnDesc::stored_width`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Ints<'a> {
+    /// Values narrowed to `i8`.
+    I8(&'a [i8]),
+    /// Values narrowed to `i16`.
+    I16(&'a [i16]),
+    /// `INT32`/`DATE32` values, or `INT64` values narrowed to `i32`.
+    I32(&'a [i32]),
+    /// `INT64` values.
+    I64(&'a [i64]),
 }
 
 impl<'a> Column<'a> {
@@ -72,7 +89,15 @@ impl<'a> Column<'a> {
             validity,
             offsets,
             rows,
+            stored_width: 0,
         }
+    }
+
+    /// The same column with its values held narrowed to `width` bytes (for tests of kernels
+    /// that read [`Column::ints`]).
+    pub fn narrowed(mut self, width: u32) -> Self {
+        self.stored_width = width;
+        self
     }
 
     /// The [`abi::types`] code.
@@ -91,9 +116,16 @@ impl<'a> Column<'a> {
     }
 
     fn typed<T: Copy>(&self, want: &[u32]) -> KernelResult<&'a [T]> {
+        if !want.contains(&self.type_code) || self.stored_width != 0 {
+            return Err(status::BAD_INPUT);
+        }
+        self.stored()
+    }
+
+    /// The values as `T`s, whatever the type code says.
+    fn stored<T: Copy>(&self) -> KernelResult<&'a [T]> {
         let width = core::mem::size_of::<T>();
-        if !want.contains(&self.type_code)
-            || self.values.len() < self.rows * width
+        if self.values.len() < self.rows * width
             || !(self.values.as_ptr() as usize).is_multiple_of(core::mem::align_of::<T>())
         {
             return Err(status::BAD_INPUT);
@@ -116,6 +148,23 @@ impl<'a> Column<'a> {
     /// Values of a `FLOAT64` column.
     pub fn f64s(&self) -> KernelResult<&'a [f64]> {
         self.typed(&[types::FLOAT64])
+    }
+
+    /// Values of an `INT32`, `DATE32` or `INT64` column as held in memory, narrowed or not.
+    /// The typed views ([`Column::i64s`], [`Column::i32s`]) refuse a narrowed column.
+    pub fn ints(&self) -> KernelResult<Ints<'a>> {
+        let natural = match self.type_code {
+            types::INT32 | types::DATE32 => 4,
+            types::INT64 => 8,
+            _ => return Err(status::BAD_INPUT),
+        };
+        Ok(match (self.stored_width, natural) {
+            (1, _) => Ints::I8(self.stored()?),
+            (2, _) => Ints::I16(self.stored()?),
+            (4, 8) | (0, 4) => Ints::I32(self.stored()?),
+            (0, 8) => Ints::I64(self.stored()?),
+            _ => return Err(status::BAD_INPUT),
+        })
     }
 
     /// Unscaled values of a `DECIMAL128` column.
@@ -211,20 +260,6 @@ pub enum Cmp {
     Ge,
 }
 
-impl Cmp {
-    #[inline(always)]
-    fn holds<T: PartialOrd>(self, a: T, b: T) -> bool {
-        match self {
-            Cmp::Eq => a == b,
-            Cmp::Ne => a != b,
-            Cmp::Lt => a < b,
-            Cmp::Le => a <= b,
-            Cmp::Gt => a > b,
-            Cmp::Ge => a >= b,
-        }
-    }
-}
-
 /// Total-order key of an `f64` (IEEE 754 totalOrder as a signed integer): comparing keys
 /// orders -0.0 before 0.0 and NaN after everything, as Arrow's float comparisons do.
 #[inline(always)]
@@ -233,130 +268,295 @@ pub fn f64_order_key(x: f64) -> i64 {
     b ^ ((((b >> 63) as u64) >> 1) as i64)
 }
 
+/// Masks of the blocks of 64 rows from `base` where `values[row] op lit`, one per element of
+/// `out` (block `b` starts at row `base + 64 b`; rows past the end are 0). The operator is
+/// dispatched once for all the blocks; full blocks compare 128 bits of lanes at a time on
+/// wasm32+simd128, so narrower values compare more rows per instruction.
+#[inline]
+pub fn cmp_blocks<T: Lane>(values: &[T], base: usize, op: Cmp, lit: T, out: &mut [u64]) {
+    match op {
+        Cmp::Eq => blocks::<T, pred::Eq>(values, base, lit, out),
+        Cmp::Ne => blocks::<T, pred::Ne>(values, base, lit, out),
+        Cmp::Lt => blocks::<T, pred::Lt>(values, base, lit, out),
+        Cmp::Le => blocks::<T, pred::Le>(values, base, lit, out),
+        Cmp::Gt => blocks::<T, pred::Gt>(values, base, lit, out),
+        Cmp::Ge => blocks::<T, pred::Ge>(values, base, lit, out),
+    }
+}
+
+#[inline(always)]
+fn blocks<T: Lane, P: pred::Pred>(values: &[T], base: usize, lit: T, out: &mut [u64]) {
+    let key = lit.key();
+    for (b, o) in out.iter_mut().enumerate() {
+        let at = base + b * BLOCK;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if at + BLOCK <= values.len() {
+            // SAFETY: rows at..at + 64 are in bounds (checked).
+            *o = unsafe { T::block::<P>(values.as_ptr().add(at), lit) };
+            continue;
+        }
+        *o = mask_block(values, at, |x| P::holds(x.key(), key));
+    }
+}
+
 /// Mask of rows `base..base + 64` where `values[row] op lit` (SIMD on wasm32+simd128).
 #[inline]
 pub fn cmp_block_i64(values: &[i64], base: usize, op: Cmp, lit: i64) -> u64 {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if base + BLOCK <= values.len() {
-        // SAFETY: rows base..base + 64 are in bounds (checked).
-        return unsafe { simd::cmp_i64::<false>(values.as_ptr().add(base), op, lit) };
-    }
-    mask_block(values, base, |x| op.holds(x, lit))
+    let mut m = [0];
+    cmp_blocks(values, base, op, lit, &mut m);
+    m[0]
 }
 
 /// Mask of rows `base..base + 64` where `values[row] op lit` (SIMD on wasm32+simd128).
 #[inline]
 pub fn cmp_block_i32(values: &[i32], base: usize, op: Cmp, lit: i32) -> u64 {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if base + BLOCK <= values.len() {
-        // SAFETY: rows base..base + 64 are in bounds (checked).
-        return unsafe { simd::cmp_i32(values.as_ptr().add(base), op, lit) };
-    }
-    mask_block(values, base, |x| op.holds(x, lit))
+    let mut m = [0];
+    cmp_blocks(values, base, op, lit, &mut m);
+    m[0]
 }
 
 /// Mask of rows `base..base + 64` where `values[row] op lit` under IEEE total order, as Arrow
 /// compares floats (SIMD on wasm32+simd128).
 #[inline]
 pub fn cmp_block_f64(values: &[f64], base: usize, op: Cmp, lit: f64) -> u64 {
-    let key = f64_order_key(lit);
+    let mut m = [0];
+    cmp_blocks(values, base, op, lit, &mut m);
+    m[0]
+}
+
+/// A value type the block compares take: `i8`, `i16`, `i32`, `i64`, `i128` and `f64` (floats compare
+/// under IEEE total order, as Arrow does).
+pub trait Lane: Copy + sealed::Sealed {
+    /// What comparisons order.
+    #[doc(hidden)]
+    type Key: Copy + PartialOrd;
+    #[doc(hidden)]
+    fn key(self) -> Self::Key;
+    /// Mask of the 64 values at `p` where `P` holds against `lit`.
+    ///
+    /// # Safety
+    /// `p` must address 64 readable values.
+    #[doc(hidden)]
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if base + BLOCK <= values.len() {
-        // SAFETY: rows base..base + 64 are in bounds (checked); f64 and i64 have one size.
-        return unsafe { simd::cmp_i64::<true>(values.as_ptr().add(base).cast::<i64>(), op, key) };
+    unsafe fn block<P: pred::Pred>(p: *const Self, lit: Self) -> u64;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i8 {}
+    impl Sealed for i16 {}
+    impl Sealed for i32 {}
+    impl Sealed for i64 {}
+    impl Sealed for f64 {}
+    impl Sealed for i128 {}
+}
+
+#[doc(hidden)]
+pub mod pred {
+    //! The six comparisons as types, so a block compare is compiled once per operator.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    use core::arch::wasm32::*;
+
+    /// One comparison, on scalars and on each lane width.
+    pub trait Pred {
+        fn holds<T: PartialOrd>(a: T, b: T) -> bool;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        fn x2(a: v128, b: v128) -> v128;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        fn x4(a: v128, b: v128) -> v128;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        fn x8(a: v128, b: v128) -> v128;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        fn x16(a: v128, b: v128) -> v128;
     }
-    mask_block(values, base, |x| op.holds(f64_order_key(x), key))
+
+    macro_rules! preds {
+        ($($name:ident $op:tt $x2:ident $x4:ident $x8:ident $x16:ident;)*) => {$(
+            pub struct $name;
+            impl Pred for $name {
+                #[inline(always)]
+                fn holds<T: PartialOrd>(a: T, b: T) -> bool {
+                    a $op b
+                }
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                #[inline(always)]
+                fn x2(a: v128, b: v128) -> v128 {
+                    $x2(a, b)
+                }
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                #[inline(always)]
+                fn x4(a: v128, b: v128) -> v128 {
+                    $x4(a, b)
+                }
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                #[inline(always)]
+                fn x8(a: v128, b: v128) -> v128 {
+                    $x8(a, b)
+                }
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                #[inline(always)]
+                fn x16(a: v128, b: v128) -> v128 {
+                    $x16(a, b)
+                }
+            }
+        )*};
+    }
+
+    preds! {
+        Eq == i64x2_eq i32x4_eq i16x8_eq i8x16_eq;
+        Ne != i64x2_ne i32x4_ne i16x8_ne i8x16_ne;
+        Lt < i64x2_lt i32x4_lt i16x8_lt i8x16_lt;
+        Le <= i64x2_le i32x4_le i16x8_le i8x16_le;
+        Gt > i64x2_gt i32x4_gt i16x8_gt i8x16_gt;
+        Ge >= i64x2_ge i32x4_ge i16x8_ge i8x16_ge;
+    }
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
-    //! Explicit simd128 compares: Cranelift turns scalar selects into branches, so the helpers
-    //! compare two (or four) lanes at a time and collect lane bitmasks.
+    //! Explicit simd128 block compares: Cranelift turns scalar selects into branches, so a
+    //! block compares a vector of lanes at a time and collects lane bitmasks.
     use core::arch::wasm32::*;
 
-    use super::Cmp;
+    use super::Lane;
+    use super::pred::Pred;
 
     /// `f(0) | f(1) | … | f(N - 1)` written out, so the block has no loop: no back-edge, no
     /// interruption check, constant shifts.
     macro_rules! unrolled {
+        (4, $f:expr) => {
+            $f(0) | $f(1) | $f(2) | $f(3)
+        };
+        (8, $f:expr) => {
+            unrolled!(4, $f) | unrolled!(4, |j: usize| $f(j + 4))
+        };
         (16, $f:expr) => {
-            $f(0)
-                | $f(1)
-                | $f(2)
-                | $f(3)
-                | $f(4)
-                | $f(5)
-                | $f(6)
-                | $f(7)
-                | $f(8)
-                | $f(9)
-                | $f(10)
-                | $f(11)
-                | $f(12)
-                | $f(13)
-                | $f(14)
-                | $f(15)
+            unrolled!(8, $f) | unrolled!(8, |j: usize| $f(j + 8))
         };
         (32, $f:expr) => {
             unrolled!(16, $f) | unrolled!(16, |j: usize| $f(j + 16))
         };
     }
 
-    macro_rules! lanes64 {
-        ($p:expr, $l:expr, $f:ident, $key:ident) => {{
-            #[inline(always)]
-            fn step<const KEY: bool>(p: *const i64, l: v128, j: usize) -> u64 {
+    /// A block of 64 values at `p`, `n` vectors of `64 / n` lanes: `load` reads vector `j`,
+    /// `cmp` compares it, `bitmask` takes one bit per lane.
+    macro_rules! block {
+        ($n:tt, $p:expr, $load:expr, $cmp:expr, $bitmask:ident) => {{
+            let p = $p;
+            unrolled!($n, |j: usize| {
                 // SAFETY: the caller guarantees 64 readable values at p.
-                let mut v = unsafe { v128_load(p.add(2 * j).cast::<v128>()) };
-                if KEY {
-                    let sign = i64x2_shr(v, 63);
-                    v = v128_xor(v, u64x2_shr(sign, 1));
-                }
-                (i64x2_bitmask($f(v, l)) as u64) << (2 * j)
-            }
-            unrolled!(32, |j| step::<$key>($p, $l, j))
+                let v = unsafe { v128_load(p.add(j * (64 / $n)).cast::<v128>()) };
+                ($bitmask($cmp($load(v))) as u64) << (j * (64 / $n))
+            })
         }};
     }
 
-    /// # Safety
-    /// `p` must address 64 readable `i64`s.
-    #[inline]
-    pub unsafe fn cmp_i64<const KEY: bool>(p: *const i64, op: Cmp, lit: i64) -> u64 {
-        let l = i64x2_splat(lit);
-        match op {
-            Cmp::Eq => lanes64!(p, l, i64x2_eq, KEY),
-            Cmp::Ne => lanes64!(p, l, i64x2_ne, KEY),
-            Cmp::Lt => lanes64!(p, l, i64x2_lt, KEY),
-            Cmp::Le => lanes64!(p, l, i64x2_le, KEY),
-            Cmp::Gt => lanes64!(p, l, i64x2_gt, KEY),
-            Cmp::Ge => lanes64!(p, l, i64x2_ge, KEY),
+    impl Lane for i64 {
+        type Key = i64;
+        #[inline(always)]
+        fn key(self) -> i64 {
+            self
+        }
+        #[inline(always)]
+        unsafe fn block<P: Pred>(p: *const i64, lit: i64) -> u64 {
+            let l = i64x2_splat(lit);
+            block!(32, p, |v| v, |v| P::x2(v, l), i64x2_bitmask)
         }
     }
 
-    macro_rules! lanes32 {
-        ($p:expr, $l:expr, $f:ident) => {{
-            #[inline(always)]
-            fn step(p: *const i32, l: v128, j: usize) -> u64 {
-                // SAFETY: the caller guarantees 64 readable values at p.
-                let v = unsafe { v128_load(p.add(4 * j).cast::<v128>()) };
-                (i32x4_bitmask($f(v, l)) as u64) << (4 * j)
-            }
-            unrolled!(16, |j| step($p, $l, j))
-        }};
+    impl Lane for f64 {
+        type Key = i64;
+        #[inline(always)]
+        fn key(self) -> i64 {
+            super::f64_order_key(self)
+        }
+        #[inline(always)]
+        unsafe fn block<P: Pred>(p: *const f64, lit: f64) -> u64 {
+            let l = i64x2_splat(super::f64_order_key(lit));
+            // The order key of each lane: flip the magnitude bits of negative values.
+            let key = |v: v128| v128_xor(v, u64x2_shr(i64x2_shr(v, 63), 1));
+            block!(32, p, key, |v| P::x2(v, l), i64x2_bitmask)
+        }
     }
 
-    /// # Safety
-    /// `p` must address 64 readable `i32`s.
-    #[inline]
-    pub unsafe fn cmp_i32(p: *const i32, op: Cmp, lit: i32) -> u64 {
-        let l = i32x4_splat(lit);
-        match op {
-            Cmp::Eq => lanes32!(p, l, i32x4_eq),
-            Cmp::Ne => lanes32!(p, l, i32x4_ne),
-            Cmp::Lt => lanes32!(p, l, i32x4_lt),
-            Cmp::Le => lanes32!(p, l, i32x4_le),
-            Cmp::Gt => lanes32!(p, l, i32x4_gt),
-            Cmp::Ge => lanes32!(p, l, i32x4_ge),
+    impl Lane for i32 {
+        type Key = i32;
+        #[inline(always)]
+        fn key(self) -> i32 {
+            self
+        }
+        #[inline(always)]
+        unsafe fn block<P: Pred>(p: *const i32, lit: i32) -> u64 {
+            let l = i32x4_splat(lit);
+            block!(16, p, |v| v, |v| P::x4(v, l), i32x4_bitmask)
+        }
+    }
+
+    impl Lane for i16 {
+        type Key = i16;
+        #[inline(always)]
+        fn key(self) -> i16 {
+            self
+        }
+        #[inline(always)]
+        unsafe fn block<P: Pred>(p: *const i16, lit: i16) -> u64 {
+            let l = i16x8_splat(lit);
+            block!(8, p, |v| v, |v| P::x8(v, l), i16x8_bitmask)
+        }
+    }
+
+    impl Lane for i128 {
+        type Key = i128;
+        #[inline(always)]
+        fn key(self) -> i128 {
+            self
+        }
+        /// No 128-bit lanes: a scalar loop.
+        #[inline(always)]
+        unsafe fn block<P: Pred>(p: *const i128, lit: i128) -> u64 {
+            // SAFETY: the caller guarantees 64 readable values at p.
+            let v = unsafe { core::slice::from_raw_parts(p, 64) };
+            super::mask_block(v, 0, |x| P::holds(x, lit))
+        }
+    }
+
+    impl Lane for i8 {
+        type Key = i8;
+        #[inline(always)]
+        fn key(self) -> i8 {
+            self
+        }
+        #[inline(always)]
+        unsafe fn block<P: Pred>(p: *const i8, lit: i8) -> u64 {
+            let l = i8x16_splat(lit);
+            block!(4, p, |v| v, |v| P::x16(v, l), i8x16_bitmask)
+        }
+    }
+}
+
+/// The scalar keys (every target but wasm32+simd128).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod scalar {
+    use super::Lane;
+
+    macro_rules! identity {
+        ($($t:ty)*) => {$(
+            impl Lane for $t {
+                type Key = $t;
+                #[inline(always)]
+                fn key(self) -> $t {
+                    self
+                }
+            }
+        )*};
+    }
+    identity!(i8 i16 i32 i64 i128);
+
+    impl Lane for f64 {
+        type Key = i64;
+        #[inline(always)]
+        fn key(self) -> i64 {
+            super::f64_order_key(self)
         }
     }
 }
@@ -514,6 +714,7 @@ pub unsafe fn batch_from_memory<'a>(desc: u32) -> KernelResult<Batch<'a>> {
             validity: (c.validity_ptr != 0).then(|| slice(c.validity_ptr, bitmap_len)),
             offsets: (c.offsets_ptr != 0).then(|| slice(c.offsets_ptr, c.offsets_len)),
             rows: d.rows as usize,
+            stored_width: c.stored_width,
         });
     }
     Ok(Batch {

@@ -32,7 +32,7 @@ use nearstore_proto::BackendKind;
 use super::namespace::{ComputeNamespace, ComputeProgram, MemRange, NamespaceError};
 use super::native::NativeBackend;
 use super::wasm::{
-    ColumnBuffers, KernelLimits, WasmBackend, WasmSession, check_counts, filter_support,
+    ColumnBuffers, KernelLimits, Stage, WasmBackend, WasmSession, check_counts, filter_support,
     finish_state, marshal_aggregate, marshal_filter, merge_state,
 };
 use super::{ComputeBackend, ComputeSession, SessionReport, Support};
@@ -863,9 +863,10 @@ fn put_columns(
     views
         .iter()
         .map(|v| {
-            let values = if v.narrow {
+            let values = if matches!(v.stage, Stage::Narrow { .. }) {
                 let mut narrowed = vec![0u8; v.staged_len()];
-                v.stage_values(&mut narrowed);
+                v.stage_values(&mut narrowed)
+                    .map_err(|e| FpgaError::BadBuffer(e.to_string()))?;
                 put(dev, &narrowed, allocated, modelled)?
             } else {
                 put(dev, v.values, allocated, modelled)?

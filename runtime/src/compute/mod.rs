@@ -12,6 +12,7 @@
 //! to Wasm on a device fault).
 
 pub mod fpga;
+pub(crate) mod lanes;
 pub mod namespace;
 pub mod native;
 pub mod wasm;

@@ -16,7 +16,7 @@ use nearstore_kernel_abi::types;
 
 use crate::compute::wasm::sandbox::{KernelKind, KernelOutput};
 use crate::compute::wasm::{
-    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox,
+    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox, Stage,
 };
 use crate::error::{Error, Result};
 
@@ -116,7 +116,7 @@ impl Arg {
             values: &self.values,
             validity: self.validity.as_deref(),
             offsets: self.offsets.as_deref(),
-            narrow: false,
+            stage: Stage::Copy,
         }
     }
 }
@@ -231,7 +231,7 @@ impl KernelCall {
             values: &ids,
             validity: None,
             offsets: None,
-            narrow: false,
+            stage: Stage::Copy,
         }];
         views.extend(owned.iter().map(Arg::view));
         self.with_session(|s| s.group_update(rows, &views, &self.params, n_groups))

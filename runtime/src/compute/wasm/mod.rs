@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::exec::aggregate::AggSpec;
 use crate::exec::expr::PhysExpr;
 pub use sandbox::{
-    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox, SandboxConfig,
+    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox, SandboxConfig, Stage,
 };
 
 /// The built-in kernels, compiled for wasm32 (+simd128) by the build script.
@@ -118,6 +118,7 @@ impl WasmBackend {
         Ok(WasmSession {
             kernel: self.sandbox.session_with(&self.filter, limits)?,
             rows_seen: 0,
+            seen: std::collections::HashMap::new(),
         })
     }
 }
@@ -127,15 +128,39 @@ pub(crate) struct WasmSession {
     kernel: KernelSession,
     /// Rows given to the aggregate kernel (bounds every count it reports).
     rows_seen: u64,
+    /// What the filter learnt of each column's values so far (see `OwnedColumn::narrowest`).
+    seen: std::collections::HashMap<String, Seen>,
+}
+
+/// What the built-in filter learnt of a column's values over a query's batches.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// Bytes per value the last batch's values needed, or were staged in when that was not
+    /// looked at (0: no batch yet).
+    width: u8,
+    /// Batches so far.
+    batches: u32,
 }
 
 impl ComputeSession for WasmSession {
     fn filter(&mut self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray> {
-        let (params, owned) = marshal_filter(predicate, batch)?;
+        let (params, names) = compile_filter(predicate).ok_or_else(|| {
+            Error::Internal("predicate placed on a backend that cannot run it".into())
+        })?;
+        let owned: Vec<OwnedColumn> = marshal_columns(batch, &names)?
+            .into_iter()
+            .zip(&names)
+            .map(|(c, name)| c.narrowest(self.seen.entry(name.clone()).or_default()))
+            .collect();
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
         if self.kernel.has_bitmap_filter() {
             let bytes = self.kernel.filter_bitmap(rows, &views, &params)?;
+            for (name, width) in names.iter().zip(self.kernel.value_widths()) {
+                if let Some(seen) = self.seen.get_mut(name) {
+                    seen.width = *width;
+                }
+            }
             let bits = arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows);
             return Ok(BooleanArray::new(bits, None));
         }
@@ -168,7 +193,7 @@ impl ComputeSession for WasmSession {
             values: group_bytes.unwrap_or(&[]),
             validity: None,
             offsets: None,
-            narrow: false,
+            stage: Stage::Copy,
         }];
         views.extend(owned.iter().map(OwnedColumn::view));
         self.kernel
@@ -734,8 +759,7 @@ pub(crate) struct OwnedColumn {
     type_code: u32,
     scale: i32,
     values: arrow::buffer::Buffer,
-    /// `values` are i128s to narrow to i64 on the way into the kernel.
-    narrow: bool,
+    stage: Stage,
     validity: Option<Vec<u8>>,
 }
 
@@ -746,16 +770,24 @@ impl OwnedColumn {
         let width = types::width(type_code);
         // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares them
         // with 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
-        let narrow = matches!(
+        let (values, stage) = if matches!(
             (a.data_type(), type_code),
             (DataType::Decimal128(..), types::INT64)
-        );
-        let values = if narrow {
-            data.buffers()[0].slice_with_length(data.offset() * 16, data.len() * 16)
+        ) {
+            (
+                data.buffers()[0].slice_with_length(data.offset() * 16, data.len() * 16),
+                Stage::Narrow { from: 16, to: 8 },
+            )
         } else if width > 0 {
-            data.buffers()[0].slice_with_length(data.offset() * width, data.len() * width)
+            (
+                data.buffers()[0].slice_with_length(data.offset() * width, data.len() * width),
+                Stage::Copy,
+            )
         } else {
-            arrow::buffer::Buffer::from_vec(Vec::<u8>::new())
+            (
+                arrow::buffer::Buffer::from_vec(Vec::<u8>::new()),
+                Stage::Copy,
+            )
         };
         let validity = data.nulls().filter(|n| n.null_count() > 0).map(|n| {
             let bits = n.inner();
@@ -774,9 +806,36 @@ impl OwnedColumn {
             type_code,
             scale,
             values,
-            narrow,
+            stage,
             validity,
         }
+    }
+
+    /// The column with its integer values (INT32, DATE32, INT64 and narrow decimals) staged
+    /// in the fewest bytes that hold every value of the batch, for the built-in filter kernel:
+    /// a date or a price then takes 2 or 4 bytes, and the kernel compares 8 or 4 rows per
+    /// SIMD instruction instead of 2. `seen` is what earlier batches of the query showed:
+    /// the values are tried at the width the last batch needed, in the one pass into the
+    /// kernel's memory that also finds their range (see [`Stage::Guess`]). A column whose
+    /// values did not narrow is copied, and looked at again every 16 batches.
+    fn narrowest(mut self, seen: &mut Seen) -> Self {
+        let from: u8 = match (self.type_code, self.stage) {
+            (types::INT32 | types::DATE32, Stage::Copy) => 4,
+            (types::INT64, Stage::Copy) => 8,
+            (types::INT64, Stage::Narrow { from: 16, .. }) => 16,
+            _ => return self,
+        };
+        seen.batches += 1;
+        if seen.width >= from && !seen.batches.is_multiple_of(16) {
+            return self;
+        }
+        let to = if seen.width == 0 || seen.width >= from {
+            1
+        } else {
+            seen.width
+        };
+        self.stage = Stage::Guess { from, to };
+        self
     }
 
     pub(crate) fn view(&self) -> ColumnBuffers<'_> {
@@ -786,7 +845,7 @@ impl OwnedColumn {
             values: self.values.as_slice(),
             validity: self.validity.as_deref(),
             offsets: None,
-            narrow: self.narrow,
+            stage: self.stage,
         }
     }
 }
@@ -994,4 +1053,38 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
         _ => return None,
     }
     Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+
+    use super::*;
+    use crate::exec::expr::Binder;
+
+    /// The filter stages each batch's int64 values in the fewest bytes that hold them: tried
+    /// first at the width the last batch needed, learning a narrower or a wider one from the
+    /// batch; a column that does not narrow is copied.
+    #[test]
+    fn filter_columns_are_staged_in_the_width_their_values_need() {
+        let backend = WasmBackend::new(SandboxConfig::default()).unwrap();
+        let mut s = backend.session(None).unwrap();
+        let batch = |bound: i64| {
+            let k = Int64Array::from(vec![0, bound, -bound, 5]);
+            RecordBatch::try_from_iter(vec![("k", Arc::new(k) as ArrayRef)]).unwrap()
+        };
+        let expr = nearstore_proto::Expr::parse("k < 3").unwrap();
+        let pred = Binder::new("t", &batch(1).schema())
+            .bind_bool(&expr)
+            .unwrap();
+        let mut learnt = Vec::new();
+        for bound in [100, 40_000, 100, 100, 1 << 40, 300] {
+            let selected = s.filter(&pred, &batch(bound)).unwrap();
+            assert_eq!(selected.true_count(), 2, "0 and -{bound}");
+            learnt.push(s.seen["k"].width);
+        }
+        assert_eq!(learnt, [1, 4, 1, 1, 8, 8]);
+    }
 }

@@ -532,6 +532,7 @@ impl Sandbox {
             state: (0, 0, 0),
             arena: 0,
             arena_cap: 0,
+            value_widths: Vec::new(),
         };
         s.arm()?;
         let instance = program
@@ -668,6 +669,9 @@ pub struct KernelSession {
     state: (u32, usize, usize),
     arena: u32,
     arena_cap: u32,
+    /// Per column of the last batch staged, the fewest bytes per value that hold its values
+    /// (where staging found out; else the bytes per value it was staged in).
+    value_widths: Vec<u8>,
 }
 
 impl std::fmt::Debug for KernelSession {
@@ -692,41 +696,85 @@ pub struct ColumnBuffers<'a> {
     pub validity: Option<&'a [u8]>,
     /// Offsets (UTF8).
     pub offsets: Option<&'a [u8]>,
-    /// `values` holds `i128`s whose values fit `i64` (decimals of precision ≤ 18) and
-    /// `type_code` is INT64: they are narrowed while being copied into the kernel's memory,
-    /// with no pass of their own.
-    pub narrow: bool,
+    /// How the values are written into the kernel's memory.
+    pub stage: Stage,
+}
+
+/// How a column's values are written into the kernel's memory: copied, or narrowed on the way
+/// (no pass of its own) to a smaller signed width that every value fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stage {
+    /// As they are.
+    #[default]
+    Copy,
+    /// `values` holds signed integers of `from` bytes (4, 8 or 16) that all fit signed
+    /// integers of `to` bytes (1, 2, 4 or 8, less than `from`); the kernel gets the latter.
+    /// Decimals of precision ≤ 18 (type INT64) travel so as `i64`s.
+    Narrow {
+        /// Bytes per value in `values`.
+        from: u8,
+        /// Bytes per value in the kernel's memory.
+        to: u8,
+    },
+    /// `values` holds signed integers of `from` bytes (4, 8 or 16) of an INT32, DATE32 or
+    /// INT64 column, narrowed for the built-in filter kernel to the fewest bytes that hold
+    /// them all: tried at `to` bytes in the one pass that finds their range, and only when
+    /// they do not fit once more at the width they need. [`KernelSession::value_widths`]
+    /// tells the width they needed.
+    Guess {
+        /// Bytes per value in `values`.
+        from: u8,
+        /// Bytes per value tried first.
+        to: u8,
+    },
 }
 
 impl ColumnBuffers<'_> {
-    /// Bytes of the values as the kernel sees them.
+    /// Bytes of the values as the kernel sees them (at most, for [`Stage::Guess`]).
     pub fn staged_len(&self) -> usize {
-        if self.narrow {
-            self.values.len() / 2
-        } else {
-            self.values.len()
+        match self.stage {
+            Stage::Copy | Stage::Guess { .. } => self.values.len(),
+            Stage::Narrow { from, to } => self.values.len() / from as usize * to as usize,
         }
     }
 
-    /// Writes the values as the kernel sees them into `out` (`staged_len` bytes).
-    pub fn stage_values(&self, out: &mut [u8]) {
-        if self.narrow {
-            // SAFETY: i128 and i64 have no invalid bit patterns; align_to only yields the
-            // aligned middle parts.
-            let (src, dst) = unsafe { (self.values.align_to::<i128>(), out.align_to_mut::<i64>()) };
-            if src.0.is_empty() && src.2.is_empty() && dst.0.is_empty() && dst.2.is_empty() {
-                // A loop the compiler vectorises.
-                for (d, s) in dst.1.iter_mut().zip(src.1) {
-                    *d = *s as i64;
-                }
-            } else {
-                // Little-endian: an i128 that fits i64 has the i64's bytes first.
-                for (d, s) in out.chunks_exact_mut(8).zip(self.values.chunks_exact(16)) {
-                    d.copy_from_slice(&s[..8]);
+    /// Writes the values as the kernel sees them into `out` (`staged_len` bytes); returns the
+    /// bytes per value written and the fewest that would hold them (as written, unless
+    /// staging found their range), or an error when a 16-byte value does not fit 8.
+    pub fn stage_values(&self, out: &mut [u8]) -> Result<(u8, u8), KernelError> {
+        use crate::compute::lanes;
+        match self.stage {
+            Stage::Copy => {
+                out.copy_from_slice(self.values);
+                let w = abi::types::width(self.type_code) as u8;
+                Ok((w, w))
+            }
+            Stage::Narrow { from, to } => {
+                lanes::narrow(self.values, from, out, to);
+                Ok((to, to))
+            }
+            Stage::Guess { from, to } => {
+                let n = self.values.len() / from as usize;
+                let need = lanes::narrow_range(self.values, from, &mut out[..n * to as usize], to)
+                    .map(|(lo, hi)| lanes::width_for(lo, hi));
+                match need {
+                    Some(w) if w <= to => Ok((to, w)),
+                    Some(w) if w < from => {
+                        lanes::narrow(self.values, from, &mut out[..n * w as usize], w);
+                        Ok((w, w))
+                    }
+                    Some(_) => {
+                        out.copy_from_slice(self.values);
+                        Ok((from, from))
+                    }
+                    None if n == 0 => Ok((to, to)),
+                    None => Err(KernelError::Host(
+                        "a decimal of precision 18 or less holds a value beyond 18 digits (the \
+                         data does not match its declared type)"
+                            .into(),
+                    )),
                 }
             }
-        } else {
-            out.copy_from_slice(self.values);
         }
     }
 }
@@ -741,6 +789,12 @@ impl KernelSession {
     /// The kernel's name.
     pub fn name(&self) -> &str {
         &self.program.name
+    }
+
+    /// Per column of the last batch staged, the fewest bytes per value that hold its values
+    /// (found while staging a [`Stage::Guess`] column; else the bytes it was staged in).
+    pub fn value_widths(&self) -> &[u8] {
+        &self.value_widths
     }
 
     /// Sets the epoch deadline to what is left of the query's budget.
@@ -871,8 +925,14 @@ impl KernelSession {
             .get_mut(base..base + off)
             .ok_or_else(|| KernelError::Host("arena outside kernel memory".into()))?;
         region[..params.len()].copy_from_slice(params);
+        self.value_widths.clear();
         for (i, (c, (v, val, ofs))) in columns.iter().zip(&placed).enumerate() {
-            c.stage_values(&mut region[*v..*v + c.staged_len()]);
+            let (width, need) = c.stage_values(&mut region[*v..*v + c.staged_len()])?;
+            self.value_widths.push(need);
+            let values_len = match c.stage {
+                Stage::Guess { from, .. } => c.values.len() / from as usize * width as usize,
+                _ => c.staged_len(),
+            };
             if let (Some(b), Some(at)) = (c.validity, val) {
                 region[*at..*at + b.len()].copy_from_slice(b);
             }
@@ -883,11 +943,16 @@ impl KernelSession {
                 type_code: c.type_code,
                 scale: c.scale as u32,
                 values_ptr: (base + v) as u32,
-                values_len: c.staged_len() as u32,
+                values_len: values_len as u32,
                 validity_ptr: val.map(|a| (base + a) as u32).unwrap_or(0),
                 offsets_ptr: ofs.map(|a| (base + a) as u32).unwrap_or(0),
                 offsets_len: c.offsets.map(|b| b.len() as u32).unwrap_or(0),
-                reserved: 0,
+                // Narrower than the type's own width: the kernel reads them so.
+                stored_width: if width as usize == abi::types::width(c.type_code) {
+                    0
+                } else {
+                    u32::from(width)
+                },
             };
             let at = cols_off + i * abi::COLUMN_DESC_BYTES;
             d.write(&mut region[at..at + abi::COLUMN_DESC_BYTES]);
@@ -1246,7 +1311,16 @@ impl KernelSession {
                 "{what} selects rows past the end of a {rows}-row batch"
             )));
         }
-        let set: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        // Eight bytes per count: the host targets the baseline, which counts bits in software.
+        let words = bytes.chunks_exact(8);
+        let set: usize = words
+            .remainder()
+            .iter()
+            .map(|b| b.count_ones() as usize)
+            .sum::<usize>()
+            + words
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as usize)
+                .sum::<usize>();
         if set != n as usize {
             return Err(self.bad_output(format!(
                 "returned count {n} but the {what} selects {set} rows"

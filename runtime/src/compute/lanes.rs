@@ -1,0 +1,342 @@
+//! Host-side work on a column's values while they are staged into a kernel's memory: integer
+//! values narrowed to a smaller signed width, and their range found in the same pass. The loops are
+//! compiled for AVX-512 and for AVX2 as well as for the baseline, and the widest the CPU has
+//! is chosen at run time (the host binary itself targets the x86-64 baseline).
+
+/// A signed integer as found in an Arrow buffer.
+trait Src: Copy {
+    /// The value as an `i64` (the low half of a 16-byte value).
+    fn get(self) -> i64;
+    /// Whether the value is an `i64` (always, but for 16-byte values).
+    fn fits(self) -> bool {
+        true
+    }
+}
+
+impl Src for i32 {
+    #[inline(always)]
+    fn get(self) -> i64 {
+        self as i64
+    }
+}
+
+impl Src for i64 {
+    #[inline(always)]
+    fn get(self) -> i64 {
+        self
+    }
+}
+
+/// An `i128` as its little-endian halves.
+impl Src for [i64; 2] {
+    #[inline(always)]
+    fn get(self) -> i64 {
+        self[0]
+    }
+    #[inline(always)]
+    fn fits(self) -> bool {
+        self[1] == self[0] >> 63
+    }
+}
+
+/// A signed integer a value is narrowed to.
+trait Dst: Copy + Default {
+    fn from(v: i64) -> Self;
+}
+
+macro_rules! dst {
+    ($($t:ty)*) => {$(
+        impl Dst for $t {
+            #[inline(always)]
+            fn from(v: i64) -> Self {
+                v as $t
+            }
+        }
+    )*};
+}
+dst!(i8 i16 i32 i64);
+
+#[inline(always)]
+fn narrow_to<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = D::from(s.get());
+    }
+}
+
+/// `narrow_to`, also finding the range of the values and whether each is an `i64`.
+#[inline(always)]
+fn narrow_range_to<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Option<(i64, i64)> {
+    let (mut lo, mut hi, mut fits) = (i64::MAX, i64::MIN, true);
+    for (d, s) in dst.iter_mut().zip(src) {
+        let y = s.get();
+        lo = lo.min(y);
+        hi = hi.max(y);
+        fits &= s.fits();
+        *d = D::from(y);
+    }
+    fits.then_some((lo, hi))
+}
+
+/// The loops compiled for one set of CPU features.
+macro_rules! compiled_for {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::{Dst, Src};
+
+            /// # Safety
+            /// The CPU has the module's features.
+            #[target_feature(enable = $features)]
+            pub unsafe fn narrow<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
+                super::narrow_to(src, dst)
+            }
+
+            /// # Safety
+            /// The CPU has the module's features.
+            #[target_feature(enable = $features)]
+            pub unsafe fn narrow_range<S: Src, D: Dst>(
+                src: &[S],
+                dst: &mut [D],
+            ) -> Option<(i64, i64)> {
+                super::narrow_range_to(src, dst)
+            }
+        }
+    };
+}
+
+compiled_for!(avx512, "avx512f,avx512bw,avx512vl,avx512dq");
+compiled_for!(avx2, "avx2");
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+}
+
+fn narrow_dispatch<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            // SAFETY: the CPU has the features (checked).
+            return unsafe { avx512::narrow(src, dst) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature (checked).
+            return unsafe { avx2::narrow(src, dst) };
+        }
+    }
+    narrow_to(src, dst)
+}
+
+fn narrow_range_dispatch<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Option<(i64, i64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            // SAFETY: the CPU has the features (checked).
+            return unsafe { avx512::narrow_range(src, dst) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature (checked).
+            return unsafe { avx2::narrow_range(src, dst) };
+        }
+    }
+    narrow_range_to(src, dst)
+}
+
+/// Reads `bytes` (little-endian values of `T`) as `T`s: in place when aligned, else copied.
+fn typed<T: pod::Pod>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
+    let width = std::mem::size_of::<T>();
+    // SAFETY: T is a plain integer type (or an array of them) for which every bit pattern is
+    // valid; align_to only yields a correctly aligned middle part.
+    let (head, mid, tail) = unsafe { bytes.align_to::<T>() };
+    if head.is_empty() && tail.is_empty() {
+        return std::borrow::Cow::Borrowed(mid);
+    }
+    std::borrow::Cow::Owned(bytes.chunks_exact(width).map(T::read).collect())
+}
+
+mod pod {
+    /// Plain integer data read from little-endian bytes.
+    pub trait Pod: Copy {
+        fn read(b: &[u8]) -> Self;
+    }
+    impl Pod for i32 {
+        fn read(b: &[u8]) -> Self {
+            i32::from_le_bytes(b.try_into().expect("4 bytes"))
+        }
+    }
+    impl Pod for i64 {
+        fn read(b: &[u8]) -> Self {
+            i64::from_le_bytes(b.try_into().expect("8 bytes"))
+        }
+    }
+    impl Pod for [i64; 2] {
+        fn read(b: &[u8]) -> Self {
+            [i64::read(&b[..8]), i64::read(&b[8..])]
+        }
+    }
+}
+
+/// The fewest bytes (1, 2, 4 or 8) of a signed integer that holds every value in `lo..=hi`.
+pub fn width_for(lo: i64, hi: i64) -> u8 {
+    let within = |bits: u32| lo >= -(1i64 << (bits - 1)) && hi < (1i64 << (bits - 1));
+    match () {
+        _ if within(8) => 1,
+        _ if within(16) => 2,
+        _ if within(32) => 4,
+        _ => 8,
+    }
+}
+
+/// Writes the signed integers of `from` bytes in `src` into `dst` as signed integers of `to`
+/// bytes (`to < from`; every value must fit, or it is truncated).
+pub fn narrow(src: &[u8], from: u8, dst: &mut [u8], to: u8) {
+    struct Plain;
+    impl Pass for Plain {
+        type Out = ();
+        fn run<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
+            narrow_dispatch(src, dst)
+        }
+    }
+    run::<Plain>(src, from, dst, to)
+}
+
+/// [`narrow`], also finding the least and greatest value: the values are written narrowed to
+/// `to` bytes whether they fit or not, and their range tells which. `None` when a 16-byte
+/// value is not an `i64`, or there are no values.
+pub fn narrow_range(src: &[u8], from: u8, dst: &mut [u8], to: u8) -> Option<(i64, i64)> {
+    struct Ranged;
+    impl Pass for Ranged {
+        type Out = Option<(i64, i64)>;
+        fn run<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Self::Out {
+            narrow_range_dispatch(src, dst)
+        }
+    }
+    if src.is_empty() {
+        return None;
+    }
+    run::<Ranged>(src, from, dst, to)
+}
+
+/// A loop from values of one width into another.
+trait Pass {
+    type Out: Default;
+    fn run<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Self::Out;
+}
+
+/// Runs `P` from the `from`-byte values in `src` into `to`-byte values in `dst`.
+fn run<P: Pass>(src: &[u8], from: u8, dst: &mut [u8], to: u8) -> P::Out {
+    fn into<P: Pass, S: Src + pod::Pod>(src: &[S], dst: &mut [u8], to: u8) -> P::Out {
+        fn write<P: Pass, S: Src, D: Dst>(src: &[S], dst: &mut [u8]) -> P::Out {
+            // SAFETY: D is a plain integer type; align_to only yields an aligned middle part.
+            let (head, mid, tail) = unsafe { dst.align_to_mut::<D>() };
+            if head.is_empty() && tail.is_empty() {
+                return P::run(src, mid);
+            }
+            let mut tmp = vec![D::default(); src.len()];
+            let out = P::run(src, &mut tmp);
+            // SAFETY: D is a plain integer type of no padding; the bytes of `tmp`.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    tmp.as_ptr().cast::<u8>(),
+                    std::mem::size_of_val(tmp.as_slice()),
+                )
+            };
+            dst.copy_from_slice(bytes);
+            out
+        }
+        match to {
+            1 => write::<P, S, i8>(src, dst),
+            2 => write::<P, S, i16>(src, dst),
+            4 => write::<P, S, i32>(src, dst),
+            _ => write::<P, S, i64>(src, dst),
+        }
+    }
+    match from {
+        4 => into::<P, i32>(&typed::<i32>(src), dst, to),
+        8 => into::<P, i64>(&typed::<i64>(src), dst, to),
+        16 => into::<P, [i64; 2]>(&typed::<[i64; 2]>(src), dst, to),
+        _ => P::Out::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+        // SAFETY: plain integers, no padding.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+            .to_vec()
+    }
+
+    fn range(values: &[u8], width: u8) -> Option<(i64, i64)> {
+        let mut out = vec![0u8; values.len() / width as usize * 8];
+        narrow_range(values, width, &mut out, 8)
+    }
+
+    #[test]
+    fn ranges_and_widths() {
+        let v: Vec<i64> = vec![5, -129, 300, 7];
+        assert_eq!(range(&bytes(&v), 8), Some((-129, 300)));
+        assert_eq!(width_for(-129, 300), 2);
+        assert_eq!(width_for(-128, 127), 1);
+        assert_eq!(width_for(-128, 128), 2);
+        assert_eq!(width_for(i32::MIN as i64, i32::MAX as i64), 4);
+        assert_eq!(width_for(0, i32::MAX as i64 + 1), 8);
+        let d: Vec<i128> = vec![-3, 1 << 40, -(1 << 50)];
+        assert_eq!(range(&bytes(&d), 16), Some((-(1 << 50), 1 << 40)));
+        let big: Vec<i128> = vec![1, i64::MAX as i128 + 1];
+        assert_eq!(range(&bytes(&big), 16), None, "a value beyond i64");
+        assert_eq!(range(&[], 8), None);
+    }
+
+    #[test]
+    fn narrowing_keeps_values_aligned_or_not() {
+        let v: Vec<i64> = (-300..300).collect();
+        for to in [2u8, 4] {
+            let mut out = vec![0u8; v.len() * to as usize + 1];
+            // Misaligned on purpose at offset 1, then aligned at 0.
+            for at in [1, 0] {
+                narrow(&bytes(&v), 8, &mut out[at..at + v.len() * to as usize], to);
+                let got: Vec<i64> = out[at..at + v.len() * to as usize]
+                    .chunks_exact(to as usize)
+                    .map(|c| match to {
+                        2 => i16::from_le_bytes([c[0], c[1]]) as i64,
+                        _ => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+                    })
+                    .collect();
+                assert_eq!(got, v);
+            }
+        }
+        let d: Vec<i128> = vec![-5, 100, -128, 127];
+        let mut out = vec![0u8; 4];
+        narrow(&bytes(&d), 16, &mut out, 1);
+        assert_eq!(
+            out.iter().map(|b| *b as i8).collect::<Vec<_>>(),
+            [-5, 100, -128, 127]
+        );
+        let misaligned = {
+            let mut b = vec![0u8];
+            b.extend(bytes(&[7i32, -9]));
+            b
+        };
+        assert_eq!(range(&misaligned[1..], 4), Some((-9, 7)));
+    }
+
+    #[test]
+    fn narrowing_with_the_range_tells_whether_values_fit() {
+        let v: Vec<i32> = vec![3, -200, 90];
+        let mut out = vec![0u8; 3];
+        assert_eq!(narrow_range(&bytes(&v), 4, &mut out, 1), Some((-200, 90)));
+        assert!(width_for(-200, 90) > 1, "-200 does not fit a byte");
+        let mut out = vec![0u8; 6];
+        assert_eq!(narrow_range(&bytes(&v), 4, &mut out, 2), Some((-200, 90)));
+        assert_eq!(out, bytes(&[3i16, -200, 90]));
+        let big: Vec<i128> = vec![1, i64::MIN as i128 - 1];
+        let mut out = vec![0u8; 16];
+        assert_eq!(narrow_range(&bytes(&big), 16, &mut out, 8), None);
+    }
+}
