@@ -308,14 +308,17 @@ impl ColumnDesc {
 ///
 /// | opcode | operands | pushes |
 /// |---|---|---|
-/// | [`program::CMP`] | column `u16`, op `u8`, literal (column's width bytes) | comparison |
+/// | [`program::CMP`] | column `u16`, op `u8`, literal (column's width bytes; `UTF8`: length `u16` then bytes) | comparison |
 /// | [`program::IS_NULL`] | column `u16` | `true` where null |
 /// | [`program::IS_NOT_NULL`] | column `u16` | `true` where valid |
 /// | [`program::IN`] | column `u16`, count `u16`, literals | membership (no NULL in list) |
 /// | [`program::AND`] / [`program::OR`] | — | pops two |
 /// | [`program::NOT`] | — | pops one |
 /// | [`program::CONST`] | value `u8` (0 false, 1 true, 2 null) | constant |
+/// | [`program::LIKE`] | `UTF8` column `u16`, shape `u8` ([`program::like`]), length `u16`, bytes | `LIKE` |
 ///
+/// Strings compare byte-wise (UTF-8 order, as Arrow's); `LIKE` takes the pattern shapes
+/// without `_` or escapes, which match byte-wise exactly as they match by character.
 /// The program must leave exactly one value; rows where it is `true` are selected.
 pub mod program {
     /// Compare a column with a literal.
@@ -334,6 +337,18 @@ pub mod program {
     pub const NOT: u8 = 7;
     /// A constant.
     pub const CONST: u8 = 8;
+    /// `LIKE` of a string column with a pattern of one of the [`like`] shapes.
+    pub const LIKE: u8 = 9;
+
+    /// Pattern shapes of [`LIKE`] (the bytes are the pattern without its `%`s).
+    pub mod like {
+        /// `'text%'`
+        pub const PREFIX: u8 = 0;
+        /// `'%text'`
+        pub const SUFFIX: u8 = 1;
+        /// `'%text%'`
+        pub const CONTAINS: u8 = 2;
+    }
 
     /// Comparison operators of [`CMP`].
     pub mod op {

@@ -27,12 +27,14 @@ nearstore_kernel::manifest!(
 
 /// A literal decoded for its column's type.
 #[derive(Clone, Copy)]
-enum Lit {
+enum Lit<'a> {
     I32(i32),
     I64(i64),
     /// A float (compared under IEEE total order, as Arrow does).
     F64(f64),
     I128(i128),
+    /// UTF-8 bytes (compared byte-wise, as Arrow compares strings).
+    Str(&'a [u8]),
 }
 
 /// A comparison resolved against how its column's values are stored: the literal in the
@@ -45,6 +47,7 @@ enum Test<'a> {
     I64(&'a [i64], i64),
     F64(&'a [f64], f64),
     I128(&'a [i128], i128),
+    Str(&'a Column<'a>, &'a [u8]),
     /// Holds for every row (before validity).
     All,
     /// Holds for no row.
@@ -68,6 +71,11 @@ enum Op<'a> {
     Or,
     Not,
     Const(u8),
+    Like {
+        col: &'a Column<'a>,
+        shape: u8,
+        text: &'a [u8],
+    },
 }
 
 struct Reader<'a> {
@@ -75,8 +83,8 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> KernelResult<&[u8]> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> KernelResult<&'a [u8]> {
         let s = self
             .b
             .get(self.pos..self.pos + n)
@@ -91,7 +99,7 @@ impl Reader<'_> {
         let s = self.take(2)?;
         Ok(u16::from_le_bytes([s[0], s[1]]) as usize)
     }
-    fn lit(&mut self, col: &Column) -> KernelResult<Lit> {
+    fn lit(&mut self, col: &Column) -> KernelResult<Lit<'a>> {
         Ok(match col.type_code() {
             types::INT32 | types::DATE32 => {
                 let s = self.take(4)?;
@@ -111,6 +119,10 @@ impl Reader<'_> {
                 let mut w = [0u8; 16];
                 w.copy_from_slice(self.take(16)?);
                 Lit::I128(i128::from_le_bytes(w))
+            }
+            types::UTF8 => {
+                let n = self.u16()?;
+                Lit::Str(self.take(n)?)
             }
             _ => return Err(status::UNSUPPORTED),
         })
@@ -147,7 +159,7 @@ fn fit<'a, T: TryFrom<i64>>(
 }
 
 /// `column op lit` against the column's values as stored.
-fn resolve<'a>(col: &Column<'a>, op: Cmp, lit: Lit) -> KernelResult<Test<'a>> {
+fn resolve<'a>(col: &'a Column<'a>, op: Cmp, lit: Lit<'a>) -> KernelResult<Test<'a>> {
     let int = |l: i64| -> KernelResult<Test<'a>> {
         Ok(match col.ints()? {
             Ints::I8(v) => fit(v, l, op, Test::I8),
@@ -161,6 +173,7 @@ fn resolve<'a>(col: &Column<'a>, op: Cmp, lit: Lit) -> KernelResult<Test<'a>> {
         Lit::I128(l) => Ok(Test::I128(col.i128s()?, l)),
         Lit::I32(l) => int(l as i64),
         Lit::I64(l) => int(l),
+        Lit::Str(l) => Ok(Test::Str(col, l)),
     }
 }
 
@@ -196,6 +209,19 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
                     }
                 }
                 Op::In { col, tests }
+            }
+            program::LIKE => {
+                let col = batch.column(r.u16()?)?;
+                let shape = r.u8()?;
+                let n = r.u16()?;
+                if col.type_code() != types::UTF8 || shape > program::like::CONTAINS {
+                    return Err(status::BAD_INPUT);
+                }
+                Op::Like {
+                    col,
+                    shape,
+                    text: r.take(n)?,
+                }
             }
             program::AND => Op::And,
             program::OR => Op::Or,
@@ -249,9 +275,53 @@ fn test_blocks(test: &Test, op: Cmp, base: usize, live: &[u64], out: &mut [u64])
         Test::I64(v, l) => cmp_blocks(v, base, op, l, out),
         Test::F64(v, l) => cmp_blocks(v, base, op, l, out),
         Test::I128(v, l) => cmp_blocks(v, base, op, l, out),
+        Test::Str(c, l) => str_blocks(c, base, out, |s| match op {
+            Cmp::Eq => s == l,
+            Cmp::Ne => s != l,
+            Cmp::Lt => s < l,
+            Cmp::Le => s <= l,
+            Cmp::Gt => s > l,
+            Cmp::Ge => s >= l,
+        }),
         Test::All => out.copy_from_slice(live),
         Test::Nothing => out.fill(0),
     }
+}
+
+/// Masks of the blocks from row `base` of a string column where `f` holds, a row at a time.
+fn str_blocks(col: &Column, base: usize, out: &mut [u64], f: impl Fn(&[u8]) -> bool) {
+    for (b, o) in out.iter_mut().enumerate() {
+        let at = base + b * BLOCK;
+        let end = col.rows().min(at + BLOCK);
+        let mut m = 0u64;
+        for row in at..end {
+            m |= (f(col.str_value(row)) as u64) << (row - at);
+        }
+        *o = m;
+    }
+}
+
+/// Whether `needle` occurs in `hay`: candidates found by their first byte, then compared.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let last_start = match hay.len().checked_sub(needle.len()) {
+        Some(n) => n,
+        None => return false,
+    };
+    let mut from = 0;
+    while let Some(p) = hay[from..=last_start].iter().position(|&b| b == first) {
+        let at = from + p;
+        if &hay[at + 1..at + needle.len()] == rest {
+            return true;
+        }
+        from = at + 1;
+        if from > last_start {
+            break;
+        }
+    }
+    false
 }
 
 /// Splits `m` (rows where a test holds) by validity into known true and known false.
@@ -282,6 +352,17 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                 Op::Cmp { col, op, test } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     test_blocks(test, *op, base, live, &mut top.0[..n]);
+                    with_validity(col, base, top, n);
+                    sp += 1;
+                }
+                Op::Like { col, shape, text } => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    let out = &mut top.0[..n];
+                    match *shape {
+                        program::like::PREFIX => str_blocks(col, base, out, |s| s.starts_with(text)),
+                        program::like::SUFFIX => str_blocks(col, base, out, |s| s.ends_with(text)),
+                        _ => str_blocks(col, base, out, |s| contains(s, text)),
+                    }
                     with_validity(col, base, top, n);
                     sp += 1;
                 }

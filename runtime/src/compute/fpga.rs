@@ -32,8 +32,8 @@ use nearstore_proto::BackendKind;
 use super::namespace::{ComputeNamespace, ComputeProgram, MemRange, NamespaceError};
 use super::native::NativeBackend;
 use super::wasm::{
-    ColumnBuffers, KernelLimits, Stage, WasmBackend, WasmSession, check_counts, filter_support,
-    finish_state, marshal_aggregate, marshal_filter, merge_state,
+    ColumnBuffers, KernelLimits, Stage, WasmBackend, WasmSession, check_counts, finish_state,
+    fixed_width_filter_support, marshal_aggregate, marshal_filter, merge_state,
 };
 use super::{ComputeBackend, ComputeSession, SessionReport, Support};
 use crate::error::{Error, Result};
@@ -764,7 +764,7 @@ impl ComputeBackend for FpgaBackend {
     }
 
     fn supports_filter(&self, predicate: &PhysExpr) -> Support {
-        filter_support(predicate)
+        fixed_width_filter_support(predicate)
     }
 
     fn supports_expr(&self, _expr: &PhysExpr) -> Support {

@@ -154,7 +154,7 @@ impl PhysExpr {
         out
     }
 
-    fn visit(&self, f: &mut dyn FnMut(&PhysExpr)) {
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&PhysExpr)) {
         f(self);
         match self {
             PhysExpr::Column { .. } | PhysExpr::Literal(_) => {}

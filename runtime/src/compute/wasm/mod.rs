@@ -10,7 +10,7 @@ pub mod sandbox;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder};
+use arrow::array::{Array, ArrayRef, BooleanArray, BooleanBufferBuilder, StringArray};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use nearstore_kernel_abi::{agg, program, types};
@@ -761,6 +761,8 @@ pub(crate) struct OwnedColumn {
     values: arrow::buffer::Buffer,
     stage: Stage,
     validity: Option<Vec<u8>>,
+    /// `UTF8`: `rows + 1` offsets into `values`, from 0.
+    offsets: Option<Vec<u8>>,
 }
 
 impl OwnedColumn {
@@ -770,7 +772,17 @@ impl OwnedColumn {
         let width = types::width(type_code);
         // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares them
         // with 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
-        let (values, stage) = if matches!(
+        let mut offsets = None;
+        let (values, stage) = if let Some(s) = a.as_any().downcast_ref::<StringArray>() {
+            // The bytes the rows use, and their offsets from the first of them.
+            let o = s.value_offsets();
+            let (first, last) = (o[0] as usize, o[o.len() - 1] as usize);
+            offsets = Some(o.iter().flat_map(|x| (x - o[0]).to_le_bytes()).collect());
+            (
+                s.values().slice_with_length(first, last - first),
+                Stage::Copy,
+            )
+        } else if matches!(
             (a.data_type(), type_code),
             (DataType::Decimal128(..), types::INT64)
         ) {
@@ -803,11 +815,16 @@ impl OwnedColumn {
             }
         });
         OwnedColumn {
-            type_code,
+            type_code: if offsets.is_some() {
+                types::UTF8
+            } else {
+                type_code
+            },
             scale,
             values,
             stage,
             validity,
+            offsets,
         }
     }
 
@@ -844,7 +861,7 @@ impl OwnedColumn {
             scale: self.scale,
             values: self.values.as_slice(),
             validity: self.validity.as_deref(),
-            offsets: None,
+            offsets: self.offsets.as_deref(),
             stage: self.stage,
         }
     }
@@ -901,17 +918,42 @@ fn literal_bytes(a: &ArrayRef) -> Option<Vec<u8>> {
             .value(0)
             .to_le_bytes()
             .to_vec(),
+        DataType::Utf8 => {
+            let s = a.as_string::<i32>().value(0).as_bytes();
+            let mut out = u16::try_from(s.len()).ok()?.to_le_bytes().to_vec();
+            out.extend_from_slice(s);
+            out
+        }
         _ => return None,
     })
 }
 
-/// Whether a predicate compiles into the filter program (the set both the Wasm kernel and
-/// the FPGA filter engine run).
+/// Whether a predicate compiles into the filter program (the set the Wasm kernel runs).
 pub fn filter_support(pred: &PhysExpr) -> Support {
     match compile_filter(pred) {
         Some(_) => Support::Exact,
         None => Support::Unsupported,
     }
+}
+
+/// Whether a predicate compiles into the filter program and reads fixed-width columns only
+/// (the set the FPGA filter engine runs: no strings).
+pub fn fixed_width_filter_support(pred: &PhysExpr) -> Support {
+    let mut strings = false;
+    pred.visit(&mut |e| {
+        strings |= matches!(e, PhysExpr::Like { .. })
+            || matches!(e, PhysExpr::Column { data_type, .. } if !data_type.is_primitive());
+    });
+    if strings {
+        Support::Unsupported
+    } else {
+        filter_support(pred)
+    }
+}
+
+/// Whether the filter program compares values of this type.
+fn filter_type(t: &DataType) -> Option<()> {
+    (type_code(t).is_some() || *t == DataType::Utf8).then_some(())
 }
 
 /// Compiles a predicate into the filter program; also returns the columns it reads, in the
@@ -963,7 +1005,7 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 }
                 _ => return None,
             };
-            type_code(dt)?;
+            filter_type(dt)?;
             if lit.data_type() != dt {
                 return None;
             }
@@ -991,7 +1033,7 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
             let PhysExpr::Column { name, data_type } = &**expr else {
                 return None;
             };
-            type_code(data_type)?;
+            filter_type(data_type)?;
             if list.null_count() > 0
                 || list.data_type() != data_type
                 || list.len() > u16::MAX as usize
@@ -1039,6 +1081,41 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
             emit(inner, cols, out)?;
             out.push(program::NOT);
         }
+        PhysExpr::Like {
+            expr,
+            pattern,
+            negated,
+        } => {
+            use arrow::array::AsArray;
+            let PhysExpr::Column { name, data_type } = &**expr else {
+                return None;
+            };
+            if *data_type != DataType::Utf8 || *pattern.data_type() != DataType::Utf8 {
+                return None;
+            }
+            if pattern.is_null(0) {
+                out.extend([program::CONST, 2]);
+                return Some(());
+            }
+            let (shape, text) = like_shape(pattern.as_string::<i32>().value(0))?;
+            match shape {
+                Some(shape) => {
+                    out.push(program::LIKE);
+                    out.extend(col_index(cols, name)?);
+                    out.push(shape);
+                }
+                None => {
+                    out.push(program::CMP);
+                    out.extend(col_index(cols, name)?);
+                    out.push(program::op::EQ);
+                }
+            }
+            out.extend(u16::try_from(text.len()).ok()?.to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+            if *negated {
+                out.push(program::NOT);
+            }
+        }
         PhysExpr::Literal(l)
             if *l.data_type() == DataType::Boolean || *l.data_type() == DataType::Null =>
         {
@@ -1053,6 +1130,30 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
         _ => return None,
     }
     Some(())
+}
+
+/// The shape of a `LIKE` pattern the kernel matches byte-wise, and its text: `'text%'`,
+/// `'%text'`, `'%text%'`, or `'text'` (equality, shape `None`), with no other `%`, no `_` and
+/// no escape in the text. Other patterns stay with the native backend.
+fn like_shape(p: &str) -> Option<(Option<u8>, &str)> {
+    let (lead, rest) = match p.strip_prefix('%') {
+        Some(r) => (true, r),
+        None => (false, p),
+    };
+    let (trail, text) = match rest.strip_suffix('%') {
+        Some(t) => (true, t),
+        None => (false, rest),
+    };
+    if text.contains(['%', '_', '\\']) {
+        return None;
+    }
+    let shape = match (lead, trail) {
+        (false, true) => Some(program::like::PREFIX),
+        (true, false) => Some(program::like::SUFFIX),
+        (true, true) => Some(program::like::CONTAINS),
+        (false, false) => None,
+    };
+    Some((shape, text))
 }
 
 #[cfg(test)]
