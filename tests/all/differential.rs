@@ -748,11 +748,7 @@ async fn topk_in_wasm_equals_native() {
 /// backend's rows — with NOT, IN lists and tails shorter than a block.
 #[test]
 fn narrowed_integer_columns_filter_like_native() {
-    use arrow::array::{ArrayRef, BooleanArray, Int32Array};
-    use nearstore_runtime::compute::native::NativeBackend;
-    use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
-    use nearstore_runtime::compute::{ComputeBackend, Support};
-    use nearstore_runtime::exec::expr::Binder;
+    use arrow::array::{ArrayRef, Int32Array};
     use std::sync::Arc;
 
     // Per batch: rows and the bound of its values (|v| <= bound).
@@ -852,39 +848,55 @@ fn narrowed_integer_columns_filter_like_native() {
     predicates.push("k IN (3, 128, -129, 99999999999, -32769) AND NOT a IN (0, 2147483647)".into());
     predicates.push("k NOT IN (127, 40000) AND p IN (1.27, -1.28, 327.68)".into());
 
+    let predicates: Vec<&str> = predicates.iter().map(String::as_str).collect();
+    let (checked, partial) = wasm_filters_like_native(&batches, &predicates);
+    assert!(
+        checked > 1000 && partial > checked / 4,
+        "{checked} {partial}"
+    );
+}
+
+/// Runs each predicate (each must compile for the Wasm kernel) over `batches` in a Wasm and a
+/// native session — one pair per predicate, as per query, so later batches of the Wasm one
+/// try the widths earlier ones needed — and asserts they select the same rows of every
+/// batch. Returns the batches checked and those where some but not all rows were selected.
+fn wasm_filters_like_native(batches: &[RecordBatch], predicates: &[&str]) -> (usize, usize) {
+    use arrow::array::BooleanArray;
+    use nearstore_runtime::compute::native::NativeBackend;
+    use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
+    use nearstore_runtime::compute::{ComputeBackend, Support};
+
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
-    let native = NativeBackend;
     let selected = |b: &BooleanArray| -> Vec<usize> {
         (0..b.len())
             .filter(|&i| b.is_valid(i) && b.value(i))
             .collect()
     };
-    let schema = batches[0].schema();
-    let (mut checked, mut some_selected) = (0, 0);
-    for text in &predicates {
-        let pred = Binder::new("narrow", &schema)
-            .bind_bool(&Expr::parse(text).unwrap())
-            .unwrap_or_else(|e| panic!("{text}: {e}"));
+    let (mut checked, mut partial) = (0, 0);
+    for text in predicates {
+        let pred = bind_for_test(&batches[0], text);
         assert!(
             matches!(wasm.supports_filter(&pred), Support::Exact),
             "{text} runs in Wasm"
         );
-        // One session per predicate, as per query: later batches try the width earlier
-        // ones needed.
         let mut w = wasm.open().unwrap();
-        let mut n = native.open().unwrap();
+        let mut n = NativeBackend.open().unwrap();
         for (i, batch) in batches.iter().enumerate() {
             let want = selected(&n.filter(&pred, batch).unwrap());
             let got = selected(&w.filter(&pred, batch).unwrap());
             assert_eq!(got, want, "{text}, batch {i}");
-            some_selected += usize::from(!want.is_empty());
             checked += 1;
+            partial += usize::from(!want.is_empty() && want.len() < batch.num_rows());
         }
     }
-    assert!(
-        checked > 1000 && some_selected > checked / 3,
-        "{checked} {some_selected}"
-    );
+    (checked, partial)
+}
+
+/// `text` bound against `batch`'s schema as a predicate.
+fn bind_for_test(batch: &RecordBatch, text: &str) -> nearstore_runtime::exec::expr::PhysExpr {
+    nearstore_runtime::exec::expr::Binder::new("test", &batch.schema())
+        .bind_bool(&Expr::parse(text).unwrap())
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
 /// String filters the Wasm kernel runs (comparisons byte-wise, IN lists, LIKE prefix, suffix,
@@ -893,11 +905,9 @@ fn narrowed_integer_columns_filter_like_native() {
 /// other shapes stay native.
 #[test]
 fn string_filters_in_wasm_equal_native() {
-    use arrow::array::{ArrayRef, BooleanArray};
-    use nearstore_runtime::compute::native::NativeBackend;
+    use arrow::array::ArrayRef;
     use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
     use nearstore_runtime::compute::{ComputeBackend, Support};
-    use nearstore_runtime::exec::expr::Binder;
     use std::sync::Arc;
 
     let words = [
@@ -918,7 +928,7 @@ fn string_filters_in_wasm_equal_native() {
         whole.slice(1100, 1),
         whole.slice(1101, 1899),
     ];
-    let in_wasm = [
+    let in_wasm: [&str; 20] = [
         "s = 'ab'",
         "s != 'ab'",
         "s < 'b'",
@@ -942,38 +952,18 @@ fn string_filters_in_wasm_equal_native() {
     ];
     let native_only = ["s LIKE 'a_b'", "s LIKE 'a%b'", "s LIKE '%a\\%b%'"];
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
-    let selected = |b: &BooleanArray| -> Vec<usize> {
-        (0..b.len())
-            .filter(|&i| b.is_valid(i) && b.value(i))
-            .collect()
-    };
-    let schema = whole.schema();
-    let bind = |text: &str| {
-        Binder::new("strings", &schema)
-            .bind_bool(&Expr::parse(text).unwrap())
-            .unwrap_or_else(|e| panic!("{text}: {e}"))
-    };
     for text in native_only {
         assert!(
-            matches!(wasm.supports_filter(&bind(text)), Support::Unsupported),
+            matches!(
+                wasm.supports_filter(&bind_for_test(&whole, text)),
+                Support::Unsupported
+            ),
             "{text} stays native"
         );
     }
-    let mut some = 0;
-    for text in in_wasm {
-        let pred = bind(text);
-        assert!(
-            matches!(wasm.supports_filter(&pred), Support::Exact),
-            "{text} runs in Wasm"
-        );
-        let mut w = wasm.open().unwrap();
-        let mut n = NativeBackend.open().unwrap();
-        for (i, batch) in batches.iter().enumerate() {
-            let want = selected(&n.filter(&pred, batch).unwrap());
-            let got = selected(&w.filter(&pred, batch).unwrap());
-            assert_eq!(got, want, "{text}, batch {i}");
-            some += usize::from(!want.is_empty() && want.len() < batch.num_rows());
-        }
-    }
-    assert!(some > 30, "{some} batches selected some rows but not all");
+    let (_, partial) = wasm_filters_like_native(&batches, &in_wasm);
+    assert!(
+        partial > 30,
+        "{partial} batches selected some rows but not all"
+    );
 }

@@ -56,14 +56,7 @@ macro_rules! dst {
 }
 dst!(i8 i16 i32 i64);
 
-#[inline(always)]
-fn narrow_to<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = D::from(s.get());
-    }
-}
-
-/// `narrow_to`, also finding the range of the values and whether each is an `i64`.
+/// Narrows `src` into `dst`, finding the range of the values and whether each is an `i64`.
 #[inline(always)]
 fn narrow_range_to<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Option<(i64, i64)> {
     let (mut lo, mut hi, mut fits) = (i64::MAX, i64::MIN, true);
@@ -87,13 +80,6 @@ macro_rules! compiled_for {
             /// # Safety
             /// The CPU has the module's features.
             #[target_feature(enable = $features)]
-            pub unsafe fn narrow<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
-                super::narrow_to(src, dst)
-            }
-
-            /// # Safety
-            /// The CPU has the module's features.
-            #[target_feature(enable = $features)]
             pub unsafe fn narrow_range<S: Src, D: Dst>(
                 src: &[S],
                 dst: &mut [D],
@@ -113,21 +99,6 @@ fn has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512dq")
-}
-
-fn narrow_dispatch<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx512() {
-            // SAFETY: the CPU has the features (checked).
-            return unsafe { avx512::narrow(src, dst) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has the feature (checked).
-            return unsafe { avx2::narrow(src, dst) };
-        }
-    }
-    narrow_to(src, dst)
 }
 
 fn narrow_range_dispatch<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Option<(i64, i64)> {
@@ -193,50 +164,23 @@ pub fn width_for(lo: i64, hi: i64) -> u8 {
 /// Writes the signed integers of `from` bytes in `src` into `dst` as signed integers of `to`
 /// bytes (`to < from`; every value must fit, or it is truncated).
 pub fn narrow(src: &[u8], from: u8, dst: &mut [u8], to: u8) {
-    struct Plain;
-    impl Pass for Plain {
-        type Out = ();
-        fn run<S: Src, D: Dst>(src: &[S], dst: &mut [D]) {
-            narrow_dispatch(src, dst)
-        }
-    }
-    run::<Plain>(src, from, dst, to)
+    // The range costs nothing next to the loads and stores.
+    let _ = narrow_range(src, from, dst, to);
 }
 
 /// [`narrow`], also finding the least and greatest value: the values are written narrowed to
 /// `to` bytes whether they fit or not, and their range tells which. `None` when a 16-byte
 /// value is not an `i64`, or there are no values.
 pub fn narrow_range(src: &[u8], from: u8, dst: &mut [u8], to: u8) -> Option<(i64, i64)> {
-    struct Ranged;
-    impl Pass for Ranged {
-        type Out = Option<(i64, i64)>;
-        fn run<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Self::Out {
-            narrow_range_dispatch(src, dst)
-        }
-    }
-    if src.is_empty() {
-        return None;
-    }
-    run::<Ranged>(src, from, dst, to)
-}
-
-/// A loop from values of one width into another.
-trait Pass {
-    type Out: Default;
-    fn run<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Self::Out;
-}
-
-/// Runs `P` from the `from`-byte values in `src` into `to`-byte values in `dst`.
-fn run<P: Pass>(src: &[u8], from: u8, dst: &mut [u8], to: u8) -> P::Out {
-    fn into<P: Pass, S: Src + pod::Pod>(src: &[S], dst: &mut [u8], to: u8) -> P::Out {
-        fn write<P: Pass, S: Src, D: Dst>(src: &[S], dst: &mut [u8]) -> P::Out {
+    fn into<S: Src + pod::Pod>(src: &[S], dst: &mut [u8], to: u8) -> Option<(i64, i64)> {
+        fn write<S: Src, D: Dst>(src: &[S], dst: &mut [u8]) -> Option<(i64, i64)> {
             // SAFETY: D is a plain integer type; align_to only yields an aligned middle part.
             let (head, mid, tail) = unsafe { dst.align_to_mut::<D>() };
             if head.is_empty() && tail.is_empty() {
-                return P::run(src, mid);
+                return narrow_range_dispatch(src, mid);
             }
             let mut tmp = vec![D::default(); src.len()];
-            let out = P::run(src, &mut tmp);
+            let range = narrow_range_dispatch(src, &mut tmp);
             // SAFETY: D is a plain integer type of no padding; the bytes of `tmp`.
             let bytes = unsafe {
                 std::slice::from_raw_parts(
@@ -245,20 +189,23 @@ fn run<P: Pass>(src: &[u8], from: u8, dst: &mut [u8], to: u8) -> P::Out {
                 )
             };
             dst.copy_from_slice(bytes);
-            out
+            range
         }
         match to {
-            1 => write::<P, S, i8>(src, dst),
-            2 => write::<P, S, i16>(src, dst),
-            4 => write::<P, S, i32>(src, dst),
-            _ => write::<P, S, i64>(src, dst),
+            1 => write::<S, i8>(src, dst),
+            2 => write::<S, i16>(src, dst),
+            4 => write::<S, i32>(src, dst),
+            _ => write::<S, i64>(src, dst),
         }
     }
+    if src.is_empty() {
+        return None;
+    }
     match from {
-        4 => into::<P, i32>(&typed::<i32>(src), dst, to),
-        8 => into::<P, i64>(&typed::<i64>(src), dst, to),
-        16 => into::<P, [i64; 2]>(&typed::<[i64; 2]>(src), dst, to),
-        _ => P::Out::default(),
+        4 => into(&typed::<i32>(src), dst, to),
+        8 => into(&typed::<i64>(src), dst, to),
+        16 => into(&typed::<[i64; 2]>(src), dst, to),
+        _ => None,
     }
 }
 
