@@ -451,17 +451,29 @@ mod simd {
         }};
     }
 
-    impl Lane for i64 {
-        type Key = i64;
-        #[inline(always)]
-        fn key(self) -> i64 {
-            self
-        }
-        #[inline(always)]
-        unsafe fn block<P: Pred>(p: *const i64, lit: i64) -> u64 {
-            let l = i64x2_splat(lit);
-            block!(32, p, |v| v, |v| P::x2(v, l), i64x2_bitmask)
-        }
+    /// An integer lane type: `n` vectors of its lanes per block.
+    macro_rules! int_lane {
+        ($($t:ty: $n:tt, $splat:ident, $cmp:ident, $bitmask:ident;)*) => {$(
+            impl Lane for $t {
+                type Key = $t;
+                #[inline(always)]
+                fn key(self) -> $t {
+                    self
+                }
+                #[inline(always)]
+                unsafe fn block<P: Pred>(p: *const $t, lit: $t) -> u64 {
+                    let l = $splat(lit);
+                    block!($n, p, |v| v, |v| P::$cmp(v, l), $bitmask)
+                }
+            }
+        )*};
+    }
+
+    int_lane! {
+        i64: 32, i64x2_splat, x2, i64x2_bitmask;
+        i32: 16, i32x4_splat, x4, i32x4_bitmask;
+        i16: 8, i16x8_splat, x8, i16x8_bitmask;
+        i8: 4, i8x16_splat, x16, i8x16_bitmask;
     }
 
     impl Lane for f64 {
@@ -479,32 +491,6 @@ mod simd {
         }
     }
 
-    impl Lane for i32 {
-        type Key = i32;
-        #[inline(always)]
-        fn key(self) -> i32 {
-            self
-        }
-        #[inline(always)]
-        unsafe fn block<P: Pred>(p: *const i32, lit: i32) -> u64 {
-            let l = i32x4_splat(lit);
-            block!(16, p, |v| v, |v| P::x4(v, l), i32x4_bitmask)
-        }
-    }
-
-    impl Lane for i16 {
-        type Key = i16;
-        #[inline(always)]
-        fn key(self) -> i16 {
-            self
-        }
-        #[inline(always)]
-        unsafe fn block<P: Pred>(p: *const i16, lit: i16) -> u64 {
-            let l = i16x8_splat(lit);
-            block!(8, p, |v| v, |v| P::x8(v, l), i16x8_bitmask)
-        }
-    }
-
     impl Lane for i128 {
         type Key = i128;
         #[inline(always)]
@@ -517,19 +503,6 @@ mod simd {
             // SAFETY: the caller guarantees 64 readable values at p.
             let v = unsafe { core::slice::from_raw_parts(p, 64) };
             super::mask_block(v, 0, |x| P::holds(x, lit))
-        }
-    }
-
-    impl Lane for i8 {
-        type Key = i8;
-        #[inline(always)]
-        fn key(self) -> i8 {
-            self
-        }
-        #[inline(always)]
-        unsafe fn block<P: Pred>(p: *const i8, lit: i8) -> u64 {
-            let l = i8x16_splat(lit);
-            block!(4, p, |v| v, |v| P::x16(v, l), i8x16_bitmask)
         }
     }
 }
