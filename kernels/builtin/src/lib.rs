@@ -324,8 +324,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     false
 }
 
-/// Splits `m` (rows where a test holds) by validity into known true and known false.
-fn with_validity(col: &Column, base: usize, m: &mut Masks, n: usize) {
+/// Splits `m` (rows where a test holds) by validity into known true and known false; `live`
+/// masks the rows of each block.
+fn with_validity(col: &Column, base: usize, live: &[u64], m: &mut Masks) {
+    let n = live.len();
+    if !col.has_nulls() {
+        for b in 0..n {
+            let hit = m.0[b] & live[b];
+            m.0[b] = hit;
+            m.1[b] = !hit & live[b];
+        }
+        return;
+    }
     for b in 0..n {
         let valid = col.validity_block(base + b * BLOCK);
         let hit = m.0[b];
@@ -352,7 +362,7 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                 Op::Cmp { col, op, test } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     test_blocks(test, *op, base, live, &mut top.0[..n]);
-                    with_validity(col, base, top, n);
+                    with_validity(col, base, live, top);
                     sp += 1;
                 }
                 Op::Like { col, shape, text } => {
@@ -363,7 +373,7 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                         program::like::SUFFIX => str_blocks(col, base, out, |s| s.ends_with(text)),
                         _ => str_blocks(col, base, out, |s| contains(s, text)),
                     }
-                    with_validity(col, base, top, n);
+                    with_validity(col, base, live, top);
                     sp += 1;
                 }
                 Op::In { col, tests } => {
@@ -375,7 +385,7 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                             *t |= a;
                         }
                     }
-                    with_validity(col, base, top, n);
+                    with_validity(col, base, live, top);
                     sp += 1;
                 }
                 Op::IsNull(col) | Op::IsNotNull(col) => {

@@ -274,13 +274,32 @@ pub fn f64_order_key(x: f64) -> i64 {
 /// wasm32+simd128, so narrower values compare more rows per instruction.
 #[inline]
 pub fn cmp_blocks<T: Lane>(values: &[T], base: usize, op: Cmp, lit: T, out: &mut [u64]) {
+    // `!=`, `<=` and `>=` are the complements of `=`, `>` and `<` (floats compare under a
+    // total order): one NOT per block rather than one per vector, which SIMD compares lack.
     match op {
         Cmp::Eq => blocks::<T, pred::Eq>(values, base, lit, out),
-        Cmp::Ne => blocks::<T, pred::Ne>(values, base, lit, out),
         Cmp::Lt => blocks::<T, pred::Lt>(values, base, lit, out),
-        Cmp::Le => blocks::<T, pred::Le>(values, base, lit, out),
         Cmp::Gt => blocks::<T, pred::Gt>(values, base, lit, out),
-        Cmp::Ge => blocks::<T, pred::Ge>(values, base, lit, out),
+        Cmp::Ne => {
+            blocks::<T, pred::Eq>(values, base, lit, out);
+            complement(values.len(), base, out);
+        }
+        Cmp::Le => {
+            blocks::<T, pred::Gt>(values, base, lit, out);
+            complement(values.len(), base, out);
+        }
+        Cmp::Ge => {
+            blocks::<T, pred::Lt>(values, base, lit, out);
+            complement(values.len(), base, out);
+        }
+    }
+}
+
+/// Flips the masks of the blocks from row `base` of `rows` rows (rows past the end stay 0).
+#[inline(always)]
+fn complement(rows: usize, base: usize, out: &mut [u64]) {
+    for (b, o) in out.iter_mut().enumerate() {
+        *o = !*o & lanes(rows.saturating_sub(base + b * BLOCK));
     }
 }
 
@@ -404,11 +423,8 @@ pub mod pred {
 
     preds! {
         Eq == i64x2_eq i32x4_eq i16x8_eq i8x16_eq;
-        Ne != i64x2_ne i32x4_ne i16x8_ne i8x16_ne;
         Lt < i64x2_lt i32x4_lt i16x8_lt i8x16_lt;
-        Le <= i64x2_le i32x4_le i16x8_le i8x16_le;
         Gt > i64x2_gt i32x4_gt i16x8_gt i8x16_gt;
-        Ge >= i64x2_ge i32x4_ge i16x8_ge i8x16_ge;
     }
 }
 
@@ -443,12 +459,29 @@ mod simd {
     macro_rules! block {
         ($n:tt, $p:expr, $load:expr, $cmp:expr, $bitmask:ident) => {{
             let p = $p;
-            unrolled!($n, |j: usize| {
+            // Vector `j`'s lane bits, in place.
+            let vector = |j: usize| -> u64 {
                 // SAFETY: the caller guarantees 64 readable values at p.
                 let v = unsafe { v128_load(p.add(j * (64 / $n)).cast::<v128>()) };
                 ($bitmask($cmp($load(v))) as u64) << (j * (64 / $n))
-            })
+            };
+            block!(@groups $n, vector)
         }};
+        // At most eight vectors at a time, a compiler fence between the groups: LLVM would
+        // otherwise load all of a block's vectors first, more than the registers Cranelift has
+        // for them, and each one over would be spilled to the stack and read back.
+        (@groups 32, $vector:ident) => {{
+            let m = block!(@groups 16, $vector);
+            let m = core::hint::black_box(m);
+            m | block!(@groups 16, (|j: usize| $vector(j + 16)))
+        }};
+        (@groups 16, $vector:expr) => {{
+            let m = core::hint::black_box(unrolled!(8, $vector));
+            m | unrolled!(8, |j: usize| $vector(j + 8))
+        }};
+        (@groups $n:tt, $vector:expr) => {
+            unrolled!($n, $vector)
+        };
     }
 
     /// An integer lane type: `n` vectors of its lanes per block.
