@@ -745,7 +745,8 @@ async fn topk_in_wasm_equals_native() {
 /// that hold them, tried at the width the last batch needed): for int32, date32, int64 and
 /// decimal(15, 2) columns with nulls, over batches whose ranges grow and shrink, compares
 /// against literals on either side of every width's bounds select exactly the native
-/// backend's rows — with NOT, IN lists and tails shorter than a block.
+/// backend's rows — with NOT, IN lists and tails shorter than a block; and so do compares of
+/// two columns of one type stored at different widths (floats with NaN and -0.0 too).
 #[test]
 fn narrowed_integer_columns_filter_like_native() {
     use arrow::array::{ArrayRef, Int32Array};
@@ -795,11 +796,36 @@ fn narrowed_integer_columns_filter_like_native() {
                 .collect::<Decimal128Array>()
                 .with_precision_and_scale(15, 2)
                 .unwrap();
+            // Second columns of each type, of a narrower range (another stored width), to
+            // compare column against column; floats with -0.0 and NaN among them.
+            let a2: Int32Array = (0..rows).map(|_| value(300).map(|v| v as i32)).collect();
+            let d2: Date32Array = (0..rows).map(|_| value(40_000).map(|v| v as i32)).collect();
+            let k2: Int64Array = (0..rows).map(|_| value(1 << 40)).collect();
+            let p2 = (0..rows)
+                .map(|_| value(100).map(i128::from))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(15, 2)
+                .unwrap();
+            let float = |v: Option<i64>| {
+                v.map(|v| match v % 7 {
+                    0 => f64::NAN,
+                    1 => -0.0,
+                    _ => v as f64 / 8.0,
+                })
+            };
+            let f: Float64Array = (0..rows).map(|_| float(value(50))).collect();
+            let f2: Float64Array = (0..rows).map(|_| float(value(50))).collect();
             RecordBatch::try_from_iter(vec![
                 ("a", Arc::new(i32s) as ArrayRef),
                 ("d", Arc::new(days) as ArrayRef),
                 ("k", Arc::new(i64s) as ArrayRef),
                 ("p", Arc::new(dec) as ArrayRef),
+                ("a2", Arc::new(a2) as ArrayRef),
+                ("d2", Arc::new(d2) as ArrayRef),
+                ("k2", Arc::new(k2) as ArrayRef),
+                ("p2", Arc::new(p2) as ArrayRef),
+                ("f", Arc::new(f) as ArrayRef),
+                ("f2", Arc::new(f2) as ArrayRef),
             ])
             .unwrap()
         })
@@ -845,9 +871,27 @@ fn narrowed_integer_columns_filter_like_native() {
         }
         predicates.push(format!("NOT (k < {e}) OR a IS NULL"));
     }
+    for op in ["=", "!=", "<", "<=", ">", ">="] {
+        for (x, y) in [
+            ("a", "a2"),
+            ("d", "d2"),
+            ("k", "k2"),
+            ("p", "p2"),
+            ("f", "f2"),
+        ] {
+            predicates.push(format!("{x} {op} {y}"));
+        }
+        predicates.push(format!("NOT (k2 {op} k) OR d > d2"));
+    }
     predicates.push("k IN (3, 128, -129, 99999999999, -32769) AND NOT a IN (0, 2147483647)".into());
     predicates.push("k NOT IN (127, 40000) AND p IN (1.27, -1.28, 327.68)".into());
 
+    // The FPGA engine compares columns with literals only.
+    let column_pair = bind_for_test(&batches[0], "k < k2");
+    assert!(matches!(
+        nearstore_runtime::compute::wasm::fixed_width_filter_support(&column_pair),
+        nearstore_runtime::compute::Support::Unsupported
+    ));
     let predicates: Vec<&str> = predicates.iter().map(String::as_str).collect();
     let (checked, partial) = wasm_filters_like_native(&batches, &predicates);
     assert!(

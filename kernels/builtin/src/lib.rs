@@ -76,6 +76,43 @@ enum Op<'a> {
         shape: u8,
         text: &'a [u8],
     },
+    /// `a op b` for two columns of one fixed-width type, each as stored.
+    CmpColumns {
+        a: &'a Column<'a>,
+        b: &'a Column<'a>,
+        op: Cmp,
+    },
+}
+
+/// A fixed-width column's values as stored, compared through a common key (floats by their
+/// IEEE total-order key, as Arrow compares them).
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    Ints(Ints<'a>),
+    F64(&'a [f64]),
+    I128(&'a [i128]),
+}
+
+impl<'a> Keys<'a> {
+    fn of(col: &Column<'a>) -> KernelResult<Self> {
+        Ok(match col.type_code() {
+            types::FLOAT64 => Keys::F64(col.f64s()?),
+            types::DECIMAL128 => Keys::I128(col.i128s()?),
+            _ => Keys::Ints(col.ints()?),
+        })
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> i128 {
+        match *self {
+            Keys::Ints(Ints::I8(v)) => v[i] as i128,
+            Keys::Ints(Ints::I16(v)) => v[i] as i128,
+            Keys::Ints(Ints::I32(v)) => v[i] as i128,
+            Keys::Ints(Ints::I64(v)) => v[i] as i128,
+            Keys::F64(v) => f64_order_key(v[i]) as i128,
+            Keys::I128(v) => v[i],
+        }
+    }
 }
 
 struct Reader<'a> {
@@ -223,6 +260,18 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
                     text: r.take(n)?,
                 }
             }
+            program::CMP_COLUMNS => {
+                let a = batch.column(r.u16()?)?;
+                let op = cmp_op(r.u8()?)?;
+                let b = batch.column(r.u16()?)?;
+                if a.type_code() != b.type_code() || types::width(a.type_code()) == 0 {
+                    return Err(status::BAD_INPUT);
+                }
+                // Both readable as their type says (checked before any row).
+                Keys::of(a)?;
+                Keys::of(b)?;
+                Op::CmpColumns { a, b, op }
+            }
             program::AND => Op::And,
             program::OR => Op::Or,
             program::NOT => Op::Not,
@@ -363,6 +412,35 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     test_blocks(test, *op, base, live, &mut top.0[..n]);
                     with_validity(col, base, live, top);
+                    sp += 1;
+                }
+                Op::CmpColumns { a, b, op } => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
+                    for (blk, o) in top.0[..n].iter_mut().enumerate() {
+                        let at = base + blk * BLOCK;
+                        let mut m = 0u64;
+                        for row in at..rows.min(at + BLOCK) {
+                            let (x, y) = (ka.get(row), kb.get(row));
+                            let hit = match op {
+                                Cmp::Eq => x == y,
+                                Cmp::Ne => x != y,
+                                Cmp::Lt => x < y,
+                                Cmp::Le => x <= y,
+                                Cmp::Gt => x > y,
+                                Cmp::Ge => x >= y,
+                            };
+                            m |= (hit as u64) << (row - at);
+                        }
+                        *o = m;
+                    }
+                    // Known only where both are valid.
+                    for blk in 0..n {
+                        let valid = a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK);
+                        let hit = top.0[blk];
+                        top.0[blk] = hit & valid;
+                        top.1[blk] = !hit & valid;
+                    }
                     sp += 1;
                 }
                 Op::Like { col, shape, text } => {

@@ -936,18 +936,33 @@ pub fn filter_support(pred: &PhysExpr) -> Support {
     }
 }
 
-/// Whether a predicate compiles into the filter program and reads fixed-width columns only
-/// (the set the FPGA filter engine runs: no strings).
+/// Whether a predicate compiles into the filter program, reads fixed-width columns only and
+/// compares them with literals (the set the FPGA filter engine runs: no strings, no column
+/// against column).
 pub fn fixed_width_filter_support(pred: &PhysExpr) -> Support {
-    let mut strings = false;
+    let mut beyond = false;
     pred.visit(&mut |e| {
-        strings |= matches!(e, PhysExpr::Like { .. })
-            || matches!(e, PhysExpr::Column { data_type, .. } if !data_type.is_primitive());
+        beyond |= matches!(e, PhysExpr::Like { .. })
+            || matches!(e, PhysExpr::Column { data_type, .. } if !data_type.is_primitive())
+            || matches!(e, PhysExpr::Cmp { left, right, .. }
+                if matches!((&**left, &**right), (PhysExpr::Column { .. }, PhysExpr::Column { .. })));
     });
-    if strings {
+    if beyond {
         Support::Unsupported
     } else {
         filter_support(pred)
+    }
+}
+
+/// The filter program's code of a comparison.
+fn cmp_code(op: CmpOp) -> u8 {
+    match op {
+        CmpOp::Eq => program::op::EQ,
+        CmpOp::NotEq => program::op::NE,
+        CmpOp::Lt => program::op::LT,
+        CmpOp::LtEq => program::op::LE,
+        CmpOp::Gt => program::op::GT,
+        CmpOp::GtEq => program::op::GE,
     }
 }
 
@@ -1003,6 +1018,22 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 (PhysExpr::Literal(l), PhysExpr::Column { name, data_type }) => {
                     (op.flip(), name, data_type, l)
                 }
+                (
+                    PhysExpr::Column {
+                        name: a,
+                        data_type: ta,
+                    },
+                    PhysExpr::Column {
+                        name: b,
+                        data_type: tb,
+                    },
+                ) if ta == tb && type_code(ta).is_some() => {
+                    out.push(program::CMP_COLUMNS);
+                    out.extend(col_index(cols, a)?);
+                    out.push(cmp_code(*op));
+                    out.extend(col_index(cols, b)?);
+                    return Some(());
+                }
                 _ => return None,
             };
             filter_type(dt)?;
@@ -1015,14 +1046,7 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
             }
             out.push(program::CMP);
             out.extend(col_index(cols, name)?);
-            out.push(match op {
-                CmpOp::Eq => program::op::EQ,
-                CmpOp::NotEq => program::op::NE,
-                CmpOp::Lt => program::op::LT,
-                CmpOp::LtEq => program::op::LE,
-                CmpOp::Gt => program::op::GT,
-                CmpOp::GtEq => program::op::GE,
-            });
+            out.push(cmp_code(op));
             out.extend(literal_bytes(lit)?);
         }
         PhysExpr::InList {
