@@ -753,8 +753,9 @@ fn narrowed_integer_columns_filter_like_native() {
     use std::sync::Arc;
 
     // Per batch: rows and the bound of its values (|v| <= bound).
-    let shapes: [(usize, i64); 8] = [
+    let shapes: [(usize, i64); 9] = [
         (700, 100),
+        (0, 5),
         (1500, 2_000_000_000),
         (1, 127),
         (2100, 30_000),

@@ -308,7 +308,7 @@ impl ColumnDesc {
 ///
 /// | opcode | operands | pushes |
 /// |---|---|---|
-/// | [`program::CMP`] | column `u16`, op `u8`, literal (column's width bytes; `UTF8`: length `u16` then bytes) | comparison |
+/// | [`program::CMP`] | column `u16`, op `u8`, literal (the column type's width in bytes, whatever `stored_width` says; `UTF8`: length `u16` then bytes) | comparison |
 /// | [`program::IS_NULL`] | column `u16` | `true` where null |
 /// | [`program::IS_NOT_NULL`] | column `u16` | `true` where valid |
 /// | [`program::IN`] | column `u16`, count `u16`, literals | membership (no NULL in list) |

@@ -170,7 +170,7 @@ pub fn narrow(src: &[u8], from: u8, dst: &mut [u8], to: u8) {
 
 /// [`narrow`], also finding the least and greatest value: the values are written narrowed to
 /// `to` bytes whether they fit or not, and their range tells which. `None` when a 16-byte
-/// value is not an `i64`, or there are no values.
+/// value is not an `i64`, there are no values, or `from` is not 4, 8 or 16.
 pub fn narrow_range(src: &[u8], from: u8, dst: &mut [u8], to: u8) -> Option<(i64, i64)> {
     fn into<S: Src + pod::Pod>(src: &[S], dst: &mut [u8], to: u8) -> Option<(i64, i64)> {
         fn write<S: Src, D: Dst>(src: &[S], dst: &mut [u8]) -> Option<(i64, i64)> {

@@ -154,17 +154,21 @@ impl ComputeSession for WasmSession {
             .collect();
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
-        if self.kernel.has_bitmap_filter() {
-            let bytes = self.kernel.filter_bitmap(rows, &views, &params)?;
-            for (name, width) in names.iter().zip(self.kernel.value_widths()) {
-                if let Some(seen) = self.seen.get_mut(name) {
-                    seen.width = *width;
+        let learn = |seen: &mut std::collections::HashMap<String, Seen>, widths: &[u8]| {
+            for (name, width) in names.iter().zip(widths) {
+                if let Some(s) = seen.get_mut(name) {
+                    s.width = *width;
                 }
             }
+        };
+        if self.kernel.has_bitmap_filter() {
+            let bytes = self.kernel.filter_bitmap(rows, &views, &params)?;
+            learn(&mut self.seen, self.kernel.value_widths());
             let bits = arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows);
             return Ok(BooleanArray::new(bits, None));
         }
         let idx = self.kernel.filter(rows, &views, &params)?;
+        learn(&mut self.seen, self.kernel.value_widths());
         let mut bits = BooleanBufferBuilder::new(rows);
         bits.append_n(rows, false);
         for i in idx {
@@ -771,7 +775,7 @@ impl OwnedColumn {
         let (type_code, scale) = type_code(a.data_type()).unwrap_or((0, 0));
         let width = types::width(type_code);
         // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares them
-        // with 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
+        // with (at most) 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
         let mut offsets = None;
         let (values, stage) = if let Some(s) = a.as_any().downcast_ref::<StringArray>() {
             // The bytes the rows use, and their offsets from the first of them.
@@ -831,7 +835,8 @@ impl OwnedColumn {
     /// The column with its integer values (INT32, DATE32, INT64 and narrow decimals) staged
     /// in the fewest bytes that hold every value of the batch, for the built-in filter kernel:
     /// a date or a price then takes 2 or 4 bytes, and the kernel compares 8 or 4 rows per
-    /// SIMD instruction instead of 2. `seen` is what earlier batches of the query showed:
+    /// SIMD instruction instead of 2 (int64) or 4 (int32, date32). `seen` is what earlier
+    /// batches of the query showed:
     /// the values are tried at the width the last batch needed, in the one pass into the
     /// kernel's memory that also finds their range (see [`Stage::Guess`]). A column whose
     /// values did not narrow is copied, and looked at again every 16 batches.
