@@ -324,14 +324,7 @@ fn test_blocks(test: &Test, op: Cmp, base: usize, live: &[u64], out: &mut [u64])
         Test::I64(v, l) => cmp_blocks(v, base, op, l, out),
         Test::F64(v, l) => cmp_blocks(v, base, op, l, out),
         Test::I128(v, l) => cmp_blocks(v, base, op, l, out),
-        Test::Str(c, l) => str_blocks(c, base, out, |s| match op {
-            Cmp::Eq => s == l,
-            Cmp::Ne => s != l,
-            Cmp::Lt => s < l,
-            Cmp::Le => s <= l,
-            Cmp::Gt => s > l,
-            Cmp::Ge => s >= l,
-        }),
+        Test::Str(c, l) => str_blocks(c, base, out, |s| op.holds(s, l)),
         Test::All => out.copy_from_slice(live),
         Test::Nothing => out.fill(0),
     }
@@ -421,15 +414,7 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                         let at = base + blk * BLOCK;
                         let mut m = 0u64;
                         for row in at..rows.min(at + BLOCK) {
-                            let (x, y) = (ka.get(row), kb.get(row));
-                            let hit = match op {
-                                Cmp::Eq => x == y,
-                                Cmp::Ne => x != y,
-                                Cmp::Lt => x < y,
-                                Cmp::Le => x <= y,
-                                Cmp::Gt => x > y,
-                                Cmp::Ge => x >= y,
-                            };
+                            let hit = op.holds(&ka.get(row), &kb.get(row));
                             m |= (hit as u64) << (row - at);
                         }
                         *o = m;

@@ -264,6 +264,21 @@ pub enum Cmp {
     Ge,
 }
 
+impl Cmp {
+    /// Whether `a op b` holds.
+    #[inline(always)]
+    pub fn holds<T: PartialOrd + ?Sized>(self, a: &T, b: &T) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+        }
+    }
+}
+
 /// Total-order key of an `f64` (IEEE 754 totalOrder as a signed integer): comparing keys
 /// orders -0.0 before 0.0 and NaN after everything, as Arrow's float comparisons do.
 #[inline(always)]
