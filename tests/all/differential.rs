@@ -1012,3 +1012,39 @@ fn string_filters_in_wasm_equal_native() {
         "{partial} batches selected some rows but not all"
     );
 }
+
+/// Boolean columns in the Wasm filter (`b`, `NOT b`, `b = false`, `b != true`, with NULLs and
+/// batches sliced at offsets that are not whole bytes) select exactly the native rows.
+#[test]
+fn boolean_filters_in_wasm_equal_native() {
+    use arrow::array::{ArrayRef, BooleanArray};
+    use std::sync::Arc;
+
+    let b: BooleanArray = (0..2000)
+        .map(|i: usize| (i % 7 != 3).then_some(i.is_multiple_of(3) || i.is_multiple_of(11)))
+        .collect();
+    let id = Int64Array::from_iter_values(0..2000);
+    let whole = RecordBatch::try_from_iter(vec![
+        ("b", Arc::new(b) as ArrayRef),
+        ("id", Arc::new(id) as ArrayRef),
+    ])
+    .unwrap();
+    let batches = [
+        whole.slice(3, 1100),
+        whole.slice(1103, 1),
+        whole.slice(1104, 896),
+    ];
+    let predicates = [
+        "b",
+        "NOT b",
+        "b = true",
+        "b = false",
+        "b != true",
+        "b != false",
+        "b IS NULL OR b",
+        "b AND id < 1500",
+        "NOT b OR id > 1900",
+    ];
+    let (checked, partial) = wasm_filters_like_native(&batches, &predicates);
+    assert!(partial > checked / 2, "{checked} {partial}");
+}

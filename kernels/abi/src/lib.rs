@@ -317,6 +317,7 @@ impl ColumnDesc {
 /// | [`program::CONST`] | value `u8` (0 false, 1 true, 2 null) | constant |
 /// | [`program::LIKE`] | `UTF8` column `u16`, shape `u8` ([`program::like`]), length `u16`, bytes | `LIKE` |
 /// | [`program::CMP_COLUMNS`] | column `u16`, op `u8`, column `u16` (one fixed-width type) | comparison |
+/// | [`program::BOOL_COLUMN`] | `BOOL` column `u16` | its values |
 ///
 /// Strings compare byte-wise (UTF-8 order, as Arrow's); `LIKE` takes the pattern shapes
 /// without `_` or escapes, which match byte-wise exactly as they match by character.
@@ -342,6 +343,8 @@ pub mod program {
     pub const LIKE: u8 = 9;
     /// Compare two fixed-width columns of one type, row by row.
     pub const CMP_COLUMNS: u8 = 10;
+    /// A `BOOL` column's values.
+    pub const BOOL_COLUMN: u8 = 11;
 
     /// Pattern shapes of [`LIKE`] (the bytes are the pattern without its `%`s).
     pub mod like {

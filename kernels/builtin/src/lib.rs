@@ -76,6 +76,8 @@ enum Op<'a> {
         shape: u8,
         text: &'a [u8],
     },
+    /// A boolean column's values.
+    Bool(&'a Column<'a>),
     /// `a op b` for two columns of one fixed-width type, each as stored.
     CmpColumns {
         a: &'a Column<'a>,
@@ -272,6 +274,13 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
                 Keys::of(b)?;
                 Op::CmpColumns { a, b, op }
             }
+            program::BOOL_COLUMN => {
+                let col = batch.column(r.u16()?)?;
+                if col.type_code() != types::BOOL {
+                    return Err(status::BAD_INPUT);
+                }
+                Op::Bool(col)
+            }
             program::AND => Op::And,
             program::OR => Op::Or,
             program::NOT => Op::Not,
@@ -426,6 +435,14 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                         top.0[blk] = hit & valid;
                         top.1[blk] = !hit & valid;
                     }
+                    sp += 1;
+                }
+                Op::Bool(col) => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    for (b, o) in top.0[..n].iter_mut().enumerate() {
+                        *o = col.bool_block(base + b * BLOCK)?;
+                    }
+                    with_validity(col, base, live, top);
                     sp += 1;
                 }
                 Op::Like { col, shape, text } => {

@@ -191,25 +191,37 @@ impl<'a> Column<'a> {
 
     /// Validity of rows `base..base + 64` as a mask (bit i = row base + i), zero past the end.
     pub fn validity_block(&self, base: usize) -> u64 {
-        let n = self.rows.saturating_sub(base).min(BLOCK);
-        let live = lanes(n);
         match self.validity {
-            None => live,
-            Some(bits) => {
-                let mut m = 0u64;
-                if base.is_multiple_of(8) {
-                    for k in 0..8 {
-                        let byte = bits.get(base / 8 + k).copied().unwrap_or(0);
-                        m |= (byte as u64) << (8 * k);
-                    }
-                } else {
-                    for i in 0..n {
-                        m |= (self.is_valid(base + i) as u64) << i;
-                    }
-                }
-                m & live
+            None => lanes(self.rows.saturating_sub(base).min(BLOCK)),
+            Some(bits) => self.bitmap_block(bits, base),
+        }
+    }
+
+    /// Values of rows `base..base + 64` of a `BOOL` column as a mask (bit i = row base + i),
+    /// zero past the end; `BAD_INPUT` for another type.
+    pub fn bool_block(&self, base: usize) -> KernelResult<u64> {
+        if self.type_code != types::BOOL {
+            return Err(status::BAD_INPUT);
+        }
+        Ok(self.bitmap_block(self.values, base))
+    }
+
+    /// Bits `base..base + 64` of a bitmap of this column's rows (LSB first), zero past the end.
+    fn bitmap_block(&self, bits: &[u8], base: usize) -> u64 {
+        let n = self.rows.saturating_sub(base).min(BLOCK);
+        let bit = |i: usize| bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+        let mut m = 0u64;
+        if base.is_multiple_of(8) {
+            for k in 0..8 {
+                let byte = bits.get(base / 8 + k).copied().unwrap_or(0);
+                m |= (byte as u64) << (8 * k);
+            }
+        } else {
+            for i in 0..n {
+                m |= (bit(base + i) as u64) << i;
             }
         }
+        m & lanes(n)
     }
 
     /// String value of row `i` of a `UTF8` column (empty for nulls and bad offsets).

@@ -777,7 +777,14 @@ impl OwnedColumn {
         // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares them
         // with (at most) 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
         let mut offsets = None;
-        let (values, stage) = if let Some(s) = a.as_any().downcast_ref::<StringArray>() {
+        let mut boolean = false;
+        let (values, stage) = if let Some(b) = a.as_any().downcast_ref::<BooleanArray>() {
+            boolean = true;
+            (
+                arrow::buffer::Buffer::from_vec(bits_from_zero(b.values())),
+                Stage::Copy,
+            )
+        } else if let Some(s) = a.as_any().downcast_ref::<StringArray>() {
             // The bytes the rows use, and their offsets from the first of them.
             let o = s.value_offsets();
             let (first, last) = (o[0] as usize, o[o.len() - 1] as usize);
@@ -805,22 +812,15 @@ impl OwnedColumn {
                 Stage::Copy,
             )
         };
-        let validity = data.nulls().filter(|n| n.null_count() > 0).map(|n| {
-            let bits = n.inner();
-            if bits.offset() % 8 == 0 {
-                let start = bits.offset() / 8;
-                bits.values()[start..start + data.len().div_ceil(8)].to_vec()
-            } else {
-                let mut b = BooleanBufferBuilder::new(data.len());
-                for i in 0..data.len() {
-                    b.append(n.is_valid(i));
-                }
-                b.finish().values().to_vec()
-            }
-        });
+        let validity = data
+            .nulls()
+            .filter(|n| n.null_count() > 0)
+            .map(|n| bits_from_zero(n.inner()));
         OwnedColumn {
             type_code: if offsets.is_some() {
                 types::UTF8
+            } else if boolean {
+                types::BOOL
             } else {
                 type_code
             },
@@ -869,6 +869,19 @@ impl OwnedColumn {
             offsets: self.offsets.as_deref(),
             stage: self.stage,
         }
+    }
+}
+
+/// The bytes of a bitmap with its first bit at bit 0 (LSB first), as the kernel ABI lays
+/// bitmaps out.
+fn bits_from_zero(bits: &arrow::buffer::BooleanBuffer) -> Vec<u8> {
+    if bits.offset().is_multiple_of(8) {
+        let start = bits.offset() / 8;
+        bits.values()[start..start + bits.len().div_ceil(8)].to_vec()
+    } else {
+        let mut b = BooleanBufferBuilder::new(bits.len());
+        b.append_buffer(bits);
+        b.finish().values().to_vec()
     }
 }
 
@@ -1041,7 +1054,6 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 }
                 _ => return None,
             };
-            filter_type(dt)?;
             if lit.data_type() != dt {
                 return None;
             }
@@ -1049,6 +1061,23 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 out.extend([program::CONST, 2]);
                 return Some(());
             }
+            if *dt == DataType::Boolean {
+                // `b = true` is `b`; `b = false` and `b != true` are `NOT b`.
+                use arrow::array::AsArray;
+                let value = lit.as_boolean().value(0);
+                let negate = match op {
+                    CmpOp::Eq => !value,
+                    CmpOp::NotEq => value,
+                    _ => return None,
+                };
+                out.push(program::BOOL_COLUMN);
+                out.extend(col_index(cols, name)?);
+                if negate {
+                    out.push(program::NOT);
+                }
+                return Some(());
+            }
+            filter_type(dt)?;
             out.push(program::CMP);
             out.extend(col_index(cols, name)?);
             out.push(cmp_code(op));
@@ -1109,6 +1138,13 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
         PhysExpr::Not(inner) => {
             emit(inner, cols, out)?;
             out.push(program::NOT);
+        }
+        PhysExpr::Column {
+            name,
+            data_type: DataType::Boolean,
+        } => {
+            out.push(program::BOOL_COLUMN);
+            out.extend(col_index(cols, name)?);
         }
         PhysExpr::Like {
             expr,
