@@ -78,10 +78,12 @@ enum Op<'a> {
     },
     /// A boolean column's values.
     Bool(&'a Column<'a>),
-    /// `a op b` for two columns of one fixed-width type, each as stored.
+    /// `a op b` for two columns of one fixed-width type, each read as stored (`ka`, `kb`).
     CmpColumns {
         a: &'a Column<'a>,
         b: &'a Column<'a>,
+        ka: Keys<'a>,
+        kb: Keys<'a>,
         op: Cmp,
     },
 }
@@ -269,10 +271,9 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
                 if a.type_code() != b.type_code() || types::width(a.type_code()) == 0 {
                     return Err(status::BAD_INPUT);
                 }
-                // Both readable as their type says (checked before any row).
-                Keys::of(a)?;
-                Keys::of(b)?;
-                Op::CmpColumns { a, b, op }
+                // Both read as their type says (checked before any row).
+                let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
+                Op::CmpColumns { a, b, ka, kb, op }
             }
             program::BOOL_COLUMN => {
                 let col = batch.column(r.u16()?)?;
@@ -339,17 +340,21 @@ fn test_blocks(test: &Test, op: Cmp, base: usize, live: &[u64], out: &mut [u64])
     }
 }
 
-/// Masks of the blocks from row `base` of a string column where `f` holds, a row at a time.
-fn str_blocks(col: &Column, base: usize, out: &mut [u64], f: impl Fn(&[u8]) -> bool) {
+/// Masks of the blocks from row `base` (of `rows`) where `f(row)` holds, a row at a time.
+fn row_blocks(rows: usize, base: usize, out: &mut [u64], f: impl Fn(usize) -> bool) {
     for (b, o) in out.iter_mut().enumerate() {
         let at = base + b * BLOCK;
-        let end = col.rows().min(at + BLOCK);
         let mut m = 0u64;
-        for row in at..end {
-            m |= (f(col.str_value(row)) as u64) << (row - at);
+        for row in at..rows.min(at + BLOCK) {
+            m |= (f(row) as u64) << (row - at);
         }
         *o = m;
     }
+}
+
+/// Masks of the blocks from row `base` of a string column where `f` holds, a row at a time.
+fn str_blocks(col: &Column, base: usize, out: &mut [u64], f: impl Fn(&[u8]) -> bool) {
+    row_blocks(col.rows(), base, out, |row| f(col.str_value(row)));
 }
 
 /// Whether `needle` occurs in `hay`: candidates found by their first byte, then compared.
@@ -378,18 +383,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// Splits `m` (rows where a test holds) by validity into known true and known false; `live`
 /// masks the rows of each block.
 fn with_validity(col: &Column, base: usize, live: &[u64], m: &mut Masks) {
-    let n = live.len();
-    if !col.has_nulls() {
-        for b in 0..n {
-            let hit = m.0[b] & live[b];
-            m.0[b] = hit;
-            m.1[b] = !hit & live[b];
-        }
-        return;
+    if col.has_nulls() {
+        split(m, live.len(), |b| col.validity_block(base + b * BLOCK));
+    } else {
+        split(m, live.len(), |b| live[b]);
     }
+}
+
+/// Splits the first `n` masks of `m` into known true and known false where `valid(block)`.
+#[inline(always)]
+fn split(m: &mut Masks, n: usize, valid: impl Fn(usize) -> u64) {
     for b in 0..n {
-        let valid = col.validity_block(base + b * BLOCK);
-        let hit = m.0[b];
+        let (hit, valid) = (m.0[b], valid(b));
         m.0[b] = hit & valid;
         m.1[b] = !hit & valid;
     }
@@ -416,25 +421,15 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                     with_validity(col, base, live, top);
                     sp += 1;
                 }
-                Op::CmpColumns { a, b, op } => {
+                Op::CmpColumns { a, b, ka, kb, op } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
-                    let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
-                    for (blk, o) in top.0[..n].iter_mut().enumerate() {
-                        let at = base + blk * BLOCK;
-                        let mut m = 0u64;
-                        for row in at..rows.min(at + BLOCK) {
-                            let hit = op.holds(&ka.get(row), &kb.get(row));
-                            m |= (hit as u64) << (row - at);
-                        }
-                        *o = m;
-                    }
+                    row_blocks(rows, base, &mut top.0[..n], |row| {
+                        op.holds(&ka.get(row), &kb.get(row))
+                    });
                     // Known only where both are valid.
-                    for blk in 0..n {
-                        let valid = a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK);
-                        let hit = top.0[blk];
-                        top.0[blk] = hit & valid;
-                        top.1[blk] = !hit & valid;
-                    }
+                    split(top, n, |blk| {
+                        a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK)
+                    });
                     sp += 1;
                 }
                 Op::Bool(col) => {
@@ -449,7 +444,9 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     let out = &mut top.0[..n];
                     match *shape {
-                        program::like::PREFIX => str_blocks(col, base, out, |s| s.starts_with(text)),
+                        program::like::PREFIX => {
+                            str_blocks(col, base, out, |s| s.starts_with(text))
+                        }
                         program::like::SUFFIX => str_blocks(col, base, out, |s| s.ends_with(text)),
                         _ => str_blocks(col, base, out, |s| contains(s, text)),
                     }

@@ -154,27 +154,24 @@ impl ComputeSession for WasmSession {
             .collect();
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
-        let learn = |seen: &mut std::collections::HashMap<String, Seen>, widths: &[u8]| {
-            for (name, width) in names.iter().zip(widths) {
-                if let Some(s) = seen.get_mut(name) {
-                    s.width = *width;
-                }
-            }
-        };
-        if self.kernel.has_bitmap_filter() {
+        let bits = if self.kernel.has_bitmap_filter() {
             let bytes = self.kernel.filter_bitmap(rows, &views, &params)?;
-            learn(&mut self.seen, self.kernel.value_widths());
-            let bits = arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows);
-            return Ok(BooleanArray::new(bits, None));
+            arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows)
+        } else {
+            let idx = self.kernel.filter(rows, &views, &params)?;
+            let mut bits = BooleanBufferBuilder::new(rows);
+            bits.append_n(rows, false);
+            for i in idx {
+                bits.set_bit(i as usize, true);
+            }
+            bits.finish()
+        };
+        for (name, width) in names.iter().zip(self.kernel.value_widths()) {
+            if let Some(s) = self.seen.get_mut(name) {
+                s.width = *width;
+            }
         }
-        let idx = self.kernel.filter(rows, &views, &params)?;
-        learn(&mut self.seen, self.kernel.value_widths());
-        let mut bits = BooleanBufferBuilder::new(rows);
-        bits.append_n(rows, false);
-        for i in idx {
-            bits.set_bit(i as usize, true);
-        }
-        Ok(BooleanArray::new(bits.finish(), None))
+        Ok(BooleanArray::new(bits, None))
     }
 
     fn aggregate(
@@ -772,20 +769,18 @@ pub(crate) struct OwnedColumn {
 impl OwnedColumn {
     fn of(a: &ArrayRef) -> Self {
         let data = a.to_data();
-        let (type_code, scale) = type_code(a.data_type()).unwrap_or((0, 0));
+        let (mut type_code, scale) = type_code(a.data_type()).unwrap_or((0, 0));
         let width = types::width(type_code);
-        // Narrow decimals travel as i64 (exact: precision <= 18), so the kernel compares them
-        // with (at most) 64-bit SIMD lanes; they are narrowed while staged, not in a pass of their own.
         let mut offsets = None;
-        let mut boolean = false;
         let (values, stage) = if let Some(b) = a.as_any().downcast_ref::<BooleanArray>() {
-            boolean = true;
+            type_code = types::BOOL;
             (
                 arrow::buffer::Buffer::from_vec(bits_from_zero(b.values())),
                 Stage::Copy,
             )
         } else if let Some(s) = a.as_any().downcast_ref::<StringArray>() {
             // The bytes the rows use, and their offsets from the first of them.
+            type_code = types::UTF8;
             let o = s.value_offsets();
             let (first, last) = (o[0] as usize, o[o.len() - 1] as usize);
             offsets = Some(o.iter().flat_map(|x| (x - o[0]).to_le_bytes()).collect());
@@ -797,6 +792,8 @@ impl OwnedColumn {
             (a.data_type(), type_code),
             (DataType::Decimal128(..), types::INT64)
         ) {
+            // Narrow decimals travel as i64 (exact: precision <= 18), narrowed while staged,
+            // not in a pass of their own.
             (
                 data.buffers()[0].slice_with_length(data.offset() * 16, data.len() * 16),
                 Stage::Narrow { from: 16, to: 8 },
@@ -817,13 +814,7 @@ impl OwnedColumn {
             .filter(|n| n.null_count() > 0)
             .map(|n| bits_from_zero(n.inner()));
         OwnedColumn {
-            type_code: if offsets.is_some() {
-                types::UTF8
-            } else if boolean {
-                types::BOOL
-            } else {
-                type_code
-            },
+            type_code,
             scale,
             values,
             stage,
