@@ -462,62 +462,58 @@ pub mod pred {
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
     //! Explicit simd128 block compares: Cranelift turns scalar selects into branches, so a
-    //! block compares a vector of lanes at a time and collects lane bitmasks.
+    //! block compares a vector of lanes at a time. A lane's compare result is all ones or all
+    //! zeros, so saturating narrows pack the results of sixteen rows into one byte each
+    //! (lane order kept), and one bitmask takes their bits: fewer instructions than a bitmask,
+    //! a shift and an OR per vector.
     use core::arch::wasm32::*;
 
     use super::Lane;
     use super::pred::Pred;
 
-    /// `f(0) | f(1) | … | f(N - 1)` written out, so the block has no loop: no back-edge, no
-    /// interruption check, constant shifts.
-    macro_rules! unrolled {
-        (4, $f:expr) => {
-            $f(0) | $f(1) | $f(2) | $f(3)
+    /// The bits of sixteen rows from compare results of `lanes` lanes each: `v(j)` is the
+    /// `j`-th vector of results from the group's first row.
+    #[inline(always)]
+    fn sixteen(lanes: usize, v: impl Fn(usize) -> v128) -> u64 {
+        // A result lane of all ones or all zeros is a run of equal 16-bit lanes: each narrow
+        // halves the bytes of a row, and keeps the rows in order.
+        let n = i8x16_narrow_i16x8;
+        let bytes = match lanes {
+            2 => n(
+                n(n(v(0), v(1)), n(v(2), v(3))),
+                n(n(v(4), v(5)), n(v(6), v(7))),
+            ),
+            4 => n(n(v(0), v(1)), n(v(2), v(3))),
+            8 => n(v(0), v(1)),
+            _ => v(0),
         };
-        (8, $f:expr) => {
-            unrolled!(4, $f) | unrolled!(4, |j: usize| $f(j + 4))
-        };
-        (16, $f:expr) => {
-            unrolled!(8, $f) | unrolled!(8, |j: usize| $f(j + 8))
-        };
-        (32, $f:expr) => {
-            unrolled!(16, $f) | unrolled!(16, |j: usize| $f(j + 16))
-        };
+        u64::from(i8x16_bitmask(bytes))
     }
 
-    /// A block of 64 values at `p`, `n` vectors of `64 / n` lanes: `load` reads vector `j`,
-    /// `cmp` compares it, `bitmask` takes one bit per lane.
-    macro_rules! block {
-        ($n:tt, $p:expr, $load:expr, $cmp:expr, $bitmask:ident) => {{
-            let p = $p;
-            // Vector `j`'s lane bits, in place.
-            let vector = |j: usize| -> u64 {
-                // SAFETY: the caller guarantees 64 readable values at p.
-                let v = unsafe { v128_load(p.add(j * (64 / $n)).cast::<v128>()) };
-                ($bitmask($cmp($load(v))) as u64) << (j * (64 / $n))
-            };
-            block!(@groups $n, vector)
-        }};
-        // At most eight vectors at a time, a compiler fence between the groups: LLVM would
-        // otherwise load all of a block's vectors first, more than the registers Cranelift has
-        // for them, and each one over would be spilled to the stack and read back.
-        (@groups 32, $vector:ident) => {{
-            let m = block!(@groups 16, $vector);
-            let m = core::hint::black_box(m);
-            m | block!(@groups 16, (|j: usize| $vector(j + 16)))
-        }};
-        (@groups 16, $vector:expr) => {{
-            let m = core::hint::black_box(unrolled!(8, $vector));
-            m | unrolled!(8, |j: usize| $vector(j + 8))
-        }};
-        (@groups $n:tt, $vector:expr) => {
-            unrolled!($n, $vector)
+    /// The mask of a block of 64 values at `p`, `lanes` to a vector: `cmp` compares one vector
+    /// read from `p`. Written out, no loop: no back-edge, no interruption check. Each sixteen
+    /// rows' vectors are packed before the next are read (an optimisation barrier between the
+    /// groups keeps LLVM from loading more vectors at once than Cranelift has registers).
+    #[inline(always)]
+    unsafe fn block<T>(p: *const T, lanes: usize, cmp: impl Fn(v128) -> v128) -> u64 {
+        let at = p as usize;
+        let width = core::mem::size_of::<T>();
+        let group = |g: usize| {
+            sixteen(lanes, |j| {
+                // An address add that cannot wrap (the block lies in memory): LLVM folds the
+                // vector's distance into the load as its offset, no add of its own.
+                // SAFETY: the caller guarantees 64 readable values at p; j < 16 / lanes.
+                let v = unsafe { at.unchecked_add((g * 16 + j * lanes) * width) };
+                cmp(unsafe { v128_load(v as *const v128) })
+            }) << (g * 16)
         };
+        let black_box = core::hint::black_box;
+        black_box(black_box(black_box(group(0)) | group(1)) | group(2)) | group(3)
     }
 
-    /// An integer lane type: `n` vectors of its lanes per block.
+    /// An integer lane type: its lanes per vector.
     macro_rules! int_lane {
-        ($($t:ty: $n:tt, $splat:ident, $cmp:ident, $bitmask:ident;)*) => {$(
+        ($($t:ty: $lanes:literal, $splat:ident, $cmp:ident;)*) => {$(
             impl Lane for $t {
                 type Key = $t;
                 #[inline(always)]
@@ -527,17 +523,18 @@ mod simd {
                 #[inline(always)]
                 unsafe fn block<P: Pred>(p: *const $t, lit: $t) -> u64 {
                     let l = $splat(lit);
-                    block!($n, p, |v| v, |v| P::$cmp(v, l), $bitmask)
+                    // SAFETY: forwarded contract.
+                    unsafe { block(p, $lanes, |v| P::$cmp(v, l)) }
                 }
             }
         )*};
     }
 
     int_lane! {
-        i64: 32, i64x2_splat, x2, i64x2_bitmask;
-        i32: 16, i32x4_splat, x4, i32x4_bitmask;
-        i16: 8, i16x8_splat, x8, i16x8_bitmask;
-        i8: 4, i8x16_splat, x16, i8x16_bitmask;
+        i64: 2, i64x2_splat, x2;
+        i32: 4, i32x4_splat, x4;
+        i16: 8, i16x8_splat, x8;
+        i8: 16, i8x16_splat, x16;
     }
 
     impl Lane for f64 {
@@ -551,7 +548,8 @@ mod simd {
             let l = i64x2_splat(super::f64_order_key(lit));
             // The order key of each lane: flip the magnitude bits of negative values.
             let key = |v: v128| v128_xor(v, u64x2_shr(i64x2_shr(v, 63), 1));
-            block!(32, p, key, |v| P::x2(v, l), i64x2_bitmask)
+            // SAFETY: forwarded contract.
+            unsafe { block(p, 2, |v| P::x2(key(v), l)) }
         }
     }
 
