@@ -220,14 +220,15 @@ fn resolve<'a>(col: &'a Column<'a>, op: Cmp, lit: Lit<'a>) -> KernelResult<Test<
 
 /// Decodes and checks the whole program, and resolves its compares against the batch, before
 /// touching any row.
-fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
+/// The program's operations and the deepest its evaluation stack gets.
+fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<(Vec<Op<'a>>, usize)> {
     let bytes = batch.params();
     if bytes.len() > program::PROGRAM_BYTES_MAX {
         return Err(status::BAD_INPUT);
     }
     let mut r = Reader { b: bytes, pos: 0 };
     let mut ops = Vec::new();
-    let mut depth: usize = 0;
+    let (mut depth, mut deepest) = (0usize, 0usize);
     while r.pos < bytes.len() {
         let code = r.u8()?;
         let op = match code {
@@ -310,12 +311,13 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<Vec<Op<'a>>> {
         if depth > program::STACK_MAX {
             return Err(status::BAD_INPUT);
         }
+        deepest = deepest.max(depth);
         ops.push(op);
     }
     if depth != 1 {
         return Err(status::BAD_INPUT);
     }
-    Ok(ops)
+    Ok((ops, deepest))
 }
 
 /// Blocks of 64 rows the program runs over per pass: each operation is dispatched once per
@@ -401,9 +403,9 @@ fn split(m: &mut Masks, n: usize, valid: impl Fn(usize) -> u64) {
 }
 
 fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
-    let ops = decode(batch)?;
+    let (ops, deepest) = decode(batch)?;
     let rows = batch.rows();
-    let mut stack: Vec<Masks> = vec![([0; CHUNK], [0; CHUNK]); program::STACK_MAX];
+    let mut stack: Vec<Masks> = vec![([0; CHUNK], [0; CHUNK]); deepest];
     let mut any = [0u64; CHUNK];
     let mut live = [0u64; CHUNK];
     for base in (0..rows).step_by(CHUNK * BLOCK) {
