@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use arrow::array::{
     Array, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
-use nearstore_proto::{AggFunc, BackendKind, CmpOp, Expr, Literal, PutMode, TypedLiteral};
+use nearstore_proto::{AggFunc, ArithOp, BackendKind, CmpOp, Expr, Literal, PutMode, TypedLiteral};
 use nearstore_runtime::storage::reader::ReaderChoice;
 use nearstore_sdk::Query;
 use proptest::prelude::*;
@@ -94,11 +94,11 @@ fn eval(e: &Expr, row: &Row) -> Option<bool> {
     };
     match e {
         Expr::Cmp { op, left, right } => {
-            let c = leaf_col(left);
+            let c = base_col(left);
             let Expr::Lit(l) = &**right else {
                 panic!("model literal")
             };
-            let (a, b) = (column(row, &c)?, literal(&c, l)?);
+            let (a, b) = (value(left, row)?, literal(&c, l)?);
             Some(match op {
                 CmpOp::Eq => a == b,
                 CmpOp::NotEq => a != b,
@@ -186,6 +186,45 @@ fn like(s: &[char], p: &[char]) -> bool {
     }
 }
 
+/// The column an operand computes from (its leftmost).
+fn base_col(e: &Expr) -> String {
+    match e {
+        Expr::Col(c) => c.clone(),
+        Expr::Arith { left, .. } => base_col(left),
+        other => panic!("model operand {other:?}"),
+    }
+}
+
+/// An operand's value: a column, or arithmetic on it with literals of its type.
+fn value(e: &Expr, row: &Row) -> Option<V> {
+    match e {
+        Expr::Col(c) => column(row, c),
+        Expr::Arith { op, left, right } => {
+            let b = match &**right {
+                Expr::Lit(Literal::Int(i)) => V::I(*i as i128),
+                Expr::Lit(Literal::Float(f)) => V::F(*f),
+                other => panic!("model arithmetic on {other:?}"),
+            };
+            Some(match (value(left, row)?, b) {
+                (V::I(x), V::I(y)) => V::I(match op {
+                    ArithOp::Add => x + y,
+                    ArithOp::Sub => x - y,
+                    ArithOp::Mul => x * y,
+                    ArithOp::Div => x / y,
+                }),
+                (V::F(x), V::F(y)) => V::F(match op {
+                    ArithOp::Add => x + y,
+                    ArithOp::Sub => x - y,
+                    ArithOp::Mul => x * y,
+                    ArithOp::Div => x / y,
+                }),
+                other => panic!("model arithmetic on {other:?}"),
+            })
+        }
+        other => panic!("model operand {other:?}"),
+    }
+}
+
 fn eval_and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
     match (a, b) {
         (Some(false), _) | (_, Some(false)) => Some(false),
@@ -242,8 +281,41 @@ fn leaf() -> impl Strategy<Value = Expr> {
             Literal::Typed(TypedLiteral::Decimal(format!("{}.{:02}", c / 100, c % 100)))
         )),
     ];
+    let arith = prop_oneof![
+        Just(ArithOp::Add),
+        Just(ArithOp::Sub),
+        Just(ArithOp::Mul),
+        Just(ArithOp::Div)
+    ];
+    // `id op k op2 k2 cmp lit` and `val op x cmp lit`: arithmetic in the predicate.
+    let computed = prop_oneof![
+        (
+            arith.clone(),
+            1i64..9,
+            arith.clone(),
+            1i64..1000,
+            0i64..80_000
+        )
+            .prop_map(|(a, k, b, k2, lit)| (
+                Expr::arith(
+                    b,
+                    Expr::arith(a, Expr::col("id"), Expr::Lit(Literal::Int(k))),
+                    Expr::Lit(Literal::Int(k2))
+                ),
+                Literal::Int(lit)
+            )),
+        (arith, 1u32..8, 0u32..2000).prop_map(|(a, x, lit)| (
+            Expr::arith(
+                a,
+                Expr::col("val"),
+                Expr::Lit(Literal::Float(x as f64 / 2.0))
+            ),
+            Literal::Float(lit as f64)
+        )),
+    ];
     prop_oneof![
-        6 => (op, lit).prop_map(|(op, (c, l))| Expr::cmp(op, Expr::col(c), Expr::Lit(l))),
+        6 => (op.clone(), lit).prop_map(|(op, (c, l))| Expr::cmp(op, Expr::col(c), Expr::Lit(l))),
+        2 => (op, computed).prop_map(|(op, (e, l))| Expr::cmp(op, e, Expr::Lit(l))),
         2 => (
             prop::sample::select(vec![
                 "al%", "%ta", "%lph%", "beta", "%", "%a%", "e%", "%on", "g_mma", "%e%a%", "", "%%"
@@ -559,6 +631,11 @@ async fn computed_columns_in_wasm_equal_native() {
         ("big * big", true),
         ("d * 3", true),
         ("a32 + i", false),
+        ("i / 7", true),
+        ("a32 / 3", true),
+        ("(f - 1.0) / f", true),
+        ("i / (i - i)", true),
+        ("d / d", false),
     ];
     let (mut agreed, mut failed_alike) = (0, Vec::new());
     for (text, in_wasm) in cases {
@@ -594,11 +671,11 @@ async fn computed_columns_in_wasm_equal_native() {
             (a, b) => panic!("{text}: native {:?} but wasm {:?}", a.err(), b.err()),
         }
     }
-    // The int32 extremes doubled and the decimal(38, 10) extremes squared overflow (as
-    // errors, alike); everything else computes.
+    // The int32 extremes doubled and the decimal(38, 10) extremes squared overflow, and a
+    // division by zero fails (as errors, alike); everything else computes.
     assert_eq!(
         (agreed, failed_alike),
-        (9, vec!["a32 * 2", "a32 + a32", "big * big"])
+        (13, vec!["a32 * 2", "a32 + a32", "big * big", "i / (i - i)"])
     );
     dev.stop().await;
 }
@@ -928,13 +1005,101 @@ fn wasm_filters_like_native(batches: &[RecordBatch], predicates: &[&str]) -> (us
         let mut n = NativeBackend.open().unwrap();
         for (i, batch) in batches.iter().enumerate() {
             let want = selected(&n.filter(&pred, batch).unwrap());
-            let got = selected(&w.filter(&pred, batch).unwrap());
+            let got = selected(
+                &w.filter(&pred, batch)
+                    .unwrap_or_else(|e| panic!("{text}, batch {i}: {e}")),
+            );
             assert_eq!(got, want, "{text}, batch {i}");
             checked += 1;
             partial += usize::from(!want.is_empty() && want.len() < batch.num_rows());
         }
     }
     (checked, partial)
+}
+
+/// Predicates with arithmetic (+ - * / over int32, int64, decimal and float64 operands, on
+/// either side or both) run in the Wasm kernel, which computes both sides and compares them,
+/// and select exactly the native backend's rows: with NULLs, infinities from float division,
+/// NOT, BETWEEN and OR, sliced batches and an empty one. A division by zero or an int32
+/// overflow fails both backends with Arrow's error.
+#[test]
+fn arithmetic_filters_in_wasm_equal_native() {
+    use arrow::array::{ArrayRef, Decimal128Array, Int32Array};
+    use nearstore_runtime::compute::native::NativeBackend;
+    use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
+    use nearstore_runtime::compute::{ComputeBackend, Support};
+    use std::sync::Arc;
+
+    let n = 12_000i64;
+    let a32: Int32Array = (0..n)
+        .map(|i| (i % 7 != 3).then_some((i % 2001 - 1000) as i32))
+        .collect();
+    let i64s: Int64Array = (0..n)
+        .map(|i| (i % 11 != 5).then_some(i * 7919 - 50_000_000))
+        .collect();
+    let d = (0..n)
+        .map(|i| (i % 13 != 2).then_some(i128::from((i * 37) % 10_000 - 2_000)))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(15, 2)
+        .unwrap();
+    // Zero at row 7000 (valid): `(f - 1.0) / f` is -inf there.
+    let f =
+        Float64Array::from_iter((0..n).map(|i| (i % 17 != 1).then_some(i as f64 / 7.0 - 1000.0)));
+    let whole = RecordBatch::try_from_iter(vec![
+        ("a32", Arc::new(a32) as ArrayRef),
+        ("i", Arc::new(i64s) as ArrayRef),
+        ("d", Arc::new(d) as ArrayRef),
+        ("f", Arc::new(f) as ArrayRef),
+    ])
+    .unwrap();
+    let batches = [
+        whole.slice(0, 4000),
+        whole.slice(4000, 1),
+        whole.slice(4001, 5999),
+        whole.slice(10_000, 0),
+        whole.slice(10_000, 2000),
+    ];
+    let (checked, partial) = wasm_filters_like_native(
+        &batches,
+        &[
+            "i * 3 - i > 1000",
+            "a32 + a32 < 10",
+            "a32 * 2 >= a32 + 100",
+            "i / 7 < -1000",
+            "a32 / 3 = 5",
+            "i - 5 BETWEEN -100000 AND 100000000",
+            "NOT (i + 1 > 0)",
+            "a32 * 2 > 0 OR i / 3 < 0",
+            "d * (1 - d) > -5",
+            "d + d = d * 2",
+            "d - 1.5 < 0",
+            "f / 4.0 < f - 3.0",
+            "(f - 1.0) / f > 0.5",
+            "(f - 1.0) / f < -1000000.0",
+            "2.0 * f > f",
+            "100 < i + i",
+        ],
+    );
+    assert_eq!(checked, 16 * batches.len());
+    // Of the three batches with many rows, most predicates select some rows but not all.
+    assert!(partial >= 16 * 2, "{partial} partial selections");
+
+    // Errors: a division by zero on a valid row, an int32 product out of range.
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    for text in ["i / (i - i) > 0", "a32 * 10000000 > 0"] {
+        let pred = bind_for_test(&whole, text);
+        assert!(
+            matches!(wasm.supports_filter(&pred), Support::Exact),
+            "{text}"
+        );
+        let native = NativeBackend
+            .open()
+            .unwrap()
+            .filter(&pred, &whole)
+            .unwrap_err();
+        let wasm = wasm.open().unwrap().filter(&pred, &whole).unwrap_err();
+        assert_eq!(wasm.to_string(), native.to_string(), "{text}");
+    }
 }
 
 /// `text` bound against `batch`'s schema as a predicate.

@@ -58,7 +58,7 @@ pub const EXPORT_AGG_FINISH: &str = "nearstore_agg_finish";
 /// program. At `out` it writes `ceil(rows / 64)` validity words, then `rows` little-endian
 /// values: 8 bytes (`i64`, or `f64` bits) or 16 (`i128`). Returns `rows`, or
 /// [`status::OVERFLOW`] when a valid row's value leaves its type's range (or, 8 bytes wide,
-/// 64 bits).
+/// 64 bits), or [`status::DIVIDE_BY_ZERO`] when a valid row divides by zero.
 pub const EXPORT_PROJECT: &str = "nearstore_project";
 /// `(batch: u32, out: u32, state: u32) -> i32`, optional (the built-in kernel): the top-k
 /// pre-selection of `ORDER BY key … LIMIT k`. Column 0 is the first sort key (int32, date32,
@@ -81,7 +81,7 @@ pub const EXPORT_MEMORY: &str = "memory";
 /// | [`expr::COL`] | column `u16` | the column's values (int32, int64, decimal128 unscaled, float64) |
 /// | [`expr::INT`] | `i128` | an integer or unscaled decimal constant |
 /// | [`expr::FLOAT`] | `f64` | a float constant |
-/// | [`expr::ADD`] / [`expr::SUB`] / [`expr::MUL`] | range `u8` | the result, checked against the range |
+/// | [`expr::ADD`] / [`expr::SUB`] / [`expr::MUL`] / [`expr::DIV`] | range `u8` | the result, checked against the range |
 /// | [`expr::RESCALE`] | `k: u8` | the value × 10^k (a decimal's scale raised by k), checked |
 pub mod expr {
     /// Push a column.
@@ -98,6 +98,10 @@ pub mod expr {
     pub const MUL: u8 = 6;
     /// Pop one, push it × 10^k.
     pub const RESCALE: u8 = 7;
+    /// Pop two, push their quotient: integers truncated toward zero, a valid row dividing
+    /// by zero an error ([`super::status::DIVIDE_BY_ZERO`]); floats as IEEE 754 divides.
+    /// Not for decimals.
+    pub const DIV: u8 = 8;
 
     /// The range an arithmetic result must lie in (its SQL type).
     pub mod range {
@@ -178,8 +182,10 @@ pub mod status {
     pub const UNSUPPORTED: i32 = -3;
     /// The kernel could not allocate.
     pub const NO_MEMORY: i32 = -4;
-    /// An accumulator overflowed.
+    /// An accumulator or a computed value left its type's range.
     pub const OVERFLOW: i32 = -5;
+    /// A computed value divided by zero.
+    pub const DIVIDE_BY_ZERO: i32 = -6;
 }
 
 /// Size in bytes of [`BatchDesc`] in memory.
@@ -318,6 +324,7 @@ impl ColumnDesc {
 /// | [`program::LIKE`] | `UTF8` column `u16`, shape `u8` ([`program::like`]), length `u16`, bytes | `LIKE` |
 /// | [`program::CMP_COLUMNS`] | column `u16`, op `u8`, column `u16` (one fixed-width type) | comparison |
 /// | [`program::BOOL_COLUMN`] | `BOOL` column `u16` | its values |
+/// | [`program::CMP_EXPR`] | op `u8`, then per side its length `u16` and an [`expr`] program | comparison |
 ///
 /// Strings compare byte-wise (UTF-8 order, as Arrow's); `LIKE` takes the pattern shapes
 /// without `_` or escapes, which match byte-wise exactly as they match by character.
@@ -345,6 +352,10 @@ pub mod program {
     pub const CMP_COLUMNS: u8 = 10;
     /// A `BOOL` column's values.
     pub const BOOL_COLUMN: u8 = 11;
+    /// Compare two computed values ([`super::expr`] programs of one result type: integers,
+    /// unscaled decimals of one scale, or floats), row by row; unknown where either is null.
+    /// A side's arithmetic error fails the call as in [`super::EXPORT_PROJECT`].
+    pub const CMP_EXPR: u8 = 12;
 
     /// Pattern shapes of [`LIKE`] (the bytes are the pattern without its `%`s).
     pub mod like {

@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -78,6 +79,13 @@ enum Op<'a> {
     },
     /// A boolean column's values.
     Bool(&'a Column<'a>),
+    /// `a op b` for two computed values (evaluated over the whole batch at decode), `valid`
+    /// where both are (`None`: every row).
+    CmpExpr {
+        sides: Sides<'a>,
+        valid: Option<Vec<u64>>,
+        op: Cmp,
+    },
     /// `a op b` for two columns of one fixed-width type, each read as stored (`ka`, `kb`).
     CmpColumns {
         a: &'a Column<'a>,
@@ -276,6 +284,20 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<(Vec<Op<'a>>, usize)> {
                 let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
                 Op::CmpColumns { a, b, ka, kb, op }
             }
+            program::CMP_EXPR => {
+                let op = cmp_op(r.u8()?)?;
+                let mut side = || -> KernelResult<Value<'a>> {
+                    let n = r.u16()?;
+                    eval(&decode_expr(r.take(n)?, batch)?, batch)
+                };
+                let (a, b) = (side()?, side()?);
+                let valid = and_valid(a.valid.clone(), b.valid.clone());
+                Op::CmpExpr {
+                    sides: Sides::of(a.vals, b.vals, batch.rows())?,
+                    valid,
+                    op,
+                }
+            }
             program::BOOL_COLUMN => {
                 let col = batch.column(r.u16()?)?;
                 if col.type_code() != types::BOOL {
@@ -431,6 +453,20 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                     // Known only where both are valid.
                     split(top, n, |blk| {
                         a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK)
+                    });
+                    sp += 1;
+                }
+                Op::CmpExpr { sides, valid, op } => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    let out = &mut top.0[..n];
+                    match sides {
+                        Sides::I64(a, b) => row_blocks(rows, base, out, |i| op.holds(&a[i], &b[i])),
+                        Sides::I128(a, b) => row_blocks(rows, base, out, |i| op.holds(&a[i], &b[i])),
+                        Sides::F64(a, b) => row_blocks(rows, base, out, |i| op.holds(&a[i], &b[i])),
+                    }
+                    let first = base / BLOCK;
+                    split(top, n, |blk| {
+                        valid.as_ref().map_or(live[blk], |v| v[first + blk] & live[blk])
                     });
                     sp += 1;
                 }
@@ -807,7 +843,7 @@ fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
             expr::FLOAT => XOp::Float(f64::from_le_bytes(
                 r.take(8)?.try_into().map_err(|_| status::BAD_INPUT)?,
             )),
-            op @ (expr::ADD | expr::SUB | expr::MUL) => XOp::Arith(op, r.u8()?),
+            op @ (expr::ADD | expr::SUB | expr::MUL | expr::DIV) => XOp::Arith(op, r.u8()?),
             expr::RESCALE => {
                 let k = r.u8()? as u32;
                 10i128.checked_pow(k).ok_or(status::BAD_INPUT)?;
@@ -845,8 +881,13 @@ fn load<'a>(c: &Column<'a>, rows: usize) -> KernelResult<Value<'a>> {
     });
     let vals = match c.type_code() {
         types::FLOAT64 => Vals::F64Ref(&c.f64s()?[..rows]),
-        types::INT32 => Vals::I64(c.i32s()?[..rows].iter().map(|&x| x as i64).collect()),
-        types::INT64 => Vals::I64Ref(&c.i64s()?[..rows]),
+        // Either as its type's width or narrowed (a filter's columns may be).
+        types::INT32 | types::INT64 => match c.ints()? {
+            Ints::I64(s) => Vals::I64Ref(&s[..rows]),
+            Ints::I32(s) => Vals::I64(s[..rows].iter().map(|&x| x.into()).collect()),
+            Ints::I16(s) => Vals::I64(s[..rows].iter().map(|&x| x.into()).collect()),
+            Ints::I8(s) => Vals::I64(s[..rows].iter().map(|&x| x.into()).collect()),
+        },
         types::DECIMAL128 => Vals::I128(c.i128s()?[..rows].to_vec()),
         _ => return Err(status::UNSUPPORTED),
     };
@@ -916,9 +957,14 @@ where
             |x: i64, y: i64| x.wrapping_sub(y),
             |x: i64, y: i64, r: i64| ((x ^ y) & (x ^ r)) < 0
         ),
-        _ => run!(
+        expr::MUL => run!(
             |x: i64, y: i64| x.wrapping_mul(y),
             |x: i64, y: i64, _r: i64| (x as i32 as i64 != x) | (y as i32 as i64 != y)
+        ),
+        // Division by zero and `i64::MIN / -1` are left to the wide path, which reports them.
+        _ => run!(
+            |x: i64, y: i64| x.checked_div(y).unwrap_or(0),
+            |x: i64, y: i64, _r: i64| (y == 0) | ((x == i64::MIN) & (y == -1))
         ),
     };
     (out, over)
@@ -935,7 +981,8 @@ where
     match op {
         expr::ADD => out.extend(pairs.map(|(x, y)| x + y)),
         expr::SUB => out.extend(pairs.map(|(x, y)| x - y)),
-        _ => out.extend(pairs.map(|(x, y)| x * y)),
+        expr::MUL => out.extend(pairs.map(|(x, y)| x * y)),
+        _ => out.extend(pairs.map(|(x, y)| x / y)),
     }
     out
 }
@@ -1033,7 +1080,9 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
             let r = match op {
                 expr::ADD => x[i].checked_add(y[i]),
                 expr::SUB => x[i].checked_sub(y[i]),
-                _ => x[i].checked_mul(y[i]),
+                expr::MUL => x[i].checked_mul(y[i]),
+                _ if y[i] == 0 => return Err(status::DIVIDE_BY_ZERO),
+                _ => x[i].checked_div(y[i]),
             }
             .ok_or(status::OVERFLOW)?;
             x[i] = in_range(r, range)?;
@@ -1045,19 +1094,14 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
     })
 }
 
-/// Evaluates the expression program (see `nearstore_kernel_abi::expr`) over a batch, column
+/// Evaluates an expression program (see `nearstore_kernel_abi::expr`) over the batch, column
 /// at a time; integer arithmetic is checked on valid rows only, as Arrow's is: in 64 bits
 /// while it fits, in 128 bits for what does not (decimals), an error for what leaves an
-/// integer type's range. Writes 8-byte values (`i64`, or `f64` bits) when the first parameter
-/// byte is 8, else 16-byte `i128`s.
-fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult {
-    let params = batch.params();
-    let (&width, program) = params.split_first().ok_or(status::BAD_INPUT)?;
-    let ops = decode_expr(program, batch)?;
+/// integer type's range or divides by zero.
+fn eval<'a>(ops: &[XOp], batch: &'a Batch<'a>) -> KernelResult<Value<'a>> {
     let rows = batch.rows();
-    let words = rows.div_ceil(64);
     let mut stack: Vec<Value> = Vec::with_capacity(expr::STACK_MAX);
-    for op in &ops {
+    for op in ops {
         let v = match *op {
             XOp::Col(c) => load(batch.column(c)?, rows)?,
             XOp::Int(x) => Value {
@@ -1090,7 +1134,61 @@ fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult 
         };
         stack.push(v);
     }
-    let v = stack.pop().ok_or(status::BAD_INPUT)?;
+    stack.pop().ok_or(status::BAD_INPUT)
+}
+
+/// Both sides of a compare of computed values, read as one key type.
+enum Sides<'a> {
+    I64(Cow<'a, [i64]>, Cow<'a, [i64]>),
+    I128(Vec<i128>, Vec<i128>),
+    /// IEEE total-order keys, as Arrow compares floats.
+    F64(Vec<i64>, Vec<i64>),
+}
+
+impl<'a> Sides<'a> {
+    /// The sides as keys: floats when both are, 64-bit integers when both fit, else 128-bit.
+    fn of(a: Vals<'a>, b: Vals<'a>, rows: usize) -> KernelResult<Self> {
+        fn floats(v: &Vals, rows: usize) -> Option<Vec<i64>> {
+            let keys = |s: &[f64]| s.iter().map(|&x| f64_order_key(x)).collect();
+            Some(match v {
+                Vals::F64Ref(s) => keys(s),
+                Vals::F64(s) => keys(s),
+                Vals::ConstF(c) => vec![f64_order_key(*c); rows],
+                _ => return None,
+            })
+        }
+        fn narrow<'a>(v: Vals<'a>, rows: usize) -> Result<Cow<'a, [i64]>, Vals<'a>> {
+            match v {
+                Vals::I64Ref(s) => Ok(Cow::Borrowed(s)),
+                Vals::I64(s) => Ok(Cow::Owned(s)),
+                Vals::ConstI(c) => match i64::try_from(c) {
+                    Ok(c) => Ok(Cow::Owned(vec![c; rows])),
+                    Err(_) => Err(Vals::ConstI(c)),
+                },
+                v => Err(v),
+            }
+        }
+        if let (Some(x), Some(y)) = (floats(&a, rows), floats(&b, rows)) {
+            return Ok(Sides::F64(x, y));
+        }
+        let wide = |v: &Vals| wide(v, rows).ok_or(status::BAD_INPUT);
+        Ok(match (narrow(a, rows), narrow(b, rows)) {
+            (Ok(x), Ok(y)) => Sides::I64(x, y),
+            (Ok(x), Err(y)) => Sides::I128(x.iter().map(|&v| v.into()).collect(), wide(&y)?),
+            (Err(x), Ok(y)) => Sides::I128(wide(&x)?, y.iter().map(|&v| v.into()).collect()),
+            (Err(x), Err(y)) => Sides::I128(wide(&x)?, wide(&y)?),
+        })
+    }
+}
+
+/// Evaluates the expression program (see [`eval`]) over a batch and writes 8-byte values (`i64`, or `f64` bits) when the first parameter
+/// byte is 8, else 16-byte `i128`s.
+fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult {
+    let params = batch.params();
+    let (&width, program) = params.split_first().ok_or(status::BAD_INPUT)?;
+    let v = eval(&decode_expr(program, batch)?, batch)?;
+    let rows = batch.rows();
+    let words = rows.div_ceil(64);
     match width {
         8 => {
             let out = out.get_mut(..rows * 8).ok_or(status::OUTPUT_TOO_SMALL)?;

@@ -155,7 +155,13 @@ impl ComputeSession for WasmSession {
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
         let bits = if self.kernel.has_bitmap_filter() {
-            let bytes = self.kernel.filter_bitmap(rows, &views, &params)?;
+            let bytes = match self.kernel.filter_bitmap(rows, &views, &params) {
+                Ok(b) => b,
+                // Arithmetic in the predicate failed: the native evaluation reports it as
+                // Arrow does.
+                Err(e) if arithmetic_error(&e) => return NativeBackend.filter(predicate, batch),
+                Err(e) => return Err(e.into()),
+            };
             arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows)
         } else {
             let idx = self.kernel.filter(rows, &views, &params)?;
@@ -246,15 +252,20 @@ impl ComputeSession for WasmSession {
                     })
                 })
             }
-            // A value out of its type's range: the native evaluation reports it as Arrow does.
-            Err(KernelError::Status { status, .. })
-                if status == nearstore_kernel_abi::status::OVERFLOW =>
-            {
-                NativeBackend.evaluate(expr, batch)
-            }
+            // A value out of its type's range or a division by zero: the native evaluation
+            // reports it as Arrow does.
+            Err(e) if arithmetic_error(&e) => NativeBackend.evaluate(expr, batch),
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether the built-in kernel stopped at an arithmetic error (a value out of its type's
+/// range, a division by zero), which the native evaluation reports as Arrow does.
+fn arithmetic_error(e: &KernelError) -> bool {
+    use nearstore_kernel_abi::status;
+    matches!(e, KernelError::Status { status, .. }
+        if *status == status::OVERFLOW || *status == status::DIVIDE_BY_ZERO)
 }
 
 /// The result array of a computed column from the kernel's values (8 bytes wide, or 16 for a
@@ -337,9 +348,16 @@ fn project_array(
 /// Compiles a computed column into the built-in kernel's expression program (see
 /// `nearstore_kernel_abi::expr`) and the columns it reads. `None` when the kernel cannot
 /// compute it exactly as Arrow does: only `+ - *` over int32, int64, decimal128 and float64
-/// operands of one type (the binder unifies them), literals, and decimal casts that keep
-/// every value (scale and integer digits not reduced).
+/// operands of one type (the binder unifies them), `/` over all of them but decimals,
+/// literals, and decimal casts that keep every value (scale and integer digits not reduced).
 pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
+    let mut cols = Vec::new();
+    let program = expr_program(e, &mut cols)?;
+    Some((program, cols))
+}
+
+/// [`compile_project`]'s program, its columns numbered in `cols` (added to it as met).
+fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
     use nearstore_kernel_abi::expr;
     fn range(t: &DataType) -> Option<u8> {
         Some(match t {
@@ -419,6 +437,7 @@ pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
                         match op {
                             ArithOp::Add | ArithOp::Sub => *so == si,
                             ArithOp::Mul => *so == si * 2,
+                            // Arrow's decimal quotient rounds to a scale of its own.
                             ArithOp::Div => false,
                         }
                     }
@@ -431,7 +450,7 @@ pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
                     ArithOp::Add => expr::ADD,
                     ArithOp::Sub => expr::SUB,
                     ArithOp::Mul => expr::MUL,
-                    ArithOp::Div => return None,
+                    ArithOp::Div => expr::DIV,
                 };
                 let d = emit(left, cols, out, depth)?;
                 let d = emit(right, cols, out, d)?;
@@ -445,9 +464,8 @@ pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
         })
     }
     let mut out = Vec::new();
-    let mut cols = Vec::new();
-    let depth = emit(e, &mut cols, &mut out, 0)?;
-    (depth == 1 && depth <= expr::STACK_MAX).then_some((out, cols))
+    let depth = emit(e, cols, &mut out, 0)?;
+    (depth == 1 && depth <= expr::STACK_MAX).then_some(out)
 }
 
 impl WasmSession {
@@ -947,11 +965,11 @@ pub fn filter_support(pred: &PhysExpr) -> Support {
 
 /// Whether a predicate compiles into the filter program, reads fixed-width columns only and
 /// compares them with literals (the set the FPGA filter engine runs: no strings, no column
-/// against column).
+/// against column, no arithmetic).
 pub fn fixed_width_filter_support(pred: &PhysExpr) -> Support {
     let mut beyond = false;
     pred.visit(&mut |e| {
-        beyond |= matches!(e, PhysExpr::Like { .. })
+        beyond |= matches!(e, PhysExpr::Like { .. } | PhysExpr::Arith { .. } | PhysExpr::Cast { .. })
             || matches!(e, PhysExpr::Column { data_type, .. } if !data_type.is_primitive())
             || matches!(e, PhysExpr::Cmp { left, right, .. }
                 if matches!((&**left, &**right), (PhysExpr::Column { .. }, PhysExpr::Column { .. })));
@@ -961,6 +979,11 @@ pub fn fixed_width_filter_support(pred: &PhysExpr) -> Support {
     } else {
         filter_support(pred)
     }
+}
+
+/// Whether an operand is computed (arithmetic or a cast), not a column or a literal.
+fn computed(e: &PhysExpr) -> bool {
+    matches!(e, PhysExpr::Arith { .. } | PhysExpr::Cast { .. })
 }
 
 /// The filter program's code of a comparison.
@@ -1041,6 +1064,23 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                     out.extend(col_index(cols, a)?);
                     out.push(cmp_code(*op));
                     out.extend(col_index(cols, b)?);
+                    return Some(());
+                }
+                // Arithmetic on either side: both computed in the kernel, then compared.
+                (l, r) if computed(l) || computed(r) => {
+                    let comparable = match (l.data_type(), r.data_type()) {
+                        (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) => a == b,
+                        (a, b) => a == b,
+                    };
+                    if !comparable {
+                        return None;
+                    }
+                    out.extend([program::CMP_EXPR, cmp_code(*op)]);
+                    for side in [l, r] {
+                        let p = expr_program(side, cols)?;
+                        out.extend(u16::try_from(p.len()).ok()?.to_le_bytes());
+                        out.extend(p);
+                    }
                     return Some(());
                 }
                 _ => return None,
