@@ -322,12 +322,13 @@ impl ColumnDesc {
 /// | [`program::NOT`] | — | pops one |
 /// | [`program::CONST`] | value `u8` (0 false, 1 true, 2 null) | constant |
 /// | [`program::LIKE`] | `UTF8` column `u16`, shape `u8` ([`program::like`]), length `u16`, bytes | `LIKE` |
-/// | [`program::CMP_COLUMNS`] | column `u16`, op `u8`, column `u16` (one fixed-width type) | comparison |
+/// | [`program::CMP_COLUMNS`] | column `u16`, op `u8`, column `u16` (one fixed-width type, or both `UTF8`) | comparison |
 /// | [`program::BOOL_COLUMN`] | `BOOL` column `u16` | its values |
 /// | [`program::CMP_EXPR`] | op `u8`, then per side its length `u16` and an [`expr`] program | comparison |
 ///
-/// Strings compare byte-wise (UTF-8 order, as Arrow's); `LIKE` takes the pattern shapes
-/// without `_` or escapes, which match byte-wise exactly as they match by character.
+/// Strings compare byte-wise (UTF-8 order, as Arrow's); `LIKE` matches the prefix, suffix and
+/// contains shapes byte-wise (exactly as they match by character), and other patterns a
+/// character at a time where they say `_`.
 /// The program must leave exactly one value; rows where it is `true` are selected.
 pub mod program {
     /// Compare a column with a literal.
@@ -348,7 +349,7 @@ pub mod program {
     pub const CONST: u8 = 8;
     /// `LIKE` of a string column with a pattern of one of the [`like`] shapes.
     pub const LIKE: u8 = 9;
-    /// Compare two fixed-width columns of one type, row by row.
+    /// Compare two columns of one type (fixed-width, or both `UTF8`), row by row.
     pub const CMP_COLUMNS: u8 = 10;
     /// A `BOOL` column's values.
     pub const BOOL_COLUMN: u8 = 11;
@@ -365,6 +366,10 @@ pub mod program {
         pub const SUFFIX: u8 = 1;
         /// `'%text%'`
         pub const CONTAINS: u8 = 2;
+        /// Any other pattern, as written: `%` matches any characters, `_` one character, and
+        /// `\` takes the next character as it is (a trailing `\` is itself), as Arrow's
+        /// `LIKE` does.
+        pub const PATTERN: u8 = 3;
     }
 
     /// Comparison operators of [`CMP`].

@@ -76,6 +76,14 @@ enum Op<'a> {
         col: &'a Column<'a>,
         shape: u8,
         text: &'a [u8],
+        /// The pattern of [`program::like::PATTERN`].
+        tokens: Vec<Tok>,
+    },
+    /// `a op b` for two string columns, byte-wise.
+    CmpStrings {
+        a: &'a Column<'a>,
+        b: &'a Column<'a>,
+        op: Cmp,
     },
     /// A boolean column's values.
     Bool(&'a Column<'a>),
@@ -264,25 +272,38 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<(Vec<Op<'a>>, usize)> {
                 let col = batch.column(r.u16()?)?;
                 let shape = r.u8()?;
                 let n = r.u16()?;
-                if col.type_code() != types::UTF8 || shape > program::like::CONTAINS {
+                if col.type_code() != types::UTF8 || shape > program::like::PATTERN {
                     return Err(status::BAD_INPUT);
                 }
+                let text = r.take(n)?;
                 Op::Like {
                     col,
                     shape,
-                    text: r.take(n)?,
+                    text,
+                    tokens: if shape == program::like::PATTERN {
+                        like_tokens(text)
+                    } else {
+                        Vec::new()
+                    },
                 }
             }
             program::CMP_COLUMNS => {
                 let a = batch.column(r.u16()?)?;
                 let op = cmp_op(r.u8()?)?;
                 let b = batch.column(r.u16()?)?;
-                if a.type_code() != b.type_code() || types::width(a.type_code()) == 0 {
+                if a.type_code() != b.type_code() {
                     return Err(status::BAD_INPUT);
                 }
+                if a.type_code() == types::UTF8 {
+                    Op::CmpStrings { a, b, op }
+                } else {
+                    if types::width(a.type_code()) == 0 {
+                        return Err(status::BAD_INPUT);
+                    }
                 // Both read as their type says (checked before any row).
-                let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
-                Op::CmpColumns { a, b, ka, kb, op }
+                    let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
+                    Op::CmpColumns { a, b, ka, kb, op }
+                }
             }
             program::CMP_EXPR => {
                 let op = cmp_op(r.u8()?)?;
@@ -404,6 +425,81 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     false
 }
 
+/// One element of a `LIKE` pattern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    /// This byte.
+    Byte(u8),
+    /// `_`: one character.
+    One,
+    /// `%`: any characters.
+    Any,
+}
+
+/// A `LIKE` pattern's elements: `\` takes the next byte as it is (a trailing one is itself);
+/// the bytes of a multi-byte character are never `%`, `_` or `\`.
+fn like_tokens(p: &[u8]) -> Vec<Tok> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut bytes = p.iter();
+    while let Some(&b) = bytes.next() {
+        out.push(match b {
+            b'%' => Tok::Any,
+            b'_' => Tok::One,
+            b'\\' => Tok::Byte(bytes.next().copied().unwrap_or(b'\\')),
+            b => Tok::Byte(b),
+        });
+    }
+    out
+}
+
+/// Bytes of the UTF-8 character that starts with `b`.
+fn char_len(b: u8) -> usize {
+    match b {
+        0xF0.. => 4,
+        0xE0.. => 3,
+        0xC0.. => 2,
+        _ => 1,
+    }
+}
+
+/// Whether `s` (UTF-8) matches the pattern `p`: greedy, going back only to the last `%`
+/// (enough, since a later `%` covers whatever an earlier one would), and only ever to a
+/// character's first byte.
+fn like(s: &[u8], p: &[Tok]) -> bool {
+    let (mut si, mut pi) = (0, 0);
+    let mut back: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(Tok::Any) => {
+                back = Some((pi + 1, si));
+                pi += 1;
+                continue;
+            }
+            Some(Tok::One) => {
+                si += char_len(s[si]);
+                pi += 1;
+                continue;
+            }
+            Some(Tok::Byte(b)) if *b == s[si] => {
+                si += 1;
+                pi += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match back {
+            // The last `%` takes one more character.
+            Some((after, from)) => {
+                let from = from + char_len(s[from]);
+                back = Some((after, from));
+                (pi, si) = (after, from);
+            }
+            None => return false,
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|t| *t == Tok::Any)
+}
+
 /// Splits `m` (rows where a test holds) by validity into known true and known false; `live`
 /// masks the rows of each block.
 fn with_validity(col: &Column, base: usize, live: &[u64], m: &mut Masks) {
@@ -445,6 +541,17 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                     with_validity(col, base, live, top);
                     sp += 1;
                 }
+                Op::CmpStrings { a, b, op } => {
+                    let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
+                    row_blocks(rows, base, &mut top.0[..n], |row| {
+                        op.holds(a.str_value(row), b.str_value(row))
+                    });
+                    // Known only where both are valid.
+                    split(top, n, |blk| {
+                        a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK)
+                    });
+                    sp += 1;
+                }
                 Op::CmpColumns { a, b, ka, kb, op } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     row_blocks(rows, base, &mut top.0[..n], |row| {
@@ -478,7 +585,12 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                     with_validity(col, base, live, top);
                     sp += 1;
                 }
-                Op::Like { col, shape, text } => {
+                Op::Like {
+                    col,
+                    shape,
+                    text,
+                    tokens,
+                } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     let out = &mut top.0[..n];
                     match *shape {
@@ -486,7 +598,10 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                             str_blocks(col, base, out, |s| s.starts_with(text))
                         }
                         program::like::SUFFIX => str_blocks(col, base, out, |s| s.ends_with(text)),
-                        _ => str_blocks(col, base, out, |s| contains(s, text)),
+                        program::like::CONTAINS => {
+                            str_blocks(col, base, out, |s| contains(s, text))
+                        }
+                        _ => str_blocks(col, base, out, |s| like(s, tokens)),
                     }
                     with_validity(col, base, live, top);
                     sp += 1;

@@ -1059,7 +1059,7 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                         name: b,
                         data_type: tb,
                     },
-                ) if ta == tb && type_code(ta).is_some() => {
+                ) if ta == tb && (type_code(ta).is_some() || *ta == DataType::Utf8) => {
                     out.push(program::CMP_COLUMNS);
                     out.extend(col_index(cols, a)?);
                     out.push(cmp_code(*op));
@@ -1193,7 +1193,7 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 out.extend([program::CONST, 2]);
                 return Some(());
             }
-            let (shape, text) = like_shape(pattern.as_string::<i32>().value(0))?;
+            let (shape, text) = like_shape(pattern.as_string::<i32>().value(0));
             match shape {
                 Some(shape) => {
                     out.push(program::LIKE);
@@ -1228,10 +1228,10 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// The shape of a `LIKE` pattern the kernel matches byte-wise, and its text: `'text%'`,
-/// `'%text'`, `'%text%'`, or `'text'` (equality, shape `None`), with no other `%`, no `_` and
-/// no escape in the text. Other patterns stay with the native backend.
-fn like_shape(p: &str) -> Option<(Option<u8>, &str)> {
+/// The shape of a `LIKE` pattern and the text the kernel matches: `'text%'`, `'%text'`,
+/// `'%text%'` or `'text'` (equality, shape `None`) with no other `%`, no `_` and no escape in
+/// the text, matched byte-wise; any other pattern whole ([`program::like::PATTERN`]).
+fn like_shape(p: &str) -> (Option<u8>, &str) {
     let (lead, rest) = match p.strip_prefix('%') {
         Some(r) => (true, r),
         None => (false, p),
@@ -1241,7 +1241,7 @@ fn like_shape(p: &str) -> Option<(Option<u8>, &str)> {
         None => (false, rest),
     };
     if text.contains(['%', '_', '\\']) {
-        return None;
+        return (Some(program::like::PATTERN), p);
     }
     let shape = match (lead, trail) {
         (false, true) => Some(program::like::PREFIX),
@@ -1249,7 +1249,7 @@ fn like_shape(p: &str) -> Option<(Option<u8>, &str)> {
         (true, true) => Some(program::like::CONTAINS),
         (false, false) => None,
     };
-    Some((shape, text))
+    (shape, text)
 }
 
 #[cfg(test)]
