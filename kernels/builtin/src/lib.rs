@@ -1036,30 +1036,148 @@ fn wide(v: &Vals, rows: usize) -> Option<Vec<i128>> {
     })
 }
 
+/// An operand of a column-at-a-time operation: a value per row, or one for every row.
+#[derive(Clone, Copy)]
+enum Side<'v, T> {
+    Rows(&'v [T]),
+    Const(T),
+}
+
+impl<T: Copy> Side<'_, T> {
+    #[inline(always)]
+    fn at(self, i: usize) -> T {
+        match self {
+            Side::Rows(x) => x[i],
+            Side::Const(c) => c,
+        }
+    }
+}
+
+/// `out[i] = f(a[i], b[i]).0` for every row, and whether `f` flagged any row, eight rows per
+/// iteration (one back-edge, one interruption check) and then the rest. `VECTOR`: over whole
+/// arrays of eight, which the compiler vectorises (floats); else a row at a time (integers:
+/// Cranelift's 64-bit lane multiplies and the overflow checks' lane shuffles are slower than
+/// scalar code). A function of its own per operation: inlined into the evaluator, Cranelift
+/// kept the loop's counters on the stack.
+#[inline(never)]
+fn zip_with<const VECTOR: bool, T: Copy, R: Copy>(
+    out: &mut [R],
+    a: Side<T>,
+    b: Side<T>,
+    f: impl Fn(T, T) -> (R, bool),
+) -> bool {
+    let mut any = false;
+    let mut put = |o: &mut R, x: T, y: T| {
+        let (r, flag) = f(x, y);
+        *o = r;
+        any |= flag;
+    };
+    const U: usize = 8;
+    let n = out.len();
+    if !VECTOR {
+        let full = n / U * U;
+        let (head, tail) = out.split_at_mut(full);
+        macro_rules! rows {
+            ($x:expr, $y:expr) => {{
+                for (k, o) in head.chunks_exact_mut(U).enumerate() {
+                    for (j, o) in o.iter_mut().enumerate() {
+                        put(o, $x(k * U + j), $y(k * U + j));
+                    }
+                }
+                for (j, o) in tail.iter_mut().enumerate() {
+                    put(o, $x(full + j), $y(full + j));
+                }
+            }};
+        }
+        match (a, b) {
+            (Side::Rows(x), Side::Rows(y)) => {
+                let (x, y) = (&x[..n], &y[..n]);
+                rows!(|i: usize| x[i], |i: usize| y[i])
+            }
+            (Side::Rows(x), Side::Const(c)) => {
+                let x = &x[..n];
+                rows!(|i: usize| x[i], |_| c)
+            }
+            (Side::Const(c), Side::Rows(y)) => {
+                let y = &y[..n];
+                rows!(|_| c, |i: usize| y[i])
+            }
+            (Side::Const(c), Side::Const(d)) => rows!(|_| c, |_| d),
+        }
+        return any;
+    }
+    let (head, tail) = out.as_chunks_mut::<U>();
+    fn rows<T>(x: &[T], n: usize) -> (&[[T; 8]], &[T]) {
+        x[..n].as_chunks::<8>()
+    }
+    match (a, b) {
+        (Side::Rows(x), Side::Rows(y)) => {
+            let ((xh, xt), (yh, yt)) = (rows(x, n), rows(y, n));
+            for ((o, x), y) in head.iter_mut().zip(xh).zip(yh) {
+                for j in 0..U {
+                    put(&mut o[j], x[j], y[j]);
+                }
+            }
+            for ((o, &x), &y) in tail.iter_mut().zip(xt).zip(yt) {
+                put(o, x, y);
+            }
+        }
+        (Side::Rows(x), Side::Const(c)) => {
+            let (xh, xt) = rows(x, n);
+            for (o, x) in head.iter_mut().zip(xh) {
+                for j in 0..U {
+                    put(&mut o[j], x[j], c);
+                }
+            }
+            for (o, &x) in tail.iter_mut().zip(xt) {
+                put(o, x, c);
+            }
+        }
+        (Side::Const(c), Side::Rows(y)) => {
+            let (yh, yt) = rows(y, n);
+            for (o, y) in head.iter_mut().zip(yh) {
+                for j in 0..U {
+                    put(&mut o[j], c, y[j]);
+                }
+            }
+            for (o, &y) in tail.iter_mut().zip(yt) {
+                put(o, c, y);
+            }
+        }
+        (Side::Const(c), Side::Const(d)) => {
+            for o in head.as_flattened_mut().iter_mut().chain(tail) {
+                put(o, c, d);
+            }
+        }
+    }
+    any
+}
+
 /// `op` over 64-bit integers with wrapping arithmetic, and whether a valid row overflowed
-/// (then the caller redoes it in 128 bits). Generic over the operand iterators (a slice or a
-/// repeated constant), so each combination gets a straight loop the compiler vectorises.
+/// (then the caller redoes it in 128 bits): the flags are taken over every row in the same
+/// loop, and only when one is set are the valid rows looked at.
 #[inline(always)]
-fn bin_i64<A, B>(op: u8, rows: usize, a: A, b: B, valid: &Option<Vec<u64>>) -> (Vec<i64>, bool)
-where
-    A: Iterator<Item = i64> + Clone,
-    B: Iterator<Item = i64> + Clone,
-{
-    let mut out = Vec::with_capacity(rows);
-    let pairs = a.zip(b);
+fn bin_i64(
+    op: u8,
+    rows: usize,
+    a: Side<i64>,
+    b: Side<i64>,
+    valid: &Option<Vec<u64>>,
+) -> (Vec<i64>, bool) {
+    let mut out = vec![0i64; rows];
     // Per row: the result, and whether it overflowed (for products: an operand beyond ±2^31,
     // which the wide path then settles); one monomorphised loop per operator.
     macro_rules! run {
-        ($f:expr, $bad:expr) => {{
-            out.extend(pairs.clone().map(|(x, y)| $f(x, y)));
-            match valid {
-                None => pairs
-                    .zip(&out)
-                    .fold(false, |acc, ((x, y), r)| acc | $bad(x, y, *r)),
-                Some(v) => pairs
-                    .zip(&out)
-                    .enumerate()
-                    .any(|(i, ((x, y), r))| v[i / 64] >> (i % 64) & 1 == 1 && $bad(x, y, *r)),
+        ($val:expr, $bad:expr) => {{
+            let (val, bad) = ($val, $bad);
+            let any = zip_with::<false, _, _>(&mut out, a, b, |x, y| {
+                let r = val(x, y);
+                (r, bad(x, y, r))
+            });
+            any && match valid {
+                None => true,
+                Some(v) => (0..rows)
+                    .any(|i| v[i / 64] >> (i % 64) & 1 == 1 && bad(a.at(i), b.at(i), out[i])),
             }
         }};
     }
@@ -1086,19 +1204,15 @@ where
 }
 
 #[inline(always)]
-fn bin_f64<A, B>(op: u8, rows: usize, a: A, b: B) -> Vec<f64>
-where
-    A: Iterator<Item = f64>,
-    B: Iterator<Item = f64>,
-{
-    let mut out = Vec::with_capacity(rows);
-    let pairs = a.zip(b);
+fn bin_f64(op: u8, rows: usize, a: Side<f64>, b: Side<f64>) -> Vec<f64> {
+    let mut out = vec![0.0; rows];
+    let o = &mut out;
     match op {
-        expr::ADD => out.extend(pairs.map(|(x, y)| x + y)),
-        expr::SUB => out.extend(pairs.map(|(x, y)| x - y)),
-        expr::MUL => out.extend(pairs.map(|(x, y)| x * y)),
-        _ => out.extend(pairs.map(|(x, y)| x / y)),
-    }
+        expr::ADD => zip_with::<true, _, _>(o, a, b, |x, y| (x + y, false)),
+        expr::SUB => zip_with::<true, _, _>(o, a, b, |x, y| (x - y, false)),
+        expr::MUL => zip_with::<true, _, _>(o, a, b, |x, y| (x * y, false)),
+        _ => zip_with::<true, _, _>(o, a, b, |x, y| (x / y, false)),
+    };
     out
 }
 
@@ -1116,62 +1230,30 @@ fn in_range(x: i128, range: u8) -> KernelResult<i128> {
 fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Value<'static>> {
     let valid = and_valid(a.valid, b.valid);
     if range == expr::range::F64 {
-        fn floats<'v>(v: &'v Vals) -> Option<&'v [f64]> {
-            match v {
-                Vals::F64Ref(s) => Some(s),
-                Vals::F64(s) => Some(s.as_slice()),
-                _ => None,
-            }
+        fn side<'v>(v: &'v Vals) -> KernelResult<Side<'v, f64>> {
+            Ok(match v {
+                Vals::F64Ref(s) => Side::Rows(s),
+                Vals::F64(s) => Side::Rows(s),
+                Vals::ConstF(c) => Side::Const(*c),
+                _ => return Err(status::BAD_INPUT),
+            })
         }
-        let konst = |v: &Vals| match v {
-            Vals::ConstF(c) => Some(*c),
-            _ => None,
-        };
-        let rep = |c: f64| core::iter::repeat_n(c, rows);
-        let vals = match (floats(&a.vals), floats(&b.vals)) {
-            (Some(x), Some(y)) => bin_f64(op, rows, x.iter().copied(), y.iter().copied()),
-            (Some(x), None) => {
-                let c = konst(&b.vals).ok_or(status::BAD_INPUT)?;
-                bin_f64(op, rows, x.iter().copied(), rep(c))
-            }
-            (None, Some(y)) => {
-                let c = konst(&a.vals).ok_or(status::BAD_INPUT)?;
-                bin_f64(op, rows, rep(c), y.iter().copied())
-            }
-            (None, None) => {
-                let (c, d) = (konst(&a.vals), konst(&b.vals));
-                let (c, d) = (c.ok_or(status::BAD_INPUT)?, d.ok_or(status::BAD_INPUT)?);
-                bin_f64(op, rows, rep(c), rep(d))
-            }
-        };
+        let vals = bin_f64(op, rows, side(&a.vals)?, side(&b.vals)?);
         return Ok(Value {
             vals: Vals::F64(vals),
             valid,
         });
     }
-    let narrow = |v: &Vals| {
-        matches!(v, Vals::I64Ref(_) | Vals::I64(_))
-            || matches!(v, Vals::ConstI(c) if i64::try_from(*c).is_ok())
-    };
-    if narrow(&a.vals) && narrow(&b.vals) {
-        fn slice<'v>(v: &'v Vals) -> Option<&'v [i64]> {
-            match v {
-                Vals::I64Ref(s) => Some(s),
-                Vals::I64(s) => Some(s.as_slice()),
-                _ => None,
-            }
-        }
-        let konst = |v: &Vals| match v {
-            Vals::ConstI(c) => *c as i64,
-            _ => 0,
-        };
-        let rep = |c: i64| core::iter::repeat_n(c, rows);
-        let (r, over) = match (slice(&a.vals), slice(&b.vals)) {
-            (Some(x), Some(y)) => bin_i64(op, rows, x.iter().copied(), y.iter().copied(), &valid),
-            (Some(x), None) => bin_i64(op, rows, x.iter().copied(), rep(konst(&b.vals)), &valid),
-            (None, Some(y)) => bin_i64(op, rows, rep(konst(&a.vals)), y.iter().copied(), &valid),
-            (None, None) => bin_i64(op, rows, rep(konst(&a.vals)), rep(konst(&b.vals)), &valid),
-        };
+    fn narrow<'v>(v: &'v Vals) -> Option<Side<'v, i64>> {
+        Some(match v {
+            Vals::I64Ref(s) => Side::Rows(s),
+            Vals::I64(s) => Side::Rows(s),
+            Vals::ConstI(c) => Side::Const(i64::try_from(*c).ok()?),
+            _ => return None,
+        })
+    }
+    if let (Some(x), Some(y)) = (narrow(&a.vals), narrow(&b.vals)) {
+        let (r, over) = bin_i64(op, rows, x, y, &valid);
         if !over {
             if range == expr::range::I32 {
                 for (i, z) in r.iter().enumerate() {
