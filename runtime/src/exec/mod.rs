@@ -504,10 +504,11 @@ impl Executor {
         };
         let mut collected: Vec<RecordBatch> = Vec::new();
         let must_collect = !plan.order_by.is_empty();
-        // ORDER BY … LIMIT k over rows: the backend may pre-select each batch's rows that can
-        // still be in the top k by the first sort key (the running sort below settles the rest).
-        let topk = match (&q.output, plan.order_by.first(), plan.limit) {
-            (Output::Project(_), Some(first), Some(k)) if k > 0 && k <= TOPK_KERNEL_MAX => q
+        // ORDER BY … LIMIT k: the backend may pre-select the rows that can still be in the top
+        // k by the first sort key — of each batch of rows, or of the aggregate's result — and
+        // the sort below settles the rest.
+        let topk = match (plan.order_by.first(), plan.limit) {
+            (Some(first), Some(k)) if k > 0 && k <= TOPK_KERNEL_MAX => q
                 .schema
                 .index_of(&first.column)
                 .ok()
@@ -673,7 +674,19 @@ impl Executor {
 
         if let Some(a) = agg {
             let t = Instant::now();
-            collected.push(a.finish()?);
+            let mut out = a.finish()?;
+            if let Some((i, descending, nulls_first, k)) = topk {
+                // The groups, a batch at a time (the kernel's running top k carries over).
+                let mut session = query_session.lock().expect("compute session");
+                let mut kept = Vec::new();
+                for start in (0..out.num_rows()).step_by(BATCH_ROWS) {
+                    let part = out.slice(start, BATCH_ROWS.min(out.num_rows() - start));
+                    let keep = session.topk(part.column(i), descending, nulls_first, k as usize)?;
+                    kept.push(arrow::compute::filter_record_batch(&part, &keep)?);
+                }
+                out = arrow::compute::concat_batches(&q.schema, &kept)?;
+            }
+            collected.push(out);
             stats.compute_us += t.elapsed().as_micros() as u64;
         }
         if agg_or_sorted(&q.output, must_collect) {
