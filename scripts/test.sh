@@ -7,6 +7,10 @@ source scripts/env.sh
 scripts/setup.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
+# The kernel and fuzz workspaces, built for their own targets, are formatted alike.
+for ws in kernels/builtin kernels/examples fuzz; do
+  (cd "$ws" && cargo fmt --all --check)
+done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== offload vs full-transfer gate (TPC-H SF 0.01; fails on any mismatch)"

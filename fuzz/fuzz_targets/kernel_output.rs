@@ -54,7 +54,9 @@ fuzz_target!(|data: &[u8]| {
         offsets: None,
         stage: Stage::Copy,
     };
-    let Ok(mut s) = sb.session(program) else { return };
+    let Ok(mut s) = sb.session(program) else {
+        return;
+    };
     if let Ok(sel) = s.filter(rows, &[col], params) {
         assert!(sel.iter().all(|&i| (i as usize) < rows));
         assert!(sel.windows(2).all(|w| w[0] < w[1]));

@@ -72,9 +72,10 @@ pub const EXPORT_TOPK: &str = "nearstore_topk";
 /// The kernel's linear memory.
 pub const EXPORT_MEMORY: &str = "memory";
 
-/// The expression program of [`EXPORT_PROJECT`]: postfix, over the batch's columns, each
-/// instruction an opcode byte and its operands (little-endian). A row is NULL when any column
-/// it reads is.
+/// The expression program of [`EXPORT_PROJECT`] and of the filter's [`program::CMP_EXPR`]
+/// sides: postfix, over the batch's columns (a filter's integer columns may be narrowed, see
+/// `ColumnDesc::stored_width`), each instruction an opcode byte and its operands
+/// (little-endian). A row is NULL when any column it reads is.
 ///
 /// | opcode | operands | pushes |
 /// |---|---|---|
@@ -358,7 +359,8 @@ pub mod program {
     /// A side's arithmetic error fails the call as in [`super::EXPORT_PROJECT`].
     pub const CMP_EXPR: u8 = 12;
 
-    /// Pattern shapes of [`LIKE`] (the bytes are the pattern without its `%`s).
+    /// Pattern shapes of [`LIKE`] (the bytes are the pattern without its `%`s, or the whole
+    /// pattern for [`like::PATTERN`]).
     pub mod like {
         /// `'text%'`
         pub const PREFIX: u8 = 0;

@@ -9,7 +9,6 @@
 
 extern crate alloc;
 
-use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -234,9 +233,9 @@ fn resolve<'a>(col: &'a Column<'a>, op: Cmp, lit: Lit<'a>) -> KernelResult<Test<
     }
 }
 
-/// Decodes and checks the whole program, and resolves its compares against the batch, before
-/// touching any row.
-/// The program's operations and the deepest its evaluation stack gets.
+/// Decodes and checks the whole program and resolves its compares against the batch (the
+/// sides of a [`program::CMP_EXPR`] are computed here); returns the operations and the
+/// deepest the evaluation stack gets.
 fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<(Vec<Op<'a>>, usize)> {
     let bytes = batch.params();
     if bytes.len() > program::PROGRAM_BYTES_MAX {
@@ -300,7 +299,7 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<(Vec<Op<'a>>, usize)> {
                     if types::width(a.type_code()) == 0 {
                         return Err(status::BAD_INPUT);
                     }
-                // Both read as their type says (checked before any row).
+                    // Both read as their type says (checked before any row).
                     let (ka, kb) = (Keys::of(a)?, Keys::of(b)?);
                     Op::CmpColumns { a, b, ka, kb, op }
                 }
@@ -566,14 +565,12 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                 Op::CmpExpr { sides, valid, op } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
                     let out = &mut top.0[..n];
-                    match sides {
-                        Sides::I64(a, b) => row_blocks(rows, base, out, |i| op.holds(&a[i], &b[i])),
-                        Sides::I128(a, b) => row_blocks(rows, base, out, |i| op.holds(&a[i], &b[i])),
-                        Sides::F64(a, b) => row_blocks(rows, base, out, |i| op.holds(&a[i], &b[i])),
-                    }
+                    sides.blocks(*op, rows, base, out)?;
                     let first = base / BLOCK;
                     split(top, n, |blk| {
-                        valid.as_ref().map_or(live[blk], |v| v[first + blk] & live[blk])
+                        valid
+                            .as_ref()
+                            .map_or(live[blk], |v| v[first + blk] & live[blk])
                     });
                     sp += 1;
                 }
@@ -958,7 +955,13 @@ fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
             expr::FLOAT => XOp::Float(f64::from_le_bytes(
                 r.take(8)?.try_into().map_err(|_| status::BAD_INPUT)?,
             )),
-            op @ (expr::ADD | expr::SUB | expr::MUL | expr::DIV) => XOp::Arith(op, r.u8()?),
+            op @ (expr::ADD | expr::SUB | expr::MUL | expr::DIV) => {
+                let range = r.u8()?;
+                if range > expr::range::F64 {
+                    return Err(status::BAD_INPUT);
+                }
+                XOp::Arith(op, range)
+            }
             expr::RESCALE => {
                 let k = r.u8()? as u32;
                 10i128.checked_pow(k).ok_or(status::BAD_INPUT)?;
@@ -1053,6 +1056,26 @@ impl<T: Copy> Side<'_, T> {
     }
 }
 
+/// A float value as an operand (`None`: not floats).
+fn float_side<'v>(v: &'v Vals) -> Option<Side<'v, f64>> {
+    Some(match v {
+        Vals::F64Ref(s) => Side::Rows(s),
+        Vals::F64(s) => Side::Rows(s),
+        Vals::ConstF(c) => Side::Const(*c),
+        _ => return None,
+    })
+}
+
+/// An integer value as a 64-bit operand (`None`: floats, or 128-bit integers).
+fn int_side<'v>(v: &'v Vals) -> Option<Side<'v, i64>> {
+    Some(match v {
+        Vals::I64Ref(s) => Side::Rows(s),
+        Vals::I64(s) => Side::Rows(s),
+        Vals::ConstI(c) => Side::Const(i64::try_from(*c).ok()?),
+        _ => return None,
+    })
+}
+
 /// `out[i] = f(a[i], b[i]).0` for every row, and whether `f` flagged any row, eight rows per
 /// iteration (one back-edge, one interruption check) and then the rest. `VECTOR`: over whole
 /// arrays of eight, which the compiler vectorises (floats); else a row at a time (integers:
@@ -1107,8 +1130,8 @@ fn zip_with<const VECTOR: bool, T: Copy, R: Copy>(
         return any;
     }
     let (head, tail) = out.as_chunks_mut::<U>();
-    fn rows<T>(x: &[T], n: usize) -> (&[[T; 8]], &[T]) {
-        x[..n].as_chunks::<8>()
+    fn rows<T>(x: &[T], n: usize) -> (&[[T; U]], &[T]) {
+        x[..n].as_chunks::<U>()
     }
     match (a, b) {
         (Side::Rows(x), Side::Rows(y)) => {
@@ -1230,29 +1253,14 @@ fn in_range(x: i128, range: u8) -> KernelResult<i128> {
 fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Value<'static>> {
     let valid = and_valid(a.valid, b.valid);
     if range == expr::range::F64 {
-        fn side<'v>(v: &'v Vals) -> KernelResult<Side<'v, f64>> {
-            Ok(match v {
-                Vals::F64Ref(s) => Side::Rows(s),
-                Vals::F64(s) => Side::Rows(s),
-                Vals::ConstF(c) => Side::Const(*c),
-                _ => return Err(status::BAD_INPUT),
-            })
-        }
+        let side = |v| float_side(v).ok_or(status::BAD_INPUT);
         let vals = bin_f64(op, rows, side(&a.vals)?, side(&b.vals)?);
         return Ok(Value {
             vals: Vals::F64(vals),
             valid,
         });
     }
-    fn narrow<'v>(v: &'v Vals) -> Option<Side<'v, i64>> {
-        Some(match v {
-            Vals::I64Ref(s) => Side::Rows(s),
-            Vals::I64(s) => Side::Rows(s),
-            Vals::ConstI(c) => Side::Const(i64::try_from(*c).ok()?),
-            _ => return None,
-        })
-    }
-    if let (Some(x), Some(y)) = (narrow(&a.vals), narrow(&b.vals)) {
+    if let (Some(x), Some(y)) = (int_side(&a.vals), int_side(&b.vals)) {
         let (r, over) = bin_i64(op, rows, x, y, &valid);
         if !over {
             if range == expr::range::I32 {
@@ -1334,52 +1342,60 @@ fn eval<'a>(ops: &[XOp], batch: &'a Batch<'a>) -> KernelResult<Value<'a>> {
     stack.pop().ok_or(status::BAD_INPUT)
 }
 
-/// Both sides of a compare of computed values, read as one key type.
+/// Both sides of a compare of computed values, by the type they compare in.
 enum Sides<'a> {
-    I64(Cow<'a, [i64]>, Cow<'a, [i64]>),
-    I128(Vec<i128>, Vec<i128>),
-    /// IEEE total-order keys, as Arrow compares floats.
-    F64(Vec<i64>, Vec<i64>),
+    /// 64-bit integers (each side as [`int_side`] reads it).
+    Ints(Vals<'a>, Vals<'a>),
+    /// 128-bit integers, where a side needs them.
+    Wide(Vec<i128>, Vec<i128>),
+    /// Floats (each side as [`float_side`] reads it), compared by IEEE total order as Arrow
+    /// compares them.
+    Floats(Vals<'a>, Vals<'a>),
 }
 
 impl<'a> Sides<'a> {
-    /// The sides as keys: floats when both are, 64-bit integers when both fit, else 128-bit.
+    /// Floats when both are, 64-bit integers when both fit, else 128-bit integers; sides of
+    /// different kinds are malformed.
     fn of(a: Vals<'a>, b: Vals<'a>, rows: usize) -> KernelResult<Self> {
-        fn floats(v: &Vals, rows: usize) -> Option<Vec<i64>> {
-            let keys = |s: &[f64]| s.iter().map(|&x| f64_order_key(x)).collect();
-            Some(match v {
-                Vals::F64Ref(s) => keys(s),
-                Vals::F64(s) => keys(s),
-                Vals::ConstF(c) => vec![f64_order_key(*c); rows],
-                _ => return None,
-            })
-        }
-        fn narrow<'a>(v: Vals<'a>, rows: usize) -> Result<Cow<'a, [i64]>, Vals<'a>> {
-            match v {
-                Vals::I64Ref(s) => Ok(Cow::Borrowed(s)),
-                Vals::I64(s) => Ok(Cow::Owned(s)),
-                Vals::ConstI(c) => match i64::try_from(c) {
-                    Ok(c) => Ok(Cow::Owned(vec![c; rows])),
-                    Err(_) => Err(Vals::ConstI(c)),
-                },
-                v => Err(v),
+        Ok(match (float_side(&a), float_side(&b)) {
+            (Some(_), Some(_)) => Sides::Floats(a, b),
+            (None, None) if int_side(&a).is_some() && int_side(&b).is_some() => Sides::Ints(a, b),
+            (None, None) => {
+                let wide = |v: &Vals| wide(v, rows).ok_or(status::BAD_INPUT);
+                Sides::Wide(wide(&a)?, wide(&b)?)
             }
-        }
-        if let (Some(x), Some(y)) = (floats(&a, rows), floats(&b, rows)) {
-            return Ok(Sides::F64(x, y));
-        }
-        let wide = |v: &Vals| wide(v, rows).ok_or(status::BAD_INPUT);
-        Ok(match (narrow(a, rows), narrow(b, rows)) {
-            (Ok(x), Ok(y)) => Sides::I64(x, y),
-            (Ok(x), Err(y)) => Sides::I128(x.iter().map(|&v| v.into()).collect(), wide(&y)?),
-            (Err(x), Ok(y)) => Sides::I128(wide(&x)?, y.iter().map(|&v| v.into()).collect()),
-            (Err(x), Err(y)) => Sides::I128(wide(&x)?, wide(&y)?),
+            _ => return Err(status::BAD_INPUT),
         })
+    }
+
+    /// Masks of the blocks from row `base` where `a op b`.
+    fn blocks(&self, op: Cmp, rows: usize, base: usize, out: &mut [u64]) -> KernelResult {
+        fn cmp<T: Copy, K: PartialOrd>(
+            (a, b): (Side<T>, Side<T>),
+            key: impl Fn(T) -> K,
+            op: Cmp,
+            (rows, base, out): (usize, usize, &mut [u64]),
+        ) {
+            row_blocks(rows, base, out, |i| op.holds(&key(a.at(i)), &key(b.at(i))));
+        }
+        let at = (rows, base, out);
+        fn both<'v, T>(
+            x: Option<Side<'v, T>>,
+            y: Option<Side<'v, T>>,
+        ) -> KernelResult<(Side<'v, T>, Side<'v, T>)> {
+            x.zip(y).ok_or(status::BAD_INPUT)
+        }
+        match self {
+            Sides::Ints(a, b) => cmp(both(int_side(a), int_side(b))?, |x| x, op, at),
+            Sides::Wide(a, b) => cmp((Side::Rows(a), Side::Rows(b)), |x| x, op, at),
+            Sides::Floats(a, b) => cmp(both(float_side(a), float_side(b))?, f64_order_key, op, at),
+        }
+        Ok(())
     }
 }
 
-/// Evaluates the expression program (see [`eval`]) over a batch and writes 8-byte values (`i64`, or `f64` bits) when the first parameter
-/// byte is 8, else 16-byte `i128`s.
+/// Evaluates the expression program (see [`eval`]) over a batch and writes 8-byte values
+/// (`i64`, or `f64` bits) when the first parameter byte is 8, else 16-byte `i128`s.
 fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult {
     let params = batch.params();
     let (&width, program) = params.split_first().ok_or(status::BAD_INPUT)?;

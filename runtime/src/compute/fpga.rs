@@ -1019,6 +1019,12 @@ impl ComputeSession for FpgaSession {
     }
 
     fn report(&self) -> SessionReport {
-        self.report
+        SessionReport {
+            native_reruns: self
+                .fallback
+                .as_ref()
+                .map_or(0, |w| w.report().native_reruns),
+            ..self.report
+        }
     }
 }

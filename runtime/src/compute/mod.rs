@@ -75,6 +75,9 @@ pub struct SessionReport {
     pub modelled_us: f64,
     /// Times an operator fell back to another backend after a device fault.
     pub fallbacks: u64,
+    /// Batches re-run natively after the kernel stopped at an arithmetic error (a value out
+    /// of its type's range, a division by zero), so that the error is Arrow's.
+    pub native_reruns: u64,
 }
 
 /// One query's use of a backend.

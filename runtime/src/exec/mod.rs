@@ -713,6 +713,12 @@ impl Executor {
                 .placement
                 .push_str(" (device fault: fell back to wasm)");
         }
+        if report.native_reruns > 0 {
+            stats.placement.push_str(&format!(
+                " ({} batches re-run natively after an arithmetic error)",
+                report.native_reruns
+            ));
+        }
         stats.bytes_read_media = counters.bytes_read.load(Ordering::Relaxed);
         stats.rows_scanned = counters.rows_scanned.load(Ordering::Relaxed);
         stats.rows_selected = counters.rows_selected.load(Ordering::Relaxed);

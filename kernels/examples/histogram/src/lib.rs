@@ -29,9 +29,18 @@ nearstore_kernel::manifest!(
 fn parse(params: &[u8]) -> KernelResult<(f64, f64, usize)> {
     let text = core::str::from_utf8(params).map_err(|_| status::BAD_INPUT)?;
     let mut parts = text.split(',').map(str::trim);
-    let lo: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or(status::BAD_INPUT)?;
-    let hi: f64 = parts.next().and_then(|p| p.parse().ok()).ok_or(status::BAD_INPUT)?;
-    let n: usize = parts.next().and_then(|p| p.parse().ok()).ok_or(status::BAD_INPUT)?;
+    let lo: f64 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or(status::BAD_INPUT)?;
+    let hi: f64 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or(status::BAD_INPUT)?;
+    let n: usize = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or(status::BAD_INPUT)?;
     if parts.next().is_some() || !(lo < hi) || n == 0 || n > BUCKETS_MAX {
         return Err(status::BAD_INPUT);
     }
@@ -102,7 +111,14 @@ mod tests {
         let valid = [0b0111_1111u8];
         let batch = Batch::from_parts(
             8,
-            vec![Column::from_parts(types::FLOAT64, 0, &x, Some(&valid), None, 8)],
+            vec![Column::from_parts(
+                types::FLOAT64,
+                0,
+                &x,
+                Some(&valid),
+                None,
+                8,
+            )],
             b"0,100,10",
         );
         let ids = [0i32, 0, 0, 1, 1, 1, 0, 1];
@@ -118,7 +134,10 @@ mod tests {
         assert_eq!(out.values(), &[0, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
         let mut small = [0u64; 4];
         let mut out = AggOutput::from_parts(&mut small);
-        assert_eq!(finish(&bytes[..STATE_SIZE], &mut out), Err(status::OUTPUT_TOO_SMALL));
+        assert_eq!(
+            finish(&bytes[..STATE_SIZE], &mut out),
+            Err(status::OUTPUT_TOO_SMALL)
+        );
         assert_eq!(parse(b"5,1,10"), Err(status::BAD_INPUT));
     }
 }

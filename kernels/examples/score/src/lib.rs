@@ -49,8 +49,14 @@ mod tests {
 
     #[test]
     fn weighted_sum_with_nulls() {
-        let x: Vec<u8> = [1.0f64, 2.0, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let y: Vec<u8> = [10.0f64, 20.0, 30.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let x: Vec<u8> = [1.0f64, 2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let y: Vec<u8> = [10.0f64, 20.0, 30.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let valid_y = [0b101u8];
         let batch = Batch::from_parts(
             3,

@@ -11,8 +11,7 @@ use core::cmp::Ordering;
 
 use nearstore_kernel::abi::status;
 use nearstore_kernel::{
-    AggOutput, BLOCK, Batch, GroupStates, Groups, KernelResult, get_f64, get_i64, put_f64,
-    put_i64,
+    AggOutput, BLOCK, Batch, GroupStates, Groups, KernelResult, get_f64, get_i64, put_f64, put_i64,
 };
 
 /// Largest k.

@@ -1,10 +1,13 @@
-//! The Wasm backend: filters run inside the wasmtime sandbox by the built-in filter kernel.
+//! The Wasm backend: filters, aggregates, computed columns and top-k pre-selection run inside
+//! the wasmtime sandbox in the built-in kernel.
 //!
 //! The host compiles a bound predicate into the kernel's filter program (see
-//! `nearstore_kernel_abi::program`): comparisons of a fixed-width column (int32, int64, float64,
-//! decimal128, date32) with a literal, IN lists without NULL, IS [NOT] NULL on any column,
-//! AND/OR/NOT and boolean constants. Anything else (LIKE, arithmetic, column-to-column
-//! comparisons, strings) is `Unsupported` and placed on the native backend.
+//! `nearstore_kernel_abi::program`): comparisons of a column (int32, int64, float64, decimal,
+//! date32, utf8, boolean) with a literal or with a column of its type, comparisons with
+//! arithmetic on either side (both sides as expression programs), IN lists, IS [NOT] NULL,
+//! LIKE, AND/OR/NOT and boolean constants; and computed columns into expression programs
+//! (`nearstore_kernel_abi::expr`). Anything else is `Unsupported` and placed on the native
+//! backend.
 
 pub mod sandbox;
 
@@ -17,7 +20,7 @@ use nearstore_kernel_abi::{agg, program, types};
 use nearstore_proto::{AggFunc, ArithOp, BackendKind, CmpOp};
 
 use super::native::NativeBackend;
-use super::{ComputeBackend, ComputeSession, Support};
+use super::{ComputeBackend, ComputeSession, SessionReport, Support};
 use crate::error::{Error, Result};
 use crate::exec::aggregate::AggSpec;
 use crate::exec::expr::PhysExpr;
@@ -118,6 +121,7 @@ impl WasmBackend {
         Ok(WasmSession {
             kernel: self.sandbox.session_with(&self.filter, limits)?,
             rows_seen: 0,
+            native_reruns: 0,
             seen: std::collections::HashMap::new(),
         })
     }
@@ -128,6 +132,8 @@ pub(crate) struct WasmSession {
     kernel: KernelSession,
     /// Rows given to the aggregate kernel (bounds every count it reports).
     rows_seen: u64,
+    /// Batches re-run natively after an arithmetic error in the kernel.
+    native_reruns: u64,
     /// What the filter learnt of each column's values so far (see `OwnedColumn::narrowest`).
     seen: std::collections::HashMap<String, Seen>,
 }
@@ -159,12 +165,16 @@ impl ComputeSession for WasmSession {
                 Ok(b) => b,
                 // Arithmetic in the predicate failed: the native evaluation reports it as
                 // Arrow does.
-                Err(e) if arithmetic_error(&e) => return NativeBackend.filter(predicate, batch),
+                Err(e) if arithmetic_error(&e) => return self.rerun_filter(predicate, batch),
                 Err(e) => return Err(e.into()),
             };
             arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows)
         } else {
-            let idx = self.kernel.filter(rows, &views, &params)?;
+            let idx = match self.kernel.filter(rows, &views, &params) {
+                Ok(idx) => idx,
+                Err(e) if arithmetic_error(&e) => return self.rerun_filter(predicate, batch),
+                Err(e) => return Err(e.into()),
+            };
             let mut bits = BooleanBufferBuilder::new(rows);
             bits.append_n(rows, false);
             for i in idx {
@@ -254,9 +264,28 @@ impl ComputeSession for WasmSession {
             }
             // A value out of its type's range or a division by zero: the native evaluation
             // reports it as Arrow does.
-            Err(e) if arithmetic_error(&e) => NativeBackend.evaluate(expr, batch),
+            Err(e) if arithmetic_error(&e) => {
+                self.native_reruns += 1;
+                NativeBackend.evaluate(expr, batch)
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn report(&self) -> SessionReport {
+        SessionReport {
+            native_reruns: self.native_reruns,
+            ..SessionReport::default()
+        }
+    }
+}
+
+impl WasmSession {
+    /// The filter of a batch whose arithmetic stopped the kernel, natively (Arrow's error,
+    /// or its answer).
+    fn rerun_filter(&mut self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray> {
+        self.native_reruns += 1;
+        NativeBackend.filter(predicate, batch)
     }
 }
 
@@ -424,6 +453,11 @@ fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
                 right,
                 data_type,
             } => {
+                // Arithmetic on literals alone (Arrow computes it, and may fail, even for no
+                // rows) stays native.
+                if !reads_column(left) && !reads_column(right) {
+                    return None;
+                }
                 let r = range(data_type)?;
                 let (lt, rt) = (left.data_type(), right.data_type());
                 // Operands of one type; for decimals, + and - keep the scale and * adds them,
@@ -981,6 +1015,13 @@ pub fn fixed_width_filter_support(pred: &PhysExpr) -> Support {
     }
 }
 
+/// Whether an expression reads a column.
+fn reads_column(e: &PhysExpr) -> bool {
+    let mut reads = false;
+    e.visit(&mut |e| reads |= matches!(e, PhysExpr::Column { .. }));
+    reads
+}
+
 /// Whether an operand is computed (arithmetic or a cast), not a column or a literal.
 fn computed(e: &PhysExpr) -> bool {
     matches!(e, PhysExpr::Arith { .. } | PhysExpr::Cast { .. })
@@ -1068,11 +1109,8 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 }
                 // Arithmetic on either side: both computed in the kernel, then compared.
                 (l, r) if computed(l) || computed(r) => {
-                    let comparable = match (l.data_type(), r.data_type()) {
-                        (DataType::Decimal128(_, a), DataType::Decimal128(_, b)) => a == b,
-                        (a, b) => a == b,
-                    };
-                    if !comparable {
+                    // Of one type, as Arrow compares (the binder unifies them).
+                    if l.data_type() != r.data_type() {
                         return None;
                     }
                     out.extend([program::CMP_EXPR, cmp_code(*op)]);
@@ -1193,7 +1231,7 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
                 out.extend([program::CONST, 2]);
                 return Some(());
             }
-            let (shape, text) = like_shape(pattern.as_string::<i32>().value(0));
+            let (shape, text) = like_shape(pattern.as_string::<i32>().value(0))?;
             match shape {
                 Some(shape) => {
                     out.push(program::LIKE);
@@ -1230,8 +1268,9 @@ fn emit(e: &PhysExpr, cols: &mut Vec<String>, out: &mut Vec<u8>) -> Option<()> {
 
 /// The shape of a `LIKE` pattern and the text the kernel matches: `'text%'`, `'%text'`,
 /// `'%text%'` or `'text'` (equality, shape `None`) with no other `%`, no `_` and no escape in
-/// the text, matched byte-wise; any other pattern whole ([`program::like::PATTERN`]).
-fn like_shape(p: &str) -> (Option<u8>, &str) {
+/// the text, matched byte-wise; any other pattern whole ([`program::like::PATTERN`]) up to
+/// [`LIKE_PATTERN_MAX`] bytes (`None` beyond: native).
+fn like_shape(p: &str) -> Option<(Option<u8>, &str)> {
     let (lead, rest) = match p.strip_prefix('%') {
         Some(r) => (true, r),
         None => (false, p),
@@ -1241,7 +1280,12 @@ fn like_shape(p: &str) -> (Option<u8>, &str) {
         None => (false, rest),
     };
     if text.contains(['%', '_', '\\']) {
-        return (Some(program::like::PATTERN), p);
+        // Arrow matches these with a regular expression, whose size limit a pattern this long
+        // could pass (an error there, none here): longer ones stay native.
+        if p.len() > LIKE_PATTERN_MAX {
+            return None;
+        }
+        return Some((Some(program::like::PATTERN), p));
     }
     let shape = match (lead, trail) {
         (false, true) => Some(program::like::PREFIX),
@@ -1249,8 +1293,11 @@ fn like_shape(p: &str) -> (Option<u8>, &str) {
         (true, true) => Some(program::like::CONTAINS),
         (false, false) => None,
     };
-    (shape, text)
+    Some((shape, text))
 }
+
+/// Longest `LIKE` pattern with wildcards inside it that the kernel matches.
+const LIKE_PATTERN_MAX: usize = 1024;
 
 #[cfg(test)]
 mod tests {
