@@ -635,7 +635,9 @@ async fn computed_columns_in_wasm_equal_native() {
         ("a32 / 3", true),
         ("(f - 1.0) / f", true),
         ("i / (i - i)", true),
-        ("d / d", false),
+        ("d / d", true),
+        ("d / (d + 1000000)", true),
+        ("big / d", true),
     ];
     let (mut agreed, mut failed_alike) = (0, Vec::new());
     for (text, in_wasm) in cases {
@@ -671,11 +673,21 @@ async fn computed_columns_in_wasm_equal_native() {
             (a, b) => panic!("{text}: native {:?} but wasm {:?}", a.err(), b.err()),
         }
     }
-    // The int32 extremes doubled and the decimal(38, 10) extremes squared overflow, and a
-    // division by zero fails (as errors, alike); everything else computes.
+    // The int32 extremes doubled, the decimal(38, 10) extremes squared or raised by 10^6 for
+    // a quotient at scale 14 overflow, and a division by zero fails (as errors, alike);
+    // everything else computes.
     assert_eq!(
         (agreed, failed_alike),
-        (13, vec!["a32 * 2", "a32 + a32", "big * big", "i / (i - i)"])
+        (
+            14,
+            vec![
+                "a32 * 2",
+                "a32 + a32",
+                "big * big",
+                "i / (i - i)",
+                "big / d"
+            ]
+        )
     );
     dev.stop().await;
 }
@@ -1185,11 +1197,13 @@ fn arithmetic_filters_in_wasm_equal_native() {
             "s8 - a32 <= 0",
             "wide + wide > wide",
             "wide - 1 < 0",
+            "d / (d + 1000) < 0",
+            "wide / (d + 1000) > 100",
         ],
     );
-    assert_eq!(checked, 23 * batches.len());
+    assert_eq!(checked, 25 * batches.len());
     // Of the three batches with many rows, most predicates select some rows but not all.
-    assert!(partial >= 23 * 2, "{partial} partial selections");
+    assert!(partial >= 25 * 2, "{partial} partial selections");
 
     // Errors: a division by zero on a valid row, an int32 product out of range, and
     // `i64::MIN / -1`. The kernel stops, and the batch re-runs natively for Arrow's error.

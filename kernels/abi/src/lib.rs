@@ -99,9 +99,9 @@ pub mod expr {
     pub const MUL: u8 = 6;
     /// Pop one, push it × 10^k.
     pub const RESCALE: u8 = 7;
-    /// Pop two, push their quotient: integers truncated toward zero, a valid row dividing
-    /// by zero an error ([`super::status::DIVIDE_BY_ZERO`]); floats as IEEE 754 divides.
-    /// Not for decimals.
+    /// Pop two, push their quotient: integers (and unscaled decimals, which the program
+    /// rescales first) truncated toward zero, a valid row dividing by zero an error
+    /// ([`super::status::DIVIDE_BY_ZERO`]); floats as IEEE 754 divides.
     pub const DIV: u8 = 8;
 
     /// The range an arithmetic result must lie in (its SQL type).

@@ -377,8 +377,9 @@ fn project_array(
 /// Compiles a computed column into the built-in kernel's expression program (see
 /// `nearstore_kernel_abi::expr`) and the columns it reads. `None` when the kernel cannot
 /// compute it exactly as Arrow does: only `+ - *` over int32, int64, decimal128 and float64
-/// operands of one type (the binder unifies them), `/` over all of them but decimals,
-/// literals, and decimal casts that keep every value (scale and integer digits not reduced).
+/// operands of one type (the binder unifies them), `/` over all of them (decimals of any
+/// scales, as Arrow divides them), literals, and decimal casts that keep every value (scale
+/// and integer digits not reduced).
 pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
     let mut cols = Vec::new();
     let program = expr_program(e, &mut cols)?;
@@ -460,6 +461,35 @@ fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
                 }
                 let r = range(data_type)?;
                 let (lt, rt) = (left.data_type(), right.data_type());
+                // A decimal quotient as Arrow computes it: at the scale of the dividend plus
+                // four, the dividend raised by 10^k (k = that scale − its own + the divisor's;
+                // the divisor instead when k < 0), then an integer division truncating toward
+                // zero.
+                if let (
+                    ArithOp::Div,
+                    DataType::Decimal128(_, s1),
+                    DataType::Decimal128(_, s2),
+                    DataType::Decimal128(_, so),
+                ) = (op, &lt, &rt, data_type)
+                {
+                    let k = i16::from(*so) - i16::from(*s1) + i16::from(*s2);
+                    if *so != s1.saturating_add(4).min(38) || k.unsigned_abs() > 38 {
+                        return None;
+                    }
+                    let d = emit(left, cols, out, depth)?;
+                    if k > 0 {
+                        out.extend([expr::RESCALE, k as u8]);
+                    }
+                    let d = emit(right, cols, out, d)?;
+                    if k < 0 {
+                        out.extend([expr::RESCALE, (-k) as u8]);
+                    }
+                    if d > expr::STACK_MAX {
+                        return None;
+                    }
+                    out.extend([expr::DIV, expr::range::I128]);
+                    return Some(d - 1);
+                }
                 // Operands of one type; for decimals, + and - keep the scale and * adds them,
                 // as the plain integer operations on unscaled values do.
                 let same = lt == rt && range(&lt) == Some(r);
@@ -471,7 +501,6 @@ fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
                         match op {
                             ArithOp::Add | ArithOp::Sub => *so == si,
                             ArithOp::Mul => *so == si * 2,
-                            // Arrow's decimal quotient rounds to a scale of its own.
                             ArithOp::Div => false,
                         }
                     }
