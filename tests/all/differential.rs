@@ -698,7 +698,6 @@ async fn computed_columns_in_wasm_equal_native() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topk_in_wasm_equals_native() {
     use arrow::array::{ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array};
-    use nearstore_proto::SortKey;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
@@ -780,12 +779,7 @@ async fn topk_in_wasm_equals_native() {
     c.put_batches("tk", PutMode::Create, batches).await.unwrap();
     let mut checked = 0;
     for key in ["a", "b", "f", "d", "w", "day"] {
-        for (descending, nulls_first) in [
-            (false, None),
-            (true, None),
-            (false, Some(true)),
-            (true, Some(false)),
-        ] {
+        for (descending, nulls_first) in TOPK_ORDERS {
             for k in [1u64, 7, 100, 5000, 40_000] {
                 let run = |b: BackendKind| {
                     let mut p = Query::table("tk")
@@ -793,30 +787,10 @@ async fn topk_in_wasm_equals_native() {
                         .limit(k)
                         .backend(b)
                         .build();
-                    p.order_by = vec![
-                        SortKey {
-                            column: key.into(),
-                            descending,
-                            nulls_first,
-                        },
-                        SortKey {
-                            column: "id".into(),
-                            descending: false,
-                            nulls_first: None,
-                        },
-                    ];
+                    p.order_by = topk_order(key, descending, nulls_first, "id");
                     p
                 };
-                let native = c.query(&run(BackendKind::Native)).await.unwrap();
-                let wasm = c.query(&run(BackendKind::Wasm)).await.unwrap();
-                let what = format!("{key} desc={descending} nulls_first={nulls_first:?} k={k}");
-                assert_eq!(native.concat().unwrap(), wasm.concat().unwrap(), "{what}");
-                assert_eq!(wasm.num_rows() as u64, k.min(n as u64), "{what}");
-                assert!(
-                    wasm.stats.placement.contains("topk=wasm"),
-                    "{what}: {}",
-                    wasm.stats.placement
-                );
+                let native = topk_like_native(&mut c, &run, k.min(n as u64)).await;
                 assert!(
                     !native.stats.placement.contains("topk"),
                     "{}",
@@ -1031,6 +1005,58 @@ fn wasm_filters_like_native(batches: &[RecordBatch], predicates: &[&str]) -> (us
     (checked, partial)
 }
 
+/// Sort orders the top-k tests try: (descending, nulls first), both defaults and both
+/// explicit placements.
+const TOPK_ORDERS: [(bool, Option<bool>); 4] = [
+    (false, None),
+    (true, None),
+    (false, Some(true)),
+    (true, Some(false)),
+];
+
+/// `ORDER BY key, tiebreak` (the tiebreak ascending).
+fn topk_order(
+    key: &str,
+    descending: bool,
+    nulls_first: Option<bool>,
+    tiebreak: &str,
+) -> Vec<nearstore_proto::SortKey> {
+    use nearstore_proto::SortKey;
+    vec![
+        SortKey {
+            column: key.into(),
+            descending,
+            nulls_first,
+        },
+        SortKey {
+            column: tiebreak.into(),
+            descending: false,
+            nulls_first: None,
+        },
+    ]
+}
+
+/// Runs the plan `run` builds on the native and the Wasm backends: the same `rows` rows, the
+/// Wasm run with its top-k pre-selection in the kernel. Returns the native result.
+async fn topk_like_native(
+    c: &mut nearstore_sdk::Client,
+    run: &dyn Fn(BackendKind) -> nearstore_proto::Plan,
+    rows: u64,
+) -> nearstore_sdk::QueryResult {
+    let (native_plan, wasm_plan) = (run(BackendKind::Native), run(BackendKind::Wasm));
+    let what = format!("{:?}", wasm_plan.order_by);
+    let native = c.query(&native_plan).await.unwrap();
+    let wasm = c.query(&wasm_plan).await.unwrap();
+    assert_eq!(native.concat().unwrap(), wasm.concat().unwrap(), "{what}");
+    assert_eq!(wasm.num_rows() as u64, rows, "{what}");
+    assert!(
+        wasm.stats.placement.contains("topk=wasm"),
+        "{what}: {}",
+        wasm.stats.placement
+    );
+    native
+}
+
 /// `GROUP BY … ORDER BY aggregate [, key] LIMIT k` pre-selects the top groups in the Wasm
 /// kernel (`topk=wasm`) and answers exactly as the native backend: 30 000 groups, sums with
 /// ties and NULLs (groups whose values are all NULL), both directions, both null placements,
@@ -1038,7 +1064,6 @@ fn wasm_filters_like_native(batches: &[RecordBatch], predicates: &[&str]) -> (us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topk_over_aggregates_in_wasm_equals_native() {
     use arrow::array::ArrayRef;
-    use nearstore_proto::SortKey;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
@@ -1061,12 +1086,7 @@ async fn topk_over_aggregates_in_wasm_equals_native() {
         .unwrap();
     let mut checked = 0;
     for key in ["s", "m", "n"] {
-        for (descending, nulls_first) in [
-            (false, None),
-            (true, None),
-            (false, Some(true)),
-            (true, Some(false)),
-        ] {
+        for (descending, nulls_first) in TOPK_ORDERS {
             for k in [1u64, 10, 999, 40_000] {
                 let run = |b: BackendKind| {
                     let mut p = Query::table("ga")
@@ -1080,30 +1100,10 @@ async fn topk_over_aggregates_in_wasm_equals_native() {
                         .limit(k)
                         .backend(b)
                         .build();
-                    p.order_by = vec![
-                        SortKey {
-                            column: key.into(),
-                            descending,
-                            nulls_first,
-                        },
-                        SortKey {
-                            column: "g".into(),
-                            descending: false,
-                            nulls_first: None,
-                        },
-                    ];
+                    p.order_by = topk_order(key, descending, nulls_first, "g");
                     p
                 };
-                let native = c.query(&run(BackendKind::Native)).await.unwrap();
-                let wasm = c.query(&run(BackendKind::Wasm)).await.unwrap();
-                let what = format!("{key} desc={descending} nulls_first={nulls_first:?} k={k}");
-                assert_eq!(native.concat().unwrap(), wasm.concat().unwrap(), "{what}");
-                assert_eq!(wasm.num_rows() as u64, k.min(groups as u64), "{what}");
-                assert!(
-                    wasm.stats.placement.contains("topk=wasm"),
-                    "{what}: {}",
-                    wasm.stats.placement
-                );
+                topk_like_native(&mut c, &run, k.min(groups as u64)).await;
                 checked += 1;
             }
         }
