@@ -1176,6 +1176,18 @@ fn zip_with<const VECTOR: bool, T: Copy, R: Copy>(
     any
 }
 
+/// 8-byte values (`i64`, `f64`) as the bits they are stored as.
+fn bits<T: Eight>(x: &[T]) -> &[u64] {
+    // SAFETY: `T` has the size and alignment of `u64` (`Eight`), and every bit pattern is a
+    // valid `u64`.
+    unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u64>(), x.len()) }
+}
+
+/// The plain 8-byte value types [`bits`] reads.
+trait Eight: Copy {}
+impl Eight for i64 {}
+impl Eight for f64 {}
+
 /// `op` over 64-bit integers with wrapping arithmetic, and whether a valid row overflowed
 /// (then the caller redoes it in 128 bits): the flags are taken over every row in the same
 /// loop, and only when one is set are the valid rows looked at.
@@ -1410,14 +1422,15 @@ fn project(batch: &Batch, out: &mut [u8], validity: &mut [u64]) -> KernelResult 
             if !pre.is_empty() || !post.is_empty() {
                 return Err(status::BAD_INPUT);
             }
+            // Whole columns by one memory copy.
             match &v.vals {
-                Vals::I64Ref(x) => out.iter_mut().zip(*x).for_each(|(d, s)| *d = *s as u64),
-                Vals::I64(x) => out.iter_mut().zip(x).for_each(|(d, s)| *d = *s as u64),
-                Vals::F64Ref(x) => out.iter_mut().zip(*x).for_each(|(d, s)| *d = s.to_bits()),
-                Vals::F64(x) => out.iter_mut().zip(x).for_each(|(d, s)| *d = s.to_bits()),
-                Vals::ConstF(c) => out.iter_mut().for_each(|d| *d = c.to_bits()),
-                vals => {
-                    let x = wide(vals, rows).ok_or(status::BAD_INPUT)?;
+                Vals::I64Ref(x) => out.copy_from_slice(bits(x)),
+                Vals::I64(x) => out.copy_from_slice(bits(x)),
+                Vals::F64Ref(x) => out.copy_from_slice(bits(x)),
+                Vals::F64(x) => out.copy_from_slice(bits(x)),
+                Vals::ConstF(c) => out.fill(c.to_bits()),
+                _ => {
+                    let x = wide(&v.vals, rows).ok_or(status::BAD_INPUT)?;
                     for (i, (d, z)) in out.iter_mut().zip(&x).enumerate() {
                         // A valid value beyond 64 bits: the host computes the batch instead.
                         *d = match i64::try_from(*z) {
