@@ -311,10 +311,9 @@ fn decode<'a>(batch: &'a Batch<'a>) -> KernelResult<(Vec<Op<'a>>, usize)> {
                     eval(&decode_expr(r.take(n)?, batch)?, batch)
                 };
                 let (a, b) = (side()?, side()?);
-                let valid = and_valid(a.valid.clone(), b.valid.clone());
                 Op::CmpExpr {
                     sides: Sides::of(a.vals, b.vals, batch.rows())?,
-                    valid,
+                    valid: and_valid(a.valid, b.valid),
                     op,
                 }
             }
@@ -509,6 +508,23 @@ fn with_validity(col: &Column, base: usize, live: &[u64], m: &mut Masks) {
     }
 }
 
+/// The first `n` masks of `m` from row `base` (of `rows`) where `f(row)` holds for a row of
+/// two columns, a row at a time; known only where both are valid.
+fn pair_blocks(
+    a: &Column,
+    b: &Column,
+    rows: usize,
+    base: usize,
+    n: usize,
+    m: &mut Masks,
+    f: impl Fn(usize) -> bool,
+) {
+    row_blocks(rows, base, &mut m.0[..n], f);
+    split(m, n, |blk| {
+        a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK)
+    });
+}
+
 /// Splits the first `n` masks of `m` into known true and known false where `valid(block)`.
 #[inline(always)]
 fn split(m: &mut Masks, n: usize, valid: impl Fn(usize) -> u64) {
@@ -542,23 +558,15 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
                 }
                 Op::CmpStrings { a, b, op } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
-                    row_blocks(rows, base, &mut top.0[..n], |row| {
+                    pair_blocks(a, b, rows, base, n, top, |row| {
                         op.holds(a.str_value(row), b.str_value(row))
-                    });
-                    // Known only where both are valid.
-                    split(top, n, |blk| {
-                        a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK)
                     });
                     sp += 1;
                 }
                 Op::CmpColumns { a, b, ka, kb, op } => {
                     let top = stack.get_mut(sp).ok_or(status::BAD_INPUT)?;
-                    row_blocks(rows, base, &mut top.0[..n], |row| {
+                    pair_blocks(a, b, rows, base, n, top, |row| {
                         op.holds(&ka.get(row), &kb.get(row))
-                    });
-                    // Known only where both are valid.
-                    split(top, n, |blk| {
-                        a.validity_block(base + blk * BLOCK) & b.validity_block(base + blk * BLOCK)
                     });
                     sp += 1;
                 }
@@ -1178,15 +1186,20 @@ fn zip_with<const VECTOR: bool, T: Copy, R: Copy>(
 
 /// 8-byte values (`i64`, `f64`) as the bits they are stored as.
 fn bits<T: Eight>(x: &[T]) -> &[u64] {
-    // SAFETY: `T` has the size and alignment of `u64` (`Eight`), and every bit pattern is a
-    // valid `u64`.
+    // SAFETY: `T` has the size and alignment of `u64` (`Eight`'s contract), and every bit
+    // pattern is a valid `u64`.
     unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u64>(), x.len()) }
 }
 
 /// The plain 8-byte value types [`bits`] reads.
-trait Eight: Copy {}
-impl Eight for i64 {}
-impl Eight for f64 {}
+///
+/// # Safety
+/// Implementors have the size and alignment of `u64`.
+unsafe trait Eight: Copy {}
+// SAFETY: 8 bytes, aligned to 8, as `u64`.
+unsafe impl Eight for i64 {}
+// SAFETY: 8 bytes, aligned to 8, as `u64`.
+unsafe impl Eight for f64 {}
 
 /// `op` over 64-bit integers with wrapping arithmetic, and whether a valid row overflowed
 /// (then the caller redoes it in 128 bits): the flags are taken over every row in the same

@@ -612,14 +612,9 @@ impl Executor {
                             &arrow::record_batch::RecordBatchOptions::new()
                                 .with_row_count(Some(batch.num_rows())),
                         )?;
-                        if let Some((i, descending, nulls_first, k)) = topk {
-                            let keep = query_session.lock().expect("compute session").topk(
-                                out.column(i),
-                                descending,
-                                nulls_first,
-                                k as usize,
-                            )?;
-                            out = arrow::compute::filter_record_batch(&out, &keep)?;
+                        if let Some(topk) = topk {
+                            let mut session = query_session.lock().expect("compute session");
+                            out = preselect_topk(&mut **session, &out, topk)?;
                         }
                         out = compact_views(out)?;
                         if let Some(r) = remaining.as_mut() {
@@ -675,15 +670,16 @@ impl Executor {
         if let Some(a) = agg {
             let t = Instant::now();
             let mut out = a.finish()?;
-            if let Some((i, descending, nulls_first, k)) = topk {
+            if let Some(topk) = topk {
                 // The groups, a batch at a time (the kernel's running top k carries over).
                 let mut session = query_session.lock().expect("compute session");
-                let mut kept = Vec::new();
-                for start in (0..out.num_rows()).step_by(BATCH_ROWS) {
-                    let part = out.slice(start, BATCH_ROWS.min(out.num_rows() - start));
-                    let keep = session.topk(part.column(i), descending, nulls_first, k as usize)?;
-                    kept.push(arrow::compute::filter_record_batch(&part, &keep)?);
-                }
+                let kept = (0..out.num_rows())
+                    .step_by(BATCH_ROWS)
+                    .map(|start| {
+                        let part = out.slice(start, BATCH_ROWS.min(out.num_rows() - start));
+                        preselect_topk(&mut **session, &part, topk)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 out = arrow::compute::concat_batches(&q.schema, &kept)?;
             }
             collected.push(out);
@@ -725,6 +721,17 @@ impl Executor {
         stats.filter_us = counters.filter_us.load(Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The rows of `batch` the backend's running top k keeps: by column `i`, descending or not,
+/// nulls first or not, k rows.
+fn preselect_topk(
+    session: &mut dyn crate::compute::ComputeSession,
+    batch: &RecordBatch,
+    (i, descending, nulls_first, k): (usize, bool, bool, u64),
+) -> Result<RecordBatch> {
+    let keep = session.topk(batch.column(i), descending, nulls_first, k as usize)?;
+    Ok(arrow::compute::filter_record_batch(batch, &keep)?)
 }
 
 /// Copies the strings of view columns (Utf8View, BinaryView) that reference much larger

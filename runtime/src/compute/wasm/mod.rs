@@ -461,54 +461,45 @@ fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
                 }
                 let r = range(data_type)?;
                 let (lt, rt) = (left.data_type(), right.data_type());
-                // A decimal quotient as Arrow computes it: at the scale of the dividend plus
-                // four, the dividend raised by 10^k (k = that scale − its own + the divisor's;
-                // the divisor instead when k < 0), then an integer division truncating toward
-                // zero.
-                if let (
+                // The powers of ten the dividend and the divisor are raised by first.
+                let (raise_left, raise_right) = if let (
                     ArithOp::Div,
                     DataType::Decimal128(_, s1),
                     DataType::Decimal128(_, s2),
                     DataType::Decimal128(_, so),
                 ) = (op, &lt, &rt, data_type)
                 {
+                    // A decimal quotient as Arrow computes it: at the scale of the dividend
+                    // plus four, the dividend raised by 10^k (k = that scale − its own + the
+                    // divisor's; the divisor instead when k < 0), then an integer division
+                    // truncating toward zero.
                     let k = i16::from(*so) - i16::from(*s1) + i16::from(*s2);
                     if *so != s1.saturating_add(4).min(38) || k.unsigned_abs() > 38 {
                         return None;
                     }
-                    let d = emit(left, cols, out, depth)?;
-                    if k > 0 {
-                        out.extend([expr::RESCALE, k as u8]);
-                    }
-                    let d = emit(right, cols, out, d)?;
-                    if k < 0 {
-                        out.extend([expr::RESCALE, (-k) as u8]);
-                    }
-                    if d > expr::STACK_MAX {
+                    (k.max(0) as u8, (-k).max(0) as u8)
+                } else {
+                    // Operands of one type; for decimals, + and - keep the scale and * adds
+                    // them, as the plain integer operations on unscaled values do.
+                    let same = lt == rt && range(&lt) == Some(r);
+                    let scales_ok = match (op, &lt, data_type) {
+                        (_, DataType::Decimal128(..), DataType::Decimal128(_, so)) => {
+                            let DataType::Decimal128(_, si) = lt else {
+                                return None;
+                            };
+                            match op {
+                                ArithOp::Add | ArithOp::Sub => *so == si,
+                                ArithOp::Mul => *so == si * 2,
+                                ArithOp::Div => false,
+                            }
+                        }
+                        _ => true,
+                    };
+                    if !same || !scales_ok {
                         return None;
                     }
-                    out.extend([expr::DIV, expr::range::I128]);
-                    return Some(d - 1);
-                }
-                // Operands of one type; for decimals, + and - keep the scale and * adds them,
-                // as the plain integer operations on unscaled values do.
-                let same = lt == rt && range(&lt) == Some(r);
-                let scales_ok = match (op, &lt, data_type) {
-                    (_, DataType::Decimal128(..), DataType::Decimal128(_, so)) => {
-                        let DataType::Decimal128(_, si) = lt else {
-                            return None;
-                        };
-                        match op {
-                            ArithOp::Add | ArithOp::Sub => *so == si,
-                            ArithOp::Mul => *so == si * 2,
-                            ArithOp::Div => false,
-                        }
-                    }
-                    _ => true,
+                    (0, 0)
                 };
-                if !same || !scales_ok {
-                    return None;
-                }
                 let code = match op {
                     ArithOp::Add => expr::ADD,
                     ArithOp::Sub => expr::SUB,
@@ -516,7 +507,13 @@ fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
                     ArithOp::Div => expr::DIV,
                 };
                 let d = emit(left, cols, out, depth)?;
+                if raise_left > 0 {
+                    out.extend([expr::RESCALE, raise_left]);
+                }
                 let d = emit(right, cols, out, d)?;
+                if raise_right > 0 {
+                    out.extend([expr::RESCALE, raise_right]);
+                }
                 if d > expr::STACK_MAX {
                     return None;
                 }
