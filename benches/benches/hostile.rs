@@ -124,6 +124,7 @@ fn main() {
             media_mb_per_s: None,
             kernel_deadline_ms: None,
             kernel_memory_mb: None,
+            max_kernels: None,
             })
             .collect();
         cfg.sandbox.deadline = Duration::from_millis(300);

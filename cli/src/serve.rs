@@ -88,7 +88,8 @@ struct FileConfig {
     /// runs open: no token needed.
     #[serde(default)]
     tenants: Vec<nearstore_runtime::server::auth::TenantConfig>,
-    /// Admission limits per tenant (`[qos]`: max_queries, max_queued).
+    /// Limits per tenant (`[qos]`: max_queries, max_queued, media_mb_per_s,
+    /// kernel_deadline_ms, kernel_memory_mb, max_kernels).
     qos: Option<nearstore_runtime::server::qos::QosConfig>,
 }
 

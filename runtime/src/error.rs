@@ -69,12 +69,12 @@ pub enum Error {
     /// A kernel module was refused.
     #[error("kernel refused: {0}")]
     InvalidKernel(String),
-    /// The caller has too many queries running and waiting.
-    #[error("resource exhausted: {message}; retry after {retry_after_ms} ms")]
+    /// The caller has too many queries running and waiting, or too many kernels registered.
+    #[error("resource exhausted: {message}{}", retry_hint(*retry_after_ms))]
     ResourceExhausted {
         /// What is exhausted.
         message: String,
-        /// When a retry may succeed.
+        /// When a retry may succeed (0: not by waiting).
         retry_after_ms: u64,
     },
     /// No valid bearer token.
@@ -131,5 +131,13 @@ impl From<nearstore_proto::Error> for Error {
             nearstore_proto::Error::MalformedPlan(m) => Error::MalformedPlan(m),
             other => Error::MalformedPlan(other.to_string()),
         }
+    }
+}
+
+fn retry_hint(retry_after_ms: u64) -> String {
+    if retry_after_ms == 0 {
+        String::new()
+    } else {
+        format!("; retry after {retry_after_ms} ms")
     }
 }

@@ -123,6 +123,7 @@ impl Device {
                     media_mb_per_s: t.media_mb_per_s.or(config.qos.media_mb_per_s),
                     kernel_deadline_ms: t.kernel_deadline_ms.or(config.qos.kernel_deadline_ms),
                     kernel_memory_mb: t.kernel_memory_mb.or(config.qos.kernel_memory_mb),
+                    max_kernels: t.max_kernels.unwrap_or(config.qos.max_kernels),
                 };
                 (t.name.clone(), q)
             })

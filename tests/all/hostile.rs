@@ -82,6 +82,7 @@ pub fn tenants() -> Vec<TenantConfig> {
             media_mb_per_s: None,
             kernel_deadline_ms: None,
             kernel_memory_mb: None,
+            max_kernels: None,
         })
         .collect()
 }

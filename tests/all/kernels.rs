@@ -33,6 +33,7 @@ fn sandbox() -> Sandbox {
         deadline: Duration::from_millis(300),
         epoch_tick: Duration::from_millis(1),
         instances_max: 8,
+        ..SandboxConfig::default()
     })
     .unwrap()
 }
@@ -217,6 +218,57 @@ fn garbage_outputs_are_rejected() {
     builtin_still_works(&sb);
 }
 
+/// The compile cache holds at most `programs_max` modules, dropping the least recently used;
+/// a dropped module compiles again when asked for and runs as before, and a query holding it
+/// keeps it. A module over `module_bytes_max` is refused before it is parsed.
+#[test]
+fn the_compile_cache_and_module_size_are_bounded() {
+    let sb = Sandbox::new(SandboxConfig {
+        programs_max: 2,
+        module_bytes_max: 64 << 10,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    // Kernels that select row `i` alone: distinct modules, told apart by their answers.
+    let selects = |i: u32| {
+        kernel(
+            &format!("(i32.store (local.get $out) (i32.const {i})) (i32.const 1)"),
+            "",
+        )
+    };
+    let first = sb.load(&selects(1)).unwrap();
+    let second = sb.load(&selects(2)).unwrap();
+    // A query that holds module 2 while it leaves the cache.
+    let mut held = sb.session(&second).unwrap();
+    // Using module 1 makes module 2 the least recently used; module 3 then pushes it out.
+    assert!(Arc::ptr_eq(&first, &sb.load(&selects(1)).unwrap()));
+    sb.load(&selects(3)).unwrap();
+    assert_eq!(sb.cached_programs(), 2);
+    assert!(
+        Arc::ptr_eq(&first, &sb.load(&selects(1)).unwrap()),
+        "module 1, used more recently, stays cached"
+    );
+    let data = ids();
+    assert_eq!(
+        held.filter(100, &[int64_column(&data)], &[]).unwrap(),
+        vec![2],
+        "the query holding the dropped module still runs it"
+    );
+    // Module 2 compiles again (a new program) and answers as before.
+    let again = sb.load(&selects(2)).unwrap();
+    assert!(!Arc::ptr_eq(&second, &again));
+    assert_eq!(run(&sb, &again).unwrap(), vec![2]);
+    assert_eq!(sb.cached_programs(), 2);
+
+    let mut big = selects(4);
+    big.resize(65 << 10, 0);
+    let e = sb.load(&big).unwrap_err();
+    assert!(
+        matches!(e, KernelError::Invalid(ref m) if m.contains("at most 65536 bytes")),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_modules_are_refused_at_registration() {
     let sb = sandbox();
@@ -332,6 +384,37 @@ fn builtin_filter_on_narrow_decimals() {
     let got = s.filter(&pred, &batch).unwrap();
     let idx: Vec<usize> = (0..100).filter(|&i| got.value(i)).collect();
     assert_eq!(idx, vec![0, 1, 2, 3, 4, 99]);
+}
+
+/// Decimals of precision <= 18 travel as `i64`: staged so, they are narrowed exactly, and a
+/// value beyond 18 digits (data that does not match its declared type) is an error, never a
+/// truncated value.
+#[test]
+fn narrow_decimals_beyond_their_precision_are_refused() {
+    let stage = |values: &[i128]| {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let col = ColumnBuffers {
+            type_code: nearstore_kernel_abi::types::INT64,
+            scale: 2,
+            values: &bytes,
+            validity: None,
+            offsets: None,
+            stage: Stage::Narrow { from: 16, to: 8 },
+        };
+        let mut out = vec![0u8; col.staged_len()];
+        col.stage_values(&mut out).map(|w| (w, out))
+    };
+    let fits = [-(i64::MAX as i128), 0, 12_345, i64::MAX as i128];
+    let ((width, need), out) = stage(&fits).unwrap();
+    assert_eq!((width, need), (8, 8));
+    let got: Vec<i128> = out
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as i128)
+        .collect();
+    assert_eq!(got, fits);
+    let e = stage(&[1, i64::MAX as i128 + 1, 2]).unwrap_err();
+    assert!(e.to_string().contains("beyond 18 digits"), "{e}");
+    assert!(stage(&[]).is_ok());
 }
 
 #[test]

@@ -29,6 +29,7 @@ fn tenants() -> Vec<TenantConfig> {
         media_mb_per_s: None,
         kernel_deadline_ms: None,
         kernel_memory_mb: None,
+        max_kernels: None,
     })
     .collect()
 }
@@ -205,6 +206,7 @@ async fn an_open_device_needs_no_token_and_bad_tenant_config_is_refused() {
         media_mb_per_s: None,
         kernel_deadline_ms: None,
         kernel_memory_mb: None,
+        max_kernels: None,
     }];
     let e = nearstore_runtime::Device::open(&cfg)
         .unwrap_err()
@@ -269,6 +271,49 @@ async fn a_flooding_tenant_is_refused_past_its_queue_and_others_go_on() {
     for f in flood {
         f.abort();
     }
+    dev.stop().await;
+}
+
+/// A tenant may keep `max_kernels` kernels registered: one more is refused with
+/// `resource_exhausted` (no retry hint: waiting does not help), replacing one of its names is
+/// not one more, removing one makes room, and other tenants register as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_registers_at_most_max_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        c.tenants[0].max_kernels = Some(2);
+    })
+    .await;
+    let selects = |i: u32| {
+        crate::kernels::kernel(
+            &format!("(i32.store (local.get $out) (i32.const {i})) (i32.const 1)"),
+            "",
+        )
+    };
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    alice.register_kernel("k1", &selects(1)).await.unwrap();
+    alice.register_kernel("k2", &selects(2)).await.unwrap();
+    let e = alice.register_kernel("k3", &selects(3)).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("2 kernels are registered"), "{e}");
+    assert!(!e.to_string().contains("retry after"), "{e}");
+    alice.register_kernel("k1", &selects(4)).await.unwrap();
+    let mut bob = client(&dev.url, Some(BOB)).await;
+    for name in ["b1", "b2", "b3"] {
+        bob.register_kernel(name, &selects(5)).await.unwrap();
+    }
+    alice.remove_kernel("k2").await.unwrap();
+    alice.register_kernel("k3", &selects(3)).await.unwrap();
+    let mut names: Vec<String> = alice
+        .kernels()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["k1", "k3"]);
     dev.stop().await;
 }
 

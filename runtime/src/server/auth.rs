@@ -43,6 +43,9 @@ pub struct TenantConfig {
     /// Kernel memory per query, MiB (default: the device's `[qos]`, else the sandbox's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_memory_mb: Option<usize>,
+    /// Kernels the tenant may have registered (default: the device's `[qos]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_kernels: Option<usize>,
 }
 
 /// Hex SHA-256 of a token, as stored in the configuration.
@@ -254,6 +257,7 @@ mod tests {
                 media_mb_per_s: None,
                 kernel_deadline_ms: None,
                 kernel_memory_mb: None,
+                max_kernels: None,
             },
             TenantConfig {
                 name: "ops".into(),
@@ -264,6 +268,7 @@ mod tests {
                 media_mb_per_s: None,
                 kernel_deadline_ms: None,
                 kernel_memory_mb: None,
+                max_kernels: None,
             },
         ])
         .unwrap();
@@ -308,6 +313,7 @@ mod tests {
             media_mb_per_s: None,
             kernel_deadline_ms: None,
             kernel_memory_mb: None,
+            max_kernels: None,
         };
         let h = token_hash("x");
         for (cfg, msg) in [

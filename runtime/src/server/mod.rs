@@ -77,6 +77,7 @@ pub fn status(e: &Error) -> Status {
         s.metadata_mut().insert(ERROR_CODE_METADATA, v);
     }
     if let Error::ResourceExhausted { retry_after_ms, .. } = e
+        && *retry_after_ms > 0
         && let Ok(v) = retry_after_ms.to_string().parse()
     {
         s.metadata_mut().insert("retry-after-ms", v);
@@ -371,11 +372,34 @@ impl DeviceService {
                 }
                 let module = hex::decode(&req.module_hex)
                     .map_err(|_| Error::InvalidKernel("module_hex is not hexadecimal".into()))?;
-                let program = self.executor.check_kernel(&module)?;
-                let kind = program.kind.as_str();
-                let output = program.output.map(|o| o.as_str());
                 let stored = who.scope(&req.name)?;
                 let storage = self.storage().clone();
+                // A name already registered is replaced; a new one counts against the limit.
+                let max = self
+                    .admission
+                    .limits(who.tenant.as_deref().unwrap_or_default())
+                    .max_kernels;
+                let kernels = storage.kernels().list();
+                let mine = kernels.iter().filter(|k| who.unscope(&k.name).is_some());
+                if !kernels.iter().any(|k| k.name == stored) && mine.count() >= max {
+                    return Err(Error::ResourceExhausted {
+                        message: format!(
+                            "{max} kernels are registered, the most this tenant may have \
+                             (remove one with `nearstore kernel remove`)"
+                        ),
+                        retry_after_ms: 0,
+                    });
+                }
+                // Compiling takes a while for a large module: off the async workers.
+                let executor = self.executor.clone();
+                let program = tokio::task::spawn_blocking(move || {
+                    executor.check_kernel(&module).map(|p| (p, module))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("kernel compilation panicked: {e}")))?;
+                let (program, module) = program?;
+                let kind = program.kind.as_str();
+                let output = program.output.map(|o| o.as_str());
                 let mut info = tokio::task::spawn_blocking(move || {
                     storage.kernels().register(&stored, &module, kind, output)
                 })

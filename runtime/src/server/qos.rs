@@ -36,6 +36,8 @@ pub struct QosConfig {
     pub kernel_deadline_ms: Option<u64>,
     /// Kernel memory of one of the tenant's queries, MiB (none: the sandbox's).
     pub kernel_memory_mb: Option<usize>,
+    /// Kernels one tenant may have registered.
+    pub max_kernels: usize,
 }
 
 impl Default for QosConfig {
@@ -46,6 +48,7 @@ impl Default for QosConfig {
             media_mb_per_s: None,
             kernel_deadline_ms: None,
             kernel_memory_mb: None,
+            max_kernels: 64,
         }
     }
 }
@@ -227,12 +230,17 @@ impl Admission {
         })
     }
 
+    /// The limits that apply to `tenant`.
+    pub fn limits(&self, tenant: &str) -> QosConfig {
+        self.overrides.get(tenant).copied().unwrap_or(self.defaults)
+    }
+
     fn lane(&self, tenant: &str) -> Arc<Lane> {
         let mut lanes = self.lanes.lock().expect("admission lanes");
         lanes
             .entry(tenant.to_string())
             .or_insert_with(|| {
-                let limits = self.overrides.get(tenant).copied().unwrap_or(self.defaults);
+                let limits = self.limits(tenant);
                 Arc::new(Lane {
                     limits,
                     media: limits.media_mb_per_s.map(|m| Arc::new(MediaBucket::new(m))),

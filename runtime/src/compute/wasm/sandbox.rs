@@ -37,6 +37,11 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Kernel instances alive at once (pool size).
     pub instances_max: u32,
+    /// Compiled modules kept in the cache; past that the least recently used is dropped (a
+    /// query that still holds it keeps it until it ends).
+    pub programs_max: usize,
+    /// Bytes of a module the sandbox accepts (checked before anything is parsed).
+    pub module_bytes_max: usize,
 }
 
 impl Default for SandboxConfig {
@@ -47,6 +52,8 @@ impl Default for SandboxConfig {
             deadline: Duration::from_secs(30),
             epoch_tick: Duration::from_millis(1),
             instances_max: 64,
+            programs_max: 64,
+            module_bytes_max: 16 << 20,
         }
     }
 }
@@ -245,12 +252,46 @@ impl ResourceLimiter for HostState {
     }
 }
 
+/// Compiled modules by SHA-256, at most `programs_max` of them: a full cache drops its least
+/// recently used module, which a later query compiles again.
+#[derive(Default)]
+struct ProgramCache {
+    /// SHA-256 → the program and when it was last used (a counter, not a clock).
+    entries: HashMap<String, (Arc<Program>, u64)>,
+    uses: u64,
+}
+
+impl ProgramCache {
+    fn get(&mut self, id: &str) -> Option<Arc<Program>> {
+        self.uses += 1;
+        let uses = self.uses;
+        self.entries.get_mut(id).map(|(p, last)| {
+            *last = uses;
+            p.clone()
+        })
+    }
+
+    fn insert(&mut self, id: String, program: Arc<Program>, max: usize) {
+        while self.entries.len() >= max.max(1) && !self.entries.contains_key(&id) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, last))| *last)
+                .map(|(k, _)| k.clone())
+                .expect("a full cache has entries");
+            self.entries.remove(&oldest);
+        }
+        self.uses += 1;
+        self.entries.insert(id, (program, self.uses));
+    }
+}
+
 /// Compiles, caches and runs kernels.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     config: SandboxConfig,
-    cache: Mutex<HashMap<String, Arc<Program>>>,
+    cache: Mutex<ProgramCache>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -345,7 +386,7 @@ impl Sandbox {
             engine,
             linker,
             config,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(ProgramCache::default()),
             stop_ticker: stop,
         })
     }
@@ -357,9 +398,16 @@ impl Sandbox {
 
     /// Validates and compiles a kernel (cached by SHA-256).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Program>, KernelError> {
+        if bytes.len() > self.config.module_bytes_max {
+            return Err(KernelError::Invalid(format!(
+                "the module is {} bytes; this device takes modules of at most {} bytes",
+                bytes.len(),
+                self.config.module_bytes_max
+            )));
+        }
         let id = hex::encode(Sha256::digest(bytes));
         if let Some(p) = self.cache.lock().expect("cache lock").get(&id) {
-            return Ok(p.clone());
+            return Ok(p);
         }
         if !bytes.starts_with(b"\0asm") {
             return Err(KernelError::Invalid(
@@ -479,11 +527,17 @@ impl Sandbox {
         });
         // Run it once, under query limits, to check the exports' types and the ABI version.
         self.session(&program)?;
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .insert(id, program.clone());
+        self.cache.lock().expect("cache lock").insert(
+            id,
+            program.clone(),
+            self.config.programs_max,
+        );
         Ok(program)
+    }
+
+    /// How many compiled modules the cache holds.
+    pub fn cached_programs(&self) -> usize {
+        self.cache.lock().expect("cache lock").entries.len()
     }
 
     /// A fresh instance of `program` for one query.
@@ -749,6 +803,15 @@ impl ColumnBuffers<'_> {
                 let w = abi::types::width(self.type_code) as u8;
                 Ok((w, w))
             }
+            Stage::Narrow { from: 16, to: 8 } => {
+                // Decimals of precision <= 18: the range check rides along with the narrowing,
+                // so data beyond its declared precision is an error, not a truncated value.
+                let n = self.values.len() / 16;
+                if n > 0 && lanes::narrow_range(self.values, 16, out, 8).is_none() {
+                    return Err(beyond_precision());
+                }
+                Ok((8, 8))
+            }
             Stage::Narrow { from, to } => {
                 lanes::narrow(self.values, from, out, to);
                 Ok((to, to))
@@ -768,15 +831,20 @@ impl ColumnBuffers<'_> {
                         Ok((from, from))
                     }
                     None if n == 0 => Ok((to, to)),
-                    None => Err(KernelError::Host(
-                        "a decimal of precision 18 or less holds a value beyond 18 digits (the \
-                         data does not match its declared type)"
-                            .into(),
-                    )),
+                    None => Err(beyond_precision()),
                 }
             }
         }
     }
+}
+
+/// A decimal of precision <= 18 whose value does not fit an `i64`.
+fn beyond_precision() -> KernelError {
+    KernelError::Host(
+        "a decimal of precision 18 or less holds a value beyond 18 digits (the data does not \
+         match its declared type)"
+            .into(),
+    )
 }
 
 const ALIGN: usize = 16;
