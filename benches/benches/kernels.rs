@@ -68,20 +68,29 @@ fn bind(batch: &RecordBatch, text: &str) -> PhysExpr {
         .unwrap()
 }
 
+/// The benchmarked filters.
+const FILTERS: [(&str, &str); 5] = [
+    (
+        "q6",
+        "l_shipdate >= DATE '1994-01-01' AND l_shipdate < DATE '1995-01-01' AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24",
+    ),
+    ("int64_lt_1pct", "k < 100"),
+    ("int64_lt_50pct", "k < 5000"),
+    ("int64_full_range_lt_50pct", "w < 0"),
+    ("float64_gt_50pct", "f > 4999.5"),
+];
+
+/// The benchmarked aggregations: name and group column.
+const AGGREGATIONS: [(&str, Option<&str>); 3] = [
+    ("ungrouped", None),
+    ("grouped_10k", Some("k")),
+    ("grouped_200k", Some("g")),
+];
+
 fn filters(c: &mut Criterion) {
     let data = batches();
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
-    let cases = [
-        (
-            "q6",
-            "l_shipdate >= DATE '1994-01-01' AND l_shipdate < DATE '1995-01-01' AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24",
-        ),
-        ("int64_lt_1pct", "k < 100"),
-        ("int64_lt_50pct", "k < 5000"),
-        ("int64_full_range_lt_50pct", "w < 0"),
-        ("float64_gt_50pct", "f > 4999.5"),
-    ];
-    for (name, text) in cases {
+    for (name, text) in FILTERS {
         let pred = bind(&data[0], text);
         let mut g = c.benchmark_group(format!("filter/{name}"));
         g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
@@ -215,11 +224,11 @@ fn aggregates(c: &mut Criterion) {
     let binder = Binder::new("bench", &schema);
     let aggs = bench_aggregates(&binder);
     let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
-    for (name, group_by) in [
-        ("ungrouped", vec![]),
-        ("grouped_10k", vec![binder.column("k").unwrap()]),
-        ("grouped_200k", vec![binder.column("g").unwrap()]),
-    ] {
+    for (name, group) in AGGREGATIONS {
+        let group_by: Vec<PhysExpr> = group
+            .map(|g| binder.column(g).unwrap())
+            .into_iter()
+            .collect();
         let mut g = c.benchmark_group(format!("aggregate/{name}"));
         g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
         for label in ["native", "wasm"] {
@@ -275,6 +284,86 @@ fn projections(c: &mut Criterion) {
     }
 }
 
+/// Wasm against native throughput, measured in alternation (native pass, Wasm pass, 15
+/// rounds) so that drift on a shared machine falls on both alike: the median of the rounds'
+/// ratios, printed as a table. Criterion's figures above time one side after the other.
+fn paired_ratios(_c: &mut Criterion) {
+    use nearstore_runtime::exec::aggregate::HashAggregator;
+    const ROUNDS: usize = 15;
+    let data = batches();
+    let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
+    let schema = data[0].schema();
+    let binder = Binder::new("bench", &schema);
+    let aggs = bench_aggregates(&binder);
+    let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // Seconds for `reps` passes of `pass`.
+    let time = |reps: usize, pass: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            pass();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let report = |name: &str, native: Vec<f64>, wasm: Vec<f64>| {
+        let ratios = native.iter().zip(&wasm).map(|(n, w)| n / w).collect();
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2}x |",
+            median(native) * 1e6,
+            median(wasm) * 1e6,
+            median(ratios)
+        );
+    };
+    println!(
+        "\nWasm / native throughput, alternating, median of {ROUNDS} rounds (>1: Wasm faster):"
+    );
+    println!("| case | native µs | wasm µs | wasm/native throughput |\n|---|---:|---:|---:|");
+    for (name, text) in FILTERS {
+        let pred = bind(&data[0], text);
+        let mut sessions = [NativeBackend.open().unwrap(), wasm.open().unwrap()];
+        let mut samples = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (s, out) in sessions.iter_mut().zip(samples.iter_mut()) {
+                out.push(
+                    time(10, &mut || {
+                        for batch in &data {
+                            black_box(s.filter(&pred, batch).unwrap());
+                        }
+                    }) / 10.0,
+                );
+            }
+        }
+        let [n, w] = samples;
+        report(&format!("filter/{name}"), n, w);
+    }
+    for (name, group) in AGGREGATIONS {
+        let group_by: Vec<PhysExpr> = group
+            .map(|g| binder.column(g).unwrap())
+            .into_iter()
+            .collect();
+        let mut samples = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            for (side, out) in samples.iter_mut().enumerate() {
+                out.push(time(1, &mut || {
+                    let mut h = HashAggregator::new(group_by.clone(), aggs.clone()).unwrap();
+                    if side == 1 {
+                        h.offload_to(Arc::new(std::sync::Mutex::new(wasm.open().unwrap())));
+                    }
+                    for batch in &data {
+                        h.update(batch, &eval).unwrap();
+                    }
+                    black_box(h.finish().unwrap());
+                }));
+            }
+        }
+        let [n, w] = samples;
+        report(&format!("aggregate/{name}"), n, w);
+    }
+}
+
 fn setup(c: &mut Criterion) {
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     c.bench_function("kernel_setup/wasm_session_cached_module", |b| {
@@ -282,5 +371,13 @@ fn setup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, filters, aggregates, projections, setup, fpga_model);
+criterion_group!(
+    benches,
+    filters,
+    aggregates,
+    projections,
+    setup,
+    fpga_model,
+    paired_ratios
+);
 criterion_main!(benches);

@@ -586,6 +586,7 @@ impl Sandbox {
             state: (0, 0, 0),
             arena: 0,
             arena_cap: 0,
+            last_alloc_end: 0,
             value_widths: Vec::new(),
         };
         s.arm()?;
@@ -723,6 +724,9 @@ pub struct KernelSession {
     state: (u32, usize, usize),
     arena: u32,
     arena_cap: u32,
+    /// Where the host's latest allocation in the kernel's memory ends: an aggregate state that
+    /// ends there may grow in place (see `update_groups`).
+    last_alloc_end: usize,
     /// Per column of the last batch staged, the fewest bytes per value that hold its values
     /// (where staging found out; else the bytes per value it was staged in).
     value_widths: Vec<u8>,
@@ -949,6 +953,7 @@ impl KernelSession {
         }
         self.arena = p;
         self.arena_cap = want;
+        self.last_alloc_end = p as usize + want as usize;
         Ok(())
     }
 
@@ -1074,6 +1079,7 @@ impl KernelSession {
         match region {
             Some(r) => {
                 r.fill(0);
+                self.last_alloc_end = p as usize + want as usize;
                 Ok(p)
             }
             None if limit_hit => Err(KernelError::MemoryLimit {
@@ -1142,6 +1148,17 @@ impl KernelSession {
                 "aggregate program changed within a query".into(),
             ));
         }
+        // A state the host allocated last grows in place when the kernel's allocator hands out
+        // the memory right after it (a bump allocator does): no copy, and only a little more
+        // than the groups need is zeroed (fresh memory costs a page fault per page touched).
+        if groups > cap && ptr != 0 && self.last_alloc_end == ptr as usize + cap * per_group {
+            let new_cap = groups + groups / 8;
+            let more = self.alloc_zeroed((new_cap - cap) * per_group)?;
+            if more as usize == ptr as usize + cap * per_group {
+                self.state = (ptr, new_cap, per_group);
+            }
+        }
+        let (ptr, cap, _) = self.state;
         if groups > cap || ptr == 0 {
             let new_cap = groups.max(cap * 2).max(16);
             let new_ptr = self.alloc_zeroed(new_cap * per_group)?;
