@@ -61,6 +61,37 @@ fn batches() -> Vec<RecordBatch> {
         .collect()
 }
 
+/// Whether the printed (non-criterion) part `name` runs: with no filter on the command line, or
+/// a filter that `name` contains (`cargo bench … -- paired`), as criterion selects its own.
+fn selected(name: &str) -> bool {
+    // Criterion's options that take a value; any other argument not starting with `-` is a
+    // filter.
+    const WITH_VALUE: [&str; 12] = [
+        "--profile-time",
+        "--measurement-time",
+        "--warm-up-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--output-format",
+        "--color",
+        "--plotting-backend",
+        "--noise-threshold",
+        "--significance-level",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| {
+            !a.starts_with('-') && (*i == 0 || !WITH_VALUE.contains(&args[i - 1].as_str()))
+        })
+        .map(|(_, a)| a)
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn bind(batch: &RecordBatch, text: &str) -> PhysExpr {
     let schema = batch.schema();
     Binder::new("bench", &schema)
@@ -116,6 +147,9 @@ fn filters(c: &mut Criterion) {
 /// takes, one pass over the batches per filter. Printed, not a criterion measurement: the
 /// modelled figure is what a real device of those parameters would need.
 fn fpga_model(_c: &mut Criterion) {
+    if !selected("fpga_model") {
+        return;
+    }
     let data = batches();
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     let fpga = FpgaBackend::new(TimingModel::default(), wasm).unwrap();
@@ -288,6 +322,9 @@ fn projections(c: &mut Criterion) {
 /// rounds) so that drift on a shared machine falls on both alike: the median of the rounds'
 /// ratios, printed as a table. Criterion's figures above time one side after the other.
 fn paired_ratios(_c: &mut Criterion) {
+    if !selected("paired_ratios") {
+        return;
+    }
     use nearstore_runtime::exec::aggregate::HashAggregator;
     const ROUNDS: usize = 15;
     let data = batches();

@@ -601,6 +601,13 @@ async fn computed_columns_in_wasm_equal_native() {
         .collect::<Decimal128Array>()
         .with_precision_and_scale(38, 10)
         .unwrap();
+    // A divisor that is NULL exactly where `big` is at its extreme: raising those dividends
+    // for the quotient's scale would overflow, but Arrow computes no row with a NULL operand.
+    let dn = (0..n)
+        .map(|i| (!edge(i)).then_some((i as i128 % 50 + 1) * 100))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(15, 2)
+        .unwrap();
     let f =
         Float64Array::from_iter((0..n).map(|i| (i % 17 != 1).then_some(i as f64 / 7.0 - 1000.0)));
     let batch = RecordBatch::try_from_iter(vec![
@@ -612,6 +619,7 @@ async fn computed_columns_in_wasm_equal_native() {
         ("i", Arc::new(i64s) as ArrayRef),
         ("d", Arc::new(d) as ArrayRef),
         ("big", Arc::new(big) as ArrayRef),
+        ("dn", Arc::new(dn) as ArrayRef),
         ("f", Arc::new(f) as ArrayRef),
     ])
     .unwrap();
@@ -638,6 +646,7 @@ async fn computed_columns_in_wasm_equal_native() {
         ("d / d", true),
         ("d / (d + 1000000)", true),
         ("big / d", true),
+        ("big / dn", true),
     ];
     let (mut agreed, mut failed_alike) = (0, Vec::new());
     for (text, in_wasm) in cases {
@@ -674,12 +683,12 @@ async fn computed_columns_in_wasm_equal_native() {
         }
     }
     // The int32 extremes doubled, the decimal(38, 10) extremes squared or raised by 10^6 for
-    // a quotient at scale 14 overflow, and a division by zero fails (as errors, alike);
-    // everything else computes.
+    // a quotient at scale 14 overflow (unless the divisor is NULL there), and a division by
+    // zero fails (as errors, alike); everything else computes.
     assert_eq!(
         (agreed, failed_alike),
         (
-            14,
+            15,
             vec![
                 "a32 * 2",
                 "a32 + a32",

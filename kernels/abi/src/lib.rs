@@ -97,7 +97,9 @@ pub mod expr {
     pub const SUB: u8 = 5;
     /// Pop two, push their product.
     pub const MUL: u8 = 6;
-    /// Pop one, push it × 10^k.
+    /// Pop one, push it × 10^k. A row that leaves `i128` is an error only if it is still valid
+    /// where the value is used (a decimal dividend raised for its quotient's scale is not
+    /// computed on rows whose divisor is NULL, as in Arrow).
     pub const RESCALE: u8 = 7;
     /// Pop two, push their quotient: integers (and unscaled decimals, which the program
     /// rescales first) truncated toward zero, a valid row dividing by zero an error

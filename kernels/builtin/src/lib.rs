@@ -944,6 +944,26 @@ struct Value<'a> {
     vals: Vals<'a>,
     /// Validity words; `None`: every row valid.
     valid: Option<Vec<u64>>,
+    /// Rows a rescale took past `i128` (words, a bit per row; `None`: none). An error only
+    /// where the row is valid when the value is used: Arrow raises a decimal dividend only on
+    /// the rows valid in both operands.
+    overflow: Option<Vec<u64>>,
+}
+
+/// `OVERFLOW` when a row marked in `overflow` is valid in `valid`.
+fn check_overflow(overflow: &Option<Vec<u64>>, valid: &Option<Vec<u64>>) -> KernelResult {
+    let Some(o) = overflow else {
+        return Ok(());
+    };
+    for (w, bits) in o.iter().enumerate() {
+        let v = valid
+            .as_ref()
+            .map_or(u64::MAX, |v| v.get(w).copied().unwrap_or(0));
+        if bits & v != 0 {
+            return Err(status::OVERFLOW);
+        }
+    }
+    Ok(())
 }
 
 fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
@@ -1017,7 +1037,11 @@ fn load<'a>(c: &Column<'a>, rows: usize) -> KernelResult<Value<'a>> {
         types::DECIMAL128 => Vals::I128(c.i128s()?[..rows].to_vec()),
         _ => return Err(status::UNSUPPORTED),
     };
-    Ok(Value { vals, valid })
+    Ok(Value {
+        vals,
+        valid,
+        overflow: None,
+    })
 }
 
 fn is_valid(valid: &Option<Vec<u64>>, i: usize) -> bool {
@@ -1277,12 +1301,15 @@ fn in_range(x: i128, range: u8) -> KernelResult<i128> {
 
 fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Value<'static>> {
     let valid = and_valid(a.valid, b.valid);
+    check_overflow(&a.overflow, &valid)?;
+    check_overflow(&b.overflow, &valid)?;
     if range == expr::range::F64 {
         let side = |v| float_side(v).ok_or(status::BAD_INPUT);
         let vals = bin_f64(op, rows, side(&a.vals)?, side(&b.vals)?);
         return Ok(Value {
             vals: Vals::F64(vals),
             valid,
+            overflow: None,
         });
     }
     if let (Some(x), Some(y)) = (int_side(&a.vals), int_side(&b.vals)) {
@@ -1298,6 +1325,7 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
             return Ok(Value {
                 vals: Vals::I64(r),
                 valid,
+                overflow: None,
             });
         }
     }
@@ -1321,6 +1349,7 @@ fn arith(op: u8, range: u8, rows: usize, a: Value, b: Value) -> KernelResult<Val
     Ok(Value {
         vals: Vals::I128(x),
         valid,
+        overflow: None,
     })
 }
 
@@ -1337,23 +1366,31 @@ fn eval<'a>(ops: &[XOp], batch: &'a Batch<'a>) -> KernelResult<Value<'a>> {
             XOp::Int(x) => Value {
                 vals: Vals::ConstI(x),
                 valid: None,
+                overflow: None,
             },
             XOp::Float(x) => Value {
                 vals: Vals::ConstF(x),
                 valid: None,
+                overflow: None,
             },
             XOp::Rescale(k) => {
                 let v = stack.pop().ok_or(status::BAD_INPUT)?;
                 let m = 10i128.pow(k);
                 let mut a = wide(&v.vals, rows).ok_or(status::BAD_INPUT)?;
+                let mut overflow = v.overflow;
                 for (i, x) in a.iter_mut().enumerate() {
                     if is_valid(&v.valid, i) {
-                        *x = x.checked_mul(m).ok_or(status::OVERFLOW)?;
+                        *x = x.checked_mul(m).unwrap_or_else(|| {
+                            overflow.get_or_insert_with(|| alloc::vec![0; rows.div_ceil(64)])
+                                [i / 64] |= 1 << (i % 64);
+                            0
+                        });
                     }
                 }
                 Value {
                     vals: Vals::I128(a),
                     valid: v.valid,
+                    overflow,
                 }
             }
             XOp::Arith(op, range) => {
@@ -1364,7 +1401,9 @@ fn eval<'a>(ops: &[XOp], batch: &'a Batch<'a>) -> KernelResult<Value<'a>> {
         };
         stack.push(v);
     }
-    stack.pop().ok_or(status::BAD_INPUT)
+    let v = stack.pop().ok_or(status::BAD_INPUT)?;
+    check_overflow(&v.overflow, &v.valid)?;
+    Ok(v)
 }
 
 /// Both sides of a compare of computed values, by the type they compare in.
