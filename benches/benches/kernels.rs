@@ -66,7 +66,7 @@ fn batches() -> Vec<RecordBatch> {
 fn selected(name: &str) -> bool {
     // Criterion's options that take a value; any other argument not starting with `-` is a
     // filter.
-    const WITH_VALUE: [&str; 12] = [
+    const WITH_VALUE: [&str; 14] = [
         "--profile-time",
         "--measurement-time",
         "--warm-up-time",
@@ -79,6 +79,8 @@ fn selected(name: &str) -> bool {
         "--plotting-backend",
         "--noise-threshold",
         "--significance-level",
+        "--confidence-level",
+        "--nresamples",
     ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filters: Vec<&String> = args

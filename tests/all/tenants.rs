@@ -314,6 +314,26 @@ async fn a_tenant_registers_at_most_max_kernels() {
         .collect();
     names.sort();
     assert_eq!(names, ["k1", "k3"]);
+    // Room for one more, asked for four times at once: one registration gets it.
+    alice.remove_kernel("k3").await.unwrap();
+    let racing: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, module) = (dev.url.clone(), selects(10 + i));
+            tokio::spawn(async move {
+                let mut c = client(&url, Some(ALICE)).await;
+                c.register_kernel(&format!("race{i}"), &module).await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racing {
+        match r.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(code(&e), ErrorCode::ResourceExhausted, "{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(alice.kernels().await.unwrap().len(), 2);
     dev.stop().await;
 }
 

@@ -96,6 +96,9 @@ pub struct DeviceService {
     queries: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     active: Arc<AtomicU64>,
+    /// Held while a registration checks the tenant's kernel count and stores the kernel, so
+    /// registrations in flight together cannot pass the limit.
+    registering: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Counts a query as running until dropped.
@@ -133,6 +136,7 @@ impl DeviceService {
             queries: Arc::new(AtomicU64::new(0)),
             errors: Arc::new(AtomicU64::new(0)),
             active: Arc::new(AtomicU64::new(0)),
+            registering: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -374,22 +378,28 @@ impl DeviceService {
                     .map_err(|_| Error::InvalidKernel("module_hex is not hexadecimal".into()))?;
                 let stored = who.scope(&req.name)?;
                 let storage = self.storage().clone();
-                // A name already registered is replaced; a new one counts against the limit.
+                // A name already registered is replaced; a new one counts against the limit:
+                // checked before compiling (a quick refusal) and again, under the lock, before
+                // storing.
                 let max = self
                     .admission
                     .limits(who.tenant.as_deref().unwrap_or_default())
                     .max_kernels;
-                let kernels = storage.kernels().list();
-                let mine = kernels.iter().filter(|k| who.unscope(&k.name).is_some());
-                if !kernels.iter().any(|k| k.name == stored) && mine.count() >= max {
-                    return Err(Error::ResourceExhausted {
+                let within_limit = || {
+                    let kernels = storage.kernels().list();
+                    let mine = kernels.iter().filter(|k| who.unscope(&k.name).is_some());
+                    if kernels.iter().any(|k| k.name == stored) || mine.count() < max {
+                        return Ok(());
+                    }
+                    Err(Error::ResourceExhausted {
                         message: format!(
                             "{max} kernels are registered, the most this tenant may have \
                              (remove one with `nearstore kernel remove`)"
                         ),
                         retry_after_ms: 0,
-                    });
-                }
+                    })
+                };
+                within_limit()?;
                 // Compiling takes a while for a large module: off the async workers.
                 let executor = self.executor.clone();
                 let program = tokio::task::spawn_blocking(move || {
@@ -400,6 +410,8 @@ impl DeviceService {
                 let (program, module) = program?;
                 let kind = program.kind.as_str();
                 let output = program.output.map(|o| o.as_str());
+                let _registering = self.registering.lock().await;
+                within_limit()?;
                 let mut info = tokio::task::spawn_blocking(move || {
                     storage.kernels().register(&stored, &module, kind, output)
                 })

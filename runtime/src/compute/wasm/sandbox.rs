@@ -1151,10 +1151,11 @@ impl KernelSession {
         // A state the host allocated last grows in place when the kernel's allocator hands out
         // the memory right after it (a bump allocator does): no copy, and only a little more
         // than the groups need is zeroed (fresh memory costs a page fault per page touched).
-        if groups > cap && ptr != 0 && self.last_alloc_end == ptr as usize + cap * per_group {
+        let end = ptr as usize + cap * per_group;
+        if groups > cap && ptr != 0 && self.last_alloc_end == end && end.is_multiple_of(ALIGN) {
             let new_cap = groups + groups / 8;
             let more = self.alloc_zeroed((new_cap - cap) * per_group)?;
-            if more as usize == ptr as usize + cap * per_group {
+            if more as usize == end {
                 self.state = (ptr, new_cap, per_group);
             }
         }
