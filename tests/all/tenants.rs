@@ -337,6 +337,53 @@ async fn a_tenant_registers_at_most_max_kernels() {
     dev.stop().await;
 }
 
+/// A kernel called from a projection or an aggregate is looked up in the caller's namespace,
+/// as one called from a filter is: a tenant's own kernel is found there, another tenant's is
+/// not found, whatever name the plan gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernels_in_projections_and_aggregates_are_the_callers_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| c.tenants = tenants()).await;
+    let selects_row_1 = crate::kernels::kernel(
+        "(i32.store (local.get $out) (i32.const 1)) (i32.const 1)",
+        "",
+    );
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    alice
+        .put_batches("t", PutMode::Create, table_batches(100, 100, 5))
+        .await
+        .unwrap();
+    alice.register_kernel("k", &selects_row_1).await.unwrap();
+    let mut bob = client(&dev.url, Some(BOB)).await;
+    bob.register_kernel("b", &selects_row_1).await.unwrap();
+    let call = |name: &str| {
+        format!(
+            r#"{{"version": 1, "table": "t", "projection": ["id", {{"name": "v", "expr": {{"kernel": {{"name": "{name}", "args": ["id"]}}}}}}], "limit": 3}}"#
+        )
+    };
+    let r = alice.query_json(call("k")).await.unwrap();
+    let b = r.concat().unwrap();
+    let v = b
+        .column_by_name("v")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        v.iter().collect::<Vec<_>>(),
+        [Some(false), Some(true), Some(false)]
+    );
+    for name in ["b", "bob/b"] {
+        let e = alice.query_json(call(name)).await.unwrap_err();
+        assert_eq!(code(&e), ErrorCode::UnknownKernel, "{name}: {e}");
+    }
+    let agg = r#"{"version": 1, "table": "t", "aggregates": [{"func": "kernel", "expr": {"kernel": {"name": "bob/b", "args": ["id"]}}}]}"#;
+    let e = alice.query_json(agg).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::UnknownKernel, "{e}");
+    dev.stop().await;
+}
+
 /// `GET path` on the metrics port.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -180,10 +180,16 @@ impl DeviceService {
     fn scoped(who: &Principal, plan: &Plan) -> Result<Plan> {
         let mut p = plan.clone();
         p.table = who.scope(&plan.table)?;
-        // Kernels live in the caller's namespace too.
+        // Kernels live in the caller's namespace too, wherever the plan calls them: in the
+        // filter, a projection or an aggregate.
         let mut bad = None;
-        if let Some(f) = p.filter.as_mut() {
-            f.visit_kernels_mut(&mut |name| match who.scope(name) {
+        let projected = p.projection.iter_mut().filter_map(|pr| match pr {
+            nearstore_proto::Projection::Named { expr, .. } => Some(expr),
+            nearstore_proto::Projection::Column(_) => None,
+        });
+        let aggregated = p.aggregates.iter_mut().filter_map(|a| a.expr.as_mut());
+        for e in p.filter.iter_mut().chain(projected).chain(aggregated) {
+            e.visit_kernels_mut(&mut |name| match who.scope(name) {
                 Ok(s) => *name = s,
                 Err(_) => bad = Some(name.clone()),
             });
