@@ -200,6 +200,28 @@ impl std::str::FromStr for BackendKind {
 }
 
 impl Plan {
+    /// Every expression of the plan: the filter, the named projections and the aggregates'
+    /// inputs (where kernels may be called).
+    pub fn exprs_mut(&mut self) -> impl Iterator<Item = &mut Expr> {
+        let projected = self.projection.iter_mut().filter_map(|p| match p {
+            Projection::Named { expr, .. } => Some(expr),
+            Projection::Column(_) => None,
+        });
+        let aggregated = self.aggregates.iter_mut().filter_map(|a| a.expr.as_mut());
+        self.filter.iter_mut().chain(projected).chain(aggregated)
+    }
+
+    /// The registered kernels the plan calls, each once.
+    pub fn kernels(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for e in self.clone().exprs_mut() {
+            e.visit_kernels_mut(&mut |n| names.push(n.clone()));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// A plan that scans `table` with nothing pushed down.
     pub fn scan(table: impl Into<String>) -> Self {
         Plan {
@@ -318,6 +340,25 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::expr::{CmpOp, Literal};
+
+    #[test]
+    fn kernels_are_found_in_filters_projections_and_aggregates() {
+        let k = |n: &str| format!(r#"{{"kernel": {{"name": "{n}", "args": ["x"]}}}}"#);
+        let json = format!(
+            r#"{{"version": 1, "table": "t", "filter": {{"and": [{}, {}]}},
+                "projection": ["x", {{"name": "v", "expr": {}}}],
+                "aggregates": [{{"func": "kernel", "expr": {}}}]}}"#,
+            k("f"),
+            k("m"),
+            k("m"),
+            k("a")
+        );
+        // Not a valid query (a projection beside aggregates), but every place a kernel may be.
+        let mut plan: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(plan.kernels(), ["a", "f", "m"]);
+        assert_eq!(plan.exprs_mut().count(), 3);
+        assert!(Plan::scan("t").kernels().is_empty());
+    }
 
     #[test]
     fn round_trips_and_rejects_bad_documents() {

@@ -164,6 +164,21 @@ impl Executor {
         let table = self.storage.table(&plan.table)?;
         let counters = Arc::new(ScanCounters::default());
         let table_schema = self.table_schema(&table, &counters).await?;
+        // The plan's kernels compiled on the blocking pool first (a module the compile cache
+        // dropped is compiled again), so binding below finds them cached; binding reports any
+        // error.
+        let kernels = plan.kernels();
+        if !kernels.is_empty() {
+            let (storage, sandbox) = (self.storage.clone(), self.wasm.sandbox().clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in kernels {
+                    if let Ok(bytes) = storage.kernels().module(&name) {
+                        let _ = sandbox.load(&bytes);
+                    }
+                }
+            })
+            .await;
+        }
         let resolve = |name: &str| self.kernel(name);
         let binder = Binder::new(&plan.table, &table_schema).with_kernels(&resolve);
         let predicate = plan

@@ -183,12 +183,7 @@ impl DeviceService {
         // Kernels live in the caller's namespace too, wherever the plan calls them: in the
         // filter, a projection or an aggregate.
         let mut bad = None;
-        let projected = p.projection.iter_mut().filter_map(|pr| match pr {
-            nearstore_proto::Projection::Named { expr, .. } => Some(expr),
-            nearstore_proto::Projection::Column(_) => None,
-        });
-        let aggregated = p.aggregates.iter_mut().filter_map(|a| a.expr.as_mut());
-        for e in p.filter.iter_mut().chain(projected).chain(aggregated) {
+        for e in p.exprs_mut() {
             e.visit_kernels_mut(&mut |name| match who.scope(name) {
                 Ok(s) => *name = s,
                 Err(_) => bad = Some(name.clone()),
