@@ -164,22 +164,29 @@ impl Executor {
         let table = self.storage.table(&plan.table)?;
         let counters = Arc::new(ScanCounters::default());
         let table_schema = self.table_schema(&table, &counters).await?;
-        // The plan's kernels compiled on the blocking pool first (a module the compile cache
-        // dropped is compiled again), so binding below finds them cached; binding reports any
-        // error.
+        // The plan's kernels are read and compiled on the blocking pool (a module the compile
+        // cache dropped is compiled again), and binding takes them from here; a kernel that
+        // failed to load is looked up again by the binder, which reports its error.
         let kernels = plan.kernels();
+        let mut loaded = std::collections::HashMap::new();
         if !kernels.is_empty() {
             let (storage, sandbox) = (self.storage.clone(), self.wasm.sandbox().clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                for name in kernels {
-                    if let Ok(bytes) = storage.kernels().module(&name) {
-                        let _ = sandbox.load(&bytes);
-                    }
-                }
+            loaded = tokio::task::spawn_blocking(move || {
+                kernels
+                    .into_iter()
+                    .filter_map(|name| {
+                        let bytes = storage.kernels().module(&name).ok()?;
+                        Some((name, sandbox.load(&bytes).ok()?))
+                    })
+                    .collect()
             })
-            .await;
+            .await
+            .map_err(|e| Error::Internal(format!("loading the plan's kernels panicked: {e}")))?;
         }
-        let resolve = |name: &str| self.kernel(name);
+        let resolve = |name: &str| match loaded.get(name) {
+            Some(program) => Ok((program.clone(), self.wasm.sandbox().clone())),
+            None => self.kernel(name),
+        };
         let binder = Binder::new(&plan.table, &table_schema).with_kernels(&resolve);
         let predicate = plan
             .filter
