@@ -250,16 +250,34 @@ fn bench_aggregates(binder: &Binder) -> Vec<nearstore_runtime::exec::aggregate::
     ]
 }
 
+/// One aggregation over all of `data`: native accumulators, or offloaded to a fresh session of
+/// `offload` (group ids are computed on the host in both cases).
+fn aggregate_pass(
+    group_by: &[PhysExpr],
+    aggs: &[nearstore_runtime::exec::aggregate::AggSpec],
+    data: &[RecordBatch],
+    offload: Option<&WasmBackend>,
+) {
+    use nearstore_runtime::exec::aggregate::HashAggregator;
+    let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
+    let mut h = HashAggregator::new(group_by.to_vec(), aggs.to_vec()).unwrap();
+    if let Some(wasm) = offload {
+        h.offload_to(Arc::new(std::sync::Mutex::new(wasm.open().unwrap())));
+    }
+    for batch in data {
+        h.update(batch, &eval).unwrap();
+    }
+    black_box(h.finish().unwrap());
+}
+
 /// Aggregation: native accumulators against the Wasm kernel (group ids are computed on the
 /// host in both cases).
 fn aggregates(c: &mut Criterion) {
-    use nearstore_runtime::exec::aggregate::HashAggregator;
     let data = batches();
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     let schema = data[0].schema();
     let binder = Binder::new("bench", &schema);
     let aggs = bench_aggregates(&binder);
-    let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
     for (name, group) in AGGREGATIONS {
         let group_by: Vec<PhysExpr> = group
             .map(|g| binder.column(g).unwrap())
@@ -267,18 +285,9 @@ fn aggregates(c: &mut Criterion) {
             .collect();
         let mut g = c.benchmark_group(format!("aggregate/{name}"));
         g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
-        for label in ["native", "wasm"] {
+        for (label, offload) in [("native", None), ("wasm", Some(&wasm))] {
             g.bench_function(label, |b| {
-                b.iter(|| {
-                    let mut h = HashAggregator::new(group_by.clone(), aggs.clone()).unwrap();
-                    if label == "wasm" {
-                        h.offload_to(Arc::new(std::sync::Mutex::new(wasm.open().unwrap())));
-                    }
-                    for batch in &data {
-                        h.update(batch, &eval).unwrap();
-                    }
-                    black_box(h.finish().unwrap())
-                })
+                b.iter(|| aggregate_pass(&group_by, &aggs, &data, offload))
             });
         }
         g.finish();
@@ -327,14 +336,12 @@ fn paired_ratios(_c: &mut Criterion) {
     if !selected("paired_ratios") {
         return;
     }
-    use nearstore_runtime::exec::aggregate::HashAggregator;
     const ROUNDS: usize = 15;
     let data = batches();
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     let schema = data[0].schema();
     let binder = Binder::new("bench", &schema);
     let aggs = bench_aggregates(&binder);
-    let eval = |e: &PhysExpr, b: &RecordBatch| NativeBackend.open().unwrap().evaluate(e, b);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -385,16 +392,9 @@ fn paired_ratios(_c: &mut Criterion) {
             .collect();
         let mut samples = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
-            for (side, out) in samples.iter_mut().enumerate() {
+            for (offload, out) in [None, Some(&wasm)].into_iter().zip(samples.iter_mut()) {
                 out.push(time(1, &mut || {
-                    let mut h = HashAggregator::new(group_by.clone(), aggs.clone()).unwrap();
-                    if side == 1 {
-                        h.offload_to(Arc::new(std::sync::Mutex::new(wasm.open().unwrap())));
-                    }
-                    for batch in &data {
-                        h.update(batch, &eval).unwrap();
-                    }
-                    black_box(h.finish().unwrap());
+                    aggregate_pass(&group_by, &aggs, &data, offload)
                 }));
             }
         }

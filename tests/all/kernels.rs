@@ -26,6 +26,15 @@ pub(crate) fn kernel(body: &str, extra: &str) -> Vec<u8> {
     )
 }
 
+/// A filter kernel that selects row `i` alone: distinct modules for distinct `i`, told apart
+/// by their answers.
+pub(crate) fn selects_row(i: u32) -> Vec<u8> {
+    kernel(
+        &format!("(i32.store (local.get $out) (i32.const {i})) (i32.const 1)"),
+        "",
+    )
+}
+
 fn sandbox() -> Sandbox {
     Sandbox::new(SandboxConfig {
         memory_bytes_max: 16 << 20,
@@ -229,23 +238,16 @@ fn the_compile_cache_and_module_size_are_bounded() {
         ..SandboxConfig::default()
     })
     .unwrap();
-    // Kernels that select row `i` alone: distinct modules, told apart by their answers.
-    let selects = |i: u32| {
-        kernel(
-            &format!("(i32.store (local.get $out) (i32.const {i})) (i32.const 1)"),
-            "",
-        )
-    };
-    let first = sb.load(&selects(1)).unwrap();
-    let second = sb.load(&selects(2)).unwrap();
+    let first = sb.load(&selects_row(1)).unwrap();
+    let second = sb.load(&selects_row(2)).unwrap();
     // A query that holds module 2 while it leaves the cache.
     let mut held = sb.session(&second).unwrap();
     // Using module 1 makes module 2 the least recently used; module 3 then pushes it out.
-    assert!(Arc::ptr_eq(&first, &sb.load(&selects(1)).unwrap()));
-    sb.load(&selects(3)).unwrap();
+    assert!(Arc::ptr_eq(&first, &sb.load(&selects_row(1)).unwrap()));
+    sb.load(&selects_row(3)).unwrap();
     assert_eq!(sb.cached_programs(), 2);
     assert!(
-        Arc::ptr_eq(&first, &sb.load(&selects(1)).unwrap()),
+        Arc::ptr_eq(&first, &sb.load(&selects_row(1)).unwrap()),
         "module 1, used more recently, stays cached"
     );
     let data = ids();
@@ -255,12 +257,12 @@ fn the_compile_cache_and_module_size_are_bounded() {
         "the query holding the dropped module still runs it"
     );
     // Module 2 compiles again (a new program) and answers as before.
-    let again = sb.load(&selects(2)).unwrap();
+    let again = sb.load(&selects_row(2)).unwrap();
     assert!(!Arc::ptr_eq(&second, &again));
     assert_eq!(run(&sb, &again).unwrap(), vec![2]);
     assert_eq!(sb.cached_programs(), 2);
 
-    let mut big = selects(4);
+    let mut big = selects_row(4);
     big.resize(65 << 10, 0);
     let e = sb.load(&big).unwrap_err();
     assert!(

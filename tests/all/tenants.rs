@@ -7,6 +7,7 @@ use nearstore_proto::{ErrorCode, Plan, PutMode};
 use nearstore_runtime::server::auth::{TenantConfig, token_hash};
 use nearstore_sdk::{Client, ClientOptions, Error, Mode, Query, SqlSession};
 
+use crate::kernels::selects_row;
 use crate::support::{TestDevice, sum_ids, table_batches};
 
 const ALICE: &str = "alice-token-1";
@@ -285,26 +286,23 @@ async fn a_tenant_registers_at_most_max_kernels() {
         c.tenants[0].max_kernels = Some(2);
     })
     .await;
-    let selects = |i: u32| {
-        crate::kernels::kernel(
-            &format!("(i32.store (local.get $out) (i32.const {i})) (i32.const 1)"),
-            "",
-        )
-    };
     let mut alice = client(&dev.url, Some(ALICE)).await;
-    alice.register_kernel("k1", &selects(1)).await.unwrap();
-    alice.register_kernel("k2", &selects(2)).await.unwrap();
-    let e = alice.register_kernel("k3", &selects(3)).await.unwrap_err();
+    alice.register_kernel("k1", &selects_row(1)).await.unwrap();
+    alice.register_kernel("k2", &selects_row(2)).await.unwrap();
+    let e = alice
+        .register_kernel("k3", &selects_row(3))
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), ErrorCode::ResourceExhausted, "{e}");
     assert!(e.to_string().contains("2 kernels are registered"), "{e}");
     assert!(!e.to_string().contains("retry after"), "{e}");
-    alice.register_kernel("k1", &selects(4)).await.unwrap();
+    alice.register_kernel("k1", &selects_row(4)).await.unwrap();
     let mut bob = client(&dev.url, Some(BOB)).await;
     for name in ["b1", "b2", "b3"] {
-        bob.register_kernel(name, &selects(5)).await.unwrap();
+        bob.register_kernel(name, &selects_row(5)).await.unwrap();
     }
     alice.remove_kernel("k2").await.unwrap();
-    alice.register_kernel("k3", &selects(3)).await.unwrap();
+    alice.register_kernel("k3", &selects_row(3)).await.unwrap();
     let mut names: Vec<String> = alice
         .kernels()
         .await
@@ -318,7 +316,7 @@ async fn a_tenant_registers_at_most_max_kernels() {
     alice.remove_kernel("k3").await.unwrap();
     let racing: Vec<_> = (0..4)
         .map(|i| {
-            let (url, module) = (dev.url.clone(), selects(10 + i));
+            let (url, module) = (dev.url.clone(), selects_row(10 + i));
             tokio::spawn(async move {
                 let mut c = client(&url, Some(ALICE)).await;
                 c.register_kernel(&format!("race{i}"), &module).await
@@ -344,10 +342,7 @@ async fn a_tenant_registers_at_most_max_kernels() {
 async fn kernels_in_projections_and_aggregates_are_the_callers_own() {
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start_with(dir.path(), |c| c.tenants = tenants()).await;
-    let selects_row_1 = crate::kernels::kernel(
-        "(i32.store (local.get $out) (i32.const 1)) (i32.const 1)",
-        "",
-    );
+    let selects_row_1 = selects_row(1);
     let mut alice = client(&dev.url, Some(ALICE)).await;
     alice
         .put_batches("t", PutMode::Create, table_batches(100, 100, 5))
