@@ -116,6 +116,37 @@ fn narrow_range_dispatch<S: Src, D: Dst>(src: &[S], dst: &mut [D]) -> Option<(i6
     narrow_range_to(src, dst)
 }
 
+/// The bits set in `bytes` (a selection bitmap), with the CPU's population count when it has
+/// one (the baseline counts in software, about ten instructions a word).
+pub fn count_ones(bytes: &[u8]) -> usize {
+    #[inline(always)]
+    fn count(bytes: &[u8]) -> usize {
+        let words = bytes.chunks_exact(8);
+        let tail: usize = words
+            .remainder()
+            .iter()
+            .map(|b| b.count_ones() as usize)
+            .sum();
+        tail + words
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as usize)
+            .sum::<usize>()
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// The CPU has `popcnt`.
+        #[target_feature(enable = "popcnt")]
+        unsafe fn popcnt(bytes: &[u8]) -> usize {
+            count(bytes)
+        }
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            // SAFETY: the CPU has the feature (checked).
+            return unsafe { popcnt(bytes) };
+        }
+    }
+    count(bytes)
+}
+
 /// Reads `bytes` (little-endian values of `T`) as `T`s: in place when aligned, else copied.
 fn typed<T: pod::Pod>(bytes: &[u8]) -> std::borrow::Cow<'_, [T]> {
     let width = std::mem::size_of::<T>();

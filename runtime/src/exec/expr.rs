@@ -174,6 +174,81 @@ impl PhysExpr {
         }
     }
 
+    /// Whether `other` is this expression or a clone of it: the same tree, sharing its literal
+    /// arrays and kernel calls. A cheap identity for what was derived from an expression once
+    /// (an equal expression built apart is not a clone; it is derived again).
+    pub fn is_clone_of(&self, other: &PhysExpr) -> bool {
+        use PhysExpr as E;
+        let all = |a: &[PhysExpr], b: &[PhysExpr]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.is_clone_of(b))
+        };
+        match (self, other) {
+            (
+                E::Column { name, data_type },
+                E::Column {
+                    name: n,
+                    data_type: t,
+                },
+            ) => name == n && data_type == t,
+            (E::Literal(a), E::Literal(b)) => Arc::ptr_eq(a, b),
+            (E::Cast { expr, to }, E::Cast { expr: e, to: t }) => to == t && expr.is_clone_of(e),
+            (
+                E::Cmp { op, left, right },
+                E::Cmp {
+                    op: o,
+                    left: l,
+                    right: r,
+                },
+            ) => op == o && left.is_clone_of(l) && right.is_clone_of(r),
+            (
+                E::Arith {
+                    op,
+                    left,
+                    right,
+                    data_type,
+                },
+                E::Arith {
+                    op: o,
+                    left: l,
+                    right: r,
+                    data_type: t,
+                },
+            ) => op == o && data_type == t && left.is_clone_of(l) && right.is_clone_of(r),
+            (E::And(a), E::And(b)) | (E::Or(a), E::Or(b)) => all(a, b),
+            (E::Not(a), E::Not(b))
+            | (E::IsNull(a), E::IsNull(b))
+            | (E::IsNotNull(a), E::IsNotNull(b)) => a.is_clone_of(b),
+            (
+                E::InList {
+                    expr,
+                    list,
+                    negated,
+                },
+                E::InList {
+                    expr: e,
+                    list: l,
+                    negated: n,
+                },
+            )
+            | (
+                E::Like {
+                    expr,
+                    pattern: list,
+                    negated,
+                },
+                E::Like {
+                    expr: e,
+                    pattern: l,
+                    negated: n,
+                },
+            ) => negated == n && Arc::ptr_eq(list, l) && expr.is_clone_of(e),
+            (E::Kernel { call, args }, E::Kernel { call: c, args: a }) => {
+                Arc::ptr_eq(call, c) && all(args, a)
+            }
+            _ => false,
+        }
+    }
+
     /// The kernel calls in the expression.
     pub fn kernel_calls(&self) -> Vec<Arc<super::kernel_call::KernelCall>> {
         let mut out = Vec::new();

@@ -123,6 +123,7 @@ impl WasmBackend {
             rows_seen: 0,
             native_reruns: 0,
             seen: std::collections::HashMap::new(),
+            compiled: None,
         })
     }
 }
@@ -136,6 +137,48 @@ pub(crate) struct WasmSession {
     native_reruns: u64,
     /// What the filter learnt of each column's values so far (see `OwnedColumn::narrowest`).
     seen: std::collections::HashMap<String, Seen>,
+    /// The last predicate compiled, kept for the batches after the first.
+    compiled: Option<CompiledFilter>,
+}
+
+/// A predicate compiled into the filter program, and where the columns it reads were found.
+struct CompiledFilter {
+    predicate: PhysExpr,
+    params: Vec<u8>,
+    names: Vec<String>,
+    /// Per column read, its index in the last batch's schema (checked by name before use).
+    at: Vec<usize>,
+}
+
+impl CompiledFilter {
+    fn new(predicate: &PhysExpr) -> Result<Self> {
+        let (params, names) = compile_filter(predicate).ok_or_else(|| {
+            Error::Internal("predicate placed on a backend that cannot run it".into())
+        })?;
+        Ok(CompiledFilter {
+            predicate: predicate.clone(),
+            params,
+            at: vec![0; names.len()],
+            names,
+        })
+    }
+
+    /// The columns the program reads, from `batch`, in the kernel ABI's layout.
+    fn columns(&mut self, batch: &RecordBatch) -> Result<Vec<OwnedColumn>> {
+        let schema = batch.schema_ref();
+        self.names
+            .iter()
+            .zip(&mut self.at)
+            .map(|(name, at)| {
+                if schema.fields().get(*at).is_none_or(|f| f.name() != name) {
+                    *at = schema.index_of(name).map_err(|_| {
+                        Error::Internal(format!("column '{name}' missing from the decoded batch"))
+                    })?;
+                }
+                Ok(OwnedColumn::of(batch.column(*at)))
+            })
+            .collect()
+    }
 }
 
 /// What the built-in filter learnt of a column's values over a query's batches.
@@ -144,24 +187,37 @@ struct Seen {
     /// Bytes per value the last batch's values needed, or were staged in when that was not
     /// looked at (0: no batch yet).
     width: u8,
-    /// Batches so far.
-    batches: u32,
+    /// Batches since the values were last looked at, while they need their full width.
+    since: u32,
+    /// Batches between looks at values that need their full width: 16, doubling at each look
+    /// that finds them so again, to 256 (0: not yet doubled).
+    every: u32,
 }
 
 impl ComputeSession for WasmSession {
     fn filter(&mut self, predicate: &PhysExpr, batch: &RecordBatch) -> Result<BooleanArray> {
-        let (params, names) = compile_filter(predicate).ok_or_else(|| {
-            Error::Internal("predicate placed on a backend that cannot run it".into())
-        })?;
-        let owned: Vec<OwnedColumn> = marshal_columns(batch, &names)?
+        // Compiled once per query: the executor hands every batch the same predicate.
+        let compiled = match self.compiled.take() {
+            Some(c) if c.predicate.is_clone_of(predicate) => c,
+            _ => CompiledFilter::new(predicate)?,
+        };
+        let compiled = self.compiled.insert(compiled);
+        let owned: Vec<OwnedColumn> = compiled
+            .columns(batch)?
             .into_iter()
-            .zip(&names)
-            .map(|(c, name)| c.narrowest(self.seen.entry(name.clone()).or_default()))
+            .zip(&compiled.names)
+            .map(|(c, name)| {
+                if !self.seen.contains_key(name) {
+                    self.seen.insert(name.clone(), Seen::default());
+                }
+                c.narrowest(self.seen.get_mut(name).expect("inserted above"))
+            })
             .collect();
+        let params = &compiled.params;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         let rows = batch.num_rows();
         let bits = if self.kernel.has_bitmap_filter() {
-            let bytes = match self.kernel.filter_bitmap(rows, &views, &params) {
+            let bytes = match self.kernel.filter_bitmap(rows, &views, params) {
                 Ok(b) => b,
                 // Arithmetic in the predicate failed: the native evaluation reports it as
                 // Arrow does.
@@ -170,7 +226,7 @@ impl ComputeSession for WasmSession {
             };
             arrow::buffer::BooleanBuffer::new(bytes.into(), 0, rows)
         } else {
-            let idx = match self.kernel.filter(rows, &views, &params) {
+            let idx = match self.kernel.filter(rows, &views, params) {
                 Ok(idx) => idx,
                 Err(e) if arithmetic_error(&e) => return self.rerun_filter(predicate, batch),
                 Err(e) => return Err(e.into()),
@@ -182,6 +238,7 @@ impl ComputeSession for WasmSession {
             }
             bits.finish()
         };
+        let names = self.compiled.as_ref().map_or(&[][..], |c| &c.names);
         for (name, width) in names.iter().zip(self.kernel.value_widths()) {
             if let Some(s) = self.seen.get_mut(name) {
                 s.width = *width;
@@ -846,7 +903,6 @@ pub(crate) struct OwnedColumn {
 
 impl OwnedColumn {
     fn of(a: &ArrayRef) -> Self {
-        let data = a.to_data();
         let (mut type_code, scale) = type_code(a.data_type()).unwrap_or((0, 0));
         let width = types::width(type_code);
         let mut offsets = None;
@@ -872,22 +928,16 @@ impl OwnedColumn {
         ) {
             // Narrow decimals travel as i64 (exact: precision <= 18), narrowed while staged,
             // not in a pass of their own.
-            (
-                data.buffers()[0].slice_with_length(data.offset() * 16, data.len() * 16),
-                Stage::Narrow { from: 16, to: 8 },
-            )
+            (fixed_values(a.as_ref()), Stage::Narrow { from: 16, to: 8 })
         } else if width > 0 {
-            (
-                data.buffers()[0].slice_with_length(data.offset() * width, data.len() * width),
-                Stage::Copy,
-            )
+            (fixed_values(a.as_ref()), Stage::Copy)
         } else {
             (
                 arrow::buffer::Buffer::from_vec(Vec::<u8>::new()),
                 Stage::Copy,
             )
         };
-        let validity = data
+        let validity = a
             .nulls()
             .filter(|n| n.null_count() > 0)
             .map(|n| bits_from_zero(n.inner()));
@@ -908,7 +958,9 @@ impl OwnedColumn {
     /// batches of the query showed:
     /// the values are tried at the width the last batch needed, in the one pass into the
     /// kernel's memory that also finds their range (see [`Stage::Guess`]). A column whose
-    /// values did not narrow is copied, and looked at again every 16 batches.
+    /// values did not narrow is copied, and looked at again 16 batches later, then 32, 64 and
+    /// so on to every 256 while its values still need their full width (a look is a pass of
+    /// its own).
     fn narrowest(mut self, seen: &mut Seen) -> Self {
         let from: u8 = match (self.type_code, self.stage) {
             (types::INT32 | types::DATE32, Stage::Copy) => 4,
@@ -916,9 +968,15 @@ impl OwnedColumn {
             (types::INT64, Stage::Narrow { from: 16, .. }) => 16,
             _ => return self,
         };
-        seen.batches += 1;
-        if seen.width >= from && !seen.batches.is_multiple_of(16) {
-            return self;
+        if seen.width >= from {
+            seen.since += 1;
+            if seen.since < seen.every.max(16) {
+                return self;
+            }
+            seen.since = 0;
+            seen.every = (seen.every.max(16) * 2).min(256);
+        } else {
+            (seen.since, seen.every) = (0, 0);
         }
         let to = if seen.width == 0 || seen.width >= from {
             1
@@ -938,6 +996,21 @@ impl OwnedColumn {
             offsets: self.offsets.as_deref(),
             stage: self.stage,
         }
+    }
+}
+
+/// The values of a fixed-width column from its first row to its last (no copy; empty for a
+/// type the kernels do not take).
+fn fixed_values(a: &dyn Array) -> arrow::buffer::Buffer {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type};
+    match a.data_type() {
+        DataType::Int32 => a.as_primitive::<Int32Type>().values().inner().clone(),
+        DataType::Int64 => a.as_primitive::<Int64Type>().values().inner().clone(),
+        DataType::Float64 => a.as_primitive::<Float64Type>().values().inner().clone(),
+        DataType::Decimal128(..) => a.as_primitive::<Decimal128Type>().values().inner().clone(),
+        DataType::Date32 => a.as_primitive::<Date32Type>().values().inner().clone(),
+        _ => arrow::buffer::Buffer::from_vec(Vec::<u8>::new()),
     }
 }
 
@@ -1356,5 +1429,68 @@ mod tests {
             learnt.push(s.seen["k"].width);
         }
         assert_eq!(learnt, [1, 4, 1, 1, 8, 8]);
+    }
+
+    /// Values that needed their full width are looked at again 16 batches later, then 32
+    /// batches after a look that found them so again.
+    #[test]
+    fn full_width_columns_are_looked_at_less_often_while_they_stay_so() {
+        let backend = WasmBackend::new(SandboxConfig::default()).unwrap();
+        let mut s = backend.session(None).unwrap();
+        let batch = |bound: i64| {
+            let k = Int64Array::from(vec![0, bound, -bound, 5]);
+            RecordBatch::try_from_iter(vec![("k", Arc::new(k) as ArrayRef)]).unwrap()
+        };
+        let pred = Binder::new("t", &batch(1).schema())
+            .bind_bool(&nearstore_proto::Expr::parse("k < 3").unwrap())
+            .unwrap();
+        // Batch 1 needs 8 bytes; 2..=17 are wide too (17 is a look); 18..=49 narrow, but the
+        // next look is batch 49.
+        let mut learnt = Vec::new();
+        for i in 1..=50 {
+            let bound = if i <= 17 { 1 << 40 } else { 100 };
+            assert_eq!(s.filter(&pred, &batch(bound)).unwrap().true_count(), 2);
+            learnt.push(s.seen["k"].width);
+        }
+        assert!(learnt[..48].iter().all(|w| *w == 8), "{learnt:?}");
+        assert_eq!(learnt[48..], [1, 1]);
+    }
+
+    /// The compiled predicate is kept while the same one (or a clone) comes, and compiled
+    /// again for another; columns are found by name whatever their place in the batch.
+    #[test]
+    fn a_session_filters_with_the_predicate_it_is_given() {
+        let backend = WasmBackend::new(SandboxConfig::default()).unwrap();
+        let mut s = backend.session(None).unwrap();
+        let k = Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])) as ArrayRef;
+        let j = Arc::new(Int64Array::from(vec![5, 4, 3, 2, 1])) as ArrayRef;
+        let kj = RecordBatch::try_from_iter(vec![("k", k.clone()), ("j", j.clone())]).unwrap();
+        let jk = RecordBatch::try_from_iter(vec![("j", j), ("k", k)]).unwrap();
+        let bind = |text: &str| {
+            Binder::new("t", &kj.schema())
+                .bind_bool(&nearstore_proto::Expr::parse(text).unwrap())
+                .unwrap()
+        };
+        let (lt, gt, lt_again) = (bind("k < 3"), bind("k > 3"), bind("k < 3"));
+        assert!(lt.is_clone_of(&lt.clone()));
+        assert!(!lt.is_clone_of(&gt));
+        // Equal, but built apart: compiled again (the answer is the same).
+        assert!(!lt.is_clone_of(&lt_again));
+        let count = |s: &mut WasmSession, p: &PhysExpr, b: &RecordBatch| {
+            s.filter(p, b).unwrap().true_count()
+        };
+        assert_eq!(count(&mut s, &lt, &kj), 2);
+        assert_eq!(count(&mut s, &lt, &jk), 2);
+        assert_eq!(count(&mut s, &gt, &jk), 2);
+        assert_eq!(count(&mut s, &bind("k > 3 AND j < 2"), &kj), 1);
+        assert_eq!(count(&mut s, &lt.clone(), &kj), 2);
+        assert_eq!(count(&mut s, &lt_again, &jk), 2);
+        let missing = RecordBatch::try_from_iter(vec![(
+            "j",
+            Arc::new(Int64Array::from(vec![1])) as ArrayRef,
+        )])
+        .unwrap();
+        let err = s.filter(&lt, &missing).unwrap_err().to_string();
+        assert!(err.contains("column 'k' missing"), "{err}");
     }
 }

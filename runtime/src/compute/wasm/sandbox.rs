@@ -655,6 +655,8 @@ impl Sandbox {
 }
 
 /// The type of every export that takes a batch: `(desc, out or state, len) -> status or count`.
+/// Held in an `Arc`: a call clones its export out of the session, and a `TypedFunc` clone
+/// copies its registered type (measurable once per batch).
 type BatchFunc = TypedFunc<(u32, u32, u32), i32>;
 
 /// Resolves a `(i32, i32, i32) -> i32` export (every batch-taking export has that type);
@@ -664,13 +666,13 @@ fn batch_export(
     store: &mut Store<HostState>,
     name: &str,
     required: bool,
-) -> Result<Option<BatchFunc>, KernelError> {
+) -> Result<Option<Arc<BatchFunc>>, KernelError> {
     if !required && instance.get_export(&mut *store, name).is_none() {
         return Ok(None);
     }
     instance
         .get_typed_func(&mut *store, name)
-        .map(Some)
+        .map(|f| Some(Arc::new(f)))
         .map_err(|_| {
             KernelError::AbiMismatch(format!("export `{name}` must be (i32, i32, i32) -> i32"))
         })
@@ -711,13 +713,13 @@ pub struct KernelSession {
     store: Store<HostState>,
     memory: Option<Memory>,
     alloc: Option<TypedFunc<(u32, u32), u32>>,
-    filter: Option<BatchFunc>,
-    filter_bitmap: Option<BatchFunc>,
-    agg_update: Option<BatchFunc>,
-    map: Option<BatchFunc>,
-    agg_finish: Option<BatchFunc>,
-    project: Option<BatchFunc>,
-    topk: Option<BatchFunc>,
+    filter: Option<Arc<BatchFunc>>,
+    filter_bitmap: Option<Arc<BatchFunc>>,
+    agg_update: Option<Arc<BatchFunc>>,
+    map: Option<Arc<BatchFunc>>,
+    agg_finish: Option<Arc<BatchFunc>>,
+    project: Option<Arc<BatchFunc>>,
+    topk: Option<Arc<BatchFunc>>,
     /// Top-k state: address and k.
     topk_state: (u32, usize),
     /// Aggregate state: address, groups it has room for, bytes per group.
@@ -1397,16 +1399,7 @@ impl KernelSession {
                 "{what} selects rows past the end of a {rows}-row batch"
             )));
         }
-        // Eight bytes per count: the host targets the baseline, which counts bits in software.
-        let words = bytes.chunks_exact(8);
-        let set: usize = words
-            .remainder()
-            .iter()
-            .map(|b| b.count_ones() as usize)
-            .sum::<usize>()
-            + words
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as usize)
-                .sum::<usize>();
+        let set = crate::compute::lanes::count_ones(&bytes);
         if set != n as usize {
             return Err(self.bad_output(format!(
                 "returned count {n} but the {what} selects {set} rows"
