@@ -122,7 +122,6 @@ impl WasmBackend {
             kernel: self.sandbox.session_with(&self.filter, limits)?,
             rows_seen: 0,
             native_reruns: 0,
-            seen: std::collections::HashMap::new(),
             compiled: None,
         })
     }
@@ -135,8 +134,6 @@ pub(crate) struct WasmSession {
     rows_seen: u64,
     /// Batches re-run natively after an arithmetic error in the kernel.
     native_reruns: u64,
-    /// What the filter learnt of each column's values so far (see `OwnedColumn::narrowest`).
-    seen: std::collections::HashMap<String, Seen>,
     /// The last predicate compiled, kept for the batches after the first.
     compiled: Option<CompiledFilter>,
 }
@@ -148,18 +145,32 @@ struct CompiledFilter {
     names: Vec<String>,
     /// Per column read, its index in the last batch's schema (checked by name before use).
     at: Vec<usize>,
+    /// Per column read, what the filter learnt of its values so far (see
+    /// `OwnedColumn::narrowest`).
+    seen: Vec<Seen>,
 }
 
 impl CompiledFilter {
-    fn new(predicate: &PhysExpr) -> Result<Self> {
+    /// `predicate` compiled; what `last` (the query's previous predicate) learnt of the columns
+    /// both read is kept.
+    fn new(predicate: &PhysExpr, last: Option<CompiledFilter>) -> Result<Self> {
         let (params, names) = compile_filter(predicate).ok_or_else(|| {
             Error::Internal("predicate placed on a backend that cannot run it".into())
         })?;
+        let seen = names
+            .iter()
+            .map(|n| {
+                last.as_ref()
+                    .and_then(|l| Some(l.seen[l.names.iter().position(|m| m == n)?]))
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(CompiledFilter {
             predicate: predicate.clone(),
             params,
             at: vec![0; names.len()],
             names,
+            seen,
         })
     }
 
@@ -199,19 +210,14 @@ impl ComputeSession for WasmSession {
         // Compiled once per query: the executor hands every batch the same predicate.
         let compiled = match self.compiled.take() {
             Some(c) if c.predicate.is_clone_of(predicate) => c,
-            _ => CompiledFilter::new(predicate)?,
+            last => CompiledFilter::new(predicate, last)?,
         };
         let compiled = self.compiled.insert(compiled);
         let owned: Vec<OwnedColumn> = compiled
             .columns(batch)?
             .into_iter()
-            .zip(&compiled.names)
-            .map(|(c, name)| {
-                if !self.seen.contains_key(name) {
-                    self.seen.insert(name.clone(), Seen::default());
-                }
-                c.narrowest(self.seen.get_mut(name).expect("inserted above"))
-            })
+            .zip(&mut compiled.seen)
+            .map(|(c, seen)| c.narrowest(seen))
             .collect();
         let params = &compiled.params;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
@@ -238,10 +244,9 @@ impl ComputeSession for WasmSession {
             }
             bits.finish()
         };
-        let names = self.compiled.as_ref().map_or(&[][..], |c| &c.names);
-        for (name, width) in names.iter().zip(self.kernel.value_widths()) {
-            if let Some(s) = self.seen.get_mut(name) {
-                s.width = *width;
+        if let Some(c) = &mut self.compiled {
+            for (seen, width) in c.seen.iter_mut().zip(self.kernel.value_widths()) {
+                seen.width = *width;
             }
         }
         Ok(BooleanArray::new(bits, None))
@@ -1426,7 +1431,7 @@ mod tests {
         for bound in [100, 40_000, 100, 100, 1 << 40, 300] {
             let selected = s.filter(&pred, &batch(bound)).unwrap();
             assert_eq!(selected.true_count(), 2, "0 and -{bound}");
-            learnt.push(s.seen["k"].width);
+            learnt.push(s.compiled.as_ref().unwrap().seen[0].width);
         }
         assert_eq!(learnt, [1, 4, 1, 1, 8, 8]);
     }
@@ -1450,7 +1455,7 @@ mod tests {
         for i in 1..=50 {
             let bound = if i <= 17 { 1 << 40 } else { 100 };
             assert_eq!(s.filter(&pred, &batch(bound)).unwrap().true_count(), 2);
-            learnt.push(s.seen["k"].width);
+            learnt.push(s.compiled.as_ref().unwrap().seen[0].width);
         }
         assert!(learnt[..48].iter().all(|w| *w == 8), "{learnt:?}");
         assert_eq!(learnt[48..], [1, 1]);
