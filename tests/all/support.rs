@@ -120,12 +120,14 @@ pub fn make_batch(start: i64, n: usize, seed: u64) -> RecordBatch {
         .collect::<Decimal128Array>()
         .with_precision_and_scale(15, 2)
         .unwrap();
-    RecordBatch::try_from_iter(vec![
-        ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
-        ("val", Arc::new(val) as ArrayRef),
-        ("cat", Arc::new(cat) as ArrayRef),
-        ("day", Arc::new(day) as ArrayRef),
-        ("price", Arc::new(price) as ArrayRef),
+    // Nullability declared, not inferred: a batch of rows without a null `val` (three rows or
+    // fewer) has the table's schema too.
+    RecordBatch::try_from_iter_with_nullable(vec![
+        ("id", Arc::new(Int64Array::from(ids)) as ArrayRef, false),
+        ("val", Arc::new(val) as ArrayRef, true),
+        ("cat", Arc::new(cat) as ArrayRef, false),
+        ("day", Arc::new(day) as ArrayRef, false),
+        ("price", Arc::new(price) as ArrayRef, false),
     ])
     .unwrap()
 }

@@ -540,13 +540,19 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
     let rows = batch.rows();
     let mut stack: Vec<Masks> = vec![([0; CHUNK], [0; CHUNK]); deepest];
     let mut any = [0u64; CHUNK];
-    let mut live = [0u64; CHUNK];
+    let mut last = [0u64; CHUNK];
+    let mut out = [0u64; CHUNK];
     for base in (0..rows).step_by(CHUNK * BLOCK) {
         let n = (rows - base).div_ceil(BLOCK).min(CHUNK);
-        for (b, l) in live[..n].iter_mut().enumerate() {
-            *l = lanes(rows - base - b * BLOCK);
-        }
-        let live = &live[..n];
+        // The rows of each block: all of them but in the last pass.
+        let live: &[u64] = if rows - base >= CHUNK * BLOCK {
+            &[u64::MAX; CHUNK]
+        } else {
+            for (b, l) in last[..n].iter_mut().enumerate() {
+                *l = lanes(rows - base - b * BLOCK);
+            }
+            &last[..n]
+        };
         let mut sp = 0;
         for op in &ops {
             match op {
@@ -674,9 +680,10 @@ fn filter(batch: &Batch, sel: &mut Selection) -> KernelResult {
         if sp != 1 {
             return Err(status::BAD_INPUT);
         }
-        for b in 0..n {
-            sel.push_mask(base + b * BLOCK, stack[0].0[b] & live[b])?;
+        for ((o, t), l) in out.iter_mut().zip(&stack[0].0).zip(live) {
+            *o = t & l;
         }
+        sel.push_masks(base, &out[..n])?;
     }
     Ok(())
 }
