@@ -713,8 +713,16 @@ pub fn print_batches(
 
 /// Human-readable statistics.
 pub fn format_stats(s: &QueryStats) -> String {
+    let topk = if s.topk_rows_in > 0 {
+        format!(
+            " | top-k pre-selection kept {} of {}",
+            s.topk_rows_kept, s.topk_rows_in
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "-- device: backend={} ({}) reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms",
+        "-- device: backend={} ({}) reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned{topk} | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms",
         s.backend,
         s.placement,
         s.reader,

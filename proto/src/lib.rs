@@ -124,6 +124,11 @@ pub struct QueryStats {
     pub rows_selected: u64,
     /// Rows returned to the host.
     pub rows_returned: u64,
+    /// Rows (or groups) given to the device's top-k pre-selection (`ORDER BY … LIMIT k` kept
+    /// on the device), and of those, the ones it kept for the final sort.
+    pub topk_rows_in: u64,
+    /// See `topk_rows_in`.
+    pub topk_rows_kept: u64,
     /// Compute backend the query asked for (or the device default).
     pub backend: String,
     /// Where each operator ran, e.g. `filter=wasm aggregate=native` (an operator the query's

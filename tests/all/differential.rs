@@ -799,7 +799,7 @@ async fn topk_in_wasm_equals_native() {
                     p.order_by = topk_order(key, descending, nulls_first, "id");
                     p
                 };
-                let native = topk_like_native(&mut c, &run, k.min(n as u64)).await;
+                let (native, _) = topk_like_native(&mut c, &run, k.min(n as u64)).await;
                 assert!(
                     !native.stats.placement.contains("topk"),
                     "{}",
@@ -1051,7 +1051,7 @@ async fn topk_like_native(
     c: &mut nearstore_sdk::Client,
     run: &dyn Fn(BackendKind) -> nearstore_proto::Plan,
     rows: u64,
-) -> nearstore_sdk::QueryResult {
+) -> (nearstore_sdk::QueryResult, nearstore_sdk::QueryResult) {
     let (native_plan, wasm_plan) = (run(BackendKind::Native), run(BackendKind::Wasm));
     let what = format!("{:?}", wasm_plan.order_by);
     let native = c.query(&native_plan).await.unwrap();
@@ -1063,13 +1063,22 @@ async fn topk_like_native(
         "{what}: {}",
         wasm.stats.placement
     );
-    native
+    // The pre-selection saw rows and kept at least the answer's.
+    let s = &wasm.stats;
+    assert!(
+        s.topk_rows_in >= s.topk_rows_kept && s.topk_rows_kept >= rows && s.topk_rows_in > 0,
+        "{what}: top-k kept {} of {}",
+        s.topk_rows_kept,
+        s.topk_rows_in
+    );
+    (native, wasm)
 }
 
 /// `GROUP BY … ORDER BY aggregate [, key] LIMIT k` pre-selects the top groups in the Wasm
 /// kernel (`topk=wasm`) and answers exactly as the native backend: 30 000 groups, sums with
 /// ties and NULLs (groups whose values are all NULL), both directions, both null placements,
-/// and k from one to more than the groups.
+/// and k from one to more than the groups. The query statistics show the pre-selection kept
+/// under a quarter of the groups where few tie at the top.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topk_over_aggregates_in_wasm_equals_native() {
     use arrow::array::ArrayRef;
@@ -1112,7 +1121,19 @@ async fn topk_over_aggregates_in_wasm_equals_native() {
                     p.order_by = topk_order(key, descending, nulls_first, "g");
                     p
                 };
-                topk_like_native(&mut c, &run, k.min(groups as u64)).await;
+                let (_, wasm) = topk_like_native(&mut c, &run, k.min(groups as u64)).await;
+                // Every group is offered once; by a sum or a maximum (few ties at the top) the
+                // device keeps far fewer than all for a k below the groups. (Counts all tie.)
+                let s = &wasm.stats;
+                assert_eq!(s.topk_rows_in, groups as u64, "{key} top {k}");
+                if key != "n" && k < 1000 {
+                    assert!(
+                        s.topk_rows_kept * 4 < s.topk_rows_in,
+                        "{key} top {k}: kept {} of {}",
+                        s.topk_rows_kept,
+                        s.topk_rows_in
+                    );
+                }
                 checked += 1;
             }
         }

@@ -636,7 +636,7 @@ impl Executor {
                         )?;
                         if let Some(topk) = topk {
                             let mut session = query_session.lock().expect("compute session");
-                            out = preselect_topk(&mut **session, &out, topk)?;
+                            out = preselect_topk(&mut **session, &out, topk, stats)?;
                         }
                         out = compact_views(out)?;
                         if let Some(r) = remaining.as_mut() {
@@ -699,7 +699,7 @@ impl Executor {
                     .step_by(BATCH_ROWS)
                     .map(|start| {
                         let part = out.slice(start, BATCH_ROWS.min(out.num_rows() - start));
-                        preselect_topk(&mut **session, &part, topk)
+                        preselect_topk(&mut **session, &part, topk, stats)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 out = arrow::compute::concat_batches(&q.schema, &kept)?;
@@ -746,14 +746,18 @@ impl Executor {
 }
 
 /// The rows of `batch` the backend's running top k keeps: by column `i`, descending or not,
-/// nulls first or not, k rows.
+/// nulls first or not, k rows. Counted in `stats` (`topk_rows_in`, `topk_rows_kept`).
 fn preselect_topk(
     session: &mut dyn crate::compute::ComputeSession,
     batch: &RecordBatch,
     (i, descending, nulls_first, k): (usize, bool, bool, u64),
+    stats: &mut QueryStats,
 ) -> Result<RecordBatch> {
     let keep = session.topk(batch.column(i), descending, nulls_first, k as usize)?;
-    Ok(arrow::compute::filter_record_batch(batch, &keep)?)
+    let kept = arrow::compute::filter_record_batch(batch, &keep)?;
+    stats.topk_rows_in += batch.num_rows() as u64;
+    stats.topk_rows_kept += kept.num_rows() as u64;
+    Ok(kept)
 }
 
 /// Copies the strings of view columns (Utf8View, BinaryView) that reference much larger
