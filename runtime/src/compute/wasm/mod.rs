@@ -1412,27 +1412,41 @@ mod tests {
     use super::*;
     use crate::exec::expr::Binder;
 
+    /// A batch of `k`: 0, `bound`, `-bound` and 5.
+    fn k_batch(bound: i64) -> RecordBatch {
+        let k = Int64Array::from(vec![0, bound, -bound, 5]);
+        RecordBatch::try_from_iter(vec![("k", Arc::new(k) as ArrayRef)]).unwrap()
+    }
+
+    /// `k < 3`, bound to [`k_batch`]'s schema.
+    fn k_below_3() -> PhysExpr {
+        Binder::new("t", &k_batch(1).schema())
+            .bind_bool(&nearstore_proto::Expr::parse("k < 3").unwrap())
+            .unwrap()
+    }
+
+    /// Filters a [`k_batch`] of each bound with `k < 3` in one session (0 and the negative
+    /// bound selected every time); returns the width learnt of `k` after each batch.
+    fn widths_learnt(bounds: impl IntoIterator<Item = i64>) -> Vec<u8> {
+        let backend = WasmBackend::new(SandboxConfig::default()).unwrap();
+        let mut s = backend.session(None).unwrap();
+        let pred = k_below_3();
+        bounds
+            .into_iter()
+            .map(|bound| {
+                let selected = s.filter(&pred, &k_batch(bound)).unwrap();
+                assert_eq!(selected.true_count(), 2, "0 and -{bound}");
+                s.compiled.as_ref().unwrap().seen[0].width
+            })
+            .collect()
+    }
+
     /// The filter stages each batch's int64 values in the fewest bytes that hold them: tried
     /// first at the width the last batch needed, learning a narrower or a wider one from the
     /// batch; a column that does not narrow is copied.
     #[test]
     fn filter_columns_are_staged_in_the_width_their_values_need() {
-        let backend = WasmBackend::new(SandboxConfig::default()).unwrap();
-        let mut s = backend.session(None).unwrap();
-        let batch = |bound: i64| {
-            let k = Int64Array::from(vec![0, bound, -bound, 5]);
-            RecordBatch::try_from_iter(vec![("k", Arc::new(k) as ArrayRef)]).unwrap()
-        };
-        let expr = nearstore_proto::Expr::parse("k < 3").unwrap();
-        let pred = Binder::new("t", &batch(1).schema())
-            .bind_bool(&expr)
-            .unwrap();
-        let mut learnt = Vec::new();
-        for bound in [100, 40_000, 100, 100, 1 << 40, 300] {
-            let selected = s.filter(&pred, &batch(bound)).unwrap();
-            assert_eq!(selected.true_count(), 2, "0 and -{bound}");
-            learnt.push(s.compiled.as_ref().unwrap().seen[0].width);
-        }
+        let learnt = widths_learnt([100, 40_000, 100, 100, 1 << 40, 300]);
         assert_eq!(learnt, [1, 4, 1, 1, 8, 8]);
     }
 
@@ -1440,23 +1454,9 @@ mod tests {
     /// batches after a look that found them so again.
     #[test]
     fn full_width_columns_are_looked_at_less_often_while_they_stay_so() {
-        let backend = WasmBackend::new(SandboxConfig::default()).unwrap();
-        let mut s = backend.session(None).unwrap();
-        let batch = |bound: i64| {
-            let k = Int64Array::from(vec![0, bound, -bound, 5]);
-            RecordBatch::try_from_iter(vec![("k", Arc::new(k) as ArrayRef)]).unwrap()
-        };
-        let pred = Binder::new("t", &batch(1).schema())
-            .bind_bool(&nearstore_proto::Expr::parse("k < 3").unwrap())
-            .unwrap();
         // Batch 1 needs 8 bytes; 2..=17 are wide too (17 is a look); 18..=49 narrow, but the
         // next look is batch 49.
-        let mut learnt = Vec::new();
-        for i in 1..=50 {
-            let bound = if i <= 17 { 1 << 40 } else { 100 };
-            assert_eq!(s.filter(&pred, &batch(bound)).unwrap().true_count(), 2);
-            learnt.push(s.compiled.as_ref().unwrap().seen[0].width);
-        }
+        let learnt = widths_learnt((1..=50).map(|i| if i <= 17 { 1 << 40 } else { 100 }));
         assert!(learnt[..48].iter().all(|w| *w == 8), "{learnt:?}");
         assert_eq!(learnt[48..], [1, 1]);
     }
