@@ -271,6 +271,44 @@ fn the_compile_cache_and_module_size_are_bounded() {
     );
 }
 
+/// A full compile cache drops a module of the owner (tenant) holding the most: a tenant
+/// loading module after module pushes out its own, and another tenant's stay compiled
+/// however long ago they were used.
+#[test]
+fn the_compile_cache_drops_the_busiest_tenants_modules() {
+    let sb = Sandbox::new(SandboxConfig {
+        programs_max: 4,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let quiet: Vec<_> = (1..=2)
+        .map(|i| sb.load_for(&selects_row(i), "quiet").unwrap())
+        .collect();
+    for i in 10..20 {
+        sb.load_for(&selects_row(i), "busy").unwrap();
+        assert!(sb.cached_programs() <= 4);
+    }
+    for (i, p) in (1..=2).zip(&quiet) {
+        let again = sb.load_for(&selects_row(i), "quiet").unwrap();
+        assert!(Arc::ptr_eq(p, &again), "quiet module {i} stayed compiled");
+    }
+    // The busy tenant keeps its two most recent modules.
+    let last = sb.load_for(&selects_row(19), "busy").unwrap();
+    assert!(Arc::ptr_eq(
+        &last,
+        &sb.load_for(&selects_row(19), "busy").unwrap()
+    ));
+    assert_eq!(sb.cached_programs(), 4);
+    // Two tenants hold two each: a third tenant's module pushes out the least recently used
+    // of their four, the busy tenant's older one (the quiet ones were used since).
+    sb.load_for(&selects_row(30), "third").unwrap();
+    assert_eq!(sb.cached_programs(), 4);
+    for (i, p) in (1..=2).zip(&quiet) {
+        let again = sb.load_for(&selects_row(i), "quiet").unwrap();
+        assert!(Arc::ptr_eq(p, &again), "quiet module {i} stayed compiled");
+    }
+}
+
 #[test]
 fn bad_modules_are_refused_at_registration() {
     let sb = sandbox();

@@ -176,7 +176,8 @@ impl Executor {
                     .into_iter()
                     .filter_map(|name| {
                         let bytes = storage.kernels().module(&name).ok()?;
-                        Some((name, sandbox.load(&bytes).ok()?))
+                        let program = sandbox.load_for(&bytes, kernel_owner(&name)).ok()?;
+                        Some((name, program))
                     })
                     .collect()
             })
@@ -294,15 +295,20 @@ impl Executor {
     )> {
         let bytes = self.storage.kernels().module(name)?;
         let sandbox = self.wasm.sandbox().clone();
-        let program = sandbox.load(&bytes)?;
+        let program = sandbox.load_for(&bytes, kernel_owner(name))?;
         Ok((program, sandbox))
     }
 
-    /// Validates and compiles a kernel module without registering it.
-    pub fn check_kernel(&self, module: &[u8]) -> Result<Arc<crate::compute::wasm::Program>> {
+    /// Validates and compiles a kernel module for `tenant` ("" on a device without tenants)
+    /// without registering it.
+    pub fn check_kernel(
+        &self,
+        module: &[u8],
+        tenant: &str,
+    ) -> Result<Arc<crate::compute::wasm::Program>> {
         self.wasm
             .sandbox()
-            .load(module)
+            .load_for(module, tenant)
             .map_err(|e| Error::InvalidKernel(e.to_string()))
     }
 
@@ -743,6 +749,12 @@ impl Executor {
         stats.filter_us = counters.filter_us.load(Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The tenant a stored kernel name (`tenant/name`, or `name` on a device without tenants)
+/// belongs to: its owner in the compile cache.
+fn kernel_owner(stored: &str) -> &str {
+    stored.split_once('/').map_or("", |(tenant, _)| tenant)
 }
 
 /// The rows of `batch` the backend's running top k keeps: by column `i`, descending or not,

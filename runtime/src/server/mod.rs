@@ -402,9 +402,10 @@ impl DeviceService {
                 };
                 within_limit()?;
                 // Compiling takes a while for a large module: off the async workers.
-                let executor = self.executor.clone();
+                let (executor, tenant) = (self.executor.clone(), who.tenant.clone());
                 let program = tokio::task::spawn_blocking(move || {
-                    executor.check_kernel(&module).map(|p| (p, module))
+                    let tenant = tenant.as_deref().unwrap_or_default();
+                    executor.check_kernel(&module, tenant).map(|p| (p, module))
                 })
                 .await
                 .map_err(|e| Error::Internal(format!("kernel compilation panicked: {e}")))?;

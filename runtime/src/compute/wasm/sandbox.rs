@@ -37,8 +37,8 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Kernel instances alive at once (pool size).
     pub instances_max: u32,
-    /// Compiled modules kept in the cache; past that the least recently used is dropped (a
-    /// query that still holds it keeps it until it ends).
+    /// Compiled modules kept in the cache; past that the least recently used of the tenant
+    /// holding the most is dropped (a query that still holds it keeps it until it ends).
     pub programs_max: usize,
     /// Bytes of a module the sandbox accepts (checked before anything is parsed).
     pub module_bytes_max: usize,
@@ -252,12 +252,14 @@ impl ResourceLimiter for HostState {
     }
 }
 
-/// Compiled modules by SHA-256, at most `programs_max` of them: a full cache drops its least
-/// recently used module, which a later query compiles again.
+/// Compiled modules by SHA-256, at most `programs_max` of them, each with the owner (tenant)
+/// that compiled it. A full cache drops the least recently used module of the owner holding
+/// the most, which a later query compiles again: an owner cycling through many modules pushes
+/// out its own, not everyone else's.
 #[derive(Default)]
 struct ProgramCache {
-    /// SHA-256 → the program and when it was last used (a counter, not a clock).
-    entries: HashMap<String, (Arc<Program>, u64)>,
+    /// SHA-256 → the program, when it was last used (a counter, not a clock) and its owner.
+    entries: HashMap<String, (Arc<Program>, u64, String)>,
     uses: u64,
 }
 
@@ -265,24 +267,34 @@ impl ProgramCache {
     fn get(&mut self, id: &str) -> Option<Arc<Program>> {
         self.uses += 1;
         let uses = self.uses;
-        self.entries.get_mut(id).map(|(p, last)| {
+        self.entries.get_mut(id).map(|(p, last, _)| {
             *last = uses;
             p.clone()
         })
     }
 
-    fn insert(&mut self, id: String, program: Arc<Program>, max: usize) {
+    fn insert(&mut self, id: String, program: Arc<Program>, owner: &str, max: usize) {
         while self.entries.len() >= max.max(1) && !self.entries.contains_key(&id) {
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for (_, _, o) in self.entries.values() {
+                *held.entry(o).or_default() += 1;
+            }
+            // The newcomer counts for its owner: one at its limit evicts its own.
+            *held.entry(owner).or_default() += 1;
+            let most = held.values().copied().max().unwrap_or(0);
             let oldest = self
                 .entries
                 .iter()
-                .min_by_key(|(_, (_, last))| *last)
+                .filter(|(_, (_, _, o))| held.get(o.as_str()) == Some(&most))
+                .min_by_key(|(_, (_, last, _))| *last)
+                .or_else(|| self.entries.iter().min_by_key(|(_, (_, last, _))| *last))
                 .map(|(k, _)| k.clone())
                 .expect("a full cache has entries");
             self.entries.remove(&oldest);
         }
         self.uses += 1;
-        self.entries.insert(id, (program, self.uses));
+        self.entries
+            .insert(id, (program, self.uses, owner.to_string()));
     }
 }
 
@@ -396,8 +408,14 @@ impl Sandbox {
         self.config
     }
 
-    /// Validates and compiles a kernel (cached by SHA-256).
+    /// Validates and compiles a kernel (cached by SHA-256) for the device itself.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Program>, KernelError> {
+        self.load_for(bytes, "")
+    }
+
+    /// Validates and compiles a kernel (cached by SHA-256) for `owner` (a tenant, or "" for
+    /// the device): when the cache is full, the owner holding the most modules loses one.
+    pub fn load_for(&self, bytes: &[u8], owner: &str) -> Result<Arc<Program>, KernelError> {
         if bytes.len() > self.config.module_bytes_max {
             return Err(KernelError::Invalid(format!(
                 "the module is {} bytes; this device takes modules of at most {} bytes",
@@ -530,6 +548,7 @@ impl Sandbox {
         self.cache.lock().expect("cache lock").insert(
             id,
             program.clone(),
+            owner,
             self.config.programs_max,
         );
         Ok(program)
