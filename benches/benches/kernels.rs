@@ -294,6 +294,13 @@ fn aggregates(c: &mut Criterion) {
     }
 }
 
+/// The benchmarked computed columns.
+const PROJECTIONS: [(&str, &str); 3] = [
+    ("decimal_q1", "l_quantity * (1 - l_discount)"),
+    ("int64", "k * 3 - k"),
+    ("float64", "f * 2.5 - f"),
+];
+
 /// Computed columns: the native backend's Arrow arithmetic against the Wasm kernel's
 /// expression program, on the same batches.
 fn projections(c: &mut Criterion) {
@@ -301,11 +308,7 @@ fn projections(c: &mut Criterion) {
     let wasm = WasmBackend::new(SandboxConfig::default()).unwrap();
     let schema = data[0].schema();
     let binder = Binder::new("bench", &schema);
-    for (name, text) in [
-        ("decimal_q1", "l_quantity * (1 - l_discount)"),
-        ("int64", "k * 3 - k"),
-        ("float64", "f * 2.5 - f"),
-    ] {
+    for (name, text) in PROJECTIONS {
         let e = binder.bind(&Expr::parse(text).unwrap()).unwrap();
         let mut g = c.benchmark_group(format!("project/{name}"));
         g.throughput(Throughput::Elements((ROWS * BATCHES) as u64));
@@ -367,8 +370,9 @@ fn paired_ratios(_c: &mut Criterion) {
         "\nWasm / native throughput, alternating, median of {ROUNDS} rounds (>1: Wasm faster):"
     );
     println!("| case | native µs | wasm µs | wasm/native throughput |\n|---|---:|---:|---:|");
-    for (name, text) in FILTERS {
-        let pred = bind(&data[0], text);
+    // Seconds per pass of `op` over the batches, native then Wasm each round (a pass timed
+    // over ten).
+    let alternate = |op: &dyn Fn(&mut dyn ComputeSession, &RecordBatch)| {
         let mut sessions = [NativeBackend.open().unwrap(), wasm.open().unwrap()];
         let mut samples = [Vec::new(), Vec::new()];
         for _ in 0..ROUNDS {
@@ -376,13 +380,19 @@ fn paired_ratios(_c: &mut Criterion) {
                 out.push(
                     time(10, &mut || {
                         for batch in &data {
-                            black_box(s.filter(&pred, batch).unwrap());
+                            op(&mut **s, batch);
                         }
                     }) / 10.0,
                 );
             }
         }
-        let [n, w] = samples;
+        samples
+    };
+    for (name, text) in FILTERS {
+        let pred = bind(&data[0], text);
+        let [n, w] = alternate(&|s, batch| {
+            black_box(s.filter(&pred, batch).unwrap());
+        });
         report(&format!("filter/{name}"), n, w);
     }
     for (name, group) in AGGREGATIONS {
@@ -400,6 +410,13 @@ fn paired_ratios(_c: &mut Criterion) {
         }
         let [n, w] = samples;
         report(&format!("aggregate/{name}"), n, w);
+    }
+    for (name, text) in PROJECTIONS {
+        let e = binder.bind(&Expr::parse(text).unwrap()).unwrap();
+        let [n, w] = alternate(&|s, batch| {
+            black_box(s.evaluate(&e, batch).unwrap());
+        });
+        report(&format!("project/{name}"), n, w);
     }
 }
 
