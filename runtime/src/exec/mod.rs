@@ -175,8 +175,7 @@ impl Executor {
                 kernels
                     .into_iter()
                     .filter_map(|name| {
-                        let bytes = storage.kernels().module(&name).ok()?;
-                        let program = sandbox.load_for(&bytes, kernel_owner(&name)).ok()?;
+                        let program = load_kernel(&storage, &sandbox, &name).ok()?;
                         Some((name, program))
                     })
                     .collect()
@@ -293,9 +292,8 @@ impl Executor {
         Arc<crate::compute::wasm::Program>,
         Arc<crate::compute::wasm::Sandbox>,
     )> {
-        let bytes = self.storage.kernels().module(name)?;
         let sandbox = self.wasm.sandbox().clone();
-        let program = sandbox.load_for(&bytes, kernel_owner(name))?;
+        let program = load_kernel(&self.storage, &sandbox, name)?;
         Ok((program, sandbox))
     }
 
@@ -749,6 +747,17 @@ impl Executor {
         stats.filter_us = counters.filter_us.load(Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The registered kernel `name` (a storage name), read and compiled (or found in the compile
+/// cache) for the tenant it belongs to.
+fn load_kernel(
+    storage: &Storage,
+    sandbox: &crate::compute::wasm::Sandbox,
+    name: &str,
+) -> Result<Arc<crate::compute::wasm::Program>> {
+    let bytes = storage.kernels().module(name)?;
+    Ok(sandbox.load_for(&bytes, kernel_owner(name))?)
 }
 
 /// The tenant a stored kernel name (`tenant/name`, or `name` on a device without tenants)
