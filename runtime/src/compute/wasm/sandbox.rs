@@ -279,7 +279,9 @@ impl ProgramCache {
             for (_, _, o) in self.entries.values() {
                 *held.entry(o).or_default() += 1;
             }
-            // The newcomer counts for its owner: one at its limit evicts its own.
+            // The newcomer counts for its owner: one at its limit evicts its own. Some entry's
+            // owner holds the most (an owner with no entry counts one at most, as every
+            // entry's owner does at least).
             *held.entry(owner).or_default() += 1;
             let most = held.values().copied().max().unwrap_or(0);
             let oldest = self
@@ -287,9 +289,8 @@ impl ProgramCache {
                 .iter()
                 .filter(|(_, (_, _, o))| held.get(o.as_str()) == Some(&most))
                 .min_by_key(|(_, (_, last, _))| *last)
-                .or_else(|| self.entries.iter().min_by_key(|(_, (_, last, _))| *last))
                 .map(|(k, _)| k.clone())
-                .expect("a full cache has entries");
+                .expect("an entry's owner holds the most");
             self.entries.remove(&oldest);
         }
         self.uses += 1;
