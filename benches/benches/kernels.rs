@@ -14,7 +14,7 @@ use nearstore_runtime::compute::fpga::{FpgaBackend, TimingModel};
 use nearstore_runtime::compute::native::NativeBackend;
 use nearstore_runtime::compute::wasm::{SandboxConfig, WasmBackend};
 use nearstore_runtime::compute::{ComputeBackend, ComputeSession};
-use nearstore_runtime::exec::expr::{Binder, PhysExpr};
+use nearstore_runtime::plan::{Binder, PhysExpr};
 
 const ROWS: usize = 8192;
 const BATCHES: usize = 32;
@@ -228,9 +228,9 @@ fn fpga_model(_c: &mut Criterion) {
 
 /// The aggregates both aggregate benchmarks compute: sum of a decimal, max of a float,
 /// count(*).
-fn bench_aggregates(binder: &Binder) -> Vec<nearstore_runtime::exec::aggregate::AggSpec> {
+fn bench_aggregates(binder: &Binder) -> Vec<nearstore_runtime::plan::AggSpec> {
     use nearstore_proto::AggFunc;
-    use nearstore_runtime::exec::aggregate::AggSpec;
+    use nearstore_runtime::plan::AggSpec;
     vec![
         AggSpec {
             func: AggFunc::Sum,
@@ -254,7 +254,7 @@ fn bench_aggregates(binder: &Binder) -> Vec<nearstore_runtime::exec::aggregate::
 /// `offload` (group ids are computed on the host in both cases).
 fn aggregate_pass(
     group_by: &[PhysExpr],
-    aggs: &[nearstore_runtime::exec::aggregate::AggSpec],
+    aggs: &[nearstore_runtime::plan::AggSpec],
     data: &[RecordBatch],
     offload: Option<&WasmBackend>,
 ) {

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use clap::{Args, Subcommand};
-use nearstore_runtime::compute::wasm::sandbox::KernelKind;
-use nearstore_runtime::compute::wasm::{Sandbox, SandboxConfig};
-use nearstore_runtime::exec::kernel_call::KernelCall;
+use nearstore_runtime::compute::wasm::{KernelCall, Sandbox, SandboxConfig};
+use nearstore_runtime::plan::{KernelFn, KernelKind};
 
 use crate::{DeviceArg, Format, print_batches};
 
@@ -376,7 +375,7 @@ pub fn run_local(
     let label = format!("{} (sha256 {})", program.name, &program.id[..16]);
     let name = program.name.clone();
     let kind = program.kind;
-    let call = KernelCall::new(&name, program, sandbox, params);
+    let call = KernelCall::new(&name, program, sandbox, params, None);
     let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .with_context(|| format!("{} is not a readable Parquet file", file.display()))?

@@ -14,9 +14,13 @@ pub mod compute;
 pub mod demo;
 pub mod error;
 pub mod exec;
+pub mod plan;
 pub mod scan;
 pub mod server;
 pub mod storage;
+
+#[cfg(test)]
+mod layers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

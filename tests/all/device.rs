@@ -447,7 +447,7 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
 
     // A device fault after two or three runs (a batch's filter, then its aggregate): the rest
     // of the query runs in Wasm, whose accumulators merge with the device's, same answer.
-    let device = dev.device.executor().fpga().device().clone();
+    let device = dev.device.executor().backends().fpga().device().clone();
     for after in [2, 3] {
         device.inject_fault(after);
         let faulted = c.query(&plan(BackendKind::Fpga)).await.unwrap();

@@ -1266,8 +1266,8 @@ fn arithmetic_filters_in_wasm_equal_native() {
 }
 
 /// `text` bound against `batch`'s schema as a predicate.
-fn bind_for_test(batch: &RecordBatch, text: &str) -> nearstore_runtime::exec::expr::PhysExpr {
-    nearstore_runtime::exec::expr::Binder::new("test", &batch.schema())
+fn bind_for_test(batch: &RecordBatch, text: &str) -> nearstore_runtime::plan::PhysExpr {
+    nearstore_runtime::plan::Binder::new("test", &batch.schema())
         .bind_bool(&Expr::parse(text).unwrap())
         .unwrap_or_else(|e| panic!("{text}: {e}"))
 }

@@ -9,7 +9,7 @@ use nearstore_runtime::compute::wasm::{
     BUILTIN_KERNELS, ColumnBuffers, KernelError, Program, Sandbox, SandboxConfig, Stage,
     compile_filter,
 };
-use nearstore_runtime::exec::expr::Binder;
+use nearstore_runtime::plan::Binder;
 
 const MANIFEST: &str = r#"(@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n")"#;
 
@@ -488,7 +488,7 @@ fn one_session_runs_many_batches_in_bounded_memory() {
 fn aggregate_state_that_claims_too_many_rows_is_rejected() {
     use nearstore_proto::AggFunc;
     use nearstore_runtime::compute::wasm::finish_state;
-    use nearstore_runtime::exec::aggregate::AggSpec;
+    use nearstore_runtime::plan::AggSpec;
     // The kernel writes count 1_000_000 into slot (group 0, aggregate 0).
     let sb = sandbox();
     let p = sb

@@ -32,13 +32,13 @@ use nearstore_proto::BackendKind;
 use super::namespace::{ComputeNamespace, ComputeProgram, MemRange, NamespaceError};
 use super::native::NativeBackend;
 use super::wasm::{
-    ColumnBuffers, KernelLimits, Stage, WasmBackend, WasmSession, check_counts, finish_state,
+    ColumnBuffers, Stage, WasmBackend, WasmSession, check_counts, finish_state,
     fixed_width_filter_support, marshal_aggregate, marshal_filter, merge_state,
 };
-use super::{ComputeBackend, ComputeSession, SessionReport, Support};
+use super::{ComputeBackend, ComputeSession, KernelLimits, SessionReport, Support};
 use crate::error::{Error, Result};
-use crate::exec::aggregate::AggSpec;
-use crate::exec::expr::PhysExpr;
+use crate::plan::AggSpec;
+use crate::plan::PhysExpr;
 
 /// The bitstream of the emulated device: the compare-filter and aggregate kernels.
 pub const BITSTREAM_SCAN: &str = "nearstore-scan-v1";

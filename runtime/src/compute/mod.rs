@@ -11,19 +11,34 @@
 //! the default) and [`fpga::FpgaBackend`] (an emulated FPGA with a timing model, falling back
 //! to Wasm on a device fault).
 
+mod backends;
 pub mod fpga;
 pub(crate) mod lanes;
 pub mod namespace;
 pub mod native;
 pub mod wasm;
 
+use std::time::Duration;
+
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::BackendKind;
 
+pub use backends::{Backends, Kernel};
+pub use wasm::SandboxConfig;
+
 use crate::error::{Error, Result};
-use crate::exec::aggregate::AggSpec;
-use crate::exec::expr::PhysExpr;
+use crate::plan::{AggSpec, PhysExpr};
+
+/// Limits on one query's use of untrusted code (a tenant's share of the sandbox): enforced by
+/// the backends that run kernels, ignored by the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLimits {
+    /// Wall-clock budget of all kernel calls of the query.
+    pub deadline: Duration,
+    /// Linear memory the instance may grow to.
+    pub memory_bytes_max: usize,
+}
 
 /// Whether a backend can run an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +77,7 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
 
     /// Opens the per-query context under a tenant's kernel limits (backends that run no
     /// untrusted code ignore them).
-    fn open_with(&self, limits: Option<wasm::KernelLimits>) -> Result<Box<dyn ComputeSession>> {
+    fn open_with(&self, limits: Option<KernelLimits>) -> Result<Box<dyn ComputeSession>> {
         let _ = limits;
         self.open()
     }

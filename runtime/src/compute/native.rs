@@ -6,7 +6,7 @@ use nearstore_proto::BackendKind;
 
 use super::{ComputeBackend, ComputeSession, Support};
 use crate::error::Result;
-use crate::exec::expr::PhysExpr;
+use crate::plan::PhysExpr;
 
 /// Built-in operators; runs every expression the binder accepts.
 #[derive(Debug, Default, Clone, Copy)]

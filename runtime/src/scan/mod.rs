@@ -28,6 +28,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{Error, Result};
+use crate::plan::PhysExpr;
 use crate::storage::Object;
 
 /// Counters one query accumulates while scanning.
@@ -42,7 +43,7 @@ pub struct ScanCounters {
     /// Microseconds in the predicate.
     pub filter_us: AtomicU64,
     /// The tenant's media bandwidth limit, if any: reads wait for it.
-    pub media_limit: Option<Arc<crate::server::qos::MediaBucket>>,
+    pub media_limit: Option<Arc<crate::storage::media::MediaBucket>>,
 }
 
 /// The first specific error of a query, kept where the Parquet decoder would flatten it into a
@@ -167,6 +168,34 @@ pub fn arrow_metadata(md: Arc<ParquetMetaData>, object: &Object) -> Result<Arrow
     .map_err(|e| Error::CorruptObject {
         object: object.id.clone(),
         detail: format!("Parquet schema is unreadable: {e}"),
+    })
+}
+
+/// One object's metadata and what pruning by `predicate` left of it (no data read).
+pub struct PrunedObject {
+    /// The footer and page index.
+    pub metadata: Arc<ParquetMetaData>,
+    /// Their Arrow view.
+    pub arrow: ArrowReaderMetadata,
+    /// Row groups and pages that may match.
+    pub pruned: prune::Pruned,
+}
+
+/// Loads an object's metadata and prunes its row groups and pages by `predicate`: the one
+/// place both a query's scan and an estimate decide what to read.
+pub async fn prune_object(
+    object: &Arc<Object>,
+    predicate: Option<&PhysExpr>,
+    counters: &Arc<ScanCounters>,
+    errors: &ErrorSlot,
+) -> Result<PrunedObject> {
+    let metadata = metadata(object, counters, errors).await?;
+    let arrow = arrow_metadata(metadata.clone(), object)?;
+    let pruned = prune::prune(&metadata, arrow.schema(), predicate);
+    Ok(PrunedObject {
+        metadata,
+        arrow,
+        pruned,
     })
 }
 

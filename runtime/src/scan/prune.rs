@@ -12,7 +12,7 @@ use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::file::metadata::ParquetMetaData;
 
-use crate::exec::expr::PhysExpr;
+use crate::plan::PhysExpr;
 
 /// Statistics of one column over N containers (row groups, or pages of one column chunk).
 struct ColumnStats {

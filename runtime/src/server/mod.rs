@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
-use crate::exec::Executor;
+use crate::exec::{Executor, QueryLimits};
 use crate::storage::Storage;
 
 pub mod auth;
@@ -241,12 +241,11 @@ impl DeviceService {
         let started = std::time::Instant::now();
         self.queries.fetch_add(1, Ordering::Relaxed);
         let active = Active::new(&self.active);
-        let q = self
-            .executor
-            .prepare(&plan)
-            .await?
-            .with_media_limit(slot.media.clone())
-            .with_kernel_limits(slot.kernel);
+        let limits = QueryLimits {
+            media: slot.media.clone(),
+            kernel: slot.kernel,
+        };
+        let q = self.executor.prepare_with(&plan, limits).await?;
         let schema = q.schema();
         let (rx, stats_rx) = self.executor.execute(q);
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);
@@ -410,8 +409,8 @@ impl DeviceService {
                 .await
                 .map_err(|e| Error::Internal(format!("kernel compilation panicked: {e}")))?;
                 let (program, module) = program?;
-                let kind = program.kind.as_str();
-                let output = program.output.map(|o| o.as_str());
+                let kind = program.kind().as_str();
+                let output = program.output().map(|o| o.as_str());
                 let _registering = self.registering.lock().await;
                 within_limit()?;
                 let mut info = tokio::task::spawn_blocking(move || {

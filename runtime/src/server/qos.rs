@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
+pub use crate::storage::media::MediaBucket;
 
 /// Admission limits, device-wide defaults that a tenant's configuration may override.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -94,42 +95,6 @@ struct Counts {
 /// sends one query after another spends part of its time between them.
 const RECENT: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// A token bucket on bytes read from the media, shared by one tenant's queries: reads wait
-/// until the tenant's rate allows them, with a burst of 100 ms worth (at least 1 MiB).
-#[derive(Debug)]
-pub struct MediaBucket {
-    bytes_per_second: f64,
-    burst: std::time::Duration,
-    /// Theoretical arrival time of the next byte (GCRA).
-    tat: Mutex<tokio::time::Instant>,
-}
-
-impl MediaBucket {
-    /// A bucket of `mb_per_s` megabytes per second.
-    pub fn new(mb_per_s: f64) -> Self {
-        let bytes_per_second = mb_per_s * 1e6;
-        let burst =
-            std::time::Duration::from_secs_f64((0.1f64).max((1 << 20) as f64 / bytes_per_second));
-        MediaBucket {
-            bytes_per_second,
-            burst,
-            tat: Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    /// Waits until `bytes` may be read.
-    pub async fn take(&self, bytes: u64) {
-        let allowed_at = {
-            let mut tat = self.tat.lock().expect("media bucket");
-            let now = tokio::time::Instant::now();
-            let start = (*tat).max(now);
-            *tat = start + std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_second);
-            (*tat).checked_sub(self.burst).unwrap_or(now)
-        };
-        tokio::time::sleep_until(allowed_at).await;
-    }
-}
-
 /// Per-tenant admission.
 pub struct Admission {
     defaults: QosConfig,
@@ -155,7 +120,7 @@ pub struct Slot {
     /// The tenant's media bandwidth limit, if any.
     pub media: Option<Arc<MediaBucket>>,
     /// The tenant's kernel limits, if any.
-    pub kernel: Option<crate::compute::wasm::KernelLimits>,
+    pub kernel: Option<crate::compute::KernelLimits>,
 }
 
 /// One query counted as running or waiting for a tenant; uncounted when dropped.
@@ -317,7 +282,7 @@ impl Admission {
         let lane = self.lane(tenant);
         let kernel = match (lane.limits.kernel_deadline_ms, lane.limits.kernel_memory_mb) {
             (None, None) => None,
-            (d, m) => Some(crate::compute::wasm::KernelLimits {
+            (d, m) => Some(crate::compute::KernelLimits {
                 deadline: d.map_or(std::time::Duration::MAX, std::time::Duration::from_millis),
                 memory_bytes_max: m.map_or(usize::MAX, |m| m << 20),
             }),
@@ -398,23 +363,6 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_media_bucket_paces_reads_after_its_burst() {
-        // 10 MB/s with a burst of 1 MiB's worth: 6 MB take 0.6 s less the burst.
-        let b = MediaBucket::new(10.0);
-        assert_eq!(b.burst.as_secs_f64(), (1 << 20) as f64 / 10e6);
-        let t = tokio::time::Instant::now();
-        for _ in 0..6 {
-            b.take(1_000_000).await;
-        }
-        let want = std::time::Duration::from_millis(600) - b.burst;
-        assert!(
-            t.elapsed().abs_diff(want) < std::time::Duration::from_millis(1),
-            "{:?}",
-            t.elapsed()
-        );
-    }
 
     fn limits(max_queries: usize, max_queued: usize) -> QosConfig {
         QosConfig {

@@ -17,6 +17,7 @@
 //! complete). An upload is acknowledged only after the catalog commit is durable.
 
 pub mod kernels;
+pub mod media;
 pub mod pi;
 pub mod reader;
 

@@ -9,6 +9,7 @@
 //! (`nearstore_kernel_abi::expr`). Anything else is `Unsupported` and placed on the native
 //! backend.
 
+pub mod call;
 pub mod sandbox;
 
 use std::sync::Arc;
@@ -20,12 +21,13 @@ use nearstore_kernel_abi::{agg, program, types};
 use nearstore_proto::{AggFunc, ArithOp, BackendKind, CmpOp};
 
 use super::native::NativeBackend;
-use super::{ComputeBackend, ComputeSession, SessionReport, Support};
+use super::{ComputeBackend, ComputeSession, KernelLimits, SessionReport, Support};
 use crate::error::{Error, Result};
-use crate::exec::aggregate::AggSpec;
-use crate::exec::expr::PhysExpr;
+use crate::plan::AggSpec;
+use crate::plan::PhysExpr;
+pub use call::KernelCall;
 pub use sandbox::{
-    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox, SandboxConfig, Stage,
+    ColumnBuffers, KernelError, KernelSession, Program, Sandbox, SandboxConfig, Stage,
 };
 
 /// The built-in kernels, compiled for wasm32 (+simd128) by the build script.
@@ -778,9 +780,7 @@ pub fn finish_state(
                 };
                 Arc::new(
                     accs.iter()
-                        .map(|(s, c)| {
-                            present(*c).then(|| crate::exec::aggregate::avg_exact(*s, scale, *c))
-                        })
+                        .map(|(s, c)| present(*c).then(|| crate::plan::avg_exact(*s, scale, *c)))
                         .collect::<Float64Array>(),
                 )
             }
@@ -1410,7 +1410,7 @@ mod tests {
     use arrow::array::Int64Array;
 
     use super::*;
-    use crate::exec::expr::Binder;
+    use crate::plan::Binder;
 
     /// A batch of `k`: 0, `bound`, `-bound` and 5.
     fn k_batch(bound: i64) -> RecordBatch {

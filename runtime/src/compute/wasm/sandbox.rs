@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::compute::KernelLimits;
+use crate::plan::{KernelKind, KernelOutput};
 use nearstore_kernel_abi as abi;
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -56,15 +58,6 @@ impl Default for SandboxConfig {
             module_bytes_max: 16 << 20,
         }
     }
-}
-
-/// Limits on one query's kernel instance (a tenant's share of the sandbox).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelLimits {
-    /// Wall-clock budget of all kernel calls of the query.
-    pub deadline: Duration,
-    /// Linear memory the instance may grow to.
-    pub memory_bytes_max: usize,
 }
 
 /// What went wrong in or around a kernel. Each is specific to one query.
@@ -136,64 +129,6 @@ pub enum KernelError {
     /// The host could not set up the sandbox.
     #[error("sandbox error: {0}")]
     Host(String),
-}
-
-/// The kind of a kernel, from its manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelKind {
-    /// Exports `nearstore_filter`: selects rows.
-    Filter,
-    /// Exports `nearstore_map`: one value per row.
-    Map,
-    /// Exports `nearstore_agg_update` and `nearstore_agg_finish`: one value per group.
-    Aggregate,
-}
-
-impl KernelKind {
-    /// The manifest's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KernelKind::Filter => "filter",
-            KernelKind::Map => "map",
-            KernelKind::Aggregate => "aggregate",
-        }
-    }
-}
-
-/// What a map or aggregate kernel returns (manifest `output=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelOutput {
-    /// `int64`.
-    Int64,
-    /// `float64`.
-    Float64,
-    /// `list_int64` (aggregates only).
-    ListInt64,
-}
-
-impl KernelOutput {
-    /// The manifest's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KernelOutput::Int64 => abi::output::INT64,
-            KernelOutput::Float64 => abi::output::FLOAT64,
-            KernelOutput::ListInt64 => abi::output::LIST_INT64,
-        }
-    }
-
-    /// The Arrow type of the output.
-    pub fn data_type(self) -> arrow::datatypes::DataType {
-        use arrow::datatypes::{DataType, Field};
-        match self {
-            KernelOutput::Int64 => DataType::Int64,
-            KernelOutput::Float64 => DataType::Float64,
-            KernelOutput::ListInt64 => DataType::List(std::sync::Arc::new(Field::new(
-                "item",
-                DataType::Int64,
-                true,
-            ))),
-        }
-    }
 }
 
 /// A loaded, validated, compiled kernel.

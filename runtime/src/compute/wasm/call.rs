@@ -14,21 +14,20 @@ use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::DataType;
 use nearstore_kernel_abi::types;
 
-use crate::compute::wasm::sandbox::{KernelKind, KernelOutput};
-use crate::compute::wasm::{
-    ColumnBuffers, KernelError, KernelLimits, KernelSession, Program, Sandbox, Stage,
-};
+use super::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox, Stage};
+use crate::compute::KernelLimits;
 use crate::error::{Error, Result};
+use crate::plan::{KernelFn, KernelKind, KernelOutput, arg_type};
 
 /// One kernel call site of a query.
 pub struct KernelCall {
     /// The name the plan used.
-    pub name: String,
+    name: String,
     program: Arc<Program>,
     sandbox: Arc<Sandbox>,
     params: Vec<u8>,
     session: Mutex<Option<KernelSession>>,
-    limits: Mutex<Option<KernelLimits>>,
+    limits: Option<KernelLimits>,
 }
 
 impl std::fmt::Debug for KernelCall {
@@ -38,19 +37,6 @@ impl std::fmt::Debug for KernelCall {
             .field("module", &self.program.id)
             .finish()
     }
-}
-
-/// The ABI type code of an argument column's Arrow type, if kernels can take it.
-pub fn arg_type(t: &DataType) -> Option<u32> {
-    Some(match t {
-        DataType::Int32 => types::INT32,
-        DataType::Int64 => types::INT64,
-        DataType::Float64 => types::FLOAT64,
-        DataType::Decimal128(..) => types::DECIMAL128,
-        DataType::Date32 => types::DATE32,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => types::UTF8,
-        _ => return None,
-    })
 }
 
 /// An argument column in the kernel ABI's layout.
@@ -122,8 +108,15 @@ impl Arg {
 }
 
 impl KernelCall {
-    /// A call of `program` (loaded by `sandbox`) with `params`.
-    pub fn new(name: &str, program: Arc<Program>, sandbox: Arc<Sandbox>, params: &str) -> Self {
+    /// A call of `program` (loaded by `sandbox`) with `params`, run under `limits` (the
+    /// caller's tenant's) from its first batch on.
+    pub fn new(
+        name: &str,
+        program: Arc<Program>,
+        sandbox: Arc<Sandbox>,
+        params: &str,
+        limits: Option<KernelLimits>,
+    ) -> Self {
         KernelCall {
             // Errors name the kernel as the caller does (without the tenant's namespace).
             name: name.rsplit('/').next().unwrap_or(name).to_string(),
@@ -131,31 +124,7 @@ impl KernelCall {
             sandbox,
             params: params.as_bytes().to_vec(),
             session: Mutex::new(None),
-            limits: Mutex::new(None),
-        }
-    }
-
-    /// Runs the call under `limits` (the caller's tenant's), from its first batch on.
-    pub fn set_limits(&self, limits: Option<KernelLimits>) {
-        *self.limits.lock().expect("kernel limits") = limits;
-    }
-
-    /// The module's SHA-256.
-    pub fn module(&self) -> &str {
-        &self.program.id
-    }
-
-    /// The kernel's kind.
-    pub fn kind(&self) -> KernelKind {
-        self.program.kind
-    }
-
-    /// What the call yields: a filter's Boolean mask, a map kernel's values, an aggregate
-    /// kernel's per-group values.
-    pub fn data_type(&self) -> DataType {
-        match (self.program.kind, self.program.output) {
-            (KernelKind::Filter, _) | (_, None) => DataType::Boolean,
-            (_, Some(o)) => o.data_type(),
+            limits,
         }
     }
 
@@ -166,16 +135,36 @@ impl KernelCall {
     ) -> Result<T> {
         let mut slot = self.session.lock().expect("kernel session");
         if slot.is_none() {
-            let limits = *self.limits.lock().expect("kernel limits");
-            *slot = Some(self.sandbox.session_with(&self.program, limits)?);
+            *slot = Some(self.sandbox.session_with(&self.program, self.limits)?);
         }
         f(slot.as_mut().expect("just set"))
             .map_err(|e| Error::Kernel(format!("kernel '{}': {e}", self.name)))
     }
+}
+
+impl KernelFn for KernelCall {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn module(&self) -> &str {
+        &self.program.id
+    }
+
+    fn kind(&self) -> KernelKind {
+        self.program.kind
+    }
+
+    fn data_type(&self) -> DataType {
+        match (self.program.kind, self.program.output) {
+            (KernelKind::Filter, _) | (_, None) => DataType::Boolean,
+            (_, Some(o)) => o.data_type(),
+        }
+    }
 
     /// Runs a filter or map kernel over `args` (columns of one batch of `rows` rows): the
     /// filter's selection as a mask, or the map's values.
-    pub fn eval(&self, rows: usize, args: &[ArrayRef]) -> Result<ArrayRef> {
+    fn eval(&self, rows: usize, args: &[ArrayRef]) -> Result<ArrayRef> {
         let owned = args.iter().map(Arg::of).collect::<Result<Vec<_>>>()?;
         let views: Vec<ColumnBuffers<'_>> = owned.iter().map(Arg::view).collect();
         match self.program.kind {
@@ -214,7 +203,7 @@ impl KernelCall {
 
     /// Accumulates one batch of an aggregate kernel: `groups` holds each row's group (`None`:
     /// all rows in group 0), `n_groups` the groups so far.
-    pub fn update_groups(
+    fn update_groups(
         &self,
         rows: usize,
         groups: Option<&[i32]>,
@@ -238,7 +227,7 @@ impl KernelCall {
     }
 
     /// Finishes an aggregate kernel: one value per group.
-    pub fn finish_groups(&self, n_groups: usize) -> Result<ArrayRef> {
+    fn finish_groups(&self, n_groups: usize) -> Result<ArrayRef> {
         let per_group = self.with_session(|s| s.group_finish(n_groups))?;
         Ok(match self.program.output {
             Some(KernelOutput::ListInt64) => {
