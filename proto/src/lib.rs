@@ -3,6 +3,8 @@
 //!
 //! Everything here is plain serde data; this crate depends on nothing heavier.
 
+#![forbid(unsafe_code)]
+
 pub mod expr;
 pub mod plan;
 
