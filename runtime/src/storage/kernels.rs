@@ -12,6 +12,7 @@ use nearstore_proto::KernelInfo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::fs::{read_dir, replace_durable};
 use crate::error::{Error, Result};
 
 const MAP_FILE: &str = "kernels.json";
@@ -85,14 +86,13 @@ impl KernelStore {
             .values()
             .map(|e| module_name(&e.sha256))
             .collect();
-        let dir = self.root.join("kernels");
-        for entry in std::fs::read_dir(&dir)
-            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
-            .flatten()
-        {
-            let name = entry.file_name().to_string_lossy().to_string();
+        for path in read_dir(&self.root.join("kernels"))? {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if !live.contains(&name) {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = std::fs::remove_file(path);
             }
         }
         Ok(())
@@ -104,13 +104,12 @@ impl KernelStore {
             kernels: map.clone(),
         };
         let tmp = self.root.join("tmp").join("kernels.json.tmp");
-        super::write_durable(
+        replace_durable(
             &tmp,
+            &self.root.join(MAP_FILE),
             &serde_json::to_vec_pretty(&doc).expect("map serialises"),
-        )?;
-        std::fs::rename(&tmp, self.root.join(MAP_FILE))
-            .map_err(|e| Error::io("renaming the kernel map", e))?;
-        super::fsync_dir(&self.root)
+            "renaming the kernel map",
+        )
     }
 
     /// Registers `module` (already validated by the sandbox) under `name`, replacing what the
@@ -126,9 +125,7 @@ impl KernelStore {
         let dst = self.root.join("kernels").join(module_name(&sha));
         if !dst.exists() {
             let tmp = self.root.join("tmp").join(format!("{sha}.wasm.tmp"));
-            super::write_durable(&tmp, module)?;
-            std::fs::rename(&tmp, &dst).map_err(|e| Error::io("storing the kernel module", e))?;
-            super::fsync_dir(&self.root.join("kernels"))?;
+            replace_durable(&tmp, &dst, module, "storing the kernel module")?;
         }
         let mut map = self.map.write().expect("kernel map");
         let mut next = map.clone();
