@@ -62,7 +62,7 @@ impl<'a> Column<'a> {
         self
     }
 
-    /// The [`abi::types`] code.
+    /// The [`abi::types`](crate::abi::types) code.
     pub fn type_code(&self) -> u32 {
         self.type_code
     }

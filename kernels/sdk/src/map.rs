@@ -65,7 +65,7 @@ impl<'a> MapOutput<'a> {
     }
 
     /// Makes NULL every row of the 64-row block at `base` whose bit in `valid` is clear (pass
-    /// the arguments' [`Column::validity_block`]s ANDed together).
+    /// the arguments' [`Column::validity_block`](crate::Column::validity_block)s ANDed together).
     #[inline(always)]
     pub fn keep_valid(&mut self, base: usize, valid: u64) {
         if base < self.rows {
