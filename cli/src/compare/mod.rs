@@ -14,7 +14,7 @@ mod device;
 mod reference;
 pub mod render;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -385,18 +385,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
     if !(args.scale.is_finite() && args.scale > 0.0) {
         bail!("--scale must be a positive number, got {}", args.scale);
     }
-    let links = match (&args.device, &args.link_gbps) {
-        (Some(_), Some(l)) if !l.is_empty() => bail!(
-            "--link-gbps needs the device the harness starts itself; an external device's link is \
-             its own (start it with `nearstore serve --link-gbps N`)"
-        ),
-        (Some(_), _) => Vec::new(),
-        (None, Some(l)) => l.clone(),
-        (None, None) => vec![1.0],
-    };
-    if let Some(bad) = links.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
-        bail!("--link-gbps takes positive rates in Gb/s, got {bad}");
-    }
+    let links = links(args)?;
 
     // The started device and its data directory live until the end of the run.
     let data = tempfile::tempdir().context("temporary data directory")?;
@@ -494,40 +483,92 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
 
     // The same suite over each emulated link: the device restarts with the link shaped.
     if let Some((bin, device)) = started.take() {
-        let mut device = device;
-        for &gbps in &links {
-            device.stop().await?;
-            device = DeviceChild::start(&bin, data.path(), args.scale, Some(gbps)).await?;
-            let s = Sessions::connect(&device.url).await?;
-            eprintln!(
-                "emulated {gbps} Gb/s link: {} queries x 2 modes",
-                cases.len()
-            );
-            for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
-                let (mut a, fa) = measure(&s.offload, &case.sql, args.runs, None).await?;
-                let (b, fb) = measure(&s.transfer, &case.sql, args.runs, None).await?;
-                if let Some(h) = hook {
-                    h(&case.name, &mut a);
-                }
-                let run = ShapedRun {
-                    link_gbps: gbps,
-                    equal: canonical(&a) == canonical(&b),
-                    offload_ms: fa.wall_ms,
-                    transfer_ms: fb.wall_ms,
-                    speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
-                };
-                eprintln!(
-                    "{:<22} offload {:>8.1} ms | transfer {:>8.1} ms | {:>6.1}x faster",
-                    case.name, run.offload_ms, run.transfer_ms, run.speedup
-                );
-                q.shaped.push(run);
-            }
-        }
-        device.stop().await?;
+        shaped_runs(
+            &bin,
+            data.path(),
+            device,
+            args,
+            &links,
+            &cases,
+            &mut report,
+            hook,
+        )
+        .await?;
     }
 
+    add_references(&mut report, args, data.path(), &cases);
+
+    report.targets = targets(&report);
+    report.failures = check(&report, args)?;
+    Ok(report)
+}
+
+/// The emulated link rates to run the suite over: none for an external device.
+fn links(args: &CompareArgs) -> Result<Vec<f64>> {
+    let links = match (&args.device, &args.link_gbps) {
+        (Some(_), Some(l)) if !l.is_empty() => bail!(
+            "--link-gbps needs the device the harness starts itself; an external device's link is \
+             its own (start it with `nearstore serve --link-gbps N`)"
+        ),
+        (Some(_), _) => Vec::new(),
+        (None, Some(l)) => l.clone(),
+        (None, None) => vec![1.0],
+    };
+    if let Some(bad) = links.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
+        bail!("--link-gbps takes positive rates in Gb/s, got {bad}");
+    }
+    Ok(links)
+}
+
+/// The suite over each emulated link in `links`: the started device restarts with the link
+/// shaped, and each query's runs join its report.
+async fn shaped_runs(
+    bin: &Path,
+    data: &Path,
+    mut device: DeviceChild,
+    args: &CompareArgs,
+    links: &[f64],
+    cases: &[Case],
+    report: &mut Report,
+    hook: Option<ResultHook<'_>>,
+) -> Result<()> {
+    for &gbps in links {
+        device.stop().await?;
+        device = DeviceChild::start(bin, data, args.scale, Some(gbps)).await?;
+        let s = Sessions::connect(&device.url).await?;
+        eprintln!(
+            "emulated {gbps} Gb/s link: {} queries x 2 modes",
+            cases.len()
+        );
+        for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
+            let (mut a, fa) = measure(&s.offload, &case.sql, args.runs, None).await?;
+            let (b, fb) = measure(&s.transfer, &case.sql, args.runs, None).await?;
+            if let Some(h) = hook {
+                h(&case.name, &mut a);
+            }
+            let run = ShapedRun {
+                link_gbps: gbps,
+                equal: canonical(&a) == canonical(&b),
+                offload_ms: fa.wall_ms,
+                transfer_ms: fb.wall_ms,
+                speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
+            };
+            eprintln!(
+                "{:<22} offload {:>8.1} ms | transfer {:>8.1} ms | {:>6.1}x faster",
+                case.name, run.offload_ms, run.transfer_ms, run.speedup
+            );
+            q.shaped.push(run);
+        }
+    }
+    device.stop().await?;
+    Ok(())
+}
+
+/// The reference engines' runs of the suite on the started device's Parquet file, or a note
+/// saying why there are none.
+fn add_references(report: &mut Report, args: &CompareArgs, data: &Path, cases: &[Case]) {
     if args.device.is_none() && args.reference != ReferenceChoice::Off {
-        match reference::run(data.path(), &cases, args.runs, args.reference) {
+        match reference::run(data, cases, args.runs, args.reference) {
             Ok(r) => {
                 for (name, results) in r.results {
                     if let Some(q) = report.queries.iter_mut().find(|q| q.name == name) {
@@ -546,10 +587,6 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         report.reference_note =
             Some("reference engines need the Parquet file of a device the harness started".into());
     }
-
-    report.targets = targets(&report);
-    report.failures = check(&report, args)?;
-    Ok(report)
 }
 
 /// The gate's verdicts.
