@@ -15,29 +15,10 @@ use nearstore_proto::{Expr, PutMode};
 use nearstore_runtime::server::auth::{TenantConfig, token_hash};
 use nearstore_runtime::{Device, DeviceConfig};
 use nearstore_sdk::{Client, ClientOptions, Query};
+use nearstore_test_support::hostile;
 
 const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_secs(3);
-
-/// A filter kernel whose `nearstore_filter` body is `body`.
-fn kernel(body: &str, extra: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(module {extra}
-          (memory (export "memory") 2)
-          (global $next (mut i32) (i32.const 1024))
-          (func (export "nearstore_abi_version") (result i32) (i32.const 1))
-          (func (export "nearstore_alloc") (param $size i32) (param $align i32) (result i32)
-            (local $p i32)
-            (local.set $p (global.get $next))
-            (global.set $next (i32.add (global.get $next) (i32.and (i32.add (local.get $size) (i32.const 15)) (i32.const -16))))
-            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-              (then (drop (memory.grow (i32.add (i32.div_u (i32.sub (global.get $next) (i32.mul (memory.size) (i32.const 65536))) (i32.const 65536)) (i32.const 1))))))
-            (local.get $p))
-          (func (export "nearstore_filter") (param $desc i32) (param $out i32) (param $cap i32) (result i32) {body})
-          (@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n"))"#
-    ))
-    .expect("hostile kernel assembles")
-}
 
 fn opts(token: &str) -> ClientOptions {
     ClientOptions {
@@ -146,32 +127,12 @@ fn main() {
             .await
             .unwrap();
         let hostile = [
-            ("spin", kernel("(loop $l (br $l)) (i32.const 0)", "")),
-            (
-                "grow",
-                kernel(
-                    "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (unreachable)",
-                    "",
-                ),
-            ),
-            (
-                "recurse",
-                kernel(
-                    "(call $deep (i32.const 0)) (i32.const 0)",
-                    "(func $deep (param i32) (call $deep (i32.add (local.get 0) (i32.const 1))))",
-                ),
-            ),
-            ("trap", kernel("(unreachable)", "")),
-            ("garbage", kernel("(i32.const 1000000)", "")),
-            (
-                "busy",
-                kernel(
-                    "(local $i i32) (local.set $i (i32.const 40000000))
-                     (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i)))
-                     (i32.const 0)",
-                    "",
-                ),
-            ),
+            ("spin", hostile::spin_forever()),
+            ("grow", hostile::grow_memory()),
+            ("recurse", hostile::recurse()),
+            ("trap", hostile::trap()),
+            ("garbage", hostile::claims_rows(1_000_000)),
+            ("busy", hostile::busy(40_000_000)),
         ];
         for (name, module) in &hostile {
             m.register_kernel(name, module).await.unwrap();

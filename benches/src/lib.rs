@@ -175,25 +175,8 @@ impl Report {
 
 /// Runs the read benchmark described in the crate documentation.
 pub fn reader_vs_fio(opts: &Options) -> anyhow::Result<Report> {
+    check_options(opts)?;
     let bs = opts.block_bytes;
-    if bs == 0 || !bs.is_multiple_of(BLOCK_BYTES) {
-        bail!("block size {bs} is not a positive multiple of {BLOCK_BYTES}");
-    }
-    if opts.queue_depth == 0 || opts.queue_depth > QUEUE_DEPTH_MAX {
-        bail!(
-            "queue depth {} is outside 1..={QUEUE_DEPTH_MAX}",
-            opts.queue_depth
-        );
-    }
-    if opts.size_bytes == 0 || !opts.size_bytes.is_multiple_of(bs as u64) {
-        bail!(
-            "file size {} is not a positive multiple of the block size {bs}",
-            opts.size_bytes
-        );
-    }
-    if opts.rounds == 0 {
-        bail!("at least one round is needed");
-    }
     let qd = opts.queue_depth as usize;
     let uring_k = opts.uring_batches_in_flight.max(1);
     let pread_k = opts.pread_batches_in_flight.unwrap_or(qd).max(1);
@@ -233,31 +216,7 @@ pub fn reader_vs_fio(opts: &Options) -> anyhow::Result<Report> {
     }
 
     let n_blocks = opts.size_bytes / bs as u64;
-    let mut engines = vec![
-        EngineResult {
-            engine: ENGINE_URING.to_string(),
-            driving: format!("{uring_k} read() calls of {qd} ops in flight; ring depth {qd}"),
-            runs_gbps: Vec::new(),
-            median_gbps: None,
-            error: None,
-        },
-        EngineResult {
-            engine: ENGINE_PREAD.to_string(),
-            driving: format!(
-                "{pread_k} read() calls of {qd} ops in flight; {pread_k} preads in flight"
-            ),
-            runs_gbps: Vec::new(),
-            median_gbps: None,
-            error: None,
-        },
-        EngineResult {
-            engine: ENGINE_FIO.to_string(),
-            driving: format!("--iodepth={qd} --numjobs=1"),
-            runs_gbps: Vec::new(),
-            median_gbps: None,
-            error: None,
-        },
-    ];
+    let mut engines = engines(uring_k, pread_k, qd);
 
     if !Reader::io_uring_supported() {
         engines[0].error = Some("io_uring is not available on this machine".to_string());
@@ -350,6 +309,59 @@ pub fn reader_vs_fio(opts: &Options) -> anyhow::Result<Report> {
         engines,
         notes,
     })
+}
+
+/// Refuses options the benchmark cannot run with.
+fn check_options(opts: &Options) -> anyhow::Result<()> {
+    let bs = opts.block_bytes;
+    if bs == 0 || !bs.is_multiple_of(BLOCK_BYTES) {
+        bail!("block size {bs} is not a positive multiple of {BLOCK_BYTES}");
+    }
+    if opts.queue_depth == 0 || opts.queue_depth > QUEUE_DEPTH_MAX {
+        bail!(
+            "queue depth {} is outside 1..={QUEUE_DEPTH_MAX}",
+            opts.queue_depth
+        );
+    }
+    if opts.size_bytes == 0 || !opts.size_bytes.is_multiple_of(bs as u64) {
+        bail!(
+            "file size {} is not a positive multiple of the block size {bs}",
+            opts.size_bytes
+        );
+    }
+    if opts.rounds == 0 {
+        bail!("at least one round is needed");
+    }
+    Ok(())
+}
+
+/// The three engines' results before the first run, with how each is driven.
+fn engines(uring_k: usize, pread_k: usize, qd: usize) -> Vec<EngineResult> {
+    vec![
+        EngineResult {
+            engine: ENGINE_URING.to_string(),
+            driving: format!("{uring_k} read() calls of {qd} ops in flight; ring depth {qd}"),
+            runs_gbps: Vec::new(),
+            median_gbps: None,
+            error: None,
+        },
+        EngineResult {
+            engine: ENGINE_PREAD.to_string(),
+            driving: format!(
+                "{pread_k} read() calls of {qd} ops in flight; {pread_k} preads in flight"
+            ),
+            runs_gbps: Vec::new(),
+            median_gbps: None,
+            error: None,
+        },
+        EngineResult {
+            engine: ENGINE_FIO.to_string(),
+            driving: format!("--iodepth={qd} --numjobs=1"),
+            runs_gbps: Vec::new(),
+            median_gbps: None,
+            error: None,
+        },
+    ]
 }
 
 /// Creates `path` with `size` bytes of pseudo-random non-zero data, unless a file of that size

@@ -12,6 +12,7 @@ use nearstore_runtime::{Device, DeviceConfig};
 use nearstore_sdk::{Client, Query};
 use serde::Deserialize;
 
+use crate::serve_process::SERVING;
 use crate::{DemoArgs, Format, format_stats, human_bytes, print_batches, progress_bar};
 
 /// `serve` arguments. Each falls back to the TOML file (`--config`), then to the default.
@@ -250,7 +251,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", r.listen))?;
     let addr = listener.local_addr()?;
     eprintln!(
-        "nearstore device serving {} on {}://{addr} (reader {}, backend {}, link {})",
+        "{SERVING} {} on {}://{addr} (reader {}, backend {}, link {})",
         r.device.data_dir.display(),
         if r.device.tls.is_some() {
             "grpc+tls"

@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use nearstore::serve_process::ServeProcess;
 use nearstore_sdk::Query;
 
 use crate::support::{cli_bin, connect_retry, table_batches};
@@ -25,16 +26,14 @@ fn nearstore(url: &str, args: &[&str]) -> (bool, String, String) {
 async fn serve_generates_demo_table_and_cli_queries_it() {
     let dir = tempfile::tempdir().unwrap();
     // `--no-demo` is not passed here: an empty namespace gets the demo table.
-    let port = crate::support::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(cli_bin())
-        .args(["serve", "--demo-scale", "0.01", "--data"])
-        .arg(dir.path())
-        .args(["--listen", &listen])
-        .env("NEARSTORE_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let url = format!("grpc://{listen}");
+    let child = ServeProcess::start(
+        &cli_bin(),
+        dir.path(),
+        ["--demo-scale", "0.01"],
+        Duration::from_secs(120),
+    )
+    .expect("the device generates the demo table and serves within 120 s");
+    let url = child.url.clone();
     let mut c = connect_retry(&url, Duration::from_secs(120)).await;
 
     let info = c.describe("lineitem").await.unwrap();
@@ -125,8 +124,6 @@ async fn serve_generates_demo_table_and_cli_queries_it() {
     assert_eq!(c.describe("uploaded").await.unwrap().rows, 12_345);
 
     // SIGTERM: graceful stop.
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = child.terminate(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -904,6 +904,26 @@ fn narrowed_integer_columns_filter_like_native() {
         })
         .collect();
 
+    let predicates = edge_predicates();
+
+    // The FPGA engine compares columns with literals only.
+    let column_pair = bind_for_test(&batches[0], "k < k2");
+    assert!(matches!(
+        nearstore_runtime::compute::wasm::fixed_width_filter_support(&column_pair),
+        nearstore_runtime::compute::Support::Unsupported
+    ));
+    let predicates: Vec<&str> = predicates.iter().map(String::as_str).collect();
+    let (checked, partial) = wasm_filters_like_native(&batches, &predicates);
+    assert!(
+        checked > 1000 && partial > checked / 4,
+        "{checked} {partial}"
+    );
+}
+
+/// The predicates of [`narrowed_integer_columns_filter_like_native`]: each column against
+/// literals on either side of every width's bounds, with NOT and IN lists, and columns of one
+/// type against each other.
+fn edge_predicates() -> Vec<String> {
     let edges: Vec<i64> = vec![
         0,
         3,
@@ -958,19 +978,7 @@ fn narrowed_integer_columns_filter_like_native() {
     }
     predicates.push("k IN (3, 128, -129, 99999999999, -32769) AND NOT a IN (0, 2147483647)".into());
     predicates.push("k NOT IN (127, 40000) AND p IN (1.27, -1.28, 327.68)".into());
-
-    // The FPGA engine compares columns with literals only.
-    let column_pair = bind_for_test(&batches[0], "k < k2");
-    assert!(matches!(
-        nearstore_runtime::compute::wasm::fixed_width_filter_support(&column_pair),
-        nearstore_runtime::compute::Support::Unsupported
-    ));
-    let predicates: Vec<&str> = predicates.iter().map(String::as_str).collect();
-    let (checked, partial) = wasm_filters_like_native(&batches, &predicates);
-    assert!(
-        checked > 1000 && partial > checked / 4,
-        "{checked} {partial}"
-    );
+    predicates
 }
 
 /// Runs each predicate (each must compile for the Wasm kernel) over `batches` in a Wasm and a

@@ -288,23 +288,10 @@ fn damaged_parquet_uploads_are_refused_or_stored_whole() {
     rt.block_on(dev.stop());
 }
 
-/// A kernel that returns whatever its parameters say: a count, then the indices to write.
-fn echo_kernel() -> Vec<u8> {
-    crate::kernels::kernel(
-        "(local $p i32) (local $len i32)
-         (local.set $p (i32.load offset=16 (local.get $desc)))
-         (local.set $len (i32.load offset=20 (local.get $desc)))
-         (memory.copy (local.get $out) (i32.add (local.get $p) (i32.const 4))
-                      (i32.sub (local.get $len) (i32.const 4)))
-         (i32.load (local.get $p))",
-        "",
-    )
-}
-
 #[test]
 fn kernel_outputs_are_accepted_exactly_when_valid() {
     let sb = Sandbox::new(SandboxConfig::default()).unwrap();
-    let program = sb.load(&echo_kernel()).unwrap();
+    let program = sb.load(&nearstore_test_support::kernel::echo()).unwrap();
     let case = (1usize..200).prop_flat_map(|rows| {
         (
             Just(rows),

@@ -9,59 +9,33 @@ use std::time::{Duration, Instant};
 use nearstore_proto::{ErrorCode, Expr, Plan, PutMode};
 use nearstore_runtime::server::auth::{TenantConfig, token_hash};
 use nearstore_sdk::{Client, ClientOptions, Error, Query};
+use nearstore_test_support::{hostile, kernel};
 
-use crate::kernels::kernel;
 use crate::support::{TestDevice, sum_ids, table_batches};
 
 /// The hostile kernels: name, module, and what its query must fail with (`None`: succeeds).
 pub fn hostile_kernels() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
     vec![
-        (
-            "spin_forever",
-            kernel("(loop $l (br $l)) (i32.const 0)", ""),
-            Some("deadline"),
-        ),
-        (
-            "grow_memory",
-            kernel(
-                "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (unreachable)",
-                "",
-            ),
-            Some("memory limit"),
-        ),
-        (
-            "recurse",
-            kernel(
-                "(call $deep (i32.const 0)) (i32.const 0)",
-                "(func $deep (param i32) (call $deep (i32.add (local.get 0) (i32.const 1))))",
-            ),
-            Some("overflowed its stack"),
-        ),
-        ("trap", kernel("(unreachable)", ""), Some("trapped")),
+        ("spin_forever", hostile::spin_forever(), Some("deadline")),
+        ("grow_memory", hostile::grow_memory(), Some("memory limit")),
+        ("recurse", hostile::recurse(), Some("overflowed its stack")),
+        ("trap", hostile::trap(), Some("trapped")),
         (
             // One selected row, index far past the batch.
             "garbage_indices",
-            kernel(
-                "(i32.store (local.get $out) (i32.const 999999999)) (i32.const 1)",
-                "",
-            ),
+            kernel::selects_row(999_999_999),
             Some("out of range"),
         ),
         (
             // Claims more rows than the batch holds.
             "oversized_output",
-            kernel("(i32.const 2000000)", ""),
+            hostile::claims_rows(2_000_000),
             Some("selected"),
         ),
         (
             // A bounded busy loop (~10^7 iterations), well inside the deadline: slow, correct.
             "spin_under_deadline",
-            kernel(
-                "(local $i i32) (local.set $i (i32.const 10000000)) \
-                 (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i))) \
-                 (i32.const 0)",
-                "",
-            ),
+            hostile::busy(10_000_000),
             None,
         ),
     ]

@@ -39,14 +39,9 @@ fn nearstore(args: &[&str], cwd: &Path) -> (String, String) {
     (so, se)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_kernel_goes_from_scaffold_to_sql() {
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let target = kernel_target();
-    let target = target.to_str().unwrap();
-
-    // 1. Scaffold, test on the host, build for the device.
+/// `kernel new` scaffolds the crate `above` in `w`, its own test passes on the host, and
+/// `kernel build` makes its module, whose path it returns.
+fn scaffold_and_build(w: &Path, target: &str) -> PathBuf {
     nearstore(&["kernel", "new", "above"], w);
     let crate_dir = w.join("above");
     let host = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -62,8 +57,12 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
     let (built, _) = nearstore(&["kernel", "build", "above", "--target-dir", target], w);
     let module = PathBuf::from(built.trim());
     assert!(module.ends_with("above.wasm"), "{built}");
+    module
+}
 
-    // 2. Run it on a Parquet file, locally, in the device's sandbox.
+/// `kernel test` runs `module` on a Parquet file in `w` (written from the batches it returns),
+/// and prints a trapping kernel's error with its Wasm frames.
+fn test_locally(w: &Path, module: &Path) -> Vec<RecordBatch> {
     let batches = table_batches(5_000, 1_000, 9);
     let file = w.join("data.parquet");
     let mut writer = parquet::arrow::ArrowWriter::try_new(
@@ -99,7 +98,10 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
     let trapping = w.join("trap.wasm");
     std::fs::write(
         &trapping,
-        crate::kernels::kernel("(call $boom) (i32.const 0)", "(func $boom unreachable)"),
+        nearstore_test_support::kernel::filter(
+            "(call $boom) (i32.const 0)",
+            "(func $boom unreachable)",
+        ),
     )
     .unwrap();
     let out = Command::new(cli_bin())
@@ -122,6 +124,20 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
         "{err}"
     );
     assert!(err.contains("boom"), "no backtrace frame: {err}");
+    batches
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_kernel_goes_from_scaffold_to_sql() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let target = kernel_target();
+    let target = target.to_str().unwrap();
+
+    // 1. Scaffold, test on the host, build for the device.
+    let module = scaffold_and_build(w, target);
+    // 2. Run it on a Parquet file, locally, in the device's sandbox.
+    let batches = test_locally(w, &module);
 
     // 3. Register it on a running device, see it listed, call it from SQL.
     let dir = tempfile::tempdir().unwrap();
@@ -279,6 +295,92 @@ async fn same_rows(s: &SqlSession, kernel: &str, host: &str) -> nearstore_sdk::S
     a
 }
 
+/// The `histogram` aggregate kernel per group equals the host's bucket counts.
+async fn histogram_equals_host_counts(s: &SqlSession) {
+    let hist = s
+        .sql("select g, histogram(y, '-100,100,20') as h from pts group by g")
+        .await
+        .unwrap();
+    let counts = s
+        .sql(
+            "select g, cast(floor((y - -100) * 20 / (100 - -100)) as bigint) as b, count(*) as n \
+             from pts where y >= -100 and y < 100 group by g, b",
+        )
+        .await
+        .unwrap();
+    let mut want = vec![vec![0i64; 20]; 5];
+    for b in &counts.batches {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        let (g, k, n) = (
+            b.column(0).as_primitive::<Int64Type>(),
+            b.column(1).as_primitive::<Int64Type>(),
+            b.column(2).as_primitive::<Int64Type>(),
+        );
+        for r in 0..b.num_rows() {
+            want[g.value(r) as usize][k.value(r) as usize] = n.value(r);
+        }
+    }
+    let want_rows: Vec<String> = (0..5)
+        .map(|g| {
+            let l: Vec<String> = want[g].iter().map(|c| c.to_string()).collect();
+            format!("{g}|[{}]", l.join(", "))
+        })
+        .collect();
+    assert_eq!(sorted_rows(&hist), want_rows);
+    assert!(
+        hist.scans.iter().all(|(p, _)| !p.aggregates.is_empty()),
+        "the histogram ran on the device"
+    );
+}
+
+/// The `topk` aggregate kernel, with and without GROUP BY, equals the host's ranking.
+async fn topk_equals_host_ranking(s: &SqlSession) {
+    for (grouped, k) in [(true, 5), (false, 12)] {
+        let (kernel, host) = if grouped {
+            (
+                format!("select g, topk(id, x, '{k}') from pts group by g"),
+                format!(
+                    "select g, id from (select g, id, row_number() over (partition by g order by \
+                     x desc, id) as r from pts where x is not null) where r <= {k} order by g, r"
+                ),
+            )
+        } else {
+            (
+                format!("select topk(id, x, '{k}') from pts"),
+                format!(
+                    "select 0 as g, id from pts where x is not null order by x desc, id limit {k}"
+                ),
+            )
+        };
+        let a = s.sql(&kernel).await.unwrap();
+        let b = s.sql(&host).await.unwrap();
+        let mut lists: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+        for batch in &b.batches {
+            use arrow::array::AsArray;
+            use arrow::datatypes::Int64Type;
+            let (g, id) = (
+                arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64).unwrap(),
+                batch.column(1).clone(),
+            );
+            for r in 0..batch.num_rows() {
+                lists
+                    .entry(g.as_primitive::<Int64Type>().value(r))
+                    .or_default()
+                    .push(id.as_primitive::<Int64Type>().value(r).to_string());
+            }
+        }
+        let want: Vec<String> = lists
+            .iter()
+            .map(|(g, ids)| {
+                let l = format!("[{}]", ids.join(", "));
+                if grouped { format!("{g}|{l}") } else { l }
+            })
+            .collect();
+        assert_eq!(sorted_rows(&a), want, "{kernel}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_kernels_equal_their_host_side_sql() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/examples");
@@ -366,84 +468,8 @@ async fn example_kernels_equal_their_host_side_sql() {
     assert!(few.bytes_moved() < 4096, "{}", few.bytes_moved());
 
     // Aggregate kernels with and without GROUP BY against the host's SQL.
-    let hist = s
-        .sql("select g, histogram(y, '-100,100,20') as h from pts group by g")
-        .await
-        .unwrap();
-    let counts = s
-        .sql(
-            "select g, cast(floor((y - -100) * 20 / (100 - -100)) as bigint) as b, count(*) as n \
-             from pts where y >= -100 and y < 100 group by g, b",
-        )
-        .await
-        .unwrap();
-    let mut want = vec![vec![0i64; 20]; 5];
-    for b in &counts.batches {
-        use arrow::array::AsArray;
-        use arrow::datatypes::Int64Type;
-        let (g, k, n) = (
-            b.column(0).as_primitive::<Int64Type>(),
-            b.column(1).as_primitive::<Int64Type>(),
-            b.column(2).as_primitive::<Int64Type>(),
-        );
-        for r in 0..b.num_rows() {
-            want[g.value(r) as usize][k.value(r) as usize] = n.value(r);
-        }
-    }
-    let want_rows: Vec<String> = (0..5)
-        .map(|g| {
-            let l: Vec<String> = want[g].iter().map(|c| c.to_string()).collect();
-            format!("{g}|[{}]", l.join(", "))
-        })
-        .collect();
-    assert_eq!(sorted_rows(&hist), want_rows);
-    assert!(
-        hist.scans.iter().all(|(p, _)| !p.aggregates.is_empty()),
-        "the histogram ran on the device"
-    );
-    for (grouped, k) in [(true, 5), (false, 12)] {
-        let (kernel, host) = if grouped {
-            (
-                format!("select g, topk(id, x, '{k}') from pts group by g"),
-                format!(
-                    "select g, id from (select g, id, row_number() over (partition by g order by \
-                     x desc, id) as r from pts where x is not null) where r <= {k} order by g, r"
-                ),
-            )
-        } else {
-            (
-                format!("select topk(id, x, '{k}') from pts"),
-                format!(
-                    "select 0 as g, id from pts where x is not null order by x desc, id limit {k}"
-                ),
-            )
-        };
-        let a = s.sql(&kernel).await.unwrap();
-        let b = s.sql(&host).await.unwrap();
-        let mut lists: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
-        for batch in &b.batches {
-            use arrow::array::AsArray;
-            use arrow::datatypes::Int64Type;
-            let (g, id) = (
-                arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Int64).unwrap(),
-                batch.column(1).clone(),
-            );
-            for r in 0..batch.num_rows() {
-                lists
-                    .entry(g.as_primitive::<Int64Type>().value(r))
-                    .or_default()
-                    .push(id.as_primitive::<Int64Type>().value(r).to_string());
-            }
-        }
-        let want: Vec<String> = lists
-            .iter()
-            .map(|(g, ids)| {
-                let l = format!("[{}]", ids.join(", "));
-                if grouped { format!("{g}|{l}") } else { l }
-            })
-            .collect();
-        assert_eq!(sorted_rows(&a), want, "{kernel}");
-    }
+    histogram_equals_host_counts(&s).await;
+    topk_equals_host_ranking(&s).await;
     // Kernels run only on the device: in full-transfer mode calling one says so.
     let host = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::FullTransfer)
         .await
@@ -496,7 +522,7 @@ async fn registration_refuses_bad_modules_with_what_to_fix() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not a module".to_vec(), "\\0asm"),
         (
-            crate::kernels::kernel(
+            nearstore_test_support::kernel::filter(
                 "(i32.const 0)",
                 r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
             ),

@@ -10,30 +10,9 @@ use nearstore_runtime::compute::wasm::{
     compile_filter,
 };
 use nearstore_runtime::plan::Binder;
+use nearstore_test_support::kernel::{filter, module, selects_row};
 
 const MANIFEST: &str = r#"(@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n")"#;
-
-/// A filter kernel whose `nearstore_filter` body is `body` (params: desc, out, cap), with
-/// `extra` (imports, helper functions) at the start of the module.
-pub(crate) fn kernel(body: &str, extra: &str) -> Vec<u8> {
-    kernel_with(
-        "abi=1\nkind=filter\nname=hostile\n",
-        extra,
-        &format!(
-            r#"(func $f (export "nearstore_filter") (param $desc i32) (param $out i32) (param $cap i32) (result i32)
-            {body})"#
-        ),
-    )
-}
-
-/// A filter kernel that selects row `i` alone: distinct modules for distinct `i`, told apart
-/// by their answers.
-pub(crate) fn selects_row(i: u32) -> Vec<u8> {
-    kernel(
-        &format!("(i32.store (local.get $out) (i32.const {i})) (i32.const 1)"),
-        "",
-    )
-}
 
 fn sandbox() -> Sandbox {
     Sandbox::new(SandboxConfig {
@@ -98,7 +77,7 @@ fn a_well_behaved_test_kernel_runs() {
     // Selects rows 3 and 7: proves the harness itself works before the hostile cases.
     let sb = sandbox();
     let p = sb
-        .load(&kernel(
+        .load(&filter(
             "(i32.store (local.get $out) (i32.const 3)) (i32.store offset=4 (local.get $out) (i32.const 7)) (i32.const 2)",
             "",
         ))
@@ -110,7 +89,7 @@ fn a_well_behaved_test_kernel_runs() {
 fn infinite_loop_stops_at_the_deadline() {
     let sb = sandbox();
     let p = sb
-        .load(&kernel("(loop $l (br $l)) (i32.const 0)", ""))
+        .load(&filter("(loop $l (br $l)) (i32.const 0)", ""))
         .unwrap();
     let t = std::time::Instant::now();
     let e = run(&sb, &p).unwrap_err();
@@ -124,7 +103,7 @@ fn infinite_loop_stops_at_the_deadline() {
 fn unbounded_memory_growth_hits_the_limit() {
     let sb = sandbox();
     let p = sb
-        .load(&kernel(
+        .load(&filter(
             "(loop $l (drop (memory.grow (i32.const 16))) (br $l)) (i32.const 0)",
             "",
         ))
@@ -139,7 +118,7 @@ fn unbounded_memory_growth_hits_the_limit() {
 fn unbounded_recursion_overflows_the_stack() {
     let sb = sandbox();
     let p = sb
-        .load(&kernel(
+        .load(&filter(
             "(call $f (local.get $desc) (local.get $out) (local.get $cap))",
             "",
         ))
@@ -172,14 +151,14 @@ fn garbage_outputs_are_rejected() {
         ("(i32.const 1000)", "selected 1000 rows"),
     ];
     for (body, want) in cases {
-        let p = sb.load(&kernel(body, "")).unwrap();
+        let p = sb.load(&filter(body, "")).unwrap();
         let e = run(&sb, &p).unwrap_err();
         assert!(matches!(e, KernelError::BadOutput { .. }), "{body}: {e}");
         assert!(e.to_string().contains(want), "{body}: {e}");
     }
     // Bitmap outputs: a bit past the last row, and a count that disagrees with the bitmap.
     let bitmap = |body: &str| {
-        kernel(
+        filter(
             "(i32.const 0)",
             &format!(
                 r#"(func (export "nearstore_filter_bitmap") (param $desc i32) (param $out i32) (param $words i32) (result i32) {body})"#
@@ -207,17 +186,17 @@ fn garbage_outputs_are_rejected() {
         assert!(e.to_string().contains(want), "{body}: {e}");
     }
     // A negative status is the kernel's own error, reported as such.
-    let p = sb.load(&kernel("(i32.const -3)", "")).unwrap();
+    let p = sb.load(&filter("(i32.const -3)", "")).unwrap();
     assert!(matches!(
         run(&sb, &p).unwrap_err(),
         KernelError::Status { status: -3, .. }
     ));
     // A trap (unreachable) and an abort are specific too.
-    let p = sb.load(&kernel("unreachable", "")).unwrap();
+    let p = sb.load(&filter("unreachable", "")).unwrap();
     let e = run(&sb, &p).unwrap_err();
     assert!(matches!(e, KernelError::Trap { .. }), "{e}");
     let p = sb
-        .load(&kernel(
+        .load(&filter(
             "(call $abort (i32.const 7)) (i32.const 0)",
             r#"(import "nearstore" "abort" (func $abort (param i32)))"#,
         ))
@@ -313,7 +292,7 @@ fn the_compile_cache_drops_the_busiest_tenants_modules() {
 fn bad_modules_are_refused_at_registration() {
     let sb = sandbox();
     let e = sb
-        .load(&kernel(
+        .load(&filter(
             "(i32.const 0)",
             r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
         ))
@@ -492,7 +471,7 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
     // The kernel writes count 1_000_000 into slot (group 0, aggregate 0).
     let sb = sandbox();
     let p = sb
-        .load(&kernel(
+        .load(&filter(
             "(i32.const 0)",
             r#"(func (export "nearstore_agg_update") (param $desc i32) (param $state i32) (param $groups i32) (result i32)
                  (i64.store offset=16 (local.get $state) (i64.const 1000000)) (i32.const 0))"#,
@@ -530,37 +509,13 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
     assert!(e.to_string().contains("exceeds the 100 rows given"), "{e}");
 }
 
-/// A kernel with the manifest `manifest` (lines separated by `\n`), `extra` (imports, helper
-/// functions) at the start and the exported functions `funcs` (WAT), besides the ABI version,
-/// a bump allocator and its memory.
-fn kernel_with(manifest: &str, extra: &str, funcs: &str) -> Vec<u8> {
-    let text = format!(
-        r#"(module
-          {extra}
-          (memory (export "memory") 2)
-          (global $next (mut i32) (i32.const 1024))
-          (func (export "nearstore_abi_version") (result i32) (i32.const 1))
-          (func (export "nearstore_alloc") (param $size i32) (param $align i32) (result i32)
-            (local $p i32)
-            (local.set $p (global.get $next))
-            (global.set $next (i32.add (global.get $next) (i32.and (i32.add (local.get $size) (i32.const 15)) (i32.const -16))))
-            (if (i32.gt_u (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
-              (then (drop (memory.grow (i32.add (i32.div_u (i32.sub (global.get $next) (i32.mul (memory.size) (i32.const 65536))) (i32.const 65536)) (i32.const 1))))))
-            (local.get $p))
-          {funcs}
-          (@custom "nearstore.manifest" "{}"))"#,
-        manifest.replace('\n', "\\n")
-    );
-    wat::parse_str(&text).unwrap_or_else(|e| panic!("test kernel does not assemble: {e}\n{text}"))
-}
-
 #[test]
 fn map_and_aggregate_kernel_outputs_are_checked() {
     let sb = sandbox();
     let data = ids();
     let col = int64_column(&data);
     let map = |body: &str| {
-        sb.load(&kernel_with(
+        sb.load(&module(
             "abi=1\nkind=map\nname=m\noutput=int64\n",
             "",
             &format!(
@@ -601,7 +556,7 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
     assert_eq!(validity, [u64::MAX, 0xF_FFFF_FFFF]);
 
     let agg = |output: &str, update: &str, finish: &str| {
-        sb.load(&kernel_with(
+        sb.load(&module(
             &format!("abi=1\nkind=aggregate\nname=a\noutput={output}\nstate_size=16\n"),
             "",
             &format!(

@@ -105,7 +105,7 @@ async fn thirty_two_clients_mix_queries_and_uploads_without_errors() {
             .expect("a client hung")
             .unwrap();
     }
-    let peak = peak_rss(dev.child.id());
+    let peak = peak_rss(dev.id());
     eprintln!(
         "load: {CLIENTS} clients, {total} operations in {:.1} s, device peak RSS {} MiB",
         start.elapsed().as_secs_f64(),

@@ -1,13 +1,13 @@
 //! Shared helpers: in-process devices, device processes, generated tables.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
     ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
+use nearstore::serve_process::ServeProcess;
 use nearstore_runtime::storage::WriteConfig;
 use nearstore_runtime::storage::reader::{ReaderChoice, ReaderConfig};
 use nearstore_runtime::{Device, DeviceConfig};
@@ -137,89 +137,53 @@ pub fn cli_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nearstore-under-test"))
 }
 
-/// A device in its own process (`nearstore serve`).
+/// A device in its own process (`nearstore serve`), killed when dropped.
 pub struct DeviceProcess {
-    /// The child.
-    pub child: Child,
+    process: ServeProcess,
     /// Its URL.
     pub url: String,
 }
 
 impl DeviceProcess {
     /// Starts `nearstore serve` on `dir` and a loopback port the device picks (its start-up
-    /// line names it), without the demo table.
+    /// line names it), without the demo table, with small row groups (10 000 rows, pages of
+    /// 1 000) and `extra` arguments.
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(cli_bin())
-            .args(["serve", "--no-demo", "--data"])
-            .arg(dir)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--row-group-rows",
-                "10000",
-                "--page-rows",
-                "1000",
-            ])
-            .args(extra)
-            .env("NEARSTORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("device process starts");
-        // Forward the device's messages and pick its address out of the start-up line.
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split(" on grpc://").nth(1)
-                    && line.contains("nearstore device serving")
-                {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(format!("grpc://{addr}"));
-                }
-                eprintln!("{line}");
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the device announces its address within 60 s");
-        DeviceProcess { child, url }
+        let args = [
+            "--no-demo",
+            "--row-group-rows",
+            "10000",
+            "--page-rows",
+            "1000",
+        ];
+        let process = ServeProcess::start(
+            &cli_bin(),
+            dir,
+            args.iter().chain(extra),
+            Duration::from_secs(60),
+        )
+        .expect("the device process starts and announces its address within 60 s");
+        DeviceProcess {
+            url: process.url.clone(),
+            process,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.process.id()
     }
 
     /// Kills the process with SIGKILL and reaps it.
-    pub fn kill9(mut self) {
-        // SAFETY: kill(2) with a pid we own; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        assert_eq!(rc, 0, "SIGKILL delivered");
-        let _ = self.child.wait();
+    pub fn kill9(self) {
+        self.process.kill().expect("SIGKILL delivered");
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) with a pid we own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = self.child.kill();
-                panic!("device did not stop within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for DeviceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.process
+            .terminate(Duration::from_secs(20))
+            .expect("the device stops within 20 s of SIGTERM")
     }
 }
 

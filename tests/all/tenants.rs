@@ -7,8 +7,8 @@ use nearstore_proto::{ErrorCode, Plan, PutMode};
 use nearstore_runtime::server::auth::{TenantConfig, token_hash};
 use nearstore_sdk::{Client, ClientOptions, Error, Mode, Query, SqlSession};
 
-use crate::kernels::selects_row;
 use crate::support::{TestDevice, sum_ids, table_batches};
+use nearstore_test_support::kernel::selects_row;
 
 const ALICE: &str = "alice-token-1";
 const BOB: &str = "bob-token-2";

@@ -2,11 +2,11 @@
 //! loopback port, so that the host side's CPU time is the harness process's alone.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use tokio::process::{Child, Command};
+use anyhow::{Result, bail};
+
+use crate::serve_process::ServeProcess;
 
 /// How long a device may take to generate its data and start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -14,7 +14,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A `nearstore serve` child process.
 #[derive(Debug)]
 pub struct DeviceChild {
-    child: Child,
+    child: ServeProcess,
     /// `grpc://127.0.0.1:PORT`.
     pub url: String,
 }
@@ -28,54 +28,19 @@ impl DeviceChild {
         scale: f64,
         link_gbps: Option<f64>,
     ) -> Result<Self> {
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--demo-scale",
-                &scale.to_string(),
-            ])
-            .env("NEARSTORE_LOG", "warn")
-            .env_remove("NEARSTORE_CONFIG")
-            .env_remove("NEARSTORE_LINK_GBPS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut args = vec!["--demo-scale".to_string(), scale.to_string()];
         if let Some(g) = link_gbps {
-            cmd.args(["--link-gbps", &g.to_string()]);
+            args.extend(["--link-gbps".to_string(), g.to_string()]);
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting the device ({} serve)", bin.display()))?;
-        // The device picks its port; its start-up line names it. Its other messages (the
-        // generation progress among them) pass through to our stderr.
-        let stderr = child.stderr.take().context("device stderr")?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut tx = Some(tx);
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("nearstore device serving")
-                    && let Some(rest) = line.split(" on grpc://").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-                eprintln!("{line}");
-            }
-        });
-        let addr = match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(a)) => a,
-            _ => bail!("the device did not start serving (its messages are above)"),
-        };
+        let (bin, data) = (bin.to_path_buf(), data.to_path_buf());
+        // The device picks its port; its start-up line names it (waiting for it blocks).
+        let child = tokio::task::spawn_blocking(move || {
+            ServeProcess::start(&bin, &data, args, START_TIMEOUT)
+        })
+        .await??;
         let mut d = DeviceChild {
+            url: child.url.clone(),
             child,
-            url: format!("grpc://{addr}"),
         };
         d.wait_ready().await?;
         Ok(d)
@@ -106,7 +71,7 @@ impl DeviceChild {
     /// CPU time (user + system) of the device process so far, milliseconds, from
     /// `/proc/PID/stat`.
     pub fn cpu_ms(&self) -> Option<f64> {
-        let pid = self.child.id()?;
+        let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
         let rest = &stat[stat.rfind(')')? + 2..];
@@ -118,23 +83,13 @@ impl DeviceChild {
     }
 
     /// Stops the device with SIGTERM (it finishes in-flight calls) and waits for it.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) on our own child's pid; no memory is involved.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    pub async fn stop(self) -> Result<()> {
+        let child = self.child;
+        let status =
+            tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(30))).await??;
+        if !status.success() {
+            bail!("the device exited with {status} on SIGTERM");
         }
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                if !status.success() {
-                    bail!("the device exited with {status} on SIGTERM");
-                }
-                Ok(())
-            }
-            Err(_) => {
-                self.child.kill().await?;
-                bail!("the device did not stop within 30 s of SIGTERM")
-            }
-        }
+        Ok(())
     }
 }

@@ -13,8 +13,9 @@
 mod device;
 mod reference;
 pub mod render;
+mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -22,12 +23,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use clap::{Args, ValueEnum};
 use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
-use serde::{Deserialize, Serialize};
 
 pub use device::DeviceChild;
-
-/// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 2;
+pub use report::{EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target};
 
 /// Whether to run the reference engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,122 +91,6 @@ impl CompareArgs {
             device_bin: None,
         }
     }
-}
-
-/// One mode's figures for one query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ModeFigures {
-    /// Bytes the device sent.
-    pub bytes_moved: u64,
-    /// Bytes the device read from its media.
-    pub bytes_read: u64,
-    /// Median wall time, milliseconds.
-    pub wall_ms: f64,
-    /// Device time summed over scans (median run), milliseconds.
-    pub device_ms: f64,
-    /// CPU time of the host (this process: SQL session, decoding, host-side operators),
-    /// median run, milliseconds.
-    pub host_cpu_ms: f64,
-    /// CPU time of the device process (median run), milliseconds; absent for an external
-    /// device. Kernel tick resolution (10 ms on most systems).
-    pub device_cpu_ms: Option<f64>,
-}
-
-/// Wall times over an emulated link.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct ShapedRun {
-    /// Link rate, Gb/s.
-    pub link_gbps: f64,
-    /// Whether both modes returned the same rows over this link too.
-    pub equal: bool,
-    /// Offload wall time (median), ms.
-    pub offload_ms: f64,
-    /// Full-transfer wall time (median), ms.
-    pub transfer_ms: f64,
-    /// transfer / offload.
-    pub speedup: f64,
-}
-
-/// One reference engine's figures for one query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct EngineRun {
-    /// Median wall time, ms (in-process, file in the page cache).
-    pub ms: f64,
-    /// Rows returned (checked against ours).
-    pub rows: usize,
-}
-
-/// One query of the report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct QueryReport {
-    /// Name.
-    pub name: String,
-    /// Fraction of rows the filter keeps, for the sweep.
-    pub selectivity: Option<f64>,
-    /// `narrow` or `wide` projection, for the sweep.
-    pub projection: Option<String>,
-    /// The SQL.
-    pub sql: String,
-    /// Result rows.
-    pub rows: usize,
-    /// Arrow IPC size of the exact result (what an ideal offload would move).
-    pub result_ipc_bytes: u64,
-    /// Whether both modes returned the same rows.
-    pub equal: bool,
-    /// Offload figures (loopback).
-    pub offload: ModeFigures,
-    /// Full-transfer figures (loopback).
-    pub transfer: ModeFigures,
-    /// transfer bytes / offload bytes.
-    pub reduction: f64,
-    /// transfer wall time / offload wall time on loopback.
-    pub speedup: f64,
-    /// The same query over emulated links.
-    pub shaped: Vec<ShapedRun>,
-    /// Reference engines: engine name → figures.
-    pub reference: std::collections::BTreeMap<String, EngineRun>,
-}
-
-/// The report (`report.json`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Report {
-    /// Schema version ([`REPORT_VERSION`]).
-    pub version: u32,
-    /// TPC-H scale factor (started device) or 0 for an external device.
-    pub scale: f64,
-    /// Runs per query and mode.
-    pub runs: usize,
-    /// Rows in lineitem.
-    pub table_rows: u64,
-    /// Emulated link rates run besides loopback, Gb/s.
-    pub links: Vec<f64>,
-    /// Reference engines that ran: name → version.
-    pub engines: std::collections::BTreeMap<String, String>,
-    /// Why reference engines did not run, if they did not.
-    pub reference_note: Option<String>,
-    /// Queries.
-    pub queries: Vec<QueryReport>,
-    /// The performance targets, each with its measured value.
-    pub targets: Vec<Target>,
-    /// Problems found by --check.
-    pub failures: Vec<String>,
-}
-
-/// A performance target and whether this run met it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Target {
-    /// What is promised.
-    pub target: String,
-    /// What was measured.
-    pub measured: String,
-    /// Met, missed, or not measurable in this run (`None`).
-    pub met: Option<bool>,
 }
 
 /// A test hook: may alter an offload result before it is compared (tests use it to prove the
@@ -385,18 +267,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
     if !(args.scale.is_finite() && args.scale > 0.0) {
         bail!("--scale must be a positive number, got {}", args.scale);
     }
-    let links = match (&args.device, &args.link_gbps) {
-        (Some(_), Some(l)) if !l.is_empty() => bail!(
-            "--link-gbps needs the device the harness starts itself; an external device's link is \
-             its own (start it with `nearstore serve --link-gbps N`)"
-        ),
-        (Some(_), _) => Vec::new(),
-        (None, Some(l)) => l.clone(),
-        (None, None) => vec![1.0],
-    };
-    if let Some(bad) = links.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
-        bail!("--link-gbps takes positive rates in Gb/s, got {bad}");
-    }
+    let links = links(args)?;
 
     // The started device and its data directory live until the end of the run.
     let data = tempfile::tempdir().context("temporary data directory")?;
@@ -494,40 +365,92 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
 
     // The same suite over each emulated link: the device restarts with the link shaped.
     if let Some((bin, device)) = started.take() {
-        let mut device = device;
-        for &gbps in &links {
-            device.stop().await?;
-            device = DeviceChild::start(&bin, data.path(), args.scale, Some(gbps)).await?;
-            let s = Sessions::connect(&device.url).await?;
-            eprintln!(
-                "emulated {gbps} Gb/s link: {} queries x 2 modes",
-                cases.len()
-            );
-            for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
-                let (mut a, fa) = measure(&s.offload, &case.sql, args.runs, None).await?;
-                let (b, fb) = measure(&s.transfer, &case.sql, args.runs, None).await?;
-                if let Some(h) = hook {
-                    h(&case.name, &mut a);
-                }
-                let run = ShapedRun {
-                    link_gbps: gbps,
-                    equal: canonical(&a) == canonical(&b),
-                    offload_ms: fa.wall_ms,
-                    transfer_ms: fb.wall_ms,
-                    speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
-                };
-                eprintln!(
-                    "{:<22} offload {:>8.1} ms | transfer {:>8.1} ms | {:>6.1}x faster",
-                    case.name, run.offload_ms, run.transfer_ms, run.speedup
-                );
-                q.shaped.push(run);
-            }
-        }
-        device.stop().await?;
+        shaped_runs(
+            &bin,
+            data.path(),
+            device,
+            args,
+            &links,
+            &cases,
+            &mut report,
+            hook,
+        )
+        .await?;
     }
 
+    add_references(&mut report, args, data.path(), &cases);
+
+    report.targets = targets(&report);
+    report.failures = check(&report, args)?;
+    Ok(report)
+}
+
+/// The emulated link rates to run the suite over: none for an external device.
+fn links(args: &CompareArgs) -> Result<Vec<f64>> {
+    let links = match (&args.device, &args.link_gbps) {
+        (Some(_), Some(l)) if !l.is_empty() => bail!(
+            "--link-gbps needs the device the harness starts itself; an external device's link is \
+             its own (start it with `nearstore serve --link-gbps N`)"
+        ),
+        (Some(_), _) => Vec::new(),
+        (None, Some(l)) => l.clone(),
+        (None, None) => vec![1.0],
+    };
+    if let Some(bad) = links.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
+        bail!("--link-gbps takes positive rates in Gb/s, got {bad}");
+    }
+    Ok(links)
+}
+
+/// The suite over each emulated link in `links`: the started device restarts with the link
+/// shaped, and each query's runs join its report.
+async fn shaped_runs(
+    bin: &Path,
+    data: &Path,
+    mut device: DeviceChild,
+    args: &CompareArgs,
+    links: &[f64],
+    cases: &[Case],
+    report: &mut Report,
+    hook: Option<ResultHook<'_>>,
+) -> Result<()> {
+    for &gbps in links {
+        device.stop().await?;
+        device = DeviceChild::start(bin, data, args.scale, Some(gbps)).await?;
+        let s = Sessions::connect(&device.url).await?;
+        eprintln!(
+            "emulated {gbps} Gb/s link: {} queries x 2 modes",
+            cases.len()
+        );
+        for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
+            let (mut a, fa) = measure(&s.offload, &case.sql, args.runs, None).await?;
+            let (b, fb) = measure(&s.transfer, &case.sql, args.runs, None).await?;
+            if let Some(h) = hook {
+                h(&case.name, &mut a);
+            }
+            let run = ShapedRun {
+                link_gbps: gbps,
+                equal: canonical(&a) == canonical(&b),
+                offload_ms: fa.wall_ms,
+                transfer_ms: fb.wall_ms,
+                speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
+            };
+            eprintln!(
+                "{:<22} offload {:>8.1} ms | transfer {:>8.1} ms | {:>6.1}x faster",
+                case.name, run.offload_ms, run.transfer_ms, run.speedup
+            );
+            q.shaped.push(run);
+        }
+    }
+    device.stop().await?;
+    Ok(())
+}
+
+/// The reference engines' runs of the suite on the started device's Parquet file, or a note
+/// saying why there are none.
+fn add_references(report: &mut Report, args: &CompareArgs, data: &Path, cases: &[Case]) {
     if args.device.is_none() && args.reference != ReferenceChoice::Off {
-        match reference::run(data.path(), &cases, args.runs, args.reference) {
+        match reference::run(data, cases, args.runs, args.reference) {
             Ok(r) => {
                 for (name, results) in r.results {
                     if let Some(q) = report.queries.iter_mut().find(|q| q.name == name) {
@@ -546,10 +469,6 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         report.reference_note =
             Some("reference engines need the Parquet file of a device the harness started".into());
     }
-
-    report.targets = targets(&report);
-    report.failures = check(&report, args)?;
-    Ok(report)
 }
 
 /// The gate's verdicts.

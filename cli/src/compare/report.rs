@@ -1,0 +1,123 @@
+//! The comparison's report (`report.json`, schema [`REPORT_VERSION`]): per query, each mode's
+//! figures, the runs over emulated links and the reference engines', and the targets.
+
+use serde::{Deserialize, Serialize};
+
+/// Current `report.json` schema version.
+pub const REPORT_VERSION: u32 = 2;
+
+/// One mode's figures for one query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ModeFigures {
+    /// Bytes the device sent.
+    pub bytes_moved: u64,
+    /// Bytes the device read from its media.
+    pub bytes_read: u64,
+    /// Median wall time, milliseconds.
+    pub wall_ms: f64,
+    /// Device time summed over scans (median run), milliseconds.
+    pub device_ms: f64,
+    /// CPU time of the host (this process: SQL session, decoding, host-side operators),
+    /// median run, milliseconds.
+    pub host_cpu_ms: f64,
+    /// CPU time of the device process (median run), milliseconds; absent for an external
+    /// device. Kernel tick resolution (10 ms on most systems).
+    pub device_cpu_ms: Option<f64>,
+}
+
+/// Wall times over an emulated link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ShapedRun {
+    /// Link rate, Gb/s.
+    pub link_gbps: f64,
+    /// Whether both modes returned the same rows over this link too.
+    pub equal: bool,
+    /// Offload wall time (median), ms.
+    pub offload_ms: f64,
+    /// Full-transfer wall time (median), ms.
+    pub transfer_ms: f64,
+    /// transfer / offload.
+    pub speedup: f64,
+}
+
+/// One reference engine's figures for one query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EngineRun {
+    /// Median wall time, ms (in-process, file in the page cache).
+    pub ms: f64,
+    /// Rows returned (checked against ours).
+    pub rows: usize,
+}
+
+/// One query of the report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QueryReport {
+    /// Name.
+    pub name: String,
+    /// Fraction of rows the filter keeps, for the sweep.
+    pub selectivity: Option<f64>,
+    /// `narrow` or `wide` projection, for the sweep.
+    pub projection: Option<String>,
+    /// The SQL.
+    pub sql: String,
+    /// Result rows.
+    pub rows: usize,
+    /// Arrow IPC size of the exact result (what an ideal offload would move).
+    pub result_ipc_bytes: u64,
+    /// Whether both modes returned the same rows.
+    pub equal: bool,
+    /// Offload figures (loopback).
+    pub offload: ModeFigures,
+    /// Full-transfer figures (loopback).
+    pub transfer: ModeFigures,
+    /// transfer bytes / offload bytes.
+    pub reduction: f64,
+    /// transfer wall time / offload wall time on loopback.
+    pub speedup: f64,
+    /// The same query over emulated links.
+    pub shaped: Vec<ShapedRun>,
+    /// Reference engines: engine name → figures.
+    pub reference: std::collections::BTreeMap<String, EngineRun>,
+}
+
+/// The report (`report.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Report {
+    /// Schema version ([`REPORT_VERSION`]).
+    pub version: u32,
+    /// TPC-H scale factor (started device) or 0 for an external device.
+    pub scale: f64,
+    /// Runs per query and mode.
+    pub runs: usize,
+    /// Rows in lineitem.
+    pub table_rows: u64,
+    /// Emulated link rates run besides loopback, Gb/s.
+    pub links: Vec<f64>,
+    /// Reference engines that ran: name → version.
+    pub engines: std::collections::BTreeMap<String, String>,
+    /// Why reference engines did not run, if they did not.
+    pub reference_note: Option<String>,
+    /// Queries.
+    pub queries: Vec<QueryReport>,
+    /// The performance targets, each with its measured value.
+    pub targets: Vec<Target>,
+    /// Problems found by --check.
+    pub failures: Vec<String>,
+}
+
+/// A performance target and whether this run met it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Target {
+    /// What is promised.
+    pub target: String,
+    /// What was measured.
+    pub measured: String,
+    /// Met, missed, or not measurable in this run (`None`).
+    pub met: Option<bool>,
+}

@@ -1,0 +1,46 @@
+//! `nearstore sql`: SQL over the device's tables (DataFusion on the host, pushdown to one or
+//! more devices), its rows and, on request, each scan's statistics.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nearstore_sdk::ClientOptions;
+
+use crate::connect::read_ca;
+use crate::{SqlArgs, format_stats, human_bytes, print_batches};
+
+pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
+    let opts = ClientOptions {
+        token: args.token.clone(),
+        request_timeout: Duration::from_secs(args.timeout_secs),
+        tls_ca_pem: read_ca(&args.tls_ca)?,
+        ..Default::default()
+    };
+    let session = nearstore_sdk::SqlSession::connect_many(&args.devices, opts, args.mode)
+        .await
+        .with_context(|| format!("connecting to {}", args.devices.join(", ")))?;
+    if args.explain {
+        if args.mode == nearstore_sdk::Mode::Auto {
+            let (m, why) = session.decide(&args.query).await?;
+            println!("auto mode chooses {}: {why}", m.as_str());
+        }
+        println!("{}", session.explain(&args.query).await?);
+        return Ok(());
+    }
+    let r = session.sql(&args.query).await?;
+    print_batches(&r.batches, &r.schema, args.format)?;
+    if args.stats {
+        for (plan, s) in &r.scans {
+            eprintln!("-- scan of {}: {}", plan.table, format_stats(s));
+        }
+        eprintln!(
+            "-- {} rows; {} moved from the device in {} scans ({} mode: {})",
+            r.num_rows(),
+            human_bytes(r.bytes_moved()),
+            r.scans.len(),
+            r.mode.as_str(),
+            r.reason
+        );
+    }
+    Ok(())
+}
