@@ -89,10 +89,11 @@ pub unsafe fn batch_from_memory<'a>(desc: u32) -> KernelResult<Batch<'a>> {
     Ok(Batch {
         rows: d.rows as usize,
         columns,
-        // SAFETY: parameters lie in memory per the contract.
         params: if d.params_len == 0 {
             &[]
         } else {
+            // SAFETY: the host wrote `params_len` parameter bytes at `params_ptr` in this
+            // memory (the batch descriptor's contract), and they stay for the call.
             unsafe {
                 core::slice::from_raw_parts(
                     d.params_ptr as usize as *const u8,
