@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, Int64Builder, ListBuilder};
 use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::DataType;
-use nearstore_kernel_abi::types;
 
-use super::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox, Stage};
+use super::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox};
 use crate::compute::KernelLimits;
 use crate::compute::program::OwnedColumn;
 use crate::error::{Error, Result};

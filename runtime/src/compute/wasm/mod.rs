@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
-use nearstore_kernel_abi::{agg, types};
+use nearstore_kernel_abi::agg;
 use nearstore_proto::{AggFunc, BackendKind};
 
 use super::native::NativeBackend;

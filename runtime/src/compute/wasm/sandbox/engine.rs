@@ -19,7 +19,7 @@ use super::{KernelError, SandboxConfig, host_err};
 
 /// What the host keeps in a kernel's store: its memory limit, and what the kernel did that a
 /// trap alone does not tell (hit the limit, called abort, logged).
-struct HostState {
+pub(super) struct HostState {
     pub(super) memory_bytes_max: usize,
     pub(super) memory_limit_hit: bool,
     pub(super) abort: Option<u32>,
