@@ -4,13 +4,14 @@
 //! and its [`TimingModel`] (clock, lanes, DMA bandwidth, latency) yields the modelled time.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::engine;
 use super::{
-    AggregateArgs, BITSTREAM_SCAN, DeviceBuffer, FilterArgs, FpgaDevice, FpgaError, RunHandle,
+    AggregateArgs, BITSTREAM_SCAN, DeviceBuffer, FPGA_GROUPS_MAX, FilterArgs, FpgaDevice,
+    FpgaError, RunHandle,
 };
 use crate::compute::namespace::{ComputeNamespace, MemRange};
 

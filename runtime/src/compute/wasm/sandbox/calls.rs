@@ -4,6 +4,7 @@
 
 use nearstore_kernel_abi as abi;
 
+use super::session::BatchFunc;
 use super::{ColumnBuffers, KernelError, KernelSession};
 
 impl KernelSession {
