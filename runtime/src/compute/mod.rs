@@ -16,6 +16,7 @@ pub mod fpga;
 pub(crate) mod lanes;
 pub mod namespace;
 pub mod native;
+pub mod program;
 pub mod wasm;
 
 use std::time::Duration;
@@ -72,15 +73,15 @@ pub trait ComputeBackend: Send + Sync + std::fmt::Debug {
         Support::Unsupported
     }
 
-    /// Opens the per-query context (for Wasm: a fresh instance, never shared across queries).
-    fn open(&self) -> Result<Box<dyn ComputeSession>>;
+    /// Opens the per-query context (for Wasm: a fresh instance, never shared across queries)
+    /// without a tenant's kernel limits.
+    fn open(&self) -> Result<Box<dyn ComputeSession>> {
+        self.open_with(None)
+    }
 
     /// Opens the per-query context under a tenant's kernel limits (backends that run no
     /// untrusted code ignore them).
-    fn open_with(&self, limits: Option<KernelLimits>) -> Result<Box<dyn ComputeSession>> {
-        let _ = limits;
-        self.open()
-    }
+    fn open_with(&self, limits: Option<KernelLimits>) -> Result<Box<dyn ComputeSession>>;
 }
 
 /// What a session reports at the end of a query.

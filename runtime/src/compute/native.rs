@@ -4,7 +4,7 @@ use arrow::array::{ArrayRef, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::BackendKind;
 
-use super::{ComputeBackend, ComputeSession, Support};
+use super::{ComputeBackend, ComputeSession, KernelLimits, Support};
 use crate::error::Result;
 use crate::plan::PhysExpr;
 
@@ -25,7 +25,7 @@ impl ComputeBackend for NativeBackend {
         Support::Exact
     }
 
-    fn open(&self) -> Result<Box<dyn ComputeSession>> {
+    fn open_with(&self, _limits: Option<KernelLimits>) -> Result<Box<dyn ComputeSession>> {
         Ok(Box::new(NativeBackend))
     }
 }

@@ -7,17 +7,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, Int64Builder, ListBuilder,
-};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, Int64Builder, ListBuilder};
 use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::DataType;
-use nearstore_kernel_abi::types;
 
-use super::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox, Stage};
+use super::{ColumnBuffers, KernelError, KernelSession, Program, Sandbox};
 use crate::compute::KernelLimits;
+use crate::compute::program::OwnedColumn;
 use crate::error::{Error, Result};
-use crate::plan::{KernelFn, KernelKind, KernelOutput, arg_type};
+use crate::plan::{KernelFn, KernelKind, KernelOutput};
 
 /// One kernel call site of a query.
 pub struct KernelCall {
@@ -36,74 +34,6 @@ impl std::fmt::Debug for KernelCall {
             .field("name", &self.name)
             .field("module", &self.program.id)
             .finish()
-    }
-}
-
-/// An argument column in the kernel ABI's layout.
-struct Arg {
-    type_code: u32,
-    scale: i32,
-    values: Vec<u8>,
-    validity: Option<Vec<u8>>,
-    offsets: Option<Vec<u8>>,
-}
-
-impl Arg {
-    fn of(a: &ArrayRef) -> Result<Self> {
-        let type_code = arg_type(a.data_type()).ok_or_else(|| {
-            Error::TypeMismatch(format!("kernels cannot take {} columns", a.data_type()))
-        })?;
-        let scale = match a.data_type() {
-            DataType::Decimal128(_, s) => *s as i32,
-            _ => 0,
-        };
-        let validity = a.logical_nulls().filter(|n| n.null_count() > 0).map(|n| {
-            let mut bytes = vec![0u8; a.len().div_ceil(8)];
-            for i in 0..a.len() {
-                if n.is_valid(i) {
-                    bytes[i / 8] |= 1 << (i % 8);
-                }
-            }
-            bytes
-        });
-        let (values, offsets) = if type_code == types::UTF8 {
-            let s = arrow::compute::cast(a, &DataType::Utf8)?;
-            let s = s.as_string::<i32>();
-            let first = s.value_offsets()[0];
-            let offs: Vec<u8> = s
-                .value_offsets()
-                .iter()
-                .flat_map(|o| (o - first).to_le_bytes())
-                .collect();
-            let end = s.value_offsets()[s.len()] as usize;
-            (s.value_data()[first as usize..end].to_vec(), Some(offs))
-        } else {
-            let data = a.to_data();
-            let width = types::width(type_code);
-            let start = data.offset() * width;
-            (
-                data.buffers()[0].as_slice()[start..start + data.len() * width].to_vec(),
-                None,
-            )
-        };
-        Ok(Arg {
-            type_code,
-            scale,
-            values,
-            validity,
-            offsets,
-        })
-    }
-
-    fn view(&self) -> ColumnBuffers<'_> {
-        ColumnBuffers {
-            type_code: self.type_code,
-            scale: self.scale,
-            values: &self.values,
-            validity: self.validity.as_deref(),
-            offsets: self.offsets.as_deref(),
-            stage: Stage::Copy,
-        }
     }
 }
 
@@ -165,8 +95,11 @@ impl KernelFn for KernelCall {
     /// Runs a filter or map kernel over `args` (columns of one batch of `rows` rows): the
     /// filter's selection as a mask, or the map's values.
     fn eval(&self, rows: usize, args: &[ArrayRef]) -> Result<ArrayRef> {
-        let owned = args.iter().map(Arg::of).collect::<Result<Vec<_>>>()?;
-        let views: Vec<ColumnBuffers<'_>> = owned.iter().map(Arg::view).collect();
+        let owned = args
+            .iter()
+            .map(OwnedColumn::argument)
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<ColumnBuffers<'_>> = owned.iter().map(OwnedColumn::view).collect();
         match self.program.kind {
             KernelKind::Filter => {
                 let selected = self.with_session(|s| s.filter(rows, &views, &self.params))?;
@@ -210,19 +143,15 @@ impl KernelFn for KernelCall {
         n_groups: usize,
         args: &[ArrayRef],
     ) -> Result<()> {
-        let owned = args.iter().map(Arg::of).collect::<Result<Vec<_>>>()?;
+        let owned = args
+            .iter()
+            .map(OwnedColumn::argument)
+            .collect::<Result<Vec<_>>>()?;
         let ids: Vec<u8> = groups
             .map(|g| g.iter().flat_map(|v| v.to_le_bytes()).collect())
             .unwrap_or_default();
-        let mut views = vec![ColumnBuffers {
-            type_code: if groups.is_some() { types::INT32 } else { 0 },
-            scale: 0,
-            values: &ids,
-            validity: None,
-            offsets: None,
-            stage: Stage::Copy,
-        }];
-        views.extend(owned.iter().map(Arg::view));
+        let mut views = vec![ColumnBuffers::groups(groups.map(|_| ids.as_slice()))];
+        views.extend(owned.iter().map(OwnedColumn::view));
         self.with_session(|s| s.group_update(rows, &views, &self.params, n_groups))
     }
 

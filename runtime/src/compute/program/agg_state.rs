@@ -1,0 +1,285 @@
+//! The aggregate program (see `nearstore_kernel_abi::agg`) and its state: the program for a
+//! query's aggregates, and the per-group slots a kernel or device accumulates — checked,
+//! merged and turned into result arrays.
+//!
+//! Aggregates (count, sum, min, max, avg over int32/int64/date32/float64/decimal inputs)
+//! accumulate in the built-in kernel's `nearstore_agg_update` (or the FPGA's aggregate engine)
+//! into `agg::SLOT_BYTES` per group and aggregate; the host computes group ids (Arrow row
+//! format + hash map) and reads the state back at the end, checking every count against the
+//! rows it gave ([`check_counts`], [`finish_state`]).
+
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::DataType;
+use nearstore_kernel_abi::agg;
+use nearstore_proto::AggFunc;
+
+use super::columns::OwnedColumn;
+use crate::error::{Error, Result};
+use crate::plan::{AggSpec, PhysExpr};
+
+/// The aggregate program (see `nearstore_kernel_abi::agg`) for `aggs` and their input columns
+/// in the kernel ABI's layout (column 0 is left for the groups).
+pub(crate) fn marshal_aggregate(
+    aggs: &[AggSpec],
+    inputs: &[Option<ArrayRef>],
+) -> Result<(Vec<u8>, Vec<OwnedColumn>)> {
+    let mut params = Vec::with_capacity(aggs.len() * 4);
+    let mut owned = Vec::new();
+    for (a, input) in aggs.iter().zip(inputs) {
+        let func = match a.func {
+            AggFunc::CountStar => agg::COUNT_STAR,
+            AggFunc::Count => agg::COUNT,
+            AggFunc::Sum | AggFunc::Avg => agg::SUM,
+            AggFunc::Min => agg::MIN,
+            AggFunc::Max => agg::MAX,
+            AggFunc::Kernel => {
+                return Err(Error::Internal(
+                    "aggregate kernels do not run in the built-in kernel".into(),
+                ));
+            }
+        };
+        let col = match input {
+            Some(arr) => {
+                owned.push(OwnedColumn::of(arr));
+                owned.len() as u16
+            }
+            None => agg::NO_COLUMN,
+        };
+        params.push(func);
+        params.extend(col.to_le_bytes());
+        params.push(0);
+    }
+    Ok((params, owned))
+}
+
+/// Checks that every count in a kernel's aggregate slots lies within the `rows` it was given.
+pub(crate) fn check_counts(state: &[u8], rows: u64, kernel: &str) -> Result<()> {
+    for slot in state.chunks_exact(agg::SLOT_BYTES) {
+        let count = i64::from_le_bytes(slot[16..24].try_into().expect("8 bytes"));
+        if count < 0 || count as u64 > rows {
+            return Err(bad_output(
+                kernel,
+                format!("count {count} exceeds the {rows} rows given"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Adds the aggregate slots `src` into `dst` (both `groups × aggs` slots): counts and sums add
+/// up (float sums as floats), minima and maxima keep the better of the two.
+pub(crate) fn merge_state(aggs: &[AggSpec], dst: &mut [u8], src: &[u8]) -> Result<()> {
+    let naggs = aggs.len();
+    if dst.len() != src.len() || naggs == 0 || !dst.len().is_multiple_of(naggs * agg::SLOT_BYTES) {
+        return Err(Error::Internal(
+            "aggregate states of different shapes".into(),
+        ));
+    }
+    let float: Vec<bool> = aggs
+        .iter()
+        .map(|a| a.input.as_ref().map(PhysExpr::data_type) == Some(DataType::Float64))
+        .collect();
+    for (i, (d, s)) in dst
+        .chunks_exact_mut(agg::SLOT_BYTES)
+        .zip(src.chunks_exact(agg::SLOT_BYTES))
+        .enumerate()
+    {
+        let a = &aggs[i % naggs];
+        let read = |b: &[u8]| {
+            (
+                i128::from_le_bytes(b[..16].try_into().expect("16 bytes")),
+                i64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            )
+        };
+        let ((da, dc), (sa, sc)) = (read(d), read(s));
+        if dc < 0 || sc < 0 {
+            return Err(Error::Internal(format!(
+                "aggregate {} has a negative count to merge",
+                a.name
+            )));
+        }
+        if sc == 0 {
+            continue;
+        }
+        let count = dc
+            .checked_add(sc)
+            .ok_or_else(|| Error::Internal(format!("aggregate {} count overflowed", a.name)))?;
+        let acc = match a.func {
+            AggFunc::Sum | AggFunc::Avg if float[i % naggs] => {
+                let sum = f64::from_bits(da as u64) + f64::from_bits(sa as u64);
+                sum.to_bits() as i128
+            }
+            AggFunc::Sum | AggFunc::Avg => da
+                .checked_add(sa)
+                .ok_or_else(|| Error::TypeMismatch(format!("aggregate {} overflowed", a.name)))?,
+            AggFunc::Min if dc == 0 || sa < da => sa,
+            AggFunc::Max if dc == 0 || sa > da => sa,
+            _ => da,
+        };
+        d[..16].copy_from_slice(&acc.to_le_bytes());
+        d[16..24].copy_from_slice(&count.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Turns a kernel's aggregate state into result arrays, checking what can be checked: every
+/// count lies within the rows given to the kernel, and sums fit their result types.
+pub fn finish_state(
+    aggs: &[AggSpec],
+    state: &[u8],
+    n_groups: usize,
+    rows_seen: u64,
+    kernel: &str,
+) -> Result<Vec<ArrayRef>> {
+    use arrow::array::{Decimal128Array, Float64Array, Int64Array};
+    let bad = |detail: String| bad_output(kernel, detail);
+    let naggs = aggs.len();
+    if state.len() != n_groups * naggs * agg::SLOT_BYTES {
+        return Err(bad("aggregate state has the wrong size".into()));
+    }
+    let slot = |g: usize, j: usize| -> (i128, i64) {
+        let at = (g * naggs + j) * agg::SLOT_BYTES;
+        let acc = i128::from_le_bytes(state[at..at + 16].try_into().expect("16 bytes"));
+        let count = i64::from_le_bytes(state[at + 16..at + 24].try_into().expect("8 bytes"));
+        (acc, count)
+    };
+    let f64_of = |acc: i128| f64::from_bits(acc as u64);
+    let mut out = Vec::with_capacity(naggs);
+    for (j, a) in aggs.iter().enumerate() {
+        let mut accs = Vec::with_capacity(n_groups);
+        for g in 0..n_groups {
+            let (acc, count) = slot(g, j);
+            if count < 0 || count as u64 > rows_seen {
+                return Err(bad(format!(
+                    "count {count} for {} exceeds the {rows_seen} rows given",
+                    a.name
+                )));
+            }
+            accs.push((acc, count));
+        }
+        let out_type = a.output_type()?;
+        let in_type = a.input.as_ref().map(PhysExpr::data_type);
+        let present = |c: i64| c > 0;
+        let arr: ArrayRef = match (a.func, in_type.as_ref()) {
+            (AggFunc::CountStar | AggFunc::Count, _) => Arc::new(Int64Array::from(
+                accs.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+            )),
+            (AggFunc::Avg, Some(DataType::Float64)) => Arc::new(
+                accs.iter()
+                    .map(|(s, c)| present(*c).then(|| f64_of(*s) / *c as f64))
+                    .collect::<Float64Array>(),
+            ),
+            (AggFunc::Avg, Some(t)) => {
+                let scale = if let DataType::Decimal128(_, s) = t {
+                    *s
+                } else {
+                    0
+                };
+                Arc::new(
+                    accs.iter()
+                        .map(|(s, c)| present(*c).then(|| crate::plan::avg_exact(*s, scale, *c)))
+                        .collect::<Float64Array>(),
+                )
+            }
+            (AggFunc::Sum, Some(DataType::Float64)) => Arc::new(
+                accs.iter()
+                    .map(|(s, c)| present(*c).then(|| f64_of(*s)))
+                    .collect::<Float64Array>(),
+            ),
+            (AggFunc::Sum, Some(DataType::Decimal128(..))) => {
+                let DataType::Decimal128(p, s) = out_type else {
+                    return Err(Error::Internal("decimal sum without decimal type".into()));
+                };
+                let arr = accs
+                    .iter()
+                    .map(|(v, c)| present(*c).then_some(*v))
+                    .collect::<Decimal128Array>()
+                    .with_precision_and_scale(p, s)?;
+                arr.validate_decimal_precision(p)
+                    .map_err(|_| Error::TypeMismatch(format!("aggregate {} overflowed", a.name)))?;
+                Arc::new(arr)
+            }
+            (AggFunc::Sum, Some(_)) => Arc::new(
+                accs.iter()
+                    .map(|(v, c)| {
+                        present(*c)
+                            .then(|| {
+                                i64::try_from(*v).map_err(|_| {
+                                    Error::TypeMismatch(format!("aggregate {} overflowed", a.name))
+                                })
+                            })
+                            .transpose()
+                    })
+                    .collect::<Result<Int64Array>>()?,
+            ),
+            (AggFunc::Min | AggFunc::Max, Some(t)) => {
+                min_max(t, accs.iter().map(|(v, c)| present(*c).then_some(*v)), &bad)?
+            }
+            (f, t) => {
+                return Err(Error::Internal(format!(
+                    "{} of {t:?} placed on the Wasm backend",
+                    f.as_str()
+                )));
+            }
+        };
+        out.push(arr);
+    }
+    Ok(out)
+}
+
+/// The minima or maxima of an input of type `t` from their accumulators (`None` where no row
+/// reached the group; floats as total-order keys), each checked to fit `t`.
+fn min_max(
+    t: &DataType,
+    vals: impl Iterator<Item = Option<i128>>,
+    bad: &dyn Fn(String) -> Error,
+) -> Result<ArrayRef> {
+    use arrow::array::{Date32Array, Decimal128Array, Float64Array, Int32Array, Int64Array};
+    let key_to_f64 = |k: i128| {
+        let k = k as i64;
+        f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
+    };
+    Ok(match t {
+        DataType::Float64 => Arc::new(vals.map(|v| v.map(key_to_f64)).collect::<Float64Array>()),
+        DataType::Int64 => Arc::new(
+            vals.map(|v| {
+                v.map(|x| i64::try_from(x).map_err(|_| bad("min/max out of range".into())))
+                    .transpose()
+            })
+            .collect::<Result<Int64Array>>()?,
+        ),
+        DataType::Int32 | DataType::Date32 => {
+            let ints = vals
+                .map(|v| {
+                    v.map(|x| i32::try_from(x).map_err(|_| bad("min/max out of range".into())))
+                        .transpose()
+                })
+                .collect::<Result<Vec<Option<i32>>>>()?;
+            if *t == DataType::Date32 {
+                Arc::new(Date32Array::from(ints))
+            } else {
+                Arc::new(Int32Array::from(ints))
+            }
+        }
+        DataType::Decimal128(p, s) => {
+            let arr = vals
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(*p, *s)?;
+            arr.validate_decimal_precision(*p)
+                .map_err(|_| bad("min/max out of the column's precision".into()))?;
+            Arc::new(arr)
+        }
+        other => {
+            return Err(Error::Internal(format!(
+                "min/max of {other} placed on Wasm"
+            )));
+        }
+    })
+}
+
+/// The error of a kernel output that fails a check (as the sandbox reports one).
+fn bad_output(kernel: &str, detail: String) -> Error {
+    Error::Kernel(format!("kernel {kernel} returned invalid output: {detail}"))
+}
