@@ -15,10 +15,15 @@ use nearstore_test_support::kernel::{filter, module, selects_row};
 const MANIFEST: &str = r#"(@custom "nearstore.manifest" "abi=1\nkind=filter\nname=hostile\n")"#;
 
 fn sandbox() -> Sandbox {
+    sandbox_with_deadline(Duration::from_millis(300))
+}
+
+/// The test sandbox with another per-query deadline (for checks that are not about time).
+fn sandbox_with_deadline(deadline: Duration) -> Sandbox {
     Sandbox::new(SandboxConfig {
         memory_bytes_max: 16 << 20,
         stack_bytes_max: 256 << 10,
-        deadline: Duration::from_millis(300),
+        deadline,
         epoch_tick: Duration::from_millis(1),
         instances_max: 8,
         ..SandboxConfig::default()
@@ -596,9 +601,18 @@ fn map_and_aggregate_kernel_outputs_are_checked() {
         "returned 65 values where 64 fit",
     );
     // A kernel cannot make the host hold more results than its memory limit (16 MiB here:
-    // 2 Mi values) could: 40 000 groups of 64 values each are refused.
-    let greedy = agg("list_int64", "(i32.const 0)", "(local.get 2)");
-    let mut s = sb.session(&greedy).unwrap();
+    // 2 Mi values) could: 40 000 groups of 64 values each are refused. The 40 000 finish calls
+    // run under a deadline a loaded machine cannot miss: the limit is what is checked here.
+    let roomy = sandbox_with_deadline(Duration::from_secs(60));
+    let greedy = roomy
+        .load(&module(
+            "abi=1\nkind=aggregate\nname=a\noutput=list_int64\nstate_size=16\n",
+            "",
+            r#"(func (export "nearstore_agg_update") (param i32 i32 i32) (result i32) (i32.const 0))
+               (func (export "nearstore_agg_finish") (param i32 i32 i32) (result i32) (local.get 2))"#,
+        ))
+        .unwrap();
+    let mut s = roomy.session(&greedy).unwrap();
     s.group_update(100, &[groups, col], b"", 40_000).unwrap();
     match s.group_finish(40_000) {
         Err(KernelError::BadOutput { detail, .. }) => {
