@@ -187,8 +187,10 @@ pub enum BenchCommand {
 pub struct SqlArgs {
     /// The query.
     pub query: String,
-    /// offload (push filters, projections, aggregates, limits), transfer (pull raw columns)
-    /// or auto (choose per query from the statistics and the device's load, and say why).
+    /// offload (push filters, projections, aggregates, limits), transfer (pull raw columns),
+    /// remote (the host's Parquet reader reads the stored files' byte ranges itself: what a
+    /// host does without offload) or auto (choose per query from the statistics and the
+    /// device's load, and say why).
     #[arg(long, default_value = "offload")]
     pub mode: nearstore_sdk::Mode,
     /// Print per-scan device statistics and the bytes moved.

@@ -33,14 +33,26 @@ pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
         for (plan, s) in &r.scans {
             eprintln!("-- scan of {}: {}", plan.table, format_stats(s));
         }
-        eprintln!(
-            "-- {} rows; {} moved from the device in {} scans ({} mode: {})",
-            r.num_rows(),
-            human_bytes(r.bytes_moved()),
-            r.scans.len(),
-            r.mode.as_str(),
-            r.reason
-        );
+        if r.mode == nearstore_sdk::Mode::RemoteScan {
+            eprintln!(
+                "-- {} rows; {} moved from the device in {} range reads of {} ranges (remote mode: \
+                 the host's Parquet reader read the stored objects; {})",
+                r.num_rows(),
+                human_bytes(r.bytes_moved()),
+                r.remote.calls,
+                r.remote.ranges,
+                r.reason
+            );
+        } else {
+            eprintln!(
+                "-- {} rows; {} moved from the device in {} scans ({} mode: {})",
+                r.num_rows(),
+                human_bytes(r.bytes_moved()),
+                r.scans.len(),
+                r.mode.as_str(),
+                r.reason
+            );
+        }
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The caller's role does not allow the call.
     PermissionDenied,
+    /// A range read names an object its table does not have.
+    UnknownObject,
     /// Anything else.
     Internal,
 }
@@ -86,6 +88,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::UnknownObject => "unknown_object",
             ErrorCode::Internal => "internal",
         }
     }
@@ -176,6 +179,30 @@ pub mod actions {
     pub const LIST_KERNELS: &str = "list_kernels";
     /// Remove a kernel name. Body: the name (UTF-8).
     pub const REMOVE_KERNEL: &str = "remove_kernel";
+    /// Byte ranges of one of a table's objects (the stored Parquet file), for a host that reads
+    /// the file itself. Body: [`super::ReadRanges`] JSON. Results: the ranges' bytes in order,
+    /// each range in one or more messages of at most [`super::RANGE_CHUNK_BYTES`].
+    pub const READ_RANGES: &str = "read_ranges";
+}
+
+/// Largest message body of a `read_ranges` answer.
+pub const RANGE_CHUNK_BYTES: usize = 4 << 20;
+
+/// Most bytes one `read_ranges` call may ask for.
+pub const RANGE_CALL_BYTES_MAX: u64 = 256 << 20;
+
+/// Most ranges one `read_ranges` call may ask for.
+pub const RANGE_CALL_RANGES_MAX: usize = 4096;
+
+/// A `read_ranges` request: byte ranges (`[start, end)`) of one object of a table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReadRanges {
+    /// The table (the caller's name for it).
+    pub table: String,
+    /// The object id, as `describe_table` lists it.
+    pub object: String,
+    /// `[start, end)` byte offsets.
+    pub ranges: Vec<[u64; 2]>,
 }
 
 /// A plan's footprint by the Parquet statistics (min/max per row group, the page index),

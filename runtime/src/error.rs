@@ -9,6 +9,14 @@ pub enum Error {
     /// Plan names an unknown table.
     #[error("unknown table '{0}'")]
     UnknownTable(String),
+    /// A range read names an object that is not part of the table.
+    #[error("table '{table}' has no object '{object}'")]
+    UnknownObject {
+        /// The caller's table name.
+        table: String,
+        /// The object id asked for.
+        object: String,
+    },
     /// Plan names an unknown column.
     #[error("unknown column '{column}' in table '{table}' (columns: {available})")]
     UnknownColumn {
@@ -104,6 +112,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::UnknownTable(_) => ErrorCode::UnknownTable,
+            Error::UnknownObject { .. } => ErrorCode::UnknownObject,
             Error::UnknownColumn { .. } => ErrorCode::UnknownColumn,
             Error::TypeMismatch(_) => ErrorCode::TypeMismatch,
             Error::MalformedPlan(_) => ErrorCode::MalformedPlan,

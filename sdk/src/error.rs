@@ -4,7 +4,7 @@
 use nearstore_proto::ErrorCode;
 
 /// Errors of the SDK: the device could not be reached, or it answered with an error.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The device could not be reached, the connection dropped, or a call timed out.

@@ -84,12 +84,25 @@ async fn three_devices_answer_like_one_device_holding_everything() {
     let fan_transfer = SqlSession::connect_many(&urls, opts(), Mode::FullTransfer)
         .await
         .unwrap();
+    // The host's own Parquet reader over the three devices' objects.
+    let fan_remote = SqlSession::connect_many(&urls, opts(), Mode::RemoteScan)
+        .await
+        .unwrap();
     for q in QUERIES {
         let a = one.sql(q).await.unwrap_or_else(|e| panic!("{q}: {e}"));
         let b = fan.sql(q).await.unwrap_or_else(|e| panic!("{q}: {e}"));
         let t = fan_transfer.sql(q).await.unwrap();
+        let r = fan_remote
+            .sql(q)
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
         assert_eq!(rows(&a.batches), rows(&b.batches), "{q}");
         assert_eq!(rows(&t.batches), rows(&b.batches), "{q}");
+        assert_eq!(rows(&r.batches), rows(&b.batches), "{q}");
+        assert!(
+            r.scans.is_empty(),
+            "{q}: the remote scan sent a device plan"
+        );
         // Every device was asked, once.
         let mut asked = b.scans.len();
         assert_eq!(asked, 3, "{q}");

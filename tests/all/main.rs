@@ -13,6 +13,7 @@ mod kernel_dev;
 mod kernels;
 mod load;
 mod python;
+mod remote;
 mod sql;
 mod sql_props;
 mod sql_pushdown;

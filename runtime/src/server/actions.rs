@@ -173,6 +173,10 @@ pub(super) fn action_types() -> Vec<ActionType> {
             "Remove a kernel name. Body: the name.",
         ),
         (
+            actions::READ_RANGES,
+            "Byte ranges of a table's stored Parquet object (CRC-checked, paced by the link). Body: {\"table\", \"object\", \"ranges\": [[start, end], ...]} JSON. Results: the bytes, range by range.",
+        ),
+        (
             actions::ESTIMATE,
             "What a plan's filter may match by the Parquet statistics, and the device's load. Body: plan JSON. Result: JSON.",
         ),

@@ -16,6 +16,7 @@ const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 
 #[derive(Debug, Default, Clone)]
 struct Tenant {
     queries: u64,
+    range_reads: u64,
     bytes_read: u64,
     bytes_sent: u64,
     rejected: u64,
@@ -65,6 +66,15 @@ impl Metrics {
         });
     }
 
+    /// A `read_ranges` call was served: the bytes it read from the media and sent.
+    pub fn range_read(&self, tenant: &str, bytes_read: u64, bytes_sent: u64) {
+        self.with(tenant, |t| {
+            t.range_reads += 1;
+            t.bytes_read += bytes_read;
+            t.bytes_sent += bytes_sent;
+        });
+    }
+
     /// A call failed with `code` (kernel traps and deadlines are `kernel_failed`).
     pub fn failed(&self, tenant: &str, code: &str) {
         self.with(tenant, |t| {
@@ -98,9 +108,23 @@ impl Metrics {
                 .collect(),
         );
         add(
+            "nearstore_range_reads_total",
+            "counter",
+            "read_ranges calls served (a host reading the stored Parquet itself).",
+            tenants
+                .iter()
+                .map(|(t, m)| {
+                    format!(
+                        "nearstore_range_reads_total{{tenant=\"{t}\"}} {}",
+                        m.range_reads
+                    )
+                })
+                .collect(),
+        );
+        add(
             "nearstore_media_bytes_read_total",
             "counter",
-            "Bytes read from the media for queries.",
+            "Bytes read from the media for queries and range reads.",
             tenants
                 .iter()
                 .map(|(t, m)| {
@@ -114,7 +138,7 @@ impl Metrics {
         add(
             "nearstore_bytes_sent_total",
             "counter",
-            "Result bytes sent to hosts.",
+            "Bytes sent to hosts: query results and range reads.",
             tenants
                 .iter()
                 .map(|(t, m)| {

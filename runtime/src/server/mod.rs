@@ -13,7 +13,8 @@
 //!
 //! Files: `flight` (the `FlightService` impl, which delegates), `service` (the service and
 //! its failure accounting), `descriptor` (which plan a call names), `query` (planning and
-//! streaming results), `upload` (`DoPut`), `actions` (`DoAction`), `status` (errors as gRPC
+//! streaming results), `upload` (`DoPut`), `actions` (`DoAction`), `ranges` (`read_ranges`:
+//! the stored Parquet's bytes for a host that reads it itself), `status` (errors as gRPC
 //! statuses); `auth`, `qos`, `link` and `metrics` serve all of them.
 
 mod actions;
@@ -24,6 +25,7 @@ pub mod link;
 pub mod metrics;
 pub mod qos;
 mod query;
+mod ranges;
 mod service;
 mod status;
 mod upload;

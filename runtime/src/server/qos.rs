@@ -215,6 +215,12 @@ impl Admission {
             .clone()
     }
 
+    /// `tenant`'s media bandwidth bucket, if it has a limit: range reads draw on it without
+    /// taking a query slot (a host's Parquet reader issues many small reads per query).
+    pub fn media(&self, tenant: &str) -> Option<Arc<MediaBucket>> {
+        self.lane(tenant).media.clone()
+    }
+
     /// Records that one of `tenant`'s queries ended: a kernel failure lengthens its back-off,
     /// a query that succeeded clears it, any other failure (a client gone, a bad plan) leaves
     /// it as it is.

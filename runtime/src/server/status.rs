@@ -10,7 +10,7 @@ use crate::error::Error;
 pub fn status(e: &Error) -> Status {
     let code = e.code();
     let grpc = match code {
-        ErrorCode::UnknownTable => tonic::Code::NotFound,
+        ErrorCode::UnknownTable | ErrorCode::UnknownObject => tonic::Code::NotFound,
         ErrorCode::UnknownColumn
         | ErrorCode::TypeMismatch
         | ErrorCode::MalformedPlan

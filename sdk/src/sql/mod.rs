@@ -8,8 +8,10 @@
 //! translated filters and — when DataFusion offers it — the limit into one device plan;
 //! DataFusion finishes everything else on the host. In [`Mode::FullTransfer`] nothing but the
 //! column projection is pushed: the device sends the referenced columns in full and the host
-//! computes the whole query, which is the comparison CI needs. `EXPLAIN` shows the device
-//! plan of each scan.
+//! computes the whole query, which is the comparison CI needs. In [`Mode::RemoteScan`] the
+//! device computes nothing: DataFusion's own Parquet reader reads the stored objects through
+//! [`DeviceStore`] (byte ranges, compressed, pruned by the file's statistics), which is what a
+//! host would do without offload. `EXPLAIN` shows the device plan of each scan.
 //!
 //! In offload mode the [`PushAggregates`] optimizer rule also hands the device whole aggregates
 //! over a single table scan; aggregates above joins stay on the host.
@@ -25,6 +27,7 @@ mod layout;
 mod merge;
 mod provider;
 mod pushed;
+mod remote;
 mod rules;
 mod scan;
 mod session;
@@ -42,6 +45,7 @@ use crate::{Error, Result};
 
 pub use auto::{AUTO_BUSY_QUERIES, AUTO_SELECTIVE};
 pub use provider::DeviceTable;
+pub use remote::{DeviceStore, RemoteReads};
 pub use rules::{PushAggregates, PushKernelProjections, PushTopK};
 pub use scan::DeviceScanExec;
 pub use session::SqlSession;
@@ -55,6 +59,9 @@ pub enum Mode {
     Offload,
     /// Push only the column projection; compute everything on the host.
     FullTransfer,
+    /// Push nothing: the host's Parquet reader reads the stored objects' byte ranges itself
+    /// (with its own pruning) and computes everything.
+    RemoteScan,
     /// Choose offload or full transfer per query, from what would be pushed, the Parquet
     /// statistics of the pushed filters (see [`SqlSession::decide`]) and the devices' load.
     Auto,
@@ -66,6 +73,7 @@ impl Mode {
         match self {
             Mode::Offload => "offload",
             Mode::FullTransfer => "transfer",
+            Mode::RemoteScan => "remote",
             Mode::Auto => "auto",
         }
     }
@@ -77,9 +85,10 @@ impl std::str::FromStr for Mode {
         match s {
             "offload" => Ok(Mode::Offload),
             "transfer" | "full-transfer" | "full_transfer" => Ok(Mode::FullTransfer),
+            "remote" | "remote-scan" | "remote_scan" => Ok(Mode::RemoteScan),
             "auto" => Ok(Mode::Auto),
             o => Err(Error::InvalidArgument(format!(
-                "unknown mode '{o}' (expected offload, transfer or auto)"
+                "unknown mode '{o}' (expected offload, transfer, remote or auto)"
             ))),
         }
     }
@@ -97,16 +106,18 @@ pub struct SqlResult {
     pub batches: Vec<RecordBatch>,
     /// Each device scan: the plan sent and the device's statistics.
     pub scans: Vec<(Plan, QueryStats)>,
-    /// The mode the query ran in ([`Mode::Offload`] or [`Mode::FullTransfer`]).
+    /// In [`Mode::RemoteScan`]: the byte ranges read from the devices.
+    pub remote: RemoteReads,
+    /// The mode the query ran in (never [`Mode::Auto`]: the mode Auto chose).
     pub mode: Mode,
     /// Why that mode (for [`Mode::Auto`]; otherwise "set by the session").
     pub reason: String,
 }
 
 impl SqlResult {
-    /// Bytes the device sent for this query.
+    /// Bytes the devices sent for this query: result streams and range reads.
     pub fn bytes_moved(&self) -> u64 {
-        self.scans.iter().map(|(_, s)| s.bytes_sent).sum()
+        self.scans.iter().map(|(_, s)| s.bytes_sent).sum::<u64>() + self.remote.bytes
     }
 
     /// Rows in the result.
@@ -121,6 +132,13 @@ fn df_err(e: Error) -> DataFusionError {
 
 /// Unwraps a DataFusion error back into the SDK error it carries, if any.
 fn sdk_err(e: DataFusionError) -> Error {
+    // A remote scan's read fails inside the Parquet reader: the device's error is deep in the
+    // chain (DataFusion → Parquet → object store → SDK).
+    if !matches!(e, DataFusionError::External(_))
+        && let Some(found) = sdk_error_in(&e)
+    {
+        return found;
+    }
     match e {
         DataFusionError::External(inner) => match inner.downcast::<Error>() {
             Ok(e) => *e,
@@ -130,4 +148,16 @@ fn sdk_err(e: DataFusionError) -> Error {
         DataFusionError::Shared(shared) => Error::InvalidArgument(shared.to_string()),
         other => Error::InvalidArgument(other.to_string()),
     }
+}
+
+/// The first SDK error in `e`'s source chain.
+fn sdk_error_in(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        if let Some(found) = err.downcast_ref::<Error>() {
+            return Some(found.clone());
+        }
+        at = err.source();
+    }
+    None
 }

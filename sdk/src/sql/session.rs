@@ -6,12 +6,17 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::DFSchema;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::prelude::SessionContext;
 use nearstore_proto::Plan;
 
+use super::remote::{STORE_URL, table_dir};
 use super::{
-    DeviceTable, KernelUdaf, KernelUdf, Mode, PushAggregates, PushKernelProjections, PushTopK,
-    ScanLog, SqlResult, sdk_err,
+    DeviceStore, DeviceTable, KernelUdaf, KernelUdf, Mode, PushAggregates, PushKernelProjections,
+    PushTopK, ScanLog, SqlResult, sdk_err,
 };
 use crate::{Client, ClientOptions, Error, Result};
 
@@ -23,6 +28,8 @@ pub struct SqlSession {
     /// For [`Mode::Auto`]: the same tables in full-transfer mode (`ctx` has them in offload
     /// mode).
     transfer: Option<SessionContext>,
+    /// For [`Mode::RemoteScan`]: the devices' objects, as the Parquet reader sees them.
+    remote: Option<DeviceStore>,
     pub(super) options: ClientOptions,
 }
 
@@ -117,15 +124,24 @@ impl SqlSession {
             }
             Ok(ctx)
         };
-        let (ctx, transfer) = match mode {
-            Mode::Auto => (context(Mode::Offload)?, Some(context(Mode::FullTransfer)?)),
-            m => (context(m)?, None),
+        let (ctx, transfer, remote) = match mode {
+            Mode::Auto => (
+                context(Mode::Offload)?,
+                Some(context(Mode::FullTransfer)?),
+                None,
+            ),
+            Mode::RemoteScan => {
+                let (ctx, store) = remote_context(urls, &options, &tables).await?;
+                (ctx, None, Some(store))
+            }
+            m => (context(m)?, None, None),
         };
         Ok(SqlSession {
             ctx,
             log,
             mode,
             transfer,
+            remote,
             options,
         })
     }
@@ -165,14 +181,23 @@ impl SqlSession {
         reason: String,
     ) -> Result<SqlResult> {
         self.log.lock().expect("scan log").clear();
+        if let Some(store) = &self.remote {
+            store.take_reads();
+        }
         let df = ctx.sql(query).await.map_err(sdk_err)?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(sdk_err)?;
         let scans = std::mem::take(&mut *self.log.lock().expect("scan log"));
+        let remote = self
+            .remote
+            .as_ref()
+            .map(DeviceStore::take_reads)
+            .unwrap_or_default();
         Ok(SqlResult {
             schema,
             batches,
             scans,
+            remote,
             mode,
             reason,
         })
@@ -190,4 +215,53 @@ impl SqlSession {
             .map_err(|e| Error::Protocol(e.to_string()))?
             .to_string())
     }
+}
+
+/// The remote-scan context: each table a DataFusion `ListingTable` over its objects on every
+/// device holding it, read through one [`DeviceStore`] by DataFusion's Parquet reader with its
+/// own pruning (row-group statistics, page index, filters inside the decoder). Registered
+/// kernels are not SQL functions here: they run only on a device.
+async fn remote_context(
+    urls: &[String],
+    options: &ClientOptions,
+    tables: &[(String, SchemaRef, Vec<String>)],
+) -> Result<(SessionContext, DeviceStore)> {
+    let df = |e: datafusion::error::DataFusionError| Error::InvalidArgument(e.to_string());
+    let mut clients = Vec::with_capacity(urls.len());
+    for url in urls {
+        clients.push(Client::connect_with(url, options.clone()).await?);
+    }
+    let store = DeviceStore::new(clients);
+    let mut config = datafusion::prelude::SessionConfig::new();
+    let parquet = &mut config.options_mut().execution.parquet;
+    parquet.pushdown_filters = true;
+    parquet.reorder_filters = true;
+    parquet.enable_page_index = true;
+    parquet.pruning = true;
+    let ctx = SessionContext::new_with_config(config);
+    let store_url =
+        datafusion::execution::object_store::ObjectStoreUrl::parse(STORE_URL).map_err(df)?;
+    ctx.register_object_store(store_url.as_ref(), Arc::new(store.clone()));
+    for (name, schema, devices) in tables {
+        let paths = devices
+            .iter()
+            .map(|url| {
+                let d = urls
+                    .iter()
+                    .position(|u| u == url)
+                    .expect("a session device");
+                ListingTableUrl::parse(format!("{STORE_URL}/{}", table_dir(d, name))).map_err(df)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let format =
+            ParquetFormat::default().with_options(ctx.state().table_options().parquet.clone());
+        let listing = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(paths)
+            .with_listing_options(listing)
+            .with_schema(schema.clone());
+        let table = ListingTable::try_new(config).map_err(df)?;
+        ctx.register_table(name.as_str(), Arc::new(table))
+            .map_err(df)?;
+    }
+    Ok((ctx, store))
 }
