@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// [default: unshaped].
     #[arg(long, env = "NEARSTORE_LINK_GBPS")]
     pub link_gbps: Option<f64>,
+    /// Round-trip time of the emulated link in microseconds, paid once per call
+    /// [default: 100 with --link-gbps].
+    #[arg(long, env = "NEARSTORE_LINK_RTT_US")]
+    pub link_rtt_us: Option<u64>,
     /// TLS certificate chain (PEM); with --tls-key the device serves grpc+tls.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -82,6 +86,7 @@ struct FileConfig {
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
+    link_rtt_us: Option<u64>,
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -156,6 +161,7 @@ impl ServeArgs {
         device.write = write;
         device.backend = backend;
         device.link_gbps = self.link_gbps.or(file.link_gbps);
+        device.link_rtt_us = self.link_rtt_us.or(file.link_rtt_us);
         device.tenants = file.tenants;
         if let Some(q) = file.qos {
             device.qos = q;
@@ -261,7 +267,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         device.storage().reader().kind().as_str(),
         r.device.backend.as_str(),
         match r.device.link_gbps {
-            Some(g) => format!("{g} Gb/s emulated"),
+            Some(g) => format!(
+                "{g} Gb/s emulated, {} µs round trip",
+                r.device
+                    .link_rtt_us
+                    .unwrap_or(nearstore_runtime::server::link::DEFAULT_RTT.as_micros() as u64)
+            ),
             None => "unshaped".into(),
         }
     );

@@ -40,6 +40,7 @@ impl ServeProcess {
             .env("NEARSTORE_LOG", "warn")
             .env_remove("NEARSTORE_CONFIG")
             .env_remove("NEARSTORE_LINK_GBPS")
+            .env_remove("NEARSTORE_LINK_RTT_US")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -109,7 +109,8 @@ pub const ERROR_CODE_METADATA: &str = "x-nearstore-error";
 pub struct QueryStats {
     /// Bytes read from the device's media (aligned block reads, metadata included).
     pub bytes_read_media: u64,
-    /// Arrow IPC bytes of the result sent to the host (body and headers).
+    /// Bytes sent to the host for the query: the Arrow IPC messages (bodies and headers) and
+    /// this statistics trailer itself.
     pub bytes_sent: u64,
     /// Objects (Parquet files) the table consists of.
     pub objects: u64,

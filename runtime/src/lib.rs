@@ -48,6 +48,9 @@ pub struct DeviceConfig {
     pub sandbox: compute::wasm::SandboxConfig,
     /// Emulated device-to-host link rate in Gb/s; `None` sends at the transport's speed.
     pub link_gbps: Option<f64>,
+    /// Round-trip time of the emulated link, microseconds (default 100; unshaped links have
+    /// the transport's own).
+    pub link_rtt_us: Option<u64>,
     /// Tenants and their token hashes; none means an open device (no authentication).
     pub tenants: Vec<server::auth::TenantConfig>,
     /// Admission limits per tenant (tenants may override them).
@@ -75,6 +78,7 @@ impl DeviceConfig {
             backend: BackendKind::Wasm,
             sandbox: compute::wasm::SandboxConfig::default(),
             link_gbps: None,
+            link_rtt_us: None,
             tenants: Vec::new(),
             qos: server::qos::QosConfig::default(),
             tls: None,
@@ -144,7 +148,13 @@ impl Device {
         Ok(Device {
             storage,
             executor,
-            link: Arc::new(server::Link::new(config.link_gbps)),
+            link: Arc::new(
+                server::Link::new(config.link_gbps).with_rtt(
+                    config
+                        .link_rtt_us
+                        .map_or(server::link::DEFAULT_RTT, std::time::Duration::from_micros),
+                ),
+            ),
             auth,
             admission,
             metrics: Arc::default(),

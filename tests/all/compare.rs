@@ -45,6 +45,12 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
             "{}",
             q.name
         );
+        // The remote scan (the host's Parquet reader on the device's file) read byte ranges,
+        // sent no plan, and could not beat its own bytes over the link either.
+        assert!(q.remote.calls > 0 && q.remote.bytes_moved > 0, "{}", q.name);
+        assert!(s.remote_ms >= floor_ms(q.remote.bytes_moved), "{}", q.name);
+        assert!(q.offload.min_ms <= q.offload.wall_ms && q.offload.wall_ms <= q.offload.max_ms);
+        assert!(!q.crossover.is_empty(), "{}", q.name);
         // The result size the data-movement target is measured against.
         assert!(q.result_ipc_bytes > 0 || q.rows == 0, "{}", q.name);
         assert!(q.offload.host_cpu_ms >= 0.0 && q.offload.device_cpu_ms.is_some());
@@ -62,7 +68,7 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
     let back: nearstore::compare::Report =
         serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     // Same content (floats round-trip through JSON text to within a unit in the last place).
-    assert_eq!(back.version, 2);
+    assert_eq!(back.version, 3);
     assert_eq!(back.queries.len(), honest.queries.len());
     for (a, b) in back.queries.iter().zip(&honest.queries) {
         assert_eq!((&a.name, a.rows, a.equal), (&b.name, b.rows, b.equal));
@@ -70,9 +76,21 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
         assert_eq!(a.shaped.len(), b.shaped.len());
     }
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
-    assert!(md.contains("| tpch_q6 | 1 | yes | 320 |"), "{md}");
+    assert!(
+        md.contains(&format!(
+            "| tpch_q6 | 1 | yes | {} | {} |",
+            q6.offload.bytes_moved, q6.remote.bytes_moved
+        )),
+        "{md}"
+    );
     assert!(md.contains("speedup @10 Gb/s"));
+    assert!(md.contains("## Offload vs remote scan"));
+    assert!(md.contains("winner @10 Gb/s"));
     let series = [
+        (
+            "crossover.svg",
+            ["tpch_q6", "tpch_q1", "top_k", "equal time"],
+        ),
         (
             "bytes_moved.svg",
             [
@@ -107,7 +125,8 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
     for chart in render::CHARTS {
         assert!(page.contains(&format!("<img src=\"{chart}\"")));
     }
-    assert!(page.contains("TPC-H Q6 offloaded moved 320 B"), "{page}");
+    assert!(page.contains("TPC-H Q6 offloaded moved "), "{page}");
+    assert!(page.contains("Against a remote scan"), "{page}");
 
     // A wrong offload result: one row dropped from a sweep query.
     let tamper = |name: &str, r: &mut nearstore_sdk::SqlResult| {

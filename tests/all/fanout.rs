@@ -108,7 +108,15 @@ async fn three_devices_answer_like_one_device_holding_everything() {
         assert_eq!(asked, 3, "{q}");
         asked = t.scans.len();
         assert_eq!(asked, 3, "{q}");
-        assert!(b.bytes_moved() <= t.bytes_moved(), "{q}");
+        // Never more than full transfer. Where nothing but the projection is pushed, both move
+        // the same Arrow; the statistics trailers (counted) differ by a few bytes of timings.
+        let trailer_jitter = 32 * b.scans.len() as u64;
+        assert!(
+            b.bytes_moved() <= t.bytes_moved() + trailer_jitter,
+            "{q}: {} vs {}",
+            b.bytes_moved(),
+            t.bytes_moved()
+        );
     }
     // The aggregates were pushed to each device, not computed from raw rows.
     let q1 = fan.sql(QUERIES[0]).await.unwrap();

@@ -398,8 +398,9 @@ async fn tpch_queries_agree_between_offload_remote_scan_and_full_transfer() {
                 b.bytes_moved()
             ));
         }
-        if *name == "q6" && (a.scans[0].0.aggregates.is_empty() || a.bytes_moved() >= 1024) {
-            // Filter and aggregate both run on the device: one row crosses the link.
+        if *name == "q6" && (a.scans[0].0.aggregates.is_empty() || a.bytes_moved() >= 2048) {
+            // Filter and aggregate both run on the device: one row crosses the link (with the
+            // schema and the statistics trailer, which bytes_moved counts).
             problems.push(format!(
                 "q6: aggregate not pushed or too many bytes ({})",
                 a.bytes_moved()

@@ -1,28 +1,35 @@
-//! `nearstore bench compare`: the same SQL in offload and in full-transfer mode, side by side.
+//! `nearstore bench compare`: the same SQL offloaded, as a remote scan (the host's own Parquet
+//! reader on the device's file: what a host does without offload) and fully transferred, side
+//! by side.
 //!
 //! For each query: the rows must be equal between the modes; the report gives bytes moved
-//! over the link, bytes read on the device, wall time (median of `runs`), device time, host and
-//! device CPU time, and the reduction. The suite runs once over loopback and once per emulated
-//! link rate (`--link-gbps`), and, where the Python packages can be had, DuckDB and DataFusion
-//! run the same SQL on the device's Parquet file as reference columns. `--check` turns it into
-//! a CI gate: any mismatch, or a reduction below its threshold, fails.
+//! over the link (everything the device sent for the call), bytes read on the device, wall
+//! time (median, min and max of `runs`, the mode order alternating per round), device time,
+//! host and device CPU time, and the reduction. The suite runs once over loopback and once
+//! per emulated link rate (`--link-gbps`, each with its round-trip time), and the crossover —
+//! the link rate above which remote scan beats offload — is interpolated per query. Where the
+//! Python packages can be had, DuckDB and DataFusion run the same SQL on the device's Parquet
+//! file as reference columns. `--check` turns it into a CI gate: any mismatch, or a reduction
+//! below its threshold, fails.
 //!
 //! Without `--device` the harness starts its own device as a child process (`nearstore serve`
 //! with generated TPC-H lineitem), so that the host's CPU time is this process's alone.
 
+mod crossover;
 mod device;
+mod measure;
 mod reference;
 pub mod render;
 mod report;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::AsArray;
 use clap::{Args, ValueEnum};
-use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
+use nearstore_sdk::SqlResult;
+
+use measure::{Sessions, ipc_bytes, measure};
 
 pub use device::DeviceChild;
 pub use report::{EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target};
@@ -64,7 +71,8 @@ pub struct CompareArgs {
     #[arg(long)]
     pub baseline: Option<PathBuf>,
     /// Emulated link rates in Gb/s to run the suite over besides loopback, comma separated
-    /// [default: 1 for a started device; not available with --device, whose link is its own].
+    /// [default: 1,10,25 for a started device; not available with --device, whose link is its
+    /// own].
     #[arg(long, value_delimiter = ',')]
     pub link_gbps: Option<Vec<f64>>,
     /// Reference engines (DuckDB, DataFusion) on the device's Parquet file.
@@ -146,122 +154,6 @@ fn suite(max_orderkey: i64) -> Vec<Case> {
     out
 }
 
-/// Result rows as sorted text, floats to 9 significant digits.
-fn canonical(r: &SqlResult) -> Vec<String> {
-    let mut rows = Vec::new();
-    for b in &r.batches {
-        rows.extend(batch_rows(b));
-    }
-    rows.sort();
-    rows
-}
-
-fn batch_rows(b: &RecordBatch) -> Vec<String> {
-    (0..b.num_rows())
-        .map(|i| {
-            b.columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => arrow::util::display::array_value_to_string(c, i).unwrap_or_default(),
-                })
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect()
-}
-
-/// Arrow IPC stream size of a result.
-fn ipc_bytes(r: &SqlResult) -> Result<u64> {
-    let Some(first) = r.batches.first() else {
-        return Ok(0);
-    };
-    let mut buf = Vec::new();
-    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &first.schema())?;
-    for b in &r.batches {
-        w.write(b)?;
-    }
-    w.finish()?;
-    drop(w);
-    Ok(buf.len() as u64)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// CPU time of this process (all threads), milliseconds.
-fn process_cpu_ms() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass; no other memory is involved.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-async fn measure(
-    s: &SqlSession,
-    sql: &str,
-    runs: usize,
-    device: Option<&DeviceChild>,
-) -> Result<(SqlResult, ModeFigures)> {
-    let mut walls = Vec::new();
-    let mut devs = Vec::new();
-    let mut host_cpu = Vec::new();
-    let mut dev_cpu = Vec::new();
-    let mut last = None;
-    for _ in 0..runs.max(1) {
-        let (c0, d0) = (process_cpu_ms(), device.and_then(DeviceChild::cpu_ms));
-        let t = Instant::now();
-        let r = s.sql(sql).await?;
-        walls.push(t.elapsed().as_secs_f64() * 1e3);
-        host_cpu.push(process_cpu_ms() - c0);
-        if let (Some(d0), Some(d1)) = (d0, device.and_then(DeviceChild::cpu_ms)) {
-            dev_cpu.push(d1 - d0);
-        }
-        devs.push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
-        last = Some(r);
-    }
-    let r = last.expect("at least one run");
-    let fig = ModeFigures {
-        bytes_moved: r.bytes_moved(),
-        bytes_read: r.scans.iter().map(|(_, st)| st.bytes_read_media).sum(),
-        wall_ms: median(walls),
-        device_ms: median(devs),
-        host_cpu_ms: median(host_cpu),
-        device_cpu_ms: (!dev_cpu.is_empty()).then(|| median(dev_cpu)),
-    };
-    Ok((r, fig))
-}
-
-struct Sessions {
-    offload: SqlSession,
-    transfer: SqlSession,
-}
-
-impl Sessions {
-    async fn connect(url: &str) -> Result<Self> {
-        Ok(Sessions {
-            offload: SqlSession::connect(url, ClientOptions::default(), Mode::Offload).await?,
-            transfer: SqlSession::connect(url, ClientOptions::default(), Mode::FullTransfer)
-                .await?,
-        })
-    }
-}
-
 /// Runs the comparison; `hook` is for tests only.
 pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Report> {
     if !(args.scale.is_finite() && args.scale > 0.0) {
@@ -324,25 +216,28 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
     let cases = suite(max_key);
     let child = started.as_ref().map(|(_, d)| d);
     eprintln!(
-        "loopback: {} queries x 2 modes x {} runs",
+        "loopback: {} queries x 3 modes x {} runs",
         cases.len(),
         report.runs
     );
     for case in &cases {
-        let (mut a, fa) = measure(&sessions.offload, &case.sql, args.runs, child).await?;
-        let (b, fb) = measure(&sessions.transfer, &case.sql, args.runs, child).await?;
+        let mut m = measure(&sessions, &case.sql, args.runs, child).await?;
         if let Some(h) = hook {
-            h(&case.name, &mut a);
+            h(&case.name, &mut m.offload.0);
         }
-        let equal = canonical(&a) == canonical(&b);
+        let equal = m.equal();
+        let (fa, fr, fb) = (m.offload.1, m.remote.1, m.transfer.1);
+        let b = &m.transfer.0;
         let reduction = fb.bytes_moved as f64 / fa.bytes_moved.max(1) as f64;
         let speedup = fb.wall_ms / fa.wall_ms.max(1e-3);
         eprintln!(
-            "{:<22} rows {:>8}  offload {:>12} B {:>8.1} ms | transfer {:>12} B {:>8.1} ms | {reduction:>8.1}x{}",
+            "{:<22} rows {:>8}  offload {:>12} B {:>8.1} ms | remote {:>12} B {:>8.1} ms | transfer {:>12} B {:>8.1} ms{}",
             case.name,
             b.num_rows(),
             fa.bytes_moved,
             fa.wall_ms,
+            fr.bytes_moved,
+            fr.wall_ms,
             fb.bytes_moved,
             fb.wall_ms,
             if equal { "" } else { "  MISMATCH" }
@@ -353,9 +248,10 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             projection: case.projection.map(str::to_string),
             sql: case.sql.clone(),
             rows: b.num_rows(),
-            result_ipc_bytes: ipc_bytes(&b)?,
+            result_ipc_bytes: ipc_bytes(b)?,
             equal,
             offload: fa,
+            remote: fr,
             transfer: fb,
             reduction,
             speedup,
@@ -394,7 +290,7 @@ fn links(args: &CompareArgs) -> Result<Vec<f64>> {
         ),
         (Some(_), _) => Vec::new(),
         (None, Some(l)) => l.clone(),
-        (None, None) => vec![1.0],
+        (None, None) => vec![1.0, 10.0, 25.0],
     };
     if let Some(bad) = links.iter().find(|g| !(g.is_finite() && **g > 0.0)) {
         bail!("--link-gbps takes positive rates in Gb/s, got {bad}");
@@ -419,30 +315,34 @@ async fn shaped_runs(
         device = DeviceChild::start(bin, data, args.scale, Some(gbps)).await?;
         let s = Sessions::connect(&device.url).await?;
         eprintln!(
-            "emulated {gbps} Gb/s link: {} queries x 2 modes",
+            "emulated {gbps} Gb/s link: {} queries x 3 modes",
             cases.len()
         );
         for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
-            let (mut a, fa) = measure(&s.offload, &case.sql, args.runs, None).await?;
-            let (b, fb) = measure(&s.transfer, &case.sql, args.runs, None).await?;
+            let mut m = measure(&s, &case.sql, args.runs, None).await?;
             if let Some(h) = hook {
-                h(&case.name, &mut a);
+                h(&case.name, &mut m.offload.0);
             }
+            let (fa, fr, fb) = (&m.offload.1, &m.remote.1, &m.transfer.1);
             let run = ShapedRun {
                 link_gbps: gbps,
-                equal: canonical(&a) == canonical(&b),
+                equal: m.equal(),
                 offload_ms: fa.wall_ms,
+                remote_ms: fr.wall_ms,
                 transfer_ms: fb.wall_ms,
                 speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
             };
             eprintln!(
-                "{:<22} offload {:>8.1} ms | transfer {:>8.1} ms | {:>6.1}x faster",
-                case.name, run.offload_ms, run.transfer_ms, run.speedup
+                "{:<22} offload {:>8.1} ms | remote {:>8.1} ms | transfer {:>8.1} ms",
+                case.name, run.offload_ms, run.remote_ms, run.transfer_ms
             );
             q.shaped.push(run);
         }
     }
     device.stop().await?;
+    for q in &mut report.queries {
+        (q.crossover_gbps, q.crossover) = crossover::crossover(&q.shaped);
+    }
     Ok(())
 }
 
@@ -477,13 +377,13 @@ fn check(report: &Report, args: &CompareArgs) -> Result<Vec<String>> {
     for q in &report.queries {
         if !q.equal {
             failures.push(format!(
-                "{}: results differ between offload and transfer",
+                "{}: results differ between offload, remote scan and transfer",
                 q.name
             ));
         }
         for s in q.shaped.iter().filter(|s| !s.equal) {
             failures.push(format!(
-                "{}: results differ between offload and transfer over the {} Gb/s link",
+                "{}: results differ between the modes over the {} Gb/s link",
                 q.name, s.link_gbps
             ));
         }

@@ -11,7 +11,12 @@ use super::{QueryReport, Report};
 use crate::human_bytes;
 
 /// Chart files, in the order the page shows them.
-pub const CHARTS: [&str; 3] = ["bytes_moved.svg", "time_narrow.svg", "time_wide.svg"];
+pub const CHARTS: [&str; 4] = [
+    "crossover.svg",
+    "bytes_moved.svg",
+    "time_narrow.svg",
+    "time_wide.svg",
+];
 
 /// Writes every output into `out`.
 pub fn write_all(r: &Report, out: &Path) -> Result<()> {
@@ -22,9 +27,10 @@ pub fn write_all(r: &Report, out: &Path) -> Result<()> {
     };
     write("report.json", &serde_json::to_vec_pretty(r)?)?;
     write("report.md", markdown(r).as_bytes())?;
-    write(CHARTS[0], bytes_chart(r)?.as_bytes())?;
-    write(CHARTS[1], time_chart(r, "narrow")?.as_bytes())?;
-    write(CHARTS[2], time_chart(r, "wide")?.as_bytes())?;
+    write(CHARTS[0], crossover_chart(r)?.as_bytes())?;
+    write(CHARTS[1], bytes_chart(r)?.as_bytes())?;
+    write(CHARTS[2], time_chart(r, "narrow")?.as_bytes())?;
+    write(CHARTS[3], time_chart(r, "wide")?.as_bytes())?;
     write("index.html", html(r).as_bytes())?;
     Ok(())
 }
@@ -45,20 +51,83 @@ fn yes_no(met: Option<bool>) -> &'static str {
     }
 }
 
-/// A query's cells for each emulated link of the run: offload ms, transfer ms, speedup (empty
-/// where the link did not run).
+/// A query's cells for each emulated link of the run: offload ms, remote-scan ms, transfer
+/// ms, speedup over transfer (empty where the link did not run).
 fn link_cells(r: &Report, q: &QueryReport) -> Vec<String> {
     r.links
         .iter()
         .flat_map(|g| match q.shaped.iter().find(|x| x.link_gbps == *g) {
             Some(x) => [
                 ms(x.offload_ms),
+                ms(x.remote_ms),
                 ms(x.transfer_ms),
                 format!("{:.1}x", x.speedup),
             ],
             None => Default::default(),
         })
         .collect()
+}
+
+/// `median (min–max)` of a mode's wall times.
+fn spread(f: &super::ModeFigures) -> String {
+    format!("{} ({}–{})", ms(f.wall_ms), ms(f.min_ms), ms(f.max_ms))
+}
+
+/// Who wins between offload and remote scan at one link, e.g. `offload 1.8x`.
+fn winner(offload_ms: f64, remote_ms: f64) -> String {
+    if offload_ms <= remote_ms {
+        format!("offload {:.1}x", remote_ms / offload_ms.max(1e-3))
+    } else {
+        format!("**remote {:.1}x**", offload_ms / remote_ms.max(1e-3))
+    }
+}
+
+/// The headline table: offload against the remote scan a host would run instead.
+fn headline(r: &Report) -> String {
+    let mut s = String::from(
+        "## Offload vs remote scan
+
+",
+    );
+    s.push_str(
+        "Remote scan: the host's own Parquet reader (DataFusion, row-group and page pruning, \
+         filters in the decoder) reading the device's file in byte ranges. Times are wall \
+         times of the SQL call on the host, median (min–max).\n\n",
+    );
+    s.push_str(
+        "| query | offload bytes | remote bytes | offload ms, loopback | remote ms, loopback |",
+    );
+    for g in &r.links {
+        let _ = write!(s, " winner @{g} Gb/s |");
+    }
+    s.push_str(" crossover |\n|---|---:|---:|---:|---:|");
+    for _ in &r.links {
+        s.push_str("---|");
+    }
+    s.push_str("---|\n");
+    for q in &r.queries {
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            q.name,
+            q.offload.bytes_moved,
+            q.remote.bytes_moved,
+            spread(&q.offload),
+            spread(&q.remote)
+        );
+        for g in &r.links {
+            let cell = q
+                .shaped
+                .iter()
+                .find(|x| x.link_gbps == *g)
+                .map(|x| winner(x.offload_ms, x.remote_ms))
+                .unwrap_or_default();
+            let _ = write!(s, " {cell} |");
+        }
+        let _ = writeln!(s, " {} |", q.crossover);
+    }
+    s.push('\n');
+    s
 }
 
 /// A query's cell for each reference engine of the run: its median ms (empty if it did not run).
@@ -72,23 +141,28 @@ fn engine_cells(r: &Report, q: &QueryReport) -> Vec<String> {
 /// The Markdown report: one table a person reads in a pull request.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    s.push_str("# Offload vs full transfer\n\n");
+    s.push_str("# Offload vs remote scan vs full transfer\n\n");
     s.push_str(&setup_line(r));
     s.push_str("\n\n");
+    s.push_str(&headline(r));
+    s.push_str("## Every figure\n\n");
     let links: Vec<String> = r.links.iter().map(|g| format!("{g} Gb/s")).collect();
     let engines: Vec<&String> = r.engines.keys().collect();
-    s.push_str("| query | rows | equal | offload bytes | transfer bytes | reduction | offload ms | transfer ms | speedup |");
+    s.push_str("| query | rows | equal | offload bytes | remote bytes | transfer bytes | reduction | offload ms | remote ms | transfer ms | speedup |");
     for l in &links {
-        let _ = write!(s, " offload ms @{l} | transfer ms @{l} | speedup @{l} |");
+        let _ = write!(
+            s,
+            " offload ms @{l} | remote ms @{l} | transfer ms @{l} | speedup @{l} |"
+        );
     }
     s.push_str(" device ms | host CPU ms offload / transfer |");
     for e in &engines {
         let _ = write!(s, " {e} ms |");
     }
     s.push('\n');
-    s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    s.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for _ in &links {
-        s.push_str("---:|---:|---:|");
+        s.push_str("---:|---:|---:|---:|");
     }
     s.push_str("---:|---:|");
     for _ in &engines {
@@ -98,14 +172,16 @@ pub fn markdown(r: &Report) -> String {
     for q in &r.queries {
         let _ = write!(
             s,
-            "| {} | {} | {} | {} | {} | {:.1}x | {} | {} | {:.1}x |",
+            "| {} | {} | {} | {} | {} | {} | {:.1}x | {} | {} | {} | {:.1}x |",
             q.name,
             q.rows,
             if q.equal { "yes" } else { "**NO**" },
             q.offload.bytes_moved,
+            q.remote.bytes_moved,
             q.transfer.bytes_moved,
             q.reduction,
             ms(q.offload.wall_ms),
+            ms(q.remote.wall_ms),
             ms(q.transfer.wall_ms),
             q.speedup
         );
@@ -151,7 +227,7 @@ fn setup_line(r: &Report) -> String {
     };
     let _ = write!(
         s,
-        "; median of {} runs per query and mode; loopback",
+        "; median of {} runs per query and mode, the mode order alternating per round; loopback",
         r.runs
     );
     for g in &r.links {
@@ -177,9 +253,21 @@ fn sweep<'a>(r: &'a Report, projection: &str) -> Vec<&'a QueryReport> {
 
 type Series = (String, RGBColor, Vec<(f64, f64)>);
 
-/// A log-log line chart of `series` against selectivity, as SVG text.
+/// The x axis of a chart: its description and label format.
+struct XAxis<'a> {
+    desc: &'a str,
+    fmt: &'a dyn Fn(&f64) -> String,
+}
+
+const SELECTIVITY: XAxis<'static> = XAxis {
+    desc: "selectivity (share of rows the filter keeps)",
+    fmt: &|x| format!("{}%", x * 100.0),
+};
+
+/// A log-log line chart of `series`, as SVG text.
 fn chart(
     title: &str,
+    x: &XAxis<'_>,
     y_desc: &str,
     series: &[Series],
     y_fmt: &dyn Fn(&f64) -> String,
@@ -210,9 +298,9 @@ fn chart(
             .build_cartesian_2d((x0 / 1.5..x1 * 1.5).log_scale(), (y0..y1).log_scale())
             .map_err(|x| e(&x))?;
         c.configure_mesh()
-            .x_desc("selectivity (share of rows the filter keeps)")
+            .x_desc(x.desc)
             .y_desc(y_desc)
-            .x_label_formatter(&|x| format!("{}%", x * 100.0))
+            .x_label_formatter(x.fmt)
             .y_label_formatter(y_fmt)
             .draw()
             .map_err(|x| e(&x))?;
@@ -270,6 +358,7 @@ fn bytes_chart(r: &Report) -> Result<String> {
     }
     chart(
         "Bytes moved over the link vs selectivity",
+        &SELECTIVITY,
         "bytes moved",
         &series,
         &|y| human_bytes(*y as u64),
@@ -310,9 +399,55 @@ fn time_chart(r: &Report, projection: &str) -> Result<String> {
     }
     chart(
         &format!("Wall time vs selectivity, {projection} projection"),
+        &SELECTIVITY,
         "wall time (ms, median)",
         &series,
         &|y| format!("{y} ms"),
+    )
+}
+
+/// Remote-scan time over offload time against the link rate, one line per fixed query and
+/// per 1 % sweep point: above 1, offload is faster; where a line crosses 1 is the crossover.
+fn crossover_chart(r: &Report) -> Result<String> {
+    const COLORS: [RGBColor; 6] = [
+        OFFLOAD,
+        TRANSFER,
+        OFFLOAD_LINK,
+        TRANSFER_LINK,
+        OFFLOAD_WIDE,
+        TRANSFER_WIDE,
+    ];
+    let shown = r
+        .queries
+        .iter()
+        .filter(|q| q.selectivity.is_none() || q.selectivity == Some(0.01));
+    let mut series: Vec<Series> = shown
+        .zip(COLORS.iter().cycle())
+        .map(|(q, c)| {
+            let mut pts: Vec<(f64, f64)> = q
+                .shaped
+                .iter()
+                .map(|x| (x.link_gbps, x.remote_ms / x.offload_ms.max(1e-3)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (q.name.clone(), *c, pts)
+        })
+        .collect();
+    if let (Some(lo), Some(hi)) = (
+        r.links.iter().copied().reduce(f64::min),
+        r.links.iter().copied().reduce(f64::max),
+    ) {
+        series.push(("equal time".into(), BLACK, vec![(lo, 1.0), (hi, 1.0)]));
+    }
+    chart(
+        "Remote scan time / offload time vs link rate (above 1: offload wins)",
+        &XAxis {
+            desc: "emulated link (Gb/s)",
+            fmt: &|x| format!("{x}"),
+        },
+        "remote ms / offload ms (median)",
+        &series,
+        &|y| format!("{y:.2}"),
     )
 }
 
@@ -370,6 +505,16 @@ fn story(r: &Report) -> Vec<String> {
             slower.join(", ")
         ));
     }
+    let mut wins: Vec<String> = Vec::new();
+    for q in r.queries.iter().filter(|q| q.selectivity.is_none()) {
+        wins.push(format!("{}: {}", q.name, q.crossover));
+    }
+    if !wins.is_empty() {
+        out.push(format!(
+            "Against a remote scan (the host's own Parquet reader on the device's file): {}.",
+            wins.join("; ")
+        ));
+    }
     let mismatched: Vec<&str> = r
         .queries
         .iter()
@@ -378,7 +523,7 @@ fn story(r: &Report) -> Vec<String> {
         .collect();
     if mismatched.is_empty() {
         out.push(format!(
-            "Every one of the {} queries returned the same rows in both modes.",
+            "Every one of the {} queries returned the same rows in all three modes.",
             r.queries.len()
         ));
     } else {
@@ -395,7 +540,7 @@ pub fn html(r: &Report) -> String {
     let mut s = String::new();
     s.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>Nearstore: offload vs full transfer</title>\n<style>\
+         <title>Nearstore: offload vs remote scan vs full transfer</title>\n<style>\
          body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}\
          table{border-collapse:collapse;font-size:13px;margin:1em 0}\
          th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}\
@@ -403,7 +548,7 @@ pub fn html(r: &Report) -> String {
          .met{color:#1a7f37}.missed{color:#c62828;font-weight:bold}.none{color:#777}\
          img{max-width:100%;border:1px solid #eee;margin:0.5em 0}</style></head><body>\n",
     );
-    s.push_str("<h1>Offload vs full transfer</h1>\n");
+    s.push_str("<h1>Offload vs remote scan vs full transfer</h1>\n");
     let _ = writeln!(s, "<p>{}</p>", esc(&setup_line(r)));
     if !r.failures.is_empty() {
         s.push_str("<h2 class=\"missed\">Gate failures</h2><ul>");
@@ -439,16 +584,16 @@ pub fn html(r: &Report) -> String {
     }
     s.push_str(
         "<h2>Every query</h2>\n<table><tr><th>query</th><th>rows</th><th>equal</th>\
-        <th>offload bytes</th><th>transfer bytes</th><th>reduction</th><th>offload ms</th>\
-        <th>transfer ms</th><th>speedup</th>",
+        <th>offload bytes</th><th>remote bytes</th><th>transfer bytes</th><th>reduction</th>\
+        <th>offload ms</th><th>remote ms</th><th>transfer ms</th><th>speedup</th>",
     );
     for g in &r.links {
         let _ = write!(
             s,
-            "<th>offload ms @{g} Gb/s</th><th>transfer ms @{g} Gb/s</th><th>speedup @{g} Gb/s</th>"
+            "<th>offload ms @{g} Gb/s</th><th>remote ms @{g} Gb/s</th><th>transfer ms @{g} Gb/s</th><th>speedup @{g} Gb/s</th>"
         );
     }
-    s.push_str("<th>device ms</th><th>device read</th><th>host CPU ms offload</th><th>host CPU ms transfer</th>");
+    s.push_str("<th>crossover</th><th>device ms</th><th>device read</th><th>host CPU ms offload</th><th>host CPU ms transfer</th>");
     for e in r.engines.keys() {
         let _ = write!(s, "<th>{} ms</th>", esc(e));
     }
@@ -457,16 +602,18 @@ pub fn html(r: &Report) -> String {
         let _ = write!(
             s,
             "<tr><td title=\"{}\">{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>\
-             <td>{:.1}x</td><td>{}</td><td>{}</td><td>{:.1}x</td>",
+             <td>{}</td><td>{:.1}x</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}x</td>",
             esc(&q.sql),
             esc(&q.name),
             q.rows,
             if q.equal { "met" } else { "missed" },
             if q.equal { "yes" } else { "NO" },
             human_bytes(q.offload.bytes_moved),
+            human_bytes(q.remote.bytes_moved),
             human_bytes(q.transfer.bytes_moved),
             q.reduction,
             ms(q.offload.wall_ms),
+            ms(q.remote.wall_ms),
             ms(q.transfer.wall_ms),
             q.speedup
         );
@@ -475,7 +622,8 @@ pub fn html(r: &Report) -> String {
         }
         let _ = write!(
             s,
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            esc(&q.crossover),
             ms(q.offload.device_ms),
             human_bytes(q.offload.bytes_read),
             ms(q.offload.host_cpu_ms),
@@ -486,7 +634,7 @@ pub fn html(r: &Report) -> String {
         }
         s.push_str("</tr>\n");
     }
-    s.push_str("</table>\n<p>Hover a query name for its SQL. Bytes moved are the Arrow IPC bytes the device sent; \
+    s.push_str("</table>\n<p>Hover a query name for its SQL. Bytes moved are everything the device sent for the call (Arrow IPC and the statistics trailer; a remote scan's range reads); \
         device ms is the device's own time for the query; host CPU is the CPU time of the process running the SQL session.</p>\n");
     if let Some(n) = &r.reference_note {
         let _ = writeln!(s, "<p>Reference engines: {}</p>", esc(n));

@@ -4,18 +4,25 @@
 use serde::{Deserialize, Serialize};
 
 /// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 2;
+pub const REPORT_VERSION: u32 = 3;
 
 /// One mode's figures for one query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ModeFigures {
-    /// Bytes the device sent.
+    /// Bytes the device sent for the query: every result message and its statistics
+    /// trailer, or, for a remote scan, every range read's bytes.
     pub bytes_moved: u64,
+    /// Calls to devices: scans, or a remote scan's `read_ranges` calls.
+    pub calls: u64,
     /// Bytes the device read from its media.
     pub bytes_read: u64,
     /// Median wall time, milliseconds.
     pub wall_ms: f64,
+    /// Fastest run's wall time, milliseconds.
+    pub min_ms: f64,
+    /// Slowest run's wall time, milliseconds.
+    pub max_ms: f64,
     /// Device time summed over scans (median run), milliseconds.
     pub device_ms: f64,
     /// CPU time of the host (this process: SQL session, decoding, host-side operators),
@@ -32,10 +39,12 @@ pub struct ModeFigures {
 pub struct ShapedRun {
     /// Link rate, Gb/s.
     pub link_gbps: f64,
-    /// Whether both modes returned the same rows over this link too.
+    /// Whether the three modes returned the same rows over this link too.
     pub equal: bool,
     /// Offload wall time (median), ms.
     pub offload_ms: f64,
+    /// Remote-scan wall time (median), ms.
+    pub remote_ms: f64,
     /// Full-transfer wall time (median), ms.
     pub transfer_ms: f64,
     /// transfer / offload.
@@ -68,10 +77,12 @@ pub struct QueryReport {
     pub rows: usize,
     /// Arrow IPC size of the exact result (what an ideal offload would move).
     pub result_ipc_bytes: u64,
-    /// Whether both modes returned the same rows.
+    /// Whether the three modes returned the same rows.
     pub equal: bool,
     /// Offload figures (loopback).
     pub offload: ModeFigures,
+    /// Remote-scan figures (loopback): the host's Parquet reader on the device's file.
+    pub remote: ModeFigures,
     /// Full-transfer figures (loopback).
     pub transfer: ModeFigures,
     /// transfer bytes / offload bytes.
@@ -80,6 +91,11 @@ pub struct QueryReport {
     pub speedup: f64,
     /// The same query over emulated links.
     pub shaped: Vec<ShapedRun>,
+    /// The link rate (Gb/s) above which remote scan beats offload, interpolated between the
+    /// emulated links measured; `None` when one of them wins at every link.
+    pub crossover_gbps: Option<f64>,
+    /// The crossover in words (which mode wins where).
+    pub crossover: String,
     /// Reference engines: engine name → figures.
     pub reference: std::collections::BTreeMap<String, EngineRun>,
 }

@@ -4,13 +4,18 @@
 //! occupies the link for `bytes * 8 / rate` seconds, starting when the previous one finished
 //! (or now, if the link is idle), and is handed to the transport only when its transmission
 //! would have ended. Loopback is then as slow as the emulated fabric, never faster, and the
-//! comparison harness can show what offload saves on a 1, 10 or 25 Gb/s link.
+//! comparison harness can show what offload saves on a 1, 10 or 25 Gb/s link. A shaped link
+//! also has a round-trip time (default [`DEFAULT_RTT`]): every call waits it once before its
+//! first byte leaves, so a reader that makes many small calls pays for each, as over a fabric.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+/// Round-trip time of a shaped link unless configured: a call across a data-centre fabric.
+pub const DEFAULT_RTT: Duration = Duration::from_micros(100);
 
 /// Messages a result stream may prepare ahead of the link (a NIC's transmit queue).
 const QUEUE: usize = 8;
@@ -24,16 +29,42 @@ const IDLE_AFTER: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 pub struct Link {
     bits_per_second: Option<f64>,
+    rtt: Duration,
     /// When the link becomes idle.
     free_at: Mutex<Instant>,
 }
 
 impl Link {
-    /// A link of `gbps` gigabits per second; `None` is unshaped (the transport's own speed).
+    /// A link of `gbps` gigabits per second with the [`DEFAULT_RTT`]; `None` is unshaped (the
+    /// transport's own speed and latency).
     pub fn new(gbps: Option<f64>) -> Self {
         Link {
             bits_per_second: gbps.filter(|g| *g > 0.0).map(|g| g * 1e9),
+            rtt: DEFAULT_RTT,
             free_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The same link with round-trip time `rtt` (only a shaped link has one).
+    pub fn with_rtt(mut self, rtt: Duration) -> Self {
+        self.rtt = rtt;
+        self
+    }
+
+    /// The round-trip time a call pays on this link: zero when unshaped.
+    pub fn rtt(&self) -> Duration {
+        if self.bits_per_second.is_some() {
+            self.rtt
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Waits one round trip (a call's request out and its first byte back).
+    pub async fn round_trip(&self) {
+        let rtt = self.rtt();
+        if !rtt.is_zero() {
+            tokio::time::sleep(rtt).await;
         }
     }
 
@@ -141,10 +172,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_shaped_link_charges_a_round_trip_per_call() {
+        let link = Link::new(Some(10.0)).with_rtt(Duration::from_millis(2));
+        let t = Instant::now();
+        link.round_trip().await;
+        assert_eq!(t.elapsed(), Duration::from_millis(2));
+        assert_eq!(Link::new(Some(1.0)).rtt(), DEFAULT_RTT);
+        assert_eq!(
+            Link::new(None).with_rtt(Duration::from_secs(1)).rtt(),
+            Duration::ZERO
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_unshaped_link_does_not_wait() {
         let link = Link::new(None);
         let t = Instant::now();
         link.send(1 << 30).await;
+        link.round_trip().await;
         assert_eq!(t.elapsed(), Duration::ZERO);
         assert_eq!(Link::new(Some(0.0)).gbps(), None);
     }

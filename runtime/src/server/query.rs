@@ -76,6 +76,8 @@ impl DeviceService {
             kernel: slot.kernel,
         };
         let q = self.executor.prepare_with(&plan, limits).await?;
+        // The call's round trip on an emulated link, before its first byte.
+        self.link.round_trip().await;
         let schema = q.schema();
         let (rx, stats_rx) = self.executor.execute(q);
         let (out_tx, out_rx) = mpsc::channel::<std::result::Result<FlightData, Status>>(4);
@@ -169,8 +171,9 @@ async fn stream_result(
             .await;
         return Err("internal");
     };
-    stats.bytes_sent = bytes_sent;
     stats.link_gbps = link_gbps;
+    // The trailer is sent too: `bytes_sent` counts it, and it is paced like every message.
+    let meta = trailer(&mut stats, bytes_sent);
     tracing::info!(
         table = %plan.table,
         backend = %stats.backend,
@@ -184,15 +187,47 @@ async fn stream_result(
         total_us = stats.total_us,
         "query done"
     );
-    let meta = serde_json::to_vec(&stats).expect("stats serialise");
+    let n = meta.len();
     let _ = out
         .send((
             Ok(FlightData {
                 app_metadata: meta.into(),
                 ..Default::default()
             }),
-            0,
+            n,
         ))
         .await;
     Ok(stats)
+}
+
+/// The statistics trailer, with `bytes_sent` = the data messages' bytes + the trailer's own
+/// length (found by iterating: the count's digits change the length at most a few times).
+fn trailer(stats: &mut nearstore_proto::QueryStats, data_bytes: u64) -> Vec<u8> {
+    stats.bytes_sent = data_bytes;
+    let mut meta = serde_json::to_vec(&*stats).expect("stats serialise");
+    for _ in 0..4 {
+        let total = data_bytes + meta.len() as u64;
+        if stats.bytes_sent == total {
+            break;
+        }
+        stats.bytes_sent = total;
+        meta = serde_json::to_vec(&*stats).expect("stats serialise");
+    }
+    meta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trailer_counts_itself() {
+        for data in [0u64, 9, 99_990, 123_456_789] {
+            let mut s = nearstore_proto::QueryStats::default();
+            let meta = trailer(&mut s, data);
+            assert_eq!(s.bytes_sent, data + meta.len() as u64, "{data}");
+            let back: nearstore_proto::QueryStats = serde_json::from_slice(&meta).unwrap();
+            assert_eq!(back.bytes_sent, s.bytes_sent);
+        }
+    }
 }

@@ -48,6 +48,7 @@ impl DeviceService {
         }
         let tenant = who.tenant.clone().unwrap_or_default();
         let (bufs, media_bytes) = object.read_ranges(&ranges).await?;
+        self.link.round_trip().await;
         if let Some(bucket) = self.admission.media(&tenant) {
             bucket.take(media_bytes).await;
         }
