@@ -21,3 +21,13 @@ if command -v rustup >/dev/null 2>&1; then
     fi
   done
 fi
+# The reference engines (DuckDB, DataFusion) and the pyarrow client test run in a Python
+# virtual environment, which needs the venv module (Debian ships it as python3-venv).
+if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+  echo "setup: installing python3-venv (for the reference engines and the pyarrow test)"
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && apt-get install -y -qq python3-venv
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv
+  fi
+fi

@@ -13,8 +13,8 @@ for ws in kernels/builtin kernels/examples fuzz; do
 done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== offload vs full-transfer gate (TPC-H SF 0.01; fails on any mismatch)"
-cargo run --quiet -p nearstore -- bench compare --scale 0.01 --runs 1 --link-gbps 10 --reference off --check \
+echo "== offload / remote scan / full transfer gate (TPC-H SF 0.01; DuckDB and DataFusion as references; fails on any mismatch)"
+cargo run --quiet -p nearstore -- bench compare --scale 0.01 --runs 1 --link-gbps 10 --reference install --check \
   --out "$CARGO_TARGET_DIR/compare-gate"
 echo "== cargo test"
 cargo test --workspace

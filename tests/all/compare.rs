@@ -18,6 +18,55 @@ fn args(links: Vec<f64>) -> CompareArgs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_fails_when_a_reference_engine_disagrees_on_a_value() {
+    // The pinned engines: installed by the CI gate before the tests run, or installed here.
+    let mut a = args(vec![]);
+    a.reference = ReferenceChoice::Install;
+    // Q6's revenue 1 % too high: same row count, a different value.
+    let tamper = |name: &str, r: &mut nearstore_sdk::SqlResult| {
+        use arrow::array::AsArray;
+        if name != "tpch_q6" {
+            return;
+        }
+        let b = &r.batches[0];
+        let col = b
+            .column(0)
+            .as_primitive::<arrow::datatypes::Decimal128Type>();
+        let (p, s) = (col.precision(), col.scale());
+        let bumped = col
+            .unary::<_, arrow::datatypes::Decimal128Type>(|v| v + v / 100)
+            .with_precision_and_scale(p, s)
+            .unwrap();
+        r.batches[0] =
+            arrow::array::RecordBatch::try_new(b.schema(), vec![std::sync::Arc::new(bumped)])
+                .unwrap();
+    };
+    let report = run(&a, Some(&tamper)).await.unwrap();
+    for engine in ["duckdb", "datafusion"] {
+        assert!(
+            report.engines.contains_key(engine),
+            "{engine} did not run: {:?}",
+            report.reference_note
+        );
+    }
+    for q in &report.queries {
+        for (engine, e) in &q.reference {
+            let want = q.name != "tpch_q6";
+            assert_eq!(e.values_equal, Some(want), "{} by {engine}", q.name);
+            assert!(e.cold_ms > 0.0 && e.ms > 0.0, "{} by {engine}", q.name);
+        }
+    }
+    for engine in ["duckdb", "datafusion"] {
+        let needle = format!("tpch_q6: {engine}'s values differ");
+        assert!(
+            report.failures.iter().any(|f| f.starts_with(&needle)),
+            "{:?}",
+            report.failures
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
     let honest = run(&args(vec![10.0]), None).await.unwrap();
     assert!(honest.failures.is_empty(), "{:?}", honest.failures);

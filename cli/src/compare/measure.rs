@@ -179,3 +179,48 @@ fn process_cpu_ms() -> f64 {
     let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
     tv(u.ru_utime) + tv(u.ru_stime)
 }
+
+/// A result's values, comparable across engines: the row count and a digest of its rows in
+/// sorted order, each numeric cell (integer, decimal or float) as an f64 to 9 significant
+/// digits or 6 decimal places, whichever is coarser (engines type the same aggregate
+/// differently: DuckDB's `avg` of a decimal is a double, DataFusion's and ours a decimal of
+/// scale 6), every other cell as Arrow displays it, nulls as `NULL`.
+pub(super) fn values_digest(batches: &[RecordBatch]) -> Result<(usize, u64)> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut rows: Vec<String> = Vec::new();
+    for b in batches {
+        let cols: Vec<arrow::array::ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                if c.data_type().is_numeric() {
+                    arrow::compute::cast(c, &DataType::Float64)
+                } else {
+                    Ok(c.clone())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = cols
+                .iter()
+                .map(|c| {
+                    if c.is_null(i) {
+                        "NULL".to_string()
+                    } else if let Some(f) = c.as_primitive_opt::<Float64Type>() {
+                        let v = (f.value(i) * 1e6).round() / 1e6;
+                        // -0 and 0 are one value.
+                        format!("{:.8e}", if v == 0.0 { 0.0 } else { v })
+                    } else {
+                        arrow::util::display::array_value_to_string(c, i).unwrap_or_default()
+                    }
+                })
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort_unstable();
+    // DefaultHasher::new() has fixed keys: the same rows give the same digest in this process.
+    let mut h = DefaultHasher::new();
+    rows.hash(&mut h);
+    Ok((rows.len(), h.finish()))
+}

@@ -29,7 +29,7 @@ use arrow::array::AsArray;
 use clap::{Args, ValueEnum};
 use nearstore_sdk::SqlResult;
 
-use measure::{Sessions, ipc_bytes, measure};
+use measure::{Sessions, ipc_bytes, measure, values_digest};
 
 pub use device::DeviceChild;
 pub use report::{EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target};
@@ -220,10 +220,15 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         cases.len(),
         report.runs
     );
+    // Each query's offload values, for the reference engines' results to be compared with.
+    let mut digests = std::collections::BTreeMap::new();
     for case in &cases {
         let mut m = measure(&sessions, &case.sql, args.runs, child).await?;
         if let Some(h) = hook {
             h(&case.name, &mut m.offload.0);
+        }
+        if args.reference != ReferenceChoice::Off {
+            digests.insert(case.name.clone(), values_digest(&m.offload.0.batches)?);
         }
         let equal = m.equal();
         let (fa, fr, fb) = (m.offload.1, m.remote.1, m.transfer.1);
@@ -274,7 +279,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         .await?;
     }
 
-    add_references(&mut report, args, data.path(), &cases);
+    add_references(&mut report, args, data.path(), &cases, &digests);
 
     report.targets = targets(&report);
     report.failures = check(&report, args)?;
@@ -348,9 +353,15 @@ async fn shaped_runs(
 
 /// The reference engines' runs of the suite on the started device's Parquet file, or a note
 /// saying why there are none.
-fn add_references(report: &mut Report, args: &CompareArgs, data: &Path, cases: &[Case]) {
+fn add_references(
+    report: &mut Report,
+    args: &CompareArgs,
+    data: &Path,
+    cases: &[Case],
+    ours: &std::collections::BTreeMap<String, (usize, u64)>,
+) {
     if args.device.is_none() && args.reference != ReferenceChoice::Off {
-        match reference::run(data, cases, args.runs, args.reference) {
+        match reference::run(data, cases, args.runs, args.reference, ours) {
             Ok(r) => {
                 for (name, results) in r.results {
                     if let Some(q) = report.queries.iter_mut().find(|q| q.name == name) {
@@ -392,6 +403,12 @@ fn check(report: &Report, args: &CompareArgs) -> Result<Vec<String>> {
                 failures.push(format!(
                     "{}: {engine} returned {} rows, the device {}",
                     q.name, e.rows, q.rows
+                ));
+            } else if e.values_equal == Some(false) {
+                failures.push(format!(
+                    "{}: {engine}'s values differ from the device's (numbers to 9 significant \
+                     digits or 6 decimals, rows in any order)",
+                    q.name
                 ));
             }
         }

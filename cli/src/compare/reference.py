@@ -2,26 +2,39 @@
 directly on the device's Parquet file, as a user would run it instead of offloading.
 
 Reads a JSON request on stdin: {"parquet": PATH, "threads": N, "runs": N, "out": PATH,
-"queries": [{"name": ..., "sql": ...}]} and writes one JSON object to the file "out" (stdout
-is left to the engines, which may print progress):
-{"engines": {"duckdb": VERSION, ...}, "results": {NAME: {ENGINE: {"ms": MEDIAN, "rows": N}}},
-"errors": {ENGINE: MESSAGE}}. An engine that is not installed is reported under "errors".
+"dir": PATH, "queries": [{"name": ..., "sql": ...}]} and writes one JSON object to the file
+"out" (stdout is left to the engines, which may print progress):
+{"engines": {"duckdb": VERSION, ...}, "results": {NAME: {ENGINE: {"ms": WARM_MEDIAN,
+"cold_ms": FIRST_RUN, "rows": N, "arrow": PATH}}}, "errors": {ENGINE: MESSAGE}}. Each result
+is written as an Arrow IPC file under "dir" for the harness to compare value by value. The
+first run of a query is the cold one; the warm figure is the median of "runs" runs after it.
+An engine that is not installed is reported under "errors".
 """
 
 import json
+import os
 import statistics
 import sys
 import time
 
 
 def timed(run, runs):
+    t = time.perf_counter()
+    table = run()
+    cold = (time.perf_counter() - t) * 1e3
     times = []
-    rows = 0
     for _ in range(max(1, runs)):
         t = time.perf_counter()
-        rows = run()
+        table = run()
         times.append((time.perf_counter() - t) * 1e3)
-    return {"ms": statistics.median(times), "rows": rows}
+    return {"ms": statistics.median(times), "cold_ms": cold, "rows": table.num_rows}, table
+
+
+def write_arrow(table, path):
+    import pyarrow.ipc
+
+    with pyarrow.ipc.new_file(path, table.schema) as w:
+        w.write_table(table)
 
 
 def duckdb_engine(req):
@@ -35,7 +48,7 @@ def duckdb_engine(req):
 
     def runner(sql):
         # Arrow out, as the device's client gets it (no per-row Python objects).
-        return lambda: con.execute(sql).to_arrow_table().num_rows
+        return lambda: con.sql(sql).to_arrow_table()
 
     return duckdb.__version__, runner
 
@@ -48,7 +61,7 @@ def datafusion_engine(req):
     ctx.register_parquet("lineitem", req["parquet"])
 
     def runner(sql):
-        return lambda: sum(b.num_rows for b in ctx.sql(sql).collect())
+        return lambda: ctx.sql(sql).to_arrow_table()
 
     return datafusion.__version__, runner
 
@@ -63,9 +76,11 @@ def main():
             out["errors"][name] = f"{type(e).__name__}: {e}"
             continue
         out["engines"][name] = version
-        for q in req["queries"]:
+        for i, q in enumerate(req["queries"]):
             try:
-                r = timed(runner(q["sql"]), req["runs"])
+                r, table = timed(runner(q["sql"]), req["runs"])
+                r["arrow"] = os.path.join(req["dir"], f"{name}-{i}.arrow")
+                write_arrow(table, r["arrow"])
             except Exception as e:
                 out["errors"][f"{name}/{q['name']}"] = f"{type(e).__name__}: {e}"
                 continue

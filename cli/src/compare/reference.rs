@@ -1,7 +1,8 @@
 //! Reference engines: DuckDB and DataFusion (Python packages) run the suite's SQL directly on
 //! the device's Parquet file, with the device's thread count, as "what a user would run
-//! instead". They live in a virtual environment under `~/.cache/nearstore/pyvenv`, which
-//! `--reference install` creates and fills with pip.
+//! instead", each producing Arrow; their results are compared value by value with the
+//! device's. They live in a virtual environment under `~/.cache/nearstore/pyvenv`, which
+//! `--reference install` creates and fills with pip, at pinned versions.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,10 +12,16 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use super::measure::values_digest;
 use super::{Case, EngineRun, ReferenceChoice};
 
 const SCRIPT: &str = include_str!("reference.py");
-const PACKAGES: [&str; 2] = ["duckdb", "datafusion"];
+/// Module, pinned version: what pip installs and what an existing environment must have.
+const PACKAGES: [(&str, &str); 3] = [
+    ("duckdb", "2.0.1"),
+    ("datafusion", "55.0.0"),
+    ("pyarrow", "26.0.1"),
+];
 /// Threads per query on the device: one task runs a query's operators (reads go through the
 /// io_uring thread), so the reference engines get one thread too.
 const DEVICE_THREADS: usize = 1;
@@ -41,9 +48,13 @@ fn venv() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/nearstore/pyvenv"))
 }
 
-fn imports(python: &Path, module: &str) -> bool {
+/// Whether `module` imports at `version`.
+fn imports(python: &Path, module: &str, version: &str) -> bool {
     Command::new(python)
-        .args(["-c", &format!("import {module}")])
+        .args([
+            "-c",
+            &format!("import sys, {module}; sys.exit({module}.__version__ != '{version}')"),
+        ])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -53,10 +64,10 @@ fn imports(python: &Path, module: &str) -> bool {
 fn python(choice: ReferenceChoice) -> Result<PathBuf> {
     let venv = venv()?;
     let python = venv.join("bin/python");
-    let missing: Vec<&str> = PACKAGES
+    let missing: Vec<String> = PACKAGES
         .iter()
-        .copied()
-        .filter(|m| !python.exists() || !imports(&python, m))
+        .filter(|(m, v)| !python.exists() || !imports(&python, m, v))
+        .map(|(m, v)| format!("{m}=={v}"))
         .collect();
     if missing.is_empty() {
         return Ok(python);
@@ -112,25 +123,37 @@ fn parquet_file(data: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Runs the engines over `cases`.
+/// The values digest of an engine's result file.
+fn read_digest(path: &Path) -> Result<(usize, u64)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = arrow::ipc::reader::FileReader::try_new(file, None)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    values_digest(&batches)
+}
+
+/// Runs the engines over `cases`; `ours` is each query's values digest on the device.
 pub fn run(
     data: &Path,
     cases: &[Case],
     runs: usize,
     choice: ReferenceChoice,
+    ours: &BTreeMap<String, (usize, u64)>,
 ) -> Result<References> {
     let python = python(choice)?;
     let parquet = parquet_file(data)?;
     eprintln!(
         "reference engines: {} on {} ({} thread)",
-        PACKAGES.join(", "),
+        PACKAGES.map(|(m, _)| m).join(", "),
         parquet.display(),
         DEVICE_THREADS
     );
     let out_file = tempfile::NamedTempFile::new().context("a file for the engines' output")?;
+    let results_dir = tempfile::tempdir().context("a directory for the engines' results")?;
     let request = serde_json::json!({
         "parquet": parquet,
         "out": out_file.path(),
+        "dir": results_dir.path(),
         "threads": DEVICE_THREADS,
         "runs": runs.max(1),
         "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
@@ -155,10 +178,25 @@ pub fn run(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let parsed: Output = serde_json::from_slice(
+    let mut parsed: Output = serde_json::from_slice(
         &std::fs::read(out_file.path()).context("reading the reference engines' output")?,
     )
     .context("parsing the reference engines' output")?;
+    // Each result's values against the device's, while the files exist.
+    for (query, engines) in &mut parsed.results {
+        for (engine, e) in engines.iter_mut() {
+            let Some(path) = e.arrow.take() else { continue };
+            match (ours.get(query), read_digest(&path)) {
+                (Some(mine), Ok(theirs)) => e.values_equal = Some(*mine == theirs),
+                (None, _) => {}
+                (_, Err(err)) => {
+                    parsed
+                        .errors
+                        .insert(format!("{engine}/{query}"), format!("{err:#}"));
+                }
+            }
+        }
+    }
     let note = (!parsed.errors.is_empty()).then(|| {
         parsed
             .errors

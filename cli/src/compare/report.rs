@@ -55,10 +55,21 @@ pub struct ShapedRun {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct EngineRun {
-    /// Median wall time, ms (in-process, file in the page cache).
+    /// Warm: median wall time of the runs after the first, ms (in-process, producing Arrow,
+    /// the file in the page cache).
     pub ms: f64,
+    /// Cold: the first run's wall time in the engine's process, ms (its parse, plan and
+    /// footer read included).
+    pub cold_ms: f64,
     /// Rows returned (checked against ours).
     pub rows: usize,
+    /// Whether its values equal the device's (numbers to 9 significant digits or 6 decimal
+    /// places, whichever is coarser; rows in any order); `None` when they could not be
+    /// compared.
+    pub values_equal: Option<bool>,
+    /// Where the engine wrote its result (Arrow IPC file), until it is compared.
+    #[serde(skip_serializing)]
+    pub arrow: Option<std::path::PathBuf>,
 }
 
 /// One query of the report.
