@@ -180,14 +180,76 @@ fn process_cpu_ms() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-/// A result's values, comparable across engines: the row count and a digest of its rows in
-/// sorted order, each numeric cell (integer, decimal or float) as an f64 to 9 significant
-/// digits or 6 decimal places, whichever is coarser (engines type the same aggregate
-/// differently: DuckDB's `avg` of a decimal is a double, DataFusion's and ours a decimal of
-/// scale 6), every other cell as Arrow displays it, nulls as `NULL`.
-pub(super) fn values_digest(batches: &[RecordBatch]) -> Result<(usize, u64)> {
+/// Results up to this many rows are kept cell by cell and compared with a tolerance; larger
+/// ones (the sweep's raw rows: stored decimals, no computed averages) by a digest.
+const COMPARED_ROWS_MAX: usize = 10_000;
+
+/// One cell of a result, as compared across engines.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cell {
+    Null,
+    Num(f64),
+    Text(String),
+}
+
+impl Cell {
+    /// Its text in a row's key: numbers to 9 significant digits or 6 decimals, whichever is
+    /// coarser.
+    fn key(&self) -> String {
+        match self {
+            Cell::Null => "NULL".into(),
+            Cell::Num(v) => {
+                let v = (v * 1e6).round() / 1e6;
+                // -0 and 0 are one value.
+                format!("{:.8e}", if v == 0.0 { 0.0 } else { v })
+            }
+            Cell::Text(t) => t.clone(),
+        }
+    }
+
+    /// Equal as values: numbers within 1e-9 relative or one unit of a 6-decimal scale
+    /// (engines truncate or round a decimal average at its last digit differently).
+    fn same(&self, other: &Cell) -> bool {
+        match (self, other) {
+            (Cell::Num(a), Cell::Num(b)) => {
+                (a - b).abs() <= 1e-9 * a.abs().max(b.abs()) + 1.000_001e-6
+            }
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// A result's values, comparable across engines (types aside: DuckDB's `avg` of a decimal is
+/// a double, DataFusion's and ours a decimal of scale 6). Numeric cells (integer, decimal,
+/// float) become f64, other cells their Arrow display, nulls `NULL`; rows are sorted by their
+/// key. A small result keeps its cells; a large one only its row count and a digest of the
+/// keys.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Values {
+    Rows(Vec<Vec<Cell>>),
+    Digest(usize, u64),
+}
+
+impl Values {
+    /// Whether `self` and `other` are the same values.
+    pub fn same(&self, other: &Values) -> bool {
+        match (self, other) {
+            (Values::Rows(a), Values::Rows(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|(x, y)| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.same(q)))
+            }
+            (Values::Digest(n, d), Values::Digest(m, e)) => n == m && d == e,
+            _ => false,
+        }
+    }
+}
+
+/// The [`Values`] of a result.
+pub(super) fn values_of(batches: &[RecordBatch]) -> Result<Values> {
     use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut rows: Vec<String> = Vec::new();
+    let mut rows: Vec<Vec<Cell>> = Vec::new();
     for b in batches {
         let cols: Vec<arrow::array::ArrayRef> = b
             .columns()
@@ -201,26 +263,76 @@ pub(super) fn values_digest(batches: &[RecordBatch]) -> Result<(usize, u64)> {
             })
             .collect::<Result<_, _>>()?;
         for i in 0..b.num_rows() {
-            let cells: Vec<String> = cols
-                .iter()
-                .map(|c| {
-                    if c.is_null(i) {
-                        "NULL".to_string()
-                    } else if let Some(f) = c.as_primitive_opt::<Float64Type>() {
-                        let v = (f.value(i) * 1e6).round() / 1e6;
-                        // -0 and 0 are one value.
-                        format!("{:.8e}", if v == 0.0 { 0.0 } else { v })
-                    } else {
-                        arrow::util::display::array_value_to_string(c, i).unwrap_or_default()
-                    }
-                })
-                .collect();
-            rows.push(cells.join("|"));
+            rows.push(
+                cols.iter()
+                    .map(|c| {
+                        if c.is_null(i) {
+                            Cell::Null
+                        } else if let Some(f) = c.as_primitive_opt::<Float64Type>() {
+                            Cell::Num(f.value(i))
+                        } else {
+                            Cell::Text(
+                                arrow::util::display::array_value_to_string(c, i)
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    })
+                    .collect(),
+            );
         }
     }
-    rows.sort_unstable();
+    let mut keyed: Vec<(String, Vec<Cell>)> = rows
+        .into_iter()
+        .map(|r| (r.iter().map(Cell::key).collect::<Vec<_>>().join("|"), r))
+        .collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if keyed.len() <= COMPARED_ROWS_MAX {
+        return Ok(Values::Rows(keyed.into_iter().map(|(_, r)| r).collect()));
+    }
     // DefaultHasher::new() has fixed keys: the same rows give the same digest in this process.
     let mut h = DefaultHasher::new();
-    rows.hash(&mut h);
-    Ok((rows.len(), h.finish()))
+    for (k, _) in &keyed {
+        k.hash(&mut h);
+    }
+    Ok(Values::Digest(keyed.len(), h.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Decimal128Array, Float64Array, StringArray};
+    use std::sync::Arc;
+
+    fn batch(avg: arrow::array::ArrayRef) -> RecordBatch {
+        let flag: arrow::array::ArrayRef = Arc::new(StringArray::from(vec!["A", "N"]));
+        RecordBatch::try_from_iter([("flag", flag), ("avg", avg)]).unwrap()
+    }
+
+    #[test]
+    fn a_truncated_decimal_average_equals_a_double_but_a_wrong_value_does_not() {
+        // Ours: decimal(…, 6), truncated; DuckDB's: a double; rows in another order.
+        let ours = batch(Arc::new(
+            Decimal128Array::from(vec![25_522_005, 25_516_471])
+                .with_precision_and_scale(38, 6)
+                .unwrap(),
+        ));
+        let theirs = RecordBatch::try_from_iter([
+            (
+                "flag",
+                Arc::new(StringArray::from(vec!["N", "A"])) as arrow::array::ArrayRef,
+            ),
+            (
+                "avg",
+                Arc::new(Float64Array::from(vec![
+                    25.516471920522985,
+                    25.522005853257337,
+                ])),
+            ),
+        ])
+        .unwrap();
+        let a = values_of(&[ours]).unwrap();
+        assert!(a.same(&values_of(&[theirs]).unwrap()));
+        let wrong = batch(Arc::new(Float64Array::from(vec![25.5221, 25.516471])));
+        assert!(!a.same(&values_of(&[wrong]).unwrap()));
+    }
 }

@@ -29,7 +29,7 @@ use arrow::array::AsArray;
 use clap::{Args, ValueEnum};
 use nearstore_sdk::SqlResult;
 
-use measure::{Sessions, ipc_bytes, measure, values_digest};
+use measure::{Sessions, ipc_bytes, measure, values_of};
 
 pub use device::DeviceChild;
 pub use report::{EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target};
@@ -220,7 +220,8 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         cases.len(),
         report.runs
     );
-    // Each query's offload values, for the reference engines' results to be compared with.
+    // Each query's offload values, for the reference engines' results to be compared with
+    // (the hook has had its say: a tampered value must be caught).
     let mut digests = std::collections::BTreeMap::new();
     for case in &cases {
         let mut m = measure(&sessions, &case.sql, args.runs, child).await?;
@@ -228,7 +229,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             h(&case.name, &mut m.offload.0);
         }
         if args.reference != ReferenceChoice::Off {
-            digests.insert(case.name.clone(), values_digest(&m.offload.0.batches)?);
+            digests.insert(case.name.clone(), values_of(&m.offload.0.batches)?);
         }
         let equal = m.equal();
         let (fa, fr, fb) = (m.offload.1, m.remote.1, m.transfer.1);
@@ -358,7 +359,7 @@ fn add_references(
     args: &CompareArgs,
     data: &Path,
     cases: &[Case],
-    ours: &std::collections::BTreeMap<String, (usize, u64)>,
+    ours: &std::collections::BTreeMap<String, measure::Values>,
 ) {
     if args.device.is_none() && args.reference != ReferenceChoice::Off {
         match reference::run(data, cases, args.runs, args.reference, ours) {

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::measure::values_digest;
+use super::measure::{Values, values_of};
 use super::{Case, EngineRun, ReferenceChoice};
 
 const SCRIPT: &str = include_str!("reference.py");
@@ -123,22 +123,22 @@ fn parquet_file(data: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The values digest of an engine's result file.
-fn read_digest(path: &Path) -> Result<(usize, u64)> {
+/// The values of an engine's result file.
+fn read_values(path: &Path) -> Result<Values> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = arrow::ipc::reader::FileReader::try_new(file, None)
         .with_context(|| format!("reading {}", path.display()))?;
     let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-    values_digest(&batches)
+    values_of(&batches)
 }
 
-/// Runs the engines over `cases`; `ours` is each query's values digest on the device.
+/// Runs the engines over `cases`; `ours` is each query's values on the device.
 pub fn run(
     data: &Path,
     cases: &[Case],
     runs: usize,
     choice: ReferenceChoice,
-    ours: &BTreeMap<String, (usize, u64)>,
+    ours: &BTreeMap<String, Values>,
 ) -> Result<References> {
     let python = python(choice)?;
     let parquet = parquet_file(data)?;
@@ -186,8 +186,8 @@ pub fn run(
     for (query, engines) in &mut parsed.results {
         for (engine, e) in engines.iter_mut() {
             let Some(path) = e.arrow.take() else { continue };
-            match (ours.get(query), read_digest(&path)) {
-                (Some(mine), Ok(theirs)) => e.values_equal = Some(*mine == theirs),
+            match (ours.get(query), read_values(&path)) {
+                (Some(mine), Ok(theirs)) => e.values_equal = Some(mine.same(&theirs)),
                 (None, _) => {}
                 (_, Err(err)) => {
                     parsed
