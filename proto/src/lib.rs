@@ -154,8 +154,12 @@ pub struct QueryStats {
     pub filter_us: u64,
     /// Time in projection and aggregation, µs.
     pub compute_us: u64,
-    /// Wall time on the device from plan receipt to the last batch, µs.
+    /// The executor's wall time: from the plan's preparation to the last batch, µs.
     pub total_us: u64,
+    /// The call's wall time on the device: from receipt of the `DoGet` (before
+    /// authentication, admission and binding) to the last result byte leaving the device
+    /// (over the emulated link, when shaped), µs. `total_us` is the executor's part of it.
+    pub call_us: u64,
     /// Rate of the emulated device-to-host link in Gb/s (`--link-gbps`); absent when the
     /// device sends at the transport's own speed.
     pub link_gbps: Option<f64>,

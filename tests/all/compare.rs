@@ -99,6 +99,13 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
         assert!(q.remote.calls > 0 && q.remote.bytes_moved > 0, "{}", q.name);
         assert!(s.remote_ms >= floor_ms(q.remote.bytes_moved), "{}", q.name);
         assert!(q.offload.min_ms <= q.offload.wall_ms && q.offload.wall_ms <= q.offload.max_ms);
+        // The device's time for the call contains the executor's.
+        assert!(
+            q.offload.device_ms >= q.offload.executor_ms && q.offload.executor_ms > 0.0,
+            "{}: {:?}",
+            q.name,
+            q.offload
+        );
         assert!(!q.crossover.is_empty(), "{}", q.name);
         // The result size the data-movement target is measured against.
         assert!(q.result_ipc_bytes > 0 || q.rows == 0, "{}", q.name);

@@ -84,6 +84,12 @@ async fn q6_and_q1_on_the_device_match_the_host() {
     let revenue = b.column(0).as_primitive::<Decimal128Type>();
     assert_eq!(revenue.value(0), want_q6);
     assert!(r.stats.bytes_sent < 2048, "{:?}", r.stats);
+    // The call's time on the device (receipt to last byte) contains the executor's.
+    assert!(
+        r.stats.call_us >= r.stats.total_us && r.stats.total_us > 0,
+        "{:?}",
+        r.stats
+    );
     assert!(data.stats.bytes_sent > 100 * r.stats.bytes_sent);
 
     // Q1 on the host.

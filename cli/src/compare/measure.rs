@@ -53,6 +53,7 @@ impl Measured {
 struct Samples {
     walls: Vec<f64>,
     devs: Vec<f64>,
+    execs: Vec<f64>,
     host_cpu: Vec<f64>,
     dev_cpu: Vec<f64>,
     last: Option<SqlResult>,
@@ -60,8 +61,10 @@ struct Samples {
 
 /// Runs `sql` `runs` times in each mode: round `i` runs offload, remote, transfer when `i` is
 /// even and the reverse when it is odd. Wall time is the SQL call as the host sees it
-/// (planning, every device call, host operators); device time is the device's own
-/// `total_us` summed over scans (none for a remote scan, where the device only serves bytes).
+/// (planning, every device call, host operators); device time is each call's `call_us`
+/// (receipt of the call to the last byte leaving the device) summed over scans, and the
+/// executor's part of it (`total_us`) is kept beside it; a remote scan has neither (the device
+/// only serves bytes).
 pub(super) async fn measure(
     sessions: &Sessions,
     sql: &str,
@@ -85,7 +88,11 @@ pub(super) async fn measure(
             if let (Some(d0), Some(d1)) = (d0, device.and_then(DeviceChild::cpu_ms)) {
                 x.dev_cpu.push(d1 - d0);
             }
+            // A device older than `call_us` reports only the executor's time.
+            let call = |st: &nearstore_proto::QueryStats| st.call_us.max(st.total_us);
             x.devs
+                .push(r.scans.iter().map(|(_, st)| call(st) as f64 / 1e3).sum());
+            x.execs
                 .push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
             x.last = Some(r);
         }
@@ -107,6 +114,7 @@ fn figures(x: Samples) -> (SqlResult, ModeFigures) {
         min_ms: x.walls.iter().copied().fold(f64::INFINITY, f64::min),
         max_ms: x.walls.iter().copied().fold(0.0, f64::max),
         device_ms: median(x.devs),
+        executor_ms: median(x.execs),
         host_cpu_ms: median(x.host_cpu),
         device_cpu_ms: (!x.dev_cpu.is_empty()).then(|| median(x.dev_cpu)),
         calls: (r.scans.len() as u64).max(r.remote.calls),

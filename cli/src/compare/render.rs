@@ -155,7 +155,7 @@ pub fn markdown(r: &Report) -> String {
             " offload ms @{l} | remote ms @{l} | transfer ms @{l} | speedup @{l} |"
         );
     }
-    s.push_str(" device ms | host CPU ms offload / transfer |");
+    s.push_str(" device ms (executor) | host CPU ms offload / transfer |");
     for e in &engines {
         let _ = write!(s, " {e} ms |");
     }
@@ -190,8 +190,9 @@ pub fn markdown(r: &Report) -> String {
         }
         let _ = write!(
             s,
-            " {} | {} / {} |",
+            " {} ({}) | {} / {} |",
             ms(q.offload.device_ms),
+            ms(q.offload.executor_ms),
             ms(q.offload.host_cpu_ms),
             ms(q.transfer.host_cpu_ms)
         );
@@ -593,7 +594,7 @@ pub fn html(r: &Report) -> String {
             "<th>offload ms @{g} Gb/s</th><th>remote ms @{g} Gb/s</th><th>transfer ms @{g} Gb/s</th><th>speedup @{g} Gb/s</th>"
         );
     }
-    s.push_str("<th>crossover</th><th>device ms</th><th>device read</th><th>host CPU ms offload</th><th>host CPU ms transfer</th>");
+    s.push_str("<th>crossover</th><th>device ms (executor)</th><th>device read</th><th>host CPU ms offload</th><th>host CPU ms transfer</th>");
     for e in r.engines.keys() {
         let _ = write!(s, "<th>{} ms</th>", esc(e));
     }
@@ -622,9 +623,10 @@ pub fn html(r: &Report) -> String {
         }
         let _ = write!(
             s,
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            "<td>{}</td><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td>",
             esc(&q.crossover),
             ms(q.offload.device_ms),
+            ms(q.offload.executor_ms),
             human_bytes(q.offload.bytes_read),
             ms(q.offload.host_cpu_ms),
             ms(q.transfer.host_cpu_ms)
@@ -635,7 +637,7 @@ pub fn html(r: &Report) -> String {
         s.push_str("</tr>\n");
     }
     s.push_str("</table>\n<p>Hover a query name for its SQL. Bytes moved are everything the device sent for the call (Arrow IPC and the statistics trailer; a remote scan's range reads); \
-        device ms is the device's own time for the query; host CPU is the CPU time of the process running the SQL session.</p>\n");
+        device ms is the device's time for the call, from its receipt to the last byte sent (the executor's part in parentheses); host CPU is the CPU time of the process running the SQL session.</p>\n");
     if let Some(n) = &r.reference_note {
         let _ = writeln!(s, "<p>Reference engines: {}</p>", esc(n));
     }

@@ -23,8 +23,11 @@ pub struct ModeFigures {
     pub min_ms: f64,
     /// Slowest run's wall time, milliseconds.
     pub max_ms: f64,
-    /// Device time summed over scans (median run), milliseconds.
+    /// Device time summed over scans (median run), ms: from receipt of each call to its last
+    /// byte leaving the device (authentication, admission, binding, execution and the link).
     pub device_ms: f64,
+    /// The executor's part of `device_ms` (median run), ms: preparation to the last batch.
+    pub executor_ms: f64,
     /// CPU time of the host (this process: SQL session, decoding, host-side operators),
     /// median run, milliseconds.
     pub host_cpu_ms: f64,

@@ -88,10 +88,12 @@ impl FlightService for DeviceService {
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        let received = std::time::Instant::now();
         let who = self.authenticate(request.metadata())?;
         let r = async {
             let plan = Plan::from_json(&request.into_inner().ticket)?;
-            self.run_query(&who, Self::scoped(&who, &plan)?).await
+            self.run_query(&who, Self::scoped(&who, &plan)?, received)
+                .await
         }
         .await;
         r.map(Response::new).map_err(|e| self.fail_for(&who, e))

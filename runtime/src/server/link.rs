@@ -89,6 +89,15 @@ impl Link {
         Some(done)
     }
 
+    /// How long the link stays busy with what is booked already (zero when idle or unshaped).
+    pub fn busy_for(&self) -> Duration {
+        if self.bits_per_second.is_none() {
+            return Duration::ZERO;
+        }
+        let free_at = *self.free_at.lock().expect("link clock");
+        free_at.saturating_duration_since(Instant::now())
+    }
+
     /// Waits until `bytes` would have left the device over this link.
     pub async fn send(&self, bytes: usize) {
         if let Some(done) = self.reserve(bytes) {

@@ -54,10 +54,12 @@ impl DeviceService {
             .with_total_bytes(info.bytes as i64))
     }
 
+    /// Runs `plan` for `who`; `received` is when the call arrived (for `call_us`).
     pub(super) async fn run_query(
         &self,
         who: &Principal,
         plan: Plan,
+        received: std::time::Instant,
     ) -> Result<BoxStream<FlightData>> {
         // Waits for one of the tenant's slots, or is refused when its queue is full.
         let tenant = who.tenant.clone().unwrap_or_default();
@@ -86,7 +88,9 @@ impl DeviceService {
         let metrics = self.metrics.clone();
         let admission = self.admission.clone();
         tokio::spawn(async move {
-            match stream_result(plan, schema, rx, stats_rx, out_tx, errors, link).await {
+            let streamed =
+                stream_result(plan, schema, rx, stats_rx, out_tx, errors, link, received);
+            match streamed.await {
                 Ok(stats) => {
                     admission.query_ended(&tenant, qos::Outcome::Succeeded);
                     metrics.query_done(
@@ -122,9 +126,11 @@ async fn stream_result(
     out: mpsc::Sender<std::result::Result<FlightData, Status>>,
     errors: Arc<AtomicU64>,
     link: Arc<Link>,
+    received: std::time::Instant,
 ) -> std::result::Result<nearstore_proto::QueryStats, &'static str> {
     // Every message leaves through the (possibly emulated) link.
     let link_gbps = link.gbps();
+    let link_clock = link.clone();
     let out = link::paced(link, out);
     let failure: Arc<std::sync::Mutex<Option<Error>>> = Default::default();
     let slot = failure.clone();
@@ -172,6 +178,10 @@ async fn stream_result(
         return Err("internal");
     };
     stats.link_gbps = link_gbps;
+    // Every data message is handed to the link; on a shaped link the last one leaves when
+    // the link's booking ends.
+    let on_link = link_clock.busy_for();
+    stats.call_us = (received.elapsed() + on_link).as_micros() as u64;
     // The trailer is sent too: `bytes_sent` counts it, and it is paced like every message.
     let meta = trailer(&mut stats, bytes_sent);
     tracing::info!(
