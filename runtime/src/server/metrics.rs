@@ -26,6 +26,9 @@ struct Tenant {
     latency_sum: f64,
 }
 
+/// A per-tenant counter of the exposition: name, help, value.
+type Counter = (&'static str, &'static str, fn(&Tenant) -> u64);
+
 /// The device's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -98,71 +101,43 @@ impl Metrics {
                 out.push('\n');
             }
         };
-        add(
-            "nearstore_queries_total",
-            "counter",
-            "Queries completed.",
-            tenants
-                .iter()
-                .map(|(t, m)| format!("nearstore_queries_total{{tenant=\"{t}\"}} {}", m.queries))
-                .collect(),
-        );
-        add(
-            "nearstore_range_reads_total",
-            "counter",
-            "read_ranges calls served (a host reading the stored Parquet itself).",
-            tenants
-                .iter()
-                .map(|(t, m)| {
-                    format!(
-                        "nearstore_range_reads_total{{tenant=\"{t}\"}} {}",
-                        m.range_reads
-                    )
-                })
-                .collect(),
-        );
-        add(
-            "nearstore_media_bytes_read_total",
-            "counter",
-            "Bytes read from the media for queries and range reads.",
-            tenants
-                .iter()
-                .map(|(t, m)| {
-                    format!(
-                        "nearstore_media_bytes_read_total{{tenant=\"{t}\"}} {}",
-                        m.bytes_read
-                    )
-                })
-                .collect(),
-        );
-        add(
-            "nearstore_bytes_sent_total",
-            "counter",
-            "Bytes sent to hosts: query results and range reads.",
-            tenants
-                .iter()
-                .map(|(t, m)| {
-                    format!(
-                        "nearstore_bytes_sent_total{{tenant=\"{t}\"}} {}",
-                        m.bytes_sent
-                    )
-                })
-                .collect(),
-        );
-        add(
-            "nearstore_admission_rejected_total",
-            "counter",
-            "Queries refused because the tenant's queue was full.",
-            tenants
-                .iter()
-                .map(|(t, m)| {
-                    format!(
-                        "nearstore_admission_rejected_total{{tenant=\"{t}\"}} {}",
-                        m.rejected
-                    )
-                })
-                .collect(),
-        );
+        // One counter per tenant each: name, help, value.
+        let counters: [Counter; 5] = [
+            ("nearstore_queries_total", "Queries completed.", |m| {
+                m.queries
+            }),
+            (
+                "nearstore_range_reads_total",
+                "read_ranges calls served (a host reading the stored Parquet itself).",
+                |m| m.range_reads,
+            ),
+            (
+                "nearstore_media_bytes_read_total",
+                "Bytes read from the media for queries and range reads.",
+                |m| m.bytes_read,
+            ),
+            (
+                "nearstore_bytes_sent_total",
+                "Bytes sent to hosts: query results and range reads.",
+                |m| m.bytes_sent,
+            ),
+            (
+                "nearstore_admission_rejected_total",
+                "Queries refused because the tenant's queue was full.",
+                |m| m.rejected,
+            ),
+        ];
+        for (name, help, value) in counters {
+            add(
+                name,
+                "counter",
+                help,
+                tenants
+                    .iter()
+                    .map(|(t, m)| format!("{name}{{tenant=\"{t}\"}} {}", value(m)))
+                    .collect(),
+            );
+        }
         add(
             "nearstore_failures_total",
             "counter",
