@@ -3,45 +3,11 @@
 //! corrupt object fails with the device's error and leaves the device serving.
 
 use nearstore_proto::{ErrorCode, Plan, PutMode};
-use nearstore_runtime::server::auth::{TenantConfig, token_hash};
 use nearstore_runtime::storage::reader::ReaderChoice;
-use nearstore_sdk::{Client, ClientOptions, Error, Mode, SqlSession};
+use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
 use crate::support::{TestDevice, rows, table_batches};
-
-const ALICE: &str = "alice-token-1";
-const BOB: &str = "bob-token-2";
-
-fn tenants() -> Vec<TenantConfig> {
-    [("alice", ALICE), ("bob", BOB)]
-        .into_iter()
-        .map(|(name, token)| TenantConfig {
-            name: name.into(),
-            token_sha256: token_hash(token),
-            admin: false,
-            max_queries: None,
-            max_queued: None,
-            media_mb_per_s: None,
-            kernel_deadline_ms: None,
-            kernel_memory_mb: None,
-            max_kernels: None,
-        })
-        .collect()
-}
-
-fn opts(token: &str) -> ClientOptions {
-    ClientOptions {
-        token: Some(token.to_string()),
-        ..Default::default()
-    }
-}
-
-fn code(e: &Error) -> ErrorCode {
-    match e {
-        Error::Device { code, .. } => *code,
-        other => panic!("expected a device error, got {other}"),
-    }
-}
+use crate::tenants::{ALICE, BOB, client, code, tenants};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_reads_return_the_stored_bytes_to_their_owner_only() {
@@ -50,8 +16,8 @@ async fn range_reads_return_the_stored_bytes_to_their_owner_only() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
     let _metrics = dev.device.serve_metrics(listener);
-    let mut alice = Client::connect_with(&dev.url, opts(ALICE)).await.unwrap();
-    let mut bob = Client::connect_with(&dev.url, opts(BOB)).await.unwrap();
+    let mut alice = client(&dev.url, Some(ALICE)).await;
+    let mut bob = client(&dev.url, Some(BOB)).await;
     alice
         .put_batches("t", PutMode::Create, table_batches(20_000, 5_000, 1))
         .await

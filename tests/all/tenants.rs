@@ -10,11 +10,12 @@ use nearstore_sdk::{Client, ClientOptions, Error, Mode, Query, SqlSession};
 use crate::support::{TestDevice, sum_ids, table_batches};
 use nearstore_test_support::kernel::selects_row;
 
-const ALICE: &str = "alice-token-1";
-const BOB: &str = "bob-token-2";
+pub(crate) const ALICE: &str = "alice-token-1";
+pub(crate) const BOB: &str = "bob-token-2";
 const OPS: &str = "ops-token-3";
 
-fn tenants() -> Vec<TenantConfig> {
+/// Alice and Bob (tenants), and ops (admin).
+pub(crate) fn tenants() -> Vec<TenantConfig> {
     [
         ("alice", ALICE, false),
         ("bob", BOB, false),
@@ -42,11 +43,11 @@ fn opts(token: Option<&str>) -> ClientOptions {
     }
 }
 
-async fn client(url: &str, token: Option<&str>) -> Client {
+pub(crate) async fn client(url: &str, token: Option<&str>) -> Client {
     Client::connect_with(url, opts(token)).await.unwrap()
 }
 
-fn code(e: &Error) -> ErrorCode {
+pub(crate) fn code(e: &Error) -> ErrorCode {
     match e {
         Error::Device { code, .. } => *code,
         other => panic!("expected a device error, got {other}"),

@@ -51,12 +51,17 @@ fn yes_no(met: Option<bool>) -> &'static str {
     }
 }
 
+/// `q`'s run over the emulated link of `gbps`, if that link ran.
+fn at_link(q: &QueryReport, gbps: f64) -> Option<&super::ShapedRun> {
+    q.shaped.iter().find(|x| x.link_gbps == gbps)
+}
+
 /// A query's cells for each emulated link of the run: offload ms, remote-scan ms, transfer
 /// ms, speedup over transfer (empty where the link did not run).
 fn link_cells(r: &Report, q: &QueryReport) -> Vec<String> {
     r.links
         .iter()
-        .flat_map(|g| match q.shaped.iter().find(|x| x.link_gbps == *g) {
+        .flat_map(|g| match at_link(q, *g) {
             Some(x) => [
                 ms(x.offload_ms),
                 ms(x.remote_ms),
@@ -116,10 +121,7 @@ fn headline(r: &Report) -> String {
             spread(&q.remote)
         );
         for g in &r.links {
-            let cell = q
-                .shaped
-                .iter()
-                .find(|x| x.link_gbps == *g)
+            let cell = at_link(q, *g)
                 .map(|x| winner(x.offload_ms, x.remote_ms))
                 .unwrap_or_default();
             let _ = write!(s, " {cell} |");
@@ -386,7 +388,7 @@ fn time_chart(r: &Report, projection: &str) -> Result<String> {
         ),
     ];
     for g in &r.links {
-        let shaped = |q: &QueryReport| q.shaped.iter().find(|s| s.link_gbps == *g).cloned();
+        let shaped = |q: &QueryReport| at_link(q, *g).cloned();
         series.push((
             format!("offload, {g} Gb/s link"),
             OFFLOAD_LINK,

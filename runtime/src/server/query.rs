@@ -130,8 +130,7 @@ async fn stream_result(
 ) -> std::result::Result<nearstore_proto::QueryStats, &'static str> {
     // Every message leaves through the (possibly emulated) link.
     let link_gbps = link.gbps();
-    let link_clock = link.clone();
-    let out = link::paced(link, out);
+    let out = link::paced(link.clone(), out);
     let failure: Arc<std::sync::Mutex<Option<Error>>> = Default::default();
     let slot = failure.clone();
     let batches = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
@@ -180,7 +179,7 @@ async fn stream_result(
     stats.link_gbps = link_gbps;
     // Every data message is handed to the link; on a shaped link the last one leaves when
     // the link's booking ends.
-    let on_link = link_clock.busy_for();
+    let on_link = link.busy_for();
     stats.call_us = (received.elapsed() + on_link).as_micros() as u64;
     // The trailer is sent too: `bytes_sent` counts it, and it is paced like every message.
     let meta = trailer(&mut stats, bytes_sent);
