@@ -7,6 +7,7 @@
 
 pub mod expr;
 pub mod plan;
+pub mod rate;
 
 pub use expr::{ArithOp, CmpOp, Expr, Literal, TypedLiteral};
 pub use plan::{AggFunc, Aggregate, BackendKind, PLAN_VERSION, Plan, Projection, SortKey};
@@ -226,6 +227,49 @@ pub struct Estimate {
     pub row_groups_may_match: u64,
     /// Queries the device is running now.
     pub active_queries: u64,
+    /// Rows the filter likely keeps: `rows_may_match` scaled by the share of a sample of the
+    /// row groups it may match (the filter evaluated on their first rows), or
+    /// `rows_may_match` when no sample was taken.
+    pub rows_likely: u64,
+    /// Rows in that sample.
+    pub rows_sampled: u64,
+    /// Compressed bytes of the columns the plan reads, in the row groups and pages the filter
+    /// may match (pages counted by the share of the row group's rows they hold).
+    pub bytes_may_read: u64,
+    /// Compressed bytes of the columns the plan reads, in every row group.
+    pub bytes_all: u64,
+    /// Bytes after the objects' last column chunk: footer and page index, what a reader of
+    /// the files fetches before any data.
+    pub bytes_metadata: u64,
+    /// Estimated Arrow bytes per output row of the plan (its projected columns, or its groups
+    /// and aggregates), from the column types and, for strings, the statistics' lengths.
+    pub out_bytes_per_row: u64,
+    /// Cores the device computes with (a query runs on one).
+    pub cores: u64,
+    /// The device's learnt rates.
+    pub rates: DeviceRates,
+}
+
+/// Rates a device learns from its own work, each a moving estimate over its recent past;
+/// `None` until it has seen that kind of work. Auto mode's cost model reads them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceRates {
+    /// Compressed Parquet bytes one query reads and decodes per second of its scan (the
+    /// filter inside the decoder included), over about the last GiB scanned.
+    pub scan_bytes_per_s: Option<f64>,
+    /// Rows one query projects or aggregates per second after its filter, over about the
+    /// last 100 million rows.
+    pub compute_rows_per_s: Option<f64>,
+    /// Bytes per second the link (emulated or the transport) carried while a message waited
+    /// on it, over about the last GiB sent.
+    pub link_bytes_per_s: Option<f64>,
+    /// The round-trip time a call paid before its first byte, µs (zero on an unshaped link:
+    /// the device sees no fabric), a moving average.
+    pub rtt_us: Option<f64>,
+    /// Bytes per second a range read takes from the media, CRC checks included (the link
+    /// excluded), over about the last GiB read.
+    pub range_bytes_per_s: Option<f64>,
 }
 
 /// The `DoPut` descriptor command (JSON).
@@ -365,6 +409,9 @@ pub struct DeviceInfo {
     /// Queries running now.
     #[serde(default)]
     pub active_queries: u64,
+    /// The rates the device has learnt from its own work.
+    #[serde(default)]
+    pub rates: DeviceRates,
 }
 
 /// Result of a scrub.

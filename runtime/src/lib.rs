@@ -199,6 +199,7 @@ impl Device {
             listener,
             self.metrics.clone(),
             self.storage.reader().clone(),
+            self.link.clone(),
         ))
     }
 

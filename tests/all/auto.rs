@@ -1,6 +1,6 @@
-//! `Mode::Auto`: per query, offload or full transfer from what would be pushed, the Parquet
-//! statistics of the pushed filters and the device's load, with the reason; the answer is the
-//! same as in the fixed modes.
+//! `Mode::Auto`: per query, offload, remote scan or full transfer, whichever the cost model
+//! predicts to be fastest from the devices' estimates (statistics and a sample) and the rates
+//! the device learns from its own work; the answer is the same as in the fixed modes.
 
 use std::time::Duration;
 
@@ -9,10 +9,121 @@ use nearstore_sdk::{Client, ClientOptions, Mode, SqlSession};
 
 use crate::support::{TestDevice, sorted_rows, table_batches};
 
+/// The three predicted times in an Auto reason, ms (`None`: the mode cannot run the query).
+fn predicted(why: &str) -> [Option<f64>; 3] {
+    let after = |label: &str| {
+        let rest = why.split(label).nth(1).unwrap_or_else(|| panic!("{why}"));
+        rest.split(" ms").next().and_then(|n| n.trim().parse().ok())
+    };
+    [
+        after("predicted offload "),
+        after("remote scan "),
+        after("full transfer "),
+    ]
+}
+
+/// A percentage after `label` in an Auto reason.
+fn pct_after(why: &str, label: &str) -> f64 {
+    why.split(label)
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no '{label}' in: {why}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_mode_chooses_per_query_and_says_why() {
+async fn auto_mode_runs_the_mode_its_learnt_costs_predict_fastest() {
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let _metrics = dev.device.serve_metrics(listener);
+    let d = dev.device.clone();
+    tokio::task::spawn_blocking(move || d.load_tpch("lineitem", 0.01, &|_, _| {}).unwrap())
+        .await
+        .unwrap();
+    let connect = |mode| SqlSession::connect(&dev.url, ClientOptions::default(), mode);
+    let auto = connect(Mode::Auto).await.unwrap();
+    let transfer = connect(Mode::FullTransfer).await.unwrap();
+    let remote = connect(Mode::RemoteScan).await.unwrap();
+    // Work for the device to learn from: a scan, an aggregate, a remote scan.
+    let mut c = dev.client().await;
+    assert_eq!(c.device_info().await.unwrap().rates.scan_bytes_per_s, None);
+    for q in [
+        "select l_orderkey, l_comment from lineitem",
+        "select l_returnflag, sum(l_quantity) as q from lineitem group by l_returnflag",
+    ] {
+        connect(Mode::Offload).await.unwrap().sql(q).await.unwrap();
+    }
+    remote.sql("select * from lineitem").await.unwrap();
+    let rates = c.device_info().await.unwrap().rates;
+    assert!(rates.scan_bytes_per_s.is_some_and(|r| r > 0.0), "{rates:?}");
+    assert!(
+        rates.compute_rows_per_s.is_some_and(|r| r > 0.0),
+        "{rates:?}"
+    );
+    assert!(rates.link_bytes_per_s.is_some_and(|r| r > 0.0), "{rates:?}");
+    assert!(
+        rates.range_bytes_per_s.is_some_and(|r| r > 0.0),
+        "{rates:?}"
+    );
+    // An unshaped link: the device sees no round trip to charge.
+    assert_eq!(rates.rtt_us.map(|us| us < 1000.0), Some(true), "{rates:?}");
+    let text = crate::tenants::http_get(metrics_addr, "/metrics").await;
+    assert!(
+        crate::tenants::metric(&text, "nearstore_learnt_scan_bytes_per_second") > 0.0,
+        "{text}"
+    );
+
+    let q6 = "select sum(l_extendedprice * l_discount) as revenue from lineitem \
+              where l_shipdate >= date '1994-01-01' and l_shipdate < date '1995-01-01' \
+              and l_discount between 0.05 and 0.07 and l_quantity < 24";
+    let sorted = "select l_orderkey, l_quantity from lineitem where l_orderkey <= 600";
+    let wide = "select * from lineitem where l_discount = 0.05";
+    for q in [
+        q6,
+        sorted,
+        wide,
+        "select l_orderkey, l_comment from lineitem",
+    ] {
+        let (m, why) = auto.decide(q).await.unwrap();
+        let [o, r, t] = predicted(&why);
+        let best = [
+            (Mode::Offload, o),
+            (Mode::RemoteScan, r),
+            (Mode::FullTransfer, t),
+        ]
+        .into_iter()
+        .filter_map(|(m, c)| c.map(|c| (m, c)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+        assert_eq!(m, best.0, "{q}: {why}");
+        // The same answer whichever mode runs it.
+        let a = auto.sql(q).await.unwrap();
+        assert!(a.reason.starts_with("predicted offload"), "{}", a.reason);
+        let t = transfer.sql(q).await.unwrap();
+        assert_eq!(sorted_rows(&a), sorted_rows(&t), "{q}");
+    }
+    // Q6's filter is on unsorted columns: the statistics cannot narrow it, the sample can.
+    let (_, why) = auto.decide(q6).await.unwrap();
+    assert_eq!(pct_after(&why, "at most "), 100.0, "{why}");
+    assert!(pct_after(&why, "likely keep ") < 10.0, "{why}");
+    // l_orderkey is sorted: the page index bounds the filter to a few pages.
+    let (_, why) = auto.decide(sorted).await.unwrap();
+    assert!(pct_after(&why, "at most ") < 10.0, "{why}");
+    // The learnt rates are what the prediction used.
+    assert!(why.contains(" MB/s"), "{why}");
+    // EXPLAIN shows the plan of the chosen mode.
+    let plan = auto.explain(sorted).await.unwrap();
+    assert!(!plan.is_empty());
+    dev.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_mode_follows_the_link_and_the_filter() {
+    // A slow link (2.5 MB/s): what crosses it decides.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| c.link_gbps = Some(0.02)).await;
     let d = dev.device.clone();
     tokio::task::spawn_blocking(move || d.load_tpch("lineitem", 0.01, &|_, _| {}).unwrap())
         .await
@@ -20,67 +131,31 @@ async fn auto_mode_chooses_per_query_and_says_why() {
     let auto = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Auto)
         .await
         .unwrap();
-    let transfer = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::FullTransfer)
+    let offload = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Offload)
         .await
         .unwrap();
-    let cases = [
-        (
-            "select sum(l_extendedprice * l_discount) as revenue from lineitem \
-             where l_shipdate >= date '1994-01-01' and l_quantity < 24",
-            Mode::Offload,
-            "aggregate over lineitem runs on the device",
-        ),
-        (
-            "select l_orderkey, l_quantity from lineitem where l_orderkey <= 600",
-            Mode::Offload,
-            "keep at most",
-        ),
-        (
-            "select l_orderkey, l_comment from lineitem",
-            Mode::FullTransfer,
-            "nothing to push",
-        ),
-        (
-            "select l_orderkey from lineitem where l_discount = 0.05",
-            Mode::Offload,
-            "cannot narrow",
-        ),
-    ];
-    for (q, want, why) in cases {
-        let r = auto.sql(q).await.unwrap();
-        assert_eq!(r.mode, want, "{q}: {}", r.reason);
-        assert!(r.reason.contains(why), "{q}: {}", r.reason);
-        let t = transfer.sql(q).await.unwrap();
-        assert_eq!(sorted_rows(&r), sorted_rows(&t), "{q}");
-        if want == Mode::Offload {
-            assert!(r.bytes_moved() < t.bytes_moved(), "{q}");
-        }
-    }
-    // The selective filter's share comes from the statistics: l_orderkey is sorted, so the
-    // row groups and pages beyond key 600 are known not to match.
-    let r = auto
-        .sql("select l_orderkey from lineitem where l_orderkey <= 600")
-        .await
-        .unwrap();
-    let pct: f64 = r
-        .reason
-        .split("at most ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{}", r.reason));
-    assert!(pct < 10.0, "{}", r.reason);
-    // EXPLAIN in auto mode shows the plan of the chosen mode.
-    let plan = auto
-        .explain("select l_orderkey from lineitem where l_orderkey <= 600")
-        .await
-        .unwrap();
-    assert!(plan.contains("filter="), "{plan}");
+    // A selective filter: offload sends a few hundred rows.
+    let sorted = "select l_orderkey, l_quantity from lineitem where l_orderkey <= 600";
+    let r = auto.sql(sorted).await.unwrap();
+    assert_eq!(r.mode, Mode::Offload, "{}", r.reason);
+    // Every row of text columns: the stored Parquet is compressed (strings, dictionaries),
+    // the Arrow stream is not, so reading the file remotely moves less.
+    let text = "select l_comment, l_shipinstruct, l_shipmode from lineitem";
+    let r = auto.sql(text).await.unwrap();
+    assert_eq!(r.mode, Mode::RemoteScan, "{}", r.reason);
+    let o = offload.sql(text).await.unwrap();
+    assert!(
+        r.bytes_moved() < o.bytes_moved(),
+        "{} vs {}",
+        r.bytes_moved(),
+        o.bytes_moved()
+    );
+    assert_eq!(sorted_rows(&r), sorted_rows(&o));
     dev.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_mode_spares_a_busy_device_a_non_selective_filter() {
+async fn a_busy_device_is_predicted_slower() {
     // A device on a slow emulated link, so queries stay in flight.
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start_with(dir.path(), |c| c.link_gbps = Some(0.02)).await;
@@ -91,11 +166,9 @@ async fn auto_mode_spares_a_busy_device_a_non_selective_filter() {
     let auto = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Auto)
         .await
         .unwrap();
-    let non_selective = "select id, val from big where val >= 0.5";
-    let selective = "select id, val from big where id < 500";
-    // Idle: both offloaded.
-    assert_eq!(auto.decide(non_selective).await.unwrap().0, Mode::Offload);
-
+    // Device-bound: an aggregate over every row, its answer one row.
+    let q = "select count(*) as n, sum(val) as s from big where val >= 0.5";
+    let idle = predicted(&auto.decide(q).await.unwrap().1)[0].unwrap();
     let mut load = Vec::new();
     for _ in 0..4 {
         let url = dev.url.clone();
@@ -104,7 +177,6 @@ async fn auto_mode_spares_a_busy_device_a_non_selective_filter() {
             let _ = c.query(&nearstore_proto::Plan::scan("big")).await;
         }));
     }
-    // Wait until the device reports the four queries.
     let mut busy = false;
     for _ in 0..100 {
         let e = c
@@ -118,12 +190,16 @@ async fn auto_mode_spares_a_busy_device_a_non_selective_filter() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(busy, "the background queries did not start");
-    let (m, why) = auto.decide(non_selective).await.unwrap();
-    assert_eq!(m, Mode::FullTransfer, "{why}");
-    assert!(why.contains("is running 4 queries"), "{why}");
-    // A filter the statistics show to be selective is still worth sending to a busy device.
-    let (m, why) = auto.decide(selective).await.unwrap();
-    assert_eq!(m, Mode::Offload, "{why}");
+    // Five queries on the device's cores: offload's device time grows by their share.
+    let (_, why) = auto.decide(q).await.unwrap();
+    let loaded = predicted(&why)[0].unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let expect = (5.0 / cores).max(1.0);
+    let grew = loaded / idle;
+    assert!(
+        grew > 1.0 + (expect - 1.0) / 2.0 && grew < expect * 1.1,
+        "{idle} -> {loaded} ms on {cores} cores: {why}"
+    );
     for l in load {
         l.abort();
     }

@@ -1,6 +1,7 @@
 //! Measuring one query in the three modes: offload, remote scan and full transfer, run in
 //! rounds whose mode order alternates (so neither warms the caches for another every time),
-//! with the median, minimum and maximum wall time of each.
+//! with the median, minimum and maximum wall time of each; and Auto mode's choice for it,
+//! made before the query's own runs.
 
 use std::time::Instant;
 
@@ -9,23 +10,33 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
 
-use super::{DeviceChild, ModeFigures};
+use super::{AutoChoice, DeviceChild, ModeFigures};
 
-/// The three sessions of a device.
+/// A query outside the suite that every mode runs once on a freshly started device, so its
+/// learnt rates have a sample before Auto's first choice.
+const WARM_UP: &str = "select l_partkey, l_quantity from lineitem where l_quantity < 3";
+
+/// The sessions of a device: the three modes and Auto.
 pub(super) struct Sessions {
     pub offload: SqlSession,
     pub remote: SqlSession,
     pub transfer: SqlSession,
+    pub auto: SqlSession,
 }
 
 impl Sessions {
     pub async fn connect(url: &str) -> Result<Self> {
         let s = |m| SqlSession::connect(url, ClientOptions::default(), m);
-        Ok(Sessions {
+        let sessions = Sessions {
             offload: s(Mode::Offload).await?,
             remote: s(Mode::RemoteScan).await?,
             transfer: s(Mode::FullTransfer).await?,
-        })
+            auto: s(Mode::Auto).await?,
+        };
+        for s in sessions.in_order() {
+            s.sql(WARM_UP).await?;
+        }
+        Ok(sessions)
     }
 
     fn in_order(&self) -> [&SqlSession; 3] {
@@ -38,9 +49,34 @@ pub(super) struct Measured {
     pub offload: (SqlResult, ModeFigures),
     pub remote: (SqlResult, ModeFigures),
     pub transfer: (SqlResult, ModeFigures),
+    /// Auto's choice, the decision's wall time (ms) and its reason.
+    pub auto: (Mode, f64, String),
 }
 
 impl Measured {
+    /// Auto's choice with its regret: (decision + the chosen mode's median) / the fastest
+    /// mode's median.
+    pub fn auto_choice(&self) -> AutoChoice {
+        let (mode, decide_ms, reason) = &self.auto;
+        let ms = [
+            self.offload.1.wall_ms,
+            self.remote.1.wall_ms,
+            self.transfer.1.wall_ms,
+        ];
+        let chosen = match mode {
+            Mode::RemoteScan => ms[1],
+            Mode::FullTransfer => ms[2],
+            _ => ms[0],
+        };
+        let best = ms.into_iter().fold(f64::INFINITY, f64::min).max(1e-3);
+        AutoChoice {
+            mode: mode.as_str().to_string(),
+            decide_ms: *decide_ms,
+            regret: (decide_ms + chosen) / best,
+            reason: reason.clone(),
+        }
+    }
+
     /// Whether the three modes returned the same rows.
     pub fn equal(&self) -> bool {
         let t = canonical(&self.transfer.0);
@@ -71,6 +107,10 @@ pub(super) async fn measure(
     runs: usize,
     device: Option<&DeviceChild>,
 ) -> Result<Measured> {
+    // Auto decides first, from what the device and the host learnt before this query.
+    let t = Instant::now();
+    let (mode, why) = sessions.auto.decide(sql).await?;
+    let auto = (mode, t.elapsed().as_secs_f64() * 1e3, why);
     let mut samples: [Samples; 3] = Default::default();
     for round in 0..runs.max(1) {
         let mut order = [0usize, 1, 2];
@@ -102,6 +142,7 @@ pub(super) async fn measure(
         offload: o,
         remote: rm,
         transfer: t,
+        auto,
     })
 }
 

@@ -15,6 +15,7 @@
 //! Without `--device` the harness starts its own device as a child process (`nearstore serve`
 //! with generated TPC-H lineitem), so that the host's CPU time is this process's alone.
 
+mod auto;
 mod crossover;
 mod device;
 mod measure;
@@ -32,7 +33,9 @@ use nearstore_sdk::SqlResult;
 use measure::{Sessions, ipc_bytes, measure, values_of};
 
 pub use device::DeviceChild;
-pub use report::{EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target};
+pub use report::{
+    AutoChoice, EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target,
+};
 
 /// Whether to run the reference engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,12 +235,13 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             digests.insert(case.name.clone(), values_of(&m.offload.0.batches)?);
         }
         let equal = m.equal();
+        let (auto, auto_line) = (m.auto_choice(), auto_cell(&m));
         let (fa, fr, fb) = (m.offload.1, m.remote.1, m.transfer.1);
         let b = &m.transfer.0;
         let reduction = fb.bytes_moved as f64 / fa.bytes_moved.max(1) as f64;
         let speedup = fb.wall_ms / fa.wall_ms.max(1e-3);
         eprintln!(
-            "{:<22} rows {:>8}  offload {:>12} B {:>8.1} ms | remote {:>12} B {:>8.1} ms | transfer {:>12} B {:>8.1} ms{}",
+            "{:<22} rows {:>8}  offload {:>12} B {:>8.1} ms | remote {:>12} B {:>8.1} ms | transfer {:>12} B {:>8.1} ms | auto {}{}",
             case.name,
             b.num_rows(),
             fa.bytes_moved,
@@ -246,6 +250,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             fr.wall_ms,
             fb.bytes_moved,
             fb.wall_ms,
+            auto_line,
             if equal { "" } else { "  MISMATCH" }
         );
         report.queries.push(QueryReport {
@@ -261,6 +266,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             transfer: fb,
             reduction,
             speedup,
+            auto: Some(auto),
             ..Default::default()
         });
     }
@@ -285,6 +291,12 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
     report.targets = targets(&report);
     report.failures = check(&report, args)?;
     Ok(report)
+}
+
+/// Auto's choice and regret for the progress line, e.g. `offload (1.02)`.
+fn auto_cell(m: &measure::Measured) -> String {
+    let a = m.auto_choice();
+    format!("{} ({:.2})", a.mode, a.regret)
 }
 
 /// The emulated link rates to run the suite over: none for an external device.
@@ -337,10 +349,15 @@ async fn shaped_runs(
                 remote_ms: fr.wall_ms,
                 transfer_ms: fb.wall_ms,
                 speedup: fb.wall_ms / fa.wall_ms.max(1e-3),
+                auto: Some(m.auto_choice()),
             };
             eprintln!(
-                "{:<22} offload {:>8.1} ms | remote {:>8.1} ms | transfer {:>8.1} ms",
-                case.name, run.offload_ms, run.remote_ms, run.transfer_ms
+                "{:<22} offload {:>8.1} ms | remote {:>8.1} ms | transfer {:>8.1} ms | auto {}",
+                case.name,
+                run.offload_ms,
+                run.remote_ms,
+                run.transfer_ms,
+                auto_cell(&m)
             );
             q.shaped.push(run);
         }
@@ -464,6 +481,16 @@ fn targets(r: &Report) -> Vec<Target> {
         },
         met: Some(over.is_empty()),
     });
+    if let Some((w, at)) = auto::worst(r) {
+        out.push(Target {
+            target: format!(
+                "Auto's regret at most {} on every query and link",
+                auto::REGRET_TARGET
+            ),
+            measured: format!("worst {w:.2}: {at}"),
+            met: Some(w <= auto::REGRET_TARGET),
+        });
+    }
     if let Some(q6) = find("tpch_q6") {
         out.push(Target {
             target: "Q6 moves at least 1000x fewer bytes than full transfer".into(),

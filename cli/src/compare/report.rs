@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 3;
+pub const REPORT_VERSION: u32 = 4;
 
 /// One mode's figures for one query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -52,6 +52,22 @@ pub struct ShapedRun {
     pub transfer_ms: f64,
     /// transfer / offload.
     pub speedup: f64,
+    /// Auto mode's choice over this link.
+    pub auto: Option<AutoChoice>,
+}
+
+/// Auto mode's choice for a query over one link, and its regret.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AutoChoice {
+    /// The mode chosen (`offload`, `remote` or `transfer`).
+    pub mode: String,
+    /// The decision's wall time, ms (the devices' estimates and the host's planning).
+    pub decide_ms: f64,
+    /// (decision time + the chosen mode's median wall time) / the fastest mode's median.
+    pub regret: f64,
+    /// The predicted times and rates, as Auto gave them.
+    pub reason: String,
 }
 
 /// One reference engine's figures for one query.
@@ -112,6 +128,8 @@ pub struct QueryReport {
     pub crossover: String,
     /// Reference engines: engine name → figures.
     pub reference: std::collections::BTreeMap<String, EngineRun>,
+    /// Auto mode's choice on loopback.
+    pub auto: Option<AutoChoice>,
 }
 
 /// The report (`report.json`).

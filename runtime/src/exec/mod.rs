@@ -2,8 +2,10 @@
 //! placed on backends ([`placement`]), and run as a pipeline ([`run`]): pruned scan with the
 //! filter inside the decoder → projection ([`project`]) or aggregation ([`aggregate`]) → the
 //! row sink (ORDER BY, top-k, LIMIT: [`sort`]) → result stream, with per-query statistics.
+//! [`estimate`] answers what a plan would read and return, by the Parquet statistics alone.
 
 pub mod aggregate;
+mod estimate;
 mod placement;
 mod prepare;
 mod project;
@@ -16,7 +18,7 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::FutureExt;
-use nearstore_proto::{BackendKind, Plan, QueryStats};
+use nearstore_proto::{BackendKind, QueryStats};
 use tokio::sync::mpsc;
 
 pub use prepare::{PreparedQuery, QueryLimits};
@@ -84,23 +86,6 @@ impl Executor {
             .ok_or_else(|| Error::Internal(format!("table '{}' has no objects", table.name)))?;
         let md = scan::metadata(first, counters, &ErrorSlot::default()).await?;
         Ok(scan::arrow_metadata(md, first)?.schema().clone())
-    }
-
-    /// What the plan's filter may match by the statistics alone (no data is read).
-    pub async fn estimate(&self, plan: &Plan) -> Result<nearstore_proto::Estimate> {
-        let q = self.prepare(plan).await?;
-        let counters = Arc::new(ScanCounters::default());
-        let errors = ErrorSlot::default();
-        let mut e = nearstore_proto::Estimate::default();
-        for object in &q.table.objects {
-            let p = scan::prune_object(object, q.predicate.as_ref(), &counters, &errors).await?;
-            let row_groups = p.metadata.row_groups();
-            e.row_groups_total += row_groups.len() as u64;
-            e.row_groups_may_match += p.pruned.row_groups.len() as u64;
-            e.rows_total += row_groups.iter().map(|r| r.num_rows() as u64).sum::<u64>();
-            e.rows_may_match += p.pruned.rows_selected;
-        }
-        Ok(e)
     }
 
     /// Runs a prepared query on a task of its own. Batches arrive on the returned channel; the

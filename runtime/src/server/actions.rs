@@ -34,6 +34,7 @@ impl DeviceService {
                 let plan = Plan::from_json(&action.body)?;
                 let mut e = self.executor.estimate(&Self::scoped(who, &plan)?).await?;
                 e.active_queries = self.active.load(Ordering::Relaxed);
+                e.rates = self.metrics.telemetry.rates(&self.link);
                 Ok(vec![json(&e)])
             }
             actions::REGISTER_KERNEL => self.register_kernel(who, &action.body).await,
@@ -71,6 +72,7 @@ impl DeviceService {
                     queries: self.queries.load(Ordering::Relaxed),
                     errors: self.errors.load(Ordering::Relaxed),
                     active_queries: self.active.load(Ordering::Relaxed),
+                    rates: self.metrics.telemetry.rates(&self.link),
                 };
                 Ok(vec![json(&info)])
             }

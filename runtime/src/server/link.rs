@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use nearstore_proto::rate::{Mean, Rate};
+
 /// Round-trip time of a shaped link unless configured: a call across a data-centre fabric.
 pub const DEFAULT_RTT: Duration = Duration::from_micros(100);
 
@@ -32,6 +34,9 @@ pub struct Link {
     rtt: Duration,
     /// When the link becomes idle.
     free_at: Mutex<Instant>,
+    /// What it was seen to carry: throughput while a message waited on it, and the round
+    /// trips calls paid.
+    seen: Mutex<(Rate, Mean)>,
 }
 
 impl Link {
@@ -42,6 +47,7 @@ impl Link {
             bits_per_second: gbps.filter(|g| *g > 0.0).map(|g| g * 1e9),
             rtt: DEFAULT_RTT,
             free_at: Mutex::new(Instant::now()),
+            seen: Mutex::new((Rate::new(1024.0 * 1024.0 * 1024.0), Mean::default())),
         }
     }
 
@@ -63,9 +69,29 @@ impl Link {
     /// Waits one round trip (a call's request out and its first byte back).
     pub async fn round_trip(&self) {
         let rtt = self.rtt();
+        let t = Instant::now();
         if !rtt.is_zero() {
             tokio::time::sleep(rtt).await;
         }
+        let took = t.elapsed().as_secs_f64() * 1e6;
+        self.seen.lock().expect("link telemetry").1.add(took);
+    }
+
+    /// What the link was seen to carry: bytes per second while a message waited on it (the
+    /// emulated rate when shaped, the transport's pace otherwise), and the mean round trip a
+    /// call paid, µs.
+    pub fn carried(&self) -> (Option<f64>, Option<f64>) {
+        let seen = self.seen.lock().expect("link telemetry");
+        (seen.0.per_sec(), seen.1.get())
+    }
+
+    /// Records `bytes` that spent `took` on the link (waiting for it and leaving through it).
+    fn note(&self, bytes: usize, took: Duration) {
+        self.seen
+            .lock()
+            .expect("link telemetry")
+            .0
+            .add(bytes as f64, took);
     }
 
     /// The emulated rate in Gb/s, if shaped.
@@ -113,10 +139,14 @@ pub fn paced<T: Send + 'static>(link: Arc<Link>, out: mpsc::Sender<T>) -> mpsc::
     let (tx, mut rx) = mpsc::channel::<(T, usize)>(QUEUE);
     tokio::spawn(async move {
         while let Some((item, bytes)) = rx.recv().await {
+            // The time from here to the hand-off is the message's time on the link: the
+            // emulated transmission, or the transport's back-pressure.
+            let t = Instant::now();
             link.send(bytes).await;
             if out.send(item).await.is_err() {
                 return; // the client is gone
             }
+            link.note(bytes, t.elapsed());
         }
     });
     tx
@@ -149,7 +179,7 @@ mod tests {
         // of preparation and transmission, sets the pace (1 s + the first message's 50 ms).
         let link = Arc::new(Link::new(Some(1.0)));
         let (out, mut rx) = mpsc::channel::<u32>(1);
-        let tx = paced(link, out);
+        let tx = paced(link.clone(), out);
         let t = Instant::now();
         let producer = tokio::spawn(async move {
             for i in 0..10 {
@@ -164,6 +194,9 @@ mod tests {
         producer.await.unwrap();
         assert_eq!(got, (0..10).collect::<Vec<_>>());
         assert_eq!(t.elapsed(), Duration::from_millis(1050));
+        // What the link learnt: 1 Gb/s, from the messages' time on it.
+        let (rate, _) = link.carried();
+        assert!((rate.unwrap() - 125e6).abs() < 1.0, "{rate:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,6 +219,7 @@ mod tests {
         let t = Instant::now();
         link.round_trip().await;
         assert_eq!(t.elapsed(), Duration::from_millis(2));
+        assert_eq!(link.carried().1, Some(2000.0));
         assert_eq!(Link::new(Some(1.0)).rtt(), DEFAULT_RTT);
         assert_eq!(
             Link::new(None).with_rtt(Duration::from_secs(1)).rtt(),

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text on a port of their own (`--metrics-listen`): per tenant,
 //! queries, failures by code, admission rejections, bytes read and sent, and a latency
-//! histogram; per device, the read path's operations, bytes and operations in flight.
+//! histogram; per device, the read path's operations, bytes and operations in flight, and the
+//! rates the device has learnt from its own work ([`Telemetry`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::Link;
+use super::telemetry::Telemetry;
 use crate::storage::reader::Reader;
 
 /// Upper bounds of the latency histogram's buckets, seconds.
@@ -33,6 +36,8 @@ type Counter = (&'static str, &'static str, fn(&Tenant) -> u64);
 #[derive(Debug, Default)]
 pub struct Metrics {
     tenants: Mutex<BTreeMap<String, Tenant>>,
+    /// The device's learnt rates.
+    pub telemetry: Telemetry,
 }
 
 fn label(tenant: &str) -> String {
@@ -91,7 +96,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub fn render(&self, reader: &Reader) -> String {
+    pub fn render(&self, reader: &Reader, link: &Link) -> String {
         let tenants = self.tenants.lock().expect("metrics").clone();
         let mut out = String::new();
         let mut add = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
@@ -217,17 +222,55 @@ impl Metrics {
                 reader.config().queue_depth
             )],
         );
+        let r = self.telemetry.rates(link);
+        let learnt = [
+            (
+                "nearstore_learnt_scan_bytes_per_second",
+                "Compressed Parquet bytes a query reads and decodes per second (moving estimate).",
+                r.scan_bytes_per_s,
+            ),
+            (
+                "nearstore_learnt_compute_rows_per_second",
+                "Rows a query projects or aggregates per second after its filter (moving estimate).",
+                r.compute_rows_per_s,
+            ),
+            (
+                "nearstore_learnt_link_bytes_per_second",
+                "Bytes per second the link carried while messages waited on it (moving estimate).",
+                r.link_bytes_per_s,
+            ),
+            (
+                "nearstore_learnt_rtt_seconds",
+                "Round-trip time a call paid before its first byte (moving average).",
+                r.rtt_us.map(|us| us / 1e6),
+            ),
+            (
+                "nearstore_learnt_range_bytes_per_second",
+                "Bytes per second range reads take from the media, CRC checks included (moving estimate).",
+                r.range_bytes_per_s,
+            ),
+        ];
+        for (name, help, value) in learnt {
+            if let Some(v) = value {
+                add(name, "gauge", help, vec![format!("{name} {v}")]);
+            }
+        }
         out
     }
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, reader: Reader) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    reader: Reader,
+    link: Arc<Link>,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let (metrics, reader) = (metrics.clone(), reader.clone());
+        let (metrics, reader, link) = (metrics.clone(), reader.clone(), link.clone());
         tokio::spawn(async move {
             let mut req = vec![0u8; 4096];
             let n =
@@ -240,7 +283,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, rea
             let line = String::from_utf8_lossy(&req[..n]);
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
             {
-                ("200 OK", metrics.render(&reader))
+                ("200 OK", metrics.render(&reader, &link))
             } else {
                 (
                     "404 Not Found",

@@ -15,7 +15,8 @@
 //! its failure accounting), `descriptor` (which plan a call names), `query` (planning and
 //! streaming results), `upload` (`DoPut`), `actions` (`DoAction`), `ranges` (`read_ranges`:
 //! the stored Parquet's bytes for a host that reads it itself), `status` (errors as gRPC
-//! statuses); `auth`, `qos`, `link` and `metrics` serve all of them.
+//! statuses); `auth`, `qos`, `link`, `metrics` and `telemetry` (the rates the device learns
+//! from its own work) serve all of them.
 
 mod actions;
 pub mod auth;
@@ -28,6 +29,7 @@ mod query;
 mod ranges;
 mod service;
 mod status;
+pub mod telemetry;
 mod upload;
 
 use std::pin::Pin;

@@ -93,6 +93,7 @@ impl DeviceService {
             match streamed.await {
                 Ok(stats) => {
                     admission.query_ended(&tenant, qos::Outcome::Succeeded);
+                    metrics.telemetry.query(&stats);
                     metrics.query_done(
                         &tenant,
                         stats.bytes_read_media,

@@ -47,7 +47,11 @@ impl DeviceService {
             )));
         }
         let tenant = who.tenant.clone().unwrap_or_default();
+        let read = std::time::Instant::now();
         let (bufs, media_bytes) = object.read_ranges(&ranges).await?;
+        self.metrics
+            .telemetry
+            .range_read(media_bytes, read.elapsed());
         self.link.round_trip().await;
         if let Some(bucket) = self.admission.media(&tenant) {
             bucket.take(media_bytes).await;

@@ -1,108 +1,140 @@
-//! [`Mode::Auto`]'s policy: per query, offload or full transfer, from what the plan pushes,
-//! the devices' Parquet statistics for the pushed filters, and the devices' load.
+//! [`Mode::Auto`]'s choice: per query, offload, remote scan or full transfer, whichever the
+//! cost model ([`super::cost`]) predicts to be fastest from each device's estimate of the
+//! plans and the rates learnt from work already done.
 
 use datafusion::physical_plan::ExecutionPlan;
-use nearstore_proto::Plan;
+use datafusion::prelude::SessionContext;
+use nearstore_proto::{DeviceRates, Estimate, Plan};
 
+use super::cost::{self, Costs, Footprint};
 use super::{DeviceScanExec, Mode, SqlSession, sdk_err};
 use crate::{Client, Result};
 
-/// [`Mode::Auto`] sends full transfer rather than a non-selective filter to a device running
-/// at least this many queries.
-pub const AUTO_BUSY_QUERIES: u64 = 4;
-/// [`Mode::Auto`] offloads filters whose statistics bound the rows they keep below this share.
-pub const AUTO_SELECTIVE: f64 = 0.5;
-
 impl SqlSession {
-    /// [`Mode::Auto`]'s choice for a query, and why. The policy, in order:
-    /// 1. a pushed aggregate: offload (only groups cross the link);
-    /// 2. nothing pushed (no filter, aggregate or limit): full transfer (the same bytes either
-    ///    way; the host does the work and the device stays free);
-    /// 3. a device running [`AUTO_BUSY_QUERIES`] or more queries while the statistics say the
-    ///    pushed filters may keep [`AUTO_SELECTIVE`] of the rows or more: full transfer (little
-    ///    to save, and a busy device would be slower than the host);
-    /// 4. otherwise offload: filters the statistics bound below that share save their share of
-    ///    the bytes for certain, and a filter the statistics cannot bound still moves no more
-    ///    than full transfer.
+    /// [`Mode::Auto`]'s choice for a query, and why: the predicted time of each mode, the
+    /// filter's estimated share of the rows, and the rates the prediction used (each marked
+    /// learnt or assumed). A mode that cannot plan the query (remote scan has no kernel
+    /// functions) is left out. Estimates come from each device's `estimate` action: Parquet
+    /// statistics and a sample of the filter's columns, no query slot.
     ///
-    /// Statistics come from each device's `estimate` action: min/max of row groups and the page
-    /// index, an upper bound of the rows a filter keeps; no data is read.
+    /// In any other mode the session's mode is the answer.
     pub async fn decide(&self, query: &str) -> Result<(Mode, String)> {
-        let plan = self
-            .ctx
-            .sql(query)
-            .await
-            .map_err(sdk_err)?
-            .create_physical_plan()
-            .await
-            .map_err(sdk_err)?;
-        let mut scans: Vec<(Vec<String>, Plan)> = Vec::new();
-        collect_scans(plan.as_ref(), &mut scans);
-        if let Some((_, p)) = scans.iter().find(|(_, p)| !p.aggregates.is_empty()) {
-            return Ok((
-                Mode::Offload,
-                format!(
-                    "the aggregate over {} runs on the device: only its groups cross the link",
-                    p.table
-                ),
-            ));
+        let (Some(transfer_ctx), Some(remote_ctx)) = (&self.transfer, &self.remote_ctx) else {
+            return Ok((self.mode(), "set by the session".into()));
+        };
+        // Both plans, then every device's estimate of each, at once: the decision is paid
+        // for by every query Auto runs.
+        let (offload_scans, transfer_scans) =
+            futures::join!(scans_of(&self.ctx, query), scans_of(transfer_ctx, query));
+        let offload_scans = offload_scans?;
+        let transfer_scans = transfer_scans.unwrap_or_default();
+        let (offload_est, transfer_est) = futures::join!(
+            self.estimates(&offload_scans),
+            self.estimates(&transfer_scans)
+        );
+        let (host_remote, host_ingest) = cost::host_rates();
+        // Per scan the slowest device, summed over scans.
+        let (mut offload, mut remote, mut transfer) = (
+            vec![0.0f64; offload_scans.len()],
+            vec![0.0f64; offload_scans.len()],
+            vec![0.0f64; transfer_scans.len()],
+        );
+        let (mut likely, mut may, mut total, mut sampled) = (0u64, 0u64, 0u64, 0u64);
+        let mut seen: Option<DeviceRates> = None;
+        for (i, plan, e) in offload_est? {
+            likely += e.rows_likely;
+            may += e.rows_may_match;
+            total += e.rows_total;
+            sampled += e.rows_sampled;
+            seen.get_or_insert_with(|| e.rates.clone());
+            let f = Footprint { plan, offload: e };
+            offload[i] = offload[i].max(cost::offload(&f));
+            remote[i] = remote[i].max(cost::remote(&f, host_remote));
         }
-        let filtered: Vec<&(Vec<String>, Plan)> =
-            scans.iter().filter(|(_, p)| p.filter.is_some()).collect();
-        if filtered.is_empty() {
-            if let Some((_, p)) = scans.iter().find(|(_, p)| p.limit.is_some()) {
-                return Ok((
-                    Mode::Offload,
-                    format!("the limit on {} stops the device early", p.table),
-                ));
+        let mut costs = Costs {
+            offload: Some(offload.iter().sum()),
+            ..Default::default()
+        };
+        // Remote scan cannot call kernel functions: a query it cannot plan is not its.
+        if remote_ctx.sql(query).await.is_ok() {
+            costs.remote = Some(remote.iter().sum());
+        }
+        if let Ok(est) = transfer_est {
+            for (i, _, e) in est {
+                transfer[i] = transfer[i].max(cost::transfer(&e, host_ingest));
             }
-            return Ok((
-                Mode::FullTransfer,
-                "nothing to push (no filter, aggregate or limit on a device table): the same \
-                 bytes either way, so the host computes and the device stays free"
-                    .into(),
-            ));
+            costs.transfer = Some(transfer.iter().sum());
         }
-        let (mut total, mut may, mut busiest) = (0u64, 0u64, (0u64, String::new()));
-        for (urls, p) in &filtered {
-            for url in urls {
-                let mut c = Client::connect_with(url, self.options.clone()).await?;
-                let e = c.estimate(p).await?;
-                total += e.rows_total;
-                may += e.rows_may_match;
-                if e.active_queries >= busiest.0 {
-                    busiest = (e.active_queries, url.clone());
-                }
-            }
-        }
-        let share = may as f64 / total.max(1) as f64;
-        let pct = share * 100.0;
-        if busiest.0 >= AUTO_BUSY_QUERIES && share >= AUTO_SELECTIVE {
-            return Ok((
-                Mode::FullTransfer,
-                format!(
-                    "{} is running {} queries and the statistics say the filters may keep {pct:.0} % \
-                     of the rows: little to save, so the host filters",
-                    busiest.1, busiest.0
-                ),
-            ));
-        }
-        Ok((
-            Mode::Offload,
-            if share < AUTO_SELECTIVE {
-                format!(
-                    "the statistics say the filters keep at most {pct:.1} % of the rows: at least \
-                     {:.1} % of the bytes stay on the device",
-                    100.0 - pct
-                )
-            } else {
-                format!(
-                    "the statistics cannot narrow the filters ({pct:.0} % of the rows may match), \
-                     and the device is not busy: filtering there moves no more than full transfer"
-                )
-            },
-        ))
+        let mode = costs.best();
+        let pct = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+        let learnt = |v: Option<f64>, scale: f64, unit: &str| {
+            v.map_or("assumed".to_string(), |v| {
+                format!("{:.0} {unit}", v / scale)
+            })
+        };
+        let r = seen.unwrap_or_default();
+        let why = format!(
+            "predicted {}; the filters likely keep {:.2} % of the rows ({} sampled; at most \
+             {:.2} % by the statistics); device: scan {}, compute {}, link {}, round trip {}, \
+             range reads {}; host: remote scan {}, full-transfer ingest {}",
+            costs.describe(),
+            pct(likely),
+            sampled,
+            pct(may),
+            learnt(r.scan_bytes_per_s, 1e6, "MB/s"),
+            learnt(r.compute_rows_per_s, 1e6, "M rows/s"),
+            learnt(r.link_bytes_per_s, 1e6, "MB/s"),
+            learnt(r.rtt_us, 1.0, "µs"),
+            learnt(r.range_bytes_per_s, 1e6, "MB/s"),
+            learnt(host_remote, 1e6, "MB/s"),
+            learnt(host_ingest, 1e6, "MB/s"),
+        );
+        Ok((mode, why))
     }
+
+    /// Every device's estimate of each scan's plan, asked all at once: (scan index, plan,
+    /// estimate).
+    async fn estimates(
+        &self,
+        scans: &[(Vec<String>, Plan)],
+    ) -> Result<Vec<(usize, Plan, Estimate)>> {
+        let calls = scans
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (urls, plan))| urls.iter().map(move |url| (i, url, plan)))
+            .map(|(i, url, plan)| async move {
+                let e = self.client(url).await?.estimate(plan).await?;
+                Ok::<_, crate::Error>((i, plan.clone(), e))
+            });
+        futures::future::try_join_all(calls).await
+    }
+
+    /// The session's client of the device at `url` (a fresh connection for a device it was
+    /// not opened with).
+    async fn client(&self, url: &str) -> Result<Client> {
+        match self.clients.get(url) {
+            Some(c) => Ok(c.clone()),
+            None => Client::connect_with(url, self.options.clone()).await,
+        }
+    }
+}
+
+/// The physical plan of `query` in `ctx`.
+async fn plans(ctx: &SessionContext, query: &str) -> Result<std::sync::Arc<dyn ExecutionPlan>> {
+    ctx.sql(query)
+        .await
+        .map_err(sdk_err)?
+        .create_physical_plan()
+        .await
+        .map_err(sdk_err)
+}
+
+/// The device scans `query` makes in `ctx`: their devices and plans.
+async fn scans_of(ctx: &SessionContext, query: &str) -> Result<Vec<(Vec<String>, Plan)>> {
+    let plan = plans(ctx, query).await?;
+    let mut scans = Vec::new();
+    collect_scans(plan.as_ref(), &mut scans);
+    Ok(scans)
 }
 
 /// The device scans of a physical plan: their devices and plans.

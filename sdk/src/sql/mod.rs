@@ -16,13 +16,15 @@
 //! In offload mode the [`PushAggregates`] optimizer rule also hands the device whole aggregates
 //! over a single table scan; aggregates above joins stay on the host.
 //!
-//! The module map: `session` holds [`SqlSession`] and `auto` its [`Mode::Auto`] policy;
+//! The module map: `session` holds [`SqlSession`], `auto` its [`Mode::Auto`] choice and
+//! `cost` the cost model behind it;
 //! `provider` the device table, `scan` the operator that runs device plans, `merge` the merge
 //! of several devices' partial aggregates, `pushed` and `layout` a pushed plan's stand-in
 //! table and its output columns; `rules` the optimizer rules, one per file; `translate` the
 //! expression translation and `udf` the kernel functions.
 
 mod auto;
+mod cost;
 mod layout;
 mod merge;
 mod provider;
@@ -43,7 +45,7 @@ use nearstore_proto::{Plan, QueryStats};
 
 use crate::{Error, Result};
 
-pub use auto::{AUTO_BUSY_QUERIES, AUTO_SELECTIVE};
+pub use cost::{Costs, GROUPS_ASSUMED, host_rates};
 pub use provider::DeviceTable;
 pub use remote::{DeviceStore, RemoteReads};
 pub use rules::{PushAggregates, PushKernelProjections, PushTopK};
@@ -62,8 +64,9 @@ pub enum Mode {
     /// Push nothing: the host's Parquet reader reads the stored objects' byte ranges itself
     /// (with its own pruning) and computes everything.
     RemoteScan,
-    /// Choose offload or full transfer per query, from what would be pushed, the Parquet
-    /// statistics of the pushed filters (see [`SqlSession::decide`]) and the devices' load.
+    /// Choose offload, remote scan or full transfer per query, whichever a cost model
+    /// predicts to be fastest from the devices' estimates of the plans and rates learnt from
+    /// the devices' telemetry and the host's own runs (see [`SqlSession::decide`]).
     Auto,
 }
 

@@ -36,6 +36,9 @@ pub struct RemoteReads {
     pub ranges: u64,
     /// Bytes received.
     pub bytes: u64,
+    /// Wall time during which at least one `read_ranges` call was in flight, µs: the part of
+    /// a remote scan spent waiting on the devices and the link.
+    pub fetch_us: u64,
 }
 
 /// The devices' stored objects as a read-only object store.
@@ -51,6 +54,35 @@ struct Inner {
     /// Objects listed so far, by path (their size is needed to answer suffix reads).
     objects: Mutex<HashMap<Path, ObjectMeta>>,
     reads: Mutex<RemoteReads>,
+    /// Calls in flight, and since when at least one has been.
+    in_flight: Mutex<(u32, Option<std::time::Instant>)>,
+}
+
+/// Counts a `read_ranges` call as in flight until dropped (a cancelled call included).
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        let mut f = inner.in_flight.lock().expect("calls in flight");
+        if f.0 == 0 {
+            f.1 = Some(std::time::Instant::now());
+        }
+        f.0 += 1;
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut f = self.0.in_flight.lock().expect("calls in flight");
+        f.0 -= 1;
+        if f.0 == 0
+            && let Some(since) = f.1.take()
+        {
+            self.0.reads.lock().expect("remote reads").fetch_us +=
+                since.elapsed().as_micros() as u64;
+        }
+    }
 }
 
 /// Where a path points: device index, table, object id.
@@ -94,6 +126,7 @@ impl DeviceStore {
                 devices,
                 objects: Mutex::default(),
                 reads: Mutex::default(),
+                in_flight: Mutex::default(),
             }),
         }
     }
@@ -210,10 +243,12 @@ impl Inner {
     ) -> object_store::Result<Vec<Bytes>> {
         let at = self.locate(location)?;
         let mut client = self.devices[at.device].clone();
+        let in_flight = InFlight::new(self);
         let (bytes, received) = client
             .read_ranges(&at.table, &at.object, ranges)
             .await
             .map_err(store_err)?;
+        drop(in_flight);
         let mut reads = self.reads.lock().expect("remote reads");
         reads.calls += 1;
         reads.ranges += ranges.len() as u64;

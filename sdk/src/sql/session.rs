@@ -16,7 +16,7 @@ use nearstore_proto::Plan;
 use super::remote::{STORE_URL, table_dir};
 use super::{
     DeviceStore, DeviceTable, KernelUdaf, KernelUdf, Mode, PushAggregates, PushKernelProjections,
-    PushTopK, ScanLog, SqlResult, sdk_err,
+    PushTopK, ScanLog, SqlResult, cost, sdk_err,
 };
 use crate::{Client, ClientOptions, Error, Result};
 
@@ -27,9 +27,14 @@ pub struct SqlSession {
     mode: Mode,
     /// For [`Mode::Auto`]: the same tables in full-transfer mode (`ctx` has them in offload
     /// mode).
-    transfer: Option<SessionContext>,
-    /// For [`Mode::RemoteScan`]: the devices' objects, as the Parquet reader sees them.
+    pub(super) transfer: Option<SessionContext>,
+    /// For [`Mode::Auto`]: the same tables in remote-scan mode.
+    pub(super) remote_ctx: Option<SessionContext>,
+    /// For [`Mode::RemoteScan`] and [`Mode::Auto`]: the devices' objects, as the Parquet
+    /// reader sees them.
     remote: Option<DeviceStore>,
+    /// For [`Mode::Auto`]: a client per device, for its estimates.
+    pub(super) clients: std::collections::HashMap<String, Client>,
     pub(super) options: ClientOptions,
 }
 
@@ -124,26 +129,36 @@ impl SqlSession {
             }
             Ok(ctx)
         };
-        let (ctx, transfer, remote) = match mode {
-            Mode::Auto => (
-                context(Mode::Offload)?,
-                Some(context(Mode::FullTransfer)?),
-                None,
-            ),
+        let mut session = SqlSession {
+            ctx: context(mode)?,
+            log: log.clone(),
+            mode,
+            transfer: None,
+            remote_ctx: None,
+            remote: None,
+            clients: Default::default(),
+            options: options.clone(),
+        };
+        match mode {
+            Mode::Auto => {
+                session.ctx = context(Mode::Offload)?;
+                session.transfer = Some(context(Mode::FullTransfer)?);
+                let (ctx, store) = remote_context(urls, &options, &tables).await?;
+                session.remote_ctx = Some(ctx);
+                session.remote = Some(store);
+                for url in urls {
+                    let c = Client::connect_with(url, options.clone()).await?;
+                    session.clients.insert(url.clone(), c);
+                }
+            }
             Mode::RemoteScan => {
                 let (ctx, store) = remote_context(urls, &options, &tables).await?;
-                (ctx, None, Some(store))
+                session.ctx = ctx;
+                session.remote = Some(store);
             }
-            m => (context(m)?, None, None),
-        };
-        Ok(SqlSession {
-            ctx,
-            log,
-            mode,
-            transfer,
-            remote,
-            options,
-        })
+            _ => {}
+        }
+        Ok(session)
     }
 
     /// The session's mode.
@@ -159,18 +174,16 @@ impl SqlSession {
 
     /// The mode for `query`, why, and the context that runs it.
     async fn choose(&self, query: &str) -> Result<(Mode, String, &SessionContext)> {
-        Ok(match (self.mode, &self.transfer) {
-            (Mode::Auto, Some(transfer)) => {
-                let (m, reason) = self.decide(query).await?;
-                let ctx = if m == Mode::FullTransfer {
-                    transfer
-                } else {
-                    &self.ctx
-                };
-                (m, reason, ctx)
-            }
-            (m, _) => (m, "set by the session".to_string(), &self.ctx),
-        })
+        if self.mode != Mode::Auto {
+            return Ok((self.mode, "set by the session".to_string(), &self.ctx));
+        }
+        let (m, reason) = self.decide(query).await?;
+        let ctx = match m {
+            Mode::FullTransfer => self.transfer.as_ref(),
+            Mode::RemoteScan => self.remote_ctx.as_ref(),
+            _ => None,
+        };
+        Ok((m, reason, ctx.unwrap_or(&self.ctx)))
     }
 
     async fn run(
@@ -180,6 +193,7 @@ impl SqlSession {
         mode: Mode,
         reason: String,
     ) -> Result<SqlResult> {
+        let started = std::time::Instant::now();
         self.log.lock().expect("scan log").clear();
         if let Some(store) = &self.remote {
             store.take_reads();
@@ -193,14 +207,16 @@ impl SqlSession {
             .as_ref()
             .map(DeviceStore::take_reads)
             .unwrap_or_default();
-        Ok(SqlResult {
+        let r = SqlResult {
             schema,
             batches,
             scans,
             remote,
             mode,
             reason,
-        })
+        };
+        cost::learn(&r, started.elapsed());
+        Ok(r)
     }
 
     /// The physical plan of a query, with each device scan's plan.

@@ -1,0 +1,108 @@
+//! What the device learns about its own speed from the work it does: moving estimates of its
+//! scan (read + decode) rate, its compute rate, the link's throughput and round-trip time, and
+//! its range-read rate. `device_info`, `estimate` and the Prometheus metrics show them; the
+//! host's Auto mode builds its cost model on them instead of on rates set by hand.
+//!
+//! A rate is decayed sums of work and seconds, each sample weighted by its amount of work, so
+//! it reflects about the last `window` units (a GiB scanned, a hundred million rows): a long
+//! query counts for more than a tiny one, and a change in the device's conditions (a slower
+//! link, a busier core) shows within a window.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nearstore_proto::rate::Rate;
+use nearstore_proto::{DeviceRates, QueryStats};
+
+use super::Link;
+
+/// Work below this many microseconds is not sampled: timer resolution would dominate it.
+const MIN_SAMPLE_US: u64 = 200;
+
+/// The device's learnt rates (the link keeps its own; see [`Link::carried`]).
+#[derive(Debug)]
+pub struct Telemetry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    scan: Rate,
+    compute: Rate,
+    ranges: Rate,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            inner: Mutex::new(Inner {
+                scan: Rate::new(1024.0 * 1024.0 * 1024.0),
+                compute: Rate::new(1e8),
+                ranges: Rate::new(1024.0 * 1024.0 * 1024.0),
+            }),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Learns from a finished query's statistics.
+    pub fn query(&self, s: &QueryStats) {
+        let mut t = self.inner.lock().expect("telemetry");
+        if s.scan_us >= MIN_SAMPLE_US {
+            t.scan
+                .add(s.bytes_read_media as f64, Duration::from_micros(s.scan_us));
+        }
+        if s.compute_us >= MIN_SAMPLE_US {
+            t.compute
+                .add(s.rows_selected as f64, Duration::from_micros(s.compute_us));
+        }
+    }
+
+    /// Learns from a range read of `bytes` that took `took` from the media.
+    pub fn range_read(&self, bytes: u64, took: Duration) {
+        if took >= Duration::from_micros(MIN_SAMPLE_US) {
+            let mut t = self.inner.lock().expect("telemetry");
+            t.ranges.add(bytes as f64, took);
+        }
+    }
+
+    /// The rates now, the link's included.
+    pub fn rates(&self, link: &Link) -> DeviceRates {
+        let t = self.inner.lock().expect("telemetry");
+        let (link_bytes_per_s, rtt_us) = link.carried();
+        DeviceRates {
+            scan_bytes_per_s: t.scan.per_sec(),
+            compute_rows_per_s: t.compute.per_sec(),
+            link_bytes_per_s,
+            rtt_us,
+            range_bytes_per_s: t.ranges.per_sec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_queries_are_not_sampled() {
+        let t = Telemetry::default();
+        t.query(&QueryStats {
+            bytes_read_media: 1 << 20,
+            scan_us: 50,
+            ..Default::default()
+        });
+        let link = Link::new(None);
+        assert_eq!(t.rates(&link).scan_bytes_per_s, None);
+        t.query(&QueryStats {
+            bytes_read_media: 1 << 20,
+            scan_us: 1000,
+            rows_selected: 10_000,
+            compute_us: 500,
+            ..Default::default()
+        });
+        let r = t.rates(&link);
+        assert_eq!(r.scan_bytes_per_s, Some((1u64 << 20) as f64 / 1e-3));
+        assert_eq!(r.compute_rows_per_s, Some(2e7));
+    }
+}
