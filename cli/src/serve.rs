@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// [default: 0.1].
     #[arg(long)]
     pub demo_scale: Option<f64>,
+    /// Generate only part I of N of the demo table (`I/N`, 1-based): a table dealt over N
+    /// devices, each started with its own part.
+    #[arg(long, value_parser = parse_part)]
+    pub demo_part: Option<(usize, usize)>,
     /// Do not generate the demo table into an empty data directory.
     #[arg(long)]
     pub no_demo: bool,
@@ -108,6 +112,8 @@ pub struct Resolved {
     pub listen: String,
     /// Demo scale, or none for no demo.
     pub demo_scale: Option<f64>,
+    /// The part of the demo table to generate (1-based part, parts).
+    pub demo_part: (usize, usize),
     /// Metrics address, if any.
     pub metrics_listen: Option<String>,
 }
@@ -196,21 +202,42 @@ impl ServeArgs {
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:50051".into()),
             demo_scale: (!no_demo).then(|| self.demo_scale.or(file.demo_scale).unwrap_or(0.1)),
+            demo_part: self.demo_part.unwrap_or((1, 1)),
             metrics_listen: self.metrics_listen.clone().or(file.metrics_listen),
         })
     }
 }
 
-/// Generates the demo lineitem table when the namespace holds no table.
-fn ensure_demo(device: &Device, scale: f64) -> Result<()> {
+/// `I/N` with 1 <= I <= N.
+fn parse_part(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not a part I/N (e.g. 2/4)"))?;
+    let num = |x: &str| x.trim().parse::<usize>().map_err(|e| format!("'{x}': {e}"));
+    let (i, n) = (num(i)?, num(n)?);
+    if !(1 <= i && i <= n) {
+        return Err(format!("part {i}/{n}: expected 1 <= I <= N"));
+    }
+    Ok((i, n))
+}
+
+/// Generates the demo lineitem table (or part of it) when the namespace holds no table.
+fn ensure_demo(device: &Device, scale: f64, part: (usize, usize)) -> Result<()> {
     if !device.storage().table_names().is_empty() {
         return Ok(());
     }
-    let total = nearstore_runtime::demo::approx_rows("lineitem", scale);
-    eprintln!("generating the demo table: TPC-H lineitem at scale factor {scale} (~{total} rows)");
+    let total = nearstore_runtime::demo::approx_rows("lineitem", scale) / part.1 as u64;
+    let of = if part.1 > 1 {
+        format!(", part {} of {}", part.0, part.1)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "generating the demo table: TPC-H lineitem at scale factor {scale}{of} (~{total} rows)"
+    );
     let bar = progress_bar(total, "generating lineitem", "{pos}/{len} rows");
     let t = Instant::now();
-    let rows = device.load_tpch("lineitem", scale, &|rows, total| {
+    let rows = device.load_tpch_part("lineitem", scale, part, &|rows, total| {
         bar.set_length(total);
         bar.set_position(rows);
     })?;
@@ -250,7 +277,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .context("opening the device")?;
     if let Some(scale) = r.demo_scale {
         let d = device.clone();
-        tokio::task::spawn_blocking(move || ensure_demo(&d, scale)).await??;
+        let part = r.demo_part;
+        tokio::task::spawn_blocking(move || ensure_demo(&d, scale, part)).await??;
     }
     let listener = tokio::net::TcpListener::bind(&r.listen)
         .await
@@ -315,7 +343,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     {
         let d = device.clone();
         let scale = args.scale;
-        tokio::task::spawn_blocking(move || ensure_demo(&d, scale)).await??;
+        tokio::task::spawn_blocking(move || ensure_demo(&d, scale, (1, 1))).await??;
     }
     let server = device.serve_local().await?;
     let url = server.url.clone();

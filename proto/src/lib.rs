@@ -258,9 +258,15 @@ pub struct DeviceRates {
     /// Compressed Parquet bytes one query reads and decodes per second of its scan (the
     /// filter inside the decoder included), over about the last GiB scanned.
     pub scan_bytes_per_s: Option<f64>,
-    /// Rows one query projects or aggregates per second after its filter, over about the
+    /// Aggregate cells one query computes per second after its filter (a cell: one row for
+    /// one group key or one aggregate), over about the last billion cells.
+    pub aggregate_cells_per_s: Option<f64>,
+    /// Rows one query projects per second after its filter (no aggregate), over about the
     /// last 100 million rows.
-    pub compute_rows_per_s: Option<f64>,
+    pub project_rows_per_s: Option<f64>,
+    /// Whether the link is an emulated one of a set rate (then `link_bytes_per_s` is that
+    /// rate, and a call pays `rtt_us`); otherwise the transport's own pace.
+    pub link_shaped: bool,
     /// Bytes per second the link (emulated or the transport) carried while a message waited
     /// on it, over about the last GiB sent.
     pub link_bytes_per_s: Option<f64>,

@@ -41,11 +41,29 @@ pub fn tpch_batches(
     table: &str,
     scale: f64,
 ) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    tpch_part_batches(table, scale, (1, 1))
+}
+
+/// Batches of part `part.0` (1-based) of `part.1` of one TPC-H table at `scale`: the
+/// generator's own partitioning, so the parts together are the whole table (a table dealt
+/// over several devices).
+pub fn tpch_part_batches(
+    table: &str,
+    scale: f64,
+    part: (usize, usize),
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
     if !(scale > 0.0 && scale <= 1000.0) {
         return Err(Error::InvalidUpload(format!(
             "TPC-H scale factor {scale} is outside (0, 1000]"
         )));
     }
+    let (p, n) = part;
+    if !(1 <= p && p <= n && n <= 1024) {
+        return Err(Error::InvalidUpload(format!(
+            "TPC-H part {p} of {n}: expected 1 <= part <= parts <= 1024"
+        )));
+    }
+    let (p, n) = (p as i32, n as i32);
     fn boxed<I>(it: I) -> Box<dyn Iterator<Item = Result<RecordBatch>> + Send>
     where
         I: Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>>
@@ -57,21 +75,21 @@ pub fn tpch_batches(
     let b = GEN_BATCH_ROWS;
     Ok(match table {
         "lineitem" => {
-            boxed(LineItemArrow::new(LineItemGenerator::new(scale, 1, 1)).with_batch_size(b))
+            boxed(LineItemArrow::new(LineItemGenerator::new(scale, p, n)).with_batch_size(b))
         }
-        "orders" => boxed(OrderArrow::new(OrderGenerator::new(scale, 1, 1)).with_batch_size(b)),
+        "orders" => boxed(OrderArrow::new(OrderGenerator::new(scale, p, n)).with_batch_size(b)),
         "customer" => {
-            boxed(CustomerArrow::new(CustomerGenerator::new(scale, 1, 1)).with_batch_size(b))
+            boxed(CustomerArrow::new(CustomerGenerator::new(scale, p, n)).with_batch_size(b))
         }
-        "part" => boxed(PartArrow::new(PartGenerator::new(scale, 1, 1)).with_batch_size(b)),
+        "part" => boxed(PartArrow::new(PartGenerator::new(scale, p, n)).with_batch_size(b)),
         "partsupp" => {
-            boxed(PartSuppArrow::new(PartSuppGenerator::new(scale, 1, 1)).with_batch_size(b))
+            boxed(PartSuppArrow::new(PartSuppGenerator::new(scale, p, n)).with_batch_size(b))
         }
         "supplier" => {
-            boxed(SupplierArrow::new(SupplierGenerator::new(scale, 1, 1)).with_batch_size(b))
+            boxed(SupplierArrow::new(SupplierGenerator::new(scale, p, n)).with_batch_size(b))
         }
-        "nation" => boxed(NationArrow::new(NationGenerator::new(scale, 1, 1)).with_batch_size(b)),
-        "region" => boxed(RegionArrow::new(RegionGenerator::new(scale, 1, 1)).with_batch_size(b)),
+        "nation" => boxed(NationArrow::new(NationGenerator::new(scale, p, n)).with_batch_size(b)),
+        "region" => boxed(RegionArrow::new(RegionGenerator::new(scale, p, n)).with_batch_size(b)),
         other => {
             return Err(Error::InvalidUpload(format!(
                 "unknown TPC-H table '{other}' (expected one of {})",

@@ -180,10 +180,21 @@ impl Device {
     /// Generates TPC-H `table` at `scale` into the namespace, calling `progress(rows, approx
     /// total)` as batches are written. Blocking.
     pub fn load_tpch(&self, table: &str, scale: f64, progress: &dyn Fn(u64, u64)) -> Result<u64> {
-        let total = demo::approx_rows(table, scale);
+        self.load_tpch_part(table, scale, (1, 1), progress)
+    }
+
+    /// Like [`Device::load_tpch`], part `part.0` (1-based) of `part.1` of the table only.
+    pub fn load_tpch_part(
+        &self,
+        table: &str,
+        scale: f64,
+        part: (usize, usize),
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<u64> {
+        let total = demo::approx_rows(table, scale) / part.1.max(1) as u64;
         let mut upload = self.storage.begin_upload(table, PutMode::Replace)?;
         let mut rows = 0u64;
-        for batch in demo::tpch_batches(table, scale)? {
+        for batch in demo::tpch_part_batches(table, scale, part)? {
             let batch = batch?;
             rows += batch.num_rows() as u64;
             upload.write(&batch)?;

@@ -59,9 +59,14 @@ async fn auto_mode_runs_the_mode_its_learnt_costs_predict_fastest() {
     let rates = c.device_info().await.unwrap().rates;
     assert!(rates.scan_bytes_per_s.is_some_and(|r| r > 0.0), "{rates:?}");
     assert!(
-        rates.compute_rows_per_s.is_some_and(|r| r > 0.0),
+        rates.aggregate_cells_per_s.is_some_and(|r| r > 0.0),
         "{rates:?}"
     );
+    assert!(
+        rates.project_rows_per_s.is_some_and(|r| r > 0.0),
+        "{rates:?}"
+    );
+    assert!(!rates.link_shaped);
     assert!(rates.link_bytes_per_s.is_some_and(|r| r > 0.0), "{rates:?}");
     assert!(
         rates.range_bytes_per_s.is_some_and(|r| r > 0.0),

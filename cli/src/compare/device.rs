@@ -28,7 +28,22 @@ impl DeviceChild {
         scale: f64,
         link_gbps: Option<f64>,
     ) -> Result<Self> {
+        Self::start_part(bin, data, scale, link_gbps, None).await
+    }
+
+    /// Like [`DeviceChild::start`], generating only part `part.0` (1-based) of `part.1` of
+    /// lineitem: one of several devices a table is dealt over.
+    pub async fn start_part(
+        bin: &Path,
+        data: &Path,
+        scale: f64,
+        link_gbps: Option<f64>,
+        part: Option<(usize, usize)>,
+    ) -> Result<Self> {
         let mut args = vec!["--demo-scale".to_string(), scale.to_string()];
+        if let Some((i, n)) = part {
+            args.extend(["--demo-part".to_string(), format!("{i}/{n}")]);
+        }
         if let Some(g) = link_gbps {
             args.extend(["--link-gbps".to_string(), g.to_string()]);
         }

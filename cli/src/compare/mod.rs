@@ -18,6 +18,7 @@
 mod auto;
 mod crossover;
 mod device;
+mod drives;
 mod measure;
 mod reference;
 pub mod render;
@@ -34,7 +35,8 @@ use measure::{Sessions, ipc_bytes, measure, values_of};
 
 pub use device::DeviceChild;
 pub use report::{
-    AutoChoice, EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun, Target,
+    AutoChoice, DriveRun, EngineRun, ModeFigures, QueryReport, REPORT_VERSION, Report, ShapedRun,
+    Target,
 };
 
 /// Whether to run the reference engines.
@@ -81,6 +83,10 @@ pub struct CompareArgs {
     /// Reference engines (DuckDB, DataFusion) on the device's Parquet file.
     #[arg(long, value_enum, default_value_t = ReferenceChoice::Install)]
     pub reference: ReferenceChoice,
+    /// Also run offload and remote scan with lineitem dealt over 1, 2, 4 … N device
+    /// processes, each behind a 10 and a 25 Gb/s link [default: 0, not run].
+    #[arg(long, default_value_t = 0)]
+    pub devices: usize,
     /// The `nearstore` binary that serves the started device [default: this executable].
     #[arg(long, hide = true, env = "NEARSTORE_DEVICE_BIN")]
     pub device_bin: Option<PathBuf>,
@@ -99,6 +105,7 @@ impl CompareArgs {
             baseline: None,
             link_gbps: None,
             reference: ReferenceChoice::Install,
+            devices: 0,
             device_bin: None,
         }
     }
@@ -273,6 +280,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
 
     // The same suite over each emulated link: the device restarts with the link shaped.
     if let Some((bin, device)) = started.take() {
+        let bin_for_drives = bin.clone();
         shaped_runs(
             &bin,
             data.path(),
@@ -284,6 +292,11 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             hook,
         )
         .await?;
+        if args.devices > 0 {
+            drives::run(&bin_for_drives, args, &cases, &mut report).await?;
+        }
+    } else if args.devices > 0 {
+        bail!("--devices needs the devices the harness starts itself (no --device)");
     }
 
     add_references(&mut report, args, data.path(), &cases, &digests);

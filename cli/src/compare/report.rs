@@ -130,6 +130,32 @@ pub struct QueryReport {
     pub reference: std::collections::BTreeMap<String, EngineRun>,
     /// Auto mode's choice on loopback.
     pub auto: Option<AutoChoice>,
+    /// The query over several drives (`--devices`).
+    pub drives: Vec<DriveRun>,
+}
+
+/// One query with lineitem dealt over `devices` drives, each behind a `link_gbps` link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DriveRun {
+    /// Drives (device processes).
+    pub devices: usize,
+    /// Each drive's link, Gb/s.
+    pub link_gbps: f64,
+    /// Offload wall time (median), ms, measured with the drives sharing this machine's cores.
+    pub offload_ms: f64,
+    /// Remote-scan wall time (median), ms, measured likewise.
+    pub remote_ms: f64,
+    /// The slowest drive's device time in the offload runs (median), ms.
+    pub device_ms: f64,
+    /// The slowest drive's device time with each drive queried alone (median), ms: its time
+    /// with cores of its own.
+    pub device_alone_ms: f64,
+    /// Projected, not measured: offload with `device_alone_ms` in place of `device_ms`.
+    pub projected_offload_ms: f64,
+    /// Projected, not measured: remote scan as one host with one link runs it (the
+    /// one-drive remote time at this link).
+    pub projected_remote_ms: f64,
 }
 
 /// The report (`report.json`).

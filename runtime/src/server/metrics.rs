@@ -230,9 +230,14 @@ impl Metrics {
                 r.scan_bytes_per_s,
             ),
             (
-                "nearstore_learnt_compute_rows_per_second",
-                "Rows a query projects or aggregates per second after its filter (moving estimate).",
-                r.compute_rows_per_s,
+                "nearstore_learnt_aggregate_cells_per_second",
+                "Aggregate cells (rows x group keys and aggregates) a query computes per second (moving estimate).",
+                r.aggregate_cells_per_s,
+            ),
+            (
+                "nearstore_learnt_project_rows_per_second",
+                "Rows a query projects per second after its filter (moving estimate).",
+                r.project_rows_per_s,
             ),
             (
                 "nearstore_learnt_link_bytes_per_second",

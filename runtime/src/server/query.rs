@@ -87,13 +87,14 @@ impl DeviceService {
         let link = self.link.clone();
         let metrics = self.metrics.clone();
         let admission = self.admission.clone();
+        let cells_per_row = plan.group_by.len() + plan.aggregates.len();
         tokio::spawn(async move {
             let streamed =
                 stream_result(plan, schema, rx, stats_rx, out_tx, errors, link, received);
             match streamed.await {
                 Ok(stats) => {
                     admission.query_ended(&tenant, qos::Outcome::Succeeded);
-                    metrics.telemetry.query(&stats);
+                    metrics.telemetry.query(&stats, cells_per_row);
                     metrics.query_done(
                         &tenant,
                         stats.bytes_read_media,

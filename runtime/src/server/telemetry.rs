@@ -28,7 +28,8 @@ pub struct Telemetry {
 #[derive(Debug)]
 struct Inner {
     scan: Rate,
-    compute: Rate,
+    aggregate: Rate,
+    project: Rate,
     ranges: Rate,
 }
 
@@ -37,7 +38,8 @@ impl Default for Telemetry {
         Telemetry {
             inner: Mutex::new(Inner {
                 scan: Rate::new(1024.0 * 1024.0 * 1024.0),
-                compute: Rate::new(1e8),
+                aggregate: Rate::new(1e9),
+                project: Rate::new(1e8),
                 ranges: Rate::new(1024.0 * 1024.0 * 1024.0),
             }),
         }
@@ -45,16 +47,22 @@ impl Default for Telemetry {
 }
 
 impl Telemetry {
-    /// Learns from a finished query's statistics.
-    pub fn query(&self, s: &QueryStats) {
+    /// Learns from a finished query's statistics; `cells_per_row` is its group keys plus
+    /// aggregates (0 for a projection).
+    pub fn query(&self, s: &QueryStats, cells_per_row: usize) {
         let mut t = self.inner.lock().expect("telemetry");
         if s.scan_us >= MIN_SAMPLE_US {
             t.scan
                 .add(s.bytes_read_media as f64, Duration::from_micros(s.scan_us));
         }
         if s.compute_us >= MIN_SAMPLE_US {
-            t.compute
-                .add(s.rows_selected as f64, Duration::from_micros(s.compute_us));
+            let took = Duration::from_micros(s.compute_us);
+            if cells_per_row > 0 {
+                let cells = s.rows_selected as f64 * cells_per_row as f64;
+                t.aggregate.add(cells, took);
+            } else {
+                t.project.add(s.rows_selected as f64, took);
+            }
         }
     }
 
@@ -72,8 +80,10 @@ impl Telemetry {
         let (link_bytes_per_s, rtt_us) = link.carried();
         DeviceRates {
             scan_bytes_per_s: t.scan.per_sec(),
-            compute_rows_per_s: t.compute.per_sec(),
+            aggregate_cells_per_s: t.aggregate.per_sec(),
+            project_rows_per_s: t.project.per_sec(),
             link_bytes_per_s,
+            link_shaped: link.gbps().is_some(),
             rtt_us,
             range_bytes_per_s: t.ranges.per_sec(),
         }
@@ -87,22 +97,31 @@ mod tests {
     #[test]
     fn short_queries_are_not_sampled() {
         let t = Telemetry::default();
-        t.query(&QueryStats {
-            bytes_read_media: 1 << 20,
-            scan_us: 50,
-            ..Default::default()
-        });
+        t.query(
+            &QueryStats {
+                bytes_read_media: 1 << 20,
+                scan_us: 50,
+                ..Default::default()
+            },
+            0,
+        );
         let link = Link::new(None);
         assert_eq!(t.rates(&link).scan_bytes_per_s, None);
-        t.query(&QueryStats {
+        let q = QueryStats {
             bytes_read_media: 1 << 20,
             scan_us: 1000,
             rows_selected: 10_000,
             compute_us: 500,
             ..Default::default()
-        });
+        };
+        t.query(&q, 0);
         let r = t.rates(&link);
         assert_eq!(r.scan_bytes_per_s, Some((1u64 << 20) as f64 / 1e-3));
-        assert_eq!(r.compute_rows_per_s, Some(2e7));
+        assert_eq!(r.project_rows_per_s, Some(2e7));
+        assert_eq!(r.aggregate_cells_per_s, None);
+        // An aggregate with two keys and three aggregates: five cells a row.
+        t.query(&q, 5);
+        assert_eq!(t.rates(&link).aggregate_cells_per_s, Some(1e8));
+        assert!(!r.link_shaped);
     }
 }

@@ -46,7 +46,10 @@ impl SqlSession {
             may += e.rows_may_match;
             total += e.rows_total;
             sampled += e.rows_sampled;
-            seen.get_or_insert_with(|| e.rates.clone());
+            if seen.is_none() {
+                cost::note_link(&e.rates);
+                seen = Some(e.rates.clone());
+            }
             let f = Footprint { plan, offload: e };
             offload[i] = offload[i].max(cost::offload(&f));
             remote[i] = remote[i].max(cost::remote(&f, host_remote));
@@ -75,15 +78,21 @@ impl SqlSession {
         let r = seen.unwrap_or_default();
         let why = format!(
             "predicted {}; the filters likely keep {:.2} % of the rows ({} sampled; at most \
-             {:.2} % by the statistics); device: scan {}, compute {}, link {}, round trip {}, \
-             range reads {}; host: remote scan {}, full-transfer ingest {}",
+             {:.2} % by the statistics); device: scan {}, compute {} and {}, link {}{}, round \
+             trip {}, range reads {}; host: remote scan {}, full-transfer ingest {}",
             costs.describe(),
             pct(likely),
             sampled,
             pct(may),
             learnt(r.scan_bytes_per_s, 1e6, "MB/s"),
-            learnt(r.compute_rows_per_s, 1e6, "M rows/s"),
+            learnt(r.aggregate_cells_per_s, 1e6, "M aggregate cells/s"),
+            learnt(r.project_rows_per_s, 1e6, "M projected rows/s"),
             learnt(r.link_bytes_per_s, 1e6, "MB/s"),
+            if r.link_shaped {
+                " shaped"
+            } else {
+                " (transport)"
+            },
             learnt(r.rtt_us, 1.0, "µs"),
             learnt(r.range_bytes_per_s, 1e6, "MB/s"),
             learnt(host_remote, 1e6, "MB/s"),

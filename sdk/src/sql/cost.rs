@@ -1,24 +1,28 @@
 //! [`Mode::Auto`]'s cost model: the predicted wall time of a query in each of the three modes,
 //! from each device's footprint estimate of the plans (rows the filter may and likely keeps,
-//! compressed bytes read, Arrow bytes per output row) and rates learnt from work already done
-//! — the device's own (scan, compute, link, round trip, range reads: its telemetry) and the
-//! host's (its Parquet reader's rate in remote scans, its ingest rate in full transfers,
-//! learnt by this process from the queries it ran).
+//! compressed bytes read, metadata bytes, Arrow bytes per output row) and rates learnt from
+//! work already done — the device's own (scan, aggregate and projection compute, link, round
+//! trip: its telemetry) and the host's (its remote-scan rate and its full-transfer ingest
+//! rate, learnt by this process from the queries it ran).
 //!
 //! Per device, with `busy` = max(1, (running queries + 1) / cores) for a device whose cores
-//! are shared, and `rtt` the device's learnt round trip:
-//! - offload: `rtt + max(busy · (bytes read / scan rate + rows likely kept / compute rate),
-//!   output bytes / link rate)` — the device works while its results leave;
-//! - remote scan: `calls · rtt + bytes · (1 / link + 1 / range rate + 1 / host's remote
-//!   rate)`, the bytes being those read plus the files' footers and page indexes, calls = 2 + 2 per row group read (footer and metadata, then the
-//!   filter's columns and the rest, as DataFusion's reader asks) — fetches and decoding take
-//!   turns;
+//! are shared, `rtt` the device's learnt round trip, and `link` its link rate when the link is
+//! shaped (an unshaped transport's pace is part of the host's learnt rates):
+//! - offload: `rtt + max(busy · (bytes read / scan rate + compute), output bytes / link)`,
+//!   compute being rows likely kept × (group keys + aggregates) / aggregate rate, or rows
+//!   likely kept / projection rate — the device works while its results leave;
+//! - remote scan: `calls · rtt + bytes / link + bytes / host's remote rate`, the bytes being
+//!   those read plus the files' footers and page indexes, calls = 2 + 2 per row group read
+//!   (footer and metadata, then the filter's columns and the rest, as DataFusion's reader
+//!   asks); the host's remote rate is end to end (its fetches, the device serving them, its
+//!   decoding and computing), learnt as bytes / (wall − round trips − link time);
 //! - full transfer: `rtt + max(busy · all bytes / scan rate, Arrow bytes / link, Arrow bytes /
 //!   host's ingest rate)` — a pipeline, as fast as its slowest stage.
 //!
-//! A query's time is the sum over its scans of the slowest device of each. The model's known
-//! blind spot: the statistics do not tell how many groups an aggregate has, so an unlimited
-//! grouped aggregate is assumed to return [`GROUPS_ASSUMED`] of them.
+//! A query's time is the sum over its scans of the slowest device of each. Known blind spots:
+//! the statistics do not tell how many groups an aggregate has (an unlimited grouped
+//! aggregate is assumed to return [`GROUPS_ASSUMED`]), and an aggregate's cost per cell grows
+//! with its number of groups, which one learnt rate averages over.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,14 +39,14 @@ pub const GROUPS_ASSUMED: u64 = 1000;
 mod prior {
     /// Compressed Parquet bytes decoded per second, one core.
     pub const SCAN: f64 = 200e6;
-    /// Rows projected or aggregated per second, one core.
-    pub const COMPUTE: f64 = 20e6;
+    /// Aggregate cells per second, one core.
+    pub const AGGREGATE: f64 = 50e6;
+    /// Rows projected per second, one core.
+    pub const PROJECT: f64 = 500e6;
     /// Link bytes per second (10 Gb/s).
     pub const LINK: f64 = 1.25e9;
     /// Round trip, seconds.
     pub const RTT: f64 = 100e-6;
-    /// Range-read bytes per second from the media.
-    pub const RANGE: f64 = 1e9;
     /// Arrow bytes per second the host ingests in a full transfer.
     pub const INGEST: f64 = 1e9;
 }
@@ -53,31 +57,55 @@ const LEARN_MIN_BYTES: u64 = 1 << 20;
 
 /// What this host has learnt about itself.
 struct HostRates {
-    /// Compressed bytes its Parquet reader reads, decodes and computes per second of the
-    /// time a remote scan was not waiting on a fetch.
+    /// Compressed bytes per second of a remote scan, end to end, its link time and round
+    /// trips taken out.
     remote: Rate,
-    /// Arrow bytes per second of a full transfer's wall time.
+    /// Arrow bytes per second of a full transfer's wall time (learnt only where the link was
+    /// not the bottleneck).
     ingest: Rate,
+    /// The link of the devices Auto last asked: shaped rate (bytes/s), round trip (s).
+    link: (Option<f64>, f64),
 }
 
 static HOST: Mutex<HostRates> = Mutex::new(HostRates {
     remote: Rate::new(1024.0 * 1024.0 * 1024.0),
     ingest: Rate::new(4.0 * 1024.0 * 1024.0 * 1024.0),
+    link: (None, 0.0),
 });
 
 /// Learns the host's rates from a query that ran in remote-scan or full-transfer mode.
 pub(super) fn learn(r: &SqlResult, wall: Duration) {
     let mut host = HOST.lock().expect("host rates");
+    let (link, rtt) = host.link;
+    let on_link = |bytes: u64| link.map_or(0.0, |l| bytes as f64 / l);
     match r.mode {
         Mode::RemoteScan if r.remote.bytes >= LEARN_MIN_BYTES => {
-            let busy = wall.saturating_sub(Duration::from_micros(r.remote.fetch_us));
-            host.remote.add(r.remote.bytes as f64, busy);
+            let fixed = r.remote.calls as f64 * rtt + on_link(r.remote.bytes);
+            let busy = (wall.as_secs_f64() - fixed).max(wall.as_secs_f64() / 10.0);
+            host.remote
+                .add(r.remote.bytes as f64, Duration::from_secs_f64(busy));
         }
-        Mode::FullTransfer if r.bytes_moved() >= LEARN_MIN_BYTES => {
+        Mode::FullTransfer
+            if r.bytes_moved() >= LEARN_MIN_BYTES
+                && on_link(r.bytes_moved()) < wall.as_secs_f64() / 2.0 =>
+        {
             host.ingest.add(r.bytes_moved() as f64, wall);
         }
         _ => {}
     }
+}
+
+/// Remembers the link of the devices Auto asks (from their telemetry), for [`learn`].
+pub(super) fn note_link(rates: &DeviceRates) {
+    let mut host = HOST.lock().expect("host rates");
+    host.link = if rates.link_shaped {
+        (
+            rates.link_bytes_per_s,
+            rates.rtt_us.unwrap_or_default() / 1e6,
+        )
+    } else {
+        (None, 0.0)
+    };
 }
 
 /// The host's learnt rates: remote scan and ingest, bytes per second.
@@ -134,22 +162,31 @@ impl Costs {
 /// A device's rates with the priors filled in, seconds-based.
 struct Rates {
     scan: f64,
-    compute: f64,
+    aggregate: f64,
+    project: f64,
+    /// What output crosses: the shaped link, or the transport's learnt pace.
     link: f64,
+    /// The shaped link alone (an unshaped one's pace is in the host's rates).
+    shaped: Option<f64>,
     rtt: f64,
-    range: f64,
     busy: f64,
 }
 
 fn rates(e: &Estimate) -> Rates {
     let r: &DeviceRates = &e.rates;
     let cores = e.cores.max(1) as f64;
+    let link = r.link_bytes_per_s.unwrap_or(prior::LINK);
     Rates {
         scan: r.scan_bytes_per_s.unwrap_or(prior::SCAN),
-        compute: r.compute_rows_per_s.unwrap_or(prior::COMPUTE),
-        link: r.link_bytes_per_s.unwrap_or(prior::LINK),
-        rtt: r.rtt_us.map_or(prior::RTT, |us| us / 1e6),
-        range: r.range_bytes_per_s.unwrap_or(prior::RANGE),
+        aggregate: r.aggregate_cells_per_s.unwrap_or(prior::AGGREGATE),
+        project: r.project_rows_per_s.unwrap_or(prior::PROJECT),
+        link,
+        shaped: r.link_shaped.then_some(link),
+        rtt: if r.link_shaped {
+            r.rtt_us.map_or(prior::RTT, |us| us / 1e6)
+        } else {
+            0.0
+        },
         busy: ((e.active_queries as f64 + 1.0) / cores).max(1.0),
     }
 }
@@ -158,18 +195,23 @@ fn rates(e: &Estimate) -> Rates {
 pub(super) fn offload(f: &Footprint) -> f64 {
     let (e, p) = (&f.offload, &f.plan);
     let r = rates(e);
-    let mut rows_out = if p.aggregates.is_empty() {
-        e.rows_likely
+    let rows = e.rows_likely as f64;
+    let cells = (p.group_by.len() + p.aggregates.len()) as f64;
+    let (compute, mut rows_out) = if p.aggregates.is_empty() {
+        (rows / r.project, e.rows_likely)
     } else if p.group_by.is_empty() {
-        1
+        (rows * cells / r.aggregate, 1)
     } else {
-        e.rows_likely.min(GROUPS_ASSUMED)
+        (
+            rows * cells / r.aggregate,
+            e.rows_likely.min(GROUPS_ASSUMED),
+        )
     };
     if let Some(l) = p.limit {
         rows_out = rows_out.min(l);
     }
     let out = rows_out as f64 * e.out_bytes_per_row as f64;
-    let device = r.busy * (e.bytes_may_read as f64 / r.scan + e.rows_likely as f64 / r.compute);
+    let device = r.busy * (e.bytes_may_read as f64 / r.scan + compute);
     r.rtt + device.max(out / r.link)
 }
 
@@ -177,10 +219,10 @@ pub(super) fn offload(f: &Footprint) -> f64 {
 pub(super) fn remote(f: &Footprint, host_remote: Option<f64>) -> f64 {
     let e = &f.offload;
     let r = rates(e);
-    let host = host_remote.unwrap_or(r.scan * host_cores());
+    let host = host_remote.unwrap_or(r.scan);
     let calls = 2.0 + 2.0 * e.row_groups_may_match as f64;
     let bytes = (e.bytes_may_read + e.bytes_metadata) as f64;
-    calls * r.rtt + bytes * (1.0 / r.link + 1.0 / r.range + 1.0 / host)
+    calls * r.rtt + r.shaped.map_or(0.0, |l| bytes / l) + bytes / host
 }
 
 /// Full transfer's seconds on one device, from the estimate of the plan it would send.
@@ -190,10 +232,6 @@ pub(super) fn transfer(e: &Estimate, host_ingest: Option<f64>) -> f64 {
     let device = r.busy * e.bytes_all as f64 / r.scan;
     let host = out / host_ingest.unwrap_or(prior::INGEST);
     r.rtt + device.max(out / r.link).max(host)
-}
-
-fn host_cores() -> f64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 #[cfg(test)]
@@ -213,8 +251,10 @@ mod tests {
             cores: 2,
             rates: DeviceRates {
                 scan_bytes_per_s: Some(400e6),
-                compute_rows_per_s: Some(50e6),
+                aggregate_cells_per_s: Some(50e6),
+                project_rows_per_s: Some(50e6),
                 link_bytes_per_s: Some(link),
+                link_shaped: true,
                 rtt_us: Some(100.0),
                 range_bytes_per_s: Some(2e9),
             },
@@ -235,8 +275,8 @@ mod tests {
             remote: Some(remote(&f, Some(400e6))),
             transfer: Some(transfer(&f.offload, Some(1e9))),
         };
-        // offload: 0.1 ms + max(20 ms + 0.2 ms, 1.3 ms); remote: 2.2 ms + 8 MB over 125 MB/s
-        // + range + host ≈ 90 ms; transfer: 16 MB over 125 MB/s = 128 ms.
+        // offload: 0.1 ms + max(20 ms + 0.2 ms, 1.3 ms); remote: 22 round trips + 8 MB over
+        // 125 MB/s + 8 MB at the host's 400 MB/s ≈ 86 ms; transfer: 16 MB over 125 MB/s.
         assert!((c.offload.unwrap() - 0.0203).abs() < 1e-4, "{c:?}");
         assert!(c.remote.unwrap() > 0.08 && c.remote.unwrap() < 0.1, "{c:?}");
         assert!((c.transfer.unwrap() - 0.1281).abs() < 1e-3, "{c:?}");
@@ -258,6 +298,18 @@ mod tests {
             "{}",
             c.describe()
         );
+    }
+
+    #[test]
+    fn an_unshaped_link_leaves_the_transport_to_the_hosts_rate() {
+        let mut e = estimate(10_000, 8_000_000, 500e6);
+        e.rates.link_shaped = false;
+        let f = Footprint {
+            plan: Plan::scan("t"),
+            offload: e,
+        };
+        // No round trips, no link term: the host's end-to-end rate alone.
+        assert!((remote(&f, Some(400e6)) - 0.02).abs() < 1e-12);
     }
 
     #[test]
