@@ -222,39 +222,7 @@ impl Metrics {
                 reader.config().queue_depth
             )],
         );
-        let r = self.telemetry.rates(link);
-        let learnt = [
-            (
-                "nearstore_learnt_scan_bytes_per_second",
-                "Compressed Parquet bytes a query reads and decodes per second (moving estimate).",
-                r.scan_bytes_per_s,
-            ),
-            (
-                "nearstore_learnt_aggregate_cells_per_second",
-                "Aggregate cells (rows x group keys and aggregates) a query computes per second (moving estimate).",
-                r.aggregate_cells_per_s,
-            ),
-            (
-                "nearstore_learnt_project_rows_per_second",
-                "Rows a query projects per second after its filter (moving estimate).",
-                r.project_rows_per_s,
-            ),
-            (
-                "nearstore_learnt_link_bytes_per_second",
-                "Bytes per second the link carried while messages waited on it (moving estimate).",
-                r.link_bytes_per_s,
-            ),
-            (
-                "nearstore_learnt_rtt_seconds",
-                "Round-trip time a call paid before its first byte (moving average).",
-                r.rtt_us.map(|us| us / 1e6),
-            ),
-            (
-                "nearstore_learnt_range_bytes_per_second",
-                "Bytes per second range reads take from the media, CRC checks included (moving estimate).",
-                r.range_bytes_per_s,
-            ),
-        ];
+        let learnt = learnt_gauges(&self.telemetry.rates(link));
         for (name, help, value) in learnt {
             if let Some(v) = value {
                 add(name, "gauge", help, vec![format!("{name} {v}")]);
@@ -262,6 +230,44 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The learnt rates as gauges: name, help, value (absent until learnt).
+fn learnt_gauges(
+    r: &nearstore_proto::DeviceRates,
+) -> [(&'static str, &'static str, Option<f64>); 6] {
+    [
+        (
+            "nearstore_learnt_scan_bytes_per_second",
+            "Compressed Parquet bytes a query reads and decodes per second (moving estimate).",
+            r.scan_bytes_per_s,
+        ),
+        (
+            "nearstore_learnt_aggregate_cells_per_second",
+            "Aggregate cells (rows x group keys and aggregates) a query computes per second (moving estimate).",
+            r.aggregate_cells_per_s,
+        ),
+        (
+            "nearstore_learnt_project_rows_per_second",
+            "Rows a query projects per second after its filter (moving estimate).",
+            r.project_rows_per_s,
+        ),
+        (
+            "nearstore_learnt_link_bytes_per_second",
+            "Bytes per second the link carried while messages waited on it (moving estimate).",
+            r.link_bytes_per_s,
+        ),
+        (
+            "nearstore_learnt_rtt_seconds",
+            "Round-trip time a call paid before its first byte (moving average).",
+            r.rtt_us.map(|us| us / 1e6),
+        ),
+        (
+            "nearstore_learnt_range_bytes_per_second",
+            "Bytes per second range reads take from the media, CRC checks included (moving estimate).",
+            r.range_bytes_per_s,
+        ),
+    ]
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.

@@ -129,8 +129,14 @@ impl SqlSession {
             }
             Ok(ctx)
         };
+        // Auto runs a query in the offload context unless it chooses another.
+        let own = if mode == Mode::Auto {
+            Mode::Offload
+        } else {
+            mode
+        };
         let mut session = SqlSession {
-            ctx: context(mode)?,
+            ctx: context(own)?,
             log: log.clone(),
             mode,
             transfer: None,
@@ -141,7 +147,6 @@ impl SqlSession {
         };
         match mode {
             Mode::Auto => {
-                session.ctx = context(Mode::Offload)?;
                 session.transfer = Some(context(Mode::FullTransfer)?);
                 let (ctx, store) = remote_context(urls, &options, &tables).await?;
                 session.remote_ctx = Some(ctx);
