@@ -111,6 +111,22 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
         assert!(q.result_ipc_bytes > 0 || q.rows == 0, "{}", q.name);
         assert!(q.offload.host_cpu_ms >= 0.0 && q.offload.device_cpu_ms.is_some());
     }
+    // Auto chose for every query on every link, before its runs; a regret is never below 1
+    // (the chosen mode's time plus the decision's against the fastest mode's).
+    for q in &honest.queries {
+        let choices = std::iter::once(&q.auto).chain(q.shaped.iter().map(|s| &s.auto));
+        for a in choices {
+            let a = a
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}: no Auto choice", q.name));
+            assert!(
+                ["offload", "remote", "transfer"].contains(&a.mode.as_str()),
+                "{a:?}"
+            );
+            assert!(a.regret >= 1.0 && a.decide_ms > 0.0, "{}: {a:?}", q.name);
+            assert!(a.reason.starts_with("predicted offload"), "{a:?}");
+        }
+    }
     let wide = honest
         .queries
         .iter()
@@ -124,7 +140,7 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
     let back: nearstore::compare::Report =
         serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     // Same content (floats round-trip through JSON text to within a unit in the last place).
-    assert_eq!(back.version, 3);
+    assert_eq!(back.version, nearstore::compare::REPORT_VERSION);
     assert_eq!(back.queries.len(), honest.queries.len());
     for (a, b) in back.queries.iter().zip(&honest.queries) {
         assert_eq!((&a.name, a.rows, a.equal), (&b.name, b.rows, b.equal));
@@ -141,6 +157,7 @@ async fn gate_passes_then_fails_on_a_wrong_result_and_a_missed_threshold() {
     );
     assert!(md.contains("speedup @10 Gb/s"));
     assert!(md.contains("## Offload vs remote scan"));
+    assert!(md.contains("## Auto's choices") && md.contains("Worst regret: "));
     assert!(md.contains("winner @10 Gb/s"));
     let series = [
         (

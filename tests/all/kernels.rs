@@ -91,6 +91,32 @@ fn a_well_behaved_test_kernel_runs() {
 }
 
 #[test]
+fn a_spinning_call_is_stopped_by_its_per_call_budget_long_before_the_query_deadline() {
+    let sb = Sandbox::new(SandboxConfig {
+        deadline: Duration::from_secs(60),
+        call_budget: Duration::from_millis(200),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let p = sb
+        .load(&filter("(loop $l (br $l)) (i32.const 0)", ""))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let e = run(&sb, &p).unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(e, KernelError::CallBudget { budget_ms: 200, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("per-call budget of 200 ms"), "{e}");
+    // Stopped by the call's budget, nowhere near the 60 s query deadline (generous for a
+    // loaded machine).
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    println!("a spinning kernel call was stopped after {took:?} (budget 200 ms)");
+    builtin_still_works(&sb);
+}
+
+#[test]
 fn infinite_loop_stops_at_the_deadline() {
     let sb = sandbox();
     let p = sb

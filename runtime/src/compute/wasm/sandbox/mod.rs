@@ -37,6 +37,9 @@ pub struct SandboxConfig {
     pub stack_bytes_max: usize,
     /// Wall-clock budget of all kernel calls of one query.
     pub deadline: Duration,
+    /// Wall-clock budget of any one call into a kernel (a batch), within the query's: a
+    /// kernel that spins inside one call is stopped after this, not at the query's deadline.
+    pub call_budget: Duration,
     /// Epoch ticker period (the granularity of deadlines).
     pub epoch_tick: Duration,
     /// Kernel instances alive at once (pool size).
@@ -54,6 +57,7 @@ impl Default for SandboxConfig {
             memory_bytes_max: 256 << 20,
             stack_bytes_max: 512 << 10,
             deadline: Duration::from_secs(30),
+            call_budget: Duration::from_secs(1),
             epoch_tick: Duration::from_millis(1),
             instances_max: 64,
             programs_max: 64,
@@ -84,6 +88,17 @@ pub enum KernelError {
         kernel: String,
         /// Deadline.
         deadline_ms: u64,
+    },
+    /// One call into the kernel ran past the per-call budget.
+    #[error(
+        "kernel {kernel} stopped: one call ran past the per-call budget of {budget_ms} ms (a \
+         kernel gets one batch per call; a call that long is a loop that does not end)"
+    )]
+    CallBudget {
+        /// Kernel name.
+        kernel: String,
+        /// The budget.
+        budget_ms: u64,
     },
     /// The kernel tried to grow its memory past the limit.
     #[error("kernel {kernel} hit its memory limit of {limit_bytes} bytes")]

@@ -47,6 +47,7 @@ impl Sandbox {
             program: program.clone(),
             config,
             deadline,
+            call_armed: false,
             store,
             memory: None,
             alloc: None,
@@ -145,6 +146,9 @@ pub struct KernelSession {
     pub(super) program: Arc<Program>,
     pub(super) config: SandboxConfig,
     pub(super) deadline: Instant,
+    /// Whether the call in progress was armed with the per-call budget (shorter than what is
+    /// left of the query's deadline), so an interrupt is the call's, not the query's.
+    pub(super) call_armed: bool,
     pub(super) store: Store<HostState>,
     pub(super) memory: Option<Memory>,
     pub(super) alloc: Option<TypedFunc<(u32, u32), u32>>,
@@ -190,13 +194,16 @@ impl KernelSession {
         &self.value_widths
     }
 
-    /// Sets the epoch deadline to what is left of the query's budget.
+    /// Sets the epoch deadline for one call: the per-call budget, or what is left of the
+    /// query's budget when that is shorter.
     pub(super) fn arm(&mut self) -> Result<(), KernelError> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(self.deadline_error());
         }
-        let ticks = (left.as_nanos() / self.config.epoch_tick.as_nanos().max(1)).max(1) as u64;
+        self.call_armed = self.config.call_budget < left;
+        let budget = left.min(self.config.call_budget);
+        let ticks = (budget.as_nanos() / self.config.epoch_tick.as_nanos().max(1)).max(1) as u64;
         self.store.set_epoch_deadline(ticks);
         Ok(())
     }
@@ -236,6 +243,10 @@ impl KernelSession {
             .map(|bt| format!("\n{bt}"))
             .unwrap_or_default();
         match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) if self.call_armed => KernelError::CallBudget {
+                kernel,
+                budget_ms: self.config.call_budget.as_millis() as u64,
+            },
             Some(Trap::Interrupt) => self.deadline_error(),
             Some(Trap::StackOverflow) => KernelError::StackOverflow(kernel),
             Some(t) => KernelError::Trap {
