@@ -105,6 +105,7 @@ fn main() {
                 max_queued: None,
             media_mb_per_s: None,
             kernel_deadline_ms: None,
+            kernel_call_ms: None,
             kernel_memory_mb: None,
             max_kernels: None,
             })

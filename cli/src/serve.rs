@@ -99,7 +99,7 @@ struct FileConfig {
     #[serde(default)]
     tenants: Vec<nearstore_runtime::server::auth::TenantConfig>,
     /// Limits per tenant (`[qos]`: max_queries, max_queued, media_mb_per_s,
-    /// kernel_deadline_ms, kernel_memory_mb, max_kernels).
+    /// kernel_deadline_ms, kernel_call_ms, kernel_memory_mb, max_kernels).
     qos: Option<nearstore_runtime::server::qos::QosConfig>,
 }
 

@@ -130,6 +130,7 @@ impl Device {
                     max_queued: t.max_queued.unwrap_or(config.qos.max_queued),
                     media_mb_per_s: t.media_mb_per_s.or(config.qos.media_mb_per_s),
                     kernel_deadline_ms: t.kernel_deadline_ms.or(config.qos.kernel_deadline_ms),
+                    kernel_call_ms: t.kernel_call_ms.or(config.qos.kernel_call_ms),
                     kernel_memory_mb: t.kernel_memory_mb.or(config.qos.kernel_memory_mb),
                     max_kernels: t.max_kernels.unwrap_or(config.qos.max_kernels),
                 };

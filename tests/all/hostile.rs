@@ -55,6 +55,7 @@ pub fn tenants() -> Vec<TenantConfig> {
             max_queued: None,
             media_mb_per_s: None,
             kernel_deadline_ms: None,
+            kernel_call_ms: None,
             kernel_memory_mb: None,
             max_kernels: None,
         })
@@ -213,6 +214,21 @@ async fn a_tenants_kernel_limits_are_its_own() {
             .contains(&format!("memory limit of {} bytes", 4 << 20)),
         "{e}"
     );
+    // A per-call budget below the query's deadline stops the spinning call first.
+    dev.stop().await;
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.tenants = tenants();
+        c.tenants[0].kernel_deadline_ms = Some(20_000);
+        c.tenants[0].kernel_call_ms = Some(150);
+    })
+    .await;
+    let mut m = client(&dev.url, MALLORY).await;
+    let t = Instant::now();
+    let e = m.query(&call("spin_forever")).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(e.to_string().contains("per-call budget of 150 ms"), "{e}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    println!("a spinning kernel was stopped {took:?} after the query was sent (budget 150 ms)");
     // The built-in filter runs under the same limits and still works.
     let r = m
         .query(&Query::table("m").filter("id < 10").unwrap().build())

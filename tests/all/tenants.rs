@@ -30,6 +30,7 @@ pub(crate) fn tenants() -> Vec<TenantConfig> {
         max_queued: None,
         media_mb_per_s: None,
         kernel_deadline_ms: None,
+        kernel_call_ms: None,
         kernel_memory_mb: None,
         max_kernels: None,
     })
@@ -207,6 +208,7 @@ async fn an_open_device_needs_no_token_and_bad_tenant_config_is_refused() {
         max_queued: None,
         media_mb_per_s: None,
         kernel_deadline_ms: None,
+        kernel_call_ms: None,
         kernel_memory_mb: None,
         max_kernels: None,
     }];

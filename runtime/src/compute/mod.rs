@@ -37,6 +37,8 @@ use crate::plan::{AggSpec, PhysExpr};
 pub struct KernelLimits {
     /// Wall-clock budget of all kernel calls of the query.
     pub deadline: Duration,
+    /// Wall-clock budget of any one kernel call.
+    pub call_budget: Duration,
     /// Linear memory the instance may grow to.
     pub memory_bytes_max: usize,
 }

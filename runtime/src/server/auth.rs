@@ -40,6 +40,10 @@ pub struct TenantConfig {
     /// Kernel time budget per query, ms (default: the device's `[qos]`, else the sandbox's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_deadline_ms: Option<u64>,
+    /// Budget of any one call into a kernel, ms (default: the device's `[qos]`, else the
+    /// sandbox's 1 s): a kernel spinning inside one call is stopped after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_call_ms: Option<u64>,
     /// Kernel memory per query, MiB (default: the device's `[qos]`, else the sandbox's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_memory_mb: Option<usize>,
@@ -256,6 +260,7 @@ mod tests {
                 max_queued: None,
                 media_mb_per_s: None,
                 kernel_deadline_ms: None,
+                kernel_call_ms: None,
                 kernel_memory_mb: None,
                 max_kernels: None,
             },
@@ -267,6 +272,7 @@ mod tests {
                 max_queued: None,
                 media_mb_per_s: None,
                 kernel_deadline_ms: None,
+                kernel_call_ms: None,
                 kernel_memory_mb: None,
                 max_kernels: None,
             },
@@ -312,6 +318,7 @@ mod tests {
             max_queued: None,
             media_mb_per_s: None,
             kernel_deadline_ms: None,
+            kernel_call_ms: None,
             kernel_memory_mb: None,
             max_kernels: None,
         };

@@ -35,6 +35,8 @@ pub struct QosConfig {
     pub media_mb_per_s: Option<f64>,
     /// Kernel time budget of one of the tenant's queries, ms (none: the sandbox's).
     pub kernel_deadline_ms: Option<u64>,
+    /// Budget of any one call into one of the tenant's kernels, ms (none: the sandbox's).
+    pub kernel_call_ms: Option<u64>,
     /// Kernel memory of one of the tenant's queries, MiB (none: the sandbox's).
     pub kernel_memory_mb: Option<usize>,
     /// Kernels one tenant may have registered.
@@ -48,6 +50,7 @@ impl Default for QosConfig {
             max_queued: 32,
             media_mb_per_s: None,
             kernel_deadline_ms: None,
+            kernel_call_ms: None,
             kernel_memory_mb: None,
             max_kernels: 64,
         }
@@ -286,10 +289,14 @@ impl Admission {
     /// Waits for a slot of `tenant`'s, or refuses at once when its queue is full.
     pub async fn admit(self: &Arc<Self>, tenant: &str) -> Result<Slot> {
         let lane = self.lane(tenant);
-        let kernel = match (lane.limits.kernel_deadline_ms, lane.limits.kernel_memory_mb) {
-            (None, None) => None,
-            (d, m) => Some(crate::compute::KernelLimits {
-                deadline: d.map_or(std::time::Duration::MAX, std::time::Duration::from_millis),
+        let l = &lane.limits;
+        let ms =
+            |v: Option<u64>| v.map_or(std::time::Duration::MAX, std::time::Duration::from_millis);
+        let kernel = match (l.kernel_deadline_ms, l.kernel_call_ms, l.kernel_memory_mb) {
+            (None, None, None) => None,
+            (d, c, m) => Some(crate::compute::KernelLimits {
+                deadline: ms(d),
+                call_budget: ms(c),
                 memory_bytes_max: m.map_or(usize::MAX, |m| m << 20),
             }),
         };

@@ -30,6 +30,7 @@ impl Sandbox {
         let mut config = self.config;
         if let Some(l) = limits {
             config.deadline = config.deadline.min(l.deadline);
+            config.call_budget = config.call_budget.min(l.call_budget);
             config.memory_bytes_max = config.memory_bytes_max.min(l.memory_bytes_max);
         }
         let mut store = Store::new(
