@@ -28,10 +28,18 @@ const SAMPLE_ROW_GROUPS: usize = 4;
 const SAMPLE_ROWS: usize = 2048;
 
 impl Executor {
-    /// What `plan` may read and return by the statistics alone.
-    pub async fn estimate(&self, plan: &Plan) -> Result<Estimate> {
+    /// What `plan` may read and return by the statistics and a sample; the sample's reads
+    /// draw on `media`, the caller's media bandwidth bucket, like a query's.
+    pub async fn estimate(
+        &self,
+        plan: &Plan,
+        media: Option<Arc<crate::storage::media::MediaBucket>>,
+    ) -> Result<Estimate> {
         let q = self.prepare(plan).await?;
-        let counters = Arc::new(ScanCounters::default());
+        let counters = Arc::new(ScanCounters {
+            media_limit: media,
+            ..Default::default()
+        });
         let errors = ErrorSlot::default();
         // The columns the scan decodes: the filter's, then the output's.
         let mut columns = q

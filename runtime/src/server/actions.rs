@@ -32,7 +32,10 @@ impl DeviceService {
             }
             actions::ESTIMATE => {
                 let plan = Plan::from_json(&action.body)?;
-                let mut e = self.executor.estimate(&Self::scoped(who, &plan)?).await?;
+                let tenant = who.tenant.as_deref().unwrap_or_default();
+                let media = self.admission.media(tenant);
+                let scoped = Self::scoped(who, &plan)?;
+                let mut e = self.executor.estimate(&scoped, media).await?;
                 e.active_queries = self.active.load(Ordering::Relaxed);
                 e.rates = self.metrics.telemetry.rates(&self.link);
                 Ok(vec![json(&e)])
