@@ -27,6 +27,8 @@ impl SqlSession {
         let (offload_scans, transfer_scans) =
             futures::join!(scans_of(&self.ctx, query), scans_of(transfer_ctx, query));
         let offload_scans = offload_scans?;
+        // A query full transfer cannot plan is not its (nothing to price, not free).
+        let transfer_ok = transfer_scans.is_ok();
         let transfer_scans = transfer_scans.unwrap_or_default();
         let (offload_est, transfer_est) = futures::join!(
             self.estimates(&offload_scans),
@@ -62,7 +64,7 @@ impl SqlSession {
         if remote_ctx.sql(query).await.is_ok() {
             costs.remote = Some(remote.iter().sum());
         }
-        if let Ok(est) = transfer_est {
+        if let (true, Ok(est)) = (transfer_ok, transfer_est) {
             for (i, _, e) in est {
                 transfer[i] = transfer[i].max(cost::transfer(&e, host_ingest));
             }
