@@ -63,8 +63,8 @@ pub fn section(r: &Report) -> String {
     for q in &r.queries {
         let _ = write!(s, "| {} | {} |", q.name, cell(q.auto.as_ref()));
         for g in &r.links {
-            let a = q.shaped.iter().find(|x| x.link_gbps == *g);
-            let _ = write!(s, " {} |", cell(a.and_then(|x| x.auto.as_ref())));
+            let a = super::render::at_link(q, *g).and_then(|x| x.auto.as_ref());
+            let _ = write!(s, " {} |", cell(a));
         }
         let decide = q.auto.as_ref().map_or(0.0, |a| a.decide_ms);
         let _ = writeln!(s, " {decide:.1} |");

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
 
-use super::measure::median;
+use super::measure::{call_ms, median};
 use super::{Case, CompareArgs, DeviceChild, DriveRun, QueryReport, Report};
 
 /// Link rates of the drive-scaling runs, Gb/s.
@@ -36,10 +36,7 @@ pub fn counts(max: usize) -> Vec<usize> {
 /// The slowest device scan's call time of a result, ms (the suite's queries scan lineitem
 /// once, so one scan per drive).
 fn slowest_device_ms(r: &SqlResult) -> f64 {
-    r.scans
-        .iter()
-        .map(|(_, s)| s.call_us.max(s.total_us) as f64 / 1e3)
-        .fold(0.0, f64::max)
+    r.scans.iter().map(|(_, s)| call_ms(s)).fold(0.0, f64::max)
 }
 
 /// Runs the suite over 1, 2, 4 … `args.devices` drives at each of [`DRIVE_LINKS`].

@@ -128,10 +128,7 @@ pub(super) async fn measure(
             if let (Some(d0), Some(d1)) = (d0, device.and_then(DeviceChild::cpu_ms)) {
                 x.dev_cpu.push(d1 - d0);
             }
-            // A device older than `call_us` reports only the executor's time.
-            let call = |st: &nearstore_proto::QueryStats| st.call_us.max(st.total_us);
-            x.devs
-                .push(r.scans.iter().map(|(_, st)| call(st) as f64 / 1e3).sum());
+            x.devs.push(r.scans.iter().map(|(_, st)| call_ms(st)).sum());
             x.execs
                 .push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
             x.last = Some(r);
@@ -144,6 +141,12 @@ pub(super) async fn measure(
         transfer: t,
         auto,
     })
+}
+
+/// A device scan's call time, ms (a device older than `call_us` reports only the executor's
+/// time).
+pub(super) fn call_ms(st: &nearstore_proto::QueryStats) -> f64 {
+    st.call_us.max(st.total_us) as f64 / 1e3
 }
 
 fn figures(x: Samples) -> (SqlResult, ModeFigures) {

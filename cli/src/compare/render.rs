@@ -52,7 +52,7 @@ fn yes_no(met: Option<bool>) -> &'static str {
 }
 
 /// `q`'s run over the emulated link of `gbps`, if that link ran.
-fn at_link(q: &QueryReport, gbps: f64) -> Option<&super::ShapedRun> {
+pub(super) fn at_link(q: &QueryReport, gbps: f64) -> Option<&super::ShapedRun> {
     q.shaped.iter().find(|x| x.link_gbps == gbps)
 }
 

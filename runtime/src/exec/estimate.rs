@@ -12,12 +12,14 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema};
 use futures::StreamExt;
 use nearstore_proto::{Estimate, Plan};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::file::metadata::ParquetMetaData;
 
 use super::Executor;
 use crate::error::Result;
 use crate::plan::PhysExpr;
-use crate::scan::{self, ErrorSlot, ObjectScan, PrunedObject, ScanCounters};
+use crate::scan::prune::Pruned;
+use crate::scan::{self, ErrorSlot, ObjectScan, ScanCounters};
 use crate::storage::Object;
 
 /// Bytes assumed per string value when the statistics say nothing of its length.
@@ -60,7 +62,12 @@ impl Executor {
         let mut kept = Vec::new();
         for object in &q.table.objects {
             let p = scan::prune_object(object, q.predicate.as_ref(), &counters, &errors).await?;
-            kept.extend(p.pruned.row_groups.iter().map(|&rg| (object.clone(), rg)));
+            kept.extend(
+                p.pruned
+                    .row_groups
+                    .iter()
+                    .map(|&rg| (object.clone(), p.arrow.clone(), rg)),
+            );
             let md = &p.metadata;
             let row_groups = md.row_groups();
             e.row_groups_total += row_groups.len() as u64;
@@ -109,7 +116,7 @@ fn calls_kernel(p: &PhysExpr) -> bool {
 /// The filter run natively on the first [`SAMPLE_ROWS`] rows of up to [`SAMPLE_ROW_GROUPS`]
 /// of the row groups it may match: rows sampled, rows kept.
 async fn sample(
-    kept: &[(Arc<Object>, usize)],
+    kept: &[(Arc<Object>, ArrowReaderMetadata, usize)],
     pred: &PhysExpr,
     counters: &Arc<ScanCounters>,
     errors: &ErrorSlot,
@@ -117,15 +124,15 @@ async fn sample(
     let n = kept.len().min(SAMPLE_ROW_GROUPS);
     let (mut sampled, mut matched) = (0u64, 0u64);
     for i in 0..n {
-        let (object, rg) = &kept[i * kept.len() / n];
-        let PrunedObject {
-            arrow, mut pruned, ..
-        } = scan::prune_object(object, None, counters, errors).await?;
-        pruned.row_groups = vec![*rg];
+        // The metadata the estimate already loaded; the row group read whole.
+        let (object, arrow, rg) = &kept[i * kept.len() / n];
         let scan = ObjectScan {
             object: object.clone(),
-            metadata: arrow,
-            pruned,
+            metadata: arrow.clone(),
+            pruned: Pruned {
+                row_groups: vec![*rg],
+                ..Default::default()
+            },
             columns: pred.columns(),
             predicate: None,
             batch_size: SAMPLE_ROWS,

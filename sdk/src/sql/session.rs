@@ -129,41 +129,38 @@ impl SqlSession {
             }
             Ok(ctx)
         };
-        // Auto runs a query in the offload context unless it chooses another.
-        let own = if mode == Mode::Auto {
-            Mode::Offload
-        } else {
-            mode
-        };
-        let mut session = SqlSession {
-            ctx: context(own)?,
-            log: log.clone(),
-            mode,
-            transfer: None,
-            remote_ctx: None,
-            remote: None,
-            clients: Default::default(),
-            options: options.clone(),
-        };
-        match mode {
-            Mode::Auto => {
-                session.transfer = Some(context(Mode::FullTransfer)?);
-                let (ctx, store) = remote_context(urls, &options, &tables).await?;
-                session.remote_ctx = Some(ctx);
-                session.remote = Some(store);
-                for url in urls {
-                    let c = Client::connect_with(url, options.clone()).await?;
-                    session.clients.insert(url.clone(), c);
-                }
-            }
+        // Auto runs a query in the offload context unless it chooses another; it also holds
+        // the full-transfer and remote-scan contexts, and a client per device.
+        let (ctx, remote_ctx, remote) = match mode {
             Mode::RemoteScan => {
                 let (ctx, store) = remote_context(urls, &options, &tables).await?;
-                session.ctx = ctx;
-                session.remote = Some(store);
+                (ctx, None, Some(store))
             }
-            _ => {}
+            Mode::Auto => {
+                let (remote_ctx, store) = remote_context(urls, &options, &tables).await?;
+                (context(Mode::Offload)?, Some(remote_ctx), Some(store))
+            }
+            m => (context(m)?, None, None),
+        };
+        let auto = mode == Mode::Auto;
+        let transfer = auto.then(|| context(Mode::FullTransfer)).transpose()?;
+        let mut clients = std::collections::HashMap::new();
+        if auto {
+            for url in urls {
+                let c = Client::connect_with(url, options.clone()).await?;
+                clients.insert(url.clone(), c);
+            }
         }
-        Ok(session)
+        Ok(SqlSession {
+            ctx,
+            log: log.clone(),
+            mode,
+            transfer,
+            remote_ctx,
+            remote,
+            clients,
+            options: options.clone(),
+        })
     }
 
     /// The session's mode.
