@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Default compute backend: wasm, native [default: wasm].
     #[arg(long, env = "NEARSTORE_BACKEND")]
     pub backend: Option<BackendKind>,
+    /// Compute workers one query may spread its row groups over, while no other query needs
+    /// them [default: one per core].
+    #[arg(long, env = "NEARSTORE_WORKERS")]
+    pub workers: Option<usize>,
     /// Rows per row group of objects the device writes [default: 131072].
     #[arg(long)]
     pub row_group_rows: Option<usize>,
@@ -87,6 +91,7 @@ struct FileConfig {
     queue_depth: Option<u32>,
     direct_io: Option<bool>,
     backend: Option<String>,
+    workers: Option<usize>,
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
@@ -166,6 +171,10 @@ impl ServeArgs {
         };
         device.write = write;
         device.backend = backend;
+        device.workers = self.workers.or(file.workers);
+        if device.workers == Some(0) {
+            bail!("workers must be at least 1");
+        }
         device.link_gbps = self.link_gbps.or(file.link_gbps);
         device.link_rtt_us = self.link_rtt_us.or(file.link_rtt_us);
         device.tenants = file.tenants;

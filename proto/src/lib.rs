@@ -147,13 +147,17 @@ pub struct QueryStats {
     pub fallbacks: u64,
     /// Storage read path (`io_uring` or `pread`).
     pub reader: String,
+    /// Compute workers the query ran on (its row groups dealt among them; 1 when the device
+    /// was busy, the table small, or the plan needs one, as a LIMIT without ORDER BY does).
+    pub workers: u64,
     /// Time planning (metadata, pruning), microseconds.
     pub plan_us: u64,
-    /// Time reading and decoding Parquet (including the filter run inside the decoder), µs.
+    /// Time reading and decoding Parquet (including the filter run inside the decoder), µs,
+    /// summed over the workers (so it can exceed the wall time).
     pub scan_us: u64,
-    /// Time evaluating filters, µs.
+    /// Time evaluating filters, µs, summed over the workers.
     pub filter_us: u64,
-    /// Time in projection and aggregation, µs.
+    /// Time in projection and aggregation, µs, summed over the workers.
     pub compute_us: u64,
     /// The executor's wall time: from the plan's preparation to the last batch, µs.
     pub total_us: u64,
@@ -244,7 +248,7 @@ pub struct Estimate {
     /// Estimated Arrow bytes per output row of the plan (its projected columns, or its groups
     /// and aggregates), from the column types and, for strings, the statistics' lengths.
     pub out_bytes_per_row: u64,
-    /// Cores the device computes with (a query runs on one).
+    /// Compute workers the device has (a query alone spreads its row groups over them all).
     pub cores: u64,
     /// The device's learnt rates.
     pub rates: DeviceRates,

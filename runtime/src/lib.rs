@@ -57,6 +57,8 @@ pub struct DeviceConfig {
     pub qos: server::qos::QosConfig,
     /// TLS certificate chain and private key (PEM); none serves plain gRPC.
     pub tls: Option<TlsPem>,
+    /// Compute workers one query may spread its row groups over (none: one per core).
+    pub workers: Option<usize>,
 }
 
 /// A TLS identity in PEM.
@@ -82,6 +84,7 @@ impl DeviceConfig {
             tenants: Vec::new(),
             qos: server::qos::QosConfig::default(),
             tls: None,
+            workers: None,
         }
     }
 }
@@ -145,6 +148,9 @@ impl Device {
             storage.clone(),
             config.backend,
             config.sandbox,
+            config.workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
         )?);
         Ok(Device {
             storage,

@@ -459,7 +459,12 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
         device.inject_fault(after);
         let faulted = c.query(&plan(BackendKind::Fpga)).await.unwrap();
         assert_eq!(faulted.concat().unwrap(), native.concat().unwrap());
-        assert_eq!(faulted.stats.fallbacks, 1);
+        // Each worker's session meets the fault once (the query ran on one or more).
+        assert!(
+            (1..=faulted.stats.workers).contains(&faulted.stats.fallbacks),
+            "{:?}",
+            faulted.stats
+        );
         assert!(
             faulted.stats.placement.contains("fell back to wasm"),
             "{}",
@@ -482,6 +487,10 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
     let fpga = c.query(&many(BackendKind::Fpga)).await.unwrap();
     let native = c.query(&many(BackendKind::Native)).await.unwrap();
     assert_eq!(fpga.concat().unwrap(), native.concat().unwrap());
-    assert_eq!(fpga.stats.fallbacks, 1, "{}", fpga.stats.placement);
+    assert!(
+        (1..=fpga.stats.workers).contains(&fpga.stats.fallbacks),
+        "{:?}",
+        fpga.stats
+    );
     dev.stop().await;
 }

@@ -12,6 +12,7 @@ mod hostile;
 mod kernel_dev;
 mod kernels;
 mod load;
+mod parallel;
 mod python;
 mod remote;
 mod sql;

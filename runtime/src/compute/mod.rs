@@ -98,6 +98,15 @@ pub struct SessionReport {
     pub native_reruns: u64,
 }
 
+impl SessionReport {
+    /// Adds another session's report (a parallel worker's) to this one.
+    pub fn add(&mut self, other: &SessionReport) {
+        self.modelled_us += other.modelled_us;
+        self.fallbacks += other.fallbacks;
+        self.native_reruns += other.native_reruns;
+    }
+}
+
 /// One query's use of a backend.
 pub trait ComputeSession: Send {
     /// Evaluates a filter: `true` keeps the row; nulls are already `false`.
@@ -123,6 +132,15 @@ pub trait ComputeSession: Send {
     /// Final values of the accumulated aggregates, one array per aggregate, `n_groups` long.
     fn aggregate_finish(&mut self, _aggs: &[AggSpec], _n_groups: usize) -> Result<Vec<ArrayRef>> {
         Err(Error::Unsupported("this backend does not aggregate".into()))
+    }
+
+    /// The accumulated aggregates as partial state, to be merged with another session's: the
+    /// `n_groups × aggs` slots of `nearstore_kernel_abi::agg` (counts checked against the rows
+    /// given) and the rows accumulated. What a query's parallel workers hand to the merge.
+    fn aggregate_state(&mut self, _aggs: &[AggSpec], _n_groups: usize) -> Result<(Vec<u8>, u64)> {
+        Err(Error::Unsupported(
+            "this backend cannot hand out partial aggregates".into(),
+        ))
     }
 
     /// The rows of a batch that may be in the query's top `k` by `key` (the first sort key of

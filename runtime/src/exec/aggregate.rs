@@ -198,6 +198,76 @@ impl Acc {
         Ok(())
     }
 
+    /// Folds `other` (the same aggregate over other rows) into this accumulator; `ids` maps
+    /// `other`'s groups to this one's, which has `n_groups` groups now.
+    fn merge(&mut self, other: Acc, ids: &[usize], n_groups: usize, name: &str) -> Result<()> {
+        let overflow = || Error::TypeMismatch(format!("aggregate {name} overflowed"));
+        match (self, other) {
+            (Acc::Count(c), Acc::Count(o)) => {
+                c.resize(n_groups, 0);
+                for (g, v) in o.into_iter().enumerate() {
+                    c[ids[g]] += v;
+                }
+            }
+            (Acc::SumI64(s, seen), Acc::SumI64(o, o_seen)) => {
+                merge_sums(s, seen, &o, &o_seen, ids, n_groups, i64::checked_add)
+                    .ok_or_else(overflow)?
+            }
+            (Acc::SumU64(s, seen), Acc::SumU64(o, o_seen)) => {
+                merge_sums(s, seen, &o, &o_seen, ids, n_groups, u64::checked_add)
+                    .ok_or_else(overflow)?
+            }
+            (Acc::SumDec(s, seen, _), Acc::SumDec(o, o_seen, _)) => {
+                merge_sums(s, seen, &o, &o_seen, ids, n_groups, i128::checked_add)
+                    .ok_or_else(overflow)?
+            }
+            (Acc::SumF64(s, seen), Acc::SumF64(o, o_seen)) => {
+                merge_sums(s, seen, &o, &o_seen, ids, n_groups, |a, b| Some(a + b))
+                    .ok_or_else(overflow)?
+            }
+            (Acc::Avg(s, c), Acc::Avg(o, o_c)) => {
+                s.resize(n_groups, 0.0);
+                c.resize(n_groups, 0);
+                for (g, (v, n)) in o.into_iter().zip(o_c).enumerate() {
+                    s[ids[g]] += v;
+                    c[ids[g]] += n;
+                }
+            }
+            (Acc::AvgExact(s, c, _), Acc::AvgExact(o, o_c, _)) => {
+                s.resize(n_groups, 0);
+                c.resize(n_groups, 0);
+                for (g, (v, n)) in o.into_iter().zip(o_c).enumerate() {
+                    let at = ids[g];
+                    s[at] = s[at].checked_add(v).ok_or_else(overflow)?;
+                    c[at] += n;
+                }
+            }
+            (Acc::MinMax { conv, best, min }, Acc::MinMax { best: o, .. }) => {
+                best.resize(n_groups, None);
+                // Rows of another converter are read again as this one's.
+                let parser = conv.parser();
+                for (g, r) in o.into_iter().enumerate() {
+                    let Some(r) = r else { continue };
+                    let r = parser.parse(r.row().as_ref()).owned();
+                    let better = match &best[ids[g]] {
+                        None => true,
+                        Some(b) if *min => r.row() < b.row(),
+                        Some(b) => r.row() > b.row(),
+                    };
+                    if better {
+                        best[ids[g]] = Some(r);
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::Internal(format!(
+                    "aggregate {name}: its partial states cannot be merged"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn finish(self, n_groups: usize) -> Result<ArrayRef> {
         let opt = |seen: &[bool], g: usize| seen.get(g).copied().unwrap_or(false);
         Ok(match self {
@@ -278,6 +348,27 @@ impl Acc {
     }
 }
 
+/// Adds the sums `o` (present where `o_seen`) of another accumulator into `s` at the groups
+/// `ids` gives; `None` when an addition overflows.
+fn merge_sums<T: Copy + Default>(
+    s: &mut Vec<T>,
+    seen: &mut Vec<bool>,
+    o: &[T],
+    o_seen: &[bool],
+    ids: &[usize],
+    n_groups: usize,
+    add: impl Fn(T, T) -> Option<T>,
+) -> Option<()> {
+    s.resize(n_groups, T::default());
+    seen.resize(n_groups, false);
+    for (g, (&v, _)) in o.iter().zip(o_seen).enumerate().filter(|(_, (_, p))| **p) {
+        let at = ids[g];
+        s[at] = add(s[at], v)?;
+        seen[at] = true;
+    }
+    Some(())
+}
+
 /// Hash aggregation over batches.
 pub struct HashAggregator {
     group_by: Vec<PhysExpr>,
@@ -292,10 +383,17 @@ pub struct HashAggregator {
     accs: Vec<Acc>,
     /// A compute session that accumulates instead of the native accumulators.
     offload: Option<SharedSession>,
+    /// The offloaded accumulators once other aggregators were merged in: the backend's slots
+    /// (`n_groups × aggs`) and the rows they accumulated.
+    merged: Option<(Vec<u8>, u64)>,
 }
 
 /// A compute session shared by the operators of one query.
 pub type SharedSession = Arc<std::sync::Mutex<Box<dyn ComputeSession>>>;
+
+fn lock(s: &SharedSession) -> std::sync::MutexGuard<'_, Box<dyn ComputeSession>> {
+    s.lock().expect("compute session")
+}
 
 impl std::fmt::Debug for HashAggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -339,6 +437,7 @@ impl HashAggregator {
             group_rows: Vec::new(),
             accs,
             offload: None,
+            merged: None,
         })
     }
 
@@ -380,26 +479,9 @@ impl HashAggregator {
                     .map(|g| eval(g, batch))
                     .collect::<Result<Vec<_>>>()?;
                 let rows = conv.convert_columns(&cols)?;
-                let mut out = Vec::with_capacity(n);
-                for i in 0..n {
-                    let r = rows.row(i);
-                    let g = match self.map.get(r.as_ref()) {
-                        Some(&g) => g,
-                        None => {
-                            let g = self.group_rows.len();
-                            if g >= GROUPS_MAX {
-                                return Err(Error::Unsupported(format!(
-                                    "more than {GROUPS_MAX} groups"
-                                )));
-                            }
-                            self.map.insert(r.as_ref().into(), g);
-                            self.group_rows.push(r.owned());
-                            g
-                        }
-                    };
-                    out.push(g);
-                }
-                out
+                (0..n)
+                    .map(|i| self.group_of(rows.row(i)))
+                    .collect::<Result<_>>()?
             }
         };
         let n_groups = self.n_groups();
@@ -413,13 +495,7 @@ impl HashAggregator {
                 .keys
                 .as_ref()
                 .map(|_| groups.iter().map(|&g| g as u32).collect());
-            return session.lock().expect("compute session").aggregate(
-                &self.aggs,
-                ids.as_deref(),
-                n_groups,
-                &inputs,
-                n,
-            );
+            return lock(session).aggregate(&self.aggs, ids.as_deref(), n_groups, &inputs, n);
         }
         for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {
             if let Acc::Kernel(call, args) = acc {
@@ -440,6 +516,77 @@ impl HashAggregator {
         Ok(())
     }
 
+    /// The group id of `key`, a new group when it is new.
+    fn group_of(&mut self, key: arrow::row::Row<'_>) -> Result<usize> {
+        if let Some(&g) = self.map.get(key.as_ref()) {
+            return Ok(g);
+        }
+        let g = self.group_rows.len();
+        if g >= GROUPS_MAX {
+            return Err(Error::Unsupported(format!("more than {GROUPS_MAX} groups")));
+        }
+        self.map.insert(key.as_ref().into(), g);
+        self.group_rows.push(key.owned());
+        Ok(g)
+    }
+
+    /// Whether aggregators of `aggs` over different rows can be merged: all but aggregate
+    /// kernels, whose states only their kernel can combine.
+    pub fn mergeable(aggs: &[AggSpec]) -> bool {
+        aggs.iter().all(|a| a.func != AggFunc::Kernel)
+    }
+
+    /// Folds `other` (the same query's aggregator over other rows, placed alike) into this
+    /// one: the groups first seen in `other` come after this one's, in `other`'s order, so
+    /// aggregators over consecutive row ranges merged in order keep the order of first
+    /// appearance that one aggregator over all the rows would have.
+    pub fn merge(&mut self, other: HashAggregator) -> Result<()> {
+        let before = self.n_groups();
+        let ids: Vec<usize> = if self.keys.is_none() {
+            vec![0]
+        } else {
+            // Their keys are rows of their converter: read again as this one's.
+            let parser = self.keys.as_ref().expect("grouped").parser();
+            other
+                .group_rows
+                .iter()
+                .map(|r| self.group_of(parser.parse(r.row().as_ref())))
+                .collect::<Result<_>>()?
+        };
+        let n_groups = self.n_groups();
+        match (&self.offload, &other.offload) {
+            (None, None) => {
+                for ((acc, theirs), spec) in self.accs.iter_mut().zip(other.accs).zip(&self.aggs) {
+                    acc.merge(theirs, &ids, n_groups, &spec.name)?;
+                }
+            }
+            (Some(mine), Some(theirs)) => {
+                let width = self.aggs.len() * nearstore_kernel_abi::agg::SLOT_BYTES;
+                let (mut state, mut rows) = match self.merged.take() {
+                    Some(m) => m,
+                    None => lock(mine).aggregate_state(&self.aggs, before)?,
+                };
+                let (their_state, their_rows) =
+                    lock(theirs).aggregate_state(&self.aggs, other.n_groups())?;
+                // Their slots moved to our group ids; zeroed slots (count 0) merge as empty.
+                let mut moved = vec![0u8; n_groups * width];
+                for (g, slot) in their_state.chunks_exact(width).enumerate() {
+                    moved[ids[g] * width..][..width].copy_from_slice(slot);
+                }
+                state.resize(n_groups * width, 0);
+                crate::compute::program::merge_state(&self.aggs, &mut state, &moved)?;
+                rows += their_rows;
+                self.merged = Some((state, rows));
+            }
+            _ => {
+                return Err(Error::Internal(
+                    "partial aggregates placed on different backends".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The result: one row per group (one row when there are no group keys).
     pub fn finish(self) -> Result<RecordBatch> {
         let n_groups = self.n_groups();
@@ -447,15 +594,22 @@ impl HashAggregator {
             None => Vec::new(),
             Some(conv) => conv.convert_rows(self.group_rows.iter().map(|r| r.row()))?,
         };
-        match &self.offload {
-            Some(session) => {
-                let accs = session
-                    .lock()
-                    .expect("compute session")
-                    .aggregate_finish(&self.aggs, n_groups)?;
+        match (&self.offload, &self.merged) {
+            (_, Some((state, rows))) => {
+                let accs = crate::compute::program::finish_state(
+                    &self.aggs,
+                    state,
+                    n_groups,
+                    *rows,
+                    "built-in (merged)",
+                )?;
                 cols.extend(accs);
             }
-            None => {
+            (Some(session), None) => {
+                let accs = lock(session).aggregate_finish(&self.aggs, n_groups)?;
+                cols.extend(accs);
+            }
+            (None, None) => {
                 for acc in self.accs {
                     cols.push(acc.finish(n_groups)?);
                 }

@@ -55,7 +55,7 @@ impl Executor {
             }
         }
         let mut e = Estimate {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            cores: self.workers() as u64,
             ..Default::default()
         };
         let mut first_md = None;

@@ -11,6 +11,7 @@ mod prepare;
 mod project;
 mod run;
 mod sort;
+mod worker;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,20 +44,80 @@ pub struct Executor {
     storage: Arc<Storage>,
     default_backend: BackendKind,
     backends: Arc<Backends>,
+    pool: Pool,
+}
+
+/// The device's compute workers. A query takes as many as are idle without waiting (admission
+/// has queued it already), and always runs on at least one: alone it gets every core, beside
+/// other queries what they left.
+#[derive(Debug)]
+struct Pool {
+    size: usize,
+    idle: Arc<tokio::sync::Semaphore>,
+}
+
+/// The workers one query took; they return to the pool when it ends.
+struct Workers {
+    _held: Vec<tokio::sync::OwnedSemaphorePermit>,
+    count: usize,
+}
+
+impl Workers {
+    /// How many workers the query may run (at least one).
+    fn count(&self) -> usize {
+        self.count
+    }
+}
+
+impl Pool {
+    fn new(size: usize) -> Self {
+        let size = size.max(1);
+        Pool {
+            size,
+            idle: Arc::new(tokio::sync::Semaphore::new(size)),
+        }
+    }
+
+    /// Up to `want` idle workers, at least one counted even when none is idle.
+    fn take(&self, want: usize) -> Workers {
+        let held: Vec<_> = (0..want)
+            .map_while(|_| self.idle.clone().try_acquire_owned().ok())
+            .collect();
+        Workers {
+            count: held.len().max(1),
+            _held: held,
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Executor {
-    /// An executor over `storage`, using `default_backend` when a plan names none.
+    /// An executor over `storage`, using `default_backend` when a plan names none, with
+    /// `workers` compute workers (one query may use them all).
     pub fn new(
         storage: Arc<Storage>,
         default_backend: BackendKind,
         sandbox: SandboxConfig,
+        workers: usize,
     ) -> Result<Self> {
         Ok(Executor {
             storage,
             default_backend,
             backends: Arc::new(Backends::new(sandbox)?),
+            pool: Pool::new(workers),
         })
+    }
+
+    /// Compute workers in the pool.
+    pub fn workers(&self) -> usize {
+        self.pool.size
     }
 
     /// The storage.
@@ -116,16 +177,15 @@ impl Executor {
                     ..Default::default()
                 };
                 // A panic in an operator is a bug, but it must fail only this query.
+                let q = Arc::new(q);
                 let result = std::panic::AssertUnwindSafe(this.run(&q, &tx, &mut stats))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|p| {
-                        let msg = p
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into());
-                        Err(Error::Internal(format!("query execution panicked: {msg}")))
+                        Err(Error::Internal(format!(
+                            "query execution panicked: {}",
+                            panic_message(p)
+                        )))
                     });
                 stats.total_us = started.elapsed().as_micros() as u64;
                 if let Err(e) = result {

@@ -182,9 +182,13 @@ impl Placement {
         Ok(kept)
     }
 
-    /// Adds what the query's session reports to `stats` (after the query ran).
-    pub fn report(&self, stats: &mut QueryStats) {
-        let report: SessionReport = self.query.lock().expect("compute session").report();
+    /// What the query's session reports (after the query ran).
+    pub fn session_report(&self) -> SessionReport {
+        self.query.lock().expect("compute session").report()
+    }
+
+    /// Adds `report` (the sessions' of every worker, added up) to `stats`.
+    pub fn report(&self, stats: &mut QueryStats, report: SessionReport) {
         stats.fpga_modelled_us = report.modelled_us.round() as u64;
         stats.fallbacks = report.fallbacks;
         if report.fallbacks > 0 {

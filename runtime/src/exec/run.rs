@@ -1,37 +1,33 @@
-//! One query's pipeline: for each object, a pruned scan with the filter inside the decoder,
-//! then projection (with top-k pre-selection) or aggregation, into the row sink; then the
-//! aggregate's finish, the sort and the statistics.
+//! One query's run: its row groups dealt to compute workers ([`worker`](super::worker)), as many
+//! as the device's pool has idle (a query alone gets every core, one among others gets what
+//! is left, at least one), their projected rows into the row sink as they come, their partial
+//! aggregates merged in table order; then the aggregate's finish, the sort and the statistics.
+//!
+//! One worker runs when the plan needs one (a LIMIT without ORDER BY stops at the first rows
+//! found; aggregate kernels' states cannot be merged), when the pool has no core idle, or when
+//! the table has one row group after pruning.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use futures::StreamExt;
 use nearstore_proto::{BackendKind, QueryStats};
-use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use tokio::sync::mpsc;
 
 use super::aggregate::HashAggregator;
-use super::placement::{Placement, decoder_predicate};
+use super::placement::Placement;
 use super::prepare::{Output, PreparedQuery};
-use super::project::{compact_views, project};
 use super::sort::RowSink;
+use super::worker::{self, Dealing, Piece, ScanContext, Share};
 use super::{BATCH_ROWS, Executor};
 use crate::error::{Error, Result};
-use crate::scan::{self, ErrorSlot, ObjectReader, ObjectScan, ScanCounters};
-use crate::storage::Object;
-
-/// What one query's scans share: its counters and the first error a read recorded.
-struct ScanContext {
-    counters: Arc<ScanCounters>,
-    errors: ErrorSlot,
-}
+use crate::scan::{ErrorSlot, ScanCounters};
 
 impl Executor {
     pub(super) async fn run(
         &self,
-        q: &PreparedQuery,
+        q: &Arc<PreparedQuery>,
         tx: &mpsc::Sender<Result<RecordBatch>>,
         stats: &mut QueryStats,
     ) -> Result<()> {
@@ -42,98 +38,132 @@ impl Executor {
             }),
             errors: ErrorSlot::default(),
         };
-        let plan = &q.plan;
-        let placement = Placement::new(q, &self.backends.get(BackendKind::Native))?;
+        let native = self.backends.get(BackendKind::Native);
+        let placement = Placement::new(q, &native)?;
         stats.placement = placement.rendered().to_string();
-        let needed = q.output.columns();
+        stats.objects = q.table.objects.len() as u64;
         // A LIMIT without ORDER BY stops the scan once enough rows were sent.
-        let mut remaining = match (&q.output, plan.order_by.is_empty()) {
-            (Output::Project(_), true) => plan.limit.map(|l| l as usize),
+        let limit = match (&q.output, q.plan.order_by.is_empty()) {
+            (Output::Project(_), true) => q.plan.limit.map(|l| l as usize),
             _ => None,
         };
-        let mut agg = match &q.output {
-            Output::Aggregate(g, a) => {
-                let mut h = HashAggregator::new(g.clone(), a.clone())?;
-                if placement.aggregates_on_backend {
-                    h.offload_to(placement.query.clone());
-                }
-                Some(h)
-            }
-            Output::Project(_) => None,
+        let mergeable = match &q.output {
+            Output::Aggregate(_, aggs) => HashAggregator::mergeable(aggs),
+            Output::Project(_) => true,
         };
-        let mut sink = RowSink::new(plan, q.schema.clone(), agg.is_some());
-
-        stats.objects = q.table.objects.len() as u64;
-        for object in &q.table.objects {
-            if remaining == Some(0) {
-                break;
+        let permits = if limit.is_none() && mergeable {
+            self.pool.take(self.pool.size)
+        } else {
+            self.pool.take(1)
+        };
+        let shares = if permits.count() > 1 {
+            let mut slices = Vec::new();
+            for object in &q.table.objects {
+                slices.extend(worker::prune(q, object, &ctx, stats).await?);
             }
-            let stream = open_object(q, object, &placement, &needed, remaining, &ctx, stats);
-            let Some(mut stream) = stream.await? else {
-                continue;
+            let how = match q.output {
+                Output::Aggregate(..) => Dealing::Runs,
+                Output::Project(_) => Dealing::Turns,
             };
-            let mut t_scan = Instant::now();
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| ctx.errors.take_or(Error::Parquet(e)))?;
-                stats.scan_us += t_scan.elapsed().as_micros() as u64;
-                if q.predicate.is_none() {
-                    let rows = batch.num_rows() as u64;
-                    ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
-                    ctx.counters
-                        .rows_selected
-                        .fetch_add(rows, Ordering::Relaxed);
+            let mut shares: Vec<Share> = worker::deal(slices, permits.count(), how)
+                .into_iter()
+                .map(Share::Slices)
+                .collect();
+            if shares.is_empty() {
+                // Pruning left nothing: one worker still answers (a global aggregate's row).
+                shares.push(Share::Slices(Vec::new()));
+            }
+            shares
+        } else {
+            vec![Share::Objects(q.table.objects.clone())]
+        };
+        stats.workers = shares.len() as u64;
+
+        let mut workers = tokio::task::JoinSet::new();
+        let mut pieces = Vec::new();
+        let mut placement = Some(placement);
+        for (i, share) in shares.into_iter().enumerate() {
+            let placement = match placement.take() {
+                Some(p) => p,
+                None => Placement::new(q, &native)?,
+            };
+            let (out, rx) = mpsc::channel(PIECES_AHEAD);
+            pieces.push(Some(rx));
+            let run = worker::run(q.clone(), placement, share, ctx.clone(), limit, out);
+            workers.spawn(async move { (i, run.await) });
+        }
+
+        let aggregating = matches!(q.output, Output::Aggregate(..));
+        let mut sink = RowSink::new(&q.plan, q.schema.clone(), aggregating);
+        let mut t_sink = std::time::Duration::ZERO;
+        let mut done = Vec::new();
+        // The workers' slices in turn (so rows leave in the table's order), and each worker
+        // as it ends: a worker's error ends the query at once (dropping `workers` stops the
+        // others).
+        let mut turn = 0;
+        while pieces.iter().any(Option::is_some) || !workers.is_empty() {
+            let from = pieces.iter().position(Option::is_some).map(|_| {
+                while pieces[turn].is_none() {
+                    turn = (turn + 1) % pieces.len();
                 }
-                let t_compute = Instant::now();
-                let ready = match (&q.output, agg.as_mut()) {
-                    (_, Some(a)) => {
-                        a.update(&batch, &|e, b| placement.eval(e, b))?;
-                        None
-                    }
-                    (Output::Project(items), None) => {
-                        let mut out = project(items, &q.schema, &batch, &placement)?;
-                        if let Some(key) = placement.topk {
-                            out = placement.preselect_topk(&out, key, stats)?;
-                        }
-                        out = compact_views(out)?;
-                        if let Some(r) = remaining.as_mut() {
-                            if out.num_rows() > *r {
-                                out = out.slice(0, *r);
+                turn
+            });
+            tokio::select! {
+                piece = next_piece(&mut pieces, from), if from.is_some() => match piece {
+                    Some(Piece::Rows(rows)) => {
+                        let t = Instant::now();
+                        let ready = sink.push(rows)?;
+                        t_sink += t.elapsed();
+                        if let Some(rows) = ready.filter(|r| r.num_rows() > 0) {
+                            stats.rows_returned += rows.num_rows() as u64;
+                            if tx.send(Ok(rows)).await.is_err() {
+                                return Ok(()); // the client went away
                             }
-                            *r -= out.num_rows();
                         }
-                        sink.push(out)?
                     }
-                    (Output::Aggregate(..), None) => {
-                        unreachable!("aggregator exists for aggregate plans")
-                    }
-                };
-                stats.compute_us += t_compute.elapsed().as_micros() as u64;
-                if let Some(out) = ready.filter(|o| o.num_rows() > 0) {
-                    stats.rows_returned += out.num_rows() as u64;
-                    if tx.send(Ok(out)).await.is_err() {
-                        return Ok(()); // the client went away
-                    }
+                    Some(Piece::End) => turn = (turn + 1) % pieces.len(),
+                    None => pieces[turn] = None,
+                },
+                Some(joined) = workers.join_next(), if !workers.is_empty() => {
+                    let (i, result) = joined.map_err(worker_failed)?;
+                    done.push((i, result?));
                 }
-                if remaining == Some(0) {
-                    break;
-                }
-                t_scan = Instant::now();
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        let mut done = done.into_iter().map(|(_, d)| d);
+        let Some(mut first) = done.next() else {
+            return Err(Error::Internal("a query ran on no worker".into()));
+        };
+        let mut aggregate = first.aggregate.take();
+        let mut report = first.placement.session_report();
+        add_worker_stats(stats, &first.stats);
+        for d in done {
+            add_worker_stats(stats, &d.stats);
+            report.add(&d.placement.session_report());
+            if let (Some(a), Some(b)) = (aggregate.as_mut(), d.aggregate) {
+                let t = Instant::now();
+                a.merge(b)?;
+                stats.compute_us += t.elapsed().as_micros() as u64;
             }
         }
 
-        if let Some(a) = agg {
+        if let Some(a) = aggregate {
             let t = Instant::now();
             let groups = a.finish()?;
-            sink.push(finish_topk(groups, &placement, stats)?)?;
+            sink.push(finish_topk(groups, &first.placement, stats)?)?;
             stats.compute_us += t.elapsed().as_micros() as u64;
         }
-        for out in sink.finish()? {
+        let t = Instant::now();
+        let rest = sink.finish()?;
+        stats.compute_us += (t_sink + t.elapsed()).as_micros() as u64;
+        for out in rest {
             stats.rows_returned += out.num_rows() as u64;
             if tx.send(Ok(out)).await.is_err() {
                 break;
             }
         }
-        placement.report(stats);
+        first.placement.report(stats, report);
         let c = &ctx.counters;
         stats.bytes_read_media = c.bytes_read.load(Ordering::Relaxed);
         stats.rows_scanned = c.rows_scanned.load(Ordering::Relaxed);
@@ -143,53 +173,43 @@ impl Executor {
     }
 }
 
-/// Prunes one object and opens its decode stream (the filter inside the decoder, in the
-/// session it is placed on), adding what pruning found to `stats`; `None` when pruning left
-/// nothing to read.
-async fn open_object(
-    q: &PreparedQuery,
-    object: &Arc<Object>,
-    placement: &Placement,
-    needed: &[String],
-    limit: Option<usize>,
-    ctx: &ScanContext,
-    stats: &mut QueryStats,
-) -> Result<Option<ParquetRecordBatchStream<ObjectReader>>> {
-    let t_plan = Instant::now();
-    let p = scan::prune_object(object, q.predicate.as_ref(), &ctx.counters, &ctx.errors).await?;
-    stats.row_groups_total += p.metadata.num_row_groups() as u64;
-    stats.row_groups_pruned += p.pruned.row_groups_pruned;
-    stats.pages_total += p.pruned.pages_total;
-    stats.pages_pruned += p.pruned.pages_pruned;
-    stats.rows_total += p.pruned.rows_total;
-    stats.plan_us += t_plan.elapsed().as_micros() as u64;
-    tracing::debug!(
-        object = %object.id,
-        row_groups = p.metadata.num_row_groups(),
-        row_groups_kept = p.pruned.row_groups.len(),
-        pages_pruned = p.pruned.pages_pruned,
-        plan_us = t_plan.elapsed().as_micros() as u64,
-        "object pruned"
-    );
-    if p.pruned.row_groups.is_empty() {
-        return Ok(None);
+/// Pieces a worker may send ahead of the coordinator taking them (two row groups of batches).
+const PIECES_AHEAD: usize = 2 * 131_072 / BATCH_ROWS;
+
+/// The next piece from worker `from`'s channel.
+async fn next_piece(
+    pieces: &mut [Option<mpsc::Receiver<Piece>>],
+    from: Option<usize>,
+) -> Option<Piece> {
+    match from.and_then(|i| pieces[i].as_mut()) {
+        Some(rx) => rx.recv().await,
+        None => None,
     }
-    let predicate = q.predicate.as_ref().map(|pred| {
-        (
-            pred.columns(),
-            decoder_predicate(pred, placement.filter_session()),
-        )
-    });
-    let scan = ObjectScan {
-        object: object.clone(),
-        metadata: p.arrow,
-        pruned: p.pruned,
-        columns: needed.to_vec(),
-        predicate,
-        batch_size: BATCH_ROWS,
-        limit,
-    };
-    scan::open_stream(scan, ctx.counters.clone(), ctx.errors.clone()).map(Some)
+}
+
+/// A worker's task that panicked or was cancelled: the query fails, the device serves on.
+fn worker_failed(e: tokio::task::JoinError) -> Error {
+    match e.try_into_panic() {
+        Ok(p) => Error::Internal(format!(
+            "query execution panicked: {}",
+            super::panic_message(p)
+        )),
+        Err(e) => Error::Internal(format!("a query worker stopped: {e}")),
+    }
+}
+
+/// Adds one worker's statistics (its pruning, times and top-k counts) to the query's.
+fn add_worker_stats(stats: &mut QueryStats, w: &QueryStats) {
+    stats.row_groups_total += w.row_groups_total;
+    stats.row_groups_pruned += w.row_groups_pruned;
+    stats.pages_total += w.pages_total;
+    stats.pages_pruned += w.pages_pruned;
+    stats.rows_total += w.rows_total;
+    stats.plan_us += w.plan_us;
+    stats.scan_us += w.scan_us;
+    stats.compute_us += w.compute_us;
+    stats.topk_rows_in += w.topk_rows_in;
+    stats.topk_rows_kept += w.topk_rows_kept;
 }
 
 /// An aggregate's groups after the backend's top-k pre-selection, when the query has one: a

@@ -5,8 +5,10 @@
 //! trip: its telemetry) and the host's (its remote-scan rate and its full-transfer ingest
 //! rate, learnt by this process from the queries it ran).
 //!
-//! Per device, with `busy` = max(1, (running queries + 1) / cores) for a device whose cores
-//! are shared, `rtt` the device's learnt round trip, and `link` its link rate when the link is
+//! Per device, with `busy` the share of a core the query's work gets — (running queries + 1)
+//! / cores when the device has more queries than cores, else 1 / the workers it spreads over
+//! (the cores it finds idle, at most one per row group it reads; one for a LIMIT without ORDER
+//! BY or an aggregate kernel, which run on one), `rtt` the device's learnt round trip, and `link` its link rate when the link is
 //! shaped (an unshaped transport's pace is part of the host's learnt rates):
 //! - offload: `rtt + max(busy · (bytes read / scan rate + compute), output bytes / link)`,
 //!   compute being rows likely kept × (group keys + aggregates) / aggregate rate, or rows
@@ -28,7 +30,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nearstore_proto::rate::Rate;
-use nearstore_proto::{DeviceRates, Estimate, Plan};
+use nearstore_proto::{AggFunc, DeviceRates, Estimate, Plan};
 
 use super::{Mode, SqlResult};
 
@@ -172,9 +174,25 @@ struct Rates {
     busy: f64,
 }
 
-fn rates(e: &Estimate) -> Rates {
+/// Whether the device may spread `plan` over its workers (see the runtime's `exec::run`).
+fn spreads(plan: &Plan) -> bool {
+    let limit_only = plan.limit.is_some() && plan.order_by.is_empty() && plan.aggregates.is_empty();
+    let kernel_aggregate = plan.aggregates.iter().any(|a| a.func == AggFunc::Kernel);
+    !limit_only && !kernel_aggregate
+}
+
+/// `e`'s rates; `spreads`: whether its plan may run on several workers.
+fn rates(e: &Estimate, spreads: bool) -> Rates {
     let r: &DeviceRates = &e.rates;
     let cores = e.cores.max(1) as f64;
+    let share = cores / (e.active_queries as f64 + 1.0);
+    let workers = if spreads {
+        share
+            .floor()
+            .clamp(1.0, e.row_groups_may_match.max(1) as f64)
+    } else {
+        1.0
+    };
     let link = r.link_bytes_per_s.unwrap_or(prior::LINK);
     Rates {
         scan: r.scan_bytes_per_s.unwrap_or(prior::SCAN),
@@ -187,14 +205,18 @@ fn rates(e: &Estimate) -> Rates {
         } else {
             0.0
         },
-        busy: ((e.active_queries as f64 + 1.0) / cores).max(1.0),
+        busy: if share < 1.0 {
+            1.0 / share
+        } else {
+            1.0 / workers
+        },
     }
 }
 
 /// Offload's seconds on one device.
 pub(super) fn offload(f: &Footprint) -> f64 {
     let (e, p) = (&f.offload, &f.plan);
-    let r = rates(e);
+    let r = rates(e, spreads(p));
     let rows = e.rows_likely as f64;
     let cells = (p.group_by.len() + p.aggregates.len()) as f64;
     let (compute, mut rows_out) = if p.aggregates.is_empty() {
@@ -218,7 +240,7 @@ pub(super) fn offload(f: &Footprint) -> f64 {
 /// Remote scan's seconds on one device (the host reading what offload's plan would read).
 pub(super) fn remote(f: &Footprint, host_remote: Option<f64>) -> f64 {
     let e = &f.offload;
-    let r = rates(e);
+    let r = rates(e, true);
     let host = host_remote.unwrap_or(r.scan);
     let calls = 2.0 + 2.0 * e.row_groups_may_match as f64;
     let bytes = (e.bytes_may_read + e.bytes_metadata) as f64;
@@ -227,7 +249,7 @@ pub(super) fn remote(f: &Footprint, host_remote: Option<f64>) -> f64 {
 
 /// Full transfer's seconds on one device, from the estimate of the plan it would send.
 pub(super) fn transfer(e: &Estimate, host_ingest: Option<f64>) -> f64 {
-    let r = rates(e);
+    let r = rates(e, true);
     let out = e.rows_total as f64 * e.out_bytes_per_row as f64;
     let device = r.busy * e.bytes_all as f64 / r.scan;
     let host = out / host_ingest.unwrap_or(prior::INGEST);
@@ -275,14 +297,15 @@ mod tests {
             remote: Some(remote(&f, Some(400e6))),
             transfer: Some(transfer(&f.offload, Some(1e9))),
         };
-        // offload: 0.1 ms + max(20 ms + 0.2 ms, 1.3 ms); remote: 22 round trips + 8 MB over
-        // 125 MB/s + 8 MB at the host's 400 MB/s ≈ 86 ms; transfer: 16 MB over 125 MB/s.
-        assert!((c.offload.unwrap() - 0.0203).abs() < 1e-4, "{c:?}");
+        // offload: 0.1 ms + max((20 ms + 0.2 ms) on two cores, 1.3 ms); remote: 22 round trips
+        // + 8 MB over 125 MB/s + 8 MB at the host's 400 MB/s ≈ 86 ms; transfer: 16 MB over
+        // 125 MB/s.
+        assert!((c.offload.unwrap() - 0.0102).abs() < 1e-4, "{c:?}");
         assert!(c.remote.unwrap() > 0.08 && c.remote.unwrap() < 0.1, "{c:?}");
         assert!((c.transfer.unwrap() - 0.1281).abs() < 1e-3, "{c:?}");
         assert_eq!(c.best(), Mode::Offload);
         // Every row kept on a fast link: remote reads the compressed bytes once with the
-        // host's cores; offload computes every row on one device core.
+        // host's cores; offload computes every row on the device's two.
         let f = Footprint {
             plan,
             offload: estimate(1_000_000, 8_000_000, 3e9),
@@ -294,7 +317,7 @@ mod tests {
         };
         assert_eq!(c.best(), Mode::RemoteScan, "{c:?}");
         assert!(
-            c.describe().starts_with("offload 40.1 ms, remote scan"),
+            c.describe().starts_with("offload 20.1 ms, remote scan"),
             "{}",
             c.describe()
         );
@@ -320,8 +343,27 @@ mod tests {
             offload: e.clone(),
         };
         let idle = offload(&f(&e));
-        e.active_queries = 5; // six queries on two cores: three times as long
+        e.active_queries = 5; // six queries on two cores: six times as long as alone on both
         let busy = offload(&f(&e));
-        assert!(((busy - 1e-4) / (idle - 1e-4) - 3.0).abs() < 1e-9);
+        assert!(((busy - 1e-4) / (idle - 1e-4) - 6.0).abs() < 1e-9);
+        e.active_queries = 1; // two queries, a core each
+        let shared = offload(&f(&e));
+        assert!(((shared - 1e-4) / (idle - 1e-4) - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_plan_that_runs_on_one_worker_is_priced_on_one_core() {
+        let e = estimate(10_000, 8_000_000, 125e6);
+        let spread = offload(&Footprint {
+            plan: Plan::scan("t"),
+            offload: e.clone(),
+        });
+        let mut limited = Plan::scan("t");
+        limited.limit = Some(10);
+        let one = offload(&Footprint {
+            plan: limited,
+            offload: e,
+        });
+        assert!(((one - 1e-4) / (spread - 1e-4) - 2.0).abs() < 1e-9);
     }
 }

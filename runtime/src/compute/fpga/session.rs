@@ -248,6 +248,11 @@ impl ComputeSession for FpgaSession {
     }
 
     fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {
+        let (state, rows) = self.aggregate_state(aggs, n_groups)?;
+        finish_state(aggs, &state, n_groups, rows, "fpga")
+    }
+
+    fn aggregate_state(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<(Vec<u8>, u64)> {
         let mut state = std::mem::take(&mut self.state);
         state.resize(n_groups * aggs.len() * agg::SLOT_BYTES, 0);
         let mut rows = self.rows_seen;
@@ -258,7 +263,7 @@ impl ComputeSession for FpgaSession {
             merge_state(aggs, &mut state, &rest)?;
             rows += wasm_rows;
         }
-        finish_state(aggs, &state, n_groups, rows, "fpga")
+        Ok((state, rows))
     }
 
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {

@@ -25,7 +25,7 @@ use nearstore_proto::{AggFunc, BackendKind};
 
 use super::native::NativeBackend;
 use super::program::{
-    OwnedColumn, Seen, marshal_aggregate, marshal_columns, project_array, type_code,
+    OwnedColumn, Seen, check_counts, marshal_aggregate, marshal_columns, project_array, type_code,
 };
 pub use super::program::{
     compile_filter, compile_project, filter_support, finish_state, fixed_width_filter_support,
@@ -271,6 +271,12 @@ impl ComputeSession for WasmSession {
     fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {
         let (state, rows_seen) = self.raw_state(aggs, n_groups)?;
         finish_state(aggs, &state, n_groups, rows_seen, self.kernel.name())
+    }
+
+    fn aggregate_state(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<(Vec<u8>, u64)> {
+        let (state, rows_seen) = self.raw_state(aggs, n_groups)?;
+        check_counts(&state, rows_seen, self.kernel.name())?;
+        Ok((state, rows_seen))
     }
 
     fn topk(

@@ -1,0 +1,335 @@
+//! One compute worker of a query: its share of the table's row groups scanned (the filter
+//! inside the decoder), then projected (with top-k pre-selection) or aggregated, in compute
+//! sessions of its own. A query runs on one worker, or on several that [`run`](super::run)
+//! deals consecutive row groups to and merges.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use nearstore_proto::QueryStats;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection};
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
+use tokio::sync::mpsc;
+
+use super::BATCH_ROWS;
+use super::aggregate::HashAggregator;
+use super::placement::{Placement, decoder_predicate};
+use super::prepare::{Output, PreparedQuery};
+use super::project::{compact_views, project};
+use crate::error::{Error, Result};
+use crate::scan::{self, ErrorSlot, ObjectReader, ObjectScan, ScanCounters, prune::Pruned};
+use crate::storage::Object;
+
+/// What one query's scans share: its counters and the first error a read recorded.
+#[derive(Clone)]
+pub(super) struct ScanContext {
+    pub counters: Arc<ScanCounters>,
+    pub errors: ErrorSlot,
+}
+
+/// Row groups of one object that one worker reads, pruned already.
+pub(super) struct Slice {
+    object: Arc<Object>,
+    metadata: ArrowReaderMetadata,
+    pruned: Pruned,
+}
+
+/// The row groups a worker reads.
+pub(super) enum Share {
+    /// Whole objects, pruned as the worker reaches them (a single worker: a LIMIT may stop it
+    /// before the later objects' metadata is needed).
+    Objects(Vec<Arc<Object>>),
+    /// Row groups dealt by [`deal`].
+    Slices(Vec<Slice>),
+}
+
+/// What a worker sends the coordinator.
+pub(super) enum Piece {
+    /// Projected rows.
+    Rows(RecordBatch),
+    /// The end of one of its slices (or objects).
+    End,
+}
+
+/// What a worker hands back when its share is done.
+pub(super) struct Done {
+    /// Its partial aggregate, for an aggregate plan.
+    pub aggregate: Option<HashAggregator>,
+    /// Its sessions (the first worker's finish the merged aggregate's top-k).
+    pub placement: Placement,
+    /// Its statistics: pruning (of `Share::Objects`), times, top-k counts.
+    pub stats: QueryStats,
+}
+
+/// Runs one worker over `share`: projected batches go to `out` (the coordinator's sink), each
+/// slice closed by [`Piece::End`]; aggregates accumulate in the returned [`Done`]. `limit` (a
+/// LIMIT without ORDER BY, one worker only) stops the scan once that many rows were sent.
+pub(super) async fn run(
+    q: Arc<PreparedQuery>,
+    placement: Placement,
+    share: Share,
+    ctx: ScanContext,
+    mut limit: Option<usize>,
+    out: mpsc::Sender<Piece>,
+) -> Result<Done> {
+    let stopped = || Error::Internal("query stopped".into());
+    let mut stats = QueryStats::default();
+    let mut aggregate = match &q.output {
+        Output::Aggregate(g, a) => {
+            let mut h = HashAggregator::new(g.clone(), a.clone())?;
+            if placement.aggregates_on_backend {
+                h.offload_to(placement.query.clone());
+            }
+            Some(h)
+        }
+        Output::Project(_) => None,
+    };
+    let needed = q.output.columns();
+    let slices: Box<dyn Iterator<Item = ScanSource> + Send> = match share {
+        Share::Objects(objects) => Box::new(objects.into_iter().map(ScanSource::Object)),
+        Share::Slices(slices) => Box::new(slices.into_iter().map(ScanSource::Slice)),
+    };
+    for source in slices {
+        if limit == Some(0) {
+            break;
+        }
+        let slice = match source {
+            ScanSource::Slice(s) => s,
+            ScanSource::Object(object) => match prune(&q, &object, &ctx, &mut stats).await? {
+                Some(s) => s,
+                None => continue,
+            },
+        };
+        let mut stream = open(&q, slice, &placement, &needed, limit, &ctx)?;
+        let mut t_scan = Instant::now();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| ctx.errors.take_or(Error::Parquet(e)))?;
+            stats.scan_us += t_scan.elapsed().as_micros() as u64;
+            if q.predicate.is_none() {
+                let rows = batch.num_rows() as u64;
+                ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
+                ctx.counters
+                    .rows_selected
+                    .fetch_add(rows, Ordering::Relaxed);
+            }
+            let t_compute = Instant::now();
+            let ready = match (&q.output, aggregate.as_mut()) {
+                (_, Some(a)) => {
+                    a.update(&batch, &|e, b| placement.eval(e, b))?;
+                    None
+                }
+                (Output::Project(items), None) => {
+                    let mut rows = project(items, &q.schema, &batch, &placement)?;
+                    if let Some(key) = placement.topk {
+                        rows = placement.preselect_topk(&rows, key, &mut stats)?;
+                    }
+                    rows = compact_views(rows)?;
+                    if let Some(r) = limit.as_mut() {
+                        if rows.num_rows() > *r {
+                            rows = rows.slice(0, *r);
+                        }
+                        *r -= rows.num_rows();
+                    }
+                    Some(rows)
+                }
+                (Output::Aggregate(..), None) => {
+                    unreachable!("aggregator exists for aggregate plans")
+                }
+            };
+            stats.compute_us += t_compute.elapsed().as_micros() as u64;
+            if let Some(rows) = ready.filter(|r| r.num_rows() > 0)
+                && out.send(Piece::Rows(rows)).await.is_err()
+            {
+                // The coordinator stopped (the client went away, or another worker failed).
+                return Err(stopped());
+            }
+            if limit == Some(0) {
+                break;
+            }
+            t_scan = Instant::now();
+        }
+        out.send(Piece::End).await.map_err(|_| stopped())?;
+    }
+    Ok(Done {
+        aggregate,
+        placement,
+        stats,
+    })
+}
+
+enum ScanSource {
+    Object(Arc<Object>),
+    Slice(Slice),
+}
+
+/// Prunes one object, adding what pruning found to `stats`; `None` when it left nothing.
+pub(super) async fn prune(
+    q: &PreparedQuery,
+    object: &Arc<Object>,
+    ctx: &ScanContext,
+    stats: &mut QueryStats,
+) -> Result<Option<Slice>> {
+    let t_plan = Instant::now();
+    let p = scan::prune_object(object, q.predicate.as_ref(), &ctx.counters, &ctx.errors).await?;
+    stats.row_groups_total += p.metadata.num_row_groups() as u64;
+    stats.row_groups_pruned += p.pruned.row_groups_pruned;
+    stats.pages_total += p.pruned.pages_total;
+    stats.pages_pruned += p.pruned.pages_pruned;
+    stats.rows_total += p.pruned.rows_total;
+    stats.plan_us += t_plan.elapsed().as_micros() as u64;
+    tracing::debug!(
+        object = %object.id,
+        row_groups = p.metadata.num_row_groups(),
+        row_groups_kept = p.pruned.row_groups.len(),
+        pages_pruned = p.pruned.pages_pruned,
+        plan_us = t_plan.elapsed().as_micros() as u64,
+        "object pruned"
+    );
+    if p.pruned.row_groups.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Slice {
+        object: object.clone(),
+        metadata: p.arrow,
+        pruned: p.pruned,
+    }))
+}
+
+/// Opens the decode stream of a slice (the filter inside the decoder, in the session it is
+/// placed on).
+fn open(
+    q: &PreparedQuery,
+    slice: Slice,
+    placement: &Placement,
+    needed: &[String],
+    limit: Option<usize>,
+    ctx: &ScanContext,
+) -> Result<ParquetRecordBatchStream<ObjectReader>> {
+    let predicate = q.predicate.as_ref().map(|pred| {
+        (
+            pred.columns(),
+            decoder_predicate(pred, placement.filter_session()),
+        )
+    });
+    let scan = ObjectScan {
+        object: slice.object,
+        metadata: slice.metadata,
+        pruned: slice.pruned,
+        columns: needed.to_vec(),
+        predicate,
+        batch_size: BATCH_ROWS,
+        limit,
+    };
+    scan::open_stream(scan, ctx.counters.clone(), ctx.errors.clone())
+}
+
+/// One row group of a slice, with its part of the row selection.
+struct Unit {
+    object: usize,
+    row_group: usize,
+    selection: Option<RowSelection>,
+    rows: usize,
+}
+
+/// How row groups are dealt to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dealing {
+    /// Each worker a run of consecutive row groups with about equal numbers of rows to
+    /// decode: partial aggregates merged in worker order see the table's order.
+    Runs,
+    /// Row group i to worker i mod n, one slice each: the coordinator takes the workers'
+    /// slices in turn, so projected rows leave in the table's order while every worker runs.
+    Turns,
+}
+
+/// Deals the row groups of `slices` to at most `n` workers (see [`Dealing`]), the page
+/// index's selection split with them.
+pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Vec<Slice>> {
+    let mut units = Vec::new();
+    for (i, s) in slices.iter().enumerate() {
+        let mut selection = s.pruned.selection.clone();
+        for &rg in &s.pruned.row_groups {
+            let in_group = s.metadata.metadata().row_group(rg).num_rows() as usize;
+            let part = selection.as_mut().map(|sel| sel.split_off(in_group));
+            let rows = part.as_ref().map_or(in_group, RowSelection::row_count);
+            units.push(Unit {
+                object: i,
+                row_group: rg,
+                selection: part,
+                rows,
+            });
+        }
+    }
+    let n = n.clamp(1, units.len().max(1));
+    if how == Dealing::Turns {
+        let mut shares: Vec<Vec<Slice>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, u) in units.into_iter().enumerate() {
+            shares[i % n].extend(regroup(&slices, vec![u]));
+        }
+        return shares.into_iter().filter(|s| !s.is_empty()).collect();
+    }
+    let total: usize = units.iter().map(|u| u.rows.max(1)).sum();
+    let mut shares: Vec<Vec<Unit>> = (0..n).map(|_| Vec::new()).collect();
+    let mut done = 0usize;
+    let mut units = units.into_iter();
+    for (k, share) in shares.iter_mut().enumerate() {
+        // Share k ends where the running total passes (k + 1) / n of the rows, and it keeps
+        // at least one row group while any remain for the shares after it.
+        let target = total * (k + 1) / n;
+        while !units.as_slice().is_empty() {
+            let later_shares = n - k - 1;
+            if !share.is_empty() && (done >= target || units.len() <= later_shares) {
+                break;
+            }
+            let u = units.next().expect("one is left");
+            done += u.rows.max(1);
+            share.push(u);
+        }
+    }
+    shares
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|share| regroup(&slices, share))
+        .collect()
+}
+
+/// A share's units as slices again: consecutive row groups of one object in one slice.
+fn regroup(slices: &[Slice], share: Vec<Unit>) -> Vec<Slice> {
+    let mut out: Vec<(usize, Vec<Unit>)> = Vec::new();
+    for u in share {
+        match out.last_mut() {
+            Some((o, units)) if *o == u.object => units.push(u),
+            _ => out.push((u.object, vec![u])),
+        }
+    }
+    out.into_iter()
+        .map(|(o, units)| {
+            let s = &slices[o];
+            let selection = s.pruned.selection.as_ref().map(|_| {
+                units
+                    .iter()
+                    .flat_map(|u| u.selection.as_ref().expect("split above").iter().copied())
+                    .collect::<RowSelection>()
+            });
+            let md = s.metadata.metadata();
+            let rows_total = units
+                .iter()
+                .map(|u| md.row_group(u.row_group).num_rows() as u64)
+                .sum();
+            Slice {
+                object: s.object.clone(),
+                metadata: s.metadata.clone(),
+                pruned: Pruned {
+                    row_groups: units.iter().map(|u| u.row_group).collect(),
+                    selection,
+                    rows_total,
+                    rows_selected: units.iter().map(|u| u.rows as u64).sum(),
+                    ..Default::default()
+                },
+            }
+        })
+        .collect()
+}
