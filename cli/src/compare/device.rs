@@ -21,14 +21,16 @@ pub struct DeviceChild {
 
 impl DeviceChild {
     /// Starts `bin serve` on `data` (generating lineitem at `scale` if the directory is empty),
-    /// optionally with an emulated link, and waits until it serves the table.
+    /// optionally with an emulated link and a number of compute workers, and waits until it
+    /// serves the table.
     pub async fn start(
         bin: &Path,
         data: &Path,
         scale: f64,
         link_gbps: Option<f64>,
+        workers: Option<usize>,
     ) -> Result<Self> {
-        Self::start_part(bin, data, scale, link_gbps, None).await
+        Self::start_part(bin, data, scale, link_gbps, None, workers).await
     }
 
     /// Like [`DeviceChild::start`], generating only part `part.0` (1-based) of `part.1` of
@@ -39,8 +41,12 @@ impl DeviceChild {
         scale: f64,
         link_gbps: Option<f64>,
         part: Option<(usize, usize)>,
+        workers: Option<usize>,
     ) -> Result<Self> {
         let mut args = vec!["--demo-scale".to_string(), scale.to_string()];
+        if let Some(w) = workers {
+            args.extend(["--workers".to_string(), w.to_string()]);
+        }
         if let Some((i, n)) = part {
             args.extend(["--demo-part".to_string(), format!("{i}/{n}")]);
         }

@@ -57,8 +57,15 @@ pub async fn run(
                 let dir = root.path().join(format!("n{n}-d{i}"));
                 async move {
                     std::fs::create_dir_all(&dir)?;
-                    DeviceChild::start_part(bin, &dir, args.scale, Some(gbps), Some((i + 1, n)))
-                        .await
+                    DeviceChild::start_part(
+                        bin,
+                        &dir,
+                        args.scale,
+                        Some(gbps),
+                        Some((i + 1, n)),
+                        args.workers,
+                    )
+                    .await
                 }
             });
             let devices = futures::future::try_join_all(starts).await?;

@@ -87,6 +87,10 @@ pub struct CompareArgs {
     /// processes, each behind a 10 and a 25 Gb/s link [default: 0, not run].
     #[arg(long, default_value_t = 0)]
     pub devices: usize,
+    /// Compute workers of the started devices, and the reference engines' threads (DuckDB's
+    /// `threads`, DataFusion's partitions) [default: one per core].
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// The `nearstore` binary that serves the started device [default: this executable].
     #[arg(long, hide = true, env = "NEARSTORE_DEVICE_BIN")]
     pub device_bin: Option<PathBuf>,
@@ -106,6 +110,7 @@ impl CompareArgs {
             link_gbps: None,
             reference: ReferenceChoice::Install,
             devices: 0,
+            workers: None,
             device_bin: None,
         }
     }
@@ -185,7 +190,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
                 "starting a device with TPC-H lineitem at scale factor {}",
                 args.scale
             );
-            let d = DeviceChild::start(&bin, data.path(), args.scale, None).await?;
+            let d = DeviceChild::start(&bin, data.path(), args.scale, None, args.workers).await?;
             let url = d.url.clone();
             started = Some((bin, d));
             url
@@ -219,6 +224,10 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             args.scale
         },
         runs: args.runs.max(1),
+        workers: match args.device {
+            Some(_) => 0,
+            None => args.workers.unwrap_or_else(default_workers),
+        },
         table_rows,
         links: links.clone(),
         ..Default::default()
@@ -343,7 +352,7 @@ async fn shaped_runs(
 ) -> Result<()> {
     for &gbps in links {
         device.stop().await?;
-        device = DeviceChild::start(bin, data, args.scale, Some(gbps)).await?;
+        device = DeviceChild::start(bin, data, args.scale, Some(gbps), args.workers).await?;
         let s = Sessions::connect(&device.url).await?;
         eprintln!(
             "emulated {gbps} Gb/s link: {} queries x 3 modes",
@@ -392,7 +401,8 @@ fn add_references(
     ours: &std::collections::BTreeMap<String, measure::Values>,
 ) {
     if args.device.is_none() && args.reference != ReferenceChoice::Off {
-        match reference::run(data, cases, args.runs, args.reference, ours) {
+        let threads = args.workers.unwrap_or_else(default_workers);
+        match reference::run(data, cases, args.runs, threads, args.reference, ours) {
             Ok(r) => {
                 for (name, results) in r.results {
                     if let Some(q) = report.queries.iter_mut().find(|q| q.name == name) {
@@ -411,6 +421,11 @@ fn add_references(
         report.reference_note =
             Some("reference engines need the Parquet file of a device the harness started".into());
     }
+}
+
+/// A started device's compute workers when `--workers` is not given: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// The gate's verdicts.

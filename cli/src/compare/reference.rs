@@ -22,9 +22,6 @@ const PACKAGES: [(&str, &str); 3] = [
     ("datafusion", "55.0.0"),
     ("pyarrow", "26.0.1"),
 ];
-/// Threads per query on the device: one task runs a query's operators (reads go through the
-/// io_uring thread), so the reference engines get one thread too.
-const DEVICE_THREADS: usize = 1;
 
 /// What the engines returned.
 pub struct References {
@@ -137,16 +134,17 @@ pub fn run(
     data: &Path,
     cases: &[Case],
     runs: usize,
+    threads: usize,
     choice: ReferenceChoice,
     ours: &BTreeMap<String, Values>,
 ) -> Result<References> {
     let python = python(choice)?;
     let parquet = parquet_file(data)?;
     eprintln!(
-        "reference engines: {} on {} ({} thread)",
+        "reference engines: {} on {} ({} threads, as the device has workers)",
         PACKAGES.map(|(m, _)| m).join(", "),
         parquet.display(),
-        DEVICE_THREADS
+        threads
     );
     let out_file = tempfile::NamedTempFile::new().context("a file for the engines' output")?;
     let results_dir = tempfile::tempdir().context("a directory for the engines' results")?;
@@ -154,7 +152,7 @@ pub fn run(
         "parquet": parquet,
         "out": out_file.path(),
         "dir": results_dir.path(),
-        "threads": DEVICE_THREADS,
+        "threads": threads,
         "runs": runs.max(1),
         "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
     });

@@ -240,7 +240,12 @@ fn setup_line(r: &Report) -> String {
     }
     if !r.engines.is_empty() {
         let e: Vec<String> = r.engines.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = write!(s, "; reference engines {} (1 thread)", e.join(", "));
+        let _ = write!(
+            s,
+            "; reference engines {} ({} threads, as the device has compute workers)",
+            e.join(", "),
+            r.workers
+        );
     }
     s.push('.');
     s

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 4;
+pub const REPORT_VERSION: u32 = 5;
 
 /// One mode's figures for one query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -168,6 +168,9 @@ pub struct Report {
     pub scale: f64,
     /// Runs per query and mode.
     pub runs: usize,
+    /// Compute workers of the started device, which the reference engines get as threads (0
+    /// for an external device).
+    pub workers: usize,
     /// Rows in lineitem.
     pub table_rows: u64,
     /// Emulated link rates run besides loopback, Gb/s.
