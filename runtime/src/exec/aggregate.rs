@@ -1,8 +1,8 @@
 //! Hash aggregation: count(*), count, sum, min, max, avg with GROUP BY on any number of
-//! columns. Group keys and min/max values are kept in Arrow's order-preserving row format, so
-//! every column type works and comparisons are byte comparisons.
+//! columns (group ids: [`groups`](super::groups)). Min/max values are kept in Arrow's
+//! order-preserving row format, so every column type works and comparisons are byte
+//! comparisons.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -20,8 +20,8 @@ use crate::compute::ComputeSession;
 use crate::error::{Error, Result};
 use crate::plan::{AggSpec, KernelFn, PhysExpr, avg_exact};
 
-/// Most groups one query may build.
-pub const GROUPS_MAX: usize = 10_000_000;
+pub use super::groups::GROUPS_MAX;
+use super::groups::GroupKeys;
 
 enum Acc {
     Count(Vec<i64>),
@@ -248,7 +248,7 @@ impl Acc {
                 let parser = conv.parser();
                 for (g, r) in o.into_iter().enumerate() {
                     let Some(r) = r else { continue };
-                    let r = parser.parse(r.row().as_ref()).owned();
+                    let r = parser.parse(r.as_ref()).owned();
                     let better = match &best[ids[g]] {
                         None => true,
                         Some(b) if *min => r.row() < b.row(),
@@ -374,12 +374,8 @@ pub struct HashAggregator {
     group_by: Vec<PhysExpr>,
     aggs: Vec<AggSpec>,
     schema: SchemaRef,
-    keys: Option<RowConverter>,
-    /// Group key (row format) → group id. foldhash, not SipHash: hashing the keys was ~10 %
-    /// of the device's CPU in TPC-H Q1 (perf), and a per-process random seed keeps crafted
-    /// keys from colliding predictably.
-    map: HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>,
-    group_rows: Vec<OwnedRow>,
+    /// The groups (none without GROUP BY: one group).
+    keys: Option<GroupKeys>,
     accs: Vec<Acc>,
     /// A compute session that accumulates instead of the native accumulators.
     offload: Option<SharedSession>,
@@ -420,12 +416,8 @@ impl HashAggregator {
         let keys = if group_by.is_empty() {
             None
         } else {
-            Some(RowConverter::new(
-                group_by
-                    .iter()
-                    .map(|g| SortField::new(g.data_type()))
-                    .collect(),
-            )?)
+            let types: Vec<DataType> = group_by.iter().map(PhysExpr::data_type).collect();
+            Some(GroupKeys::new(&types)?)
         };
         let accs = aggs.iter().map(Acc::new).collect::<Result<_>>()?;
         Ok(HashAggregator {
@@ -433,8 +425,6 @@ impl HashAggregator {
             aggs,
             schema: Arc::new(arrow::datatypes::Schema::new(fields)),
             keys,
-            map: HashMap::default(),
-            group_rows: Vec::new(),
             accs,
             offload: None,
             merged: None,
@@ -453,11 +443,7 @@ impl HashAggregator {
     }
 
     fn n_groups(&self) -> usize {
-        if self.keys.is_none() {
-            1
-        } else {
-            self.group_rows.len()
-        }
+        self.keys.as_ref().map_or(1, GroupKeys::len)
     }
 
     /// Adds a batch; `eval` computes an aggregate's input.
@@ -470,18 +456,15 @@ impl HashAggregator {
         if n == 0 {
             return Ok(());
         }
-        let groups: Vec<usize> = match &self.keys {
+        let groups: Vec<usize> = match &mut self.keys {
             None => vec![0; n],
-            Some(conv) => {
+            Some(keys) => {
                 let cols = self
                     .group_by
                     .iter()
                     .map(|g| eval(g, batch))
                     .collect::<Result<Vec<_>>>()?;
-                let rows = conv.convert_columns(&cols)?;
-                (0..n)
-                    .map(|i| self.group_of(rows.row(i)))
-                    .collect::<Result<_>>()?
+                keys.ids(&cols)?
             }
         };
         let n_groups = self.n_groups();
@@ -516,20 +499,6 @@ impl HashAggregator {
         Ok(())
     }
 
-    /// The group id of `key`, a new group when it is new.
-    fn group_of(&mut self, key: arrow::row::Row<'_>) -> Result<usize> {
-        if let Some(&g) = self.map.get(key.as_ref()) {
-            return Ok(g);
-        }
-        let g = self.group_rows.len();
-        if g >= GROUPS_MAX {
-            return Err(Error::Unsupported(format!("more than {GROUPS_MAX} groups")));
-        }
-        self.map.insert(key.as_ref().into(), g);
-        self.group_rows.push(key.owned());
-        Ok(g)
-    }
-
     /// Whether aggregators of `aggs` over different rows can be merged: all but aggregate
     /// kernels, whose states only their kernel can combine.
     pub fn mergeable(aggs: &[AggSpec]) -> bool {
@@ -542,16 +511,9 @@ impl HashAggregator {
     /// appearance that one aggregator over all the rows would have.
     pub fn merge(&mut self, other: HashAggregator) -> Result<()> {
         let before = self.n_groups();
-        let ids: Vec<usize> = if self.keys.is_none() {
-            vec![0]
-        } else {
-            // Their keys are rows of their converter: read again as this one's.
-            let parser = self.keys.as_ref().expect("grouped").parser();
-            other
-                .group_rows
-                .iter()
-                .map(|r| self.group_of(parser.parse(r.row().as_ref())))
-                .collect::<Result<_>>()?
+        let ids: Vec<usize> = match (&mut self.keys, &other.keys) {
+            (Some(mine), Some(theirs)) => mine.absorb(theirs)?,
+            _ => vec![0],
         };
         let n_groups = self.n_groups();
         match (&self.offload, &other.offload) {
@@ -592,7 +554,7 @@ impl HashAggregator {
         let n_groups = self.n_groups();
         let mut cols: Vec<ArrayRef> = match &self.keys {
             None => Vec::new(),
-            Some(conv) => conv.convert_rows(self.group_rows.iter().map(|r| r.row()))?,
+            Some(keys) => keys.columns()?,
         };
         match (&self.offload, &self.merged) {
             (_, Some((state, rows))) => {

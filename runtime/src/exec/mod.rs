@@ -1,11 +1,14 @@
 //! Plan execution: a query is prepared (bound, kernels compiled: [`prepare`]), its operators
-//! placed on backends ([`placement`]), and run as a pipeline ([`run`]): pruned scan with the
-//! filter inside the decoder → projection ([`project`]) or aggregation ([`aggregate`]) → the
-//! row sink (ORDER BY, top-k, LIMIT: [`sort`]) → result stream, with per-query statistics.
+//! placed on backends ([`placement`]), and run ([`run`]) on one or more compute workers
+//! ([`worker`]), each a pipeline over its share of the row groups: pruned scan with the filter
+//! inside the decoder → projection ([`project`]) or aggregation ([`aggregate`]); then the
+//! workers' partial aggregates merged, the row sink (ORDER BY, top-k, LIMIT: [`sort`]) →
+//! result stream, with per-query statistics.
 //! [`estimate`] answers what a plan would read and return, by the Parquet statistics alone.
 
 pub mod aggregate;
 mod estimate;
+mod groups;
 mod placement;
 mod prepare;
 mod project;

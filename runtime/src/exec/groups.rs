@@ -1,0 +1,301 @@
+//! Group ids for a hash aggregate's keys. One or two key columns whose values fit 8 bytes each
+//! (integers, dates, booleans, decimals of up to 18 digits, strings of up to 8 bytes: TPC-H
+//! Q1's flags, most codes and dates) are packed into a fixed-width key per row and looked up
+//! in a hash map of those; any other keys go through Arrow's row format (any type, any
+//! number of columns). Packing skips encoding each row into a buffer of its own and hashing
+//! it, which was about 15 % of Q1's device CPU. A batch whose values do not fit (a long
+//! string) moves the aggregate to the row format for good. The row format also stores each
+//! group's key once, for the result and for merging workers.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::take;
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type,
+    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+
+use crate::error::{Error, Result};
+
+/// Most groups one query may build.
+pub const GROUPS_MAX: usize = 10_000_000;
+
+/// foldhash, not SipHash: fast, and a per-process random seed keeps crafted keys from
+/// colliding predictably.
+type Hasher = foldhash::fast::RandomState;
+
+/// Packed key: up to two 8-byte values, and per column a byte of null flag and length.
+type Packed = (u128, u16);
+
+enum Index {
+    Packed(HashMap<Packed, usize, Hasher>),
+    Rows(HashMap<Box<[u8]>, usize, Hasher>),
+}
+
+/// The groups of one aggregate: their keys and the index from a key to its group id.
+pub(super) struct GroupKeys {
+    conv: RowConverter,
+    index: Index,
+    /// Each group's key in the row format, in group id order.
+    rows: Vec<OwnedRow>,
+}
+
+impl GroupKeys {
+    /// Keys of the given column types.
+    pub fn new(types: &[DataType]) -> Result<Self> {
+        let conv = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let index = if types.len() <= 2 && types.iter().all(packable) {
+            Index::Packed(HashMap::default())
+        } else {
+            Index::Rows(HashMap::default())
+        };
+        Ok(GroupKeys {
+            conv,
+            index,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Groups so far.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The group id of each row of the key columns `cols`, new groups added in row order.
+    pub fn ids(&mut self, cols: &[ArrayRef]) -> Result<Vec<usize>> {
+        if let Index::Packed(map) = &mut self.index {
+            if let Some(keys) = pack(cols) {
+                let mut fresh = Vec::new();
+                let mut next = self.rows.len();
+                let ids = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        *map.entry(*k).or_insert_with(|| {
+                            fresh.push(i as u32);
+                            next += 1;
+                            next - 1
+                        })
+                    })
+                    .collect();
+                self.add_rows(cols, fresh)?;
+                return Ok(ids);
+            }
+            // A value that does not pack: the row format from now on.
+            let rows = self.rows.iter().enumerate();
+            self.index = Index::Rows(rows.map(|(g, r)| (r.as_ref().into(), g)).collect());
+        }
+        let Index::Rows(map) = &mut self.index else {
+            unreachable!("moved to rows above")
+        };
+        let encoded = self.conv.convert_columns(cols)?;
+        let mut ids = Vec::with_capacity(encoded.num_rows());
+        for r in encoded.iter() {
+            let g = match map.get(r.as_ref()) {
+                Some(&g) => g,
+                None => {
+                    let g = self.rows.len();
+                    check_groups(g + 1)?;
+                    map.insert(r.as_ref().into(), g);
+                    self.rows.push(r.owned());
+                    g
+                }
+            };
+            ids.push(g);
+        }
+        Ok(ids)
+    }
+
+    /// Keeps the row-format keys of the new groups first seen at rows `fresh` of `cols`.
+    fn add_rows(&mut self, cols: &[ArrayRef], fresh: Vec<u32>) -> Result<()> {
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        check_groups(self.rows.len() + fresh.len())?;
+        let at = arrow::array::UInt32Array::from(fresh);
+        let picked = cols
+            .iter()
+            .map(|c| take(c, &at, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let encoded = self.conv.convert_columns(&picked)?;
+        self.rows.extend(encoded.iter().map(|r| r.owned()));
+        Ok(())
+    }
+
+    /// The group ids here of `other`'s groups (the same keys over other rows), adding the
+    /// ones new here in `other`'s order.
+    pub fn absorb(&mut self, other: &GroupKeys) -> Result<Vec<usize>> {
+        // Their rows belong to their converter: read again as this one's.
+        let parser = self.conv.parser();
+        let cols = self
+            .conv
+            .convert_rows(other.rows.iter().map(|r| parser.parse(r.as_ref())))?;
+        self.ids(&cols)
+    }
+
+    /// The key columns, one row per group in id order.
+    pub fn columns(&self) -> Result<Vec<ArrayRef>> {
+        Ok(self.conv.convert_rows(self.rows.iter().map(|r| r.row()))?)
+    }
+}
+
+fn check_groups(n: usize) -> Result<()> {
+    if n > GROUPS_MAX {
+        return Err(Error::Unsupported(format!("more than {GROUPS_MAX} groups")));
+    }
+    Ok(())
+}
+
+/// Whether values of `t` may pack into 8 bytes (strings only when short, checked per batch).
+fn packable(t: &DataType) -> bool {
+    use DataType::*;
+    match t {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 | Date32 | Date64
+        | Boolean | Utf8 | LargeUtf8 | Utf8View => true,
+        Decimal128(p, _) => *p <= 18,
+        _ => false,
+    }
+}
+
+/// The packed key of every row of `cols` (one or two columns), or `None` when a value does
+/// not fit 8 bytes. Per column: the value's 8 bytes, and a byte holding whether it is null
+/// (bit 7) and, for strings, its length (so "a" and "a\0" differ).
+fn pack(cols: &[ArrayRef]) -> Option<Vec<Packed>> {
+    let n = cols.first()?.len();
+    let mut keys = vec![(0u128, 0u16); n];
+    for (j, col) in cols.iter().enumerate() {
+        let shift = 64 * j as u32;
+        let meta_shift = 8 * j as u32;
+        let mut put = |i: usize, v: u64, meta: u8| {
+            keys[i].0 |= (v as u128) << shift;
+            keys[i].1 |= (meta as u16) << meta_shift;
+        };
+        let fits = pack_column(col, &mut put);
+        if !fits {
+            return None;
+        }
+        if col.null_count() > 0 {
+            for i in (0..n).filter(|&i| col.is_null(i)) {
+                // A null's value bits are whatever the buffer holds: clear them.
+                keys[i].0 &= !((u64::MAX as u128) << shift);
+                keys[i].1 = (keys[i].1 & !(0xFFu16 << meta_shift)) | (0x80u16 << meta_shift);
+            }
+        }
+    }
+    Some(keys)
+}
+
+/// Calls `put(row, value, meta)` for every row of `col`; false when a value does not fit.
+fn pack_column(col: &ArrayRef, put: &mut impl FnMut(usize, u64, u8)) -> bool {
+    macro_rules! ints {
+        ($t:ty) => {{
+            for (i, v) in col.as_primitive::<$t>().values().iter().enumerate() {
+                put(i, *v as u64, 0);
+            }
+            true
+        }};
+    }
+    let short = |put: &mut dyn FnMut(usize, u64, u8), i: usize, b: &[u8], null: bool| {
+        if b.len() > 8 {
+            // Too long to pack, unless the slot is null (its bytes are ignored).
+            return null;
+        }
+        let mut v = [0u8; 8];
+        v[..b.len()].copy_from_slice(b);
+        put(i, u64::from_le_bytes(v), b.len() as u8);
+        true
+    };
+    match col.data_type() {
+        DataType::Int8 => ints!(Int8Type),
+        DataType::Int16 => ints!(Int16Type),
+        DataType::Int32 => ints!(Int32Type),
+        DataType::Int64 => ints!(Int64Type),
+        DataType::UInt8 => ints!(UInt8Type),
+        DataType::UInt16 => ints!(UInt16Type),
+        DataType::UInt32 => ints!(UInt32Type),
+        DataType::UInt64 => ints!(UInt64Type),
+        DataType::Date32 => ints!(Date32Type),
+        DataType::Date64 => ints!(Date64Type),
+        DataType::Boolean => {
+            for (i, v) in col.as_boolean().values().iter().enumerate() {
+                put(i, v as u64, 0);
+            }
+            true
+        }
+        DataType::Decimal128(..) => {
+            let a = col.as_primitive::<Decimal128Type>();
+            for (i, v) in a.values().iter().enumerate() {
+                match i64::try_from(*v) {
+                    Ok(v) => put(i, v as u64, 0),
+                    // A null slot may hold anything: it is cleared after.
+                    Err(_) if a.is_null(i) => put(i, 0, 0),
+                    Err(_) => return false,
+                }
+            }
+            true
+        }
+        DataType::Utf8 => {
+            let a = col.as_string::<i32>();
+            (0..a.len()).all(|i| short(&mut *put, i, a.value(i).as_bytes(), a.is_null(i)))
+        }
+        DataType::LargeUtf8 => {
+            let a = col.as_string::<i64>();
+            (0..a.len()).all(|i| short(&mut *put, i, a.value(i).as_bytes(), a.is_null(i)))
+        }
+        DataType::Utf8View => {
+            let a = col.as_string_view();
+            (0..a.len()).all(|i| short(&mut *put, i, a.value(i).as_bytes(), a.is_null(i)))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+
+    use super::*;
+
+    fn strings(v: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringArray::from(v.to_vec()))
+    }
+
+    #[test]
+    fn packed_keys_tell_apart_what_the_row_format_does() {
+        let mut k = GroupKeys::new(&[DataType::Utf8, DataType::Int64]).unwrap();
+        let a = strings(&[Some("a"), Some("a\0"), None, Some(""), Some("a"), None]);
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            None,
+        ]));
+        assert_eq!(k.ids(&[a, b]).unwrap(), vec![0, 1, 2, 3, 0, 4]);
+        assert!(matches!(k.index, Index::Packed(_)));
+        // A long string moves the keys to the row format; the groups stay.
+        let a = strings(&[Some("a longer string"), Some("a\0"), None]);
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(1), None]));
+        assert_eq!(k.ids(&[a, b]).unwrap(), vec![5, 1, 4]);
+        assert!(matches!(k.index, Index::Rows(_)));
+        let cols = k.columns().unwrap();
+        assert_eq!(cols[0].len(), 6);
+        assert_eq!(cols[0].as_string::<i32>().value(5), "a longer string");
+        assert!(cols[1].is_null(4));
+    }
+
+    #[test]
+    fn absorbing_another_keys_maps_its_groups_and_appends_new_ones() {
+        let mut x = GroupKeys::new(&[DataType::Utf8]).unwrap();
+        let mut y = GroupKeys::new(&[DataType::Utf8]).unwrap();
+        x.ids(&[strings(&[Some("r"), Some("n")])]).unwrap();
+        y.ids(&[strings(&[Some("a"), Some("n"), None])]).unwrap();
+        assert_eq!(x.absorb(&y).unwrap(), vec![2, 1, 3]);
+        assert_eq!(x.len(), 4);
+    }
+}
