@@ -39,6 +39,9 @@ pub enum Command {
     Query(QueryArgs),
     /// Run SQL over the device's tables (DataFusion on the host, pushdown to the device).
     Sql(SqlArgs),
+    /// Serve Flight SQL over devices: ADBC, JDBC and other Flight SQL clients run SQL with
+    /// pushdown.
+    Gateway(crate::gateway::GatewayArgs),
     /// Generate TPC-H tables on this host and upload them to the device.
     Tpch(TpchArgs),
     /// Benchmarks.

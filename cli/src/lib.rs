@@ -8,6 +8,7 @@ mod args;
 mod catalog;
 pub mod compare;
 mod connect;
+pub mod gateway;
 pub mod kernel;
 mod output;
 mod query;
@@ -73,6 +74,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Drop(a) => catalog::drop_table(a).await,
         Command::Query(args) => query::query(args).await,
         Command::Sql(args) => sql::sql(args).await,
+        Command::Gateway(args) => gateway::gateway(args).await,
         Command::Tpch(args) => upload::tpch(args).await,
         Command::Bench(BenchCommand::Compare(args)) => compare::compare(args).await,
         Command::Info(d) => admin::info(d).await,

@@ -8,6 +8,7 @@ mod device;
 mod differential;
 mod fanout;
 mod fuzz;
+mod gateway;
 mod hostile;
 mod kernel_dev;
 mod kernels;

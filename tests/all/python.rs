@@ -10,14 +10,18 @@ use nearstore_sdk::Query;
 
 use crate::support::TestDevice;
 
-/// A virtual environment with pyarrow, created (and kept) under the cargo cache directory.
-fn python_with_pyarrow() -> Result<PathBuf, String> {
+/// pyarrow, pinned: the Flight client tests' (and the reference engines').
+pub(crate) const PYARROW: &str = "pyarrow==26.0.1";
+
+/// The virtual environment under the cargo cache directory with `packages` (pip pins)
+/// installed, checked by running `import` in it.
+pub(crate) fn python_with(packages: &[&str], import: &str) -> Result<PathBuf, String> {
     let home = std::env::var("HOME").map_err(|_| "HOME is not set".to_string())?;
     let venv = PathBuf::from(home).join(".cache/nearstore/pyvenv");
     let python = venv.join("bin/python");
     let has = |p: &PathBuf| {
         Command::new(p)
-            .args(["-c", "import pyarrow.flight"])
+            .args(["-c", import])
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -32,27 +36,38 @@ fn python_with_pyarrow() -> Result<PathBuf, String> {
             Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
         }
     };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "pyarrow==26.0.1"]))?;
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .args(packages))?;
     if has(&python) {
         Ok(python)
     } else {
-        Err("pyarrow installed but does not import".into())
+        Err(format!("{packages:?} installed but `{import}` fails"))
+    }
+}
+
+/// A Python with `packages`, or the test's end: under CI a missing dependency fails the
+/// test (never a pass); elsewhere it is skipped with a message on stdout.
+pub(crate) fn python_or_skip(packages: &[&str], import: &str) -> Option<PathBuf> {
+    match python_with(packages, import) {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("cannot set up {packages:?} under CI: {e}")
+        }
+        Err(e) => {
+            println!("SKIPPED: cannot set up {packages:?} ({e})");
+            None
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_flight_client_queries_a_device() {
-    let python = match python_with_pyarrow() {
-        Ok(p) => p,
-        // Under CI a missing dependency is a failure, never a pass.
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("cannot set up pyarrow under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cannot set up pyarrow ({e})");
-            return;
-        }
+    let Some(python) = python_or_skip(&[PYARROW], "import pyarrow.flight") else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;

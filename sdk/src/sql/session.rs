@@ -36,6 +36,8 @@ pub struct SqlSession {
     /// For [`Mode::Auto`]: a client per device, for its estimates.
     pub(super) clients: std::collections::HashMap<String, Client>,
     pub(super) options: ClientOptions,
+    /// The tables and their schemas, in the order first seen.
+    tables: Vec<(String, SchemaRef)>,
 }
 
 impl fmt::Debug for SqlSession {
@@ -160,6 +162,7 @@ impl SqlSession {
             remote,
             clients,
             options: options.clone(),
+            tables: tables.into_iter().map(|(n, s, _)| (n, s)).collect(),
         })
     }
 
@@ -170,8 +173,53 @@ impl SqlSession {
 
     /// Runs a query.
     pub async fn sql(&self, query: &str) -> Result<SqlResult> {
-        let (mode, reason, ctx) = self.choose(query).await?;
-        self.run(ctx, query, mode, reason).await
+        self.sql_with_params(query, None).await
+    }
+
+    /// Runs a query whose placeholders (`$1`, `$2`, … or `?`) take `params`, in order.
+    pub async fn sql_with_params(
+        &self,
+        query: &str,
+        params: Option<Vec<datafusion::scalar::ScalarValue>>,
+    ) -> Result<SqlResult> {
+        let (mode, reason, ctx) = match &params {
+            // Auto's estimate plans the query as text, without the parameters' values.
+            Some(_) if self.mode == Mode::Auto => (
+                Mode::Offload,
+                "offload: a query with parameters is not estimated".to_string(),
+                &self.ctx,
+            ),
+            _ => self.choose(query).await?,
+        };
+        self.run(ctx, query, params, mode, reason).await
+    }
+
+    /// The tables this session sees, with their schemas.
+    pub fn tables(&self) -> &[(String, SchemaRef)] {
+        &self.tables
+    }
+
+    /// What `query` would return and the types of its parameters, by planning it (nothing
+    /// runs): the result schema and one field per placeholder (`$1`, `$2`, … in order; a type
+    /// the plan cannot infer is `Null`).
+    pub async fn describe(&self, query: &str) -> Result<(SchemaRef, SchemaRef)> {
+        let df = self.ctx.sql(query).await.map_err(sdk_err)?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let types = df.logical_plan().get_parameter_types().map_err(sdk_err)?;
+        let mut names: Vec<&String> = types.keys().collect();
+        names.sort_by_key(|n| {
+            n.trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let fields: Vec<arrow::datatypes::Field> = names
+            .into_iter()
+            .map(|n| {
+                let t = types[n].clone().unwrap_or(arrow::datatypes::DataType::Null);
+                arrow::datatypes::Field::new(n.as_str(), t, true)
+            })
+            .collect();
+        Ok((schema, Arc::new(arrow::datatypes::Schema::new(fields))))
     }
 
     /// The mode for `query`, why, and the context that runs it.
@@ -192,6 +240,7 @@ impl SqlSession {
         &self,
         ctx: &SessionContext,
         query: &str,
+        params: Option<Vec<datafusion::scalar::ScalarValue>>,
         mode: Mode,
         reason: String,
     ) -> Result<SqlResult> {
@@ -200,7 +249,10 @@ impl SqlSession {
         if let Some(store) = &self.remote {
             store.take_reads();
         }
-        let df = ctx.sql(query).await.map_err(sdk_err)?;
+        let mut df = ctx.sql(query).await.map_err(sdk_err)?;
+        if let Some(p) = params {
+            df = df.with_param_values(p).map_err(sdk_err)?;
+        }
         let schema = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(sdk_err)?;
         let scans = std::mem::take(&mut *self.log.lock().expect("scan log"));
@@ -225,7 +277,7 @@ impl SqlSession {
     pub async fn explain(&self, query: &str) -> Result<String> {
         let (mode, reason, ctx) = self.choose(query).await?;
         let r = self
-            .run(ctx, &format!("EXPLAIN {query}"), mode, reason)
+            .run(ctx, &format!("EXPLAIN {query}"), None, mode, reason)
             .await?;
         let b = arrow::compute::concat_batches(&r.schema, &r.batches)
             .map_err(|e| Error::Protocol(e.to_string()))?;

@@ -1,0 +1,634 @@
+//! The Flight SQL protocol over the SDK's SQL session: statements and prepared statements
+//! (parameters bound through `DoPut`), and the metadata commands clients ask on connecting.
+//! Transactions, updates and Substrait are not offered (SqlInfo says so).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
+};
+use datafusion::scalar::ScalarValue;
+use futures::{Stream, TryStreamExt};
+use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::catalog::{CATALOG, SCHEMA, SQL_INFO, TABLE_TYPE, TYPE_INFO};
+
+/// How long a statement's result waits for the client's `DoGet`.
+pub const RESULT_TTL: Duration = Duration::from_secs(300);
+
+type DoGetStream = <Gateway as FlightService>::DoGetStream;
+
+/// A prepared statement: its query and the parameters bound to it.
+struct Prepared {
+    query: String,
+    params: Option<Vec<ScalarValue>>,
+}
+
+/// A statement's result, waiting for its `DoGet`.
+struct Stored {
+    at: Instant,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    /// The statement's statistics (JSON), the stream's first `app_metadata`.
+    stats: bytes::Bytes,
+}
+
+/// The Flight SQL service.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    devices: Vec<String>,
+    mode: Mode,
+    next: AtomicU64,
+    prepared: Mutex<HashMap<String, Prepared>>,
+    results: Mutex<HashMap<String, Stored>>,
+}
+
+impl Gateway {
+    /// A gateway over `devices`, running statements in `mode`.
+    pub fn new(devices: Vec<String>, mode: Mode) -> Self {
+        Gateway {
+            inner: Arc::new(Inner {
+                devices,
+                mode,
+                next: AtomicU64::new(1),
+                prepared: Mutex::default(),
+                results: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Whether every device answers (a device that wants a token answers too).
+    pub async fn check_devices(&self) -> nearstore_sdk::Result<()> {
+        for url in &self.inner.devices {
+            let mut c = nearstore_sdk::Client::connect(url).await?;
+            match c.tables().await {
+                Err(nearstore_sdk::Error::Device {
+                    status: tonic::Code::Unauthenticated,
+                    ..
+                }) => {}
+                r => {
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A SQL session over the devices as the caller (its bearer token, if any).
+    async fn session<T>(&self, req: &Request<T>) -> Result<SqlSession, Status> {
+        let token = match req.metadata().get("authorization") {
+            None => None,
+            Some(v) => {
+                let v = v
+                    .to_str()
+                    .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+                match v
+                    .strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                {
+                    Some(t) => Some(t.trim().to_string()),
+                    None => {
+                        return Err(Status::unauthenticated(
+                            "the gateway takes a bearer token (authorization: Bearer TOKEN)",
+                        ));
+                    }
+                }
+            }
+        };
+        let options = ClientOptions {
+            token,
+            ..Default::default()
+        };
+        SqlSession::connect_many(&self.inner.devices, options, self.inner.mode)
+            .await
+            .map_err(status)
+    }
+
+    fn handle(&self) -> String {
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        format!("{n:x}-{:x}", std::process::id())
+    }
+
+    /// Runs `query` as the caller and keeps the result for a `DoGet`: its `FlightInfo`.
+    async fn execute<T>(
+        &self,
+        req: &Request<T>,
+        query: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<FlightInfo, Status> {
+        let session = self.session(req).await?;
+        let r = session
+            .sql_with_params(query, params)
+            .await
+            .map_err(status)?;
+        let stats = statistics(&r, self.inner.devices.len());
+        // The stream's schema is the batches' own, and the info says the same.
+        let schema = r
+            .batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| r.schema.clone());
+        let rows: usize = r.num_rows();
+        let bytes: usize = r.batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let handle = self.handle();
+        {
+            let mut results = self.inner.results.lock().expect("results");
+            results.retain(|_, s| s.at.elapsed() < RESULT_TTL);
+            results.insert(
+                handle.clone(),
+                Stored {
+                    at: Instant::now(),
+                    schema: schema.clone(),
+                    batches: r.batches,
+                    stats: stats.clone(),
+                },
+            );
+        }
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into_bytes().into(),
+        };
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
+        Ok(FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| Status::internal(format!("encoding the result schema: {e}")))?
+            .with_endpoint(endpoint)
+            .with_total_records(rows as i64)
+            .with_total_bytes(bytes as i64)
+            .with_app_metadata(stats))
+    }
+}
+
+/// `query` with its `?` placeholders (JDBC's and ADBC's) numbered `$1`, `$2`, … as
+/// DataFusion takes them; a `?` inside a string, a quoted name or a comment stays.
+fn number_placeholders(query: &str) -> String {
+    let mut out = String::with_capacity(query.len() + 8);
+    let mut chars = query.chars().peekable();
+    let mut n = 0;
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match c {
+            '\'' | '"' => {
+                // To the closing quote; a doubled quote is an escaped one and stays inside.
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    if d == c {
+                        if chars.peek() == Some(&c) {
+                            out.push(chars.next().expect("peeked"));
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                let mut last = ' ';
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if last == '*' && d == '/' {
+                        break;
+                    }
+                    last = d;
+                }
+            }
+            '?' => {
+                out.pop();
+                n += 1;
+                out.push_str(&format!("${n}"));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A statement's statistics for the client: the mode, why, the bytes the devices sent and
+/// the devices asked.
+fn statistics(r: &SqlResult, devices: usize) -> bytes::Bytes {
+    serde_json::json!({
+        "mode": r.mode.as_str(),
+        "reason": r.reason,
+        "bytes_moved": r.bytes_moved(),
+        "device_scans": r.scans.len(),
+        "devices": devices,
+        "rows": r.num_rows(),
+    })
+    .to_string()
+    .into()
+}
+
+/// An SDK error as the gRPC status a client sees: a bad query is `INVALID_ARGUMENT`, a wrong
+/// token `UNAUTHENTICATED` (the device's own code), an unreachable device `UNAVAILABLE`.
+fn status(e: nearstore_sdk::Error) -> Status {
+    use nearstore_sdk::Error;
+    match e {
+        Error::Device {
+            status, message, ..
+        } => Status::new(status, message),
+        Error::InvalidArgument(m) => Status::invalid_argument(m),
+        e @ Error::Transport { .. } => Status::unavailable(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+/// `batch` as a Flight stream with `schema`.
+fn stream_of(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    metadata: Option<bytes::Bytes>,
+) -> Response<DoGetStream> {
+    let mut b = FlightDataEncoderBuilder::new().with_schema(schema);
+    if let Some(m) = metadata {
+        b = b.with_metadata(m);
+    }
+    let s = b
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .map_err(Status::from);
+    Response::new(Box::pin(s))
+}
+
+/// A metadata command's `FlightInfo`: its schema, and the command itself as the ticket.
+fn command_info(
+    schema: &Schema,
+    cmd: impl ProstMessageExt,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(cmd.as_any().encode_to_vec()));
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("encoding a schema: {e}")))?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &Default::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn built<E: std::fmt::Display>(b: Result<RecordBatch, E>) -> Result<RecordBatch, Status> {
+    b.map_err(|e| Status::internal(format!("building a metadata answer: {e}")))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for Gateway {
+    type FlightService = Gateway;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        Err(Status::unauthenticated(
+            "the gateway has no user names: send the tenant's bearer token on each call \
+             (authorization: Bearer TOKEN)",
+        ))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let sql = number_placeholders(&query.query);
+        let info = self.execute(&request, &sql, None).await?;
+        Ok(Response::new(info.with_descriptor(request.into_inner())))
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = String::from_utf8_lossy(&cmd.prepared_statement_handle).to_string();
+        let (query, params) = {
+            let prepared = self.inner.prepared.lock().expect("prepared");
+            let p = prepared.get(&handle).ok_or_else(|| {
+                Status::not_found(format!("no prepared statement {handle} (closed?)"))
+            })?;
+            (p.query.clone(), p.params.clone())
+        };
+        let info = self.execute(&request, &query, params).await?;
+        Ok(Response::new(info.with_descriptor(request.into_inner())))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle = String::from_utf8_lossy(&ticket.statement_handle).to_string();
+        let stored = self
+            .inner
+            .results
+            .lock()
+            .expect("results")
+            .remove(&handle)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no result {handle}: each is fetched once, within {} s",
+                    RESULT_TTL.as_secs()
+                ))
+            })?;
+        Ok(stream_of(stored.schema, stored.batches, Some(stored.stats)))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let session = self.session(&request).await?;
+        let sql = number_placeholders(&query.query);
+        let (dataset, parameters) = session.describe(&sql).await.map_err(status)?;
+        let handle = self.handle();
+        self.inner.prepared.lock().expect("prepared").insert(
+            handle.clone(),
+            Prepared {
+                query: sql,
+                params: None,
+            },
+        );
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: ipc_schema(&dataset)?,
+            parameter_schema: if parameters.fields().is_empty() {
+                Default::default()
+            } else {
+                ipc_schema(&parameters)?
+            },
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = String::from_utf8_lossy(&cmd.prepared_statement_handle).to_string();
+        // The stream itself, not its inner one: the first message (the schema) was peeked.
+        let data = request.into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("reading the parameters: {e}")))?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let params = match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(b) if rows == 1 => b
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, 0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Status::invalid_argument(format!("a parameter: {e}")))?,
+            None => Vec::new(),
+            Some(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "{rows} rows of parameters: the gateway binds one row per execution"
+                )));
+            }
+        };
+        let mut prepared = self.inner.prepared.lock().expect("prepared");
+        let p = prepared
+            .get_mut(&handle)
+            .ok_or_else(|| Status::not_found(format!("no prepared statement {handle}")))?;
+        p.params = (!params.is_empty()).then_some(params);
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.into_bytes().into()),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
+        self.inner
+            .prepared
+            .lock()
+            .expect("prepared")
+            .remove(&handle);
+        Ok(())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append(CATALOG);
+        let schema = b.schema();
+        Ok(stream_of(schema, vec![built(b.build())?], None))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append(CATALOG, SCHEMA);
+        let schema = b.schema();
+        Ok(stream_of(schema, vec![built(b.build())?], None))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let session = self.session(&request).await?;
+        let mut b = query.into_builder();
+        for (name, schema) in session.tables() {
+            b.append(CATALOG, SCHEMA, name, TABLE_TYPE, schema)
+                .map_err(|e| Status::internal(format!("listing table {name}: {e}")))?;
+        }
+        let schema = b.schema();
+        Ok(stream_of(schema, vec![built(b.build())?], None))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut b = query.into_builder();
+        b.append(TABLE_TYPE);
+        let schema = b.schema();
+        Ok(stream_of(schema, vec![built(b.build())?], None))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        command_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let b = query.into_builder(&SQL_INFO);
+        let schema = b.schema();
+        Ok(stream_of(schema, vec![built(b.build())?], None))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder(&TYPE_INFO).schema();
+        command_info(&schema, query, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let b = query.into_builder(&TYPE_INFO);
+        let schema = b.schema();
+        Ok(stream_of(schema, vec![built(b.build())?], None))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "the gateway does not answer {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("devices", &self.inner.devices)
+            .field("mode", &self.inner.mode)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdk_errors_become_the_statuses_clients_expect() {
+        let bad = status(nearstore_sdk::Error::InvalidArgument(
+            "table 'nope' not found".into(),
+        ));
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        let gone = status(nearstore_sdk::Error::Transport {
+            url: "grpc://x".into(),
+            message: "refused".into(),
+        });
+        assert_eq!(gone.code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn question_marks_become_numbered_placeholders_outside_strings_names_and_comments() {
+        assert_eq!(
+            number_placeholders("select '?', \"a?\" from t where x < ? and y = ? -- ?\n and z = ?"),
+            "select '?', \"a?\" from t where x < $1 and y = $2 -- ?\n and z = $3"
+        );
+        assert_eq!(
+            number_placeholders("select 'it''s ?' /* ? */ , ?"),
+            "select 'it''s ?' /* ? */ , $1"
+        );
+        assert_eq!(number_placeholders("select $1"), "select $1");
+    }
+
+    #[test]
+    fn the_metadata_answers_build() {
+        let b = CommandGetSqlInfo { info: vec![] }.into_builder(&SQL_INFO);
+        assert!(b.build().unwrap().num_rows() > 5);
+        let t = CommandGetXdbcTypeInfo { data_type: None }.into_builder(&TYPE_INFO);
+        assert_eq!(t.build().unwrap().num_rows(), 8);
+    }
+}

@@ -1,0 +1,212 @@
+//! Flight SQL clients reach the devices through `nearstore gateway`: ADBC's Python driver
+//! (`examples/flight_sql_adbc.py`, pinned packages) against a gateway process over two device
+//! processes' tables (lineitem dealt over both, orders on one), with a tenant's token: TPC-H
+//! Q1, Q6 and a join equal to the SDK's SQL session; a prepared statement with a bound
+//! parameter; the catalog listing; polars; 16 concurrent clients; clear errors for a syntax
+//! error, an unknown table and a wrong token.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type};
+use nearstore_proto::PutMode;
+use nearstore_runtime::demo::tpch_part_batches;
+use nearstore_sdk::{ClientOptions, Mode, SqlSession};
+
+use crate::python::{PYARROW, python_or_skip};
+use crate::support::{TestDevice, cli_bin};
+use crate::tenants::{ALICE, client, tenants};
+
+/// The ADBC client packages, pinned.
+const ADBC: [&str; 4] = [
+    PYARROW,
+    "adbc-driver-manager==1.13.0",
+    "adbc-driver-flightsql==1.13.0",
+    "polars==2.1.0",
+];
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `nearstore gateway` over `devices`; its URL from its first line.
+fn start_gateway(devices: &[String]) -> (Gateway, String) {
+    let mut cmd = Command::new(cli_bin());
+    cmd.arg("gateway").args(["--listen", "127.0.0.1:0"]);
+    for d in devices {
+        cmd.args(["--device", d]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("gateway starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("grpc://"))
+        .unwrap_or_else(|| panic!("no URL in the gateway's first line: {line:?}"))
+        .to_string();
+    (Gateway(child), url)
+}
+
+/// Rows as the script prints them: sorted strings, floats to 6 significant digits.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Float64 if c.is_valid(i) => {
+                        format!("{:.5e}", c.as_primitive::<Float64Type>().value(i))
+                    }
+                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_runs_sql_through_the_gateway() {
+    let Some(python) = python_or_skip(&ADBC, "import adbc_driver_flightsql.dbapi, polars") else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut devices = Vec::new();
+    for d in &dirs {
+        devices.push(TestDevice::start_with(d.path(), |c| c.tenants = tenants()).await);
+    }
+    for (i, dev) in devices.iter().enumerate() {
+        let mut c = client(&dev.url, Some(ALICE)).await;
+        let part = |t: &str| -> Vec<RecordBatch> {
+            tpch_part_batches(t, 0.01, (i + 1, 2))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        c.put_batches("lineitem", PutMode::Create, part("lineitem"))
+            .await
+            .unwrap();
+        if i == 0 {
+            let orders = tpch_part_batches("orders", 0.01, (1, 1))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            c.put_batches("orders", PutMode::Create, orders)
+                .await
+                .unwrap();
+        }
+    }
+    let urls: Vec<String> = devices.iter().map(|d| d.url.clone()).collect();
+    let (_gateway, gateway_url) = start_gateway(&urls);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/flight_sql_adbc.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(gateway_url)
+            .arg(ALICE)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+
+    // The same queries through the SDK's SQL session, as the tenant.
+    let options = ClientOptions {
+        token: Some(ALICE.into()),
+        ..Default::default()
+    };
+    let session = SqlSession::connect_many(&urls, options, Mode::Offload)
+        .await
+        .unwrap();
+    let queries = [
+        (
+            "q1",
+            "select l_returnflag, l_linestatus, sum(l_quantity) as sum_qty, sum(l_extendedprice) as sum_base_price, avg(l_discount) as avg_disc, count(*) as count_order from lineitem where l_shipdate <= date '1998-09-02' group by l_returnflag, l_linestatus order by l_returnflag, l_linestatus",
+        ),
+        (
+            "q6",
+            "select sum(l_extendedprice * l_discount) as revenue from lineitem where l_shipdate >= date '1994-01-01' and l_shipdate < date '1995-01-01' and l_discount between 0.05 and 0.07 and l_quantity < 24",
+        ),
+        (
+            "join",
+            "select o.o_orderpriority, count(*) as n from orders o join lineitem l on l.l_orderkey = o.o_orderkey where l.l_commitdate < l.l_receiptdate group by o.o_orderpriority order by o.o_orderpriority",
+        ),
+        (
+            "param",
+            "select count(*) as n from lineitem where l_quantity < 24",
+        ),
+    ];
+    for (name, sql) in queries {
+        let want = rows(&session.sql(sql).await.unwrap().batches);
+        assert!(!want.is_empty(), "{name}");
+        assert_eq!(got["queries"][name], serde_json::json!(want), "{name}");
+    }
+    assert_eq!(
+        got["queries"]["param_qmark"], got["queries"]["param"],
+        "? placeholders"
+    );
+    let n = &got["queries"]["param"][0];
+    assert_eq!(
+        got["polars"][0]["n"].to_string(),
+        n.as_str().unwrap(),
+        "polars"
+    );
+    assert_eq!(
+        got["concurrent"],
+        serde_json::json!(16),
+        "16 concurrent clients"
+    );
+
+    // The catalog lists both tables with their columns.
+    let tables = &got["tables"];
+    assert!(
+        tables["lineitem"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "l_shipdate"),
+        "{tables}"
+    );
+    assert!(tables["orders"].as_array().is_some(), "{tables}");
+
+    // Errors are specific, never internal.
+    let errors = &got["errors"];
+    for (case, says) in [
+        ("syntax", "selec"),
+        ("unknown_table", "nope"),
+        ("wrong_token", "nauthenticated"),
+    ] {
+        let e = errors[case]
+            .as_array()
+            .unwrap_or_else(|| panic!("{case} did not fail: {errors}"));
+        let (class, message) = (e[0].as_str().unwrap(), e[1].as_str().unwrap());
+        assert_ne!(class, "InternalError", "{case}: {message}");
+        assert!(
+            message.to_lowercase().contains(says),
+            "{case}: {class}: {message}"
+        );
+    }
+    for d in devices {
+        d.stop().await;
+    }
+}
