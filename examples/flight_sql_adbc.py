@@ -2,7 +2,7 @@
 Python driver (as pandas, polars and DBeaver's users would use it) running TPC-H queries, a
 prepared statement with a bound parameter, the catalog listing, polars, and error cases.
 
-    python flight_sql_adbc.py grpc://127.0.0.1:50060 [TOKEN]
+    python flight_sql_adbc.py grpc://127.0.0.1:50060 [TOKEN [USER:PASSWORD]]
 
 Prints one JSON object: each query's rows (as sorted lists of strings), the tables and
 columns `adbc_get_objects` lists, and each error case's exception class and message.
@@ -61,6 +61,7 @@ def connect(uri, token):
 def main():
     uri = sys.argv[1]
     token = sys.argv[2] if len(sys.argv) > 2 else None
+    basic = sys.argv[3] if len(sys.argv) > 3 else None
     out = {"queries": {}, "errors": {}}
     with connect(uri, token) as conn:
         with conn.cursor() as cur:
@@ -91,6 +92,13 @@ def main():
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: q6_alone(uri, token), range(16)))
     out["concurrent"] = sum(a == out["queries"]["q6"] for a in answers)
+    if basic:
+        # A user name and password: the driver's handshake trades them for the tenant's token.
+        user, password = basic.split(":", 1)
+        with flight_sql.connect(uri, db_kwargs={"username": user, "password": password}) as conn:
+            with conn.cursor() as cur:
+                cur.execute(QUERIES["q6"])
+                out["queries"]["q6_basic_auth"] = rows(cur.fetch_arrow_table())
     try:
         with connect(uri, "wrong-token") as bad:
             with bad.cursor() as cur:

@@ -36,10 +36,13 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts `nearstore gateway` over `devices`; its URL from its first line.
-fn start_gateway(devices: &[String]) -> (Gateway, String) {
+/// Starts `nearstore gateway` over `devices` with `extra` arguments; its URL from its first
+/// line.
+fn start_gateway(devices: &[String], extra: &[&str]) -> (Gateway, String) {
     let mut cmd = Command::new(cli_bin());
-    cmd.arg("gateway").args(["--listen", "127.0.0.1:0"]);
+    cmd.arg("gateway")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra);
     for d in devices {
         cmd.args(["--device", d]);
     }
@@ -110,13 +113,34 @@ async fn adbc_runs_sql_through_the_gateway() {
         }
     }
     let urls: Vec<String> = devices.iter().map(|d| d.url.clone()).collect();
-    let (_gateway, gateway_url) = start_gateway(&urls);
+    // A user who logs in with a password stands for Alice's token.
+    let users = dirs[0].path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[users]]\nname = \"ann\"\npassword_sha256 = \"{}\"\ntoken = \"{ALICE}\"\n",
+            nearstore_runtime::server::auth::token_hash("s3cret")
+        ),
+    )
+    .unwrap();
+    let metrics_port = crate::support::free_port();
+    let metrics_at = format!("127.0.0.1:{metrics_port}");
+    let (_gateway, gateway_url) = start_gateway(
+        &urls,
+        &[
+            "--users",
+            users.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics_at,
+        ],
+    );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/flight_sql_adbc.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script)
             .arg(gateway_url)
             .arg(ALICE)
+            .arg("ann:s3cret")
             .output()
             .unwrap()
     })
@@ -165,6 +189,10 @@ async fn adbc_runs_sql_through_the_gateway() {
         got["queries"]["param_qmark"], got["queries"]["param"],
         "? placeholders"
     );
+    assert_eq!(
+        got["queries"]["q6_basic_auth"], got["queries"]["q6"],
+        "basic auth"
+    );
     let n = &got["queries"]["param"][0];
     assert_eq!(
         got["polars"][0]["n"].to_string(),
@@ -206,7 +234,41 @@ async fn adbc_runs_sql_through_the_gateway() {
             "{case}: {class}: {message}"
         );
     }
+    // The gateway counted what it ran.
+    let metrics = http_get(&metrics_at, "/metrics");
+    let count = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    assert!(count("nearstore_gateway_statements_total{mode=\"offload\"}") >= 20.0);
+    assert!(count("nearstore_gateway_failed_total{code=\"InvalidArgument\"}") >= 1.0);
+    assert!(count("nearstore_gateway_bytes_moved_total") > 0.0);
     for d in devices {
         d.stop().await;
     }
+}
+
+/// The body of an HTTP GET of `path` on `addr` (three tries: a connection may be reset).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut last = None;
+    for _ in 0..3 {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match got {
+            Ok(out) => return out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("GET {path} on {addr}: {last:?}")
 }

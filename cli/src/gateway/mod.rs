@@ -12,7 +12,9 @@
 mod catalog;
 mod service;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -32,6 +34,51 @@ pub struct GatewayArgs {
     /// How statements run: offload, remote, transfer or auto (as `nearstore sql --mode`).
     #[arg(long, default_value = "offload")]
     pub mode: Mode,
+    /// TLS certificate chain (PEM); with --tls-key the gateway serves grpc+tls.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) the devices' TLS certificates are checked against.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Basic-auth users for clients that log in with a user name and password (JDBC's
+    /// `user`/`password`): a TOML file of `[[users]]` with `name`, `password_sha256` and the
+    /// tenant `token` the user stands for. Without it, clients send the tenant's bearer token.
+    #[arg(long)]
+    pub users: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this address [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+/// The `--users` file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    users: Vec<User>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct User {
+    name: String,
+    /// Hex SHA-256 of the password (`nearstore token` prints one for a token).
+    password_sha256: String,
+    token: String,
+}
+
+fn read_users(path: &Path) -> Result<HashMap<String, (String, String)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: UsersFile =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(file
+        .users
+        .into_iter()
+        .map(|u| (u.name, (u.password_sha256.to_lowercase(), u.token)))
+        .collect())
 }
 
 /// Serves Flight SQL until interrupted.
@@ -41,7 +88,15 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("--listen {} is not HOST:PORT", args.listen))?;
     let mode = args.mode;
-    let gateway = Gateway::new(args.devices.clone(), mode);
+    let options = nearstore_sdk::ClientOptions {
+        tls_ca_pem: crate::connect::read_ca(&args.tls_ca)?,
+        ..Default::default()
+    };
+    let users = match &args.users {
+        Some(p) => read_users(p)?,
+        None => HashMap::new(),
+    };
+    let gateway = Gateway::new(args.devices.clone(), mode, options, users);
     // Checks the devices answer before serving (with no token: an open device's tables).
     gateway
         .check_devices()
@@ -51,13 +106,37 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
+    let mut server = tonic::transport::Server::builder();
+    let scheme = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let identity = tonic::transport::Identity::from_pem(read(c)?, read(k)?);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("the TLS certificate and key")?;
+            "grpc+tls"
+        }
+        _ => "grpc",
+    };
+    if let Some(m) = &args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(m)
+            .await
+            .with_context(|| format!("listening for metrics on {m}"))?;
+        eprintln!("gateway metrics on http://{}/metrics", l.local_addr()?);
+        let g = gateway.clone();
+        tokio::spawn(nearstore_runtime::server::metrics::serve_text(
+            l,
+            std::sync::Arc::new(move || g.render_metrics()),
+        ));
+    }
     println!(
-        "nearstore Flight SQL gateway on grpc://{local} over {} device(s), mode {}",
+        "nearstore Flight SQL gateway on {scheme}://{local} over {} device(s), mode {}",
         args.devices.len(),
         mode.as_str()
     );
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    server
         .add_service(
             FlightServiceServer::new(gateway)
                 .max_decoding_message_size(64 << 20)

@@ -63,29 +63,102 @@ pub struct Gateway {
 struct Inner {
     devices: Vec<String>,
     mode: Mode,
+    /// How the gateway reaches the devices (their CA); the caller's token is added per call.
+    options: ClientOptions,
+    /// Basic-auth users for `Handshake`: name → (SHA-256 of the password, the tenant token
+    /// it stands for).
+    users: HashMap<String, (String, String)>,
     next: AtomicU64,
     prepared: Mutex<HashMap<String, Prepared>>,
     results: Mutex<HashMap<String, Stored>>,
+    metrics: Metrics,
+}
+
+/// The gateway's counters, for `GET /metrics`.
+#[derive(Default)]
+struct Metrics {
+    /// Statements answered, per mode they ran in.
+    statements: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Statements that failed, per gRPC code.
+    failed: Mutex<std::collections::BTreeMap<String, u64>>,
+    bytes_moved: AtomicU64,
+    rows: AtomicU64,
+    micros: AtomicU64,
 }
 
 impl Gateway {
-    /// A gateway over `devices`, running statements in `mode`.
-    pub fn new(devices: Vec<String>, mode: Mode) -> Self {
+    /// A gateway over `devices`, running statements in `mode`, reaching the devices with
+    /// `options` (its token is replaced by each caller's), with basic-auth `users` (name →
+    /// SHA-256 of the password, token).
+    pub fn new(
+        devices: Vec<String>,
+        mode: Mode,
+        options: ClientOptions,
+        users: HashMap<String, (String, String)>,
+    ) -> Self {
         Gateway {
             inner: Arc::new(Inner {
                 devices,
                 mode,
+                options,
+                users,
                 next: AtomicU64::new(1),
                 prepared: Mutex::default(),
                 results: Mutex::default(),
+                metrics: Metrics::default(),
             }),
         }
+    }
+
+    /// The gateway's metrics in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let m = &self.inner.metrics;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP nearstore_gateway_statements_total Statements answered, by the mode they ran in.\n# TYPE nearstore_gateway_statements_total counter"
+        );
+        for (mode, n) in m.statements.lock().expect("metrics").iter() {
+            let _ = writeln!(
+                s,
+                "nearstore_gateway_statements_total{{mode=\"{mode}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP nearstore_gateway_failed_total Statements that failed, by gRPC code.\n# TYPE nearstore_gateway_failed_total counter"
+        );
+        for (code, n) in m.failed.lock().expect("metrics").iter() {
+            let _ = writeln!(s, "nearstore_gateway_failed_total{{code=\"{code}\"}} {n}");
+        }
+        for (name, help, v) in [
+            (
+                "nearstore_gateway_bytes_moved_total",
+                "Bytes the devices sent for the gateway's statements.",
+                m.bytes_moved.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "nearstore_gateway_rows_total",
+                "Rows the gateway's statements returned.",
+                m.rows.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "nearstore_gateway_statement_seconds_total",
+                "Time running statements (planning, device scans, host operators).",
+                m.micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        s
     }
 
     /// Whether every device answers (a device that wants a token answers too).
     pub async fn check_devices(&self) -> nearstore_sdk::Result<()> {
         for url in &self.inner.devices {
-            let mut c = nearstore_sdk::Client::connect(url).await?;
+            let mut c =
+                nearstore_sdk::Client::connect_with(url, self.inner.options.clone()).await?;
             match c.tables().await {
                 Err(nearstore_sdk::Error::Device {
                     status: tonic::Code::Unauthenticated,
@@ -122,11 +195,38 @@ impl Gateway {
         };
         let options = ClientOptions {
             token,
-            ..Default::default()
+            ..self.inner.options.clone()
         };
         SqlSession::connect_many(&self.inner.devices, options, self.inner.mode)
             .await
             .map_err(status)
+    }
+
+    /// Counts a statement that failed (preparing or running it).
+    fn failed(&self, e: Status) -> Status {
+        let code = format!("{:?}", e.code());
+        *self
+            .inner
+            .metrics
+            .failed
+            .lock()
+            .expect("metrics")
+            .entry(code)
+            .or_default() += 1;
+        e
+    }
+
+    /// The token a basic-auth `user:password` (base64) stands for.
+    fn basic_auth(&self, encoded: &str) -> Result<String, Status> {
+        let wrong = || Status::unauthenticated("wrong user name or password");
+        let decoded = base64_decode(encoded.trim()).ok_or_else(wrong)?;
+        let text = String::from_utf8(decoded).map_err(|_| wrong())?;
+        let (user, password) = text.split_once(':').ok_or_else(wrong)?;
+        let (hash, token) = self.inner.users.get(user).ok_or_else(wrong)?;
+        if nearstore_runtime::server::auth::token_hash(password) != *hash {
+            return Err(wrong());
+        }
+        Ok(token.clone())
     }
 
     fn handle(&self) -> String {
@@ -141,11 +241,22 @@ impl Gateway {
         query: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<FlightInfo, Status> {
-        let session = self.session(req).await?;
-        let r = session
-            .sql_with_params(query, params)
-            .await
-            .map_err(status)?;
+        let started = Instant::now();
+        let run = async {
+            let session = self.session(req).await?;
+            session.sql_with_params(query, params).await.map_err(status)
+        };
+        let m = &self.inner.metrics;
+        let r = run.await.map_err(|e| self.failed(e))?;
+        *m.statements
+            .lock()
+            .expect("metrics")
+            .entry(r.mode.as_str())
+            .or_default() += 1;
+        m.bytes_moved.fetch_add(r.bytes_moved(), Ordering::Relaxed);
+        m.rows.fetch_add(r.num_rows() as u64, Ordering::Relaxed);
+        m.micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let stats = statistics(&r, self.inner.devices.len());
         // The stream's schema is the batches' own, and the info says the same.
         let schema = r
@@ -235,6 +346,36 @@ fn number_placeholders(query: &str) -> String {
     out
 }
 
+/// Standard base64 (with padding), as HTTP basic authentication encodes `user:password`.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        match chunk.len() {
+            4 => out.extend_from_slice(&bytes[1..4]),
+            3 => out.extend_from_slice(&bytes[1..3]),
+            2 => out.push(bytes[1]),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
 /// A statement's statistics for the client: the mode, why, the bytes the devices sent and
 /// the devices asked.
 fn statistics(r: &SqlResult, devices: usize) -> bytes::Bytes {
@@ -312,15 +453,40 @@ impl FlightSqlService for Gateway {
 
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        Err(Status::unauthenticated(
-            "the gateway has no user names: send the tenant's bearer token on each call \
-             (authorization: Bearer TOKEN)",
-        ))
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let token = match header.strip_prefix("Basic ") {
+            Some(basic) => self.basic_auth(basic)?,
+            None => {
+                return Err(Status::unauthenticated(
+                    "the gateway's handshake takes basic authentication (a user of --users); \
+                     or skip it and send the tenant's bearer token on each call",
+                ));
+            }
+        };
+        let bearer = format!("Bearer {token}");
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into_bytes().into(),
+        };
+        let mut response: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        response.metadata_mut().insert(
+            "authorization",
+            bearer
+                .parse()
+                .map_err(|_| Status::internal("a token that is not a header value"))?,
+        );
+        Ok(response)
     }
 
     async fn get_flight_info_statement(
@@ -376,9 +542,12 @@ impl FlightSqlService for Gateway {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let session = self.session(&request).await?;
         let sql = number_placeholders(&query.query);
-        let (dataset, parameters) = session.describe(&sql).await.map_err(status)?;
+        let describe = async {
+            let session = self.session(&request).await?;
+            session.describe(&sql).await.map_err(status)
+        };
+        let (dataset, parameters) = describe.await.map_err(|e| self.failed(e))?;
         let handle = self.handle();
         self.inner.prepared.lock().expect("prepared").insert(
             handle.clone(),
@@ -622,6 +791,21 @@ mod tests {
             "select 'it''s ?' /* ? */ , $1"
         );
         assert_eq!(number_placeholders("select $1"), "select $1");
+    }
+
+    #[test]
+    fn basic_auth_maps_a_user_to_its_token() {
+        let hash = nearstore_runtime::server::auth::token_hash("s3cret");
+        let users = HashMap::from([("ann".to_string(), (hash, "ann-token".to_string()))]);
+        let g = Gateway::new(vec![], Mode::Offload, ClientOptions::default(), users);
+        // "ann:s3cret" and "ann:wrong", base64.
+        assert_eq!(g.basic_auth("YW5uOnMzY3JldA==").unwrap(), "ann-token");
+        assert_eq!(
+            g.basic_auth("YW5uOndyb25n").unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(base64_decode("YQ").unwrap(), b"a");
+        assert!(base64_decode("a*").is_none());
     }
 
     #[test]

@@ -277,11 +277,20 @@ pub async fn serve(
     reader: Reader,
     link: Arc<Link>,
 ) {
+    serve_text(listener, Arc::new(move || metrics.render(&reader, &link))).await
+}
+
+/// Serves `GET /metrics` on `listener` with the Prometheus text `render` makes at each
+/// request, until the task is dropped (the device's metrics, and the gateway's).
+pub async fn serve_text(
+    listener: tokio::net::TcpListener,
+    render: Arc<dyn Fn() -> String + Send + Sync>,
+) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let (metrics, reader, link) = (metrics.clone(), reader.clone(), link.clone());
+        let render = render.clone();
         tokio::spawn(async move {
             let mut req = vec![0u8; 4096];
             let n =
@@ -294,7 +303,7 @@ pub async fn serve(
             let line = String::from_utf8_lossy(&req[..n]);
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
             {
-                ("200 OK", metrics.render(&reader, &link))
+                ("200 OK", render())
             } else {
                 (
                     "404 Not Found",
