@@ -16,7 +16,7 @@ use nearstore_runtime::demo::tpch_part_batches;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
 use crate::python::{PYARROW, python_or_skip};
-use crate::support::{TestDevice, cli_bin};
+use crate::support::{DeviceProcess, cli_bin};
 use crate::tenants::{ALICE, client, tenants};
 
 /// The ADBC client packages, pinned.
@@ -86,11 +86,26 @@ async fn adbc_runs_sql_through_the_gateway() {
     let Some(python) = python_or_skip(&ADBC, "import adbc_driver_flightsql.dbapi, polars") else {
         return;
     };
+    // Two device processes, each with the tenants of `tenants()` in its configuration file.
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut devices = Vec::new();
-    for d in &dirs {
-        devices.push(TestDevice::start_with(d.path(), |c| c.tenants = tenants()).await);
-    }
+    let config = dirs[0].path().join("device.toml");
+    let entries: String = tenants()
+        .iter()
+        .map(|t| {
+            format!(
+                "[[tenants]]\nname = \"{}\"\ntoken_sha256 = \"{}\"\nadmin = {}\n",
+                t.name, t.token_sha256, t.admin
+            )
+        })
+        .collect();
+    std::fs::write(&config, entries).unwrap();
+    let devices: Vec<DeviceProcess> = dirs
+        .iter()
+        .map(|d| {
+            let data = d.path().join("data");
+            DeviceProcess::start(&data, &["--config", config.to_str().unwrap()])
+        })
+        .collect();
     for (i, dev) in devices.iter().enumerate() {
         let mut c = client(&dev.url, Some(ALICE)).await;
         let part = |t: &str| -> Vec<RecordBatch> {
@@ -248,7 +263,7 @@ async fn adbc_runs_sql_through_the_gateway() {
     assert!(count("nearstore_gateway_failed_total{code=\"InvalidArgument\"}") >= 1.0);
     assert!(count("nearstore_gateway_bytes_moved_total") > 0.0);
     for d in devices {
-        d.stop().await;
+        d.terminate();
     }
 }
 

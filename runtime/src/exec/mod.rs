@@ -61,7 +61,7 @@ struct Pool {
 
 /// The workers one query took; they return to the pool when it ends.
 struct Workers {
-    _held: Vec<tokio::sync::OwnedSemaphorePermit>,
+    held: Vec<tokio::sync::OwnedSemaphorePermit>,
     count: usize,
 }
 
@@ -69,6 +69,12 @@ impl Workers {
     /// How many workers the query may run (at least one).
     fn count(&self) -> usize {
         self.count
+    }
+
+    /// Returns all but `n` of the workers to the pool.
+    fn keep(&mut self, n: usize) {
+        self.held.truncate(n);
+        self.count = self.count.min(n.max(1));
     }
 }
 
@@ -88,7 +94,7 @@ impl Pool {
             .collect();
         Workers {
             count: held.len().max(1),
-            _held: held,
+            held,
         }
     }
 }

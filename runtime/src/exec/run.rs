@@ -51,7 +51,7 @@ impl Executor {
             Output::Aggregate(_, aggs) => HashAggregator::mergeable(aggs),
             Output::Project(_) => true,
         };
-        let permits = if limit.is_none() && mergeable {
+        let mut permits = if limit.is_none() && mergeable {
             self.pool.take(self.pool.size)
         } else {
             self.pool.take(1)
@@ -77,6 +77,8 @@ impl Executor {
         } else {
             vec![Share::Objects(q.table.objects.clone())]
         };
+        // Workers the shares do not need go back to the pool at once.
+        permits.keep(shares.len());
         stats.workers = shares.len() as u64;
 
         let mut workers = tokio::task::JoinSet::new();
