@@ -10,7 +10,9 @@
 //! [`catalog`] the metadata answers (SqlInfo, type info, tables).
 
 mod catalog;
+mod encode;
 mod service;
+mod text;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
@@ -24,20 +23,22 @@ use arrow_flight::sql::{
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
-    IpcMessage, SchemaAsIpc, Ticket,
+    Ticket,
 };
 use datafusion::scalar::ScalarValue;
 use futures::{Stream, TryStreamExt};
-use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
+use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::catalog::{CATALOG, SCHEMA, SQL_INFO, TABLE_TYPE, TYPE_INFO};
+use super::encode::{built, command_info, ipc_schema, statistics, status, stream_of};
+use super::text::{base64_decode, number_placeholders};
 
 /// How long a statement's result waits for the client's `DoGet`.
 pub const RESULT_TTL: Duration = Duration::from_secs(300);
 
-type DoGetStream = <Gateway as FlightService>::DoGetStream;
+pub(super) type DoGetStream = <Gateway as FlightService>::DoGetStream;
 
 /// A prepared statement: its query and the parameters bound to it.
 struct Prepared {
@@ -293,158 +294,6 @@ impl Gateway {
             .with_total_bytes(bytes as i64)
             .with_app_metadata(stats))
     }
-}
-
-/// `query` with its `?` placeholders (JDBC's and ADBC's) numbered `$1`, `$2`, … as
-/// DataFusion takes them; a `?` inside a string, a quoted name or a comment stays.
-fn number_placeholders(query: &str) -> String {
-    let mut out = String::with_capacity(query.len() + 8);
-    let mut chars = query.chars().peekable();
-    let mut n = 0;
-    while let Some(c) = chars.next() {
-        out.push(c);
-        match c {
-            '\'' | '"' => {
-                // To the closing quote; a doubled quote is an escaped one and stays inside.
-                while let Some(d) = chars.next() {
-                    out.push(d);
-                    if d == c {
-                        if chars.peek() == Some(&c) {
-                            out.push(chars.next().expect("peeked"));
-                        } else {
-                            break;
-                        }
-                    }
-                }
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                for d in chars.by_ref() {
-                    out.push(d);
-                    if d == '\n' {
-                        break;
-                    }
-                }
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                let mut last = ' ';
-                for d in chars.by_ref() {
-                    out.push(d);
-                    if last == '*' && d == '/' {
-                        break;
-                    }
-                    last = d;
-                }
-            }
-            '?' => {
-                out.pop();
-                n += 1;
-                out.push_str(&format!("${n}"));
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Standard base64 (with padding), as HTTP basic authentication encodes `user:password`.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= value(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-/// A statement's statistics for the client: the mode, why, the bytes the devices sent and
-/// the devices asked.
-fn statistics(r: &SqlResult, devices: usize) -> bytes::Bytes {
-    serde_json::json!({
-        "mode": r.mode.as_str(),
-        "reason": r.reason,
-        "bytes_moved": r.bytes_moved(),
-        "device_scans": r.scans.len(),
-        "devices": devices,
-        "rows": r.num_rows(),
-    })
-    .to_string()
-    .into()
-}
-
-/// An SDK error as the gRPC status a client sees: a bad query is `INVALID_ARGUMENT`, a wrong
-/// token `UNAUTHENTICATED` (the device's own code), an unreachable device `UNAVAILABLE`.
-fn status(e: nearstore_sdk::Error) -> Status {
-    use nearstore_sdk::Error;
-    match e {
-        Error::Device {
-            status, message, ..
-        } => Status::new(status, message),
-        Error::InvalidArgument(m) => Status::invalid_argument(m),
-        e @ Error::Transport { .. } => Status::unavailable(e.to_string()),
-        e => Status::internal(e.to_string()),
-    }
-}
-
-/// `batch` as a Flight stream with `schema`.
-fn stream_of(
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-    metadata: Option<bytes::Bytes>,
-) -> Response<DoGetStream> {
-    let mut b = FlightDataEncoderBuilder::new().with_schema(schema);
-    if let Some(m) = metadata {
-        b = b.with_metadata(m);
-    }
-    let s = b
-        .build(futures::stream::iter(batches.into_iter().map(Ok)))
-        .map_err(Status::from);
-    Response::new(Box::pin(s))
-}
-
-/// A metadata command's `FlightInfo`: its schema, and the command itself as the ticket.
-fn command_info(
-    schema: &Schema,
-    cmd: impl ProstMessageExt,
-    descriptor: FlightDescriptor,
-) -> Result<Response<FlightInfo>, Status> {
-    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(cmd.as_any().encode_to_vec()));
-    let info = FlightInfo::new()
-        .try_with_schema(schema)
-        .map_err(|e| Status::internal(format!("encoding a schema: {e}")))?
-        .with_endpoint(endpoint)
-        .with_descriptor(descriptor);
-    Ok(Response::new(info))
-}
-
-fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes, Status> {
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &Default::default())
-        .try_into()
-        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
-    Ok(bytes)
-}
-
-fn built<E: std::fmt::Display>(b: Result<RecordBatch, E>) -> Result<RecordBatch, Status> {
-    b.map_err(|e| Status::internal(format!("building a metadata answer: {e}")))
 }
 
 #[tonic::async_trait]
@@ -768,32 +617,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sdk_errors_become_the_statuses_clients_expect() {
-        let bad = status(nearstore_sdk::Error::InvalidArgument(
-            "table 'nope' not found".into(),
-        ));
-        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-        let gone = status(nearstore_sdk::Error::Transport {
-            url: "grpc://x".into(),
-            message: "refused".into(),
-        });
-        assert_eq!(gone.code(), tonic::Code::Unavailable);
-    }
-
-    #[test]
-    fn question_marks_become_numbered_placeholders_outside_strings_names_and_comments() {
-        assert_eq!(
-            number_placeholders("select '?', \"a?\" from t where x < ? and y = ? -- ?\n and z = ?"),
-            "select '?', \"a?\" from t where x < $1 and y = $2 -- ?\n and z = $3"
-        );
-        assert_eq!(
-            number_placeholders("select 'it''s ?' /* ? */ , ?"),
-            "select 'it''s ?' /* ? */ , $1"
-        );
-        assert_eq!(number_placeholders("select $1"), "select $1");
-    }
-
-    #[test]
     fn basic_auth_maps_a_user_to_its_token() {
         let hash = nearstore_runtime::server::auth::token_hash("s3cret");
         let users = HashMap::from([("ann".to_string(), (hash, "ann-token".to_string()))]);
@@ -804,15 +627,5 @@ mod tests {
             g.basic_auth("YW5uOndyb25n").unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
-        assert_eq!(base64_decode("YQ").unwrap(), b"a");
-        assert!(base64_decode("a*").is_none());
-    }
-
-    #[test]
-    fn the_metadata_answers_build() {
-        let b = CommandGetSqlInfo { info: vec![] }.into_builder(&SQL_INFO);
-        assert!(b.build().unwrap().num_rows() > 5);
-        let t = CommandGetXdbcTypeInfo { data_type: None }.into_builder(&TYPE_INFO);
-        assert_eq!(t.build().unwrap().num_rows(), 8);
     }
 }
