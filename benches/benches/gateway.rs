@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use nearstore::gateway::Gateway;
@@ -42,12 +41,14 @@ fn main() -> anyhow::Result<()> {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(FlightServiceServer::new(gateway))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        tokio::spawn(nearstore::gateway::serve(
+            gateway,
+            listener,
+            None,
+            std::future::pending(),
+        ));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
             .connect()
             .await?;
         let mut flight_sql = FlightSqlServiceClient::new(channel);

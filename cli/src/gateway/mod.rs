@@ -108,18 +108,13 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
-    let mut server = tonic::transport::Server::builder();
-    let scheme = match (&args.tls_cert, &args.tls_key) {
+    let identity = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => {
             let read =
                 |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-            let identity = tonic::transport::Identity::from_pem(read(c)?, read(k)?);
-            server = server
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .context("the TLS certificate and key")?;
-            "grpc+tls"
+            Some(tonic::transport::Identity::from_pem(read(c)?, read(k)?))
         }
-        _ => "grpc",
+        _ => None,
     };
     if let Some(m) = &args.metrics_listen {
         let l = tokio::net::TcpListener::bind(m)
@@ -133,20 +128,56 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         ));
     }
     println!(
-        "nearstore Flight SQL gateway on {scheme}://{local} over {} device(s), mode {}",
+        "nearstore Flight SQL gateway on {}://{local} over {} device(s), mode {}",
+        if identity.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc"
+        },
         args.devices.len(),
         mode.as_str()
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    serve(gateway, listener, identity, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Serves `gateway` on `listener` (grpc+tls with `identity`) until `shutdown`: the command's
+/// server, and the bench's.
+pub async fn serve(
+    gateway: Gateway,
+    listener: tokio::net::TcpListener,
+    identity: Option<tonic::transport::Identity>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let mut server = tonic::transport::Server::builder()
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(32 << 20);
+    if let Some(identity) = identity {
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("the TLS certificate and key")?;
+    }
+    // With an incoming stream tonic does not apply its own TCP options: without TCP_NODELAY
+    // each small answer waits ~40 ms for the client's delayed ACK.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+            })
+        },
+    );
     server
         .add_service(
             FlightServiceServer::new(gateway)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving Flight SQL")?;
     Ok(())
