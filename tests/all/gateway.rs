@@ -150,10 +150,12 @@ async fn adbc_runs_sql_through_the_gateway() {
         ],
     );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/flight_sql_adbc.py");
+    let gateway_at = gateway_url.clone();
     let out = tokio::task::spawn_blocking(move || {
+        let gateway_url = gateway_at;
         Command::new(python)
             .arg(script)
-            .arg(gateway_url)
+            .arg(&gateway_url)
             .arg(ALICE)
             .arg("ann:s3cret")
             .output()
@@ -249,6 +251,9 @@ async fn adbc_runs_sql_through_the_gateway() {
             "{case}: {class}: {message}"
         );
     }
+    // A statement's result waiting for its DoGet can be cancelled (CancelFlightInfo).
+    cancel_drops_a_waiting_result(&gateway_url).await;
+
     // The gateway counted what it ran.
     let metrics = http_get(&metrics_at, "/metrics");
     let count = |line: &str| -> f64 {
@@ -265,6 +270,42 @@ async fn adbc_runs_sql_through_the_gateway() {
     for d in devices {
         d.terminate();
     }
+}
+
+/// Runs Q6 as Alice through the gateway, cancels its `FlightInfo`, and checks the result is
+/// gone.
+async fn cancel_drops_a_waiting_result(gateway_url: &str) {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    let channel =
+        tonic::transport::Endpoint::from_shared(gateway_url.replace("grpc://", "http://"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut sql = FlightSqlServiceClient::new(channel.clone());
+    sql.set_token(ALICE.to_string());
+    let info = sql
+        .execute("select count(*) as n from lineitem".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut flight = arrow_flight::FlightClient::new(channel);
+    flight
+        .add_header("authorization", &format!("Bearer {ALICE}"))
+        .unwrap();
+    let status = flight
+        .cancel_flight_info(arrow_flight::CancelFlightInfoRequest::new(info))
+        .await
+        .unwrap();
+    assert_eq!(status.status, arrow_flight::CancelStatus::Cancelled as i32);
+    let gone = match sql.do_get(ticket).await {
+        Err(e) => e.to_string(),
+        Ok(stream) => match futures::TryStreamExt::try_collect::<Vec<_>>(stream).await {
+            Err(e) => e.to_string(),
+            Ok(b) => panic!("a cancelled result was served: {b:?}"),
+        },
+    };
+    assert!(gone.contains("no result"), "{gone}");
 }
 
 /// The body of an HTTP GET of `path` on `addr` (three tries: a connection may be reset).

@@ -600,6 +600,56 @@ impl FlightSqlService for Gateway {
         )))
     }
 
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let action = request.into_inner();
+        if action.r#type != "CancelFlightInfo" {
+            return Err(Status::unimplemented(format!(
+                "the gateway does not take the action {:?}",
+                action.r#type
+            )));
+        }
+        // A statement runs inside its GetFlightInfo call (a client that drops that call stops
+        // its device scans); what is left to cancel is its result waiting for a DoGet.
+        let req = arrow_flight::CancelFlightInfoRequest::decode(action.body)
+            .map_err(|e| Status::invalid_argument(format!("a CancelFlightInfoRequest: {e}")))?;
+        let mut dropped = 0;
+        for endpoint in req.info.map(|i| i.endpoint).unwrap_or_default() {
+            let Some(ticket) = endpoint.ticket else {
+                continue;
+            };
+            let handle = Any::decode(ticket.ticket)
+                .ok()
+                .and_then(|any| any.unpack::<TicketStatementQuery>().ok().flatten())
+                .map(|t| String::from_utf8_lossy(&t.statement_handle).to_string());
+            if let Some(h) = handle
+                && self
+                    .inner
+                    .results
+                    .lock()
+                    .expect("results")
+                    .remove(&h)
+                    .is_some()
+            {
+                dropped += 1;
+            }
+        }
+        if dropped == 0 {
+            return Err(Status::not_found(
+                "no result of that FlightInfo waits here (fetched, expired or never made)",
+            ));
+        }
+        let result = arrow_flight::CancelFlightInfoResult {
+            status: arrow_flight::CancelStatus::Cancelled as i32,
+        };
+        let out = arrow_flight::Result {
+            body: result.encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(out)]))))
+    }
+
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
