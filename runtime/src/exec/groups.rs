@@ -197,10 +197,10 @@ fn pack_column(col: &ArrayRef, put: &mut impl FnMut(usize, u64, u8)) -> bool {
             true
         }};
     }
-    let short = |put: &mut dyn FnMut(usize, u64, u8), i: usize, b: &[u8], null: bool| {
+    // A string's bytes and length, when it has at most 8 bytes.
+    let short = |put: &mut dyn FnMut(usize, u64, u8), i: usize, b: &[u8]| {
         if b.len() > 8 {
-            // Too long to pack, unless the slot is null (its bytes are ignored).
-            return null;
+            return false;
         }
         let mut v = [0u8; 8];
         v[..b.len()].copy_from_slice(b);
@@ -238,15 +238,15 @@ fn pack_column(col: &ArrayRef, put: &mut impl FnMut(usize, u64, u8)) -> bool {
         }
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
-            (0..a.len()).all(|i| short(&mut *put, i, a.value(i).as_bytes(), a.is_null(i)))
+            (0..a.len()).all(|i| a.is_null(i) || short(&mut *put, i, a.value(i).as_bytes()))
         }
         DataType::LargeUtf8 => {
             let a = col.as_string::<i64>();
-            (0..a.len()).all(|i| short(&mut *put, i, a.value(i).as_bytes(), a.is_null(i)))
+            (0..a.len()).all(|i| a.is_null(i) || short(&mut *put, i, a.value(i).as_bytes()))
         }
         DataType::Utf8View => {
             let a = col.as_string_view();
-            (0..a.len()).all(|i| short(&mut *put, i, a.value(i).as_bytes(), a.is_null(i)))
+            (0..a.len()).all(|i| a.is_null(i) || short(&mut *put, i, a.value(i).as_bytes()))
         }
         _ => false,
     }
