@@ -5,11 +5,12 @@
 //! trip: its telemetry) and the host's (its remote-scan rate and its full-transfer ingest
 //! rate, learnt by this process from the queries it ran).
 //!
-//! Per device, with `busy` the share of a core the query's work gets — (running queries + 1)
-//! / cores when the device has more queries than cores, else 1 / the workers it spreads over
-//! (the cores it finds idle, at most one per row group it reads; one for a LIMIT without ORDER
-//! BY or an aggregate kernel, which run on one), `rtt` the device's learnt round trip, and `link` its link rate when the link is
-//! shaped (an unshaped transport's pace is part of the host's learnt rates):
+//! Per device, with `busy` the time factor of the query's work — (running queries + 1) /
+//! cores when the device has more queries than cores, else 1 / the workers it spreads over
+//! (the cores it finds idle, at most one per row group it reads; one for a LIMIT without
+//! ORDER BY or an aggregate kernel, which run on one) — `rtt` the device's learnt round trip,
+//! and `link` its link rate when the link is shaped (an unshaped transport's pace is part of
+//! the host's learnt rates):
 //! - offload: `rtt + max(busy · (bytes read / scan rate + compute), output bytes / link)`,
 //!   compute being rows likely kept × (group keys + aggregates) / aggregate rate, or rows
 //!   likely kept / projection rate — the device works while its results leave;
