@@ -36,9 +36,9 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts `nearstore gateway` over `devices` with `extra` arguments; its URL from its first
-/// line.
-fn start_gateway(devices: &[String], extra: &[&str]) -> (Gateway, String) {
+/// Starts `nearstore gateway` over `devices` with `extra` arguments: its URL, and its
+/// metrics address when it serves metrics (both from its start-up lines).
+fn start_gateway(devices: &[String], extra: &[&str]) -> (Gateway, String, Option<String>) {
     let mut cmd = Command::new(cli_bin());
     cmd.arg("gateway")
         .args(["--listen", "127.0.0.1:0"])
@@ -46,17 +46,29 @@ fn start_gateway(devices: &[String], extra: &[&str]) -> (Gateway, String) {
     for d in devices {
         cmd.args(["--device", d]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("gateway starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("grpc://"))
-        .unwrap_or_else(|| panic!("no URL in the gateway's first line: {line:?}"))
-        .to_string();
-    (Gateway(child), url)
+    // In its guard at once: a failed start kills and reaps it.
+    let mut gateway = Gateway(cmd.stdout(Stdio::piped()).spawn().expect("gateway starts"));
+    let mut out = BufReader::new(gateway.0.stdout.take().unwrap());
+    let mut metrics = None;
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "the gateway exited before serving");
+        let word = |prefix: &str| {
+            line.split_whitespace()
+                .find(|w| w.starts_with(prefix))
+                .map(str::to_string)
+        };
+        if line.starts_with("gateway metrics on ") {
+            metrics = word("http://").map(|u| {
+                u.trim_start_matches("http://")
+                    .trim_end_matches("/metrics")
+                    .to_string()
+            });
+        } else if let Some(url) = word("grpc://") {
+            return (gateway, url, metrics);
+        }
+    }
 }
 
 /// Rows as the script prints them: sorted strings, floats to 6 significant digits.
@@ -138,15 +150,13 @@ async fn adbc_runs_sql_through_the_gateway() {
         ),
     )
     .unwrap();
-    let metrics_port = crate::support::free_port();
-    let metrics_at = format!("127.0.0.1:{metrics_port}");
-    let (_gateway, gateway_url) = start_gateway(
+    let (_gateway, gateway_url, metrics_at) = start_gateway(
         &urls,
         &[
             "--users",
             users.to_str().unwrap(),
             "--metrics-listen",
-            &metrics_at,
+            "127.0.0.1:0",
         ],
     );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/flight_sql_adbc.py");
@@ -255,6 +265,7 @@ async fn adbc_runs_sql_through_the_gateway() {
     cancel_drops_a_waiting_result(&gateway_url).await;
 
     // The gateway counted what it ran.
+    let metrics_at = metrics_at.expect("the gateway names its metrics address");
     let metrics = http_get(&metrics_at, "/metrics");
     let count = |line: &str| -> f64 {
         metrics

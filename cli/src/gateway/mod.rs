@@ -120,7 +120,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         let l = tokio::net::TcpListener::bind(m)
             .await
             .with_context(|| format!("listening for metrics on {m}"))?;
-        eprintln!("gateway metrics on http://{}/metrics", l.local_addr()?);
+        println!("gateway metrics on http://{}/metrics", l.local_addr()?);
         let g = gateway.clone();
         tokio::spawn(nearstore_runtime::server::metrics::serve_text(
             l,
