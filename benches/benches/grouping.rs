@@ -19,13 +19,7 @@ const ROWS: usize = 8192;
 const BATCHES: usize = 32;
 
 fn batches() -> Vec<RecordBatch> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = nearstore_benches::xorshift(0x2545_F491_4F6C_DD1Du64);
     (0..BATCHES)
         .map(|_| {
             let flag: StringArray = (0..ROWS)

@@ -20,13 +20,7 @@ const ROWS: usize = 8192;
 const BATCHES: usize = 32;
 
 fn batches() -> Vec<RecordBatch> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = nearstore_benches::xorshift(0x9E37_79B9_7F4A_7C15u64);
     (0..BATCHES)
         .map(|_| {
             let ship: Date32Array = (0..ROWS)

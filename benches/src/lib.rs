@@ -571,6 +571,18 @@ impl XorShift {
     }
 }
 
+/// A xorshift64 generator from `seed` (not zero): the benches' synthetic data, the same on
+/// every run.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,17 +6,15 @@
 //! error, an unknown table and a wrong token.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::RecordBatch;
 use nearstore_proto::PutMode;
 use nearstore_runtime::demo::tpch_part_batches;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::python::{PYARROW, python_or_skip};
-use crate::support::{DeviceProcess, cli_bin};
+use crate::python::{PYARROW, python_or_skip, run_example};
+use crate::support::{DeviceProcess, cli_bin, rows_with_digits};
 use crate::tenants::{ALICE, client, tenants};
 
 /// The ADBC client packages, pinned.
@@ -73,22 +71,7 @@ fn start_gateway(devices: &[String], extra: &[&str]) -> (Gateway, String, Option
 
 /// Rows as the script prints them: sorted strings, floats to 6 significant digits.
 fn rows(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.5e}", c.as_primitive::<Float64Type>().value(i))
-                    }
-                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
+    let mut out = rows_with_digits(batches, 6);
     out.sort();
     out
 }
@@ -159,26 +142,12 @@ async fn adbc_runs_sql_through_the_gateway() {
             "127.0.0.1:0",
         ],
     );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/flight_sql_adbc.py");
-    let gateway_at = gateway_url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let gateway_url = gateway_at;
-        Command::new(python)
-            .arg(script)
-            .arg(&gateway_url)
-            .arg(ALICE)
-            .arg("ann:s3cret")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_example(
+        python,
+        "flight_sql_adbc.py",
+        &[&gateway_url, ALICE, "ann:s3cret"],
+    )
+    .await;
     let got: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
 
     // The same queries through the SDK's SQL session, as the tenant.

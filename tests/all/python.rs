@@ -49,6 +49,30 @@ pub(crate) fn python_with(packages: &[&str], import: &str) -> Result<PathBuf, St
     }
 }
 
+/// Runs `examples/NAME` with `python` and `args`; its stdout, after checking it succeeded.
+pub(crate) async fn run_example(python: PathBuf, name: &str, args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{name} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A Python with `packages`, or the test's end: under CI a missing dependency fails the
 /// test (never a pass); elsewhere it is skipped with a message on stdout.
 pub(crate) fn python_or_skip(packages: &[&str], import: &str) -> Option<PathBuf> {
@@ -75,24 +99,7 @@ async fn pyarrow_flight_client_queries_a_device() {
     tokio::task::spawn_blocking(move || d.load_tpch("lineitem", 0.01, &|_, _| {}).unwrap())
         .await
         .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/pyarrow_query.py");
-    let url = dev.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(url)
-            .arg("lineitem")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_example(python, "pyarrow_query.py", &[&dev.url, "lineitem"]).await;
 
     let mut c = dev.client().await;
     let want = c

@@ -215,6 +215,11 @@ pub fn sum_ids(batches: &[RecordBatch]) -> i64 {
 /// Result rows as text in their order, floats to 9 significant digits (the order of a float
 /// sum may differ between plans).
 pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    rows_with_digits(batches, 9)
+}
+
+/// Result rows as text in their order, floats to `digits` significant digits (as `1.2345e4`).
+pub fn rows_with_digits(batches: &[RecordBatch], digits: usize) -> Vec<String> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{DataType, Float64Type};
     let mut out = Vec::new();
@@ -225,7 +230,8 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
                 .iter()
                 .map(|c| match c.data_type() {
                     DataType::Float64 if c.is_valid(i) => {
-                        format!("{:.8e}", c.as_primitive::<Float64Type>().value(i))
+                        let v = c.as_primitive::<Float64Type>().value(i);
+                        format!("{v:.*e}", digits - 1)
                     }
                     _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
                 })
