@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// them [default: one per core].
     #[arg(long, env = "NEARSTORE_WORKERS")]
     pub workers: Option<usize>,
+    /// The namespace's size in MiB: an upload that would take the data directory past it is
+    /// refused as on a full disk [default: the file system's free space].
+    #[arg(long, env = "NEARSTORE_CAPACITY_MB")]
+    pub capacity_mb: Option<u64>,
     /// Rows per row group of objects the device writes [default: 131072].
     #[arg(long)]
     pub row_group_rows: Option<usize>,
@@ -92,6 +96,7 @@ struct FileConfig {
     direct_io: Option<bool>,
     backend: Option<String>,
     workers: Option<usize>,
+    capacity_mb: Option<u64>,
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
@@ -175,6 +180,7 @@ impl ServeArgs {
         if device.workers == Some(0) {
             bail!("workers must be at least 1");
         }
+        device.capacity_mb = self.capacity_mb.or(file.capacity_mb);
         device.link_gbps = self.link_gbps.or(file.link_gbps);
         device.link_rtt_us = self.link_rtt_us.or(file.link_rtt_us);
         device.tenants = file.tenants;

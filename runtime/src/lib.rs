@@ -59,6 +59,9 @@ pub struct DeviceConfig {
     pub tls: Option<TlsPem>,
     /// Compute workers one query may spread its row groups over (none: one per core).
     pub workers: Option<usize>,
+    /// The namespace's size in MiB: uploads that would take the data directory past it are
+    /// refused as on a full disk (none: the file system's free space is the limit).
+    pub capacity_mb: Option<u64>,
 }
 
 /// A TLS identity in PEM.
@@ -85,6 +88,7 @@ impl DeviceConfig {
             qos: server::qos::QosConfig::default(),
             tls: None,
             workers: None,
+            capacity_mb: None,
         }
     }
 }
@@ -143,7 +147,19 @@ impl Device {
         let admission = Arc::new(server::qos::Admission::new(config.qos, overrides)?);
         let reader = Reader::start(config.reader)
             .map_err(|e| Error::io("starting the storage read path", e))?;
-        let storage = Arc::new(Storage::open(&config.data_dir, reader, config.write)?);
+        let fs: Arc<dyn storage::fs::Fs> = match config.capacity_mb {
+            Some(mb) => Arc::new(
+                storage::fs::Capped::new(&config.data_dir, mb << 20)
+                    .map_err(|e| Error::io("measuring the data directory", e))?,
+            ),
+            None => Arc::new(storage::fs::OsFs),
+        };
+        let storage = Arc::new(Storage::open_on(
+            fs,
+            &config.data_dir,
+            reader,
+            config.write,
+        )?);
         let executor = Arc::new(exec::Executor::new(
             storage.clone(),
             config.backend,

@@ -9,7 +9,7 @@ use nearstore_proto::{ColumnInfo, ObjectInfo, TableInfo};
 use serde::{Deserialize, Serialize};
 
 use super::Storage;
-use super::fs::replace_durable;
+use super::fs::{Fs, replace_durable};
 use crate::error::{Error, Result};
 
 const CATALOG_FILE: &str = "catalog.json";
@@ -39,9 +39,9 @@ pub(super) struct ObjectEntry {
 }
 
 /// Reads the catalog of the namespace in `root`; a namespace without one has no tables yet.
-pub(super) fn load(root: &Path) -> Result<CatalogDoc> {
+pub(super) fn load(fs: &dyn Fs, root: &Path) -> Result<CatalogDoc> {
     let catalog_path = root.join(CATALOG_FILE);
-    let catalog = match std::fs::read(&catalog_path) {
+    let catalog = match fs.read(&catalog_path) {
         Ok(bytes) => {
             let doc: CatalogDoc = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Internal(format!(
@@ -123,7 +123,7 @@ impl Storage {
         let tmp = self.root.join("tmp").join("catalog.json.tmp");
         let bytes = serde_json::to_vec_pretty(doc).expect("catalog serialises");
         let dst = self.root.join(CATALOG_FILE);
-        replace_durable(&tmp, &dst, &bytes, "renaming the catalog")
+        replace_durable(&*self.fs, &tmp, &dst, &bytes, "renaming the catalog")
     }
 }
 

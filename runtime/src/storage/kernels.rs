@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use nearstore_proto::KernelInfo;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::fs::{read_dir, replace_durable};
+use super::fs::{Fs, OsFs, read_dir, replace_durable};
 use crate::error::{Error, Result};
 
 const MAP_FILE: &str = "kernels.json";
@@ -37,6 +37,7 @@ struct MapDoc {
 /// The device's registered kernels.
 #[derive(Debug)]
 pub struct KernelStore {
+    fs: Arc<dyn Fs>,
     root: PathBuf,
     map: RwLock<BTreeMap<String, Entry>>,
 }
@@ -48,11 +49,16 @@ fn module_name(sha: &str) -> String {
 impl KernelStore {
     /// Opens (or creates) the kernel store under the namespace `root`.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_on(Arc::new(OsFs), root)
+    }
+
+    /// Like [`KernelStore::open`], with its files written through `fs`.
+    pub fn open_on(fs: Arc<dyn Fs>, root: &Path) -> Result<Self> {
         let dir = root.join("kernels");
-        std::fs::create_dir_all(&dir)
+        fs.create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let path = root.join(MAP_FILE);
-        let map = match std::fs::read(&path) {
+        let map = match fs.read(&path) {
             Ok(bytes) => {
                 let doc: MapDoc = serde_json::from_slice(&bytes).map_err(|e| {
                     Error::Internal(format!("{} is unreadable: {e}", path.display()))
@@ -70,6 +76,7 @@ impl KernelStore {
             Err(e) => return Err(Error::io("reading the kernel map", e)),
         };
         let store = KernelStore {
+            fs,
             root: root.to_path_buf(),
             map: RwLock::new(map),
         };
@@ -86,13 +93,13 @@ impl KernelStore {
             .values()
             .map(|e| module_name(&e.sha256))
             .collect();
-        for path in read_dir(&self.root.join("kernels"))? {
+        for path in read_dir(&*self.fs, &self.root.join("kernels"))? {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
             if !live.contains(&name) {
-                let _ = std::fs::remove_file(path);
+                let _ = self.fs.remove(&path);
             }
         }
         Ok(())
@@ -105,6 +112,7 @@ impl KernelStore {
         };
         let tmp = self.root.join("tmp").join("kernels.json.tmp");
         replace_durable(
+            &*self.fs,
             &tmp,
             &self.root.join(MAP_FILE),
             &serde_json::to_vec_pretty(&doc).expect("map serialises"),
@@ -123,9 +131,9 @@ impl KernelStore {
     ) -> Result<KernelInfo> {
         let sha = hex::encode(Sha256::digest(module));
         let dst = self.root.join("kernels").join(module_name(&sha));
-        if !dst.exists() {
+        if !self.fs.exists(&dst) {
             let tmp = self.root.join("tmp").join(format!("{sha}.wasm.tmp"));
-            replace_durable(&tmp, &dst, module, "storing the kernel module")?;
+            replace_durable(&*self.fs, &tmp, &dst, module, "storing the kernel module")?;
         }
         let mut map = self.map.write().expect("kernel map");
         let mut next = map.clone();
@@ -191,7 +199,9 @@ impl KernelStore {
             .map(|e| e.sha256.clone())
             .ok_or_else(|| Error::UnknownKernel(name.to_string()))?;
         let path = self.root.join("kernels").join(module_name(&sha));
-        let bytes = std::fs::read(&path)
+        let bytes = self
+            .fs
+            .read(&path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if hex::encode(Sha256::digest(&bytes)) != sha {
             return Err(Error::CorruptObject {

@@ -17,11 +17,13 @@
 //! complete). An upload is acknowledged only after the catalog commit is durable.
 //!
 //! Files: `catalog` (the catalog document and its commits), `object` (reading objects),
-//! `upload` (writing them), `recovery` (opening the namespace), `scrub`, `fs` (durable
-//! writes), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
+//! `upload` (writing them), `recovery` (opening the namespace), `scrub`, `fs` (the file
+//! operations: real, capped or simulated; durable writes), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
 
 mod catalog;
-mod fs;
+#[cfg(test)]
+mod crash_tests;
+pub mod fs;
 pub mod kernels;
 pub mod media;
 mod object;
@@ -71,6 +73,8 @@ pub struct Storage {
     /// Serialises catalog commits.
     commit: tokio::sync::Mutex<()>,
     open: Mutex<HashMap<String, Arc<Object>>>,
+    /// Where the namespace's files are written.
+    fs: Arc<dyn fs::Fs>,
     next_tmp: AtomicU64,
     kernels: kernels::KernelStore,
 }

@@ -172,7 +172,9 @@ impl Storage {
             )));
         }
         let sums_path = self.sums_path(&entry.id);
-        let sums_bytes = std::fs::read(&sums_path)
+        let sums_bytes = self
+            .fs
+            .read(&sums_path)
             .map_err(|e| corrupt(format!("cannot read {}: {e}", sums_path.display())))?;
         let sums = BlockSums::decode(&sums_bytes).map_err(corrupt)?;
         if sums.blocks() as u64 != entry.bytes.div_ceil(BLOCK_BYTES as u64) {
@@ -200,8 +202,8 @@ impl Storage {
         let mut open = self.open.lock().expect("open lock");
         for o in objects {
             open.remove(&o.id);
-            let _ = std::fs::remove_file(self.object_path(&o.id));
-            let _ = std::fs::remove_file(self.sums_path(&o.id));
+            let _ = self.fs.remove(&self.object_path(&o.id));
+            let _ = self.fs.remove(&self.sums_path(&o.id));
         }
     }
 }

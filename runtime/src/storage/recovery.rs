@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::fs::read_dir;
+use super::fs::{Fs, OsFs, read_dir};
 use super::reader::Reader;
 use super::{Storage, WriteConfig, catalog, kernels};
 use crate::error::{Error, Result};
@@ -16,30 +16,40 @@ impl Storage {
     /// Opens (creating if needed) the namespace in `root`: empties `tmp/`, loads the catalog,
     /// and removes objects the catalog does not name (left by a crash before commit).
     pub fn open(root: impl Into<PathBuf>, reader: Reader, write: WriteConfig) -> Result<Self> {
+        Self::open_on(Arc::new(OsFs), root, reader, write)
+    }
+
+    /// Like [`Storage::open`], with the namespace's files written through `fs`.
+    pub fn open_on(
+        fs: Arc<dyn Fs>,
+        root: impl Into<PathBuf>,
+        reader: Reader,
+        write: WriteConfig,
+    ) -> Result<Self> {
         let root = root.into();
         for d in [root.clone(), root.join("objects"), root.join("tmp")] {
-            std::fs::create_dir_all(&d)
+            fs.create_dir_all(&d)
                 .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
         let tmp = root.join("tmp");
-        for entry in read_dir(&tmp)? {
-            let _ = std::fs::remove_file(entry);
+        for entry in read_dir(&*fs, &tmp)? {
+            let _ = fs.remove(&entry);
         }
-        let catalog = catalog::load(&root)?;
+        let catalog = catalog::load(&*fs, &root)?;
         let live: std::collections::HashSet<String> = catalog
             .tables
             .values()
             .flat_map(|t| t.objects.iter().map(|o| o.id.clone()))
             .collect();
         let mut removed = 0;
-        for path in read_dir(&root.join("objects"))? {
+        for path in read_dir(&*fs, &root.join("objects"))? {
             let stem = path
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_string();
             if !live.contains(&stem) {
-                let _ = std::fs::remove_file(&path);
+                let _ = fs.remove(&path);
                 removed += 1;
             }
         }
@@ -63,7 +73,8 @@ impl Storage {
             commit: tokio::sync::Mutex::new(()),
             open: Mutex::new(HashMap::new()),
             next_tmp: AtomicU64::new(0),
-            kernels: kernels::KernelStore::open(&root_for_kernels)?,
+            kernels: kernels::KernelStore::open_on(fs.clone(), &root_for_kernels)?,
+            fs,
         })
     }
 }

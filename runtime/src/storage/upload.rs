@@ -2,10 +2,9 @@
 //! checksums), then committed: object and sidecar made durable and moved into `objects/`, and
 //! only then named by a new catalog. An upload dropped before its commit leaves nothing.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -16,7 +15,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::Storage;
 use super::catalog::{ObjectEntry, TableEntry, describe_columns, validate_table_name};
-use super::fs::{fsync_dir, write_durable};
+use super::fs::{FsFile, fsync_dir, write_durable};
 use super::pi::SummingWriter;
 use crate::error::{Error, Result};
 
@@ -49,6 +48,7 @@ impl Storage {
             mode,
             id,
             writer: None,
+            full: Arc::default(),
             schema: None,
             rows: 0,
         })
@@ -70,7 +70,9 @@ pub struct Upload {
     table: String,
     mode: PutMode,
     id: String,
-    writer: Option<ArrowWriter<SummingWriter<File>>>,
+    writer: Option<ArrowWriter<SummingWriter<Watched>>>,
+    /// Set when the disk filled under the writer.
+    full: Arc<AtomicBool>,
     schema: Option<SchemaRef>,
     rows: u64,
 }
@@ -97,8 +99,15 @@ impl Upload {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if self.writer.is_none() {
             let path = self.tmp_path("parquet");
-            let file = File::create(&path)
+            let file = self
+                .storage
+                .fs
+                .create(&path)
                 .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+            let file = Watched {
+                file,
+                full: self.full.clone(),
+            };
             let w = ArrowWriter::try_new(
                 SummingWriter::new(file),
                 batch.schema(),
@@ -107,6 +116,7 @@ impl Upload {
             self.writer = Some(w);
             self.schema = Some(batch.schema());
         }
+        let full = self.full.clone();
         let w = self.writer.as_mut().expect("writer created");
         let first = self.schema.as_ref().expect("schema set with the writer");
         if first != &batch.schema() {
@@ -115,7 +125,7 @@ impl Upload {
                 batch.schema(),
             )));
         }
-        w.write(batch)?;
+        w.write(batch).map_err(|e| writing(&full, e))?;
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -128,34 +138,29 @@ impl Upload {
             ));
         };
         let schema: SchemaRef = self.schema.clone().expect("schema set with the writer");
-        let summing = writer.into_inner()?;
-        let (file, sha256, sums) = summing.finish();
-        file.sync_all()
+        let mut writer = writer;
+        let full = self.full.clone();
+        writer.flush().map_err(|e| writing(&full, e))?;
+        let row_groups = writer.flushed_row_groups().len() as u64;
+        let summing = writer.into_inner().map_err(|e| writing(&full, e))?;
+        let bytes = summing.written();
+        let (mut file, sha256, sums) = summing.finish();
+        file.file
+            .sync()
             .map_err(|e| Error::io("fsync of the uploaded object", e))?;
-        let bytes = file
-            .metadata()
-            .map_err(|e| Error::io("stat of the uploaded object", e))?
-            .len();
         drop(file);
-        let md = parquet::file::reader::FileReader::metadata(
-            &parquet::file::serialized_reader::SerializedFileReader::new(
-                File::open(self.tmp_path("parquet"))
-                    .map_err(|e| Error::io("reopening the uploaded object", e))?,
-            )?,
-        )
-        .clone();
-        let row_groups = md.num_row_groups() as u64;
 
         // The durable-write steps of `fs::replace_durable`, for two files: both renames into
         // `objects/` are made durable by one fsync of the directory.
         let sums_tmp = self.tmp_path("pi");
-        write_durable(&sums_tmp, &sums.encode())?;
         let st = &self.storage;
-        std::fs::rename(&sums_tmp, st.sums_path(&self.id))
+        let fs = &*st.fs;
+        write_durable(fs, &sums_tmp, &sums.encode())?;
+        fs.rename(&sums_tmp, &st.sums_path(&self.id))
             .map_err(|e| Error::io("moving the checksum sidecar into place", e))?;
-        std::fs::rename(self.tmp_path("parquet"), st.object_path(&self.id))
+        fs.rename(&self.tmp_path("parquet"), &st.object_path(&self.id))
             .map_err(|e| Error::io("moving the object into place", e))?;
-        fsync_dir(&st.root.join("objects"))?;
+        fsync_dir(fs, &st.root.join("objects"))?;
 
         let entry = ObjectEntry {
             id: self.id.clone(),
@@ -226,15 +231,62 @@ impl Upload {
     }
 
     fn discard_committed_files(&self) {
-        let _ = std::fs::remove_file(self.storage.object_path(&self.id));
-        let _ = std::fs::remove_file(self.storage.sums_path(&self.id));
+        let fs = &self.storage.fs;
+        let _ = fs.remove(&self.storage.object_path(&self.id));
+        let _ = fs.remove(&self.storage.sums_path(&self.id));
     }
 }
 
 impl Drop for Upload {
+    /// Removes what the upload left in `tmp/`: all of it when it was dropped or failed before
+    /// its commit moved the files into `objects/`, nothing after.
     fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(self.tmp_path("parquet"));
+        for ext in ["parquet", "pi"] {
+            let path = self.tmp_path(ext);
+            if self.storage.fs.exists(&path) {
+                let _ = self.storage.fs.remove(&path);
+            }
         }
+    }
+}
+
+/// A Parquet writer's error: a full disk under it (`full` set) is the device's storage being
+/// full, which [`Error::io`] reports as such; any other is the writer's own.
+fn writing(full: &AtomicBool, e: parquet::errors::ParquetError) -> Error {
+    if full.load(Ordering::Relaxed) {
+        return Error::io(
+            "writing the uploaded object",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+    }
+    e.into()
+}
+
+/// The object file under the Parquet writer, noting whether the disk filled: the writer's
+/// own buffering may report that error without its kind.
+struct Watched {
+    file: Box<dyn FsFile>,
+    full: Arc<AtomicBool>,
+}
+
+impl Watched {
+    fn note<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r
+            && e.kind() == std::io::ErrorKind::StorageFull
+        {
+            self.full.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl std::io::Write for Watched {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.file.write(buf);
+        self.note(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.file.flush();
+        self.note(r)
     }
 }
