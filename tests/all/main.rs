@@ -6,6 +6,7 @@ mod compare;
 mod crash;
 mod device;
 mod differential;
+mod disk_full;
 mod fanout;
 mod fuzz;
 mod gateway;

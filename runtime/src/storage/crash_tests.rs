@@ -302,3 +302,68 @@ fn every_acknowledged_write_survives_a_power_loss_at_every_point() {
         assert!(checked >= 2000, "only {checked} crash images");
     }
 }
+
+/// A disk that fills at any step of an upload, a drop or a kernel registration: the operation
+/// fails with a full-storage error or completes, and either way leaves the namespace as it
+/// was or as the operation made it, with nothing left behind in `tmp/` or `objects/`; once
+/// space returns, the next upload succeeds.
+#[test]
+fn a_disk_filling_at_any_step_leaves_no_partial_upload() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let root = Path::new(ROOT);
+    let mut step = 0;
+    loop {
+        let sim = SimFs::new();
+        let storage = Arc::new(
+            Storage::open_on(Arc::new(sim.clone()), ROOT, reader(), write_config()).expect("open"),
+        );
+        let mut up = storage.begin_upload("t/a", PutMode::Create).expect("begin");
+        up.write(&batch(&(0..2000).collect::<Vec<_>>()))
+            .expect("write");
+        up.commit().expect("commit");
+        let start = sim.log_len();
+        sim.fill_at(Some(start + step));
+        let outcome = (|| -> crate::error::Result<()> {
+            let mut up = storage.begin_upload("t/b", PutMode::Create)?;
+            up.write(&batch(&(0..3000).collect::<Vec<_>>()))?;
+            up.commit()?;
+            storage
+                .kernels()
+                .register("t/k", &[7; 5000], "filter", None)?;
+            rt.block_on(storage.drop_table("t/a"))
+        })();
+        let finished = outcome.is_ok();
+        if let Err(e) = outcome {
+            assert!(
+                e.to_string().contains("storage is full"),
+                "step {step}: a full disk must say so, got: {e}"
+            );
+        }
+        let tables = storage.table_names();
+        let objects = sim.files_in(&root.join("objects")).len();
+        assert_eq!(objects, 2 * tables.len(), "step {step}: stray object files");
+        assert!(
+            sim.files_in(&root.join("tmp")).is_empty(),
+            "step {step}: tmp/ holds {:?}",
+            sim.files_in(&root.join("tmp"))
+        );
+        let modules = sim.files_in(&root.join("kernels")).len();
+        assert_eq!(
+            modules,
+            storage.kernels().list().len(),
+            "step {step}: stray modules"
+        );
+        // Space returns: an upload succeeds.
+        sim.fill_at(None);
+        let mut up = storage.begin_upload("t/c", PutMode::Create).expect("begin");
+        up.write(&batch(&[1, 2, 3])).expect("write");
+        up.commit().expect("an upload succeeds once space returns");
+        if finished {
+            assert!(step > 10, "the workload ran whole only after {step} steps");
+            break;
+        }
+        step += 1;
+    }
+}

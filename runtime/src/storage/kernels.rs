@@ -80,19 +80,16 @@ impl KernelStore {
             root: root.to_path_buf(),
             map: RwLock::new(map),
         };
-        store.collect_garbage()?;
+        store.collect_garbage(&store.map.read().expect("kernel map"))?;
         Ok(store)
     }
 
-    /// Deletes module files no name refers to (left by a crash between the two writes).
-    fn collect_garbage(&self) -> Result<()> {
-        let live: std::collections::HashSet<String> = self
-            .map
-            .read()
-            .expect("kernel map")
-            .values()
-            .map(|e| module_name(&e.sha256))
-            .collect();
+    /// Deletes module files `map` (the current map, its lock held by the caller, so no
+    /// registration runs meanwhile) does not refer to: left by a crash or a failure between
+    /// storing a module and naming it, or by a name moved elsewhere.
+    fn collect_garbage(&self, map: &BTreeMap<String, Entry>) -> Result<()> {
+        let live: std::collections::HashSet<String> =
+            map.values().map(|e| module_name(&e.sha256)).collect();
         for path in read_dir(&*self.fs, &self.root.join("kernels"))? {
             let name = path
                 .file_name()
@@ -131,11 +128,19 @@ impl KernelStore {
     ) -> Result<KernelInfo> {
         let sha = hex::encode(Sha256::digest(module));
         let dst = self.root.join("kernels").join(module_name(&sha));
+        // Held from storing the module to naming it, so garbage collection never sees one
+        // without the other.
+        let mut map = self.map.write().expect("kernel map");
         if !self.fs.exists(&dst) {
             let tmp = self.root.join("tmp").join(format!("{sha}.wasm.tmp"));
-            replace_durable(&*self.fs, &tmp, &dst, module, "storing the kernel module")?;
+            if let Err(e) =
+                replace_durable(&*self.fs, &tmp, &dst, module, "storing the kernel module")
+            {
+                // The rename may have happened before a failed directory fsync.
+                let _ = self.collect_garbage(&map);
+                return Err(e);
+            }
         }
-        let mut map = self.map.write().expect("kernel map");
         let mut next = map.clone();
         next.insert(
             name.to_string(),
@@ -146,10 +151,13 @@ impl KernelStore {
                 bytes: module.len() as u64,
             },
         );
-        self.write_map(&next)?;
+        if let Err(e) = self.write_map(&next) {
+            // The module stored above is named by nothing.
+            let _ = self.collect_garbage(&map);
+            return Err(e);
+        }
         *map = next;
-        drop(map);
-        self.collect_garbage()?;
+        self.collect_garbage(&map)?;
         Ok(KernelInfo {
             name: name.to_string(),
             sha256: sha,
@@ -169,8 +177,7 @@ impl KernelStore {
         next.remove(name);
         self.write_map(&next)?;
         *map = next;
-        drop(map);
-        self.collect_garbage()
+        self.collect_garbage(&map)
     }
 
     /// Registered kernels, by name.

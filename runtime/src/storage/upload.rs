@@ -155,12 +155,21 @@ impl Upload {
         let sums_tmp = self.tmp_path("pi");
         let st = &self.storage;
         let fs = &*st.fs;
-        write_durable(fs, &sums_tmp, &sums.encode())?;
-        fs.rename(&sums_tmp, &st.sums_path(&self.id))
-            .map_err(|e| Error::io("moving the checksum sidecar into place", e))?;
-        fs.rename(&self.tmp_path("parquet"), &st.object_path(&self.id))
-            .map_err(|e| Error::io("moving the object into place", e))?;
-        fsync_dir(fs, &st.root.join("objects"))?;
+        let placed = write_durable(fs, &sums_tmp, &sums.encode())
+            .and_then(|()| {
+                fs.rename(&sums_tmp, &st.sums_path(&self.id))
+                    .map_err(|e| Error::io("moving the checksum sidecar into place", e))
+            })
+            .and_then(|()| {
+                fs.rename(&self.tmp_path("parquet"), &st.object_path(&self.id))
+                    .map_err(|e| Error::io("moving the object into place", e))
+            })
+            .and_then(|()| fsync_dir(fs, &st.root.join("objects")));
+        if let Err(e) = placed {
+            // What reached `objects/` goes; `Drop` removes what is left in `tmp/`.
+            self.discard_committed_files();
+            return Err(e);
+        }
 
         let entry = ObjectEntry {
             id: self.id.clone(),

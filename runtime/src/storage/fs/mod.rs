@@ -99,8 +99,8 @@ impl Fs for OsFs {
 
 /// Replaces `dst` with `bytes`, atomically and durably: writes `tmp` and fsyncs it, renames it
 /// over `dst`, then fsyncs `dst`'s directory. A crash leaves either the old `dst` or the new
-/// one. `renaming` is the context of a failed rename. The catalog, the kernel map and kernel
-/// modules are all written this way.
+/// one; a failure before the rename removes `tmp`. `renaming` is the context of a failed
+/// rename. The catalog, the kernel map and kernel modules are all written this way.
 pub(crate) fn replace_durable(
     fs: &dyn Fs,
     tmp: &Path,
@@ -108,8 +108,12 @@ pub(crate) fn replace_durable(
     bytes: &[u8],
     renaming: &str,
 ) -> Result<()> {
-    write_durable(fs, tmp, bytes)?;
-    fs.rename(tmp, dst).map_err(|e| Error::io(renaming, e))?;
+    if let Err(e) = write_durable(fs, tmp, bytes)
+        .and_then(|()| fs.rename(tmp, dst).map_err(|e| Error::io(renaming, e)))
+    {
+        let _ = fs.remove(tmp);
+        return Err(e);
+    }
     fsync_dir(
         fs,
         dst.parent()

@@ -47,6 +47,21 @@ struct State {
     names: BTreeMap<PathBuf, usize>,
     dirs: BTreeSet<PathBuf>,
     log: Vec<Op>,
+    /// The disk is full from this many mutations on.
+    full_at: Option<usize>,
+}
+
+impl State {
+    /// Fails a write, creation or rename once the disk is full.
+    fn room(&self) -> io::Result<()> {
+        match self.full_at {
+            Some(at) if self.log.len() >= at => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "the simulated disk is full",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A disk in memory whose every mutation is logged; see the module documentation.
@@ -124,6 +139,17 @@ impl SimFs {
     /// How many mutations were logged so far: the crash points are `0..=log_len()`.
     pub fn log_len(&self) -> usize {
         self.state.lock().expect("sim fs").log.len()
+    }
+
+    /// Fills the disk once `point` mutations are logged (none: never): from then on writes,
+    /// creations, renames and syncs fail with `StorageFull`; removals still succeed.
+    pub fn fill_at(&self, point: Option<usize>) {
+        self.with(|st| st.full_at = point);
+    }
+
+    /// The live files under `dir` (not its subdirectories).
+    pub fn files_in(&self, dir: &Path) -> Vec<PathBuf> {
+        self.list(dir).unwrap_or_default()
     }
 
     /// What the disk would hold had the power gone after the first `point` mutations, the
@@ -223,13 +249,14 @@ struct SimFile {
 impl Write for SimFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.fs.with(|st| {
+            st.room()?;
             st.files[self.inode].extend_from_slice(buf);
             st.log.push(Op::Append {
                 inode: self.inode,
                 bytes: buf.to_vec(),
             });
-        });
-        Ok(buf.len())
+            Ok(buf.len())
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -238,9 +265,11 @@ impl Write for SimFile {
 
 impl FsFile for SimFile {
     fn sync(&mut self) -> io::Result<()> {
-        self.fs
-            .with(|st| st.log.push(Op::Sync { inode: self.inode }));
-        Ok(())
+        self.fs.with(|st| {
+            st.room()?;
+            st.log.push(Op::Sync { inode: self.inode });
+            Ok(())
+        })
     }
 }
 
@@ -256,6 +285,7 @@ impl Fs for SimFs {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         let inode = self.with(|st| {
+            st.room()?;
             if !path.parent().is_some_and(|d| st.dirs.contains(d)) {
                 return Err(not_found(path.parent().unwrap_or(path)));
             }
@@ -281,6 +311,7 @@ impl Fs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.with(|st| {
+            st.room()?;
             let inode = st.names.remove(from).ok_or_else(|| not_found(from))?;
             st.names.insert(to.to_path_buf(), inode);
             st.log.push(Op::Link {
@@ -296,6 +327,7 @@ impl Fs for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.with(|st| {
+            st.room()?;
             if !st.dirs.contains(dir) {
                 return Err(not_found(dir));
             }
