@@ -294,7 +294,8 @@ impl Client {
         ))
     }
 
-    /// Tables on the device.
+    /// Tables on the device. A table dropped between the listing and its description is left
+    /// out: it is gone.
     pub async fn tables(&mut self) -> Result<Vec<TableInfo>> {
         let infos: Vec<_> = self
             .flight
@@ -309,7 +310,14 @@ impl Client {
             let Some(name) = info.flight_descriptor.as_ref().and_then(|d| d.path.first()) else {
                 continue;
             };
-            out.push(self.describe(&name.clone()).await?);
+            match self.describe(&name.clone()).await {
+                Ok(t) => out.push(t),
+                Err(Error::Device {
+                    code: ErrorCode::UnknownTable,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }

@@ -494,3 +494,51 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
     );
     dev.stop().await;
 }
+
+/// Tables dropped and replaced while another caller lists tables and scrubs: a listing leaves
+/// the dropped table out instead of failing, and scrub skips objects removed under it instead
+/// of reporting them corrupt (both failed under the soak script's mixed load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_scrub_while_tables_are_dropped_report_no_false_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDevice::start(dir.path(), ReaderChoice::Auto).await;
+    let mut c = d.client().await;
+    for i in 0..8 {
+        c.put_batches(
+            &format!("t{i}"),
+            PutMode::Create,
+            table_batches(2_000, 1_000, i),
+        )
+        .await
+        .unwrap();
+    }
+    let url = d.url.clone();
+    let churn = tokio::spawn(async move {
+        let mut c = connect_retry(&url, Duration::from_secs(5)).await;
+        for round in 0..150u64 {
+            let t = format!("t{}", round % 8);
+            if round % 2 == 0 {
+                c.drop_table(&t).await.unwrap();
+                c.put_batches(&t, PutMode::Create, table_batches(2_000, 1_000, round))
+                    .await
+                    .unwrap();
+            } else {
+                c.put_batches(&t, PutMode::Replace, table_batches(2_000, 1_000, round))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let (mut scrubs, mut listings) = (0, 0);
+    while !churn.is_finished() {
+        let scrub = c.scrub().await.unwrap();
+        assert!(scrub.corrupt.is_empty(), "{:?}", scrub.corrupt);
+        scrubs += 1;
+        c.tables().await.unwrap();
+        listings += 1;
+    }
+    churn.await.unwrap();
+    println!("{scrubs} scrubs and {listings} listings during the churn");
+    assert!(scrubs > 5, "only {scrubs} scrubs ran during the churn");
+    d.stop().await;
+}

@@ -10,7 +10,7 @@ use nearstore_proto::Plan;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{BoxStream, DeviceService, actions};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[tonic::async_trait]
 impl FlightService for DeviceService {
@@ -39,11 +39,12 @@ impl FlightService for DeviceService {
         let mut infos = Vec::new();
         for stored in self.storage().table_names() {
             if let Some(name) = who.unscope(&stored) {
-                infos.push(
-                    self.table_info(&who, name)
-                        .await
-                        .map_err(|e| self.fail_for(&who, e)),
-                );
+                match self.table_info(&who, name).await {
+                    Ok(info) => infos.push(Ok(info)),
+                    // Dropped since the names were read: gone, not an error.
+                    Err(Error::UnknownTable(_)) => {}
+                    Err(e) => infos.push(Err(self.fail_for(&who, e))),
+                }
             }
         }
         Ok(Response::new(Box::pin(futures::stream::iter(infos))))
