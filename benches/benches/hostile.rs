@@ -3,7 +3,9 @@
 //! exhaust memory, overflow the stack, trap and return garbage, and then while it runs a kernel
 //! that computes for most of its deadline and succeeds. Rounds alternate (alone, failing,
 //! busy) and the report gives the medians and their ratios (target: the victim keeps at least
-//! 80 %).
+//! 80 %). Last, on a device at the default limits (30 s query deadline, 1 s per-call budget),
+//! how long a kernel spinning inside its call holds its query: query to error, median and max
+//! of `STOPS` runs.
 //!
 //! `cargo bench -p nearstore-benches --bench hostile` (release; not part of CI).
 
@@ -19,6 +21,7 @@ use nearstore_test_support::hostile;
 
 const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_secs(3);
+const STOPS: usize = 5;
 
 fn opts(token: &str) -> ClientOptions {
     ClientOptions {
@@ -194,5 +197,53 @@ fn main() {
             );
         }
         server.stop().await.unwrap();
+        time_to_stop(&cfg.tenants).await;
     });
+}
+
+/// Query-to-error times of a kernel spinning in its call, at the default sandbox limits.
+async fn time_to_stop(tenants: &[TenantConfig]) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = DeviceConfig::new(dir.path());
+    cfg.tenants = tenants.to_vec();
+    let device = Device::open(&cfg).unwrap();
+    let server = device.serve_local().await.unwrap();
+    let mut m = Client::connect_with(&server.url, opts("mallory"))
+        .await
+        .unwrap();
+    let ids = arrow::array::Int64Array::from_iter_values(0..1_000);
+    let batch = arrow::array::RecordBatch::try_from_iter(vec![(
+        "id",
+        Arc::new(ids) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    m.put_batches("m", PutMode::Create, vec![batch])
+        .await
+        .unwrap();
+    m.register_kernel("spin", &hostile::spin_forever())
+        .await
+        .unwrap();
+    let plan = Query::table("m")
+        .filter_expr(Expr::Kernel {
+            name: "spin".into(),
+            args: vec!["id".into()],
+            params: String::new(),
+        })
+        .build();
+    let mut took = Vec::new();
+    for _ in 0..STOPS {
+        let t = Instant::now();
+        let e = m.query(&plan).await.unwrap_err();
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(e.to_string().contains("per-call budget"), "{e}");
+    }
+    let max = took.iter().copied().fold(0.0, f64::max);
+    println!(
+        "a kernel spinning in its call, default limits (deadline {} s, call budget {} ms): \
+         stopped {:.0} ms after the query was sent (median of {STOPS}; max {max:.0} ms)",
+        cfg.sandbox.deadline.as_secs(),
+        cfg.sandbox.call_budget.as_millis(),
+        median(took.clone()),
+    );
+    server.stop().await.unwrap();
 }

@@ -242,3 +242,31 @@ async fn a_tenants_kernel_limits_are_its_own() {
     );
     dev.stop().await;
 }
+
+/// At the device's defaults (a 30 s query deadline, a 1 s per-call budget), a kernel that
+/// spins inside its call is stopped by the call budget, not the deadline; the time from query
+/// to error is printed on stdout (the CI log shows it with `--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_defaults_a_spinning_kernel_is_stopped_by_the_call_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| c.tenants = tenants()).await;
+    let mut m = client(&dev.url, MALLORY).await;
+    m.put_batches("m", PutMode::Create, table_batches(1_000, 1_000, 1))
+        .await
+        .unwrap();
+    m.register_kernel("spin_forever", &hostile::spin_forever())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let e = m.query(&call("spin_forever")).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(e.to_string().contains("per-call budget of 1000 ms"), "{e}");
+    println!("at the defaults a spinning kernel was stopped {took:?} after the query was sent");
+    // The tenant's next query is served.
+    let r = m
+        .query(&Query::table("m").filter("id < 10").unwrap().build())
+        .await
+        .unwrap();
+    assert_eq!(r.num_rows(), 10);
+    dev.stop().await;
+}
