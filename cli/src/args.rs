@@ -218,6 +218,10 @@ pub struct SqlArgs {
     /// Certificate authority (PEM) of grpc+tls:// devices.
     #[arg(long, env = "NEARSTORE_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Results arrive as Arrow IPC compressed with lz4 or zstd (the device compresses; worth it
+    /// for full transfer over a slow link) [default: uncompressed].
+    #[arg(long)]
+    pub compression: Option<nearstore_proto::IpcCompression>,
 }
 
 /// `tpch` arguments.

@@ -14,6 +14,7 @@ pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
         token: args.token.clone(),
         request_timeout: Duration::from_secs(args.timeout_secs),
         tls_ca_pem: read_ca(&args.tls_ca)?,
+        compression: args.compression,
         ..Default::default()
     };
     let session = nearstore_sdk::SqlSession::connect_many(&args.devices, opts, args.mode)

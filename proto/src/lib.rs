@@ -10,7 +10,9 @@ pub mod plan;
 pub mod rate;
 
 pub use expr::{ArithOp, CmpOp, Expr, Literal, TypedLiteral};
-pub use plan::{AggFunc, Aggregate, BackendKind, PLAN_VERSION, Plan, Projection, SortKey};
+pub use plan::{
+    AggFunc, Aggregate, BackendKind, IpcCompression, PLAN_VERSION, Plan, Projection, SortKey,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -47,6 +47,43 @@ pub struct Plan {
     /// Compute backend requested for this query; the device default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendKind>,
+    /// Compression of the result's Arrow IPC buffers; uncompressed when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<IpcCompression>,
+}
+
+/// Compression of Arrow IPC record batch buffers (the IPC format's own `BodyCompression`, which
+/// every Arrow reader with compression support decodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpcCompression {
+    /// LZ4 frame: fast, a moderate ratio.
+    Lz4,
+    /// Zstandard: a higher ratio, more CPU.
+    Zstd,
+}
+
+impl IpcCompression {
+    /// Name used on the command line and in plans.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpcCompression::Lz4 => "lz4",
+            IpcCompression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for IpcCompression {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lz4" => Ok(IpcCompression::Lz4),
+            "zstd" => Ok(IpcCompression::Zstd),
+            other => Err(Error::MalformedPlan(format!(
+                "unknown IPC compression '{other}' (expected lz4 or zstd)"
+            ))),
+        }
+    }
 }
 
 /// One output column of a projection: a bare column name, or a named expression.
@@ -234,6 +271,7 @@ impl Plan {
             order_by: Vec::new(),
             limit: None,
             backend: None,
+            compression: None,
         }
     }
 

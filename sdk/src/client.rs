@@ -37,6 +37,9 @@ pub struct ClientOptions {
     /// PEM certificate(s) of the authority that signed the device's TLS certificate, for
     /// `grpc+tls://` URLs.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// Compression the device applies to query results' Arrow IPC buffers (plans that name
+    /// none get this one); none: uncompressed.
+    pub compression: Option<nearstore_proto::IpcCompression>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +49,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(600),
             tls_ca_pem: None,
+            compression: None,
         }
     }
 }
@@ -213,6 +217,11 @@ impl Client {
 
     /// Runs a plan and collects the whole result.
     pub async fn query(&mut self, plan: &Plan) -> Result<QueryResult> {
+        if plan.compression.is_none() && self.options.compression.is_some() {
+            let mut plan = plan.clone();
+            plan.compression = self.options.compression;
+            return self.query_json(plan.to_json()).await;
+        }
         self.query_json(plan.to_json()).await
     }
 

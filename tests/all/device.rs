@@ -495,9 +495,10 @@ async fn fpga_backend_models_time_and_falls_back_to_wasm_on_a_fault() {
     dev.stop().await;
 }
 
-/// Tables dropped and replaced while another caller lists tables and scrubs: a listing leaves
-/// the dropped table out instead of failing, and scrub skips objects removed under it instead
-/// of reporting them corrupt (both failed under the soak script's mixed load).
+/// Tables dropped and replaced while another caller lists tables, starts SQL sessions and
+/// scrubs: a listing or a session leaves the dropped table out instead of failing, and scrub
+/// skips objects removed under it instead of reporting them corrupt (all three failed under
+/// the soak script's mixed load).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_and_scrub_while_tables_are_dropped_report_no_false_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -535,6 +536,13 @@ async fn listing_and_scrub_while_tables_are_dropped_report_no_false_errors() {
         assert!(scrub.corrupt.is_empty(), "{:?}", scrub.corrupt);
         scrubs += 1;
         c.tables().await.unwrap();
+        nearstore_sdk::SqlSession::connect(
+            &d.url,
+            Default::default(),
+            nearstore_sdk::Mode::Offload,
+        )
+        .await
+        .unwrap();
         listings += 1;
     }
     churn.await.unwrap();

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
+use nearstore_proto::IpcCompression;
 use nearstore_sdk::{ClientOptions, Mode, SqlResult, SqlSession};
 
 use super::{AutoChoice, DeviceChild, ModeFigures};
@@ -25,12 +26,18 @@ pub(super) struct Sessions {
 }
 
 impl Sessions {
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// Sessions on the device at `url`; full transfer's results compressed with
+    /// `compression`.
+    pub async fn connect(url: &str, compression: Option<IpcCompression>) -> Result<Self> {
         let s = |m| SqlSession::connect(url, ClientOptions::default(), m);
+        let compressed = ClientOptions {
+            compression,
+            ..Default::default()
+        };
         let sessions = Sessions {
             offload: s(Mode::Offload).await?,
             remote: s(Mode::RemoteScan).await?,
-            transfer: s(Mode::FullTransfer).await?,
+            transfer: SqlSession::connect(url, compressed, Mode::FullTransfer).await?,
             auto: s(Mode::Auto).await?,
         };
         for s in sessions.in_order() {

@@ -91,6 +91,10 @@ pub struct CompareArgs {
     /// `threads`, DataFusion's partitions) [default: one per core].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Full transfer receives its rows as Arrow IPC compressed with lz4 or zstd (Auto's own
+    /// full transfer stays uncompressed) [default: uncompressed].
+    #[arg(long)]
+    pub compression: Option<nearstore_proto::IpcCompression>,
     /// The `nearstore` binary that serves the started device [default: this executable].
     #[arg(long, hide = true, env = "NEARSTORE_DEVICE_BIN")]
     pub device_bin: Option<PathBuf>,
@@ -111,6 +115,7 @@ impl CompareArgs {
             reference: ReferenceChoice::Install,
             devices: 0,
             workers: None,
+            compression: None,
             device_bin: None,
         }
     }
@@ -196,7 +201,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             url
         }
     };
-    let sessions = Sessions::connect(&url).await?;
+    let sessions = Sessions::connect(&url, args.compression).await?;
     let mut client = nearstore_sdk::Client::connect(&url).await?;
     let table_rows = client
         .describe("lineitem")
@@ -229,6 +234,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
             None => args.workers.unwrap_or_else(default_workers),
         },
         table_rows,
+        transfer_compression: args.compression.map(|c| c.as_str().to_string()),
         links: links.clone(),
         ..Default::default()
     };
@@ -353,7 +359,7 @@ async fn shaped_runs(
     for &gbps in links {
         device.stop().await?;
         device = DeviceChild::start(bin, data, args.scale, Some(gbps), args.workers).await?;
-        let s = Sessions::connect(&device.url).await?;
+        let s = Sessions::connect(&device.url, args.compression).await?;
         eprintln!(
             "emulated {gbps} Gb/s link: {} queries x 3 modes",
             cases.len()

@@ -238,6 +238,9 @@ fn setup_line(r: &Report) -> String {
     for g in &r.links {
         let _ = write!(s, " and an emulated {g} Gb/s link");
     }
+    if let Some(c) = &r.transfer_compression {
+        let _ = write!(s, "; full transfer's Arrow IPC compressed with {c}");
+    }
     if !r.engines.is_empty() {
         let e: Vec<String> = r.engines.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = write!(

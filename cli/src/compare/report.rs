@@ -171,6 +171,9 @@ pub struct Report {
     /// Compute workers of the started device, which the reference engines get as threads (0
     /// for an external device).
     pub workers: usize,
+    /// Compression of full transfer's Arrow IPC (`lz4`, `zstd`); none: uncompressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_compression: Option<String>,
     /// Rows in lineitem.
     pub table_rows: u64,
     /// Emulated link rates run besides loopback, Gb/s.

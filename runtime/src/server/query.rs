@@ -144,7 +144,15 @@ async fn stream_result(
         std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
         std::task::Poll::Pending => std::task::Poll::Pending,
     });
+    let compression = plan.compression.map(|c| match c {
+        nearstore_proto::IpcCompression::Lz4 => arrow::ipc::CompressionType::LZ4_FRAME,
+        nearstore_proto::IpcCompression::Zstd => arrow::ipc::CompressionType::ZSTD,
+    });
+    let options = arrow::ipc::writer::IpcWriteOptions::default()
+        .try_with_compression(compression)
+        .expect("the device is built with IPC compression");
     let mut encoded = FlightDataEncoderBuilder::new()
+        .with_options(options)
         .with_schema(schema)
         .build(batches);
     let mut bytes_sent = 0u64;

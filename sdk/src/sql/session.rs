@@ -68,7 +68,15 @@ impl SqlSession {
         for url in urls {
             let mut client = Client::connect_with(url, options.clone()).await?;
             for t in client.tables().await? {
-                let schema = client.schema(&Plan::scan(&t.name)).await?;
+                let schema = match client.schema(&Plan::scan(&t.name)).await {
+                    Ok(s) => s,
+                    // Dropped since the listing: gone.
+                    Err(Error::Device {
+                        code: nearstore_proto::ErrorCode::UnknownTable,
+                        ..
+                    }) => continue,
+                    Err(e) => return Err(e),
+                };
                 match tables.iter_mut().find(|(n, _, _)| *n == t.name) {
                     Some((_, s, devices)) => {
                         if s.fields() != schema.fields() {
