@@ -424,6 +424,12 @@ pub struct DeviceInfo {
     /// The rates the device has learnt from its own work.
     #[serde(default)]
     pub rates: DeviceRates,
+    /// The namespace's capacity in bytes, when it has one (`serve --capacity-mb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+    /// Bytes of the namespace's files, when it has a capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
 }
 
 /// Result of a scrub.

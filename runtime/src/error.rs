@@ -100,7 +100,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps an I/O error with what was being done. A full disk is the device's storage being exhausted, whatever was being written.
+    /// Wraps an I/O error with what was being done. A full disk is the device's storage
+    /// being exhausted, whatever was being written.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::StorageFull {
             return Error::ResourceExhausted {

@@ -76,9 +76,18 @@ async fn a_full_namespace_refuses_the_upload_keeps_serving_and_recovers_when_spa
     let r = c.query(&Plan::scan("first")).await.unwrap();
     assert_eq!((r.num_rows(), sum_ids(&r.batches)), (ROWS, first_sum));
     assert!(c.scrub().await.unwrap().corrupt.is_empty());
+    let info = c.device_info().await.unwrap();
+    assert_eq!(info.capacity_bytes, Some(capacity));
+    let used = info.used_bytes.expect("a capped namespace reports its use");
+    assert!(used >= ack.bytes && used < capacity, "{used} bytes used");
 
     // Dropping the first table frees its space; the second upload now succeeds.
     c.drop_table("first").await.unwrap();
+    let after = c.device_info().await.unwrap().used_bytes.unwrap();
+    assert!(
+        after + ack.bytes <= used,
+        "{after} bytes used after the drop, {used} before"
+    );
     let ack = c
         .put_batches("second", PutMode::Create, second)
         .await

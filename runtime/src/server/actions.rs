@@ -76,6 +76,8 @@ impl DeviceService {
                     errors: self.errors.load(Ordering::Relaxed),
                     active_queries: self.active.load(Ordering::Relaxed),
                     rates: self.metrics.telemetry.rates(&self.link),
+                    capacity_bytes: self.storage().space().map(|(_, c)| c),
+                    used_bytes: self.storage().space().map(|(u, _)| u),
                 };
                 Ok(vec![json(&info)])
             }

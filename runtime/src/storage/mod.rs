@@ -90,6 +90,11 @@ impl Storage {
         &self.kernels
     }
 
+    /// Bytes used and the namespace's capacity, when it has one (`--capacity-mb`).
+    pub fn space(&self) -> Option<(u64, u64)> {
+        self.fs.space()
+    }
+
     /// The read path.
     pub fn reader(&self) -> &Reader {
         &self.reader

@@ -150,6 +150,9 @@ impl Fs for Capped {
     fn exists(&self, path: &Path) -> bool {
         OsFs.exists(path)
     }
+    fn space(&self) -> Option<(u64, u64)> {
+        Some((self.used(), self.capacity))
+    }
 }
 
 #[cfg(test)]

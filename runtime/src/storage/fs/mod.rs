@@ -45,6 +45,10 @@ pub trait Fs: Send + Sync + Debug {
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
     /// Whether `path` exists.
     fn exists(&self, path: &Path) -> bool;
+    /// Bytes used and the capacity, when the file system has a capacity of its own.
+    fn space(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The real file system.
