@@ -217,12 +217,15 @@ impl Client {
 
     /// Runs a plan and collects the whole result.
     pub async fn query(&mut self, plan: &Plan) -> Result<QueryResult> {
-        if plan.compression.is_none() && self.options.compression.is_some() {
-            let mut plan = plan.clone();
-            plan.compression = self.options.compression;
-            return self.query_json(plan.to_json()).await;
-        }
-        self.query_json(plan.to_json()).await
+        let json = match (plan.compression, self.options.compression) {
+            (None, Some(c)) => Plan {
+                compression: Some(c),
+                ..plan.clone()
+            }
+            .to_json(),
+            _ => plan.to_json(),
+        };
+        self.query_json(json).await
     }
 
     /// Runs a plan given as JSON bytes, exactly as any Flight client would send it.

@@ -9,7 +9,7 @@ use nearstore_runtime::storage::reader::{Reader, ReaderChoice};
 use nearstore_sdk::{Error, Query};
 
 use crate::support::{
-    DeviceProcess, TestDevice, connect_retry, make_batch, sum_ids, table_batches,
+    DeviceProcess, TestDevice, connect_retry, make_batch, sum_ids, table_batches, table_names,
 };
 
 fn device_code(e: &Error) -> ErrorCode {
@@ -292,14 +292,7 @@ async fn bad_input_gets_specific_errors_and_the_device_keeps_serving() {
         .unwrap_err();
     assert_eq!(device_code(&e), ErrorCode::InvalidUpload);
     assert!(e.to_string().contains("Parquet"), "{e}");
-    let names: Vec<_> = c
-        .tables()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    assert_eq!(names, vec!["t"]);
+    assert_eq!(table_names(&mut c).await, vec!["t"]);
     check_valid(c.query(&valid).await);
 
     // Creating an existing table is refused.

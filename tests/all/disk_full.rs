@@ -7,7 +7,7 @@
 use nearstore_proto::{ErrorCode, Plan, PutMode};
 use nearstore_sdk::Error;
 
-use crate::support::{TestDevice, sum_ids, table_batches};
+use crate::support::{TestDevice, sum_ids, table_batches, table_names};
 
 /// Rows of each of the two tables: about 2 MiB each as the device stores them, so one fits
 /// in the 3 MiB namespace and two do not.
@@ -59,14 +59,7 @@ async fn a_full_namespace_refuses_the_upload_keeps_serving_and_recovers_when_spa
     assert!(err.to_string().contains("storage is full"), "{err}");
 
     // Nothing partial is left, and the device serves queries as before.
-    let names: Vec<String> = c
-        .tables()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    assert_eq!(names, vec!["first".to_string()]);
+    assert_eq!(table_names(&mut c).await, vec!["first"]);
     assert_eq!(
         files(dir.path(), "objects"),
         2,

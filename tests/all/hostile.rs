@@ -223,11 +223,7 @@ async fn a_tenants_kernel_limits_are_its_own() {
     })
     .await;
     let mut m = client(&dev.url, MALLORY).await;
-    let t = Instant::now();
-    let e = m.query(&call("spin_forever")).await.unwrap_err();
-    let took = t.elapsed();
-    assert!(e.to_string().contains("per-call budget of 150 ms"), "{e}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    let took = spin_stopped_by_budget(&mut m, 150).await;
     println!("a spinning kernel was stopped {took:?} after the query was sent (budget 150 ms)");
     // The built-in filter runs under the same limits and still works.
     let r = m
@@ -257,12 +253,7 @@ async fn at_the_defaults_a_spinning_kernel_is_stopped_by_the_call_budget() {
     m.register_kernel("spin_forever", &hostile::spin_forever())
         .await
         .unwrap();
-    let t = Instant::now();
-    let e = m.query(&call("spin_forever")).await.unwrap_err();
-    let took = t.elapsed();
-    assert!(e.to_string().contains("per-call budget of 1000 ms"), "{e}");
-    // Not a speed target: far from the 30 s deadline that stops it without the budget.
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    let took = spin_stopped_by_budget(&mut m, 1000).await;
     println!("at the defaults a spinning kernel was stopped {took:?} after the query was sent");
     // The tenant's next query is served.
     let r = m
@@ -271,4 +262,20 @@ async fn at_the_defaults_a_spinning_kernel_is_stopped_by_the_call_budget() {
         .unwrap();
     assert_eq!(r.num_rows(), 10);
     dev.stop().await;
+}
+
+/// Runs Mallory's `spin_forever`, which must fail on the per-call budget of `budget_ms`; the
+/// time from query to error. Bounded at 10 s — not a speed target: far from the query
+/// deadlines (20 s, 30 s) that stop the kernel when the budget does not.
+async fn spin_stopped_by_budget(m: &mut Client, budget_ms: u64) -> Duration {
+    let t = Instant::now();
+    let e = m.query(&call("spin_forever")).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        e.to_string()
+            .contains(&format!("per-call budget of {budget_ms} ms")),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    took
 }

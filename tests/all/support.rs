@@ -65,6 +65,16 @@ impl TestDevice {
 }
 
 /// Connects, retrying until `within` has passed.
+/// The names of the tables the device lists, in its order.
+pub async fn table_names(c: &mut Client) -> Vec<String> {
+    c.tables()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
 pub async fn connect_retry(url: &str, within: Duration) -> Client {
     let start = Instant::now();
     loop {

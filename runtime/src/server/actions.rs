@@ -67,6 +67,7 @@ impl DeviceService {
                 )))
             }
             actions::DEVICE_INFO => {
+                let space = self.storage().space();
                 let info = DeviceInfo {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     reader: self.storage().reader().kind().as_str().to_string(),
@@ -76,8 +77,8 @@ impl DeviceService {
                     errors: self.errors.load(Ordering::Relaxed),
                     active_queries: self.active.load(Ordering::Relaxed),
                     rates: self.metrics.telemetry.rates(&self.link),
-                    capacity_bytes: self.storage().space().map(|(_, c)| c),
-                    used_bytes: self.storage().space().map(|(u, _)| u),
+                    capacity_bytes: space.map(|(_, c)| c),
+                    used_bytes: space.map(|(u, _)| u),
                 };
                 Ok(vec![json(&info)])
             }

@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::PutMode;
 
+use super::fs::Fs;
 use super::fs::sim::{Rng, SimFs};
 use super::reader::{Reader, ReaderChoice, ReaderConfig};
 use super::{Storage, WriteConfig};
@@ -342,14 +343,14 @@ fn a_disk_filling_at_any_step_leaves_no_partial_upload() {
             );
         }
         let tables = storage.table_names();
-        let objects = sim.files_in(&root.join("objects")).len();
+        let objects = sim.list(&root.join("objects")).unwrap().len();
         assert_eq!(objects, 2 * tables.len(), "step {step}: stray object files");
         assert!(
-            sim.files_in(&root.join("tmp")).is_empty(),
+            sim.list(&root.join("tmp")).unwrap().is_empty(),
             "step {step}: tmp/ holds {:?}",
-            sim.files_in(&root.join("tmp"))
+            sim.list(&root.join("tmp")).unwrap()
         );
-        let modules = sim.files_in(&root.join("kernels")).len();
+        let modules = sim.list(&root.join("kernels")).unwrap().len();
         assert_eq!(
             modules,
             storage.kernels().list().len(),

@@ -251,10 +251,7 @@ impl Drop for Upload {
     /// its commit moved the files into `objects/`, nothing after.
     fn drop(&mut self) {
         for ext in ["parquet", "pi"] {
-            let path = self.tmp_path(ext);
-            if self.storage.fs.exists(&path) {
-                let _ = self.storage.fs.remove(&path);
-            }
+            let _ = self.storage.fs.remove(&self.tmp_path(ext));
         }
     }
 }

@@ -147,11 +147,6 @@ impl SimFs {
         self.with(|st| st.full_at = point);
     }
 
-    /// The live files under `dir` (not its subdirectories).
-    pub fn files_in(&self, dir: &Path) -> Vec<PathBuf> {
-        self.list(dir).unwrap_or_default()
-    }
-
     /// What the disk would hold had the power gone after the first `point` mutations, the
     /// undurable part drawn from `seed`.
     pub fn crash_image(&self, point: usize, seed: u64) -> Image {
