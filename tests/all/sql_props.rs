@@ -83,9 +83,11 @@ fn query() -> impl Strategy<Value = String> {
         1..=5,
     );
     let groups = prop::sample::select(vec!["", "cat", "day", "cat, day"]);
+    // Aggregates weigh twice: about half of them push down (a host-only predicate keeps the
+    // aggregate on the host), and the coverage check below needs enough that do.
     prop_oneof![
         // Rows: projection, filter, ORDER BY + LIMIT (id is unique: the order is total).
-        (cols, predicate(), prop::option::of(0usize..50)).prop_map(|(c, p, limit)| {
+        1 => (cols, predicate(), prop::option::of(0usize..50)).prop_map(|(c, p, limit)| {
             let mut q = format!("select {} from t where {p} order by id", c.join(", "));
             if let Some(l) = limit {
                 q.push_str(&format!(" limit {l}"));
@@ -93,7 +95,7 @@ fn query() -> impl Strategy<Value = String> {
             q
         }),
         // Aggregates, grouped or not.
-        (aggs, groups, predicate(), prop::option::of(1usize..20)).prop_map(|(a, g, p, limit)| {
+        2 => (aggs, groups, predicate(), prop::option::of(1usize..20)).prop_map(|(a, g, p, limit)| {
             if g.is_empty() {
                 format!("select {} from t where {p}", a.join(", "))
             } else {
@@ -160,11 +162,12 @@ fn generated_queries_agree_between_offload_and_full_transfer() {
             Ok(())
         })
         .unwrap();
-    // The generator exercises pushdown, not just host fallbacks.
+    // The generator exercises pushdown, not just host fallbacks. Measured over 640 cases:
+    // about 31 % push an aggregate, so 64 cases expect 20 (sd 3.7); the bound is 3.7 sd below.
     let (f, g, n) = pushed.get();
     eprintln!("generated SQL: {f} of {cases} pushed a filter, {g} an aggregate, {n} returned rows");
     assert!(
-        f >= cases / 2 && g >= cases / 8 && n >= cases / 2,
+        f >= cases / 2 && g >= cases / 10 && n >= cases / 2,
         "{f} {g} {n}"
     );
     rt.block_on(dev.stop());
