@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// refused as on a full disk [default: the file system's free space].
     #[arg(long, env = "NEARSTORE_CAPACITY_MB")]
     pub capacity_mb: Option<u64>,
+    /// Hot-column tier in MiB: decoded column chunks kept in memory, admitted on their second
+    /// touch; 0 turns it off [default: a quarter of the machine's memory].
+    #[arg(long, env = "NEARSTORE_CACHE_MB")]
+    pub cache_mb: Option<u64>,
     /// Rows per row group of objects the device writes [default: 131072].
     #[arg(long)]
     pub row_group_rows: Option<usize>,
@@ -97,6 +101,7 @@ struct FileConfig {
     backend: Option<String>,
     workers: Option<usize>,
     capacity_mb: Option<u64>,
+    cache_mb: Option<u64>,
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     link_gbps: Option<f64>,
@@ -181,6 +186,7 @@ impl ServeArgs {
             bail!("workers must be at least 1");
         }
         device.capacity_mb = self.capacity_mb.or(file.capacity_mb);
+        device.cache_mb = self.cache_mb.or(file.cache_mb);
         device.link_gbps = self.link_gbps.or(file.link_gbps);
         device.link_rtt_us = self.link_rtt_us.or(file.link_rtt_us);
         device.tenants = file.tenants;

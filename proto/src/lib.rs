@@ -149,6 +149,11 @@ pub struct QueryStats {
     pub fallbacks: u64,
     /// Storage read path (`io_uring` or `pread`).
     pub reader: String,
+    /// Bytes on the media of the column chunks this query took from the hot-column tier
+    /// (decoded already: neither read nor decoded again).
+    pub cache_hit_bytes: u64,
+    /// Bytes on the media of the column chunks it needed that the tier did not hold.
+    pub cache_miss_bytes: u64,
     /// Compute workers the query ran on (its row groups dealt among them; 1 when the device
     /// was busy, the table small, or the plan needs one, as a LIMIT without ORDER BY does).
     pub workers: u64,
@@ -430,6 +435,30 @@ pub struct DeviceInfo {
     /// Bytes of the namespace's files, when it has a capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
+    /// The hot-column tier (decoded column chunks in memory, `serve --cache-mb`).
+    #[serde(default)]
+    pub cache: CacheInfo,
+}
+
+/// The hot-column tier's budget, use and counters since start. Hits and misses are counted in
+/// the column chunks' bytes on the media (what a hit saved reading).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheInfo {
+    /// Budget in bytes (0: the tier is off).
+    pub budget_bytes: u64,
+    /// Bytes of decoded arrays kept.
+    pub used_bytes: u64,
+    /// Column chunks kept.
+    pub chunks: u64,
+    /// Media bytes of chunks served from the tier.
+    pub hit_bytes: u64,
+    /// Media bytes of chunks queries needed that the tier did not hold.
+    pub miss_bytes: u64,
+    /// Bytes of decoded arrays admitted.
+    pub admitted_bytes: u64,
+    /// Bytes of decoded arrays evicted for room (not counting invalidation).
+    pub evicted_bytes: u64,
 }
 
 /// Result of a scrub.

@@ -62,6 +62,8 @@ pub struct DeviceConfig {
     /// The namespace's size in MiB: uploads that would take the data directory past it are
     /// refused as on a full disk (none: the file system's free space is the limit).
     pub capacity_mb: Option<u64>,
+    /// The hot-column tier's budget in MiB (0: off; none: a quarter of the machine's memory).
+    pub cache_mb: Option<u64>,
 }
 
 /// A TLS identity in PEM.
@@ -89,8 +91,21 @@ impl DeviceConfig {
             tls: None,
             workers: None,
             capacity_mb: None,
+            cache_mb: None,
         }
     }
+}
+
+/// The machine's memory in bytes (`MemTotal`), or 0 when unknown.
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib << 10)
+        })
+        .unwrap_or(0)
 }
 
 /// A device served on a loopback port by [`Device::serve_local`].
@@ -154,12 +169,12 @@ impl Device {
             ),
             None => Arc::new(storage::fs::OsFs),
         };
-        let storage = Arc::new(Storage::open_on(
-            fs,
-            &config.data_dir,
-            reader,
-            config.write,
-        )?);
+        let cache = config
+            .cache_mb
+            .map_or_else(|| machine_memory() / 4, |mb| mb << 20);
+        let storage = Arc::new(
+            Storage::open_on(fs, &config.data_dir, reader, config.write)?.with_hot_tier(cache),
+        );
         let executor = Arc::new(exec::Executor::new(
             storage.clone(),
             config.backend,
@@ -234,6 +249,7 @@ impl Device {
             self.metrics.clone(),
             self.storage.reader().clone(),
             self.link.clone(),
+            self.storage.hot().clone(),
         ))
     }
 

@@ -11,6 +11,7 @@ mod fanout;
 mod fuzz;
 mod gateway;
 mod hostile;
+mod hot_tier;
 mod kernel_dev;
 mod kernels;
 mod load;

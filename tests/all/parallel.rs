@@ -9,7 +9,7 @@ use nearstore_sdk::Query;
 use crate::support::{TestDevice, rows, table_batches};
 
 /// The plans compared, over the generated table `t` (id, val, cat, day, price).
-fn plans(backend: BackendKind) -> Vec<(&'static str, Plan)> {
+pub(crate) fn plans(backend: BackendKind) -> Vec<(&'static str, Plan)> {
     let q = || Query::table("t").backend(backend);
     let aggs = |b: Query| {
         b.aggregate(AggFunc::CountStar, None, "n")

@@ -171,6 +171,8 @@ impl Executor {
         stats.rows_scanned = c.rows_scanned.load(Ordering::Relaxed);
         stats.rows_selected = c.rows_selected.load(Ordering::Relaxed);
         stats.filter_us = c.filter_us.load(Ordering::Relaxed);
+        stats.cache_hit_bytes = c.cache_hit_bytes.load(Ordering::Relaxed);
+        stats.cache_miss_bytes = c.cache_miss_bytes.load(Ordering::Relaxed);
         Ok(())
     }
 }

@@ -11,7 +11,6 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use nearstore_proto::QueryStats;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection};
-use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use tokio::sync::mpsc;
 
 use super::BATCH_ROWS;
@@ -20,7 +19,7 @@ use super::placement::{Placement, decoder_predicate};
 use super::prepare::{Output, PreparedQuery};
 use super::project::{compact_views, project};
 use crate::error::{Error, Result};
-use crate::scan::{self, ErrorSlot, ObjectReader, ObjectScan, ScanCounters, prune::Pruned};
+use crate::scan::{self, Batches, ErrorSlot, ObjectScan, ScanCounters, prune::Pruned};
 use crate::storage::Object;
 
 /// What one query's scans share: its counters and the first error a read recorded.
@@ -106,7 +105,7 @@ pub(super) async fn run(
         let mut stream = open(&q, slice, &placement, &needed, limit, &ctx)?;
         let mut t_scan = Instant::now();
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| ctx.errors.take_or(Error::Parquet(e)))?;
+            let batch = batch?;
             stats.scan_us += t_scan.elapsed().as_micros() as u64;
             if q.predicate.is_none() {
                 let rows = batch.num_rows() as u64;
@@ -207,7 +206,7 @@ fn open(
     needed: &[String],
     limit: Option<usize>,
     ctx: &ScanContext,
-) -> Result<ParquetRecordBatchStream<ObjectReader>> {
+) -> Result<Batches> {
     let predicate = q.predicate.as_ref().map(|pred| {
         (
             pred.columns(),
@@ -223,7 +222,7 @@ fn open(
         batch_size: BATCH_ROWS,
         limit,
     };
-    scan::open_stream(scan, ctx.counters.clone(), ctx.errors.clone())
+    scan::open_batches(scan, ctx.counters.clone(), ctx.errors.clone())
 }
 
 /// One row group of a slice, with its part of the row selection.

@@ -4,8 +4,10 @@
 //! cached; row groups are skipped by min/max statistics, pages by the page index; the predicate
 //! runs inside the decoder (`RowFilter`), so its columns are decoded first and the other
 //! projected columns only for the rows that survive. All byte ranges the decoder asks for in
-//! one step go to the read path as one batch.
+//! one step go to the read path as one batch. With the hot-column tier on, row groups it
+//! holds skip all of that (`hot`).
 
+mod hot;
 pub mod prune;
 
 use std::ops::Range;
@@ -14,9 +16,11 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::BooleanArray;
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
@@ -42,6 +46,10 @@ pub struct ScanCounters {
     pub rows_selected: AtomicU64,
     /// Microseconds in the predicate.
     pub filter_us: AtomicU64,
+    /// Media bytes of column chunks served from the hot-column tier.
+    pub cache_hit_bytes: AtomicU64,
+    /// Media bytes of column chunks the tier did not hold (with the tier on).
+    pub cache_miss_bytes: AtomicU64,
     /// The tenant's media bandwidth limit, if any: reads wait for it.
     pub media_limit: Option<Arc<crate::storage::media::MediaBucket>>,
 }
@@ -204,6 +212,7 @@ pub type Predicate =
     Arc<dyn Fn(&arrow::record_batch::RecordBatch) -> Result<BooleanArray> + Send + Sync>;
 
 /// What to read from one object.
+#[derive(Clone)]
 pub struct ObjectScan {
     /// Object.
     pub object: Arc<Object>,
@@ -248,21 +257,7 @@ pub fn open_stream(
         let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
         let c = counters.clone();
         let slot = errors.clone();
-        let f = ArrowPredicateFn::new(mask, move |batch| {
-            let t = std::time::Instant::now();
-            let rows = batch.num_rows() as u64;
-            let out = pred(&batch).map_err(|e| {
-                let msg = e.to_string();
-                slot.record(e);
-                arrow::error::ArrowError::ComputeError(msg)
-            })?;
-            c.rows_scanned.fetch_add(rows, Ordering::Relaxed);
-            c.rows_selected
-                .fetch_add(out.true_count() as u64, Ordering::Relaxed);
-            c.filter_us
-                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-            Ok(out)
-        });
+        let f = ArrowPredicateFn::new(mask, move |batch| run_predicate(&pred, &batch, &c, &slot));
         builder = builder.with_row_filter(RowFilter::new(vec![Box::new(f)]));
     }
     if let Some(limit) = scan.limit {
@@ -271,4 +266,50 @@ pub fn open_stream(
     builder
         .build()
         .map_err(|e| errors.take_or(Error::Parquet(e)))
+}
+
+/// Runs a scan's predicate on one batch of its columns, counting rows and time; its error is
+/// recorded in `errors` (the decoder would flatten it into a string).
+fn run_predicate(
+    pred: &Predicate,
+    batch: &RecordBatch,
+    counters: &ScanCounters,
+    errors: &ErrorSlot,
+) -> std::result::Result<BooleanArray, arrow::error::ArrowError> {
+    let t = std::time::Instant::now();
+    let out = pred(batch).map_err(|e| {
+        let msg = e.to_string();
+        errors.record(e);
+        arrow::error::ArrowError::ComputeError(msg)
+    })?;
+    counters
+        .rows_scanned
+        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+    counters
+        .rows_selected
+        .fetch_add(out.true_count() as u64, Ordering::Relaxed);
+    counters
+        .filter_us
+        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+    Ok(out)
+}
+
+/// A scan's decoded batches, errors specific.
+pub type Batches = BoxStream<'static, Result<RecordBatch>>;
+
+/// The batches of one object's scan: through the hot-column tier when the namespace has one,
+/// else straight from the decoder. A scan with a row limit (which may stop in its first row
+/// group) bypasses the tier: it neither counts nor touches row groups it may never read.
+pub fn open_batches(
+    scan: ObjectScan,
+    counters: Arc<ScanCounters>,
+    errors: ErrorSlot,
+) -> Result<Batches> {
+    if scan.object.hot().enabled() && scan.limit.is_none() {
+        return Ok(hot::open(scan, counters, errors));
+    }
+    let stream = open_stream(scan, counters, errors.clone())?;
+    Ok(stream
+        .map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))
+        .boxed())
 }

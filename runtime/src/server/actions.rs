@@ -79,6 +79,7 @@ impl DeviceService {
                     rates: self.metrics.telemetry.rates(&self.link),
                     capacity_bytes: space.map(|(_, c)| c),
                     used_bytes: space.map(|(u, _)| u),
+                    cache: self.storage().hot().info(),
                 };
                 Ok(vec![json(&info)])
             }

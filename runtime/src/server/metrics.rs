@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Link;
 use super::telemetry::Telemetry;
+use crate::storage::hot::HotTier;
 use crate::storage::reader::Reader;
 
 /// Upper bounds of the latency histogram's buckets, seconds.
@@ -96,7 +97,7 @@ impl Metrics {
     }
 
     /// The text exposition.
-    pub fn render(&self, reader: &Reader, link: &Link) -> String {
+    pub fn render(&self, reader: &Reader, link: &Link, hot: &HotTier) -> String {
         let tenants = self.tenants.lock().expect("metrics").clone();
         let mut out = String::new();
         let mut add = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
@@ -222,6 +223,54 @@ impl Metrics {
                 reader.config().queue_depth
             )],
         );
+        let h = hot.info();
+        let tier: [(&str, &str, &str, u64); 7] = [
+            (
+                "nearstore_cache_budget_bytes",
+                "gauge",
+                "Hot-column tier budget (0: off).",
+                h.budget_bytes,
+            ),
+            (
+                "nearstore_cache_used_bytes",
+                "gauge",
+                "Decoded column chunks kept in the hot-column tier.",
+                h.used_bytes,
+            ),
+            (
+                "nearstore_cache_chunks",
+                "gauge",
+                "Column chunks kept in the hot-column tier.",
+                h.chunks,
+            ),
+            (
+                "nearstore_cache_hit_bytes_total",
+                "counter",
+                "Media bytes of column chunks served from the hot-column tier.",
+                h.hit_bytes,
+            ),
+            (
+                "nearstore_cache_miss_bytes_total",
+                "counter",
+                "Media bytes of column chunks queries needed that the tier did not hold.",
+                h.miss_bytes,
+            ),
+            (
+                "nearstore_cache_admitted_bytes_total",
+                "counter",
+                "Decoded bytes admitted to the hot-column tier.",
+                h.admitted_bytes,
+            ),
+            (
+                "nearstore_cache_evicted_bytes_total",
+                "counter",
+                "Decoded bytes evicted from the hot-column tier for room.",
+                h.evicted_bytes,
+            ),
+        ];
+        for (name, kind, help, v) in tier {
+            add(name, kind, help, vec![format!("{name} {v}")]);
+        }
         let learnt = learnt_gauges(&self.telemetry.rates(link));
         for (name, help, value) in learnt {
             if let Some(v) = value {
@@ -276,8 +325,13 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     reader: Reader,
     link: Arc<Link>,
+    hot: Arc<HotTier>,
 ) {
-    serve_text(listener, Arc::new(move || metrics.render(&reader, &link))).await
+    serve_text(
+        listener,
+        Arc::new(move || metrics.render(&reader, &link, &hot)),
+    )
+    .await
 }
 
 /// Serves `GET /metrics` on `listener` with the Prometheus text `render` makes at each

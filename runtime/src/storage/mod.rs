@@ -18,12 +18,13 @@
 //!
 //! Files: `catalog` (the catalog document and its commits), `object` (reading objects),
 //! `upload` (writing them), `recovery` (opening the namespace), `scrub`, `fs` (the file
-//! operations: real, capped or simulated; durable writes), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
+//! operations: real, capped or simulated; durable writes), `hot` (decoded column chunks in memory), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
 
 mod catalog;
 #[cfg(test)]
 mod crash_tests;
 pub mod fs;
+pub mod hot;
 pub mod kernels;
 pub mod media;
 mod object;
@@ -77,12 +78,25 @@ pub struct Storage {
     fs: Arc<dyn fs::Fs>,
     next_tmp: AtomicU64,
     kernels: kernels::KernelStore,
+    /// Decoded column chunks kept in memory (off until [`Storage::with_hot_tier`]).
+    hot: Arc<hot::HotTier>,
 }
 
 impl Storage {
     /// The data directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Gives the namespace a hot-column tier of `budget` bytes (0: none).
+    pub fn with_hot_tier(mut self, budget: u64) -> Self {
+        self.hot = Arc::new(hot::HotTier::new(budget));
+        self
+    }
+
+    /// The hot-column tier.
+    pub fn hot(&self) -> &Arc<hot::HotTier> {
+        &self.hot
     }
 
     /// The registered kernels.

@@ -26,6 +26,7 @@ pub struct Object {
     sums: BlockSums,
     reader: Reader,
     metadata: Mutex<Option<Arc<ParquetMetaData>>>,
+    hot: Arc<super::hot::HotTier>,
 }
 
 impl Object {
@@ -112,6 +113,11 @@ impl Object {
         self.metadata.lock().expect("metadata lock").clone()
     }
 
+    /// The namespace's hot-column tier.
+    pub fn hot(&self) -> &super::hot::HotTier {
+        &self.hot
+    }
+
     /// Caches the Parquet metadata.
     pub fn cache_metadata(&self, md: Arc<ParquetMetaData>) {
         *self.metadata.lock().expect("metadata lock") = Some(md);
@@ -189,6 +195,7 @@ impl Storage {
             sums,
             reader: self.reader.clone(),
             metadata: Mutex::new(None),
+            hot: self.hot.clone(),
         });
         self.open
             .lock()
@@ -199,6 +206,7 @@ impl Storage {
 
     /// Forgets `objects` and deletes their files (after a commit that no longer names them).
     pub(super) fn delete_objects(&self, objects: &[ObjectEntry]) {
+        self.hot.invalidate(objects.iter().map(|o| o.id.as_str()));
         let mut open = self.open.lock().expect("open lock");
         for o in objects {
             open.remove(&o.id);

@@ -75,6 +75,7 @@ impl Storage {
             next_tmp: AtomicU64::new(0),
             kernels: kernels::KernelStore::open_on(fs.clone(), &root_for_kernels)?,
             fs,
+            hot: Arc::default(),
         })
     }
 }

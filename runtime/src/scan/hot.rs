@@ -1,0 +1,280 @@
+//! A scan through the hot-column tier ([`crate::storage::hot`]): each row group whose needed
+//! columns the tier holds is served from memory (the page index's selection and the predicate
+//! applied to the kept arrays, as the decoder would); a row group touched for the second time
+//! is decoded whole, kept, and served the same way; the rest go to the Parquet decoder in runs
+//! of consecutive row groups, as without the tier.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arrow::array::{ArrayRef, BooleanArray};
+use arrow::compute::{concat, filter, filter_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use futures::stream::{self, BoxStream, StreamExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+
+use super::{Batches, ErrorSlot, ObjectReader, ObjectScan, ScanCounters, run_predicate};
+use crate::error::{Error, Result};
+
+/// What a scan does with a run of its row groups.
+enum Part {
+    /// Decode from the media (consecutive row groups, their part of the selection).
+    Decode(Vec<usize>, Option<RowSelection>),
+    /// Serve from the tier; missing arrays are decoded whole and admitted first.
+    Hot {
+        row_group: usize,
+        arrays: Vec<Option<ArrayRef>>,
+        selection: Option<RowSelection>,
+    },
+}
+
+/// The batches of `scan`, each row group from the tier or from the media.
+pub(super) fn open(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorSlot) -> Batches {
+    let schema = scan.metadata.schema().clone();
+    let roots = |names: &[String]| -> Vec<usize> {
+        let mut v: Vec<usize> = names
+            .iter()
+            .filter_map(|n| schema.index_of(n).ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let output = roots(&scan.columns);
+    let predicate = scan.predicate.as_ref().map(|(cols, _)| roots(cols));
+    // Every column the scan touches, in the schema's order.
+    let mut cols = output.clone();
+    cols.extend(predicate.iter().flatten());
+    cols.sort_unstable();
+    cols.dedup();
+
+    let md = scan.metadata.metadata().clone();
+    let descr = md.file_metadata().schema_descr_ptr();
+    let mut selection = scan.pruned.selection.clone();
+    let mut parts: Vec<Part> = Vec::new();
+    for &rg in &scan.pruned.row_groups {
+        let group = md.row_group(rg);
+        let part = selection
+            .as_mut()
+            .map(|s| s.split_off(group.num_rows() as usize));
+        let mut media = vec![0u64; schema.fields().len()];
+        for (leaf, chunk) in group.columns().iter().enumerate() {
+            media[descr.get_column_root_idx(leaf)] += chunk.compressed_size().max(0) as u64;
+        }
+        let wanted: Vec<(usize, u64)> = cols.iter().map(|&c| (c, media[c])).collect();
+        let found = scan.object.hot().lookup(&scan.object.id, rg, &wanted);
+        counters
+            .cache_hit_bytes
+            .fetch_add(found.hit_bytes, Ordering::Relaxed);
+        counters
+            .cache_miss_bytes
+            .fetch_add(found.miss_bytes, Ordering::Relaxed);
+        if found.is_hit() || found.admit {
+            parts.push(Part::Hot {
+                row_group: rg,
+                arrays: found.arrays,
+                selection: part,
+            });
+            continue;
+        }
+        match parts.last_mut() {
+            // The last part reads the row groups just before this one: they decode together.
+            Some(Part::Decode(groups, sel)) => {
+                groups.push(rg);
+                if let (Some(sel), Some(part)) = (sel.as_mut(), part) {
+                    *sel = sel.iter().chain(part.iter()).copied().collect();
+                }
+            }
+            _ => parts.push(Part::Decode(vec![rg], part)),
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        scan,
+        cols,
+        output,
+        predicate,
+        counters,
+        errors,
+    });
+    stream::iter(parts)
+        .then(move |part| {
+            let sh = shared.clone();
+            async move { sh.part(part).await }
+        })
+        .flatten()
+        .boxed()
+}
+
+/// What every part of one scan uses.
+struct Shared {
+    scan: ObjectScan,
+    /// Root columns the scan touches, sorted.
+    cols: Vec<usize>,
+    /// Root columns it outputs, sorted.
+    output: Vec<usize>,
+    /// Root columns of the predicate, sorted.
+    predicate: Option<Vec<usize>>,
+    counters: Arc<ScanCounters>,
+    errors: ErrorSlot,
+}
+
+impl Shared {
+    async fn part(&self, part: Part) -> BoxStream<'static, Result<RecordBatch>> {
+        match part {
+            Part::Decode(row_groups, selection) => {
+                let mut scan = self.scan.clone();
+                scan.pruned.row_groups = row_groups;
+                scan.pruned.selection = selection;
+                match super::open_stream(scan, self.counters.clone(), self.errors.clone()) {
+                    Ok(s) => {
+                        let errors = self.errors.clone();
+                        s.map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))
+                            .boxed()
+                    }
+                    Err(e) => stream::once(async { Err(e) }).boxed(),
+                }
+            }
+            Part::Hot {
+                row_group,
+                arrays,
+                selection,
+            } => match self.fill(row_group, arrays).await {
+                Ok(arrays) => {
+                    let rows = match &selection {
+                        Some(sel) => sel.row_count(),
+                        None => self
+                            .scan
+                            .metadata
+                            .metadata()
+                            .row_group(row_group)
+                            .num_rows() as usize,
+                    };
+                    stream::iter(self.batches(arrays, rows, selection)).boxed()
+                }
+                Err(e) => stream::once(async { Err(e) }).boxed(),
+            },
+        }
+    }
+
+    /// The arrays of `self.cols` for one row group: the tier's, and the missing ones decoded
+    /// whole (every row, no filter) and admitted.
+    async fn fill(&self, rg: usize, arrays: Vec<Option<ArrayRef>>) -> Result<Vec<ArrayRef>> {
+        let missing: Vec<usize> = self
+            .cols
+            .iter()
+            .zip(&arrays)
+            .filter(|(_, a)| a.is_none())
+            .map(|(&c, _)| c)
+            .collect();
+        if missing.is_empty() {
+            return Ok(arrays.into_iter().flatten().collect());
+        }
+        let object = &self.scan.object;
+        let md = &self.scan.metadata;
+        let rows = md.metadata().row_group(rg).num_rows() as usize;
+        let reader = ObjectReader::new(object.clone(), self.counters.clone(), self.errors.clone());
+        let descr = md.metadata().file_metadata().schema_descr_ptr();
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md.clone())
+            .with_batch_size(rows.max(1))
+            .with_row_groups(vec![rg])
+            .with_projection(ProjectionMask::roots(&descr, missing.iter().copied()))
+            .build()
+            .map_err(|e| self.errors.take_or(Error::Parquet(e)))?;
+        let mut batches = Vec::new();
+        while let Some(b) = stream.next().await {
+            batches.push(b.map_err(|e| self.errors.take_or(Error::Parquet(e)))?);
+        }
+        let mut decoded = missing.iter().enumerate().map(|(i, &c)| {
+            let parts: Vec<&dyn arrow::array::Array> =
+                batches.iter().map(|b| b.column(i).as_ref()).collect();
+            let array = match parts.as_slice() {
+                [_] => Ok(Arc::clone(batches[0].column(i))),
+                _ => concat(&parts),
+            }?;
+            object.hot().admit(&object.id, rg, c, array.clone());
+            Ok::<_, Error>(array)
+        });
+        arrays
+            .into_iter()
+            .map(|a| match a {
+                Some(a) => Ok(a),
+                None => decoded.next().expect("one decoded per missing"),
+            })
+            .collect()
+    }
+
+    /// One row group's batches from its arrays (`self.cols`; `rows` after the selection): the
+    /// selection applied, the predicate run per batch, the output columns filtered by it.
+    fn batches(
+        &self,
+        arrays: Vec<ArrayRef>,
+        rows: usize,
+        selection: Option<RowSelection>,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
+        let schema = self.scan.metadata.schema().clone();
+        let arrays = match selection {
+            Some(sel) => {
+                let mask = selection_mask(&sel);
+                arrays
+                    .iter()
+                    .map(|a| filter(a, &mask))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            }
+            None => Ok(arrays),
+        };
+        let pick = |want: &[usize], arrays: &[ArrayRef]| -> (SchemaRef, Vec<ArrayRef>) {
+            let at = |c: &usize| self.cols.binary_search(c).expect("a scanned column");
+            let schema = Arc::new(schema.project(want).expect("roots of the schema"));
+            (schema, want.iter().map(|c| arrays[at(c)].clone()).collect())
+        };
+        let (out, pred) = match &arrays {
+            Ok(arrays) => (
+                Some(pick(&self.output, arrays)),
+                self.predicate.as_ref().map(|p| pick(p, arrays)),
+            ),
+            Err(_) => (None, None),
+        };
+        let step = self.scan.batch_size.max(1);
+        let filter_fn = self.scan.predicate.as_ref().map(|(_, f)| f.clone());
+        let counters = self.counters.clone();
+        let errors = self.errors.clone();
+        let first_error = arrays.err().map(|e| Err(Error::Arrow(e)));
+        first_error
+            .into_iter()
+            .chain((0..rows).step_by(step).map(move |start| {
+                let len = step.min(rows - start);
+                let (schema, cols) = out.as_ref().expect("arrays decoded");
+                // A batch keeps its row count without columns (`count(*)`).
+                let slice = |schema: &SchemaRef, cols: &[ArrayRef]| {
+                    RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        cols.iter().map(|a| a.slice(start, len)).collect(),
+                        &RecordBatchOptions::new().with_row_count(Some(len)),
+                    )
+                };
+                let batch = slice(schema, cols)?;
+                match (&pred, &filter_fn) {
+                    (Some((pschema, pcols)), Some(f)) => {
+                        let input = slice(pschema, pcols)?;
+                        let keep = run_predicate(f, &input, &counters, &errors)
+                            .map_err(|e| errors.take_or(Error::Arrow(e)))?;
+                        Ok(filter_record_batch(&batch, &keep)?)
+                    }
+                    _ => Ok(batch),
+                }
+            }))
+    }
+}
+
+/// A row selection as a filter mask.
+fn selection_mask(sel: &RowSelection) -> BooleanArray {
+    let mut b = arrow::array::BooleanBuilder::new();
+    for RowSelector { row_count, skip } in sel.iter().copied() {
+        b.append_n(row_count, !skip);
+    }
+    b.finish()
+}

@@ -1,0 +1,294 @@
+//! The hot-column tier: decoded column chunks (one column of one row group of one object, as
+//! an Arrow array) kept in memory under a byte budget, between the compute and the media.
+//!
+//! - **Admission on second touch.** A chunk a query needs and the tier lacks is remembered
+//!   (a bounded list of keys, no data); only when a later query needs it again is it decoded
+//!   whole and kept. A one-off scan of a large table therefore leaves the tier as it was.
+//! - **Eviction** least recently used, by bytes (the arrays' memory size), when an admission
+//!   would pass the budget; a chunk larger than the whole budget is never kept.
+//! - **Invalidation.** Objects are immutable and their ids never reused, so a cached chunk is
+//!   never stale by construction; a drop or a replace deletes the old objects, and their
+//!   chunks leave the tier with them ([`HotTier::invalidate`], called where the namespace
+//!   deletes objects). An append adds objects and leaves the others' chunks valid.
+//!
+//! Hit and miss counts are in bytes of the column chunks on the media (compressed, as the
+//! footer records them): what a hit saved reading, what a miss read.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::ArrayRef;
+use nearstore_proto::CacheInfo;
+
+/// Keys remembered as touched once (about 100 bytes each).
+const GHOSTS: usize = 1 << 16;
+
+/// One column chunk: object id, row group, column (root index in the Arrow schema).
+type Key = (String, u32, u32);
+
+struct Entry {
+    array: ArrayRef,
+    bytes: u64,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<Key, Entry>,
+    /// Entries by last use.
+    lru: BTreeMap<u64, Key>,
+    tick: u64,
+    used: u64,
+    /// Chunks touched once and not kept.
+    seen: HashSet<Key>,
+    seen_order: VecDeque<Key>,
+}
+
+/// The tier. A budget of 0 turns it off (nothing is remembered or kept).
+#[derive(Default)]
+pub struct HotTier {
+    budget: u64,
+    inner: Mutex<Inner>,
+    hit_bytes: AtomicU64,
+    miss_bytes: AtomicU64,
+    admitted_bytes: AtomicU64,
+    evicted_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for HotTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotTier")
+            .field("info", &self.info())
+            .finish()
+    }
+}
+
+/// What the tier holds of one row group's needed columns.
+#[derive(Debug)]
+pub struct Lookup {
+    /// Per column asked for, its array when kept.
+    pub arrays: Vec<Option<ArrayRef>>,
+    /// Whether the missing columns were touched before: decode them whole and
+    /// [`HotTier::admit`] them.
+    pub admit: bool,
+    /// Media bytes of the columns found.
+    pub hit_bytes: u64,
+    /// Media bytes of the columns missing.
+    pub miss_bytes: u64,
+}
+
+impl Lookup {
+    /// Every column is kept.
+    pub fn is_hit(&self) -> bool {
+        self.arrays.iter().all(Option::is_some)
+    }
+}
+
+impl HotTier {
+    /// A tier of `budget` bytes.
+    pub fn new(budget: u64) -> Self {
+        HotTier {
+            budget,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the tier keeps anything.
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// What the tier holds of `columns` (root index, bytes on the media) of one row group,
+    /// counting hits and misses; missing columns are remembered as touched.
+    pub fn lookup(&self, object: &str, row_group: usize, columns: &[(usize, u64)]) -> Lookup {
+        if !self.enabled() {
+            return Lookup {
+                arrays: vec![None; columns.len()],
+                admit: false,
+                hit_bytes: 0,
+                miss_bytes: columns.iter().map(|c| c.1).sum(),
+            };
+        }
+        let mut inner = self.inner.lock().expect("hot tier lock");
+        let inner = &mut *inner;
+        let mut admit = true;
+        let mut arrays = Vec::with_capacity(columns.len());
+        let (mut hit, mut miss) = (0, 0);
+        for &(col, media) in columns {
+            let key = (object.to_string(), row_group as u32, col as u32);
+            inner.tick += 1;
+            match inner.entries.get_mut(&key) {
+                Some(e) => {
+                    inner.lru.remove(&e.tick);
+                    e.tick = inner.tick;
+                    arrays.push(Some(e.array.clone()));
+                    inner.lru.insert(inner.tick, key);
+                    hit += media;
+                }
+                None => {
+                    arrays.push(None);
+                    miss += media;
+                    if !inner.seen.contains(&key) {
+                        admit = false;
+                        if inner.seen_order.len() >= GHOSTS
+                            && let Some(old) = inner.seen_order.pop_front()
+                        {
+                            inner.seen.remove(&old);
+                        }
+                        inner.seen.insert(key.clone());
+                        inner.seen_order.push_back(key);
+                    }
+                }
+            }
+        }
+        self.hit_bytes.fetch_add(hit, Ordering::Relaxed);
+        self.miss_bytes.fetch_add(miss, Ordering::Relaxed);
+        Lookup {
+            arrays,
+            admit,
+            hit_bytes: hit,
+            miss_bytes: miss,
+        }
+    }
+
+    /// Keeps a decoded column chunk, evicting the least recently used ones to make room.
+    pub fn admit(&self, object: &str, row_group: usize, column: usize, array: ArrayRef) {
+        let bytes = array.get_array_memory_size() as u64;
+        if bytes > self.budget {
+            return;
+        }
+        let key = (object.to_string(), row_group as u32, column as u32);
+        let mut inner = self.inner.lock().expect("hot tier lock");
+        let inner = &mut *inner;
+        inner.seen.remove(&key);
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.lru.remove(&old.tick);
+            inner.used -= old.bytes;
+        }
+        while inner.used + bytes > self.budget {
+            let Some((_, victim)) = inner.lru.pop_first() else {
+                break;
+            };
+            let e = inner.entries.remove(&victim).expect("lru names an entry");
+            inner.used -= e.bytes;
+            self.evicted_bytes.fetch_add(e.bytes, Ordering::Relaxed);
+        }
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.lru.insert(tick, key.clone());
+        inner.entries.insert(key, Entry { array, bytes, tick });
+        inner.used += bytes;
+        self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Forgets every chunk of `objects` (deleted by a drop or a replace).
+    pub fn invalidate<'a>(&self, objects: impl IntoIterator<Item = &'a str>) {
+        if !self.enabled() {
+            return;
+        }
+        let gone: HashSet<&str> = objects.into_iter().collect();
+        let mut inner = self.inner.lock().expect("hot tier lock");
+        let inner = &mut *inner;
+        let mut freed = 0;
+        inner.entries.retain(|k, e| {
+            let keep = !gone.contains(k.0.as_str());
+            if !keep {
+                freed += e.bytes;
+                inner.lru.remove(&e.tick);
+            }
+            keep
+        });
+        inner.used -= freed;
+        inner.seen.retain(|k| !gone.contains(k.0.as_str()));
+        inner.seen_order.retain(|k| !gone.contains(k.0.as_str()));
+    }
+
+    /// Its budget, use and counters.
+    pub fn info(&self) -> CacheInfo {
+        let inner = self.inner.lock().expect("hot tier lock");
+        CacheInfo {
+            budget_bytes: self.budget,
+            used_bytes: inner.used,
+            chunks: inner.entries.len() as u64,
+            hit_bytes: self.hit_bytes.load(Ordering::Relaxed),
+            miss_bytes: self.miss_bytes.load(Ordering::Relaxed),
+            admitted_bytes: self.admitted_bytes.load(Ordering::Relaxed),
+            evicted_bytes: self.evicted_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    fn column(n: usize) -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(0..n as i64))
+    }
+
+    #[test]
+    fn a_chunk_is_kept_on_its_second_touch_only() {
+        let size = column(1000).get_array_memory_size() as u64;
+        let tier = HotTier::new(10 * size);
+        let first = tier.lookup("o1", 0, &[(0, 100)]);
+        assert!(!first.admit && !first.is_hit());
+        let second = tier.lookup("o1", 0, &[(0, 100)]);
+        assert!(second.admit && !second.is_hit());
+        tier.admit("o1", 0, 0, column(1000));
+        let third = tier.lookup("o1", 0, &[(0, 100)]);
+        assert!(third.is_hit());
+        let info = tier.info();
+        assert_eq!((info.hit_bytes, info.miss_bytes), (100, 200));
+        assert_eq!((info.used_bytes, info.chunks), (size, 1));
+    }
+
+    #[test]
+    fn the_least_recently_used_chunk_leaves_first_and_the_budget_holds() {
+        let size = column(1000).get_array_memory_size() as u64;
+        let tier = HotTier::new(2 * size);
+        tier.admit("o", 0, 0, column(1000));
+        tier.admit("o", 1, 0, column(1000));
+        assert!(tier.lookup("o", 0, &[(0, 1)]).is_hit()); // row group 1 is now the oldest
+        tier.admit("o", 2, 0, column(1000));
+        assert!(tier.lookup("o", 0, &[(0, 1)]).is_hit());
+        assert!(!tier.lookup("o", 1, &[(0, 1)]).is_hit());
+        assert!(tier.lookup("o", 2, &[(0, 1)]).is_hit());
+        let info = tier.info();
+        assert_eq!(info.used_bytes, 2 * size);
+        assert_eq!(info.evicted_bytes, size);
+        // Larger than the budget: never kept.
+        tier.admit("o", 3, 0, column(3000));
+        assert!(!tier.lookup("o", 3, &[(0, 1)]).is_hit());
+    }
+
+    #[test]
+    fn invalidation_frees_an_objects_chunks_and_forgets_its_touches() {
+        let tier = HotTier::new(1 << 20);
+        tier.admit("old", 0, 0, column(10));
+        tier.admit("old", 0, 1, column(10));
+        tier.admit("other", 0, 0, column(10));
+        tier.lookup("old", 1, &[(0, 1)]);
+        tier.invalidate(["old"]);
+        let found = tier.lookup("old", 0, &[(0, 1), (1, 1)]);
+        assert!(found.arrays.iter().all(Option::is_none));
+        assert!(tier.lookup("other", 0, &[(0, 1)]).is_hit());
+        assert_eq!(tier.info().chunks, 1);
+        // The touch of ("old", 1) was forgotten: this is a first touch again.
+        assert!(!tier.lookup("old", 1, &[(0, 1)]).admit);
+    }
+
+    #[test]
+    fn a_tier_of_zero_bytes_keeps_and_counts_nothing() {
+        let tier = HotTier::new(0);
+        tier.lookup("o", 0, &[(0, 1)]);
+        let again = tier.lookup("o", 0, &[(0, 1)]);
+        assert!(!again.admit && !again.is_hit());
+        tier.admit("o", 0, 0, column(10));
+        assert_eq!(tier.info(), CacheInfo::default());
+    }
+}

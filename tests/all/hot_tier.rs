@@ -1,0 +1,117 @@
+//! The hot-column tier (decoded column chunks in memory) answers exactly as the media does:
+//! the same rows whether a row group comes from the decoder, is admitted on its second touch,
+//! is served from memory, or was evicted for room; and after a replace, an append or a drop
+//! no chunk of a deleted object stays behind (nor could one be served: chunks are keyed by
+//! immutable object ids).
+
+use nearstore_proto::{AggFunc, BackendKind, CacheInfo, PutMode};
+use nearstore_sdk::{Client, Query};
+
+use crate::parallel::plans;
+use crate::support::{TestDevice, rows, table_batches};
+
+async fn cache(c: &mut Client) -> CacheInfo {
+    c.device_info().await.unwrap().cache
+}
+
+/// Every plan on `hot` three times (first touch, admission, hits) and once on `cold` (no
+/// tier): the same rows each time. The third runs read nothing from the media when `warm`.
+async fn agree(cold: &mut Client, hot: &mut Client, what: &str, warm: bool) {
+    for backend in [BackendKind::Wasm, BackendKind::Native] {
+        for (name, plan) in plans(backend) {
+            let want = cold.query(&plan).await.unwrap();
+            assert_eq!(want.stats.cache_hit_bytes + want.stats.cache_miss_bytes, 0);
+            for round in 0..3 {
+                let got = hot.query(&plan).await.unwrap();
+                let ctx = format!("{what}: {name} on {backend:?}, round {round}");
+                assert!(
+                    rows(&got.batches) == rows(&want.batches),
+                    "{ctx}: rows differ"
+                );
+                assert_eq!(got.stats.rows_selected, want.stats.rows_selected, "{ctx}");
+                let s = &got.stats;
+                if round == 2 && warm && name != "LIMIT alone" && s.rows_total > 0 {
+                    assert_eq!(s.cache_miss_bytes, 0, "{ctx}");
+                    assert!(s.cache_hit_bytes > 0, "{ctx}");
+                    assert_eq!(s.bytes_read_media, 0, "{ctx}: served from memory");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cold = TestDevice::start_with(dirs[0].path(), |c| c.cache_mb = Some(0)).await;
+    let hot = TestDevice::start_with(dirs[1].path(), |c| c.cache_mb = Some(256)).await;
+    // 1 MiB holds a fraction of the table's chunks: admissions evict others all along.
+    let tiny = TestDevice::start_with(dirs[2].path(), |c| c.cache_mb = Some(1)).await;
+    let (mut c0, mut c1, mut c2) = (cold.client().await, hot.client().await, tiny.client().await);
+    assert_eq!(cache(&mut c0).await, CacheInfo::default());
+    // 125 000 rows in row groups of 10 000.
+    let data = table_batches(125_000, 25_000, 21);
+    for c in [&mut c0, &mut c1, &mut c2] {
+        c.put_batches("t", PutMode::Create, data.clone())
+            .await
+            .unwrap();
+    }
+    agree(&mut c0, &mut c1, "first load", true).await;
+    agree(&mut c0, &mut c2, "1 MiB tier", false).await;
+    let (h, t) = (cache(&mut c1).await, cache(&mut c2).await);
+    assert!(
+        h.chunks > 0 && h.hit_bytes > 0 && h.evicted_bytes == 0,
+        "{h:?}"
+    );
+    assert!(t.evicted_bytes > 0 && t.used_bytes <= 1 << 20, "{t:?}");
+
+    // Replace: the old objects' chunks leave with them; the new rows are served.
+    let other = table_batches(90_000, 30_000, 22);
+    for c in [&mut c0, &mut c1] {
+        c.put_batches("t", PutMode::Replace, other.clone())
+            .await
+            .unwrap();
+    }
+    let after = cache(&mut c1).await;
+    assert_eq!((after.chunks, after.used_bytes), (0, 0), "{after:?}");
+    agree(&mut c0, &mut c1, "after replace", true).await;
+
+    // Append: the kept chunks stay valid and are used; the appended rows are read.
+    let before = cache(&mut c1).await;
+    let more = table_batches(20_000, 20_000, 23);
+    for c in [&mut c0, &mut c1] {
+        c.put_batches("t", PutMode::Append, more.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache(&mut c1).await.chunks, before.chunks);
+    let count = Query::table("t")
+        .filter("val >= 0")
+        .unwrap()
+        .aggregate(AggFunc::CountStar, None, "n")
+        .unwrap()
+        .build();
+    let got = c1.query(&count).await.unwrap();
+    assert_eq!(
+        rows(&got.batches),
+        rows(&c0.query(&count).await.unwrap().batches)
+    );
+    assert!(got.stats.cache_hit_bytes > 0 && got.stats.cache_miss_bytes > 0);
+    agree(&mut c0, &mut c1, "after append", true).await;
+
+    // Drop: nothing is kept; a new table of the same name is read afresh.
+    c1.drop_table("t").await.unwrap();
+    let dropped = cache(&mut c1).await;
+    assert_eq!((dropped.chunks, dropped.used_bytes), (0, 0), "{dropped:?}");
+    c0.drop_table("t").await.unwrap();
+    let again = table_batches(40_000, 40_000, 24);
+    for c in [&mut c0, &mut c1] {
+        c.put_batches("t", PutMode::Create, again.clone())
+            .await
+            .unwrap();
+    }
+    agree(&mut c0, &mut c1, "after drop and create", true).await;
+    for d in [cold, hot, tiny] {
+        d.stop().await;
+    }
+}
