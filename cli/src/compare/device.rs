@@ -22,7 +22,8 @@ pub struct DeviceChild {
 impl DeviceChild {
     /// Starts `bin serve` on `data` (generating lineitem at `scale` if the directory is empty),
     /// optionally with an emulated link and a number of compute workers, and waits until it
-    /// serves the table.
+    /// serves the table. Its hot-column tier is off: every run decodes from the media (the
+    /// warm-cache section starts devices of its own with [`DeviceChild::start_part`]).
     pub async fn start(
         bin: &Path,
         data: &Path,
@@ -30,11 +31,12 @@ impl DeviceChild {
         link_gbps: Option<f64>,
         workers: Option<usize>,
     ) -> Result<Self> {
-        Self::start_part(bin, data, scale, link_gbps, None, workers).await
+        Self::start_part(bin, data, scale, link_gbps, None, workers, 0).await
     }
 
     /// Like [`DeviceChild::start`], generating only part `part.0` (1-based) of `part.1` of
-    /// lineitem: one of several devices a table is dealt over.
+    /// lineitem (one of several devices a table is dealt over), with a hot-column tier of
+    /// `cache_mb` MiB.
     pub async fn start_part(
         bin: &Path,
         data: &Path,
@@ -42,8 +44,10 @@ impl DeviceChild {
         link_gbps: Option<f64>,
         part: Option<(usize, usize)>,
         workers: Option<usize>,
+        cache_mb: u64,
     ) -> Result<Self> {
         let mut args = vec!["--demo-scale".to_string(), scale.to_string()];
+        args.extend(["--cache-mb".to_string(), cache_mb.to_string()]);
         if let Some(w) = workers {
             args.extend(["--workers".to_string(), w.to_string()]);
         }
@@ -101,6 +105,14 @@ impl DeviceChild {
         // SAFETY: sysconf reads a constant of the system; no memory is involved.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         (hz > 0).then(|| ticks * 1e3 / hz as f64)
+    }
+
+    /// Peak resident memory of the device process so far (`VmHWM`), MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
     }
 
     /// Stops the device with SIGTERM (it finishes in-flight calls) and waits for it.

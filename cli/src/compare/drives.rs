@@ -64,6 +64,7 @@ pub async fn run(
                         Some(gbps),
                         Some((i + 1, n)),
                         args.workers,
+                        0,
                     )
                     .await
                 }

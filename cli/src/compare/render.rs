@@ -149,6 +149,7 @@ pub fn markdown(r: &Report) -> String {
     s.push_str(&headline(r));
     s.push_str(&super::auto::section(r));
     s.push_str(&super::drives::section(r));
+    s.push_str(&super::warm::section(r));
     s.push_str("## Every figure\n\n");
     let links: Vec<String> = r.links.iter().map(|g| format!("{g} Gb/s")).collect();
     let engines: Vec<&String> = r.engines.keys().collect();

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 5;
+pub const REPORT_VERSION: u32 = 6;
 
 /// One mode's figures for one query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -184,6 +184,9 @@ pub struct Report {
     pub reference_note: Option<String>,
     /// Queries.
     pub queries: Vec<QueryReport>,
+    /// The hot-column tier, cold against warm (`--cache-mb`; absent when skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<super::warm::WarmSection>,
     /// The performance targets, each with its measured value.
     pub targets: Vec<Target>,
     /// Problems found by --check.
