@@ -5,6 +5,7 @@ mod cli;
 mod compare;
 mod crash;
 mod device;
+mod dict_groups;
 mod differential;
 mod disk_full;
 mod fanout;

@@ -61,7 +61,8 @@ impl Executor {
         let mut first_md = None;
         let mut kept = Vec::new();
         for object in &q.table.objects {
-            let p = scan::prune_object(object, q.predicate.as_ref(), &counters, &errors).await?;
+            let p =
+                scan::prune_object(object, q.predicate.as_ref(), &[], &counters, &errors).await?;
             kept.extend(
                 p.pruned
                     .row_groups

@@ -5,9 +5,12 @@
 //! number of columns). Packing skips encoding each row into a buffer of its own and hashing
 //! it, which was about 15 % of Q1's device CPU. A batch whose values do not fit (a long
 //! string) moves the aggregate to the row format for good. The row format also stores each
-//! group's key once, for the result and for merging workers.
+//! group's key once, for the result and for merging workers. Key columns the scan read as
+//! Arrow dictionaries (string keys nothing else reads) skip even that: a table indexed by
+//! their dictionary keys maps each combination to its group ([`DictTable`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::take;
@@ -22,9 +25,35 @@ use crate::error::{Error, Result};
 /// Most groups one query may build.
 pub const GROUPS_MAX: usize = 10_000_000;
 
+/// A dictionary column as its values' type; other columns as they are.
+fn plain(c: &ArrayRef) -> Result<ArrayRef> {
+    match c.data_type() {
+        DataType::Dictionary(_, v) => Ok(arrow::compute::cast(c, v)?),
+        _ => Ok(c.clone()),
+    }
+}
+
 /// foldhash, not SipHash: fast, and a per-process random seed keeps crafted keys from
 /// colliding predictably.
 type Hasher = foldhash::fast::RandomState;
+
+/// Cells of a dictionary table at most: one per combination of the key columns' dictionary
+/// entries (null included).
+const DICT_CELLS_MAX: usize = 1 << 16;
+
+/// A table cell no row has reached yet.
+const UNSET: u32 = u32::MAX;
+
+/// Group ids straight from dictionary keys, for key columns read as Arrow dictionaries (Q1's
+/// flags): while the batches share their dictionaries (a column chunk's pages do), a table
+/// from each combination of keys to its group id, filled as combinations first occur — so
+/// an unused dictionary entry makes no group, and a new dictionary (the next row group's)
+/// starts a new table.
+struct DictTable {
+    /// The dictionaries the table is for (held, so their addresses stay theirs).
+    values: Vec<ArrayRef>,
+    ids: Vec<u32>,
+}
 
 /// Packed key: up to two 8-byte values, and per column a byte of null flag and length.
 type Packed = (u128, u16);
@@ -40,6 +69,8 @@ pub(super) struct GroupKeys {
     index: Index,
     /// Each group's key in the row format, in group id order.
     rows: Vec<OwnedRow>,
+    /// The dictionary path's table, when the keys come as dictionaries.
+    dict: Option<DictTable>,
 }
 
 impl GroupKeys {
@@ -55,6 +86,7 @@ impl GroupKeys {
             conv,
             index,
             rows: Vec::new(),
+            dict: None,
         })
     }
 
@@ -64,7 +96,18 @@ impl GroupKeys {
     }
 
     /// The group id of each row of the key columns `cols`, new groups added in row order.
+    /// Columns may come as dictionaries of the key types.
     pub fn ids(&mut self, cols: &[ArrayRef]) -> Result<Vec<usize>> {
+        if cols
+            .iter()
+            .any(|c| matches!(c.data_type(), DataType::Dictionary(..)))
+        {
+            if let Some(ids) = self.dictionary_ids(cols)? {
+                return Ok(ids);
+            }
+            let plain = cols.iter().map(plain).collect::<Result<Vec<_>>>()?;
+            return self.ids(&plain);
+        }
         if let Index::Packed(map) = &mut self.index {
             if let Some(keys) = pack(cols) {
                 let mut fresh = Vec::new();
@@ -106,6 +149,73 @@ impl GroupKeys {
             ids.push(g);
         }
         Ok(ids)
+    }
+
+    /// [`GroupKeys::ids`] by dictionary keys ([`DictTable`]); `None` when a column is not an
+    /// `Int32`-keyed dictionary or the table would pass [`DICT_CELLS_MAX`].
+    fn dictionary_ids(&mut self, cols: &[ArrayRef]) -> Result<Option<Vec<usize>>> {
+        let dicts: Option<Vec<_>> = cols
+            .iter()
+            .map(|c| c.as_dictionary_opt::<Int32Type>())
+            .collect();
+        let Some(dicts) = dicts else {
+            return Ok(None);
+        };
+        // Each column's cells: its entries, then null.
+        let sizes: Vec<usize> = dicts.iter().map(|d| d.values().len() + 1).collect();
+        let cells = sizes.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+        let Some(cells) = cells.filter(|&c| c <= DICT_CELLS_MAX) else {
+            return Ok(None);
+        };
+        let mut table = match self.dict.take() {
+            Some(t)
+                if t.values.len() == dicts.len()
+                    && t.values
+                        .iter()
+                        .zip(&dicts)
+                        .all(|(v, d)| Arc::ptr_eq(v, d.values())) =>
+            {
+                t
+            }
+            _ => DictTable {
+                values: dicts.iter().map(|d| d.values().clone()).collect(),
+                ids: vec![UNSET; cells],
+            },
+        };
+        let codes: Vec<usize> = (0..cols[0].len())
+            .map(|i| {
+                dicts.iter().zip(&sizes).fold(0, |code, (d, &s)| {
+                    let k = if d.is_null(i) {
+                        s - 1
+                    } else {
+                        d.keys().value(i) as usize
+                    };
+                    code * s + k
+                })
+            })
+            .collect();
+        // Combinations met for the first time, at their first row: their groups through the
+        // packed or row-format path, in row order (groups keep the order of first appearance).
+        let mut first: Vec<u32> = Vec::new();
+        for (i, &c) in codes.iter().enumerate() {
+            if table.ids[c] == UNSET {
+                table.ids[c] = UNSET - 1;
+                first.push(i as u32);
+            }
+        }
+        if !first.is_empty() {
+            let at = arrow::array::UInt32Array::from(first.clone());
+            let rows = cols
+                .iter()
+                .map(|c| plain(&take(c, &at, None)?))
+                .collect::<Result<Vec<_>>>()?;
+            for (i, id) in first.into_iter().zip(self.ids(&rows)?) {
+                table.ids[codes[i as usize]] = id as u32;
+            }
+        }
+        let ids = codes.iter().map(|&c| table.ids[c] as usize).collect();
+        self.dict = Some(table);
+        Ok(Some(ids))
     }
 
     /// Keeps the row-format keys of the new groups first seen at rows `fresh` of `cols`.
@@ -262,6 +372,77 @@ mod tests {
 
     fn strings(v: &[Option<&str>]) -> ArrayRef {
         Arc::new(StringArray::from(v.to_vec()))
+    }
+
+    /// A dictionary column: `keys` into `values`.
+    fn dict(values: &[Option<&str>], keys: &[Option<i32>]) -> ArrayRef {
+        let keys = arrow::array::Int32Array::from(keys.to_vec());
+        Arc::new(arrow::array::DictionaryArray::new(keys, strings(values)))
+    }
+
+    /// The same batches' ids through the dictionary path and as plain strings, and the keys.
+    fn both(batches: &[Vec<ArrayRef>]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>, Vec<ArrayRef>) {
+        let types = vec![DataType::Utf8; batches[0].len()];
+        let (mut d, mut p) = (
+            GroupKeys::new(&types).unwrap(),
+            GroupKeys::new(&types).unwrap(),
+        );
+        let mut out = (Vec::new(), Vec::new());
+        for cols in batches {
+            out.0.push(d.ids(cols).unwrap());
+            let plain_cols: Vec<ArrayRef> = cols.iter().map(|c| plain(c).unwrap()).collect();
+            out.1.push(p.ids(&plain_cols).unwrap());
+        }
+        assert!(d.dict.is_some(), "the dictionary path ran");
+        (out.0, out.1, d.columns().unwrap())
+    }
+
+    #[test]
+    fn dictionary_keys_group_as_their_strings_do() {
+        // Nulls (in the keys and in the values), an unused entry, and a second dictionary
+        // (the next row group's) in another order with a new value.
+        let values = [Some("a"), Some("b"), None, Some("unused"), Some("c")];
+        let first = dict(
+            &values,
+            &[Some(0), None, Some(1), Some(2), Some(0), Some(4), None],
+        );
+        let second = dict(
+            &[Some("c"), Some("z"), Some("a")],
+            &[Some(1), Some(0), Some(2), None, Some(1)],
+        );
+        let (by_dict, by_string, keys) = both(&[vec![first], vec![second]]);
+        assert_eq!(by_dict, by_string);
+        // A null key and a key to a null value are one group, as nulls are.
+        assert_eq!(by_dict[0], vec![0, 1, 2, 1, 0, 3, 1]);
+        assert_eq!(by_dict[1], vec![4, 3, 0, 1, 4]);
+        // Groups in order of first appearance; no group for the unused entry.
+        let keys = keys[0].as_string::<i32>();
+        let names: Vec<Option<&str>> = keys.iter().collect();
+        assert_eq!(names, [Some("a"), None, Some("b"), Some("c"), Some("z")]);
+    }
+
+    #[test]
+    fn two_dictionary_keys_and_a_too_large_dictionary_agree_with_strings() {
+        let flags = [Some("A"), Some("N"), Some("R")];
+        let status = [Some("F"), Some("O")];
+        let batch =
+            |k1: &[Option<i32>], k2: &[Option<i32>]| vec![dict(&flags, k1), dict(&status, k2)];
+        let a = batch(
+            &[Some(0), Some(1), Some(2), Some(1), None],
+            &[Some(0), Some(1), Some(0), Some(1), Some(1)],
+        );
+        let b = batch(&[Some(2), Some(2), Some(0)], &[Some(1), Some(0), None]);
+        let (by_dict, by_string, _) = both(&[a, b]);
+        assert_eq!(by_dict, by_string);
+        assert_eq!(by_dict, vec![vec![0, 1, 2, 1, 3], vec![4, 2, 5]]);
+        // More entries than the table takes: the strings' path, same ids.
+        let many: Vec<String> = (0..70_000).map(|i| format!("v{i}")).collect();
+        let many: Vec<Option<&str>> = many.iter().map(|s| Some(s.as_str())).collect();
+        let big = dict(&many, &[Some(69_999), Some(3), Some(69_999)]);
+        let types = [DataType::Utf8];
+        let mut k = GroupKeys::new(&types).unwrap();
+        assert_eq!(k.ids(&[big]).unwrap(), vec![0, 1, 0]);
+        assert!(k.dict.is_none());
     }
 
     #[test]

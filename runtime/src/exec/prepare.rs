@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use nearstore_proto::{AggFunc, Plan};
 
 use super::Executor;
@@ -74,6 +74,37 @@ impl PreparedQuery {
     /// Schema of the result.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// The group keys the scan decodes as Arrow dictionaries (dictionary keys, never strings,
+    /// as the Parquet file stores them): every key of a grouped aggregate when each is a
+    /// string column that nothing else reads (no filter, no aggregate input); else none.
+    pub(super) fn dictionary_keys(&self) -> Vec<String> {
+        let Output::Aggregate(groups, aggs) = &self.output else {
+            return Vec::new();
+        };
+        let mut elsewhere: Vec<String> =
+            self.predicate.iter().flat_map(PhysExpr::columns).collect();
+        elsewhere.extend(
+            aggs.iter()
+                .filter_map(|a| a.input.as_ref())
+                .flat_map(PhysExpr::columns),
+        );
+        let keys: Vec<String> = groups
+            .iter()
+            .filter_map(|g| match g {
+                PhysExpr::Column {
+                    name,
+                    data_type: DataType::Utf8 | DataType::LargeUtf8,
+                } if !elsewhere.contains(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if keys.len() == groups.len() {
+            keys
+        } else {
+            Vec::new()
+        }
     }
 }
 

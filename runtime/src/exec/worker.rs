@@ -172,7 +172,9 @@ pub(super) async fn prune(
     stats: &mut QueryStats,
 ) -> Result<Option<Slice>> {
     let t_plan = Instant::now();
-    let p = scan::prune_object(object, q.predicate.as_ref(), &ctx.counters, &ctx.errors).await?;
+    let dictionary = q.dictionary_keys();
+    let pred = q.predicate.as_ref();
+    let p = scan::prune_object(object, pred, &dictionary, &ctx.counters, &ctx.errors).await?;
     stats.row_groups_total += p.metadata.num_row_groups() as u64;
     stats.row_groups_pruned += p.pruned.row_groups_pruned;
     stats.pages_total += p.pruned.pages_total;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use arrow::array::{ArrayRef, BooleanArray};
 use arrow::compute::{concat, filter, filter_record_batch};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use futures::stream::{self, BoxStream, StreamExt};
 use parquet::arrow::ProjectionMask;
@@ -51,6 +51,7 @@ pub(super) fn open(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorS
     cols.sort_unstable();
     cols.dedup();
 
+    let key = |c: usize| tier_key(&schema, c);
     let md = scan.metadata.metadata().clone();
     let descr = md.file_metadata().schema_descr_ptr();
     let mut selection = scan.pruned.selection.clone();
@@ -64,7 +65,7 @@ pub(super) fn open(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorS
         for (leaf, chunk) in group.columns().iter().enumerate() {
             media[descr.get_column_root_idx(leaf)] += chunk.compressed_size().max(0) as u64;
         }
-        let wanted: Vec<(usize, u64)> = cols.iter().map(|&c| (c, media[c])).collect();
+        let wanted: Vec<(usize, u64)> = cols.iter().map(|&c| (key(c), media[c])).collect();
         let found = scan.object.hot().lookup(&scan.object.id, rg, &wanted);
         counters
             .cache_hit_bytes
@@ -123,6 +124,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn key(&self, c: usize) -> usize {
+        tier_key(self.scan.metadata.schema(), c)
+    }
+
     async fn part(&self, part: Part) -> BoxStream<'static, Result<RecordBatch>> {
         match part {
             Part::Decode(row_groups, selection) => {
@@ -195,7 +200,9 @@ impl Shared {
                 [_] => Ok(Arc::clone(batches[0].column(i))),
                 _ => concat(&parts),
             }?;
-            object.hot().admit(&object.id, rg, c, array.clone());
+            object
+                .hot()
+                .admit(&object.id, rg, self.key(c), array.clone());
             Ok::<_, Error>(array)
         });
         arrays
@@ -268,6 +275,12 @@ impl Shared {
                 }
             }))
     }
+}
+
+/// Column `c`'s id in the tier: a column read as an Arrow dictionary is another chunk than
+/// the same column read plain.
+fn tier_key(schema: &SchemaRef, c: usize) -> usize {
+    2 * c + matches!(schema.field(c).data_type(), DataType::Dictionary(..)) as usize
 }
 
 /// A row selection as a filter mask.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::BooleanArray;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -169,14 +169,46 @@ pub async fn metadata(
 
 /// Arrow view of an object's metadata.
 pub fn arrow_metadata(md: Arc<ParquetMetaData>, object: &Object) -> Result<ArrowReaderMetadata> {
-    ArrowReaderMetadata::try_new(
-        md,
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
-    )
-    .map_err(|e| Error::CorruptObject {
+    arrow_metadata_with(md, object, &[])
+}
+
+/// Arrow view of an object's metadata with the string columns named in `dictionary` read as
+/// Arrow dictionaries (`Int32` keys): dictionary-encoded pages then decode to keys, never to
+/// strings.
+pub fn arrow_metadata_with(
+    md: Arc<ParquetMetaData>,
+    object: &Object,
+    dictionary: &[String],
+) -> Result<ArrowReaderMetadata> {
+    let unreadable = |e: ParquetError| Error::CorruptObject {
         object: object.id.clone(),
         detail: format!("Parquet schema is unreadable: {e}"),
-    })
+    };
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let plain = ArrowReaderMetadata::try_new(md.clone(), options.clone()).map_err(unreadable)?;
+    if dictionary.is_empty() {
+        return Ok(plain);
+    }
+    let fields: Vec<FieldRef> = plain
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 if dictionary.contains(f.name()) => {
+                let t = DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(f.data_type().clone()),
+                );
+                Arc::new(f.as_ref().clone().with_data_type(t))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    let hint = Arc::new(Schema::new_with_metadata(
+        fields,
+        plain.schema().metadata().clone(),
+    ));
+    ArrowReaderMetadata::try_new(md, options.with_schema(hint)).map_err(unreadable)
 }
 
 /// One object's metadata and what pruning by `predicate` left of it (no data read).
@@ -190,15 +222,17 @@ pub struct PrunedObject {
 }
 
 /// Loads an object's metadata and prunes its row groups and pages by `predicate`: the one
-/// place both a query's scan and an estimate decide what to read.
+/// place both a query's scan and an estimate decide what to read. The string columns in
+/// `dictionary` are to be decoded as Arrow dictionaries.
 pub async fn prune_object(
     object: &Arc<Object>,
     predicate: Option<&PhysExpr>,
+    dictionary: &[String],
     counters: &Arc<ScanCounters>,
     errors: &ErrorSlot,
 ) -> Result<PrunedObject> {
     let metadata = metadata(object, counters, errors).await?;
-    let arrow = arrow_metadata(metadata.clone(), object)?;
+    let arrow = arrow_metadata_with(metadata.clone(), object, dictionary)?;
     let pruned = prune::prune(&metadata, arrow.schema(), predicate);
     Ok(PrunedObject {
         metadata,
