@@ -186,7 +186,10 @@ pub struct Report {
     pub queries: Vec<QueryReport>,
     /// The hot-column tier, cold against warm (`--cache-mb`; absent when skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm: Option<super::warm::WarmSection>,
+    pub warm: Option<super::pair::PairSection>,
+    /// 1 compute worker against the started devices' count, side by side (absent with one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_pair: Option<super::pair::PairSection>,
     /// The performance targets, each with its measured value.
     pub targets: Vec<Target>,
     /// Problems found by --check.
