@@ -155,13 +155,15 @@ impl HotTier {
     /// Keeps a decoded column chunk, evicting the least recently used ones to make room.
     pub fn admit(&self, object: &str, row_group: usize, column: usize, array: ArrayRef) {
         let bytes = array.get_array_memory_size() as u64;
-        if bytes > self.budget {
-            return;
-        }
         let key = (object.to_string(), row_group as u32, column as u32);
         let mut inner = self.inner.lock().expect("hot tier lock");
         let inner = &mut *inner;
+        // Admitted or refused, its next touch is a first one again (a chunk larger than the
+        // budget is not decoded whole on every touch).
         inner.seen.remove(&key);
+        if bytes > self.budget {
+            return;
+        }
         if let Some(old) = inner.entries.remove(&key) {
             inner.lru.remove(&old.tick);
             inner.used -= old.bytes;
@@ -261,9 +263,12 @@ mod tests {
         let info = tier.info();
         assert_eq!(info.used_bytes, 2 * size);
         assert_eq!(info.evicted_bytes, size);
-        // Larger than the budget: never kept.
+        // Larger than the budget: never kept, and its next touch is a first one.
+        tier.lookup("o", 3, &[(0, 1)]);
+        assert!(tier.lookup("o", 3, &[(0, 1)]).admit);
         tier.admit("o", 3, 0, column(3000));
-        assert!(!tier.lookup("o", 3, &[(0, 1)]).is_hit());
+        let after = tier.lookup("o", 3, &[(0, 1)]);
+        assert!(!after.is_hit() && !after.admit);
     }
 
     #[test]
