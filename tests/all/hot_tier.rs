@@ -115,3 +115,68 @@ async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects(
         d.stop().await;
     }
 }
+
+/// Row groups as large as the device writes by default (131 072 rows) with long strings in
+/// view columns: a warm scan sends what a cold one does. (Slices of a kept row group's
+/// arrays once made Flight split each batch by the whole row group's buffer sizes, and Arrow
+/// IPC sent the strings' buffers again with every piece: 2.3x the bytes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_scan_sends_what_a_cold_one_does() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringViewArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let dir = tempfile::tempdir().unwrap();
+    let dev = TestDevice::start_with(dir.path(), |c| {
+        c.write = nearstore_runtime::storage::WriteConfig::default();
+        c.cache_mb = Some(256);
+    })
+    .await;
+    // Twelve integer columns besides: their slices' whole buffers make Flight split batches.
+    let mut fields = vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("a", DataType::Utf8View, false),
+        Field::new("b", DataType::Utf8View, false),
+    ];
+    fields.extend((0..12).map(|n| Field::new(format!("n{n}"), DataType::Int64, false)));
+    let schema = Arc::new(Schema::new(fields));
+    let batches: Vec<RecordBatch> = (0..4i64)
+        .map(|k| {
+            let ids: Vec<i64> = (k * 50_000..(k + 1) * 50_000).collect();
+            let text = |tag: &str| -> ArrayRef {
+                Arc::new(StringViewArray::from_iter_values(
+                    ids.iter()
+                        .map(|i| format!("{tag} row {i:>12} of the table, padded")),
+                ))
+            };
+            let mut cols = vec![
+                Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+                text("a"),
+                text("b"),
+            ];
+            cols.extend((0..12).map(|n| {
+                Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * n))) as ArrayRef
+            }));
+            RecordBatch::try_new(schema.clone(), cols).unwrap()
+        })
+        .collect();
+    let mut c = dev.client().await;
+    c.put_batches("wide", PutMode::Create, batches)
+        .await
+        .unwrap();
+    for plan in [
+        Query::table("wide").build(),
+        Query::table("wide").filter("id >= 0").unwrap().build(),
+        Query::table("wide").filter("id < 150000").unwrap().build(),
+    ] {
+        let cold = c.query(&plan).await.unwrap();
+        c.query(&plan).await.unwrap();
+        let warm = c.query(&plan).await.unwrap();
+        assert!(warm.stats.cache_hit_bytes > 0 && warm.stats.cache_miss_bytes == 0);
+        assert_eq!(rows(&warm.batches), rows(&cold.batches));
+        let (w, k) = (warm.stats.bytes_sent, cold.stats.bytes_sent);
+        assert!(w <= k + k / 20 + 65_536, "warm sent {w} B, cold {k} B");
+    }
+    dev.stop().await;
+}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow::array::{ArrayRef, BooleanArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, MutableArrayData, make_array};
 use arrow::compute::{concat, filter, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -264,17 +264,55 @@ impl Shared {
                     )
                 };
                 let batch = slice(schema, cols)?;
-                match (&pred, &filter_fn) {
+                let batch = match (&pred, &filter_fn) {
                     (Some((pschema, pcols)), Some(f)) => {
                         let input = slice(pschema, pcols)?;
                         let keep = run_predicate(f, &input, &counters, &errors)
                             .map_err(|e| errors.take_or(Error::Arrow(e)))?;
-                        Ok(filter_record_batch(&batch, &keep)?)
+                        filter_record_batch(&batch, &keep)?
                     }
-                    _ => Ok(batch),
-                }
+                    _ => batch,
+                };
+                owned(batch)
             }))
     }
+}
+
+/// A batch whose columns are slices of larger kept arrays (no filter, or one that kept every
+/// row, returns slices), copied into buffers of its own: Flight's encoder splits a batch by
+/// its columns' whole buffer sizes, and Arrow IPC sends a view column's every data buffer
+/// with each piece — a slice of a row group's strings would cross the link many times.
+fn owned(batch: RecordBatch) -> Result<RecordBatch> {
+    let mut changed = false;
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|a| {
+            let data = a.to_data();
+            if a.get_buffer_memory_size() <= 2 * data.get_slice_memory_size()? + 4096 {
+                return Ok(a.clone());
+            }
+            changed = true;
+            Ok(match a.data_type() {
+                DataType::Utf8View => Arc::new(a.as_string_view().gc()) as ArrayRef,
+                DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
+                _ => {
+                    let mut copy = MutableArrayData::new(vec![&data], false, data.len());
+                    copy.try_extend(0, 0, data.len())?;
+                    make_array(copy.freeze())
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !changed {
+        return Ok(batch);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        batch.schema(),
+        cols,
+        &options,
+    )?)
 }
 
 /// Column `c`'s id in the tier: a column read as an Arrow dictionary is another chunk than
