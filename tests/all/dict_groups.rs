@@ -5,22 +5,23 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StringViewArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use nearstore_proto::PutMode;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
 use crate::support::{TestDevice, rows};
 
-/// `rows` rows from `start`: `grp` takes 7 of 30 values, shifted per 10 000 rows (a row
-/// group: the dictionaries differ), null every 13th row; `flag` x or y, null every 17th.
+/// `rows` rows from `start`: `grp` (Utf8) takes 7 of 30 values, shifted per 10 000 rows (a
+/// row group: the dictionaries differ), null every 13th row; `flag` (Utf8View) x or y, null
+/// every 17th.
 fn batch(start: i64, rows: i64) -> RecordBatch {
     let ids: Vec<i64> = (start..start + rows).collect();
     let grp: StringArray = ids
         .iter()
         .map(|i| (i % 13 != 0).then(|| format!("k{}", (i / 10_000) * 4 + i % 7)))
         .collect();
-    let flag: StringArray = ids
+    let flag: StringViewArray = ids
         .iter()
         .map(|i| (i % 17 != 0).then_some(if i % 2 == 0 { "x" } else { "y" }))
         .collect();
@@ -28,7 +29,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
     let schema = Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("grp", DataType::Utf8, true),
-        Field::new("flag", DataType::Utf8, true),
+        Field::new("flag", DataType::Utf8View, true),
         Field::new("val", DataType::Int64, false),
     ]);
     let cols: Vec<ArrayRef> = vec![

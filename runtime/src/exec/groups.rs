@@ -25,10 +25,11 @@ use crate::error::{Error, Result};
 /// Most groups one query may build.
 pub const GROUPS_MAX: usize = 10_000_000;
 
-/// A dictionary column as its values' type; other columns as they are.
-fn plain(c: &ArrayRef) -> Result<ArrayRef> {
+/// A dictionary column as the key's type `t` (a `Utf8View` key is read as a dictionary of
+/// `Utf8`); other columns as they are.
+fn plain(c: &ArrayRef, t: &DataType) -> Result<ArrayRef> {
     match c.data_type() {
-        DataType::Dictionary(_, v) => Ok(arrow::compute::cast(c, v)?),
+        DataType::Dictionary(..) => Ok(arrow::compute::cast(c, t)?),
         _ => Ok(c.clone()),
     }
 }
@@ -71,6 +72,8 @@ pub(super) struct GroupKeys {
     rows: Vec<OwnedRow>,
     /// The dictionary path's table, when the keys come as dictionaries.
     dict: Option<DictTable>,
+    /// The key columns' types.
+    types: Vec<DataType>,
 }
 
 impl GroupKeys {
@@ -87,6 +90,7 @@ impl GroupKeys {
             index,
             rows: Vec::new(),
             dict: None,
+            types: types.to_vec(),
         })
     }
 
@@ -105,8 +109,9 @@ impl GroupKeys {
             if let Some(ids) = self.dictionary_ids(cols)? {
                 return Ok(ids);
             }
-            let plain = cols.iter().map(plain).collect::<Result<Vec<_>>>()?;
-            return self.ids(&plain);
+            let hydrated = cols.iter().zip(&self.types).map(|(c, t)| plain(c, t));
+            let hydrated = hydrated.collect::<Result<Vec<_>>>()?;
+            return self.ids(&hydrated);
         }
         if let Index::Packed(map) = &mut self.index {
             if let Some(keys) = pack(cols) {
@@ -207,7 +212,8 @@ impl GroupKeys {
             let at = arrow::array::UInt32Array::from(first.clone());
             let rows = cols
                 .iter()
-                .map(|c| plain(&take(c, &at, None)?))
+                .zip(&self.types)
+                .map(|(c, t)| plain(&take(c, &at, None)?, t))
                 .collect::<Result<Vec<_>>>()?;
             for (i, id) in first.into_iter().zip(self.ids(&rows)?) {
                 table.ids[codes[i as usize]] = id as u32;
@@ -390,7 +396,10 @@ mod tests {
         let mut out = (Vec::new(), Vec::new());
         for cols in batches {
             out.0.push(d.ids(cols).unwrap());
-            let plain_cols: Vec<ArrayRef> = cols.iter().map(|c| plain(c).unwrap()).collect();
+            let plain_cols: Vec<ArrayRef> = cols
+                .iter()
+                .map(|c| plain(c, &DataType::Utf8).unwrap())
+                .collect();
             out.1.push(p.ids(&plain_cols).unwrap());
         }
         assert!(d.dict.is_some(), "the dictionary path ran");

@@ -95,7 +95,7 @@ impl PreparedQuery {
             .filter_map(|g| match g {
                 PhysExpr::Column {
                     name,
-                    data_type: DataType::Utf8 | DataType::LargeUtf8,
+                    data_type: DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View,
                 } if !elsewhere.contains(name) => Some(name.clone()),
                 _ => None,
             })

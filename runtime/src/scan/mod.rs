@@ -193,15 +193,18 @@ pub fn arrow_metadata_with(
         .schema()
         .fields()
         .iter()
-        .map(|f| match f.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 if dictionary.contains(f.name()) => {
-                let t = DataType::Dictionary(
-                    Box::new(DataType::Int32),
-                    Box::new(f.data_type().clone()),
-                );
-                Arc::new(f.as_ref().clone().with_data_type(t))
+        .map(|f| {
+            // The reader makes dictionaries of Utf8 and LargeUtf8 (not of views).
+            let values = match f.data_type() {
+                DataType::Utf8 | DataType::Utf8View => DataType::Utf8,
+                DataType::LargeUtf8 => DataType::LargeUtf8,
+                _ => return f.clone(),
+            };
+            if !dictionary.contains(f.name()) {
+                return f.clone();
             }
-            _ => f.clone(),
+            let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(values));
+            Arc::new(f.as_ref().clone().with_data_type(t))
         })
         .collect();
     let hint = Arc::new(Schema::new_with_metadata(
