@@ -2,7 +2,12 @@
 //! columns the tier holds is served from memory (the page index's selection and the predicate
 //! applied to the kept arrays, as the decoder would); a row group touched for the second time
 //! is decoded whole, kept, and served the same way; the rest go to the Parquet decoder in runs
-//! of consecutive row groups, as without the tier.
+//! of consecutive row groups, as without the tier. Batches served from the tier are copied
+//! where they would otherwise be slices of a kept row group (see [`owned`]).
+//!
+//! Known limit: a working set larger than the budget thrashes — each second touch decodes a
+//! row group whole and evicts another before its reuse, which costs more than the filtered
+//! decode it replaces (a scan over every column of SF 1 lineitem with a 1 GiB tier).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
