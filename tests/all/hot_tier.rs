@@ -63,6 +63,23 @@ async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects(
         h.chunks > 0 && h.hit_bytes > 0 && h.evicted_bytes == 0,
         "{h:?}"
     );
+    // The metrics say what device_info does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _metrics = hot.device.serve_metrics(listener);
+    let text = crate::tenants::http_get(addr, "/metrics").await;
+    for (series, value) in [
+        ("nearstore_cache_hit_bytes_total", h.hit_bytes),
+        ("nearstore_cache_miss_bytes_total", h.miss_bytes),
+        ("nearstore_cache_used_bytes", h.used_bytes),
+        ("nearstore_cache_budget_bytes", 256 << 20),
+    ] {
+        assert_eq!(
+            crate::tenants::metric(&text, series),
+            value as f64,
+            "{series}"
+        );
+    }
     assert!(t.evicted_bytes > 0 && t.used_bytes <= 1 << 20, "{t:?}");
 
     // Replace: the old objects' chunks leave with them; the new rows are served.

@@ -223,52 +223,7 @@ impl Metrics {
                 reader.config().queue_depth
             )],
         );
-        let h = hot.info();
-        let tier: [(&str, &str, &str, u64); 7] = [
-            (
-                "nearstore_cache_budget_bytes",
-                "gauge",
-                "Hot-column tier budget (0: off).",
-                h.budget_bytes,
-            ),
-            (
-                "nearstore_cache_used_bytes",
-                "gauge",
-                "Decoded column chunks kept in the hot-column tier.",
-                h.used_bytes,
-            ),
-            (
-                "nearstore_cache_chunks",
-                "gauge",
-                "Column chunks kept in the hot-column tier.",
-                h.chunks,
-            ),
-            (
-                "nearstore_cache_hit_bytes_total",
-                "counter",
-                "Media bytes of column chunks served from the hot-column tier.",
-                h.hit_bytes,
-            ),
-            (
-                "nearstore_cache_miss_bytes_total",
-                "counter",
-                "Media bytes of column chunks queries needed that the tier did not hold.",
-                h.miss_bytes,
-            ),
-            (
-                "nearstore_cache_admitted_bytes_total",
-                "counter",
-                "Decoded bytes admitted to the hot-column tier.",
-                h.admitted_bytes,
-            ),
-            (
-                "nearstore_cache_evicted_bytes_total",
-                "counter",
-                "Decoded bytes evicted from the hot-column tier for room.",
-                h.evicted_bytes,
-            ),
-        ];
-        for (name, kind, help, v) in tier {
+        for (name, kind, help, v) in tier_gauges(&hot.info()) {
             add(name, kind, help, vec![format!("{name} {v}")]);
         }
         let learnt = learnt_gauges(&self.telemetry.rates(link));
@@ -279,6 +234,56 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The hot-column tier's gauges and counters: name, kind, help, value.
+fn tier_gauges(
+    h: &nearstore_proto::CacheInfo,
+) -> [(&'static str, &'static str, &'static str, u64); 7] {
+    [
+        (
+            "nearstore_cache_budget_bytes",
+            "gauge",
+            "Hot-column tier budget (0: off).",
+            h.budget_bytes,
+        ),
+        (
+            "nearstore_cache_used_bytes",
+            "gauge",
+            "Decoded column chunks kept in the hot-column tier.",
+            h.used_bytes,
+        ),
+        (
+            "nearstore_cache_chunks",
+            "gauge",
+            "Column chunks kept in the hot-column tier.",
+            h.chunks,
+        ),
+        (
+            "nearstore_cache_hit_bytes_total",
+            "counter",
+            "Media bytes of column chunks served from the hot-column tier.",
+            h.hit_bytes,
+        ),
+        (
+            "nearstore_cache_miss_bytes_total",
+            "counter",
+            "Media bytes of column chunks queries needed that the tier did not hold.",
+            h.miss_bytes,
+        ),
+        (
+            "nearstore_cache_admitted_bytes_total",
+            "counter",
+            "Decoded bytes admitted to the hot-column tier.",
+            h.admitted_bytes,
+        ),
+        (
+            "nearstore_cache_evicted_bytes_total",
+            "counter",
+            "Decoded bytes evicted from the hot-column tier for room.",
+            h.evicted_bytes,
+        ),
+    ]
 }
 
 /// The learnt rates as gauges: name, help, value (absent until learnt).
