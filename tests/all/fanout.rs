@@ -111,11 +111,19 @@ async fn three_devices_answer_like_one_device_holding_everything() {
         // Never more than full transfer. Where nothing but the projection is pushed, both move
         // the same Arrow; the statistics trailers (counted) differ by a few bytes of timings.
         let trailer_jitter = 32 * b.scans.len() as u64;
+        let scans = |r: &nearstore_sdk::SqlResult| -> Vec<String> {
+            r.scans
+                .iter()
+                .map(|(p, st)| format!("{p:?} {st:?}"))
+                .collect()
+        };
         assert!(
             b.bytes_moved() <= t.bytes_moved() + trailer_jitter,
-            "{q}: {} vs {}",
+            "{q}: {} vs {}\noffload {:#?}\ntransfer {:#?}",
             b.bytes_moved(),
-            t.bytes_moved()
+            t.bytes_moved(),
+            scans(&b),
+            scans(&t)
         );
     }
     // The aggregates were pushed to each device, not computed from raw rows.

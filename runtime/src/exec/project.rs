@@ -1,10 +1,8 @@
 //! Projection: a decoded batch's output items computed where they are placed, with view
 //! columns compacted before they are sent.
 
-use std::sync::Arc;
-
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::ArrayRef;
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 
 use super::placement::Placement;
@@ -29,29 +27,16 @@ pub(super) fn project(
     )?)
 }
 
-/// Copies the strings of view columns (Utf8View, BinaryView) that reference much larger
-/// buffers: after a filter, a view array still points into the whole decoded page, and Arrow
-/// IPC would send all of it over the link.
+/// Copies the strings of view columns (Utf8View, BinaryView) that reference larger buffers
+/// than their values need: after a filter, a view array still points into the whole decoded
+/// page, and Arrow IPC would send all of it over the link ([`crate::scan::compact_view`]).
 pub(super) fn compact_views(batch: RecordBatch) -> Result<RecordBatch> {
-    fn compact<T: arrow::datatypes::ByteViewType>(
-        v: &arrow::array::GenericByteViewArray<T>,
-    ) -> Option<ArrayRef> {
-        let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
-        let used: usize = (0..v.len())
-            .map(|i| AsRef::<[u8]>::as_ref(v.value(i)).len())
-            .sum();
-        (held > 2 * used + 4096).then(|| Arc::new(v.gc()) as ArrayRef)
-    }
     let mut changed = false;
     let cols = batch
         .columns()
         .iter()
         .map(|c| {
-            let compacted = match c.data_type() {
-                DataType::Utf8View => compact(c.as_string_view()),
-                DataType::BinaryView => compact(c.as_binary_view()),
-                _ => None,
-            };
+            let compacted = crate::scan::compact_view(c);
             changed |= compacted.is_some();
             compacted.unwrap_or_else(|| c.clone())
         })

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, MutableArrayData, make_array};
+use arrow::array::{Array, ArrayRef, BooleanArray, MutableArrayData, make_array};
 use arrow::compute::{concat, filter, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -72,13 +72,16 @@ pub(super) fn open(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorS
         }
         let wanted: Vec<(usize, u64)> = cols.iter().map(|&c| (key(c), media[c])).collect();
         let found = scan.object.hot().lookup(&scan.object.id, rg, &wanted);
-        counters
-            .cache_hit_bytes
-            .fetch_add(found.hit_bytes, Ordering::Relaxed);
-        counters
-            .cache_miss_bytes
-            .fetch_add(found.miss_bytes, Ordering::Relaxed);
-        if found.is_hit() || found.admit {
+        let served = found.is_hit() || found.admit;
+        // A row group read from the media misses every column, the kept ones too.
+        let (hit, miss) = match served {
+            true => (found.hit_bytes, found.miss_bytes),
+            false => (0, found.hit_bytes + found.miss_bytes),
+        };
+        scan.object.hot().record(hit, miss);
+        counters.cache_hit_bytes.fetch_add(hit, Ordering::Relaxed);
+        counters.cache_miss_bytes.fetch_add(miss, Ordering::Relaxed);
+        if served {
             parts.push(Part::Hot {
                 row_group: rg,
                 arrays: found.arrays,
@@ -293,20 +296,20 @@ fn owned(batch: RecordBatch) -> Result<RecordBatch> {
         .columns()
         .iter()
         .map(|a| {
+            if matches!(a.data_type(), DataType::Utf8View | DataType::BinaryView) {
+                // A slice keeps every data buffer of the row group.
+                let compacted = super::compact_view(a);
+                changed |= compacted.is_some();
+                return Ok(compacted.unwrap_or_else(|| a.clone()));
+            }
             let data = a.to_data();
             if a.get_buffer_memory_size() <= 2 * data.get_slice_memory_size()? + 4096 {
                 return Ok(a.clone());
             }
             changed = true;
-            Ok(match a.data_type() {
-                DataType::Utf8View => Arc::new(a.as_string_view().gc()) as ArrayRef,
-                DataType::BinaryView => Arc::new(a.as_binary_view().gc()),
-                _ => {
-                    let mut copy = MutableArrayData::new(vec![&data], false, data.len());
-                    copy.try_extend(0, 0, data.len())?;
-                    make_array(copy.freeze())
-                }
-            })
+            let mut copy = MutableArrayData::new(vec![&data], false, data.len());
+            copy.try_extend(0, 0, data.len())?;
+            Ok(make_array(copy.freeze()))
         })
         .collect::<Result<Vec<_>>>()?;
     if !changed {

@@ -350,3 +350,30 @@ pub fn open_batches(
         .map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))
         .boxed())
 }
+
+/// A view column (Utf8View, BinaryView) whose data buffers hold more than 4 KiB beyond the
+/// strings it uses (those longer than 12 bytes; shorter ones live in the views), copied into
+/// buffers of its own; `None` for other columns and compact ones. Arrow IPC sends a view
+/// column's every data buffer, so both the decoder's batches (views into whole pages) and the
+/// hot tier's (views into a whole row group) go through this before the link.
+pub fn compact_view(a: &arrow::array::ArrayRef) -> Option<arrow::array::ArrayRef> {
+    use arrow::array::{Array, AsArray, GenericByteViewArray};
+    use arrow::datatypes::ByteViewType;
+    fn compact<T: ByteViewType>(v: &GenericByteViewArray<T>) -> Option<arrow::array::ArrayRef> {
+        let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
+        let used: usize = v
+            .views()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| v.is_valid(*i))
+            .map(|(_, view)| *view as u32 as usize)
+            .filter(|len| *len > 12)
+            .sum();
+        (held > used + 4096).then(|| Arc::new(v.gc()) as arrow::array::ArrayRef)
+    }
+    match a.data_type() {
+        DataType::Utf8View => compact(a.as_string_view()),
+        DataType::BinaryView => compact(a.as_binary_view()),
+        _ => None,
+    }
+}

@@ -99,8 +99,8 @@ impl HotTier {
         self.budget > 0
     }
 
-    /// What the tier holds of `columns` (root index, bytes on the media) of one row group,
-    /// counting hits and misses; missing columns are remembered as touched.
+    /// What the tier holds of `columns` (column id, bytes on the media) of one row group;
+    /// missing columns are remembered as touched.
     pub fn lookup(&self, object: &str, row_group: usize, columns: &[(usize, u64)]) -> Lookup {
         if !self.enabled() {
             return Lookup {
@@ -142,14 +142,19 @@ impl HotTier {
                 }
             }
         }
-        self.hit_bytes.fetch_add(hit, Ordering::Relaxed);
-        self.miss_bytes.fetch_add(miss, Ordering::Relaxed);
         Lookup {
             arrays,
             admit,
             hit_bytes: hit,
             miss_bytes: miss,
         }
+    }
+
+    /// Counts what a scan took from the tier and what it read instead (media bytes): a
+    /// row group some of whose columns the tier holds but not all is read from the media.
+    pub fn record(&self, hit_bytes: u64, miss_bytes: u64) {
+        self.hit_bytes.fetch_add(hit_bytes, Ordering::Relaxed);
+        self.miss_bytes.fetch_add(miss_bytes, Ordering::Relaxed);
     }
 
     /// Keeps a decoded column chunk, evicting the least recently used ones to make room.
@@ -244,6 +249,8 @@ mod tests {
         tier.admit("o1", 0, 0, column(1000));
         let third = tier.lookup("o1", 0, &[(0, 100)]);
         assert!(third.is_hit());
+        assert_eq!((third.hit_bytes, second.miss_bytes), (100, 100));
+        tier.record(third.hit_bytes, first.miss_bytes + second.miss_bytes);
         let info = tier.info();
         assert_eq!((info.hit_bytes, info.miss_bytes), (100, 200));
         assert_eq!((info.used_bytes, info.chunks), (size, 1));

@@ -136,22 +136,36 @@ pub struct TableHandle {
 impl Storage {
     /// Opens a table's objects for reading.
     pub fn table(&self, name: &str) -> Result<TableHandle> {
-        let entries: Vec<ObjectEntry> = {
+        let entries = |name: &str| -> Result<Vec<ObjectEntry>> {
             let cat = self.catalog.read().expect("catalog lock");
-            cat.tables
+            Ok(cat
+                .tables
                 .get(name)
                 .ok_or_else(|| Error::UnknownTable(name.to_string()))?
                 .objects
-                .clone()
+                .clone())
         };
-        let objects = entries
-            .iter()
-            .map(|e| self.open_object(e))
-            .collect::<Result<_>>()?;
-        Ok(TableHandle {
-            name: name.to_string(),
-            objects,
-        })
+        let mut listed = entries(name)?;
+        loop {
+            match listed.iter().map(|e| self.open_object(e)).collect() {
+                Ok(objects) => {
+                    return Ok(TableHandle {
+                        name: name.to_string(),
+                        objects,
+                    });
+                }
+                // A replace or drop committed after the listing and deleted an object it
+                // named: list again (the error stands if the catalog still names it).
+                Err(e) => {
+                    let now = entries(name)?;
+                    let same = now.iter().map(|o| &o.id).eq(listed.iter().map(|o| &o.id));
+                    if same {
+                        return Err(e);
+                    }
+                    listed = now;
+                }
+            }
+        }
     }
 
     pub(super) fn open_object(&self, entry: &ObjectEntry) -> Result<Arc<Object>> {
