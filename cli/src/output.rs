@@ -78,8 +78,18 @@ pub fn format_stats(s: &QueryStats) -> String {
     } else {
         String::new()
     };
+    // The hot-column tier, when the device has one: column chunks' media bytes.
+    let tier = if s.cache_hit_bytes + s.cache_miss_bytes > 0 {
+        format!(
+            " | hot tier: {} served from memory, {} read",
+            human_bytes(s.cache_hit_bytes),
+            human_bytes(s.cache_miss_bytes)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "-- device: backend={} ({}) reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned{topk} | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms",
+        "-- device: backend={} ({}) reader={} | read {} from media, sent {} to host | row groups {}/{} pruned, pages {}/{} pruned | rows: {} in kept row groups, {} decoded, {} selected, {} returned{topk} | time: plan {:.1} ms, scan {:.1} ms (filter {:.1} ms), compute {:.1} ms, total {:.1} ms{tier}",
         s.backend,
         s.placement,
         s.reader,
@@ -114,5 +124,23 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hot_tier_shows_only_when_the_device_has_one() {
+        let mut s = QueryStats::default();
+        assert!(!format_stats(&s).contains("hot tier"));
+        s.cache_hit_bytes = 3 << 20;
+        s.cache_miss_bytes = 512;
+        assert!(
+            format_stats(&s).ends_with("| hot tier: 3.0 MiB served from memory, 512 B read"),
+            "{}",
+            format_stats(&s)
+        );
     }
 }
