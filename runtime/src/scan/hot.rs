@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, MutableArrayData, make_array};
-use arrow::compute::{concat, filter, filter_record_batch};
+use arrow::array::{Array, ArrayRef, MutableArrayData, make_array};
+use arrow::compute::{concat, filter_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -157,15 +157,8 @@ impl Shared {
                 selection,
             } => match self.fill(row_group, arrays).await {
                 Ok(arrays) => {
-                    let rows = match &selection {
-                        Some(sel) => sel.row_count(),
-                        None => self
-                            .scan
-                            .metadata
-                            .metadata()
-                            .row_group(row_group)
-                            .num_rows() as usize,
-                    };
+                    let md = self.scan.metadata.metadata();
+                    let rows = md.row_group(row_group).num_rows() as usize;
                     stream::iter(self.batches(arrays, rows, selection)).boxed()
                 }
                 Err(e) => stream::once(async { Err(e) }).boxed(),
@@ -222,8 +215,9 @@ impl Shared {
             .collect()
     }
 
-    /// One row group's batches from its arrays (`self.cols`; `rows` after the selection): the
-    /// selection applied, the predicate run per batch, the output columns filtered by it.
+    /// One row group's batches from its arrays (`self.cols`, `rows` long): slices of the runs
+    /// the selection keeps (no copy), the predicate run per batch, the output columns filtered
+    /// by it, and what is still a slice copied ([`owned`]).
     fn batches(
         &self,
         arrays: Vec<ArrayRef>,
@@ -231,59 +225,67 @@ impl Shared {
         selection: Option<RowSelection>,
     ) -> impl Iterator<Item = Result<RecordBatch>> + Send + 'static {
         let schema = self.scan.metadata.schema().clone();
-        let arrays = match selection {
-            Some(sel) => {
-                let mask = selection_mask(&sel);
-                arrays
-                    .iter()
-                    .map(|a| filter(a, &mask))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-            }
-            None => Ok(arrays),
-        };
+        let step = self.scan.batch_size.max(1);
+        let windows = windows(selection.as_ref(), rows, step);
         let pick = |want: &[usize], arrays: &[ArrayRef]| -> (SchemaRef, Vec<ArrayRef>) {
             let at = |c: &usize| self.cols.binary_search(c).expect("a scanned column");
             let schema = Arc::new(schema.project(want).expect("roots of the schema"));
             (schema, want.iter().map(|c| arrays[at(c)].clone()).collect())
         };
-        let (out, pred) = match &arrays {
-            Ok(arrays) => (
-                Some(pick(&self.output, arrays)),
-                self.predicate.as_ref().map(|p| pick(p, arrays)),
-            ),
-            Err(_) => (None, None),
-        };
-        let step = self.scan.batch_size.max(1);
+        let out = pick(&self.output, &arrays);
+        let pred = self.predicate.as_ref().map(|p| pick(p, &arrays));
         let filter_fn = self.scan.predicate.as_ref().map(|(_, f)| f.clone());
         let counters = self.counters.clone();
         let errors = self.errors.clone();
-        let first_error = arrays.err().map(|e| Err(Error::Arrow(e)));
-        first_error
-            .into_iter()
-            .chain((0..rows).step_by(step).map(move |start| {
-                let len = step.min(rows - start);
-                let (schema, cols) = out.as_ref().expect("arrays decoded");
-                // A batch keeps its row count without columns (`count(*)`).
-                let slice = |schema: &SchemaRef, cols: &[ArrayRef]| {
-                    RecordBatch::try_new_with_options(
-                        schema.clone(),
-                        cols.iter().map(|a| a.slice(start, len)).collect(),
-                        &RecordBatchOptions::new().with_row_count(Some(len)),
-                    )
-                };
-                let batch = slice(schema, cols)?;
-                let batch = match (&pred, &filter_fn) {
-                    (Some((pschema, pcols)), Some(f)) => {
-                        let input = slice(pschema, pcols)?;
-                        let keep = run_predicate(f, &input, &counters, &errors)
-                            .map_err(|e| errors.take_or(Error::Arrow(e)))?;
-                        filter_record_batch(&batch, &keep)?
-                    }
-                    _ => batch,
-                };
-                owned(batch)
-            }))
+        windows.into_iter().map(move |(start, len)| {
+            let (schema, cols) = &out;
+            // A batch keeps its row count without columns (`count(*)`).
+            let slice = |schema: &SchemaRef, cols: &[ArrayRef]| {
+                RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    cols.iter().map(|a| a.slice(start, len)).collect(),
+                    &RecordBatchOptions::new().with_row_count(Some(len)),
+                )
+            };
+            let batch = slice(schema, cols)?;
+            let batch = match (&pred, &filter_fn) {
+                (Some((pschema, pcols)), Some(f)) => {
+                    let input = slice(pschema, pcols)?;
+                    let keep = run_predicate(f, &input, &counters, &errors)
+                        .map_err(|e| errors.take_or(Error::Arrow(e)))?;
+                    filter_record_batch(&batch, &keep)?
+                }
+                _ => batch,
+            };
+            owned(batch)
+        })
     }
+}
+
+/// The (start, length) windows of at most `step` rows that a selection keeps of `rows` rows
+/// (all of them without one).
+fn windows(selection: Option<&RowSelection>, rows: usize, step: usize) -> Vec<(usize, usize)> {
+    let runs: Vec<(usize, usize)> = match selection {
+        None => vec![(0, rows)],
+        Some(sel) => {
+            let mut at = 0;
+            let mut runs = Vec::new();
+            for RowSelector { row_count, skip } in sel.iter().copied() {
+                if !skip && row_count > 0 {
+                    runs.push((at, row_count));
+                }
+                at += row_count;
+            }
+            runs
+        }
+    };
+    runs.into_iter()
+        .flat_map(|(start, len)| {
+            (start..start + len)
+                .step_by(step)
+                .map(move |s| (s, step.min(start + len - s)))
+        })
+        .collect()
 }
 
 /// A batch whose columns are slices of larger kept arrays (no filter, or one that kept every
@@ -327,13 +329,4 @@ fn owned(batch: RecordBatch) -> Result<RecordBatch> {
 /// the same column read plain.
 fn tier_key(schema: &SchemaRef, c: usize) -> usize {
     2 * c + matches!(schema.field(c).data_type(), DataType::Dictionary(..)) as usize
-}
-
-/// A row selection as a filter mask.
-fn selection_mask(sel: &RowSelection) -> BooleanArray {
-    let mut b = arrow::array::BooleanBuilder::new();
-    for RowSelector { row_count, skip } in sel.iter().copied() {
-        b.append_n(row_count, !skip);
-    }
-    b.finish()
 }
