@@ -146,7 +146,7 @@ impl Storage {
                 .clone())
         };
         let mut listed = entries(name)?;
-        loop {
+        for attempt in 1.. {
             match listed.iter().map(|e| self.open_object(e)).collect() {
                 Ok(objects) => {
                     return Ok(TableHandle {
@@ -155,17 +155,19 @@ impl Storage {
                     });
                 }
                 // A replace or drop committed after the listing and deleted an object it
-                // named: list again (the error stands if the catalog still names it).
+                // named: list again (the error stands if the catalog still names it, or
+                // after 8 listings that each lost such a race).
                 Err(e) => {
                     let now = entries(name)?;
                     let same = now.iter().map(|o| &o.id).eq(listed.iter().map(|o| &o.id));
-                    if same {
+                    if same || attempt == 8 {
                         return Err(e);
                     }
                     listed = now;
                 }
             }
         }
+        unreachable!("the loop returns")
     }
 
     pub(super) fn open_object(&self, entry: &ObjectEntry) -> Result<Arc<Object>> {
