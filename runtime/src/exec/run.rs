@@ -37,6 +37,7 @@ impl Executor {
                 ..Default::default()
             }),
             errors: ErrorSlot::default(),
+            dictionary: q.dictionary_keys().into(),
         };
         let native = self.backends.get(BackendKind::Native);
         let placement = Placement::new(q, &native)?;

@@ -22,11 +22,13 @@ use crate::error::{Error, Result};
 use crate::scan::{self, Batches, ErrorSlot, ObjectScan, ScanCounters, prune::Pruned};
 use crate::storage::Object;
 
-/// What one query's scans share: its counters and the first error a read recorded.
+/// What one query's scans share: its counters, the first error a read recorded, and the
+/// group keys decoded as dictionaries ([`PreparedQuery::dictionary_keys`]).
 #[derive(Clone)]
 pub(super) struct ScanContext {
     pub counters: Arc<ScanCounters>,
     pub errors: ErrorSlot,
+    pub dictionary: Arc<[String]>,
 }
 
 /// Row groups of one object that one worker reads, pruned already.
@@ -172,9 +174,8 @@ pub(super) async fn prune(
     stats: &mut QueryStats,
 ) -> Result<Option<Slice>> {
     let t_plan = Instant::now();
-    let dictionary = q.dictionary_keys();
     let pred = q.predicate.as_ref();
-    let p = scan::prune_object(object, pred, &dictionary, &ctx.counters, &ctx.errors).await?;
+    let p = scan::prune_object(object, pred, &ctx.dictionary, &ctx.counters, &ctx.errors).await?;
     stats.row_groups_total += p.metadata.num_row_groups() as u64;
     stats.row_groups_pruned += p.pruned.row_groups_pruned;
     stats.pages_total += p.pruned.pages_total;

@@ -142,12 +142,8 @@ impl Shared {
                 let mut scan = self.scan.clone();
                 scan.pruned.row_groups = row_groups;
                 scan.pruned.selection = selection;
-                match super::open_stream(scan, self.counters.clone(), self.errors.clone()) {
-                    Ok(s) => {
-                        let errors = self.errors.clone();
-                        s.map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))
-                            .boxed()
-                    }
+                match super::decoded(scan, self.counters.clone(), self.errors.clone()) {
+                    Ok(s) => s,
                     Err(e) => stream::once(async { Err(e) }).boxed(),
                 }
             }

@@ -345,6 +345,11 @@ pub fn open_batches(
     if scan.object.hot().enabled() && scan.limit.is_none() {
         return Ok(hot::open(scan, counters, errors));
     }
+    decoded(scan, counters, errors)
+}
+
+/// [`open_stream`]'s batches, a decoder error replaced by the specific one it flattened.
+fn decoded(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorSlot) -> Result<Batches> {
     let stream = open_stream(scan, counters, errors.clone())?;
     Ok(stream
         .map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))
