@@ -22,7 +22,6 @@ use super::sort::RowSink;
 use super::worker::{self, Dealing, Piece, ScanContext, Share};
 use super::{BATCH_ROWS, Executor};
 use crate::error::{Error, Result};
-use crate::scan::{ErrorSlot, ScanCounters};
 
 impl Executor {
     pub(super) async fn run(
@@ -31,14 +30,7 @@ impl Executor {
         tx: &mpsc::Sender<Result<RecordBatch>>,
         stats: &mut QueryStats,
     ) -> Result<()> {
-        let ctx = ScanContext {
-            counters: Arc::new(ScanCounters {
-                media_limit: q.limits.media.clone(),
-                ..Default::default()
-            }),
-            errors: ErrorSlot::default(),
-            dictionary: q.dictionary_keys().into(),
-        };
+        let ctx = ScanContext::new(q);
         let native = self.backends.get(BackendKind::Native);
         let placement = Placement::new(q, &native)?;
         stats.placement = placement.rendered().to_string();

@@ -31,6 +31,20 @@ pub(super) struct ScanContext {
     pub dictionary: Arc<[String]>,
 }
 
+impl ScanContext {
+    /// A fresh context for `q`'s scans (its tenant's media limit applies to their reads).
+    pub fn new(q: &PreparedQuery) -> Self {
+        ScanContext {
+            counters: Arc::new(ScanCounters {
+                media_limit: q.limits.media.clone(),
+                ..Default::default()
+            }),
+            errors: ErrorSlot::default(),
+            dictionary: q.dictionary_keys().into(),
+        }
+    }
+}
+
 /// Row groups of one object that one worker reads, pruned already.
 pub(super) struct Slice {
     object: Arc<Object>,
