@@ -13,7 +13,7 @@ use nearstore_sdk::{ClientOptions, Error, Mode, SqlSession};
 use crate::support::{TestDevice, cli_bin, sorted_rows, table_batches};
 
 /// Where kernel builds go: under the workspace's target directory, so reruns are incremental.
-fn kernel_target() -> PathBuf {
+pub(crate) fn kernel_target() -> PathBuf {
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("nearstore-kernel-tests"));
@@ -245,7 +245,7 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
 }
 
 /// A table of strings and points for the example kernels.
-fn examples_table() -> RecordBatch {
+pub(crate) fn examples_table() -> RecordBatch {
     let n = 20_000usize;
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
@@ -284,7 +284,11 @@ fn examples_table() -> RecordBatch {
 
 /// Runs the kernel query and its host-side equivalent: the host's has rows and both have the
 /// same ones. Returns the kernel query's result.
-async fn same_rows(s: &SqlSession, kernel: &str, host: &str) -> nearstore_sdk::SqlResult {
+pub(crate) async fn same_rows(
+    s: &SqlSession,
+    kernel: &str,
+    host: &str,
+) -> nearstore_sdk::SqlResult {
     let a = s
         .sql(kernel)
         .await

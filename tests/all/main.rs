@@ -14,6 +14,7 @@ mod gateway;
 mod hostile;
 mod hot_tier;
 mod kernel_dev;
+mod kernel_langs;
 mod kernels;
 mod load;
 mod parallel;
