@@ -24,6 +24,13 @@ fn template(lang: Lang, kind: KernelKindArg) -> &'static str {
     }
 }
 
+/// The command-line name of a value (`assemblyscript`, `aggregate`).
+fn label(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
 /// Writes `text` to `path`, saying which file failed.
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
@@ -44,8 +51,8 @@ pub(super) fn new(a: NewArgs) -> Result<()> {
     }
     if a.sdk.is_some() && a.lang != Lang::Rust {
         bail!(
-            "--sdk names a Rust SDK crate; a {:?} kernel gets its SDK file beside it",
-            a.lang
+            "--sdk names a Rust SDK crate; a {} kernel gets its SDK file beside it",
+            label(a.lang)
         );
     }
     let dir = a.path.clone().unwrap_or_else(|| PathBuf::from(&a.name));
@@ -75,10 +82,10 @@ pub(super) fn new(a: NewArgs) -> Result<()> {
         }
     };
     println!(
-        "created {:?} {:?} kernel {} in {} ({how}: nearstore kernel build {}; run it on a \
+        "created {} {} kernel {} in {} ({how}: nearstore kernel build {}; run it on a \
          Parquet file: nearstore kernel test MODULE --file FILE --args COLUMNS)",
-        a.lang,
-        a.kind,
+        label(a.lang),
+        label(a.kind),
         a.name,
         dir.display(),
         dir.display()

@@ -35,7 +35,8 @@ function bbox(b: Batch, sel: Selection): i32 {
     for (let j: u32 = 0; j < n; j++) {
       const x = xc.f64(base + j);
       const y = yc.f64(base + j);
-      const inside = x >= xmin && x <= xmax && y >= ymin && y <= ymax;
+      // Non-short-circuit: no branch per row.
+      const inside = <u32>(x >= xmin) & <u32>(x <= xmax) & <u32>(y >= ymin) & <u32>(y <= ymax);
       m |= <u64>inside << j;
     }
     const e = sel.selectBlock(base, m & xc.validityBlock(b.rows, base) & yc.validityBlock(b.rows, base));
