@@ -57,6 +57,10 @@ pub enum Command {
     /// Write, build, test and register Wasm kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCommand),
+    /// Run the processes of an Apache DataFusion Ballista cluster that queries devices
+    /// (`nearstore sql --ballista df://HOST:PORT` sends it queries).
+    #[command(subcommand)]
+    Cluster(crate::cluster::ClusterCommand),
 }
 
 /// `token` arguments.
@@ -222,6 +226,10 @@ pub struct SqlArgs {
     /// for full transfer over a slow link) [default: uncompressed].
     #[arg(long)]
     pub compression: Option<nearstore_proto::IpcCompression>,
+    /// Run the query on the Ballista cluster whose scheduler is at this URL (`df://HOST:PORT`,
+    /// see `nearstore cluster`) instead of on this host (offload mode).
+    #[arg(long)]
+    pub ballista: Option<String>,
 }
 
 /// `tpch` arguments.

@@ -6,6 +6,7 @@
 mod admin;
 mod args;
 mod catalog;
+pub mod cluster;
 pub mod compare;
 mod connect;
 pub mod gateway;
@@ -80,6 +81,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Info(d) => admin::info(d).await,
         Command::Token(args) => admin::token(args),
         Command::Kernel(cmd) => kernel::run(cmd).await,
+        Command::Cluster(cmd) => cluster::run(cmd).await,
         Command::Scrub(d) => admin::scrub(d).await,
     }
 }

@@ -17,6 +17,9 @@ pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
         compression: args.compression,
         ..Default::default()
     };
+    if let Some(url) = &args.ballista {
+        return on_cluster(url, &args, &opts).await;
+    }
     let session = nearstore_sdk::SqlSession::connect_many(&args.devices, opts, args.mode)
         .await
         .with_context(|| format!("connecting to {}", args.devices.join(", ")))?;
@@ -54,6 +57,37 @@ pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
                 r.reason
             );
         }
+    }
+    Ok(())
+}
+
+/// The query run by a Ballista cluster over the devices' tables.
+async fn on_cluster(url: &str, args: &SqlArgs, opts: &ClientOptions) -> Result<()> {
+    if args.mode != nearstore_sdk::Mode::Offload {
+        anyhow::bail!(
+            "--ballista runs offload mode only (not {})",
+            args.mode.as_str()
+        );
+    }
+    let ctx = nearstore_ballista::connect(url, &args.devices, opts).await?;
+    let query = if args.explain {
+        format!("EXPLAIN {}", args.query)
+    } else {
+        args.query.clone()
+    };
+    let df = ctx.sql(&query).await.context("planning the query")?;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let batches = df
+        .collect()
+        .await
+        .context("running the query on the cluster")?;
+    print_batches(&batches, &schema, args.format)?;
+    if args.stats {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        eprintln!(
+            "-- {rows} rows from the Ballista cluster at {url} (the devices' scan statistics \
+             are in their own counters: nearstore info)"
+        );
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Nearstore end-to-end tests: one test binary, a module per area.
 
 mod auto;
+mod ballista;
 mod cli;
 mod compare;
 mod crash;

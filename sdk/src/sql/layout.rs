@@ -7,7 +7,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::common::DataFusionError;
 
 /// How one output column of a pushed aggregate comes from the device's result.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(super) enum OutCol {
     /// Device column i as it is.
     Direct(usize),

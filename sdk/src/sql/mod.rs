@@ -21,7 +21,8 @@
 //! `provider` the device table, `scan` the operator that runs device plans, `merge` the merge
 //! of several devices' partial aggregates, `pushed` and `layout` a pushed plan's stand-in
 //! table and its output columns; `rules` the optimizer rules, one per file; `translate` the
-//! expression translation and `udf` the kernel functions.
+//! expression translation and `udf` the kernel functions; `wire` the tables and scans as
+//! bytes for engines that ship plans between processes (Ballista).
 
 mod auto;
 mod cost;
@@ -35,6 +36,7 @@ mod scan;
 mod session;
 mod translate;
 mod udf;
+pub mod wire;
 
 use std::sync::{Arc, Mutex};
 

@@ -33,6 +33,9 @@ pub struct DeviceTable {
     /// ORDER BY … LIMIT k pushed by [`PushTopK`](super::PushTopK): each device returns its top
     /// k rows.
     pub(super) top: Option<(Vec<nearstore_proto::SortKey>, u64)>,
+    /// Whether its scans are driven (see [`DeviceScanExec::driven`]): as decoded by an engine
+    /// that ships plans between processes.
+    pub(super) driven: bool,
 }
 
 #[async_trait]
@@ -99,7 +102,7 @@ impl TableProvider for DeviceTable {
                 plan.limit = Some(plan.limit.map_or(*k, |l| l.min(*k)));
             }
         }
-        Ok(Arc::new(DeviceScanExec::new(
+        let scan = DeviceScanExec::new(
             self.urls.clone(),
             self.options.clone(),
             plan,
@@ -107,6 +110,7 @@ impl TableProvider for DeviceTable {
             None,
             None,
             self.log.clone(),
-        )))
+        );
+        Ok(Arc::new(if self.driven { scan.driven()? } else { scan }))
     }
 }

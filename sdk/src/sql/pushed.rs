@@ -25,6 +25,8 @@ pub(super) struct DeviceAggregate {
     pub(super) plan: Plan,
     pub(super) schema: SchemaRef,
     pub(super) log: ScanLog,
+    /// Whether its scans are driven (see [`DeviceScanExec::driven`]).
+    pub(super) driven: bool,
 }
 
 #[async_trait]
@@ -48,7 +50,7 @@ impl TableProvider for DeviceAggregate {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
         };
-        Ok(Arc::new(DeviceScanExec::new(
+        let scan = DeviceScanExec::new(
             self.urls.clone(),
             self.options.clone(),
             self.plan.clone(),
@@ -56,6 +58,7 @@ impl TableProvider for DeviceAggregate {
             projection.cloned(),
             Some(self.layout.clone()),
             self.log.clone(),
-        )))
+        );
+        Ok(Arc::new(if self.driven { scan.driven()? } else { scan }))
     }
 }

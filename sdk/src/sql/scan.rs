@@ -26,19 +26,29 @@ use crate::{Client, ClientOptions};
 
 /// Runs one plan on the devices holding a table: one partition per device, or, for a pushed
 /// aggregate over several devices, one partition that merges the devices' partial aggregates.
+///
+/// For engines that split a plan's partitions over tasks and processes (Ballista), the scan
+/// can be *driven* ([`DeviceScanExec::driven`]): its one child is an in-memory source with the
+/// same partitions, whose rows are the indices of the devices each partition scans, so a task
+/// given some of the partitions scans exactly their devices, whatever index it runs them as.
 #[derive(Debug)]
 pub struct DeviceScanExec {
     pub(super) urls: Vec<String>,
-    options: ClientOptions,
+    pub(super) options: ClientOptions,
     pub(super) plan: Plan,
-    schema: SchemaRef,
+    pub(super) schema: SchemaRef,
     /// Device result columns to keep, in order (all when `None`).
-    pick: Option<Vec<usize>>,
+    pub(super) pick: Option<Vec<usize>>,
     /// For a pushed aggregate: how output columns derive from the device's result.
-    layout: Option<Arc<Vec<OutCol>>>,
+    pub(super) layout: Option<Arc<Vec<OutCol>>>,
     props: Arc<PlanProperties>,
     log: ScanLog,
+    /// The driver child of a driven scan.
+    driver: Option<Arc<dyn ExecutionPlan>>,
 }
+
+/// The column of a driver's rows: a device's index in the scan's URLs.
+const DRIVER_COLUMN: &str = "device";
 
 impl DeviceScanExec {
     /// A scan of `plan` on `urls` with output `schema`. A plain scan (no `layout`) has one
@@ -72,7 +82,65 @@ impl DeviceScanExec {
             layout,
             props,
             log,
+            driver: None,
         }
+    }
+
+    /// The same scan driven by an in-memory child: one partition per device (a plain scan) or
+    /// one holding every device (a pushed plan, merged in that partition).
+    pub fn driven(self) -> datafusion::common::Result<Self> {
+        use arrow::array::UInt32Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            DRIVER_COLUMN,
+            DataType::UInt32,
+            false,
+        )]));
+        let batch = |ids: Vec<u32>| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt32Array::from(ids))])
+        };
+        let n = self.urls.len() as u32;
+        let partitions: Vec<Vec<RecordBatch>> = match self.layout {
+            Some(_) => vec![vec![batch((0..n).collect())?]],
+            None => (0..n)
+                .map(|i| Ok(vec![batch(vec![i])?]))
+                .collect::<Result<_, arrow::error::ArrowError>>()?,
+        };
+        let driver = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &partitions,
+            schema.clone(),
+            None,
+        )?;
+        self.with_driver(driver)
+    }
+
+    /// The scan with `driver` as its child, its partitions the driver's.
+    pub(super) fn with_driver(
+        mut self,
+        driver: Arc<dyn ExecutionPlan>,
+    ) -> datafusion::common::Result<Self> {
+        let partitions = driver.properties().partitioning.partition_count();
+        self.props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(self.schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            self.props.emission_type,
+            Boundedness::Bounded,
+        ));
+        self.driver = Some(driver);
+        Ok(self)
+    }
+
+    /// The same scan without its driver.
+    pub(super) fn copy(&self) -> Self {
+        DeviceScanExec::new(
+            self.urls.clone(),
+            self.options.clone(),
+            self.plan.clone(),
+            self.schema.clone(),
+            self.pick.clone(),
+            self.layout.clone(),
+            self.log.clone(),
+        )
     }
 }
 
@@ -127,7 +195,7 @@ impl ExecutionPlan for DeviceScanExec {
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
+        self.driver.iter().collect()
     }
 
     fn apply_expressions(
@@ -139,21 +207,31 @@ impl ExecutionPlan for DeviceScanExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        Ok(self)
+        match (children.into_iter().next(), &self.driver) {
+            (Some(driver), Some(_)) => Ok(Arc::new(self.copy().with_driver(driver)?)),
+            _ => Ok(self),
+        }
     }
 
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
         // A plain scan runs on its partition's device; an aggregate runs on every device and
-        // the partial results are merged here.
-        let urls: Vec<String> = match &self.layout {
-            Some(_) => self.urls.clone(),
-            None => vec![self.urls.get(partition).cloned().ok_or_else(|| {
+        // the partial results are merged here. A driven scan runs on the devices its driver's
+        // partition names.
+        let all = self.urls.clone();
+        let driver = match &self.driver {
+            Some(d) => Some(d.execute(partition, context)?),
+            None => None,
+        };
+        let urls: Vec<String> = match (&self.layout, &driver) {
+            (_, Some(_)) => Vec::new(),
+            (Some(_), None) => self.urls.clone(),
+            (None, None) => vec![self.urls.get(partition).cloned().ok_or_else(|| {
                 DataFusionError::Internal(format!("no device for partition {partition}"))
             })?],
         };
@@ -167,6 +245,10 @@ impl ExecutionPlan for DeviceScanExec {
         );
         let out_schema = schema.clone();
         let fut = async move {
+            let urls = match driver {
+                None => urls,
+                Some(d) => driver_urls(d, &all).await?,
+            };
             let runs = urls.iter().map(|url| {
                 let (options, plan, log) = (options.clone(), plan.clone(), log.clone());
                 async move {
@@ -177,7 +259,7 @@ impl ExecutionPlan for DeviceScanExec {
                 }
             });
             let parts = futures::future::try_join_all(runs).await?;
-            let device_batches = if parts.len() > 1 {
+            let device_batches = if parts.len() > 1 && layout.is_some() {
                 merge_partials(&plan, parts.into_iter().flatten().collect()).await?
             } else {
                 parts.into_iter().flatten().collect()
@@ -221,4 +303,30 @@ impl ExecutionPlan for DeviceScanExec {
         let stream = futures::stream::once(fut).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
+}
+
+/// The devices a driver partition names: its rows' indices into `all`.
+async fn driver_urls(
+    driver: SendableRecordBatchStream,
+    all: &[String],
+) -> datafusion::common::Result<Vec<String>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt32Type;
+    let batches: Vec<RecordBatch> = driver.try_collect().await?;
+    let mut urls = Vec::new();
+    for b in &batches {
+        let ids = b
+            .column_by_name(DRIVER_COLUMN)
+            .and_then(|c| c.as_primitive_opt::<UInt32Type>())
+            .ok_or_else(|| DataFusionError::Internal("a scan driver without device ids".into()))?;
+        for id in ids.values() {
+            urls.push(all.get(*id as usize).cloned().ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "a scan driver names device {id} of {}",
+                    all.len()
+                ))
+            })?);
+        }
+    }
+    Ok(urls)
 }

@@ -63,34 +63,7 @@ impl SqlSession {
             return Err(Error::InvalidArgument("no device URL given".into()));
         }
         let log: ScanLog = Arc::default();
-        // table -> (schema, devices holding it), in the order first seen.
-        let mut tables: Vec<(String, SchemaRef, Vec<String>)> = Vec::new();
-        for url in urls {
-            let mut client = Client::connect_with(url, options.clone()).await?;
-            for t in client.tables().await? {
-                let schema = match client.schema(&Plan::scan(&t.name)).await {
-                    Ok(s) => s,
-                    // Dropped since the listing: gone.
-                    Err(Error::Device {
-                        code: nearstore_proto::ErrorCode::UnknownTable,
-                        ..
-                    }) => continue,
-                    Err(e) => return Err(e),
-                };
-                match tables.iter_mut().find(|(n, _, _)| *n == t.name) {
-                    Some((_, s, devices)) => {
-                        if s.fields() != schema.fields() {
-                            return Err(Error::InvalidArgument(format!(
-                                "table '{}' has a different schema on {url} than on {}",
-                                t.name, devices[0]
-                            )));
-                        }
-                        devices.push(url.clone());
-                    }
-                    None => tables.push((t.name.clone(), schema, vec![url.clone()])),
-                }
-            }
-        }
+        let tables = list_tables(urls, &options).await?;
         // Kernels registered on any of the devices become SQL functions.
         let mut kernels: Vec<nearstore_proto::KernelInfo> = Vec::new();
         for url in urls {
@@ -133,6 +106,7 @@ impl SqlSession {
                     mode,
                     log: log.clone(),
                     top: None,
+                    driven: false,
                 };
                 ctx.register_table(name.as_str(), Arc::new(table))
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -342,4 +316,41 @@ async fn remote_context(
             .map_err(df)?;
     }
     Ok((ctx, store))
+}
+
+/// The tables of the devices at `urls`: (name, schema, devices holding it), in the order
+/// first seen; a table on several devices must have one schema.
+pub(super) async fn list_tables(
+    urls: &[String],
+    options: &ClientOptions,
+) -> Result<Vec<(String, SchemaRef, Vec<String>)>> {
+    // table -> (schema, devices holding it), in the order first seen.
+    let mut tables: Vec<(String, SchemaRef, Vec<String>)> = Vec::new();
+    for url in urls {
+        let mut client = Client::connect_with(url, options.clone()).await?;
+        for t in client.tables().await? {
+            let schema = match client.schema(&Plan::scan(&t.name)).await {
+                Ok(s) => s,
+                // Dropped since the listing: gone.
+                Err(Error::Device {
+                    code: nearstore_proto::ErrorCode::UnknownTable,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            };
+            match tables.iter_mut().find(|(n, _, _)| *n == t.name) {
+                Some((_, s, devices)) => {
+                    if s.fields() != schema.fields() {
+                        return Err(Error::InvalidArgument(format!(
+                            "table '{}' has a different schema on {url} than on {}",
+                            t.name, devices[0]
+                        )));
+                    }
+                    devices.push(url.clone());
+                }
+                None => tables.push((t.name.clone(), schema, vec![url.clone()])),
+            }
+        }
+    }
+    Ok(tables)
 }

@@ -106,6 +106,7 @@ pub(super) fn pushed_plan(
         plan: device,
         schema: Arc::new(arrow::datatypes::Schema::new(fields)),
         log: dev.log.clone(),
+        driven: dev.driven,
     };
     let source = datafusion::catalog::default_table_source::provider_as_source(Arc::new(table));
     let exprs: Vec<DfExpr> = out

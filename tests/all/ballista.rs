@@ -1,0 +1,231 @@
+//! Queries over devices distributed by Apache DataFusion Ballista: a scheduler and two
+//! executors, each its own `nearstore cluster` process, and three device processes with the
+//! TPC-H tables dealt over them. The 22 TPC-H queries equal the single-host answers; a scan
+//! reaches each device exactly once (the devices' query counters) even when Ballista packs
+//! several of a scan's partitions into one task; both executors ran tasks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use nearstore_proto::PutMode;
+use nearstore_sdk::{ClientOptions, Mode, SqlSession};
+
+use crate::support::{DeviceProcess, cli_bin, connect_retry, free_port, rows};
+
+/// A `nearstore cluster …` process, killed when dropped.
+struct ClusterProcess(Child);
+
+impl Drop for ClusterProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> ClusterProcess {
+    let log = std::fs::File::create(log).unwrap();
+    ClusterProcess(
+        Command::new(cli_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A scheduler and `executors` executors of `tasks` slots each; their logs and work
+/// directories under `dir`.
+struct Cluster {
+    url: String,
+    work_dirs: Vec<PathBuf>,
+    _procs: Vec<ClusterProcess>,
+}
+
+impl Cluster {
+    fn start(dir: &Path, executors: usize, tasks: usize) -> Cluster {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut procs = vec![spawn(
+            &["cluster", "scheduler", "--listen", &listen],
+            &dir.join("scheduler.log"),
+        )];
+        // The executors retry until the scheduler listens.
+        let mut work_dirs = Vec::new();
+        for i in 0..executors {
+            let work = dir.join(format!("executor-{i}"));
+            let (flight, grpc) = (free_port().to_string(), free_port().to_string());
+            let tasks = tasks.to_string();
+            let id = format!("executor-{i}");
+            procs.push(spawn(
+                &[
+                    "cluster",
+                    "executor",
+                    "--scheduler",
+                    &listen,
+                    "--flight-port",
+                    &flight,
+                    "--grpc-port",
+                    &grpc,
+                    "--tasks",
+                    &tasks,
+                    "--id",
+                    &id,
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                ],
+                &dir.join(format!("executor-{i}.log")),
+            ));
+            work_dirs.push(work);
+        }
+        Cluster {
+            url: format!("df://{listen}"),
+            work_dirs,
+            _procs: procs,
+        }
+    }
+}
+
+/// Files under `dir`, recursively.
+fn files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() { files(&p) } else { 1 }
+        })
+        .sum()
+}
+
+/// Three devices with every TPC-H table at SF 0.01 dealt over them in 5 000-row batches
+/// (round robin; a small table lands on the first device only).
+async fn dealt_tpch(devices: &[DeviceProcess]) {
+    for t in nearstore_runtime::demo::TPCH_TABLES {
+        let generated: Vec<RecordBatch> = nearstore_runtime::demo::tpch_batches(t, 0.01)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let all = arrow::compute::concat_batches(&generated[0].schema(), &generated).unwrap();
+        let batches: Vec<RecordBatch> = (0..all.num_rows())
+            .step_by(5000)
+            .map(|o| all.slice(o, 5000.min(all.num_rows() - o)))
+            .collect();
+        for (k, d) in devices.iter().enumerate() {
+            let mine: Vec<RecordBatch> = batches
+                .iter()
+                .skip(k)
+                .step_by(devices.len())
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut c = connect_retry(&d.url, Duration::from_secs(30)).await;
+            c.put_batches(t, PutMode::Create, mine).await.unwrap();
+        }
+    }
+}
+
+/// Each device's query counter.
+async fn queries(devices: &[DeviceProcess]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for d in devices {
+        let mut c = connect_retry(&d.url, Duration::from_secs(10)).await;
+        out.push(c.device_info().await.unwrap().queries);
+    }
+    out
+}
+
+/// Runs `q` on the cluster, retrying while the executors register (up to 60 s).
+async fn on_cluster(ctx: &datafusion::prelude::SessionContext, q: &str) -> Vec<RecordBatch> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match async { ctx.sql(q).await?.collect().await }.await {
+            Ok(b) => return b,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("cluster not ready ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{q}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpch_on_a_ballista_cluster_equals_one_host() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let devices: Vec<DeviceProcess> = dirs
+        .iter()
+        .map(|d| DeviceProcess::start(d.path(), &[]))
+        .collect();
+    let urls: Vec<String> = devices.iter().map(|d| d.url.clone()).collect();
+    dealt_tpch(&devices).await;
+    let work = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(work.path(), 2, 2);
+    let ctx = nearstore_ballista::connect(&cluster.url, &urls, &ClientOptions::default())
+        .await
+        .unwrap();
+    let host = SqlSession::connect_many(&urls, ClientOptions::default(), Mode::Offload)
+        .await
+        .unwrap();
+
+    // A plain scan of a table on three devices, with Ballista packing two of its three
+    // partitions into one task: every row once, and each device asked once.
+    let total = host.sql("select count(*) from lineitem").await.unwrap();
+    let total = rows(&total.batches)[0].clone();
+    on_cluster(&ctx, "set ballista.scheduler.max_partitions_per_task = 2").await;
+    let before = queries(&devices).await;
+    let scanned = on_cluster(&ctx, "select l_orderkey, l_linenumber from lineitem").await;
+    let after = queries(&devices).await;
+    let n: usize = scanned.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(
+        n.to_string(),
+        total,
+        "rows of a plain scan over three devices"
+    );
+    let asked: Vec<u64> = before.iter().zip(&after).map(|(b, a)| a - b).collect();
+    assert_eq!(asked, vec![1, 1, 1], "queries each device ran for one scan");
+    // The same for a pushed aggregate (one partition merging the three devices' partials).
+    let before = queries(&devices).await;
+    let counted = on_cluster(&ctx, "select count(*) from lineitem").await;
+    let after = queries(&devices).await;
+    assert_eq!(rows(&counted), vec![total.clone()]);
+    let asked: Vec<u64> = before.iter().zip(&after).map(|(b, a)| a - b).collect();
+    assert_eq!(
+        asked,
+        vec![1, 1, 1],
+        "queries each device ran for one pushed count"
+    );
+    on_cluster(&ctx, "set ballista.scheduler.max_partitions_per_task = 0").await;
+
+    // The 22 queries: the cluster's answers are the single host's.
+    let mut problems = Vec::new();
+    for (name, q) in crate::sql::QUERIES {
+        let want = rows(&host.sql(q).await.unwrap().batches);
+        let got = match async { ctx.sql(q).await?.collect().await }.await {
+            Ok(b) => rows(&b),
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        if got != want {
+            problems.push(format!(
+                "{name}: cluster {} rows, host {} rows; first cluster rows {:?}, host {:?}",
+                got.len(),
+                want.len(),
+                got.iter().take(3).collect::<Vec<_>>(),
+                want.iter().take(3).collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Both executors ran tasks (each task leaves its shuffle output in its work directory).
+    for d in &cluster.work_dirs {
+        assert!(files(d) > 0, "{} ran no task", d.display());
+    }
+}
