@@ -198,6 +198,12 @@ impl ExecutionPlan for DeviceScanExec {
         self.driver.iter().collect()
     }
 
+    // A driver's partitions are the devices each partition scans (all of them, merged, for a
+    // pushed plan): repartitioning it would split a merge.
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false; self.children().len()]
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
