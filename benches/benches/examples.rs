@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use nearstore_benches::example_data::example_rows;
 use nearstore_proto::PutMode;
 use nearstore_runtime::{Device, DeviceConfig};
 use nearstore_sdk::{Client, ClientOptions, Mode, SqlSession};
+use nearstore_test_support::example_data::example_rows;
 
 const RUNS: usize = 5;
 

@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use nearstore_benches::example_data::example_rows;
 use nearstore_benches::median;
+use nearstore_test_support::example_data::example_rows;
 
 const RUNS: usize = 5;
 

@@ -5,8 +5,6 @@
 //! with the io_uring reader, the pread reader and `fio --ioengine=io_uring`, interleaved over
 //! several rounds. The `reader` bench (`benches/reader.rs`) is its command-line front end.
 
-pub mod example_data;
-
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;

@@ -12,7 +12,7 @@ use arrow::array::RecordBatch;
 use nearstore_proto::PutMode;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::support::{DeviceProcess, cli_bin, connect_retry, free_port, rows};
+use crate::support::{DeviceProcess, cli_bin, connect_retry, free_port, rows, tpch_slices};
 
 /// A `nearstore cluster …` process, killed when dropped.
 struct ClusterProcess(Child);
@@ -105,15 +105,7 @@ fn files(dir: &Path) -> usize {
 /// (round robin; a small table lands on the first device only).
 async fn dealt_tpch(devices: &[DeviceProcess]) {
     for t in nearstore_runtime::demo::TPCH_TABLES {
-        let generated: Vec<RecordBatch> = nearstore_runtime::demo::tpch_batches(t, 0.01)
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect();
-        let all = arrow::compute::concat_batches(&generated[0].schema(), &generated).unwrap();
-        let batches: Vec<RecordBatch> = (0..all.num_rows())
-            .step_by(5000)
-            .map(|o| all.slice(o, 5000.min(all.num_rows() - o)))
-            .collect();
+        let batches = tpch_slices(t, 0.01, 5000);
         for (k, d) in devices.iter().enumerate() {
             let mine: Vec<RecordBatch> = batches
                 .iter()

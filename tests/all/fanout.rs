@@ -6,7 +6,7 @@ use arrow::array::RecordBatch;
 use nearstore_proto::PutMode;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::support::{DeviceProcess, connect_retry, rows};
+use crate::support::{DeviceProcess, connect_retry, rows, tpch_slices};
 
 const QUERIES: &[&str] = &[
     // Q1: grouped sums, decimal averages, counts.
@@ -42,15 +42,7 @@ async fn three_devices_answer_like_one_device_holding_everything() {
     let (parts, whole) = (&procs[..3], &procs[3]);
 
     // lineitem at SF 0.01: batches dealt round-robin to the three parts, all of it to `whole`.
-    let generated: Vec<RecordBatch> = nearstore_runtime::demo::tpch_batches("lineitem", 0.01)
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect();
-    let all = arrow::compute::concat_batches(&generated[0].schema(), &generated).unwrap();
-    let batches: Vec<RecordBatch> = (0..all.num_rows())
-        .step_by(5000)
-        .map(|o| all.slice(o, 5000.min(all.num_rows() - o)))
-        .collect();
+    let batches = tpch_slices("lineitem", 0.01, 5000);
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut c = connect_retry(&whole.url, std::time::Duration::from_secs(20)).await;
     c.put_batches("lineitem", PutMode::Create, batches.clone())

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::RecordBatch;
 use nearstore_proto::{ErrorCode, PutMode};
 use nearstore_sdk::{ClientOptions, Error, Mode, SqlSession};
 
@@ -21,7 +21,13 @@ pub(crate) fn kernel_target() -> PathBuf {
 }
 
 fn nearstore(args: &[&str], cwd: &Path) -> (String, String) {
-    let out = Command::new(cli_bin())
+    run_bin(&cli_bin(), args, cwd)
+}
+
+/// Runs the `nearstore` binary at `bin` in `cwd` (no device or token from the environment):
+/// its stdout and stderr, or a panic with both when it fails.
+pub(crate) fn run_bin(bin: &Path, args: &[&str], cwd: &Path) -> (String, String) {
+    let out = Command::new(bin)
         .args(args)
         .current_dir(cwd)
         .env_remove("NEARSTORE_DEVICE")
@@ -244,42 +250,9 @@ async fn a_new_kernel_goes_from_scaffold_to_sql() {
     dev.stop().await;
 }
 
-/// A table of strings and points for the example kernels.
+/// A table of strings and points for the example kernels: 20 000 generated rows.
 pub(crate) fn examples_table() -> RecordBatch {
-    let n = 20_000usize;
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let words = ["ab", "cd", "abc", "special", "requests", "x", ""];
-    let mut s = Vec::new();
-    let mut px = Vec::new();
-    let mut py = Vec::new();
-    for i in 0..n {
-        let k = 1 + (next() % 4) as usize;
-        let text: Vec<&str> = (0..k).map(|_| words[(next() % 7) as usize]).collect();
-        s.push((i % 11 != 5).then(|| text.join(" ")));
-        px.push((i % 13 != 7).then(|| (next() % 2000) as f64 / 10.0 - 100.0));
-        py.push(Some((next() % 2000) as f64 / 10.0 - 100.0));
-    }
-    RecordBatch::try_from_iter(vec![
-        (
-            "id",
-            std::sync::Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef,
-        ),
-        ("s", std::sync::Arc::new(StringArray::from(s)) as ArrayRef),
-        ("x", std::sync::Arc::new(Float64Array::from(px)) as ArrayRef),
-        ("y", std::sync::Arc::new(Float64Array::from(py)) as ArrayRef),
-        (
-            "g",
-            std::sync::Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 5)))
-                as ArrayRef,
-        ),
-    ])
-    .unwrap()
+    nearstore_test_support::example_data::example_rows(0, 20_000)
 }
 
 /// Runs the kernel query and its host-side equivalent: the host's has rows and both have the

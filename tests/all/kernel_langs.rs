@@ -12,25 +12,12 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use nearstore_proto::PutMode;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::kernel_dev::{examples_table, kernel_target, same_rows};
+use crate::kernel_dev::{examples_table, kernel_target, run_bin, same_rows};
 use crate::support::{TestDevice, cli_bin, sorted_rows};
 
 /// Runs the binary at `bin` in `cwd`; its stdout, or a panic with both streams.
 fn run(bin: &Path, args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("NEARSTORE_DEVICE")
-        .env_remove("NEARSTORE_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nearstore {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    run_bin(bin, args, cwd).0
 }
 
 /// 10 000 rows: ids, integer-valued floats with NULLs (so sums of squares are exact), and 6

@@ -270,3 +270,16 @@ pub fn sorted_rows(r: &nearstore_sdk::SqlResult) -> Vec<String> {
     v.sort();
     v
 }
+
+/// TPC-H `table` at `scale` as generated, cut into batches of `rows` rows.
+pub fn tpch_slices(table: &str, scale: f64, rows: usize) -> Vec<RecordBatch> {
+    let generated: Vec<RecordBatch> = nearstore_runtime::demo::tpch_batches(table, scale)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let all = arrow::compute::concat_batches(&generated[0].schema(), &generated).unwrap();
+    (0..all.num_rows())
+        .step_by(rows)
+        .map(|o| all.slice(o, rows.min(all.num_rows() - o)))
+        .collect()
+}
