@@ -10,6 +10,9 @@
 //! - [`connect`] makes a client session: the devices' tables registered on a context whose
 //!   queries run on the cluster.
 //!
+//! - [`placement`]: executors declare the devices near them, and the scheduler runs a
+//!   device's scan tasks on such an executor.
+//!
 //! Ballista packs several partitions into one task and trims each task's plan to its own
 //! partitions, which it knows how to do only for its own leaves (shuffle readers, file and
 //! in-memory sources); a custom leaf with N partitions would be left whole and every task
@@ -17,8 +20,11 @@
 //! ([`nearstore_sdk::sql::DeviceScanExec::driven`]): a non-leaf node over an in-memory source
 //! with one partition per device whose rows name the device, which Ballista trims correctly.
 
+pub mod placement;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
@@ -158,14 +164,17 @@ fn state(config: SessionConfig) -> datafusion::common::Result<datafusion::execut
     Ok(b.build())
 }
 
-/// Runs a scheduler on `listen` until the process ends.
-pub async fn scheduler(listen: SocketAddr) -> Result<()> {
+/// Runs a scheduler on `listen` until the process ends. A device's scan task waits up to
+/// `locality_wait` for a busy executor near the device (see [`placement`]).
+pub async fn scheduler(listen: SocketAddr, locality_wait: Duration) -> Result<()> {
     use ballista_scheduler::cluster::BallistaCluster;
-    use ballista_scheduler::config::SchedulerConfig;
+    use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
+    let policy = Arc::new(placement::NearDevices::new(locality_wait));
     let mut c = SchedulerConfig {
         bind_host: listen.ip().to_string(),
         bind_port: listen.port(),
         external_host: listen.ip().to_string(),
+        task_distribution: TaskDistributionPolicy::Custom(policy.clone()),
         ..Default::default()
     };
     c.override_logical_codec = Some(Arc::new(LogicalCodec::default()));
@@ -175,6 +184,7 @@ pub async fn scheduler(listen: SocketAddr) -> Result<()> {
     let cluster = BallistaCluster::new_from_config(&c)
         .await
         .context("setting up the scheduler's cluster state")?;
+    policy.set_cluster(cluster.cluster_state());
     ballista_scheduler::scheduler_process::start_server(cluster, listen, Arc::new(c))
         .await
         .context("running the scheduler")?;
@@ -196,6 +206,8 @@ pub struct ExecutorOptions {
     pub tasks: usize,
     /// Its name (also in the scheduler's logs); a unique one is made when empty.
     pub id: String,
+    /// The devices near it, as clients name them: their scans prefer it.
+    pub near_devices: Vec<String>,
     /// Where its shuffle files go.
     pub work_dir: std::path::PathBuf,
 }
@@ -220,6 +232,7 @@ pub async fn executor(o: ExecutorOptions) -> Result<()> {
     if !o.id.is_empty() {
         c.executor_id = o.id.clone();
     }
+    c.executor_id = placement::executor_id(&c.executor_id, &o.near_devices);
     c.override_logical_codec = Some(Arc::new(LogicalCodec::default()));
     c.override_physical_codec = Some(Arc::new(PhysicalCodec::default()));
     c.override_config_producer = Some(Arc::new(config));

@@ -74,7 +74,10 @@ fn main() {
         }
 
         let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        tokio::spawn(nearstore_ballista::scheduler(listen));
+        tokio::spawn(nearstore_ballista::scheduler(
+            listen,
+            std::time::Duration::from_secs(3),
+        ));
         let work = tempfile::tempdir().unwrap();
         for i in 0..2 {
             tokio::spawn(nearstore_ballista::executor(nearstore_ballista::ExecutorOptions {
@@ -84,6 +87,8 @@ fn main() {
                 grpc_port: free_port(),
                 tasks: 2,
                 id: format!("bench-executor-{i}"),
+                // Each executor near two of the four devices.
+                near_devices: urls.iter().skip(i).step_by(2).cloned().collect(),
                 work_dir: work.path().join(format!("e{i}")),
             }));
         }

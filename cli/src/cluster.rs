@@ -23,6 +23,10 @@ pub struct SchedulerArgs {
     /// Address to listen on (and advertise to executors).
     #[arg(long, default_value = "127.0.0.1:50050")]
     pub listen: SocketAddr,
+    /// How long a device's scan task waits for a busy executor near the device before any
+    /// executor takes it, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub locality_wait_ms: u64,
 }
 
 /// `cluster executor` arguments.
@@ -49,6 +53,10 @@ pub struct ExecutorArgs {
     /// Directory for shuffle files [default: a directory under the system's temporary one].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// A device near this executor (repeatable), by the URL clients use for it: the
+    /// scheduler runs that device's scan tasks here when this executor has a free slot.
+    #[arg(long = "near-device", value_name = "URL")]
+    pub near_devices: Vec<String>,
 }
 
 /// Runs a `cluster` subcommand until the process is stopped.
@@ -56,7 +64,8 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Scheduler(a) => {
             eprintln!("Ballista scheduler on {}", a.listen);
-            nearstore_ballista::scheduler(a.listen).await
+            let wait = std::time::Duration::from_millis(a.locality_wait_ms);
+            nearstore_ballista::scheduler(a.listen, wait).await
         }
         ClusterCommand::Executor(a) => {
             let work_dir = a.work_dir.unwrap_or_else(|| {
@@ -70,6 +79,12 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
                 "Ballista executor on {}:{} (flight) / {} (grpc), scheduler {}",
                 a.host, a.flight_port, a.grpc_port, a.scheduler
             );
+            for d in &a.near_devices {
+                eprintln!(
+                    "near device {d} (tag {})",
+                    nearstore_ballista::placement::near_tag(d)
+                );
+            }
             nearstore_ballista::executor(nearstore_ballista::ExecutorOptions {
                 scheduler: a.scheduler,
                 host: a.host,
@@ -77,6 +92,7 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
                 grpc_port: a.grpc_port,
                 tasks: a.tasks,
                 id: a.id,
+                near_devices: a.near_devices,
                 work_dir,
             })
             .await

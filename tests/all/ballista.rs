@@ -2,7 +2,8 @@
 //! executors, each its own `nearstore cluster` process, and three device processes with the
 //! TPC-H tables dealt over them. The 22 TPC-H queries equal the single-host answers; a scan
 //! reaches each device exactly once (the devices' query counters) even when Ballista packs
-//! several of a scan's partitions into one task; both executors ran tasks.
+//! several of a scan's partitions into one task; both executors ran tasks, and each device's
+//! scans ran on the executor that declared the device near it (the executors' logs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,9 @@ fn spawn(args: &[&str], log: &Path) -> ClusterProcess {
     ClusterProcess(
         Command::new(cli_bin())
             .args(args)
+            // The SDK logs each device scan (with the devices it reaches) at debug level.
+            .env("NEARSTORE_LOG", "warn,nearstore_sdk=debug")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -36,53 +40,66 @@ fn spawn(args: &[&str], log: &Path) -> ClusterProcess {
     )
 }
 
-/// A scheduler and `executors` executors of `tasks` slots each; their logs and work
-/// directories under `dir`.
+/// A scheduler and one executor of `tasks` slots per entry of `near` (the devices near it);
+/// their logs and work directories under `dir`. A scan task waits for its device's executor
+/// as long as the test runs, so placement is never traded for a free slot here.
 struct Cluster {
     url: String,
     work_dirs: Vec<PathBuf>,
+    logs: Vec<PathBuf>,
     _procs: Vec<ClusterProcess>,
 }
 
 impl Cluster {
-    fn start(dir: &Path, executors: usize, tasks: usize) -> Cluster {
+    fn start(dir: &Path, near: &[Vec<String>], tasks: usize) -> Cluster {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut procs = vec![spawn(
-            &["cluster", "scheduler", "--listen", &listen],
+            &[
+                "cluster",
+                "scheduler",
+                "--listen",
+                &listen,
+                "--locality-wait-ms",
+                "3600000",
+            ],
             &dir.join("scheduler.log"),
         )];
         // The executors retry until the scheduler listens.
-        let mut work_dirs = Vec::new();
-        for i in 0..executors {
+        let (mut work_dirs, mut logs) = (Vec::new(), Vec::new());
+        for (i, devices) in near.iter().enumerate() {
             let work = dir.join(format!("executor-{i}"));
             let (flight, grpc) = (free_port().to_string(), free_port().to_string());
             let tasks = tasks.to_string();
             let id = format!("executor-{i}");
-            procs.push(spawn(
-                &[
-                    "cluster",
-                    "executor",
-                    "--scheduler",
-                    &listen,
-                    "--flight-port",
-                    &flight,
-                    "--grpc-port",
-                    &grpc,
-                    "--tasks",
-                    &tasks,
-                    "--id",
-                    &id,
-                    "--work-dir",
-                    work.to_str().unwrap(),
-                ],
-                &dir.join(format!("executor-{i}.log")),
-            ));
+            let mut args = vec![
+                "cluster",
+                "executor",
+                "--scheduler",
+                &listen,
+                "--flight-port",
+                &flight,
+                "--grpc-port",
+                &grpc,
+                "--tasks",
+                &tasks,
+                "--id",
+                &id,
+                "--work-dir",
+                work.to_str().unwrap(),
+            ];
+            for d in devices {
+                args.extend(["--near-device", d.as_str()]);
+            }
+            let log = dir.join(format!("executor-{i}.log"));
+            procs.push(spawn(&args, &log));
             work_dirs.push(work);
+            logs.push(log);
         }
         Cluster {
             url: format!("df://{listen}"),
             work_dirs,
+            logs,
             _procs: procs,
         }
     }
@@ -157,7 +174,9 @@ async fn tpch_on_a_ballista_cluster_equals_one_host() {
     let urls: Vec<String> = devices.iter().map(|d| d.url.clone()).collect();
     dealt_tpch(&devices).await;
     let work = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(work.path(), 2, 2);
+    // Executor 0 is near the first two devices, executor 1 near the third.
+    let near = vec![urls[..2].to_vec(), urls[2..].to_vec()];
+    let cluster = Cluster::start(work.path(), &near, 2);
     let ctx = nearstore_ballista::connect(&cluster.url, &urls, &ClientOptions::default())
         .await
         .unwrap();
@@ -220,4 +239,50 @@ async fn tpch_on_a_ballista_cluster_equals_one_host() {
     for d in &cluster.work_dirs {
         assert!(files(d) > 0, "{} ran no task", d.display());
     }
+    // Every partition of a scan of lineitem or orders (the tables on all three devices) ran
+    // on the executor near its device, and each executor ran some. Not checked: a pushed
+    // plan's scan (one partition reaching every device, run anywhere) and the build side of a
+    // broadcast join (the small tables, on the first device only: DataFusion's collect-left
+    // join runs it inside every task of the join's stage, on whichever executor the stage's
+    // own partitions went to).
+    for (log, mine) in cluster.logs.iter().zip(&near) {
+        let text = std::fs::read_to_string(log).unwrap();
+        let single = single_device_scans(&text, &urls);
+        assert!(
+            !single.is_empty(),
+            "{} ran no single-device scan",
+            log.display()
+        );
+        let elsewhere: Vec<&str> = single
+            .iter()
+            .filter(|(u, _)| !mine.contains(u))
+            .map(|(_, line)| line.as_str())
+            .collect();
+        assert!(
+            elsewhere.is_empty(),
+            "{} scanned devices it is not near: {elsewhere:?} (near {mine:?})",
+            log.display()
+        );
+    }
+}
+
+/// The device of each scan of lineitem or orders in an executor's log that reached exactly
+/// one of `urls`, with its log line.
+fn single_device_scans(log: &str, urls: &[String]) -> Vec<(String, String)> {
+    log.lines()
+        .filter(|l| {
+            l.contains("device scan")
+                && (l.contains("table=lineitem ") || l.contains("table=orders "))
+        })
+        .filter_map(|l| {
+            let named: Vec<&String> = urls
+                .iter()
+                .filter(|u| l.contains(&format!("\"{u}\"")))
+                .collect();
+            match named.as_slice() {
+                [one] => Some(((*one).clone(), l.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
 }

@@ -130,6 +130,42 @@ impl DeviceScanExec {
         Ok(self)
     }
 
+    /// The device URLs each of its partitions reaches, by partition: one device for a plain
+    /// scan, every device for a pushed plan (merged in its one partition). A driven scan's are
+    /// read from its in-memory driver, as [`ExecutionPlan::execute`] reads them.
+    pub fn partition_devices(&self) -> Vec<Vec<&str>> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::UInt32Type;
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::datasource::source::DataSourceExec;
+        let memory = self
+            .driver
+            .as_ref()
+            .and_then(|d| d.downcast_ref::<DataSourceExec>())
+            .and_then(|d| d.data_source().downcast_ref::<MemorySourceConfig>());
+        if let Some(m) = memory {
+            let url = |id: &u32| self.urls.get(*id as usize).map(String::as_str);
+            return m
+                .partitions()
+                .iter()
+                .map(|batches| {
+                    batches
+                        .iter()
+                        .filter_map(|b| {
+                            b.column_by_name(DRIVER_COLUMN)?
+                                .as_primitive_opt::<UInt32Type>()
+                        })
+                        .flat_map(|ids| ids.values().iter().filter_map(url))
+                        .collect()
+                })
+                .collect();
+        }
+        match self.layout {
+            Some(_) => vec![self.urls.iter().map(String::as_str).collect()],
+            None => self.urls.iter().map(|u| vec![u.as_str()]).collect(),
+        }
+    }
+
     /// The same scan without its driver.
     pub(super) fn copy(&self) -> Self {
         DeviceScanExec::new(
@@ -255,6 +291,7 @@ impl ExecutionPlan for DeviceScanExec {
                 None => urls,
                 Some(d) => driver_urls(d, &all).await?,
             };
+            tracing::debug!(table = %plan.table, devices = ?urls, "device scan");
             let runs = urls.iter().map(|url| {
                 let (options, plan, log) = (options.clone(), plan.clone(), log.clone());
                 async move {
