@@ -26,4 +26,4 @@ pub use client::{Client, ClientOptions, MESSAGE_BYTES_MAX, QueryResult, UPLOAD_C
 pub use error::{Error, Result};
 pub use nearstore_proto as proto;
 pub use query::Query;
-pub use sql::{Mode, SqlResult, SqlSession};
+pub use sql::{DECISION_TTL, Mode, SqlResult, SqlSession};

@@ -109,6 +109,20 @@ async fn auto_mode_runs_the_mode_its_learnt_costs_predict_fastest() {
         let t = transfer.sql(q).await.unwrap();
         assert_eq!(sorted_rows(&a), sorted_rows(&t), "{q}");
     }
+    // The same text again reuses the decision (and says so); a decision alone is fresh.
+    let again = auto.sql(q6).await.unwrap();
+    assert!(
+        again.reason.starts_with("the decision of ") && again.reason.contains("predicted offload"),
+        "{}",
+        again.reason
+    );
+    assert!(
+        auto.decide(q6)
+            .await
+            .unwrap()
+            .1
+            .starts_with("predicted offload")
+    );
     // Q6's filter is on unsorted columns: the statistics cannot narrow it, the sample can.
     let (_, why) = auto.decide(q6).await.unwrap();
     assert_eq!(pct_after(&why, "at most "), 100.0, "{why}");

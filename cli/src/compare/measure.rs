@@ -1,7 +1,8 @@
 //! Measuring one query in the three modes: offload, remote scan and full transfer, run in
 //! rounds whose mode order alternates (so neither warms the caches for another every time),
-//! with the median, minimum and maximum wall time of each; and Auto mode's choice for it,
-//! made before the query's own runs.
+//! with the median, minimum and maximum wall time of each; and Auto mode run beside them in
+//! the same rounds (its first run decides; later runs of the same text reuse the decision,
+//! as [`nearstore_sdk::DECISION_TTL`] allows).
 
 use std::time::Instant;
 
@@ -46,8 +47,8 @@ impl Sessions {
         Ok(sessions)
     }
 
-    fn in_order(&self) -> [&SqlSession; 3] {
-        [&self.offload, &self.remote, &self.transfer]
+    fn in_order(&self) -> [&SqlSession; 4] {
+        [&self.offload, &self.remote, &self.transfer, &self.auto]
     }
 }
 
@@ -56,38 +57,42 @@ pub(super) struct Measured {
     pub offload: (SqlResult, ModeFigures),
     pub remote: (SqlResult, ModeFigures),
     pub transfer: (SqlResult, ModeFigures),
-    /// Auto's choice, the decision's wall time (ms) and its reason.
-    pub auto: (Mode, f64, String),
+    /// Auto's runs: the last result (its mode and reason) and their figures.
+    pub auto: (SqlResult, ModeFigures),
+    /// Auto's first run's wall time (ms): the one that decided.
+    pub auto_first_ms: f64,
+    /// A decision on its own before the runs: its wall time (ms).
+    pub decide_ms: f64,
 }
 
 impl Measured {
-    /// Auto's choice with its regret: (decision + the chosen mode's median) / the fastest
-    /// mode's median.
+    /// Auto's choice with its regret: Auto's median wall time / the fastest mode's median,
+    /// and its first run's (the decision's own cost included) / the same.
     pub fn auto_choice(&self) -> AutoChoice {
-        let (mode, decide_ms, reason) = &self.auto;
-        let ms = [
+        let (r, fig) = &self.auto;
+        let best = [
             self.offload.1.wall_ms,
             self.remote.1.wall_ms,
             self.transfer.1.wall_ms,
-        ];
-        let chosen = match mode {
-            Mode::RemoteScan => ms[1],
-            Mode::FullTransfer => ms[2],
-            _ => ms[0],
-        };
-        let best = ms.into_iter().fold(f64::INFINITY, f64::min).max(1e-3);
+        ]
+        .into_iter()
+        .fold(f64::INFINITY, f64::min)
+        .max(1e-3);
         AutoChoice {
-            mode: mode.as_str().to_string(),
-            decide_ms: *decide_ms,
-            regret: (decide_ms + chosen) / best,
-            reason: reason.clone(),
+            mode: r.mode.as_str().to_string(),
+            decide_ms: self.decide_ms,
+            regret: fig.wall_ms / best,
+            first_regret: self.auto_first_ms / best,
+            reason: r.reason.clone(),
         }
     }
 
-    /// Whether the three modes returned the same rows.
+    /// Whether the three modes and Auto returned the same rows.
     pub fn equal(&self) -> bool {
         let t = canonical(&self.transfer.0);
-        canonical(&self.offload.0) == t && canonical(&self.remote.0) == t
+        canonical(&self.offload.0) == t
+            && canonical(&self.remote.0) == t
+            && canonical(&self.auto.0) == t
     }
 }
 
@@ -102,8 +107,8 @@ struct Samples {
     last: Option<SqlResult>,
 }
 
-/// Runs `sql` `runs` times in each mode: round `i` runs offload, remote, transfer when `i` is
-/// even and the reverse when it is odd. Wall time is the SQL call as the host sees it
+/// Runs `sql` `runs` times in each mode and in Auto: round `i` runs offload, remote, transfer,
+/// Auto when `i` is even and the reverse when it is odd. Wall time is the SQL call as the host sees it
 /// (planning, every device call, host operators); device time is each call's `call_us`
 /// (receipt of the call to the last byte leaving the device) summed over scans, and the
 /// executor's part of it (`total_us`) is kept beside it; a remote scan has neither (the device
@@ -114,13 +119,14 @@ pub(super) async fn measure(
     runs: usize,
     device: Option<&DeviceChild>,
 ) -> Result<Measured> {
-    // Auto decides first, from what the device and the host learnt before this query.
+    // A decision on its own first, for its time (Auto's runs below decide again on their
+    // first run: a decision is kept by the session that ran the query, not by `decide`).
     let t = Instant::now();
-    let (mode, why) = sessions.auto.decide(sql).await?;
-    let auto = (mode, t.elapsed().as_secs_f64() * 1e3, why);
-    let mut samples: [Samples; 3] = Default::default();
+    sessions.auto.decide(sql).await?;
+    let decide_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut samples: [Samples; 4] = Default::default();
     for round in 0..runs.max(1) {
-        let mut order = [0usize, 1, 2];
+        let mut order = [0usize, 1, 2, 3];
         if round % 2 == 1 {
             order.reverse();
         }
@@ -141,12 +147,15 @@ pub(super) async fn measure(
             x.last = Some(r);
         }
     }
-    let [o, rm, t] = samples.map(figures);
+    let auto_first_ms = samples[3].walls[0];
+    let [o, rm, t, a] = samples.map(figures);
     Ok(Measured {
         offload: o,
         remote: rm,
         transfer: t,
-        auto,
+        auto: a,
+        auto_first_ms,
+        decide_ms,
     })
 }
 

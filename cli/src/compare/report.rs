@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 6;
+pub const REPORT_VERSION: u32 = 7;
 
 /// One mode's figures for one query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -62,10 +62,13 @@ pub struct ShapedRun {
 pub struct AutoChoice {
     /// The mode chosen (`offload`, `remote` or `transfer`).
     pub mode: String,
-    /// The decision's wall time, ms (the devices' estimates and the host's planning).
+    /// A decision's wall time, ms (the devices' estimates and the host's planning).
     pub decide_ms: f64,
-    /// (decision time + the chosen mode's median wall time) / the fastest mode's median.
+    /// Auto's median wall time (its runs of the query beside the three modes') / the fastest
+    /// mode's median.
     pub regret: f64,
+    /// Auto's first run's wall time (the one that decided) / the fastest mode's median.
+    pub first_regret: f64,
     /// The predicted times and rates, as Auto gave them.
     pub reason: String,
 }

@@ -22,10 +22,15 @@ impl SqlSession {
         let (Some(transfer_ctx), Some(remote_ctx)) = (&self.transfer, &self.remote_ctx) else {
             return Ok((self.mode(), "set by the session".into()));
         };
-        // Both plans, then every device's estimate of each, at once: the decision is paid
-        // for by every query Auto runs.
-        let (offload_scans, transfer_scans) =
-            futures::join!(scans_of(&self.ctx, query), scans_of(transfer_ctx, query));
+        // The three plans, then every device's estimate of each, at once: the decision is
+        // paid for by every query Auto runs.
+        let started = std::time::Instant::now();
+        let (offload_scans, transfer_scans, remote_ok) = futures::join!(
+            scans_of(&self.ctx, query),
+            scans_of(transfer_ctx, query),
+            async { remote_ctx.sql(query).await.is_ok() }
+        );
+        let planned = started.elapsed();
         let offload_scans = offload_scans?;
         // A query full transfer cannot plan is not its (nothing to price, not free).
         let transfer_ok = transfer_scans.is_ok();
@@ -34,6 +39,7 @@ impl SqlSession {
             self.estimates(&offload_scans),
             self.estimates(&transfer_scans)
         );
+        let estimated = started.elapsed() - planned;
         let (host_remote, host_ingest) = cost::host_rates();
         // Per scan the slowest device, summed over scans.
         let (mut offload, mut remote, mut transfer) = (
@@ -61,7 +67,7 @@ impl SqlSession {
             ..Default::default()
         };
         // Remote scan cannot call kernel functions: a query it cannot plan is not its.
-        if remote_ctx.sql(query).await.is_ok() {
+        if remote_ok {
             costs.remote = Some(remote.iter().sum());
         }
         if let (true, Ok(est)) = (transfer_ok, transfer_est) {
@@ -81,7 +87,8 @@ impl SqlSession {
         let why = format!(
             "predicted {}; the filters likely keep {:.2} % of the rows ({} sampled; at most \
              {:.2} % by the statistics); device: scan {}, compute {} and {}, link {}{}, round \
-             trip {}, range reads {}; host: remote scan {}, full-transfer ingest {}",
+             trip {}, range reads {}; host: remote scan {}, full-transfer ingest {}; decided \
+             in {:.1} ms (planning {:.1} ms, the devices' estimates {:.1} ms)",
             costs.describe(),
             pct(likely),
             sampled,
@@ -99,6 +106,9 @@ impl SqlSession {
             learnt(r.range_bytes_per_s, 1e6, "MB/s"),
             learnt(host_remote, 1e6, "MB/s"),
             learnt(host_ingest, 1e6, "MB/s"),
+            started.elapsed().as_secs_f64() * 1e3,
+            planned.as_secs_f64() * 1e3,
+            estimated.as_secs_f64() * 1e3,
         );
         Ok((mode, why))
     }

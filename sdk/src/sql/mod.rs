@@ -52,7 +52,7 @@ pub use provider::DeviceTable;
 pub use remote::{DeviceStore, RemoteReads};
 pub use rules::{PushAggregates, PushKernelProjections, PushTopK};
 pub use scan::DeviceScanExec;
-pub use session::SqlSession;
+pub use session::{DECISION_TTL, SqlSession};
 pub use translate::to_plan_expr;
 pub use udf::{KernelUdaf, KernelUdf};
 
@@ -68,7 +68,8 @@ pub enum Mode {
     RemoteScan,
     /// Choose offload, remote scan or full transfer per query, whichever a cost model
     /// predicts to be fastest from the devices' estimates of the plans and rates learnt from
-    /// the devices' telemetry and the host's own runs (see [`SqlSession::decide`]).
+    /// the devices' telemetry and the host's own runs (see [`SqlSession::decide`]). A query
+    /// run again with the same text within [`DECISION_TTL`] reuses its decision.
     Auto,
 }
 

@@ -38,6 +38,24 @@ pub struct SqlSession {
     pub(super) options: ClientOptions,
     /// The tables and their schemas, in the order first seen.
     tables: Vec<(String, SchemaRef)>,
+    /// For [`Mode::Auto`]: recent decisions by query text (see [`DECISION_TTL`]).
+    decisions: std::sync::Mutex<std::collections::HashMap<String, Decision>>,
+}
+
+/// How long [`Mode::Auto`] reuses a decision for the same query text. Every mode returns the
+/// same answer, so a stale decision can only cost time, never correctness; the bound keeps
+/// what the rates learnt since then, and data appended since, from being ignored for long.
+pub const DECISION_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Decisions kept at most (the oldest half is dropped past it).
+const DECISIONS_KEPT: usize = 256;
+
+/// A decision of [`Mode::Auto`]'s: when, which mode, why.
+#[derive(Clone)]
+struct Decision {
+    at: std::time::Instant,
+    mode: Mode,
+    reason: String,
 }
 
 impl fmt::Debug for SqlSession {
@@ -145,6 +163,7 @@ impl SqlSession {
             clients,
             options: options.clone(),
             tables: tables.into_iter().map(|(n, s, _)| (n, s)).collect(),
+            decisions: Default::default(),
         })
     }
 
@@ -209,13 +228,50 @@ impl SqlSession {
         if self.mode != Mode::Auto {
             return Ok((self.mode, "set by the session".to_string(), &self.ctx));
         }
-        let (m, reason) = self.decide(query).await?;
+        let (m, reason) = self.decide_or_reuse(query).await?;
         let ctx = match m {
             Mode::FullTransfer => self.transfer.as_ref(),
             Mode::RemoteScan => self.remote_ctx.as_ref(),
             _ => None,
         };
         Ok((m, reason, ctx.unwrap_or(&self.ctx)))
+    }
+
+    /// Auto's decision for `query`: the one made for the same text within [`DECISION_TTL`],
+    /// else a new one (kept for later).
+    async fn decide_or_reuse(&self, query: &str) -> Result<(Mode, String)> {
+        let now = std::time::Instant::now();
+        let recent = {
+            let kept = self.decisions.lock().expect("decisions");
+            kept.get(query)
+                .filter(|d| now.duration_since(d.at) < DECISION_TTL)
+                .cloned()
+        };
+        if let Some(d) = recent {
+            let age = now.duration_since(d.at).as_secs_f64();
+            return Ok((
+                d.mode,
+                format!(
+                    "the decision of {age:.1} s ago for this query: {}",
+                    d.reason
+                ),
+            ));
+        }
+        let (mode, reason) = self.decide(query).await?;
+        let mut kept = self.decisions.lock().expect("decisions");
+        if kept.len() >= DECISIONS_KEPT {
+            let mut ages: Vec<std::time::Instant> = kept.values().map(|d| d.at).collect();
+            ages.sort();
+            let cut = ages[ages.len() / 2];
+            kept.retain(|_, d| d.at > cut);
+        }
+        let d = Decision {
+            at: now,
+            mode,
+            reason: reason.clone(),
+        };
+        kept.insert(query.to_string(), d);
+        Ok((mode, reason))
     }
 
     async fn run(
