@@ -248,7 +248,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
     let cases = suite(max_key);
     let child = started.as_ref().map(|(_, d)| d);
     eprintln!(
-        "loopback: {} queries x 3 modes x {} runs",
+        "loopback: {} queries x (3 modes and Auto) x {} runs",
         cases.len(),
         report.runs
     );
@@ -369,7 +369,7 @@ async fn shaped_runs(
         device = DeviceChild::start(bin, data, args.scale, Some(gbps), args.workers).await?;
         let s = Sessions::connect(&device.url, args.compression).await?;
         eprintln!(
-            "emulated {gbps} Gb/s link: {} queries x 3 modes",
+            "emulated {gbps} Gb/s link: {} queries x (3 modes and Auto)",
             cases.len()
         );
         for (case, q) in cases.iter().zip(report.queries.iter_mut()) {
