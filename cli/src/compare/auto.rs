@@ -41,7 +41,7 @@ pub fn section(r: &Report) -> String {
     }
     let mut s = format!(
         "## Auto's choices\n\nAuto runs each query beside the three modes, in the same \
-         alternating rounds; its first run decides, from the rates the device and the host \
+         alternating rounds (offload, remote, Auto, transfer; then the reverse); its first run decides, from the rates the device and the host \
          learnt on the queries before it (and one warm-up query per device start), and its \
          later runs reuse that decision (the session keeps a decision for the same query text \
          for {} s). Each cell: the mode chosen, then its regret = Auto's median wall time / \

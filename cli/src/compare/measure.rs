@@ -107,8 +107,10 @@ struct Samples {
     last: Option<SqlResult>,
 }
 
-/// Runs `sql` `runs` times in each mode and in Auto: round `i` runs offload, remote, transfer,
-/// Auto when `i` is even and the reverse when it is odd. Wall time is the SQL call as the host sees it
+/// Runs `sql` `runs` times in each mode and in Auto: round `i` runs offload, remote, Auto,
+/// transfer when `i` is even and the reverse when it is odd, so no mode runs right after a
+/// full transfer more than once in three rounds (with transfer before Auto, Auto ran after
+/// one in two of three rounds and its wide scans' medians took the slow runs). Wall time is the SQL call as the host sees it
 /// (planning, every device call, host operators); device time is each call's `call_us`
 /// (receipt of the call to the last byte leaving the device) summed over scans, and the
 /// executor's part of it (`total_us`) is kept beside it; a remote scan has neither (the device
@@ -126,7 +128,7 @@ pub(super) async fn measure(
     let decide_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut samples: [Samples; 4] = Default::default();
     for round in 0..runs.max(1) {
-        let mut order = [0usize, 1, 2, 3];
+        let mut order = [0usize, 1, 3, 2];
         if round % 2 == 1 {
             order.reverse();
         }

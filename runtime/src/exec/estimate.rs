@@ -95,7 +95,15 @@ impl Executor {
         }
         e.out_bytes_per_row = first_md.map_or(0, |md| row_bytes(&q.schema(), &md));
         e.rows_likely = e.rows_may_match;
-        if let Some(pred) = q.predicate.as_ref().filter(|p| !calls_kernel(p)) {
+        // A bound of a few thousand rows is what the sample would look at anyway (and it reads
+        // from row groups' starts, not the pages the bound kept): the bound stands, and the
+        // estimate of a query that small costs no decoding.
+        let worth_sampling = e.rows_may_match > (SAMPLE_ROW_GROUPS * SAMPLE_ROWS) as u64;
+        if let Some(pred) = q
+            .predicate
+            .as_ref()
+            .filter(|p| worth_sampling && !calls_kernel(p))
+        {
             let (sampled, kept_rows) = sample(&kept, pred, &counters, &errors).await?;
             if sampled > 0 {
                 e.rows_sampled = sampled;
