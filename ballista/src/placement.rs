@@ -252,6 +252,7 @@ impl Binder<'_, '_> {
         let key = |u: usize| (job.clone(), stage_id, units[u].0[0]);
         let (mut free, wait): (Vec<usize>, Vec<usize>) = left.into_iter().partition(|&u| {
             units[u].1.is_none()
+                || self.wait.is_zero()
                 || self
                     .waiting
                     .get(&key(u))
