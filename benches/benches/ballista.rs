@@ -29,19 +29,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Rows as text, for the comparison.
+/// Rows as text, sorted, for the comparison (floats to 17 significant digits: exact).
 fn text(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| arrow::util::display::array_value_to_string(c, i).unwrap())
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
+    let mut out = nearstore_test_support::rows::rows_with_digits(batches, 17);
     out.sort();
     out
 }

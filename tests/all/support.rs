@@ -228,29 +228,7 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<String> {
     rows_with_digits(batches, 9)
 }
 
-/// Result rows as text in their order, floats to `digits` significant digits (as `1.2345e4`).
-pub fn rows_with_digits(batches: &[RecordBatch], digits: usize) -> Vec<String> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{DataType, Float64Type};
-    let mut out = Vec::new();
-    for b in batches {
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| match c.data_type() {
-                    DataType::Float64 if c.is_valid(i) => {
-                        let v = c.as_primitive::<Float64Type>().value(i);
-                        format!("{v:.*e}", digits - 1)
-                    }
-                    _ => arrow::util::display::array_value_to_string(c, i).unwrap(),
-                })
-                .collect();
-            out.push(cells.join("|"));
-        }
-    }
-    out
-}
+pub use nearstore_test_support::rows::rows_with_digits;
 
 /// A SQL result's rows as exact text, sorted (for queries without a total order).
 pub fn sorted_rows(r: &nearstore_sdk::SqlResult) -> Vec<String> {
