@@ -162,11 +162,13 @@ async fn a_warm_scan_sends_what_a_cold_one_does() {
         c.cache_mb = Some(256);
     })
     .await;
-    // Twelve integer columns besides: their slices' whole buffers make Flight split batches.
+    // Twelve integer columns besides, and a view column whose strings all live in the views
+    // (as TPC-H's flags): their slices' whole buffers make Flight split batches.
     let mut fields = vec![
         Field::new("id", DataType::Int64, false),
         Field::new("a", DataType::Utf8View, false),
         Field::new("b", DataType::Utf8View, false),
+        Field::new("flag", DataType::Utf8View, false),
     ];
     fields.extend((0..12).map(|n| Field::new(format!("n{n}"), DataType::Int64, false)));
     let schema = Arc::new(Schema::new(fields));
@@ -179,10 +181,12 @@ async fn a_warm_scan_sends_what_a_cold_one_does() {
                         .map(|i| format!("{tag} row {i:>12} of the table, padded")),
                 ))
             };
+            let flags = ids.iter().map(|i| ["A", "N", "R"][(i % 3) as usize]);
             let mut cols = vec![
                 Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
                 text("a"),
                 text("b"),
+                Arc::new(StringViewArray::from_iter_values(flags)),
             ];
             cols.extend((0..12).map(|n| {
                 Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * n))) as ArrayRef

@@ -1,7 +1,7 @@
 //! Auto mode in the report: per query and link, the mode Auto ran and its regret — Auto's
 //! median wall time / the fastest mode's median, Auto run in the same rounds as the three
-//! modes — with its first run's regret (the one that decided), and the worst regret of the
-//! run, which the target holds to [`REGRET_TARGET`].
+//! modes, reusing the decision of a first run before them — with that first run's regret,
+//! and the worst regret of the run, which the target holds to [`REGRET_TARGET`].
 
 use std::fmt::Write as _;
 
@@ -40,13 +40,14 @@ pub fn section(r: &Report) -> String {
         return String::new();
     }
     let mut s = format!(
-        "## Auto's choices\n\nAuto runs each query beside the three modes, in the same \
-         alternating rounds (offload, remote, Auto, transfer; then the reverse); its first run decides, from the rates the device and the host \
-         learnt on the queries before it (and one warm-up query per device start), and its \
-         later runs reuse that decision (the session keeps a decision for the same query text \
-         for {} s). Each cell: the mode chosen, then its regret = Auto's median wall time / \
-         the fastest mode's median (1.00 is the best choice), then in parentheses the first \
-         run's, which paid for the decision.\n\n| query | loopback |",
+        "## Auto's choices\n\nAuto's first run of a query decides, before the rounds, from \
+         the rates the device and the host learnt on the queries before it (and one warm-up \
+         query per device start); then Auto runs the query beside the three modes, as often \
+         as each and in the same rounds (whose order changes so that each runs after every \
+         other alike), reusing that decision (the session keeps a decision for the same query \
+         text for {} s). Each cell: the mode chosen, then its regret = Auto's median wall \
+         time / the fastest mode's median (1.00 is the best choice), then in parentheses the \
+         deciding run's, which paid for the decision.\n\n| query | loopback |",
         nearstore_sdk::DECISION_TTL.as_secs()
     );
     for g in &r.links {

@@ -1,8 +1,8 @@
 //! Measuring one query in the three modes: offload, remote scan and full transfer, run in
-//! rounds whose mode order alternates (so neither warms the caches for another every time),
+//! rounds whose mode order changes (so none warms the caches for another every time),
 //! with the median, minimum and maximum wall time of each; and Auto mode run beside them in
-//! the same rounds (its first run decides; later runs of the same text reuse the decision,
-//! as [`nearstore_sdk::DECISION_TTL`] allows).
+//! the same rounds, after a first run of its own that decides (the rounds' runs of the same
+//! text reuse the decision, as [`nearstore_sdk::DECISION_TTL`] allows).
 
 use std::time::Instant;
 
@@ -107,10 +107,16 @@ struct Samples {
     last: Option<SqlResult>,
 }
 
-/// Runs `sql` `runs` times in each mode and in Auto: round `i` runs offload, remote, Auto,
-/// transfer when `i` is even and the reverse when it is odd, so no mode runs right after a
-/// full transfer more than once in three rounds (with transfer before Auto, Auto ran after
-/// one in two of three rounds and its wide scans' medians took the slow runs). Wall time is the SQL call as the host sees it
+/// The order of the sessions ([`Sessions::in_order`]: offload 0, remote 1, transfer 2, Auto 3)
+/// in each round, a Williams square: over four rounds every session runs right after every
+/// other exactly once, so what a run leaves behind (a full transfer's gigabyte, a remote
+/// scan's allocations) weighs on each alike; within three rounds each runs after a full
+/// transfer once (with rounds that only alternated, Auto ran after one in two of three rounds
+/// and its wide scans' medians took the slow runs).
+const ROUNDS: [[usize; 4]; 4] = [[0, 1, 3, 2], [1, 2, 0, 3], [2, 3, 1, 0], [3, 0, 2, 1]];
+
+/// Runs `sql` `runs` times in each mode and in Auto, in the orders of [`ROUNDS`]. Wall time is
+/// the SQL call as the host sees it
 /// (planning, every device call, host operators); device time is each call's `call_us`
 /// (receipt of the call to the last byte leaving the device) summed over scans, and the
 /// executor's part of it (`total_us`) is kept beside it; a remote scan has neither (the device
@@ -121,18 +127,21 @@ pub(super) async fn measure(
     runs: usize,
     device: Option<&DeviceChild>,
 ) -> Result<Measured> {
-    // A decision on its own first, for its time (Auto's runs below decide again on their
-    // first run: a decision is kept by the session that ran the query, not by `decide`).
+    // Auto's first run decides (and keeps the decision); it is timed on its own, and the
+    // rounds below time `runs` runs that reuse the decision, as many as each mode gets, so
+    // Auto's median and the modes' are taken over the same number of runs (with the deciding
+    // run among them, a median of three was the slower of two ordinary runs, against the
+    // middle of three for the modes). Then a decision on its own, for its time (`decide`
+    // keeps nothing).
+    let t = Instant::now();
+    sessions.auto.sql(sql).await?;
+    let auto_first_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     sessions.auto.decide(sql).await?;
     let decide_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut samples: [Samples; 4] = Default::default();
     for round in 0..runs.max(1) {
-        let mut order = [0usize, 1, 3, 2];
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for m in order {
+        for m in ROUNDS[round % ROUNDS.len()] {
             let s = sessions.in_order()[m];
             let (c0, d0) = (process_cpu_ms(), device.and_then(DeviceChild::cpu_ms));
             let t = Instant::now();
@@ -149,7 +158,6 @@ pub(super) async fn measure(
             x.last = Some(r);
         }
     }
-    let auto_first_ms = samples[3].walls[0];
     let [o, rm, t, a] = samples.map(figures);
     Ok(Measured {
         offload: o,
@@ -372,6 +380,30 @@ mod tests {
     use super::*;
     use arrow::array::{Decimal128Array, Float64Array, StringArray};
     use std::sync::Arc;
+
+    #[test]
+    fn over_four_rounds_every_session_runs_right_after_every_other_once() {
+        let mut pairs = std::collections::BTreeSet::new();
+        for round in ROUNDS {
+            let mut seen = round.to_vec();
+            seen.sort();
+            assert_eq!(seen, [0, 1, 2, 3], "{round:?}");
+            for w in round.windows(2) {
+                assert!(pairs.insert((w[0], w[1])), "{w:?} twice");
+            }
+        }
+        assert_eq!(pairs.len(), 12);
+        // Within the default three rounds, each of the others runs right after a full
+        // transfer (2) once, counting the step from one round to the next.
+        let flat: Vec<usize> = ROUNDS[..3].iter().flatten().copied().collect();
+        let mut after: Vec<usize> = flat
+            .windows(2)
+            .filter(|w| w[0] == 2)
+            .map(|w| w[1])
+            .collect();
+        after.sort();
+        assert_eq!(after, [0, 1, 3]);
+    }
 
     fn batch(avg: arrow::array::ArrayRef) -> RecordBatch {
         let flag: arrow::array::ArrayRef = Arc::new(StringArray::from(vec!["A", "N"]));

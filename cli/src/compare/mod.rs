@@ -4,7 +4,7 @@
 //!
 //! For each query: the rows must be equal between the modes; the report gives bytes moved
 //! over the link (everything the device sent for the call), bytes read on the device, wall
-//! time (median, min and max of `runs`, the mode order alternating per round), device time,
+//! time (median, min and max of `runs`, the mode order changing per round), device time,
 //! host and device CPU time, and the reduction. The suite runs once over loopback and once
 //! per emulated link rate (`--link-gbps`, each with its round-trip time), and the crossover —
 //! the link rate above which remote scan beats offload — is interpolated per query. Where the
@@ -101,6 +101,10 @@ pub struct CompareArgs {
     /// 0 skips the section.
     #[arg(long, default_value_t = 1024)]
     pub cache_mb: u64,
+    /// Run only these queries of the suite (names as the report gives them, comma
+    /// separated; a name ending in `*` selects every query it begins) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub query: Option<Vec<String>>,
     /// The `nearstore` binary that serves the started device [default: this executable].
     #[arg(long, hide = true, env = "NEARSTORE_DEVICE_BIN")]
     pub device_bin: Option<PathBuf>,
@@ -123,6 +127,7 @@ impl CompareArgs {
             workers: None,
             compression: None,
             cache_mb: 1024,
+            query: None,
             device_bin: None,
         }
     }
@@ -179,6 +184,29 @@ fn suite(max_orderkey: i64) -> Vec<Case> {
         }
     }
     out
+}
+
+/// The cases `names` select (all without names); a name that selects none is an error that
+/// lists the suite.
+fn selected(cases: Vec<Case>, names: Option<&[String]>) -> Result<Vec<Case>> {
+    let Some(names) = names else {
+        return Ok(cases);
+    };
+    let picks = |name: &str, case: &Case| match name.strip_suffix('*') {
+        Some(prefix) => case.name.starts_with(prefix),
+        None => case.name == name,
+    };
+    if let Some(unknown) = names.iter().find(|n| !cases.iter().any(|c| picks(n, c))) {
+        let all: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "--query {unknown} selects no query of the suite: {}",
+            all.join(", ")
+        );
+    }
+    Ok(cases
+        .into_iter()
+        .filter(|c| names.iter().any(|n| picks(n, c)))
+        .collect())
 }
 
 /// Runs the comparison; `hook` is for tests only.
@@ -245,7 +273,7 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         links: links.clone(),
         ..Default::default()
     };
-    let cases = suite(max_key);
+    let cases = selected(suite(max_key), args.query.as_deref())?;
     let child = started.as_ref().map(|(_, d)| d);
     eprintln!(
         "loopback: {} queries x (3 modes and Auto) x {} runs",
@@ -634,4 +662,36 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
         bail!("comparison gate failed: {}", report.failures.join("; "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_names_select_cases_and_an_unknown_one_lists_the_suite() {
+        let names = |picked: Vec<Case>| picked.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        let pick = |n: &[&str]| {
+            selected(
+                suite(100),
+                Some(&n.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            )
+        };
+        assert_eq!(names(selected(suite(100), None).unwrap()).len(), 16);
+        assert_eq!(
+            names(pick(&["tpch_q6", "top_k"]).unwrap()),
+            ["tpch_q6", "top_k"]
+        );
+        let wide = names(pick(&["sweep_wide_*"]).unwrap());
+        assert_eq!(wide.len(), 6);
+        assert!(
+            wide.iter().all(|n| n.starts_with("sweep_wide_")),
+            "{wide:?}"
+        );
+        let e = pick(&["tpch_q6", "q99"]).err().unwrap().to_string();
+        assert!(
+            e.starts_with("--query q99 selects no query of the suite: tpch_q6, tpch_q1"),
+            "{e}"
+        );
+    }
 }

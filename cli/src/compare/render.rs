@@ -235,7 +235,7 @@ fn setup_line(r: &Report) -> String {
     };
     let _ = write!(
         s,
-        "; median of {} runs per query and mode, the mode order alternating per round; loopback",
+        "; median of {} runs per query and mode, the mode order changing per round; loopback",
         r.runs
     );
     for g in &r.links {

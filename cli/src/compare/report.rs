@@ -64,10 +64,11 @@ pub struct AutoChoice {
     pub mode: String,
     /// A decision's wall time, ms (the devices' estimates and the host's planning).
     pub decide_ms: f64,
-    /// Auto's median wall time (its runs of the query beside the three modes') / the fastest
-    /// mode's median.
+    /// Auto's median wall time (its runs of the query beside the three modes', as many as
+    /// each mode's, reusing its first run's decision) / the fastest mode's median.
     pub regret: f64,
-    /// Auto's first run's wall time (the one that decided) / the fastest mode's median.
+    /// Auto's first run's wall time (the one that decided, before the rounds) / the fastest
+    /// mode's median.
     pub first_regret: f64,
     /// The predicted times and rates, as Auto gave them.
     pub reason: String,

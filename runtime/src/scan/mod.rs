@@ -356,13 +356,17 @@ fn decoded(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorSlot) -> 
         .boxed())
 }
 
-/// A view column (Utf8View, BinaryView) whose data buffers hold more than 4 KiB beyond the
-/// strings it uses (those longer than 12 bytes; shorter ones live in the views), copied into
-/// buffers of its own; `None` for other columns and compact ones. Arrow IPC sends a view
-/// column's every data buffer, so both the decoder's batches (views into whole pages) and the
-/// hot tier's (views into a whole row group) go through this before the link.
+/// A view column (Utf8View, BinaryView) that holds more than it uses, copied into buffers of
+/// its own; `None` for other columns and compact ones. Two kinds of slack: data buffers more
+/// than 4 KiB beyond the strings it uses (those longer than 12 bytes; shorter ones live in the
+/// views), which Arrow IPC sends whole with every message; and a views buffer that is a slice
+/// of a larger allocation (a kept row group's, 16 bytes a row), which Flight's encoder counts
+/// whole when it splits a batch into messages of at most 2 MiB — each piece then carries the
+/// data buffers again. Both the decoder's batches (views into whole pages) and the hot tier's
+/// (slices of a row group) go through this before the link.
 pub fn compact_view(a: &arrow::array::ArrayRef) -> Option<arrow::array::ArrayRef> {
     use arrow::array::{Array, AsArray, GenericByteViewArray};
+    use arrow::buffer::ScalarBuffer;
     use arrow::datatypes::ByteViewType;
     fn compact<T: ByteViewType>(v: &GenericByteViewArray<T>) -> Option<arrow::array::ArrayRef> {
         let held: usize = v.data_buffers().iter().map(|b| b.len()).sum();
@@ -374,11 +378,87 @@ pub fn compact_view(a: &arrow::array::ArrayRef) -> Option<arrow::array::ArrayRef
             .map(|(_, view)| *view as u32 as usize)
             .filter(|len| *len > 12)
             .sum();
-        (held > used + 4096).then(|| Arc::new(v.gc()) as arrow::array::ArrayRef)
+        let spare_views = |v: &GenericByteViewArray<T>| {
+            v.views().inner().capacity() > 2 * v.len() * std::mem::size_of::<u128>() + 4096
+        };
+        if held <= used + 4096 && !spare_views(v) {
+            return None;
+        }
+        let v = if held > used + 4096 {
+            v.gc()
+        } else {
+            v.clone()
+        };
+        if !spare_views(&v) {
+            return Some(Arc::new(v));
+        }
+        // `gc` keeps the views of a column whose strings are all inline as they are.
+        let (views, buffers, nulls) = v.into_parts();
+        let views = ScalarBuffer::from(views.to_vec());
+        // SAFETY: the parts of a valid array, the views copied unchanged.
+        Some(Arc::new(unsafe {
+            GenericByteViewArray::<T>::new_unchecked(views, buffers, nulls)
+        }))
     }
     match a.data_type() {
         DataType::Utf8View => compact(a.as_string_view()),
         DataType::BinaryView => compact(a.as_binary_view()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, ArrayRef, AsArray, StringViewArray};
+
+    fn views_held(a: &ArrayRef) -> usize {
+        a.as_string_view().views().inner().capacity()
+    }
+
+    #[test]
+    fn a_view_slice_keeps_neither_the_strings_nor_the_views_of_its_row_group() {
+        let rows = 131_072;
+        // Inline strings only (no data buffer): a slice still holds the row group's views.
+        let flags: ArrayRef = Arc::new(StringViewArray::from_iter_values(
+            (0..rows).map(|i| ["A", "N", "R"][i % 3]),
+        ));
+        let slice = flags.slice(8192, 8192);
+        assert!(views_held(&slice) >= rows * 16);
+        let owned = compact_view(&slice).expect("a slice of a row group's views is compacted");
+        assert_eq!(owned.len(), 8192);
+        assert!(
+            views_held(&owned) <= 8192 * 16 + 64,
+            "{}",
+            views_held(&owned)
+        );
+        assert_eq!(
+            owned.as_string_view().value(0),
+            slice.as_string_view().value(0)
+        );
+        // Long strings: both the data buffers and the views are the slice's own after it.
+        let text: ArrayRef = Arc::new(StringViewArray::from_iter_values(
+            (0..rows).map(|i| format!("row {i:>12} of the table, padded")),
+        ));
+        let slice = text.slice(100, 8192);
+        let owned = compact_view(&slice).expect("compacted");
+        assert!(views_held(&owned) <= 8192 * 16 + 64);
+        let held: usize = owned
+            .as_string_view()
+            .data_buffers()
+            .iter()
+            .map(|b| b.capacity())
+            .sum();
+        assert!(held <= 8192 * 40, "{held}");
+        assert_eq!(
+            owned.as_string_view().value(5),
+            slice.as_string_view().value(5)
+        );
+        // What is already its own is left alone.
+        assert!(compact_view(&owned).is_none());
+        assert!(
+            compact_view(&(Arc::new(StringViewArray::from_iter_values(["x"; 10])) as ArrayRef))
+                .is_none()
+        );
     }
 }

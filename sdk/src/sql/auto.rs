@@ -23,12 +23,19 @@ impl SqlSession {
             return Ok((self.mode(), "set by the session".into()));
         };
         // The three plans, then every device's estimate of each, at once: the decision is
-        // paid for by every query Auto runs.
+        // paid for by every query Auto runs. Of the remote-scan plan, its kind of work (`None`:
+        // remote scan cannot plan the query).
         let started = std::time::Instant::now();
-        let (offload_scans, transfer_scans, remote_ok) = futures::join!(
+        let (offload_scans, transfer_scans, remote_work) = futures::join!(
             scans_of(&self.ctx, query),
             scans_of(transfer_ctx, query),
-            async { remote_ctx.sql(query).await.is_ok() }
+            async {
+                remote_ctx
+                    .sql(query)
+                    .await
+                    .ok()
+                    .map(|df| cost::Work::of(df.logical_plan()))
+            }
         );
         let planned = started.elapsed();
         let offload_scans = offload_scans?;
@@ -40,7 +47,9 @@ impl SqlSession {
             self.estimates(&transfer_scans)
         );
         let estimated = started.elapsed() - planned;
-        let (host_remote, host_ingest) = cost::host_rates();
+        let host = cost::host_rates();
+        let work = remote_work.unwrap_or(cost::Work::Rows);
+        let host_remote = host.remote(work);
         // Per scan the slowest device, summed over scans.
         let (mut offload, mut remote, mut transfer) = (
             vec![0.0f64; offload_scans.len()],
@@ -67,12 +76,12 @@ impl SqlSession {
             ..Default::default()
         };
         // Remote scan cannot call kernel functions: a query it cannot plan is not its.
-        if remote_ok {
+        if remote_work.is_some() {
             costs.remote = Some(remote.iter().sum());
         }
         if let (true, Ok(est)) = (transfer_ok, transfer_est) {
             for (i, _, e) in est {
-                transfer[i] = transfer[i].max(cost::transfer(&e, host_ingest));
+                transfer[i] = transfer[i].max(cost::transfer(&e, host.ingest));
             }
             costs.transfer = Some(transfer.iter().sum());
         }
@@ -87,7 +96,8 @@ impl SqlSession {
         let why = format!(
             "predicted {}; the filters likely keep {:.2} % of the rows ({} sampled; at most \
              {:.2} % by the statistics); device: scan {}, compute {} and {}, link {}{}, round \
-             trip {}, range reads {}; host: remote scan {}, full-transfer ingest {}; decided \
+             trip {}, range reads {}; host: remote scan {} aggregating, {} returning rows (this \
+             query {}), full-transfer ingest {}; decided \
              in {:.1} ms (planning {:.1} ms, the devices' estimates {:.1} ms)",
             costs.describe(),
             pct(likely),
@@ -104,8 +114,13 @@ impl SqlSession {
             },
             learnt(r.rtt_us, 1.0, "µs"),
             learnt(r.range_bytes_per_s, 1e6, "MB/s"),
-            learnt(host_remote, 1e6, "MB/s"),
-            learnt(host_ingest, 1e6, "MB/s"),
+            learnt(host.remote_aggregate, 1e6, "MB/s"),
+            learnt(host.remote_rows, 1e6, "MB/s"),
+            match work {
+                cost::Work::Aggregate => "aggregates",
+                cost::Work::Rows => "returns rows",
+            },
+            learnt(host.ingest, 1e6, "MB/s"),
             started.elapsed().as_secs_f64() * 1e3,
             planned.as_secs_f64() * 1e3,
             estimated.as_secs_f64() * 1e3,

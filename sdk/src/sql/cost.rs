@@ -18,7 +18,11 @@
 //!   those read plus the files' footers and page indexes, calls = 2 + 2 per row group read
 //!   (footer and metadata, then the filter's columns and the rest, as DataFusion's reader
 //!   asks); the host's remote rate is end to end (its fetches, the device serving them, its
-//!   decoding and computing), learnt as bytes / (wall − round trips − link time);
+//!   decoding and computing), learnt as bytes / (wall − round trips − link time), and learnt
+//!   apart for the two kinds of work a host does with what it reads ([`Work`]): aggregating
+//!   it, which costs per row kept beside the decoding, or returning rows — a plain scan
+//!   decodes several times more compressed bytes per second than Q1 does, and one rate for
+//!   both priced wide scans at the aggregates' pace;
 //! - full transfer: `rtt + max(busy · all bytes / scan rate, Arrow bytes / link, Arrow bytes /
 //!   host's ingest rate)` — a pipeline, as fast as its slowest stage.
 //!
@@ -58,11 +62,42 @@ mod prior {
 /// dominate them).
 const LEARN_MIN_BYTES: u64 = 1 << 20;
 
+/// What the host does with the rows a query reads, as far as its remote-scan rate goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// The query aggregates (its plan has an aggregate anywhere): compute per row read.
+    Aggregate,
+    /// The query returns rows (a scan, a filter, a sort, a top-k): decoding is most of it.
+    Rows,
+}
+
+impl Work {
+    /// The work of a planned query (its subqueries' included).
+    pub(super) fn of(plan: &datafusion::logical_expr::LogicalPlan) -> Work {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        use datafusion::logical_expr::LogicalPlan;
+        let mut work = Work::Rows;
+        let _ = plan.apply_with_subqueries(|p| {
+            Ok(if matches!(p, LogicalPlan::Aggregate(_)) {
+                work = Work::Aggregate;
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        });
+        work
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// What this host has learnt about itself.
 struct HostRates {
     /// Compressed bytes per second of a remote scan, end to end, its link time and round
-    /// trips taken out.
-    remote: Rate,
+    /// trips taken out, per [`Work`].
+    remote: [Rate; 2],
     /// Arrow bytes per second of a full transfer's wall time (learnt only where the link was
     /// not the bottleneck).
     ingest: Rate,
@@ -71,13 +106,17 @@ struct HostRates {
 }
 
 static HOST: Mutex<HostRates> = Mutex::new(HostRates {
-    remote: Rate::new(1024.0 * 1024.0 * 1024.0),
+    remote: [
+        Rate::new(1024.0 * 1024.0 * 1024.0),
+        Rate::new(1024.0 * 1024.0 * 1024.0),
+    ],
     ingest: Rate::new(4.0 * 1024.0 * 1024.0 * 1024.0),
     link: (None, 0.0),
 });
 
-/// Learns the host's rates from a query that ran in remote-scan or full-transfer mode.
-pub(super) fn learn(r: &SqlResult, wall: Duration) {
+/// Learns the host's rates from a query that ran in remote-scan or full-transfer mode and did
+/// `work`.
+pub(super) fn learn(r: &SqlResult, wall: Duration, work: Work) {
     let mut host = HOST.lock().expect("host rates");
     let (link, rtt) = host.link;
     let on_link = |bytes: u64| link.map_or(0.0, |l| bytes as f64 / l);
@@ -85,8 +124,7 @@ pub(super) fn learn(r: &SqlResult, wall: Duration) {
         Mode::RemoteScan if r.remote.bytes >= LEARN_MIN_BYTES => {
             let fixed = r.remote.calls as f64 * rtt + on_link(r.remote.bytes);
             let busy = (wall.as_secs_f64() - fixed).max(wall.as_secs_f64() / 10.0);
-            host.remote
-                .add(r.remote.bytes as f64, Duration::from_secs_f64(busy));
+            host.remote[work.index()].add(r.remote.bytes as f64, Duration::from_secs_f64(busy));
         }
         Mode::FullTransfer
             if r.bytes_moved() >= LEARN_MIN_BYTES
@@ -111,10 +149,37 @@ pub(super) fn note_link(rates: &DeviceRates) {
     };
 }
 
-/// The host's learnt rates: remote scan and ingest, bytes per second.
-pub fn host_rates() -> (Option<f64>, Option<f64>) {
+/// The host's learnt rates, bytes per second (`None`: nothing learnt yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostSpeeds {
+    /// Remote scans of queries that aggregate.
+    pub remote_aggregate: Option<f64>,
+    /// Remote scans of queries that return rows.
+    pub remote_rows: Option<f64>,
+    /// Full transfer's ingest.
+    pub ingest: Option<f64>,
+}
+
+impl HostSpeeds {
+    /// The remote-scan rate for `work`: the one learnt on that kind of work, else the other
+    /// kind's (a host that has only aggregated is priced at its aggregating pace, not at a
+    /// device's).
+    pub fn remote(&self, work: Work) -> Option<f64> {
+        match work {
+            Work::Aggregate => self.remote_aggregate.or(self.remote_rows),
+            Work::Rows => self.remote_rows.or(self.remote_aggregate),
+        }
+    }
+}
+
+/// The host's learnt rates.
+pub fn host_rates() -> HostSpeeds {
     let host = HOST.lock().expect("host rates");
-    (host.remote.per_sec(), host.ingest.per_sec())
+    HostSpeeds {
+        remote_aggregate: host.remote[Work::Aggregate.index()].per_sec(),
+        remote_rows: host.remote[Work::Rows.index()].per_sec(),
+        ingest: host.ingest.per_sec(),
+    }
 }
 
 /// One device's estimates for one scan of a query: of the plan offload would send, and of
@@ -322,6 +387,39 @@ mod tests {
             "{}",
             c.describe()
         );
+    }
+
+    #[tokio::test]
+    async fn the_host_is_priced_by_what_it_learnt_on_the_same_kind_of_work() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let work = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { Work::of(ctx.sql(sql).await.unwrap().logical_plan()) }
+        };
+        ctx.sql("create table t (a int, b int) as values (1, 2), (3, 4)")
+            .await
+            .unwrap();
+        assert_eq!(work("select a from t where b > 2").await, Work::Rows);
+        assert_eq!(work("select a from t order by b limit 1").await, Work::Rows);
+        assert_eq!(work("select sum(a) from t").await, Work::Aggregate);
+        assert_eq!(
+            work("select * from t where a in (select max(b) from t)").await,
+            Work::Aggregate
+        );
+        let learnt = HostSpeeds {
+            remote_aggregate: Some(80e6),
+            remote_rows: Some(200e6),
+            ingest: None,
+        };
+        assert_eq!(learnt.remote(Work::Aggregate), Some(80e6));
+        assert_eq!(learnt.remote(Work::Rows), Some(200e6));
+        // One kind learnt: the other borrows it until it has its own.
+        let only = HostSpeeds {
+            remote_rows: None,
+            ..learnt
+        };
+        assert_eq!(only.remote(Work::Rows), Some(80e6));
+        assert_eq!(HostSpeeds::default().remote(Work::Aggregate), None);
     }
 
     #[test]

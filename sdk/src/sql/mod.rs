@@ -47,7 +47,7 @@ use nearstore_proto::{Plan, QueryStats};
 
 use crate::{Error, Result};
 
-pub use cost::{Costs, GROUPS_ASSUMED, host_rates};
+pub use cost::{Costs, GROUPS_ASSUMED, HostSpeeds, Work, host_rates};
 pub use provider::DeviceTable;
 pub use remote::{DeviceStore, RemoteReads};
 pub use rules::{PushAggregates, PushKernelProjections, PushTopK};

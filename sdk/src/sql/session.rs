@@ -292,6 +292,7 @@ impl SqlSession {
             df = df.with_param_values(p).map_err(sdk_err)?;
         }
         let schema = Arc::new(df.schema().as_arrow().clone());
+        let work = cost::Work::of(df.logical_plan());
         let batches = df.collect().await.map_err(sdk_err)?;
         let scans = std::mem::take(&mut *self.log.lock().expect("scan log"));
         let remote = self
@@ -307,7 +308,7 @@ impl SqlSession {
             mode,
             reason,
         };
-        cost::learn(&r, started.elapsed());
+        cost::learn(&r, started.elapsed(), work);
         Ok(r)
     }
 
