@@ -102,7 +102,19 @@ async fn auto_mode_runs_the_mode_its_learnt_costs_predict_fastest() {
         .filter_map(|(m, c)| c.map(|c| (m, c)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap();
-        assert_eq!(m, best.0, "{q}: {why}");
+        // The reason prints costs to 0.1 ms: a mode within that of the best is a tie there.
+        let chosen = [
+            (Mode::Offload, o),
+            (Mode::RemoteScan, r),
+            (Mode::FullTransfer, t),
+        ]
+        .into_iter()
+        .find(|(mode, _)| *mode == m)
+        .and_then(|(_, c)| c);
+        assert!(
+            m == best.0 || chosen == Some(best.1),
+            "{q}: chose {m:?}, best {best:?}: {why}"
+        );
         // The same answer whichever mode runs it.
         let a = auto.sql(q).await.unwrap();
         assert!(a.reason.starts_with("predicted offload"), "{}", a.reason);
