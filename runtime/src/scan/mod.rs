@@ -381,14 +381,11 @@ pub fn compact_view(a: &arrow::array::ArrayRef) -> Option<arrow::array::ArrayRef
         let spare_views = |v: &GenericByteViewArray<T>| {
             v.views().inner().capacity() > 2 * v.len() * std::mem::size_of::<u128>() + 4096
         };
-        if held <= used + 4096 && !spare_views(v) {
+        let spare_data = held > used + 4096;
+        if !spare_data && !spare_views(v) {
             return None;
         }
-        let v = if held > used + 4096 {
-            v.gc()
-        } else {
-            v.clone()
-        };
+        let v = if spare_data { v.gc() } else { v.clone() };
         if !spare_views(&v) {
             return Some(Arc::new(v));
         }

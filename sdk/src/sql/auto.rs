@@ -96,8 +96,8 @@ impl SqlSession {
         let why = format!(
             "predicted {}; the filters likely keep {:.2} % of the rows ({} sampled; at most \
              {:.2} % by the statistics); device: scan {}, compute {} and {}, link {}{}, round \
-             trip {}, range reads {}; host: remote scan {} aggregating, {} returning rows (this \
-             query {}), full-transfer ingest {}; decided \
+             trip {}, range reads {}; host: remote scan {} aggregating, {} returning rows ({}), \
+             full-transfer ingest {}; decided \
              in {:.1} ms (planning {:.1} ms, the devices' estimates {:.1} ms)",
             costs.describe(),
             pct(likely),
@@ -116,9 +116,10 @@ impl SqlSession {
             learnt(r.range_bytes_per_s, 1e6, "MB/s"),
             learnt(host.remote_aggregate, 1e6, "MB/s"),
             learnt(host.remote_rows, 1e6, "MB/s"),
-            match work {
-                cost::Work::Aggregate => "aggregates",
-                cost::Work::Rows => "returns rows",
+            match remote_work {
+                Some(cost::Work::Aggregate) => "this query aggregates",
+                Some(cost::Work::Rows) => "this query returns rows",
+                None => "remote scan cannot plan this query",
             },
             learnt(host.ingest, 1e6, "MB/s"),
             started.elapsed().as_secs_f64() * 1e3,
