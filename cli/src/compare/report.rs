@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Current `report.json` schema version.
-pub const REPORT_VERSION: u32 = 7;
+pub const REPORT_VERSION: u32 = 8;
 
 /// One mode's figures for one query.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -23,6 +23,8 @@ pub struct ModeFigures {
     pub min_ms: f64,
     /// Slowest run's wall time, milliseconds.
     pub max_ms: f64,
+    /// Runs the figures are taken over (`--runs`, or more for a quick query).
+    pub runs: usize,
     /// Device time summed over scans (median run), ms: from receipt of each call to its last
     /// byte leaving the device (authentication, admission, binding, execution and the link).
     pub device_ms: f64,

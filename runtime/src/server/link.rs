@@ -22,10 +22,18 @@ pub const DEFAULT_RTT: Duration = Duration::from_micros(100);
 /// Messages a result stream may prepare ahead of the link (a NIC's transmit queue).
 const QUEUE: usize = 8;
 
-/// How far behind its schedule the link may fall before it counts as idle. Timers wake a
-/// millisecond or so late; a message released late must not push back every later one, or a
-/// stream of small messages would run at half the rate.
+/// How far behind its schedule the link may fall before it counts as idle. A message released
+/// late (a busy runtime) must not push back every later one, or a stream of small messages
+/// would run at half the rate.
 const IDLE_AFTER: Duration = Duration::from_millis(5);
+
+/// The runtime's timer granularity: tokio's timer wheel ticks in milliseconds, so a 100 µs
+/// sleep takes 1–1.5 ms. [`wait_until`] sleeps the last stretch on a thread instead.
+const TICK: Duration = Duration::from_millis(1);
+
+/// What [`wait_until`] spins rather than sleeps at the end of a wait: the kernel's default
+/// timer slack and a thread's wake-up.
+const SPIN: Duration = Duration::from_micros(70);
 
 /// A link rate limiter shared by a device's result streams.
 #[derive(Debug)]
@@ -71,7 +79,7 @@ impl Link {
         let rtt = self.rtt();
         let t = Instant::now();
         if !rtt.is_zero() {
-            tokio::time::sleep(rtt).await;
+            wait_until(t + rtt).await;
         }
         let took = t.elapsed().as_secs_f64() * 1e6;
         self.seen.lock().expect("link telemetry").1.add(took);
@@ -127,8 +135,42 @@ impl Link {
     /// Waits until `bytes` would have left the device over this link.
     pub async fn send(&self, bytes: usize) {
         if let Some(done) = self.reserve(bytes) {
-            tokio::time::sleep_until(done).await;
+            wait_until(done).await;
         }
+    }
+}
+
+/// Waits until `deadline` to within the OS's sleep precision (tens of µs) rather than the
+/// runtime timer's millisecond: the runtime's timer up to a tick before it, a blocking-pool
+/// thread's sleep for the rest. An emulated 100 µs round trip then costs about 100 µs, not
+/// a timer tick, and a millisecond query's pacing is not rounded up to whole ticks.
+async fn wait_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline <= now {
+        return;
+    }
+    if deadline - now > TICK {
+        tokio::time::sleep_until(deadline - TICK).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let end = std::time::Instant::now() + rest;
+        // A join error is a panic in the closure: there is nothing to wait for then.
+        let _ = tokio::task::spawn_blocking(move || {
+            // A thread's sleep ends up to the kernel's timer slack (50 µs) late: it sleeps
+            // short of that and spins the rest.
+            if let Some(nap) = rest.checked_sub(SPIN) {
+                std::thread::sleep(nap);
+            }
+            while std::time::Instant::now() < end {
+                std::hint::spin_loop();
+            }
+        })
+        .await;
+    }
+    // Under a paused clock (tests) a thread's sleep does not move the runtime's clock.
+    if Instant::now() < deadline {
+        tokio::time::sleep_until(deadline).await;
     }
 }
 

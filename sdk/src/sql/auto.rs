@@ -68,7 +68,7 @@ impl SqlSession {
                 seen = Some(e.rates.clone());
             }
             let f = Footprint { plan, offload: e };
-            offload[i] = offload[i].max(cost::offload(&f));
+            offload[i] = offload[i].max(cost::offload(&f, host.ingest));
             remote[i] = remote[i].max(cost::remote(&f, host_remote));
         }
         let mut costs = Costs {

@@ -11,9 +11,12 @@
 //! ORDER BY or an aggregate kernel, which run on one) — `rtt` the device's learnt round trip,
 //! and `link` its link rate when the link is shaped (an unshaped transport's pace is part of
 //! the host's learnt rates):
-//! - offload: `rtt + max(busy · (bytes read / scan rate + compute), output bytes / link)`,
-//!   compute being rows likely kept × (group keys + aggregates) / aggregate rate, or rows
-//!   likely kept / projection rate — the device works while its results leave;
+//! - offload: `rtt + max(busy · (bytes read / scan rate + compute), output bytes / link,
+//!   output bytes / host's ingest rate)`, compute being rows likely kept × (group keys +
+//!   aggregates) / aggregate rate, or rows likely kept / projection rate — the device works
+//!   while its results leave, and the host takes in offload's Arrow as it takes in full
+//!   transfer's (a wide scan that keeps half the rows is paced by the host's decoding, not
+//!   the device's);
 //! - remote scan: `calls · rtt + bytes / link + bytes / host's remote rate`, the bytes being
 //!   those read plus the files' footers and page indexes, calls = 2 + 2 per row group read
 //!   (footer and metadata, then the filter's columns and the rest, as DataFusion's reader
@@ -46,8 +49,10 @@ pub const GROUPS_ASSUMED: u64 = 1000;
 mod prior {
     /// Compressed Parquet bytes decoded per second, one core.
     pub const SCAN: f64 = 200e6;
-    /// Aggregate cells per second, one core.
-    pub const AGGREGATE: f64 = 50e6;
+    /// Aggregate cells per second, one core: what TPC-H Q1 and a grouping by `l_partkey`
+    /// teach a device on these machines (100–130 M); a device learns its own from such
+    /// queries (see the runtime's telemetry for which ones teach it).
+    pub const AGGREGATE: f64 = 120e6;
     /// Rows projected per second, one core.
     pub const PROJECT: f64 = 500e6;
     /// Link bytes per second (10 Gb/s).
@@ -279,8 +284,8 @@ fn rates(e: &Estimate, spreads: bool) -> Rates {
     }
 }
 
-/// Offload's seconds on one device.
-pub(super) fn offload(f: &Footprint) -> f64 {
+/// Offload's seconds on one device, the host taking in its output at `host_ingest`.
+pub(super) fn offload(f: &Footprint, host_ingest: Option<f64>) -> f64 {
     let (e, p) = (&f.offload, &f.plan);
     let r = rates(e, spreads(p));
     let rows = e.rows_likely as f64;
@@ -300,7 +305,8 @@ pub(super) fn offload(f: &Footprint) -> f64 {
     }
     let out = rows_out as f64 * e.out_bytes_per_row as f64;
     let device = r.busy * (e.bytes_may_read as f64 / r.scan + compute);
-    r.rtt + device.max(out / r.link)
+    let host = out / host_ingest.unwrap_or(prior::INGEST);
+    r.rtt + device.max(out / r.link).max(host)
 }
 
 /// Remote scan's seconds on one device (the host reading what offload's plan would read).
@@ -359,7 +365,7 @@ mod tests {
             offload: estimate(10_000, 8_000_000, 125e6),
         };
         let c = Costs {
-            offload: Some(offload(&f)),
+            offload: Some(offload(&f, Some(1e9))),
             remote: Some(remote(&f, Some(400e6))),
             transfer: Some(transfer(&f.offload, Some(1e9))),
         };
@@ -377,7 +383,7 @@ mod tests {
             offload: estimate(1_000_000, 8_000_000, 3e9),
         };
         let c = Costs {
-            offload: Some(offload(&f)),
+            offload: Some(offload(&f, Some(1e9))),
             remote: Some(remote(&f, Some(800e6))),
             transfer: Some(transfer(&f.offload, Some(1e9))),
         };
@@ -441,28 +447,56 @@ mod tests {
             plan: Plan::scan("t"),
             offload: e.clone(),
         };
-        let idle = offload(&f(&e));
+        let idle = offload(&f(&e), None);
         e.active_queries = 5; // six queries on two cores: six times as long as alone on both
-        let busy = offload(&f(&e));
+        let busy = offload(&f(&e), None);
         assert!(((busy - 1e-4) / (idle - 1e-4) - 6.0).abs() < 1e-9);
         e.active_queries = 1; // two queries, a core each
-        let shared = offload(&f(&e));
+        let shared = offload(&f(&e), None);
         assert!(((shared - 1e-4) / (idle - 1e-4) - 2.0).abs() < 1e-9);
     }
 
     #[test]
     fn a_plan_that_runs_on_one_worker_is_priced_on_one_core() {
         let e = estimate(10_000, 8_000_000, 125e6);
-        let spread = offload(&Footprint {
-            plan: Plan::scan("t"),
-            offload: e.clone(),
-        });
+        let spread = offload(
+            &Footprint {
+                plan: Plan::scan("t"),
+                offload: e.clone(),
+            },
+            None,
+        );
         let mut limited = Plan::scan("t");
         limited.limit = Some(10);
-        let one = offload(&Footprint {
-            plan: limited,
-            offload: e,
-        });
+        let one = offload(
+            &Footprint {
+                plan: limited,
+                offload: e,
+            },
+            None,
+        );
         assert!(((one - 1e-4) / (spread - 1e-4) - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn offloads_result_is_paced_by_the_hosts_ingest_as_a_transfers_is() {
+        // Every row kept on a fast link: 16 MB of Arrow. The device's part takes 20 ms on its
+        // two cores and the link 5 ms; a host that takes in 100 MB/s of Arrow takes 160 ms,
+        // and that is offload's time, whatever the device and link could do.
+        let f = Footprint {
+            plan: Plan::scan("t"),
+            offload: estimate(1_000_000, 8_000_000, 3.2e9),
+        };
+        let fast_host = offload(&f, Some(10e9));
+        assert!((fast_host - 0.0201).abs() < 1e-4, "{fast_host}");
+        let slow_host = offload(&f, Some(100e6));
+        assert!((slow_host - 0.1601).abs() < 1e-4, "{slow_host}");
+        // The host reading the 8 MB of Parquet itself at 200 MB/s is the faster way then.
+        let c = Costs {
+            offload: Some(slow_host),
+            remote: Some(remote(&f, Some(200e6))),
+            transfer: Some(transfer(&f.offload, Some(100e6))),
+        };
+        assert_eq!(c.best(), Mode::RemoteScan, "{c:?}");
     }
 }
