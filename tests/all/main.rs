@@ -10,6 +10,7 @@ mod dict_groups;
 mod differential;
 mod disk_full;
 mod fanout;
+mod few_groups;
 mod fuzz;
 mod gateway;
 mod hostile;

@@ -2,7 +2,9 @@
 //! batch's columns, folded into partials and merged into the state slots, or row at a time
 //! into each row's group.
 
+use alloc::vec::Vec;
 use nearstore_kernel::abi::{agg, status, types};
+
 use nearstore_kernel::{AggState, BLOCK, Batch, Column, KernelResult, f64_order_key, lanes};
 
 /// One aggregate's running value over some rows.
@@ -83,9 +85,19 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     } else {
         Some(gcol.i32s()?)
     };
+    // With few groups, each group's rows in this batch are counted once for every aggregate.
+    let few = match groups {
+        Some(g) if st.groups() <= FEW_GROUPS => Some(Few::of(g, rows, st.groups())?),
+        _ => None,
+    };
     for j in 0..p.len() / 4 {
         let func = p[4 * j];
         let col = u16::from_le_bytes([p[4 * j + 1], p[4 * j + 2]]);
+        if let Some(few) = &few
+            && few.fold(batch, st, j, func, col)?
+        {
+            continue;
+        }
         let zero = Partial {
             acc: 0,
             fsum: 0.0,
@@ -137,6 +149,100 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
         }
     }
     Ok(())
+}
+
+/// Groups up to which [`Few`] folds a batch's grouped counts and integer sums into per-group
+/// partials before the state: with a handful of groups (TPC-H Q1 has four) every row would
+/// otherwise load, add with an overflow check and store its group's 16-byte slot and its count
+/// once per aggregate.
+const FEW_GROUPS: usize = 256;
+
+/// A batch's group ids with each group's row count.
+struct Few<'a> {
+    ids: &'a [i32],
+    rows_in: Vec<i64>,
+}
+
+impl<'a> Few<'a> {
+    /// Counts `rows` rows' groups; `BAD_INPUT` for a missing id or one out of `groups`.
+    fn of(ids: &'a [i32], rows: usize, groups: usize) -> KernelResult<Self> {
+        let ids = ids.get(..rows).ok_or(status::BAD_INPUT)?;
+        let mut rows_in = alloc::vec![0i64; groups];
+        for &g in ids {
+            *rows_in
+                .get_mut(g as u32 as usize)
+                .ok_or(status::BAD_INPUT)? += 1;
+        }
+        Ok(Few { ids, rows_in })
+    }
+
+    /// Folds aggregate `j` (`func` over column `col`) if it is one this path takes — COUNT(*),
+    /// or COUNT and an integer SUM over a column without nulls — and says whether it did. A
+    /// sum is added up per group in an `i64`; should one overflow, nothing has been written
+    /// and the row-at-a-time path does it instead.
+    fn fold(
+        &self,
+        batch: &Batch,
+        st: &mut AggState,
+        j: usize,
+        func: u8,
+        col: u16,
+    ) -> KernelResult<bool> {
+        // Per group, what to add to its accumulator (`None`: a count alone).
+        let sums: Option<Vec<i64>> = match func {
+            agg::COUNT_STAR => None,
+            agg::COUNT | agg::SUM if col != agg::NO_COLUMN => {
+                let c = batch.column(col as usize)?;
+                if c.has_nulls() {
+                    return Ok(false);
+                }
+                let sums = match (func, c.type_code()) {
+                    (agg::COUNT, _) => return self.merge(st, j, None),
+                    (_, types::INT32 | types::DATE32) => self.sums(c.i32s()?, |x| x as i64)?,
+                    (_, types::INT64) => self.sums(c.i64s()?, |x| x)?,
+                    _ => return Ok(false),
+                };
+                match sums {
+                    Some(s) => Some(s),
+                    None => return Ok(false),
+                }
+            }
+            _ => return Ok(false),
+        };
+        self.merge(st, j, sums.as_deref())
+    }
+
+    /// Adds each group's row count (and sum) to its slot of aggregate `j`.
+    fn merge(&self, st: &mut AggState, j: usize, sums: Option<&[i64]>) -> KernelResult<bool> {
+        for (g, &n) in self.rows_in.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let (acc, count) = st.slot(g, j)?;
+            if let Some(s) = sums {
+                let prev = i128::from_le_bytes(*acc);
+                let add = *s.get(g).ok_or(status::BAD_INPUT)? as i128;
+                *acc = prev.checked_add(add).ok_or(status::OVERFLOW)?.to_le_bytes();
+            }
+            *count += n;
+        }
+        Ok(true)
+    }
+
+    /// Each group's sum of `vals` (`None` if one overflows an `i64`).
+    fn sums<T: Copy>(&self, vals: &[T], conv: impl Fn(T) -> i64) -> KernelResult<Option<Vec<i64>>> {
+        let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
+        let mut sums = alloc::vec![0i64; self.rows_in.len()];
+        let mut over = false;
+        for (&g, &x) in self.ids.iter().zip(vals) {
+            // In range: `of` checked every id.
+            let s = &mut sums[g as u32 as usize];
+            let (v, o) = s.overflowing_add(conv(x));
+            *s = v;
+            over |= o;
+        }
+        Ok((!over).then_some(sums))
+    }
 }
 
 struct Args<'a> {
