@@ -1,10 +1,11 @@
 //! The aggregate program (`nearstore_kernel_abi::agg`): COUNT, SUM, MIN and MAX over a
-//! batch's columns, folded into partials and merged into the state slots, or row at a time
-//! into each row's group.
+//! batch's columns, folded into partials and merged into the state slots; grouped, per group
+//! first while the groups are few ([`Few`]: counts and integer sums), else row at a time into
+//! each row's group.
 
 use alloc::vec::Vec;
-use nearstore_kernel::abi::{agg, status, types};
 
+use nearstore_kernel::abi::{agg, status, types};
 use nearstore_kernel::{AggState, BLOCK, Batch, Column, KernelResult, f64_order_key, lanes};
 
 /// One aggregate's running value over some rows.
@@ -200,12 +201,12 @@ impl<'a> Few<'a> {
                     (agg::COUNT, _) => return self.merge(st, j, None),
                     (_, types::INT32 | types::DATE32) => self.sums(c.i32s()?, |x| x as i64)?,
                     (_, types::INT64) => self.sums(c.i64s()?, |x| x)?,
-                    _ => return Ok(false),
+                    _ => None,
                 };
-                match sums {
-                    Some(s) => Some(s),
-                    None => return Ok(false),
+                if sums.is_none() {
+                    return Ok(false);
                 }
+                sums
             }
             _ => return Ok(false),
         };

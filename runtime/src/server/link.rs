@@ -27,9 +27,10 @@ const QUEUE: usize = 8;
 /// would run at half the rate.
 const IDLE_AFTER: Duration = Duration::from_millis(5);
 
-/// The runtime's timer granularity: tokio's timer wheel ticks in milliseconds, so a 100 µs
-/// sleep takes 1–1.5 ms. [`wait_until`] sleeps the last stretch on a thread instead.
-const TICK: Duration = Duration::from_millis(1);
+/// How late the runtime's timer may wake: tokio's timer wheel ticks in milliseconds, so a
+/// 100 µs sleep takes 1–1.5 ms. [`wait_until`] sleeps the last stretch of this length on a
+/// thread instead.
+const TICK: Duration = Duration::from_millis(2);
 
 /// What [`wait_until`] spins rather than sleeps at the end of a wait: the kernel's default
 /// timer slack and a thread's wake-up.
@@ -141,7 +142,7 @@ impl Link {
 }
 
 /// Waits until `deadline` to within the OS's sleep precision (tens of µs) rather than the
-/// runtime timer's millisecond: the runtime's timer up to a tick before it, a blocking-pool
+/// runtime timer's millisecond: the runtime's timer up to [`TICK`] before it, a blocking-pool
 /// thread's sleep for the rest. An emulated 100 µs round trip then costs about 100 µs, not
 /// a timer tick, and a millisecond query's pacing is not rounded up to whole ticks.
 async fn wait_until(deadline: Instant) {
