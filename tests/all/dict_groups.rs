@@ -7,10 +7,8 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, StringViewArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use nearstore_proto::PutMode;
-use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use crate::support::{TestDevice, rows};
+use crate::support::{OffloadAndHost, rows};
 
 /// `rows` rows from `start`: `grp` (Utf8) takes 7 of 30 values, shifted per 10 000 rows (a
 /// row group: the dictionaries differ), null every 13th row; `flag` (Utf8View) x or y, null
@@ -43,19 +41,9 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dictionary_keys_group_as_the_host_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = TestDevice::start_with(dir.path(), |_| {}).await;
     let batches: Vec<RecordBatch> = (0..6).map(|i| batch(i * 10_000, 10_000)).collect();
-    dev.client()
-        .await
-        .put_batches("d", PutMode::Create, batches)
-        .await
-        .unwrap();
-    let connect = |m| SqlSession::connect(&dev.url, ClientOptions::default(), m);
-    let (offload, transfer) = (
-        connect(Mode::Offload).await.unwrap(),
-        connect(Mode::FullTransfer).await.unwrap(),
-    );
+    let t = OffloadAndHost::with_table("d", batches).await;
+    let (offload, transfer) = (&t.offload, &t.transfer);
     for q in [
         "select grp, count(*) as n, sum(val) as s from d group by grp order by grp",
         // The filter leaves most entries of each row group's dictionary unused.
@@ -79,5 +67,5 @@ async fn dictionary_keys_group_as_the_host_does() {
             assert_eq!(rows(&a.batches), rows(&b.batches), "{q} (round {round})");
         }
     }
-    dev.stop().await;
+    t.stop().await;
 }

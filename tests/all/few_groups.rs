@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use nearstore_proto::{AggFunc, BackendKind, PutMode};
-use nearstore_sdk::{ClientOptions, Mode, Query, SqlSession};
+use nearstore_proto::{AggFunc, BackendKind};
+use nearstore_sdk::Query;
 
-use crate::support::{TestDevice, rows};
+use crate::support::{OffloadAndHost, rows};
 
 /// `rows` rows from `start`: `g` takes 5 values; `v` (int64) is null every 11th row; `small`
 /// (int32) never; `big` (decimal(18, 0)) is near 9·10^17, so a dozen rows of a group
@@ -47,19 +47,9 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn few_groups_sum_and_count_as_the_host_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let dev = TestDevice::start_with(dir.path(), |_| {}).await;
     let batches: Vec<RecordBatch> = (0..4).map(|i| batch(i * 10_000, 10_000)).collect();
-    dev.client()
-        .await
-        .put_batches("f", PutMode::Create, batches)
-        .await
-        .unwrap();
-    let connect = |m| SqlSession::connect(&dev.url, ClientOptions::default(), m);
-    let (offload, transfer) = (
-        connect(Mode::Offload).await.unwrap(),
-        connect(Mode::FullTransfer).await.unwrap(),
-    );
+    let t = OffloadAndHost::with_table("f", batches).await;
+    let (offload, transfer) = (&t.offload, &t.transfer);
     for q in [
         "select g, count(*) as n, count(v) as nv, sum(v) as sv, sum(id) as si \
          from f group by g order by g",
@@ -83,7 +73,7 @@ async fn few_groups_sum_and_count_as_the_host_does() {
         assert_eq!(rows(&a.batches), rows(&b.batches), "{q}");
     }
     // An int32 sum (SQL widens it on the host first) as a plan, in Wasm and natively.
-    let mut c = dev.client().await;
+    let mut c = t.dev.client().await;
     let mut answers = Vec::new();
     for backend in [BackendKind::Native, BackendKind::Wasm] {
         let plan = Query::table("f")
@@ -107,5 +97,5 @@ async fn few_groups_sum_and_count_as_the_host_does() {
     }
     assert_eq!(answers[0].len(), 5);
     assert_eq!(answers[0], answers[1]);
-    dev.stop().await;
+    t.stop().await;
 }

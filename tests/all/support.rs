@@ -8,10 +8,11 @@ use arrow::array::{
     ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use nearstore::serve_process::ServeProcess;
+use nearstore_proto::PutMode;
 use nearstore_runtime::storage::WriteConfig;
 use nearstore_runtime::storage::reader::{ReaderChoice, ReaderConfig};
 use nearstore_runtime::{Device, DeviceConfig};
-use nearstore_sdk::Client;
+use nearstore_sdk::{Client, ClientOptions, Mode, SqlSession};
 
 /// A device running in this process on a loopback port.
 pub struct TestDevice {
@@ -61,6 +62,49 @@ impl TestDevice {
     /// Stops serving and waits for the server to finish.
     pub async fn stop(self) {
         self.server.stop().await.unwrap();
+    }
+}
+
+/// A device in a temporary directory holding one table, with an offload and a full-transfer
+/// SQL session on it: the set-up of a test that compares pushed queries with the host's
+/// answer.
+pub struct OffloadAndHost {
+    /// The device.
+    pub dev: TestDevice,
+    /// Its tables in offload mode.
+    pub offload: SqlSession,
+    /// Its tables in full-transfer mode: the host computes.
+    pub transfer: SqlSession,
+    _dir: tempfile::TempDir,
+}
+
+impl OffloadAndHost {
+    /// Starts a device (as [`TestDevice::start_with`], defaults kept) holding `batches` as
+    /// `table`, and connects both sessions.
+    pub async fn with_table(table: &str, batches: Vec<RecordBatch>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+        dev.client()
+            .await
+            .put_batches(table, PutMode::Create, batches)
+            .await
+            .unwrap();
+        let connect = |m| SqlSession::connect(&dev.url, ClientOptions::default(), m);
+        let (offload, transfer) = (
+            connect(Mode::Offload).await.unwrap(),
+            connect(Mode::FullTransfer).await.unwrap(),
+        );
+        OffloadAndHost {
+            dev,
+            offload,
+            transfer,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the device.
+    pub async fn stop(self) {
+        self.dev.stop().await;
     }
 }
 
