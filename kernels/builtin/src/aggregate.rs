@@ -86,9 +86,15 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     } else {
         Some(gcol.i32s()?)
     };
-    // With few groups, each group's rows in this batch are counted once for every aggregate.
+    // With few groups, each group's rows in this batch are counted once for every count and
+    // sum (a program of minima and maxima does without the pass).
+    let counts_or_sums = p
+        .chunks_exact(4)
+        .any(|a| matches!(a[0], agg::COUNT_STAR | agg::COUNT | agg::SUM));
     let few = match groups {
-        Some(g) if st.groups() <= FEW_GROUPS => Some(Few::of(g, rows, st.groups())?),
+        Some(g) if st.groups() <= FEW_GROUPS && counts_or_sums => {
+            Some(Few::of(g, rows, st.groups())?)
+        }
         _ => None,
     };
     for j in 0..p.len() / 4 {
