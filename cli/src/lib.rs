@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod compare;
 mod connect;
 pub mod gateway;
+mod heap;
 pub mod kernel;
 mod output;
 mod query;
@@ -34,6 +35,7 @@ pub use serve::{ServeArgs, serve};
 
 /// The binary's entry point: parses arguments, sets up logging, runs the command.
 pub fn main() -> std::process::ExitCode {
+    heap::keep_freed_memory();
     let cli = <Cli as clap::Parser>::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
