@@ -6,13 +6,14 @@
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, BooleanArray};
+use arrow::buffer::BooleanBuffer;
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::{BackendKind, QueryStats};
 
 use super::TOPK_KERNEL_MAX;
 use super::prepare::{Output, PreparedQuery};
 use crate::compute::{ComputeBackend, ComputeSession, SessionReport, Support};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plan::PhysExpr;
 
 /// A backend's session, shared by the operators placed on it.
@@ -229,10 +230,131 @@ fn topk_key(q: &PreparedQuery) -> Option<TopKKey> {
     })
 }
 
-/// The filter a scan runs inside the decoder, in the session it is placed on.
-pub(super) fn decoder_predicate(p: &PhysExpr, session: Session) -> crate::scan::Predicate {
-    let p = p.clone();
+/// The filter a scan runs inside the decoder, in the session it is placed on. The columns of
+/// `dictionary` ([`PreparedQuery::dictionary_filters`]: a string column and the conjuncts that
+/// read it alone) come as Arrow dictionaries: their conjuncts run on the dictionary's entries
+/// and a null, once per dictionary (a column chunk's), and each row takes its entry's answer;
+/// the rest of the predicate runs on the batch.
+pub(super) fn decoder_predicate(
+    p: &PhysExpr,
+    dictionary: &[(String, PhysExpr)],
+    session: Session,
+) -> crate::scan::Predicate {
+    let alone = |c: &PhysExpr| {
+        let cols = c.columns();
+        cols.len() == 1 && dictionary.iter().any(|(n, _)| *n == cols[0])
+    };
+    let rest = match p {
+        _ if dictionary.is_empty() => Some(p.clone()),
+        PhysExpr::And(v) => {
+            let mut rest: Vec<PhysExpr> = v.iter().filter(|c| !alone(c)).cloned().collect();
+            match rest.len() {
+                0 => None,
+                1 => rest.pop(),
+                _ => Some(PhysExpr::And(rest)),
+            }
+        }
+        p if alone(p) => None,
+        p => Some(p.clone()),
+    };
+    let parts: Vec<DictionaryFilter> = dictionary
+        .iter()
+        .map(|(name, expr)| DictionaryFilter {
+            name: name.clone(),
+            expr: expr.clone(),
+            answers: Mutex::new(None),
+        })
+        .collect();
     Arc::new(move |batch| -> Result<BooleanArray> {
-        session.lock().expect("compute session").filter(&p, batch)
+        let mut keep: Option<BooleanArray> = None;
+        for part in &parts {
+            let m = part.mask(batch, &session)?;
+            keep = Some(match keep {
+                None => m,
+                Some(k) => arrow::compute::and(&k, &m)?,
+            });
+        }
+        if let Some(rest) = &rest {
+            let m = session
+                .lock()
+                .expect("compute session")
+                .filter(rest, batch)?;
+            keep = Some(match keep {
+                None => m,
+                Some(k) => arrow::compute::and(&k, &m)?,
+            });
+        }
+        Ok(keep.unwrap_or_else(|| BooleanArray::from(vec![true; batch.num_rows()])))
     })
+}
+
+/// The conjuncts of a filter that read one string column the scan decodes as an Arrow
+/// dictionary, and their answers for the last dictionary met (held, so that its address
+/// stays its own while compared).
+struct DictionaryFilter {
+    name: String,
+    expr: PhysExpr,
+    answers: Mutex<Option<(ArrayRef, Arc<[bool]>)>>,
+}
+
+impl DictionaryFilter {
+    /// Which rows of `batch` pass: each row's dictionary entry's answer (a null key the
+    /// answer for null), the answers computed once per dictionary.
+    fn mask(&self, batch: &RecordBatch, session: &Session) -> Result<BooleanArray> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Field, Int32Type, Schema};
+        let internal = |what: &str| Error::Internal(format!("column '{}' {what}", self.name));
+        let col = batch
+            .column_by_name(&self.name)
+            .ok_or_else(|| internal("missing from the filter's batch"))?;
+        let d = col
+            .as_dictionary_opt::<Int32Type>()
+            .ok_or_else(|| internal("was not decoded as a dictionary"))?;
+        let mut held = self.answers.lock().expect("dictionary answers");
+        let answers = match held.as_ref() {
+            Some((values, answers)) if Arc::ptr_eq(values, d.values()) => answers.clone(),
+            _ => {
+                let t = self
+                    .expr
+                    .column_type(&self.name)
+                    .ok_or_else(|| internal("untyped"))?;
+                let null = arrow::array::new_null_array(d.values().data_type(), 1);
+                let entries = arrow::compute::concat(&[d.values().as_ref(), null.as_ref()])?;
+                let entries = arrow::compute::cast(&entries, &t)?;
+                let schema = Arc::new(Schema::new(vec![Field::new(&self.name, t, true)]));
+                let entries = RecordBatch::try_new(schema, vec![entries])?;
+                let r = session
+                    .lock()
+                    .expect("compute session")
+                    .filter(&self.expr, &entries)?;
+                let answers: Arc<[bool]> =
+                    (0..r.len()).map(|i| r.is_valid(i) && r.value(i)).collect();
+                *held = Some((d.values().clone(), answers.clone()));
+                answers
+            }
+        };
+        drop(held);
+        let null_answer = answers[answers.len() - 1];
+        let keys = d.keys();
+        let values = keys.values();
+        let mut beyond = false;
+        let mut answer = |k: i32| match answers.get(k as usize) {
+            Some(&a) if (k as usize) < answers.len() - 1 => a,
+            _ => {
+                beyond = true;
+                false
+            }
+        };
+        let bits = match keys.nulls().filter(|n| n.null_count() > 0) {
+            None => BooleanBuffer::collect_bool(values.len(), |i| answer(values[i])),
+            Some(nulls) => BooleanBuffer::collect_bool(values.len(), |i| match nulls.is_valid(i) {
+                true => answer(values[i]),
+                false => null_answer,
+            }),
+        };
+        if beyond {
+            return Err(internal("has a dictionary key beyond its dictionary"));
+        }
+        Ok(BooleanArray::new(bits, None))
+    }
 }

@@ -106,6 +106,71 @@ impl PreparedQuery {
             Vec::new()
         }
     }
+
+    /// The filter's string columns the scan decodes as Arrow dictionaries, each with the
+    /// conjuncts of the predicate that read it alone: a string column nothing but such
+    /// conjuncts reads (no output, no other conjunct) and no kernel call (a predicate on its
+    /// dictionary's entries is then exact: the filter keeps the rows whose entry passes).
+    pub(super) fn dictionary_filters(&self) -> Vec<(String, PhysExpr)> {
+        let Some(pred) = &self.predicate else {
+            return Vec::new();
+        };
+        let conjuncts: Vec<&PhysExpr> = match pred {
+            PhysExpr::And(v) => v.iter().collect(),
+            p => vec![p],
+        };
+        let output: Vec<String> = self.output.columns();
+        let mut out: Vec<(String, Vec<PhysExpr>)> = Vec::new();
+        for c in &conjuncts {
+            let cols = c.columns();
+            let [name] = cols.as_slice() else { continue };
+            let mut kernel = false;
+            let mut string = false;
+            c.visit(&mut |e| match e {
+                PhysExpr::Kernel { .. } => kernel = true,
+                PhysExpr::Column { data_type, .. } => {
+                    string = matches!(
+                        data_type,
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                    )
+                }
+                _ => {}
+            });
+            if kernel || !string || output.contains(name) {
+                continue;
+            }
+            // Read by another conjunct too: as a plain column.
+            let elsewhere = conjuncts.iter().any(|o| {
+                !std::ptr::eq(*o, *c) && o.columns().contains(name) && o.columns().len() > 1
+            });
+            if elsewhere {
+                continue;
+            }
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push((*c).clone()),
+                None => out.push((name.clone(), vec![(*c).clone()])),
+            }
+        }
+        out.into_iter()
+            .map(|(n, mut v)| {
+                let e = if v.len() == 1 {
+                    v.remove(0)
+                } else {
+                    PhysExpr::And(v)
+                };
+                (n, e)
+            })
+            .collect()
+    }
+
+    /// Every column the scan decodes as an Arrow dictionary: the group keys of
+    /// [`dictionary_keys`](Self::dictionary_keys) and the filter columns of
+    /// [`dictionary_filters`](Self::dictionary_filters).
+    pub(super) fn dictionary_columns(&self) -> Vec<String> {
+        let mut cols = self.dictionary_keys();
+        cols.extend(self.dictionary_filters().into_iter().map(|(n, _)| n));
+        cols
+    }
 }
 
 impl Executor {

@@ -23,7 +23,7 @@ use crate::scan::{self, Batches, ErrorSlot, ObjectScan, ScanCounters, prune::Pru
 use crate::storage::Object;
 
 /// What one query's scans share: its counters, the first error a read recorded, and the
-/// group keys decoded as dictionaries ([`PreparedQuery::dictionary_keys`]).
+/// columns decoded as dictionaries ([`PreparedQuery::dictionary_columns`]).
 #[derive(Clone)]
 pub(super) struct ScanContext {
     pub counters: Arc<ScanCounters>,
@@ -40,7 +40,7 @@ impl ScanContext {
                 ..Default::default()
             }),
             errors: ErrorSlot::default(),
-            dictionary: q.dictionary_keys().into(),
+            dictionary: q.dictionary_columns().into(),
         }
     }
 }
@@ -227,7 +227,7 @@ fn open(
     let predicate = q.predicate.as_ref().map(|pred| {
         (
             pred.columns(),
-            decoder_predicate(pred, placement.filter_session()),
+            decoder_predicate(pred, &q.dictionary_filters(), placement.filter_session()),
         )
     });
     let scan = ObjectScan {

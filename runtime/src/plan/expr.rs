@@ -152,6 +152,19 @@ impl PhysExpr {
         out
     }
 
+    /// The type column `name` is read as, when the expression reads it.
+    pub fn column_type(&self, name: &str) -> Option<DataType> {
+        let mut t = None;
+        self.visit(&mut |e| {
+            if let PhysExpr::Column { name: n, data_type } = e
+                && n == name
+            {
+                t = Some(data_type.clone());
+            }
+        });
+        t
+    }
+
     pub(crate) fn visit(&self, f: &mut dyn FnMut(&PhysExpr)) {
         f(self);
         match self {

@@ -236,7 +236,15 @@ pub async fn prune_object(
 ) -> Result<PrunedObject> {
     let metadata = metadata(object, counters, errors).await?;
     let arrow = arrow_metadata_with(metadata.clone(), object, dictionary)?;
-    let pruned = prune::prune(&metadata, arrow.schema(), predicate);
+    // Statistics are read as the table's types (a dictionary column's as its strings), which
+    // the predicate's literals have.
+    let pruned = match dictionary.is_empty() {
+        true => prune::prune(&metadata, arrow.schema(), predicate),
+        false => {
+            let plain = arrow_metadata(metadata.clone(), object)?;
+            prune::prune(&metadata, plain.schema(), predicate)
+        }
+    };
     Ok(PrunedObject {
         metadata,
         arrow,
