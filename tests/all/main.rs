@@ -27,5 +27,6 @@ mod sql_props;
 mod sql_pushdown;
 mod support;
 mod tenants;
+mod topk_bound;
 mod tpch;
 mod transport;

@@ -144,6 +144,7 @@ async fn sample(
             },
             columns: pred.columns(),
             predicate: None,
+            narrowing: None,
             batch_size: SAMPLE_ROWS,
             limit: Some(SAMPLE_ROWS),
         };

@@ -103,3 +103,128 @@ fn sort_batch(batch: &RecordBatch, plan: &Plan) -> Result<RecordBatch> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(batch.schema(), cols)?)
 }
+
+/// The running bound of a worker's top k (`ORDER BY key … LIMIT k` whose first key is a
+/// column the scan reads): the k best key values among the rows it kept so far. A row whose
+/// key is worse than the k-th of them cannot be in the top k (ties can, by a later sort key),
+/// so the decoder drops it before the other columns are decoded ([`TopKBound::keep`], a
+/// second filter after the query's).
+pub(super) struct TopKBound {
+    descending: bool,
+    nulls_first: bool,
+    k: usize,
+    /// At most k values, best first.
+    best: std::sync::Mutex<Option<arrow::array::ArrayRef>>,
+}
+
+impl TopKBound {
+    /// A bound with nothing kept yet (it keeps every row until k were).
+    pub fn new(descending: bool, nulls_first: bool, k: usize) -> Self {
+        TopKBound {
+            descending,
+            nulls_first,
+            k,
+            best: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn options(&self) -> SortOptions {
+        SortOptions {
+            descending: self.descending,
+            nulls_first: self.nulls_first,
+        }
+    }
+
+    /// Takes the key values of rows the worker kept.
+    pub fn update(&self, kept: &arrow::array::ArrayRef) -> Result<()> {
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let mut best = self.best.lock().expect("top-k bound");
+        let all = match best.take() {
+            Some(b) => arrow::compute::concat(&[b.as_ref(), kept.as_ref()])?,
+            None => kept.clone(),
+        };
+        let order = arrow::compute::sort_to_indices(&all, Some(self.options()), Some(self.k))?;
+        *best = Some(take(all.as_ref(), &order, None)?);
+        Ok(())
+    }
+
+    /// Which of `values` (the key column of a decoded batch) are not worse than the k-th best
+    /// kept so far: every one until k rows were kept.
+    pub fn keep(&self, values: &arrow::array::ArrayRef) -> Result<arrow::array::BooleanArray> {
+        use arrow::array::{Array, BooleanArray};
+        use arrow::buffer::BooleanBuffer;
+        use arrow::compute::kernels::cmp;
+        let n = values.len();
+        let kth = {
+            let best = self.best.lock().expect("top-k bound");
+            match best.as_ref() {
+                Some(b) if b.len() >= self.k => b.slice(self.k - 1, 1),
+                _ => return Ok(BooleanArray::new(BooleanBuffer::new_set(n), None)),
+            }
+        };
+        let bits = if kth.is_null(0) {
+            // Nulls among the k best: with nulls first only nulls tie; with nulls last every
+            // value is better.
+            match self.nulls_first {
+                true => BooleanBuffer::collect_bool(n, |i| values.is_null(i)),
+                false => BooleanBuffer::new_set(n),
+            }
+        } else {
+            let t = arrow::array::Scalar::new(kth);
+            let m = match self.descending {
+                true => cmp::gt_eq(values, &t)?,
+                false => cmp::lt_eq(values, &t)?,
+            };
+            // A null key is better than any value with nulls first, worse with nulls last.
+            BooleanBuffer::collect_bool(n, |i| match m.is_valid(i) {
+                true => m.value(i),
+                false => self.nulls_first,
+            })
+        };
+        Ok(BooleanArray::new(bits, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, ArrayRef, Int64Array};
+
+    use super::TopKBound;
+
+    fn col(v: &[Option<i64>]) -> ArrayRef {
+        Arc::new(Int64Array::from(v.to_vec()))
+    }
+
+    fn kept(b: &TopKBound, v: &[Option<i64>]) -> Vec<bool> {
+        let m = b.keep(&col(v)).unwrap();
+        assert_eq!(m.null_count(), 0);
+        (0..m.len()).map(|i| m.value(i)).collect()
+    }
+
+    #[test]
+    fn a_top_k_bound_drops_only_rows_worse_than_the_kth_best_kept() {
+        let probe = [Some(1), Some(5), Some(9), None];
+        // Descending, nulls first (SQL's default for DESC): 3 best of 9, 2, 5, 7 are 9, 7, 5.
+        let b = TopKBound::new(true, true, 3);
+        assert_eq!(kept(&b, &probe), [true; 4], "nothing kept yet");
+        b.update(&col(&[Some(9), Some(2)])).unwrap();
+        assert_eq!(kept(&b, &probe), [true; 4], "fewer than k kept");
+        b.update(&col(&[Some(5), Some(7)])).unwrap();
+        assert_eq!(kept(&b, &probe), [false, true, true, true]);
+        // Three nulls kept: only nulls tie with the third best.
+        b.update(&col(&[None, None, None])).unwrap();
+        assert_eq!(kept(&b, &probe), [false, false, false, true]);
+        // Ascending, nulls last: the 2 best of 4, 8, null, 6 are 4, 6.
+        let b = TopKBound::new(false, false, 2);
+        b.update(&col(&[Some(4), Some(8), None, Some(6)])).unwrap();
+        assert_eq!(kept(&b, &probe), [true, true, false, false]);
+        // Nulls last and a null among the k best: every row may still be in the top k.
+        let b = TopKBound::new(false, false, 2);
+        b.update(&col(&[Some(4), None])).unwrap();
+        assert_eq!(kept(&b, &probe), [true; 4]);
+    }
+}

@@ -18,7 +18,9 @@ use super::aggregate::HashAggregator;
 use super::placement::{Placement, decoder_predicate};
 use super::prepare::{Output, PreparedQuery};
 use super::project::{compact_views, project};
+use super::sort::TopKBound;
 use crate::error::{Error, Result};
+use crate::plan::PhysExpr;
 use crate::scan::{self, Batches, ErrorSlot, ObjectScan, ScanCounters, prune::Pruned};
 use crate::storage::Object;
 
@@ -103,6 +105,7 @@ pub(super) async fn run(
         Output::Project(_) => None,
     };
     let needed = q.output.columns();
+    let bound = topk_bound(&q, &placement, limit);
     let slices: Box<dyn Iterator<Item = ScanSource> + Send> = match share {
         Share::Objects(objects) => Box::new(objects.into_iter().map(ScanSource::Object)),
         Share::Slices(slices) => Box::new(slices.into_iter().map(ScanSource::Slice)),
@@ -118,7 +121,7 @@ pub(super) async fn run(
                 None => continue,
             },
         };
-        let mut stream = open(&q, slice, &placement, &needed, limit, &ctx)?;
+        let mut stream = open(&q, slice, &placement, &needed, limit, &ctx, bound.as_ref())?;
         let mut t_scan = Instant::now();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -140,6 +143,9 @@ pub(super) async fn run(
                     let mut rows = project(items, &q.schema, &batch, &placement)?;
                     if let Some(key) = placement.topk {
                         rows = placement.preselect_topk(&rows, key, &mut stats)?;
+                        if let Some((_, b)) = &bound {
+                            b.update(rows.column(key.column))?;
+                        }
                     }
                     rows = compact_views(rows)?;
                     if let Some(r) = limit.as_mut() {
@@ -214,8 +220,29 @@ pub(super) async fn prune(
     }))
 }
 
+/// The running bound of a top k whose first sort key is an output column read as it is
+/// stored, with that column's name; `None` for other queries (and under a plain LIMIT).
+fn topk_bound(
+    q: &PreparedQuery,
+    placement: &Placement,
+    limit: Option<usize>,
+) -> Option<(String, Arc<TopKBound>)> {
+    let key = placement.topk?;
+    let Output::Project(items) = &q.output else {
+        return None;
+    };
+    let (_, PhysExpr::Column { name, .. }) = items.get(key.column)? else {
+        return None;
+    };
+    if limit.is_some() {
+        return None;
+    }
+    let b = TopKBound::new(key.descending, key.nulls_first, key.k as usize);
+    Some((name.clone(), Arc::new(b)))
+}
+
 /// Opens the decode stream of a slice (the filter inside the decoder, in the session it is
-/// placed on).
+/// placed on; a top k's bound, when it has one, as a second filter).
 fn open(
     q: &PreparedQuery,
     slice: Slice,
@@ -223,7 +250,20 @@ fn open(
     needed: &[String],
     limit: Option<usize>,
     ctx: &ScanContext,
+    bound: Option<&(String, Arc<TopKBound>)>,
 ) -> Result<Batches> {
+    let narrowing = bound.map(|(name, b)| {
+        let (name, b) = (name.clone(), b.clone());
+        let test: crate::scan::Predicate = Arc::new(move |batch: &RecordBatch| {
+            let values = batch.column_by_name(&name).ok_or_else(|| {
+                Error::Internal(format!(
+                    "column '{name}' missing from the top-k bound's batch"
+                ))
+            })?;
+            b.keep(values)
+        });
+        (vec![bound.expect("mapped").0.clone()], test)
+    });
     let predicate = q.predicate.as_ref().map(|pred| {
         (
             pred.columns(),
@@ -236,6 +276,7 @@ fn open(
         pruned: slice.pruned,
         columns: needed.to_vec(),
         predicate,
+        narrowing,
         batch_size: BATCH_ROWS,
         limit,
     };

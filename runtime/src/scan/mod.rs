@@ -269,6 +269,11 @@ pub struct ObjectScan {
     pub columns: Vec<String>,
     /// Predicate columns and the predicate.
     pub predicate: Option<(Vec<String>, Predicate)>,
+    /// A second filter, run inside the decoder on the rows the predicate kept (its columns
+    /// and its test), that only narrows what is decoded: a top k's running bound. It changes
+    /// no count (without a predicate the rows it drops count as scanned and selected, as the
+    /// rows it keeps do where they arrive), and the hot tier's row groups skip it.
+    pub narrowing: Option<(Vec<String>, Predicate)>,
     /// Rows per batch.
     pub batch_size: usize,
     /// Stop after this many output rows.
@@ -298,12 +303,38 @@ pub fn open_stream(
     if let Some(sel) = scan.pruned.selection.clone() {
         builder = builder.with_row_selection(sel);
     }
+    let mut filters: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
+    // Without a predicate the consumer counts the rows it gets as scanned and selected; the
+    // ones the narrowing filter drops are counted here.
+    let count_dropped = scan.predicate.is_none();
     if let Some((cols, pred)) = scan.predicate {
         let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
         let c = counters.clone();
         let slot = errors.clone();
         let f = ArrowPredicateFn::new(mask, move |batch| run_predicate(&pred, &batch, &c, &slot));
-        builder = builder.with_row_filter(RowFilter::new(vec![Box::new(f)]));
+        filters.push(Box::new(f));
+    }
+    if let Some((cols, narrow)) = scan.narrowing {
+        let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
+        let slot = errors.clone();
+        let c = counters.clone();
+        let f = ArrowPredicateFn::new(mask, move |batch| {
+            let keep = narrow(&batch).map_err(|e| {
+                let msg = e.to_string();
+                slot.record(e);
+                arrow::error::ArrowError::ComputeError(msg)
+            })?;
+            if count_dropped {
+                let dropped = (batch.num_rows() - keep.true_count()) as u64;
+                c.rows_scanned.fetch_add(dropped, Ordering::Relaxed);
+                c.rows_selected.fetch_add(dropped, Ordering::Relaxed);
+            }
+            Ok(keep)
+        });
+        filters.push(Box::new(f));
+    }
+    if !filters.is_empty() {
+        builder = builder.with_row_filter(RowFilter::new(filters));
     }
     if let Some(limit) = scan.limit {
         builder = builder.with_limit(limit);
