@@ -469,10 +469,20 @@ impl HashAggregator {
         };
         let n_groups = self.n_groups();
         if let Some(session) = &self.offload {
+            // A column input goes to the backend as decoded (a narrow decimal as Decimal64,
+            // which it stages as it stages Decimal128: INT64 values), the same array for every
+            // aggregate that reads it (staged once).
+            let input = |e: &PhysExpr| match e {
+                PhysExpr::Column { name, .. } => match batch.column_by_name(name) {
+                    Some(c) => Ok(c.clone()),
+                    None => eval(e, batch),
+                },
+                e => eval(e, batch),
+            };
             let inputs = self
                 .aggs
                 .iter()
-                .map(|a| a.input.as_ref().map(|e| eval(e, batch)).transpose())
+                .map(|a| a.input.as_ref().map(input).transpose())
                 .collect::<Result<Vec<_>>>()?;
             let ids: Option<Vec<u32>> = self
                 .keys

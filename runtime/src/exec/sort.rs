@@ -172,6 +172,12 @@ impl TopKBound {
                 false => BooleanBuffer::new_set(n),
             }
         } else {
+            // The scan's key column may come as stored (a Decimal64), the kept rows' as the
+            // table's type: the bound takes the column's (exact: it is one of its values).
+            let kth = match kth.data_type() == values.data_type() {
+                true => kth,
+                false => arrow::compute::cast(&kth, values.data_type())?,
+            };
             let t = arrow::array::Scalar::new(kth);
             let m = match self.descending {
                 true => cmp::gt_eq(values, &t)?,

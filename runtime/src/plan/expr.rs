@@ -278,11 +278,17 @@ impl PhysExpr {
             scalar: false,
         };
         Ok(match self {
-            PhysExpr::Column { name, .. } => {
+            PhysExpr::Column { name, data_type } => {
                 let col = batch.column_by_name(name).ok_or_else(|| {
                     Error::Internal(format!("column '{name}' missing from the decoded batch"))
                 })?;
-                arr(col.clone())
+                // A decimal the scan decoded as stored (Decimal64) takes the table's type.
+                match (col.data_type(), data_type) {
+                    (DataType::Decimal64(..), DataType::Decimal128(..)) => {
+                        arr(arrow::compute::cast(col, data_type)?)
+                    }
+                    _ => arr(col.clone()),
+                }
             }
             PhysExpr::Literal(a) => Value {
                 array: a.clone(),

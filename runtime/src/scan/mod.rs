@@ -167,33 +167,54 @@ pub async fn metadata(
     Ok(md)
 }
 
-/// Arrow view of an object's metadata.
+/// Arrow view of an object's metadata: the table's types.
 pub fn arrow_metadata(md: Arc<ParquetMetaData>, object: &Object) -> Result<ArrowReaderMetadata> {
-    arrow_metadata_with(md, object, &[])
+    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    ArrowReaderMetadata::try_new(md, options).map_err(|e| unreadable(object, e))
 }
 
-/// Arrow view of an object's metadata with the string columns named in `dictionary` read as
-/// Arrow dictionaries (`Int32` keys): dictionary-encoded pages then decode to keys, never to
-/// strings.
+fn unreadable(object: &Object, e: ParquetError) -> Error {
+    Error::CorruptObject {
+        object: object.id.clone(),
+        detail: format!("Parquet schema is unreadable: {e}"),
+    }
+}
+
+/// Arrow view of an object's metadata as a scan decodes it: the string columns named in
+/// `dictionary` as Arrow dictionaries (`Int32` keys: dictionary-encoded pages then decode to
+/// keys, never to strings), and decimals stored as INT64 as `Decimal64` (the stored values
+/// as they are, where `Decimal128` widens each; the columns are widened where they are
+/// evaluated natively, and staged into kernels as they are).
 pub fn arrow_metadata_with(
     md: Arc<ParquetMetaData>,
     object: &Object,
     dictionary: &[String],
 ) -> Result<ArrowReaderMetadata> {
-    let unreadable = |e: ParquetError| Error::CorruptObject {
-        object: object.id.clone(),
-        detail: format!("Parquet schema is unreadable: {e}"),
-    };
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let plain = ArrowReaderMetadata::try_new(md.clone(), options.clone()).map_err(unreadable)?;
-    if dictionary.is_empty() {
-        return Ok(plain);
-    }
+    let plain = arrow_metadata(md.clone(), object)?;
+    let descr = md.file_metadata().schema_descr();
+    // Top-level columns stored as INT64 (a leaf of its own).
+    let int64: Vec<usize> = (0..descr.num_columns())
+        .filter(|&i| {
+            let c = descr.column(i);
+            c.path().parts().len() == 1 && c.physical_type() == parquet::basic::Type::INT64
+        })
+        .map(|i| descr.get_column_root_idx(i))
+        .collect();
+    let mut hinted = false;
     let fields: Vec<FieldRef> = plain
         .schema()
         .fields()
         .iter()
-        .map(|f| {
+        .enumerate()
+        .map(|(i, f)| {
+            if let DataType::Decimal128(p, s) = f.data_type()
+                && *p <= 18
+                && int64.contains(&i)
+            {
+                hinted = true;
+                let t = DataType::Decimal64(*p, *s);
+                return Arc::new(f.as_ref().clone().with_data_type(t));
+            }
             // The reader makes dictionaries of Utf8 and LargeUtf8 (not of views).
             let values = match f.data_type() {
                 DataType::Utf8 | DataType::Utf8View => DataType::Utf8,
@@ -203,15 +224,22 @@ pub fn arrow_metadata_with(
             if !dictionary.contains(f.name()) {
                 return f.clone();
             }
+            hinted = true;
             let t = DataType::Dictionary(Box::new(DataType::Int32), Box::new(values));
             Arc::new(f.as_ref().clone().with_data_type(t))
         })
         .collect();
+    if !hinted {
+        return Ok(plain);
+    }
     let hint = Arc::new(Schema::new_with_metadata(
         fields,
         plain.schema().metadata().clone(),
     ));
-    ArrowReaderMetadata::try_new(md, options.with_schema(hint)).map_err(unreadable)
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(PageIndexPolicy::Optional)
+        .with_schema(hint);
+    ArrowReaderMetadata::try_new(md, options).map_err(|e| unreadable(object, e))
 }
 
 /// One object's metadata and what pruning by `predicate` left of it (no data read).
@@ -236,15 +264,10 @@ pub async fn prune_object(
 ) -> Result<PrunedObject> {
     let metadata = metadata(object, counters, errors).await?;
     let arrow = arrow_metadata_with(metadata.clone(), object, dictionary)?;
-    // Statistics are read as the table's types (a dictionary column's as its strings), which
-    // the predicate's literals have.
-    let pruned = match dictionary.is_empty() {
-        true => prune::prune(&metadata, arrow.schema(), predicate),
-        false => {
-            let plain = arrow_metadata(metadata.clone(), object)?;
-            prune::prune(&metadata, plain.schema(), predicate)
-        }
-    };
+    // Statistics are read as the table's types (a dictionary column's as its strings, a
+    // decimal as Decimal128), which the predicate's literals have.
+    let plain = arrow_metadata(metadata.clone(), object)?;
+    let pruned = prune::prune(&metadata, plain.schema(), predicate);
     Ok(PrunedObject {
         metadata,
         arrow,

@@ -182,12 +182,15 @@ pub(crate) struct Seen {
 /// type the kernels do not take).
 fn fixed_values(a: &dyn Array) -> arrow::buffer::Buffer {
     use arrow::array::AsArray;
-    use arrow::datatypes::{Date32Type, Decimal128Type, Float64Type, Int32Type, Int64Type};
+    use arrow::datatypes::{
+        Date32Type, Decimal64Type, Decimal128Type, Float64Type, Int32Type, Int64Type,
+    };
     match a.data_type() {
         DataType::Int32 => a.as_primitive::<Int32Type>().values().inner().clone(),
         DataType::Int64 => a.as_primitive::<Int64Type>().values().inner().clone(),
         DataType::Float64 => a.as_primitive::<Float64Type>().values().inner().clone(),
         DataType::Decimal128(..) => a.as_primitive::<Decimal128Type>().values().inner().clone(),
+        DataType::Decimal64(..) => a.as_primitive::<Decimal64Type>().values().inner().clone(),
         DataType::Date32 => a.as_primitive::<Date32Type>().values().inner().clone(),
         _ => arrow::buffer::Buffer::from_vec(Vec::<u8>::new()),
     }
@@ -216,6 +219,10 @@ fn bits_from_zero(bits: &arrow::buffer::BooleanBuffer) -> Vec<u8> {
 /// map), but decimals of precision <= 18 travel as INT64 (exact) and strings are not taken
 /// here (the filter program reads them as UTF8 columns of their own).
 pub(crate) fn type_code(t: &DataType) -> Option<(u32, i32)> {
+    if let DataType::Decimal64(_, s) = t {
+        // A narrow decimal as the scan decodes it: INT64 already.
+        return Some((types::INT64, *s as i32));
+    }
     Some(match (arg_type(t)?, t) {
         (types::UTF8, _) => return None,
         (_, DataType::Decimal128(p, s)) if *p <= 18 => (types::INT64, *s as i32),
