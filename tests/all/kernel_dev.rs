@@ -403,6 +403,12 @@ async fn example_kernels_equal_their_host_side_sql() {
             "select count(*) from pts where bbox(x, y, '0,0,100,100') and grep(s, 'cd')",
             "select count(*) from pts where x between 0 and 100 and y between 0 and 100 and s like '%cd%'",
         ),
+        // A kernel call and a comparison each reading the string column alone: the column
+        // stays plain strings (the call takes them so), both conjuncts hold.
+        (
+            "select id from pts where grep(s, 'abc') and s <> 'zzz'",
+            "select id from pts where s like '%abc%' and s <> 'zzz'",
+        ),
     ];
     for (kernel, host) in pairs {
         same_rows(&s, kernel, host).await;

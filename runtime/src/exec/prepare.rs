@@ -121,6 +121,8 @@ impl PreparedQuery {
         };
         let output: Vec<String> = self.output.columns();
         let mut out: Vec<(String, Vec<PhysExpr>)> = Vec::new();
+        // Columns a kernel call reads alone: as plain strings (the call takes them so).
+        let mut called: Vec<String> = Vec::new();
         for c in &conjuncts {
             let cols = c.columns();
             let [name] = cols.as_slice() else { continue };
@@ -136,6 +138,9 @@ impl PreparedQuery {
                 }
                 _ => {}
             });
+            if kernel {
+                called.push(name.clone());
+            }
             if kernel || !string || output.contains(name) {
                 continue;
             }
@@ -152,6 +157,7 @@ impl PreparedQuery {
             }
         }
         out.into_iter()
+            .filter(|(n, _)| !called.contains(n))
             .map(|(n, mut v)| {
                 let e = if v.len() == 1 {
                     v.remove(0)
