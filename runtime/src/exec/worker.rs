@@ -220,8 +220,8 @@ pub(super) async fn prune(
     }))
 }
 
-/// The running bound of a top k whose first sort key is an output column read as it is
-/// stored, with that column's name; `None` for other queries (and under a plain LIMIT).
+/// The running bound of a top k whose first sort key is a plain output column, with that
+/// column's name; `None` for other queries (and under a plain LIMIT).
 fn topk_bound(
     q: &PreparedQuery,
     placement: &Placement,
@@ -253,16 +253,16 @@ fn open(
     bound: Option<&(String, Arc<TopKBound>)>,
 ) -> Result<Batches> {
     let narrowing = bound.map(|(name, b)| {
-        let (name, b) = (name.clone(), b.clone());
+        let (key, b) = (name.clone(), b.clone());
         let test: crate::scan::Predicate = Arc::new(move |batch: &RecordBatch| {
-            let values = batch.column_by_name(&name).ok_or_else(|| {
+            let values = batch.column_by_name(&key).ok_or_else(|| {
                 Error::Internal(format!(
-                    "column '{name}' missing from the top-k bound's batch"
+                    "column '{key}' missing from the top-k bound's batch"
                 ))
             })?;
             b.keep(values)
         });
-        (vec![bound.expect("mapped").0.clone()], test)
+        (vec![name.clone()], test)
     });
     let predicate = q.predicate.as_ref().map(|pred| {
         (
