@@ -102,6 +102,17 @@ impl OffloadAndHost {
         }
     }
 
+    /// Runs `q` in offload and in full transfer (its `round`-th time, for the messages):
+    /// asserts the host's answer has rows and the device's equals it; returns the offload
+    /// result for further checks.
+    pub async fn agree(&self, q: &str, round: usize) -> nearstore_sdk::SqlResult {
+        let a = self.offload.sql(q).await.unwrap();
+        let b = self.transfer.sql(q).await.unwrap();
+        assert!(b.num_rows() > 0, "{q}");
+        assert_eq!(rows(&a.batches), rows(&b.batches), "{q} (round {round})");
+        a
+    }
+
     /// Stops the device.
     pub async fn stop(self) {
         self.dev.stop().await;
