@@ -185,12 +185,14 @@ fn unreadable(object: &Object, e: ParquetError) -> Error {
 /// keys, never to strings), and decimals stored as INT64 as `Decimal64` (the stored values
 /// as they are, where `Decimal128` widens each; the columns are widened where they are
 /// evaluated natively, and staged into kernels as they are).
+/// `plain` is [`arrow_metadata`]'s view of the same metadata, returned as it is when no
+/// column is decoded otherwise.
 pub fn arrow_metadata_with(
     md: Arc<ParquetMetaData>,
+    plain: &ArrowReaderMetadata,
     object: &Object,
     dictionary: &[String],
 ) -> Result<ArrowReaderMetadata> {
-    let plain = arrow_metadata(md.clone(), object)?;
     let descr = md.file_metadata().schema_descr();
     // Top-level columns stored as INT64 (a leaf of its own).
     let int64: Vec<usize> = (0..descr.num_columns())
@@ -230,7 +232,7 @@ pub fn arrow_metadata_with(
         })
         .collect();
     if !hinted {
-        return Ok(plain);
+        return Ok(plain.clone());
     }
     let hint = Arc::new(Schema::new_with_metadata(
         fields,
@@ -263,10 +265,10 @@ pub async fn prune_object(
     errors: &ErrorSlot,
 ) -> Result<PrunedObject> {
     let metadata = metadata(object, counters, errors).await?;
-    let arrow = arrow_metadata_with(metadata.clone(), object, dictionary)?;
+    let plain = arrow_metadata(metadata.clone(), object)?;
+    let arrow = arrow_metadata_with(metadata.clone(), &plain, object, dictionary)?;
     // Statistics are read as the table's types (a dictionary column's as its strings, a
     // decimal as Decimal128), which the predicate's literals have.
-    let plain = arrow_metadata(metadata.clone(), object)?;
     let pruned = prune::prune(&metadata, plain.schema(), predicate);
     Ok(PrunedObject {
         metadata,
@@ -342,11 +344,7 @@ pub fn open_stream(
         let slot = errors.clone();
         let c = counters.clone();
         let f = ArrowPredicateFn::new(mask, move |batch| {
-            let keep = narrow(&batch).map_err(|e| {
-                let msg = e.to_string();
-                slot.record(e);
-                arrow::error::ArrowError::ComputeError(msg)
-            })?;
+            let keep = narrow(&batch).map_err(|e| decoder_error(&slot, e))?;
             if count_dropped {
                 let dropped = (batch.num_rows() - keep.true_count()) as u64;
                 c.rows_scanned.fetch_add(dropped, Ordering::Relaxed);
@@ -376,11 +374,7 @@ fn run_predicate(
     errors: &ErrorSlot,
 ) -> std::result::Result<BooleanArray, arrow::error::ArrowError> {
     let t = std::time::Instant::now();
-    let out = pred(batch).map_err(|e| {
-        let msg = e.to_string();
-        errors.record(e);
-        arrow::error::ArrowError::ComputeError(msg)
-    })?;
+    let out = pred(batch).map_err(|e| decoder_error(errors, e))?;
     counters
         .rows_scanned
         .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -391,6 +385,14 @@ fn run_predicate(
         .filter_us
         .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
     Ok(out)
+}
+
+/// A filter's error as the decoder takes it (a string), the error itself recorded in
+/// `errors` for the scan to report.
+fn decoder_error(errors: &ErrorSlot, e: Error) -> arrow::error::ArrowError {
+    let msg = e.to_string();
+    errors.record(e);
+    arrow::error::ArrowError::ComputeError(msg)
 }
 
 /// A scan's decoded batches, errors specific.
