@@ -11,7 +11,7 @@ use arrow::record_batch::RecordBatch;
 use nearstore_proto::{BackendKind, QueryStats};
 
 use super::TOPK_KERNEL_MAX;
-use super::prepare::{Output, PreparedQuery};
+use super::prepare::{FilterSplit, Output, PreparedQuery};
 use crate::compute::{ComputeBackend, ComputeSession, SessionReport, Support};
 use crate::error::{Error, Result};
 use crate::plan::PhysExpr;
@@ -231,37 +231,18 @@ fn topk_key(q: &PreparedQuery) -> Option<TopKKey> {
 }
 
 /// The filter a scan runs inside the decoder, in the session it is placed on. The columns of
-/// `dictionary` ([`PreparedQuery::dictionary_filters`]: a string column and the conjuncts that
+/// `split.dictionary` ([`PreparedQuery::split_filter`]: a string column and the conjuncts that
 /// read it alone) come as Arrow dictionaries: their conjuncts run on the dictionary's entries
 /// and a null, once per dictionary (a column chunk's), and each row takes its entry's answer;
-/// the rest of the predicate runs on the batch.
-pub(super) fn decoder_predicate(
-    p: &PhysExpr,
-    dictionary: &[(String, PhysExpr)],
-    session: Session,
-) -> crate::scan::Predicate {
-    let alone = |c: &PhysExpr| {
-        let cols = c.columns();
-        cols.len() == 1 && dictionary.iter().any(|(n, _)| *n == cols[0])
-    };
-    let rest = match p {
-        _ if dictionary.is_empty() => Some(p.clone()),
-        PhysExpr::And(v) => {
-            let mut rest: Vec<PhysExpr> = v.iter().filter(|c| !alone(c)).cloned().collect();
-            match rest.len() {
-                0 => None,
-                1 => rest.pop(),
-                _ => Some(PhysExpr::And(rest)),
-            }
-        }
-        p if alone(p) => None,
-        p => Some(p.clone()),
-    };
-    let parts: Vec<DictionaryFilter> = dictionary
-        .iter()
+/// `split.rest` runs on the batch.
+pub(super) fn decoder_predicate(split: FilterSplit, session: Session) -> crate::scan::Predicate {
+    let rest = split.rest;
+    let parts: Vec<DictionaryFilter> = split
+        .dictionary
+        .into_iter()
         .map(|(name, expr)| DictionaryFilter {
-            name: name.clone(),
-            expr: expr.clone(),
+            name,
+            expr,
             answers: Mutex::new(None),
         })
         .collect();

@@ -70,6 +70,14 @@ impl Output {
     }
 }
 
+/// A query's predicate as the decoder runs it ([`PreparedQuery::split_filter`]).
+pub(super) struct FilterSplit {
+    /// String columns decoded as dictionaries, each with the conjuncts that read it alone.
+    pub dictionary: Vec<(String, PhysExpr)>,
+    /// The other conjuncts (the whole predicate when there are no such columns).
+    pub rest: Option<PhysExpr>,
+}
+
 impl PreparedQuery {
     /// Schema of the result.
     pub fn schema(&self) -> SchemaRef {
@@ -112,9 +120,14 @@ impl PreparedQuery {
     /// conjuncts reads (no output, no other conjunct) and no kernel call (a predicate on its
     /// dictionary's entries is then exact: the filter keeps the rows whose entry passes).
     pub(super) fn dictionary_filters(&self) -> Vec<(String, PhysExpr)> {
-        let Some(pred) = &self.predicate else {
-            return Vec::new();
-        };
+        self.split_filter().map_or_else(Vec::new, |s| s.dictionary)
+    }
+
+    /// The predicate split for the decoder: the conjuncts of [`dictionary_filters`]
+    /// (Self::dictionary_filters) by column, and the rest, run on the batch; `None` without
+    /// a predicate.
+    pub(super) fn split_filter(&self) -> Option<FilterSplit> {
+        let pred = self.predicate.as_ref()?;
         let conjuncts: Vec<&PhysExpr> = match pred {
             PhysExpr::And(v) => v.iter().collect(),
             p => vec![p],
@@ -156,17 +169,35 @@ impl PreparedQuery {
                 None => out.push((name.clone(), vec![(*c).clone()])),
             }
         }
-        out.into_iter()
-            .filter(|(n, _)| !called.contains(n))
-            .map(|(n, mut v)| {
-                let e = if v.len() == 1 {
-                    v.remove(0)
-                } else {
-                    PhysExpr::And(v)
-                };
-                (n, e)
-            })
-            .collect()
+        out.retain(|(n, _)| !called.contains(n));
+        if out.is_empty() {
+            return Some(FilterSplit {
+                dictionary: Vec::new(),
+                rest: Some(pred.clone()),
+            });
+        }
+        let alone = |c: &PhysExpr| {
+            let cols = c.columns();
+            cols.len() == 1 && out.iter().any(|(n, _)| *n == cols[0])
+        };
+        let mut rest: Vec<PhysExpr> = conjuncts
+            .iter()
+            .filter(|c| !alone(c))
+            .map(|c| (*c).clone())
+            .collect();
+        let rest = match rest.len() {
+            0 => None,
+            1 => rest.pop(),
+            _ => Some(PhysExpr::And(rest)),
+        };
+        let one = |mut v: Vec<PhysExpr>| match v.len() {
+            1 => v.remove(0),
+            _ => PhysExpr::And(v),
+        };
+        Some(FilterSplit {
+            dictionary: out.into_iter().map(|(n, v)| (n, one(v))).collect(),
+            rest,
+        })
     }
 
     /// Every column the scan decodes as an Arrow dictionary: the group keys of

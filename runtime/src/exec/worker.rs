@@ -264,12 +264,16 @@ fn open(
         });
         (vec![name.clone()], test)
     });
-    let predicate = q.predicate.as_ref().map(|pred| {
-        (
-            pred.columns(),
-            decoder_predicate(pred, &q.dictionary_filters(), placement.filter_session()),
-        )
-    });
+    let predicate = q
+        .predicate
+        .as_ref()
+        .zip(q.split_filter())
+        .map(|(pred, split)| {
+            (
+                pred.columns(),
+                decoder_predicate(split, placement.filter_session()),
+            )
+        });
     let scan = ObjectScan {
         object: slice.object,
         metadata: slice.metadata,
