@@ -21,7 +21,7 @@ use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type,
     UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 
 use crate::error::{Error, Result};
 
@@ -75,8 +75,9 @@ enum Index {
 pub(super) struct GroupKeys {
     conv: RowConverter,
     index: Index,
-    /// Each group's key in the row format, in group id order.
-    rows: Vec<OwnedRow>,
+    /// Each group's key in the row format, in group id order (one buffer, not one
+    /// allocation per group).
+    rows: Rows,
     /// The dictionary path's table, when the keys come as dictionaries.
     dict: Option<DictTable>,
     /// The key columns' types.
@@ -95,9 +96,9 @@ impl GroupKeys {
             Index::Rows(HashMap::default())
         };
         Ok(GroupKeys {
+            rows: conv.empty_rows(0, 0),
             conv,
             index,
-            rows: Vec::new(),
             dict: None,
             types: types.to_vec(),
         })
@@ -105,7 +106,7 @@ impl GroupKeys {
 
     /// Groups so far.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.num_rows()
     }
 
     /// The group id of each row of the key columns `cols`, new groups added in row order.
@@ -124,7 +125,7 @@ impl GroupKeys {
         }
         if let Index::Direct(d) = &mut self.index {
             let mut fresh = Vec::new();
-            if let Some(ids) = d.column_ids(&cols[0], self.rows.len(), &mut fresh)? {
+            if let Some(ids) = d.column_ids(&cols[0], self.rows.num_rows(), &mut fresh)? {
                 self.add_rows(cols, fresh)?;
                 return Ok(ids);
             }
@@ -134,7 +135,7 @@ impl GroupKeys {
         if let Index::Packed(map) = &mut self.index {
             if let Some(keys) = pack(cols) {
                 let mut fresh = Vec::new();
-                let mut next = self.rows.len();
+                let mut next = self.rows.num_rows();
                 let ids = keys
                     .iter()
                     .enumerate()
@@ -162,10 +163,10 @@ impl GroupKeys {
             let g = match map.get(r.as_ref()) {
                 Some(&g) => g,
                 None => {
-                    let g = self.rows.len();
+                    let g = self.rows.num_rows();
                     check_groups(g + 1)?;
                     map.insert(r.as_ref().into(), g);
-                    self.rows.push(r.owned());
+                    self.rows.push(r);
                     g
                 }
             };
@@ -249,14 +250,13 @@ impl GroupKeys {
         if fresh.is_empty() {
             return Ok(());
         }
-        check_groups(self.rows.len() + fresh.len())?;
+        check_groups(self.len() + fresh.len())?;
         let at = arrow::array::UInt32Array::from(fresh);
         let picked = cols
             .iter()
             .map(|c| take(c, &at, None))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let encoded = self.conv.convert_columns(&picked)?;
-        self.rows.extend(encoded.iter().map(|r| r.owned()));
+        self.conv.append(&mut self.rows, &picked)?;
         Ok(())
     }
 
@@ -267,13 +267,13 @@ impl GroupKeys {
         let parser = self.conv.parser();
         let cols = self
             .conv
-            .convert_rows(other.rows.iter().map(|r| parser.parse(r.as_ref())))?;
+            .convert_rows(other.rows.iter().map(|r| parser.parse(r.data())))?;
         self.ids(&cols)
     }
 
     /// The key columns, one row per group in id order.
     pub fn columns(&self) -> Result<Vec<ArrayRef>> {
-        Ok(self.conv.convert_rows(self.rows.iter().map(|r| r.row()))?)
+        Ok(self.conv.convert_rows(self.rows.iter())?)
     }
 }
 
