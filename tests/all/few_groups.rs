@@ -2,7 +2,8 @@
 //! per group before touching its state: the answers equal the host's (full transfer) with
 //! nulls in the summed and counted column (those aggregates take the row-at-a-time path),
 //! int32, int64 and decimal inputs, and decimal sums that overflow an `i64` within one batch
-//! (redone row at a time in 128 bits).
+//! (redone row at a time in 128 bits); and aggregates over computed inputs, which the kernel
+//! computes inside its aggregate call.
 
 use std::sync::Arc;
 
@@ -28,12 +29,19 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Decimal128Array::from_iter_values(ids.iter().map(|i| 900_000_000_000_000_000 + *i as i128))
             .with_precision_and_scale(18, 0)
             .unwrap();
+    let price = ids
+        .iter()
+        .map(|i| (i % 13 != 4).then_some(i128::from(i * 7 % 100_000)))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(12, 2)
+        .unwrap();
     let schema = Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("g", DataType::Int64, false),
         Field::new("v", DataType::Int64, true),
         Field::new("small", DataType::Int32, false),
         Field::new("big", DataType::Decimal128(18, 0), false),
+        Field::new("price", DataType::Decimal128(12, 2), true),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(ids)),
@@ -41,6 +49,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Arc::new(v),
         Arc::new(small),
         Arc::new(big),
+        Arc::new(price),
     ];
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
@@ -72,6 +81,53 @@ async fn few_groups_sum_and_count_as_the_host_does() {
         assert_eq!(b.num_rows(), 5, "{q}");
         assert_eq!(rows(&a.batches), rows(&b.batches), "{q}");
     }
+    t.stop().await;
+}
+
+/// Aggregates over computed decimal inputs (what SQL pushes; the plan-level differential test
+/// covers integers and floats), which the kernel computes inside its aggregate call: the
+/// answers equal the host's with nulls among the operands, narrow and wide (a product of two
+/// decimals) results, an expression two aggregates share, with few groups and without; an
+/// input whose arithmetic fails is Arrow's error, as on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn computed_inputs_aggregate_as_the_host_does() {
+    let batches: Vec<RecordBatch> = (0..4).map(|i| batch(i * 10_000, 10_000)).collect();
+    let t = OffloadAndHost::with_table("f", batches).await;
+    for (round, q) in [
+        "select g, sum(price * (1 - price)) as a, avg(price * (1 - price)) as b, \
+         count(price + 1) as c, min(price - 7) as d, max(price * price) as e, count(*) as n \
+         from f group by g order by g",
+        "select g, sum(big * 3) as a, max(big * big) as b, min(big + big) as c from f \
+         where id > 15000 group by g order by g",
+        "select sum(price * 2) as a, sum(big * 2) as b, max(price * price) as c from f",
+        "select g, sum(big - price) as a, sum(price * 2) as b from f group by g order by g",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = t.agree(q, round).await;
+        for (plan, st) in &r.scans {
+            assert!(!plan.aggregates.is_empty(), "{q}: pushed down");
+            assert!(
+                st.placement.contains("aggregate=wasm"),
+                "{q}: {}",
+                st.placement
+            );
+        }
+    }
+    let q = "select g, sum(price / (price - price)) as a from f group by g";
+    let a = t.offload.sql(q).await.unwrap_err().to_string();
+    let b = t.transfer.sql(q).await.unwrap_err().to_string();
+    for e in [&a, &b] {
+        assert!(e.to_lowercase().contains("divide by zero"), "{q}: {e}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_int32_sum_as_a_plan_agrees_in_wasm_and_natively() {
+    let batches: Vec<RecordBatch> = (0..4).map(|i| batch(i * 10_000, 10_000)).collect();
+    let t = OffloadAndHost::with_table("f", batches).await;
     // An int32 sum (SQL widens it on the host first) as a plan, in Wasm and natively.
     let mut c = t.dev.client().await;
     let mut answers = Vec::new();

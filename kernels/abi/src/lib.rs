@@ -398,8 +398,11 @@ pub mod program {
     pub const PROGRAM_BYTES_MAX: usize = 64 * 1024;
 }
 
-/// The aggregate program: per aggregate, 4 bytes: function `u8`, input column `u16` (0xFFFF
-/// for none), reserved `u8`.
+/// The aggregate program: the number of aggregates `n: u16`; per aggregate 4 bytes —
+/// function `u8`, input `u16` (0xFFFF for none), input kind `u8` ([`agg::INPUT_COLUMN`]: the
+/// batch's column `input`; [`agg::INPUT_COMPUTED`]: computed input `input`, from 0); then
+/// the computed inputs, each a `u32` length and an expression program ([`expr`]) over the
+/// batch's columns, evaluated before any aggregate is folded ([`agg::split`] reads the layout).
 ///
 /// Each slot is 32 bytes: an accumulator at offset 0 (`i128` for integer and decimal inputs,
 /// `f64` for float inputs; for min/max of floats the IEEE total-order key as `i128`), the count
@@ -419,6 +422,45 @@ pub mod agg {
     pub const SLOT_BYTES: usize = 32;
     /// Input column meaning "no input".
     pub const NO_COLUMN: u16 = 0xFFFF;
+    /// Input kind: a column of the batch.
+    pub const INPUT_COLUMN: u8 = 0;
+    /// Input kind: a computed input, evaluated from the batch's columns inside the call.
+    pub const INPUT_COMPUTED: u8 = 1;
+
+    /// An aggregate program's 4-byte entries (one per aggregate) and its computed inputs
+    /// ([`Programs`] reads them in order); `None` when the layout does not hold.
+    pub fn split(params: &[u8]) -> Option<(&[u8], Programs<'_>)> {
+        let (n, rest) = params.split_first_chunk::<2>()?;
+        let n = u16::from_le_bytes(*n) as usize;
+        let (entries, computed) = rest.split_at_checked(4 * n)?;
+        let mut check = Programs { rest: computed };
+        while !check.rest.is_empty() {
+            check.next()?;
+        }
+        Some((entries, Programs { rest: computed }))
+    }
+
+    /// The expression programs of an aggregate program's computed inputs, in order.
+    pub struct Programs<'a> {
+        rest: &'a [u8],
+    }
+
+    impl<'a> Iterator for Programs<'a> {
+        type Item = &'a [u8];
+
+        fn next(&mut self) -> Option<&'a [u8]> {
+            let (len, tail) = self.rest.split_first_chunk::<4>()?;
+            let (program, tail) = tail.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+            self.rest = tail;
+            Some(program)
+        }
+    }
+
+    /// The number of aggregates of a program (its state's slots per group); `None` when the
+    /// layout does not hold.
+    pub fn count(params: &[u8]) -> Option<usize> {
+        split(params).map(|(entries, _)| entries.len() / 4)
+    }
 }
 
 #[cfg(test)]

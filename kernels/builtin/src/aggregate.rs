@@ -3,10 +3,13 @@
 //! first while the groups are few ([`Few`]: counts and integer sums), else row at a time into
 //! each row's group.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
 use nearstore_kernel::abi::{agg, status, types};
 use nearstore_kernel::{AggState, BLOCK, Batch, Column, KernelResult, f64_order_key, lanes};
+
+use crate::expr::{self, Vals};
 
 /// One aggregate's running value over some rows.
 #[derive(Clone, Copy)]
@@ -73,13 +76,16 @@ fn merge(
     Ok(())
 }
 
-/// Accumulates the aggregate program over a batch (see `nearstore_kernel_abi::agg`).
+/// Accumulates the aggregate program over a batch (see `nearstore_kernel_abi::agg`): its
+/// computed inputs first, every one of them, so that an arithmetic error in one leaves the
+/// state as it was (the host then evaluates them on their own, as a projection's).
 pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
-    let p = batch.params();
-    if p.len() % 4 != 0 {
-        return Err(status::BAD_INPUT);
-    }
+    let (p, programs) = agg::split(batch.params()).ok_or(status::BAD_INPUT)?;
     let rows = batch.rows();
+    let computed = programs
+        .map(|program| Computed::of(program, batch))
+        .collect::<KernelResult<Vec<_>>>()?;
+    let computed: Vec<Column> = computed.iter().map(|c| c.column(rows)).collect();
     let gcol = batch.column(0)?;
     let groups: Option<&[i32]> = if gcol.type_code() == 0 {
         None
@@ -91,7 +97,7 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     let counts_or_sums = p
         .chunks_exact(4)
         .any(|a| matches!(a[0], agg::COUNT_STAR | agg::COUNT | agg::SUM));
-    let few = match groups {
+    let mut few = match groups {
         Some(g) if st.groups() <= FEW_GROUPS && counts_or_sums => {
             Some(Few::of(g, rows, st.groups())?)
         }
@@ -99,9 +105,18 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     };
     for j in 0..p.len() / 4 {
         let func = p[4 * j];
-        let col = u16::from_le_bytes([p[4 * j + 1], p[4 * j + 2]]);
-        if let Some(few) = &few
-            && few.fold(batch, st, j, func, col)?
+        let at = u16::from_le_bytes([p[4 * j + 1], p[4 * j + 2]]);
+        let input = match (at, p[4 * j + 3]) {
+            (agg::NO_COLUMN, _) => None,
+            (at, agg::INPUT_COLUMN) => Some(batch.column(at as usize)?),
+            (at, agg::INPUT_COMPUTED) => Some(computed.get(at as usize).ok_or(status::BAD_INPUT)?),
+            _ => return Err(status::BAD_INPUT),
+        };
+        let entry: [u8; 4] = p[4 * j..4 * j + 4]
+            .try_into()
+            .map_err(|_| status::BAD_INPUT)?;
+        if let Some(few) = &mut few
+            && few.fold(st, j, entry, input)?
         {
             continue;
         }
@@ -131,10 +146,12 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
             }
             continue;
         }
-        if !matches!(func, agg::COUNT | agg::SUM | agg::MIN | agg::MAX) || col == agg::NO_COLUMN {
+        let (true, Some(c)) = (
+            matches!(func, agg::COUNT | agg::SUM | agg::MIN | agg::MAX),
+            input,
+        ) else {
             return Err(status::BAD_INPUT);
-        }
-        let c = batch.column(col as usize)?;
+        };
         let float = c.type_code() == types::FLOAT64;
         let args = Args {
             func,
@@ -158,6 +175,60 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     Ok(())
 }
 
+/// A computed input's values over the batch, held while the aggregates read them as a
+/// column: 64-bit integers while every value fits, else 128-bit (wide decimals), or floats.
+struct Computed {
+    vals: ComputedVals,
+    /// Validity bits, a row per bit from bit 0 (`None`: every row valid).
+    valid: Option<Vec<u8>>,
+}
+
+enum ComputedVals {
+    I64(Vec<i64>),
+    I128(Vec<i128>),
+    F64(Vec<f64>),
+}
+
+impl Computed {
+    /// Evaluates an expression program over the batch (an error for what leaves its type's
+    /// range or divides by zero, as a projection's evaluation).
+    fn of(program: &[u8], batch: &Batch) -> KernelResult<Self> {
+        let rows = batch.rows();
+        let v = expr::eval(&expr::decode_expr(program, batch)?, batch)?;
+        let vals = match v.vals {
+            Vals::I64Ref(x) => ComputedVals::I64(x.to_vec()),
+            Vals::I64(x) => ComputedVals::I64(x),
+            Vals::I128(x) => ComputedVals::I128(x),
+            Vals::F64Ref(x) => ComputedVals::F64(x.to_vec()),
+            Vals::F64(x) => ComputedVals::F64(x),
+            Vals::ConstI(c) => match i64::try_from(c) {
+                Ok(c) => ComputedVals::I64(vec![c; rows]),
+                Err(_) => ComputedVals::I128(vec![c; rows]),
+            },
+            Vals::ConstF(c) => ComputedVals::F64(vec![c; rows]),
+        };
+        let valid = v
+            .valid
+            .map(|words| words.iter().flat_map(|w| w.to_le_bytes()).collect());
+        Ok(Computed { vals, valid })
+    }
+
+    /// The values as a column of the batch's `rows` rows.
+    fn column(&self, rows: usize) -> Column<'_> {
+        fn bytes<T>(x: &[T]) -> &[u8] {
+            // SAFETY: plain integers and floats, every byte initialised; the view covers
+            // exactly the slice's memory and borrows it.
+            unsafe { core::slice::from_raw_parts(x.as_ptr().cast::<u8>(), size_of_val(x)) }
+        }
+        let (code, values) = match &self.vals {
+            ComputedVals::I64(x) => (types::INT64, bytes(x)),
+            ComputedVals::I128(x) => (types::DECIMAL128, bytes(x)),
+            ComputedVals::F64(x) => (types::FLOAT64, bytes(x)),
+        };
+        Column::from_parts(code, 0, values, self.valid.as_deref(), None, rows)
+    }
+}
+
 /// Groups up to which [`Few`] folds a batch's grouped counts and integer sums into per-group
 /// partials before the state: with a handful of groups (TPC-H Q1 has four) every row would
 /// otherwise load, add with an overflow check and store its group's 16-byte slot and its count
@@ -168,51 +239,96 @@ const FEW_GROUPS: usize = 256;
 struct Few<'a> {
     ids: &'a [i32],
     rows_in: Vec<i64>,
+    /// The per-group sums of the aggregate entries folded so far, by entry: a sum the program
+    /// asks for twice (TPC-H Q1's `sum(l_quantity)` beside `avg(l_quantity)`) is added up once.
+    sums_of: Vec<([u8; 4], Vec<i128>)>,
 }
 
 impl<'a> Few<'a> {
     /// Counts `rows` rows' groups; `BAD_INPUT` for a missing id or one out of `groups`.
     fn of(ids: &'a [i32], rows: usize, groups: usize) -> KernelResult<Self> {
         let ids = ids.get(..rows).ok_or(status::BAD_INPUT)?;
-        let mut rows_in = alloc::vec![0i64; groups];
-        for &g in ids {
-            *rows_in
-                .get_mut(g as u32 as usize)
-                .ok_or(status::BAD_INPUT)? += 1;
+        if ids.iter().any(|&g| g as u32 as usize >= groups) {
+            return Err(status::BAD_INPUT);
         }
-        Ok(Few { ids, rows_in })
+        let rows_in = Self::per_group(ids, groups, |_| 1i64);
+        Ok(Few {
+            ids,
+            rows_in: rows_in.0,
+            sums_of: Vec::new(),
+        })
     }
 
-    /// Folds aggregate `j` (`func` over column `col`) if it is one this path takes — COUNT(*),
-    /// or COUNT and an integer SUM over a column without nulls — and says whether it did. A
-    /// sum is added up per group in an `i64`; should one overflow, nothing has been written
-    /// and the row-at-a-time path does it instead.
+    /// Adds up `value(i)` per group of `ids` (each below `groups`, checked by the caller)
+    /// with wrapping addition, and says whether any addition overflowed. Four rows at a time
+    /// into four sets of partials: rows of one group one after another (TPC-H Q1's are, a
+    /// handful of groups) would otherwise each wait for the previous one's store.
+    #[inline(always)]
+    fn per_group<A: Sum>(ids: &[i32], groups: usize, value: impl Fn(usize) -> A) -> (Vec<A>, bool) {
+        let mut part = vec![A::default(); 4 * groups];
+        let mut over = false;
+        let (quads, rest) = ids.as_chunks::<4>();
+        for (q, g) in quads.iter().enumerate() {
+            for l in 0..4 {
+                let s = &mut part[l * groups + g[l] as u32 as usize];
+                let (v, o) = s.add(value(4 * q + l));
+                *s = v;
+                over |= o;
+            }
+        }
+        for (k, &g) in rest.iter().enumerate() {
+            let s = &mut part[g as u32 as usize];
+            let (v, o) = s.add(value(4 * quads.len() + k));
+            *s = v;
+            over |= o;
+        }
+        let (first, others) = part.split_at_mut(groups);
+        for lane in others.chunks_exact(groups) {
+            for (s, &x) in first.iter_mut().zip(lane) {
+                let (v, o) = s.add(x);
+                *s = v;
+                over |= o;
+            }
+        }
+        part.truncate(groups);
+        (part, over)
+    }
+
+    /// Folds aggregate `j` (its program `entry`, over `input`) if it is one this path takes — COUNT(*),
+    /// or COUNT and an integer or decimal SUM over a column without nulls — and says whether
+    /// it did. A sum is added up per group in an `i64` (a decimal's in an `i128`); should one
+    /// overflow, nothing has been written and the row-at-a-time path does it instead.
     fn fold(
-        &self,
-        batch: &Batch,
+        &mut self,
         st: &mut AggState,
         j: usize,
-        func: u8,
-        col: u16,
+        entry: [u8; 4],
+        input: Option<&Column>,
     ) -> KernelResult<bool> {
+        let func = entry[0];
+        if let Some((_, sums)) = self.sums_of.iter().find(|(e, _)| *e == entry) {
+            let sums = sums.clone();
+            return self.merge(st, j, Some(&sums));
+        }
         // Per group, what to add to its accumulator (`None`: a count alone).
-        let sums: Option<Vec<i64>> = match func {
-            agg::COUNT_STAR => None,
-            agg::COUNT | agg::SUM if col != agg::NO_COLUMN => {
-                let c = batch.column(col as usize)?;
+        let sums: Option<Vec<i128>> = match (func, input) {
+            (agg::COUNT_STAR, _) => None,
+            (agg::COUNT | agg::SUM, Some(c)) => {
                 if c.has_nulls() {
                     return Ok(false);
                 }
                 let sums = match (func, c.type_code()) {
                     (agg::COUNT, _) => return self.merge(st, j, None),
-                    (_, types::INT32 | types::DATE32) => self.sums(c.i32s()?, |x| x as i64)?,
-                    (_, types::INT64) => self.sums(c.i64s()?, |x| x)?,
+                    (_, types::INT32 | types::DATE32) => self.sums(c.i32s()?, i64::from)?,
+                    (_, types::INT64) => self.sums(c.i64s()?, |x: i64| x)?,
+                    (_, types::DECIMAL128) => self.sums(c.i128s()?, |x| x)?,
                     _ => None,
                 };
-                if sums.is_none() {
+                let Some(sums) = sums else {
                     return Ok(false);
-                }
-                sums
+                };
+                self.sums_of.push((entry, sums.clone()));
+                Some(sums)
             }
             _ => return Ok(false),
         };
@@ -220,7 +336,7 @@ impl<'a> Few<'a> {
     }
 
     /// Adds each group's row count (and sum) to its slot of aggregate `j`.
-    fn merge(&self, st: &mut AggState, j: usize, sums: Option<&[i64]>) -> KernelResult<bool> {
+    fn merge(&self, st: &mut AggState, j: usize, sums: Option<&[i128]>) -> KernelResult<bool> {
         for (g, &n) in self.rows_in.iter().enumerate() {
             if n == 0 {
                 continue;
@@ -228,7 +344,7 @@ impl<'a> Few<'a> {
             let (acc, count) = st.slot(g, j)?;
             if let Some(s) = sums {
                 let prev = i128::from_le_bytes(*acc);
-                let add = *s.get(g).ok_or(status::BAD_INPUT)? as i128;
+                let add = *s.get(g).ok_or(status::BAD_INPUT)?;
                 *acc = prev.checked_add(add).ok_or(status::OVERFLOW)?.to_le_bytes();
             }
             *count += n;
@@ -236,19 +352,40 @@ impl<'a> Few<'a> {
         Ok(true)
     }
 
-    /// Each group's sum of `vals` (`None` if one overflows an `i64`).
-    fn sums<T: Copy>(&self, vals: &[T], conv: impl Fn(T) -> i64) -> KernelResult<Option<Vec<i64>>> {
+    /// Each group's sum of `vals` converted by `conv`, added up in `A` (`i64`; `i128` for
+    /// decimals wider than 18 digits); `None` if one overflows it.
+    fn sums<T: Copy, A: Sum>(
+        &self,
+        vals: &[T],
+        conv: impl Fn(T) -> A,
+    ) -> KernelResult<Option<Vec<i128>>> {
         let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
-        let mut sums = alloc::vec![0i64; self.rows_in.len()];
-        let mut over = false;
-        for (&g, &x) in self.ids.iter().zip(vals) {
-            // In range: `of` checked every id.
-            let s = &mut sums[g as u32 as usize];
-            let (v, o) = s.overflowing_add(conv(x));
-            *s = v;
-            over |= o;
-        }
-        Ok((!over).then_some(sums))
+        let (sums, over) = Self::per_group(self.ids, self.rows_in.len(), |i| conv(vals[i]));
+        Ok((!over).then(|| sums.into_iter().map(Sum::wide).collect()))
+    }
+}
+
+/// An integer a group's sum is added up in, with wrapping addition and its overflow flag.
+trait Sum: Copy + Default {
+    fn add(self, x: Self) -> (Self, bool);
+    fn wide(self) -> i128;
+}
+
+impl Sum for i64 {
+    fn add(self, x: Self) -> (Self, bool) {
+        self.overflowing_add(x)
+    }
+    fn wide(self) -> i128 {
+        self.into()
+    }
+}
+
+impl Sum for i128 {
+    fn add(self, x: Self) -> (Self, bool) {
+        self.overflowing_add(x)
+    }
+    fn wide(self) -> i128 {
+        self
     }
 }
 

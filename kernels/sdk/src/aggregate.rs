@@ -21,7 +21,7 @@ pub unsafe fn __run_aggregate(
     let result = with_scratch(|| -> KernelResult {
         // SAFETY: forwarded contract.
         let batch = unsafe { batch_from_memory(desc) }?;
-        let naggs = batch.params().len() / 4;
+        let naggs = abi::agg::count(batch.params()).ok_or(status::BAD_INPUT)?;
         if !state.is_multiple_of(16) {
             return Err(status::BAD_INPUT);
         }

@@ -107,6 +107,15 @@ impl SessionReport {
     }
 }
 
+/// An aggregate's input as [`ComputeSession::aggregate`] takes it.
+#[derive(Clone)]
+pub enum AggInput<'a> {
+    /// Its values (a column as decoded, or an expression evaluated).
+    Array(ArrayRef),
+    /// An expression the session computes from the batch's columns inside the call.
+    Computed(&'a PhysExpr),
+}
+
 /// One query's use of a backend.
 pub trait ComputeSession: Send {
     /// Evaluates a filter: `true` keeps the row; nulls are already `false`.
@@ -115,18 +124,25 @@ pub trait ComputeSession: Send {
     /// Evaluates a value expression, one value per row.
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
 
-    /// Accumulates one batch of `rows` rows: `groups` gives each row's group (`None`: all in
-    /// group 0), `inputs[j]` the input of `aggs[j]` (`None` for count(*)). Partial states
-    /// persist across calls within the session.
+    /// Accumulates one batch: `groups` gives each row's group (`None`: all in group 0),
+    /// `inputs[j]` the input of `aggs[j]` (`None` for count(*)), an array or an expression
+    /// over `batch`'s columns (only where [`ComputeSession::computes_aggregate_input`] said
+    /// so). Partial states persist across calls within the session.
     fn aggregate(
         &mut self,
         _aggs: &[AggSpec],
         _groups: Option<&[u32]>,
         _n_groups: usize,
-        _inputs: &[Option<ArrayRef>],
-        _rows: usize,
+        _inputs: &[Option<AggInput<'_>>],
+        _batch: &RecordBatch,
     ) -> Result<()> {
         Err(Error::Unsupported("this backend does not aggregate".into()))
+    }
+
+    /// Whether [`ComputeSession::aggregate`] takes `expr` as an input it computes from the
+    /// batch inside the call ([`AggInput::Computed`]), rather than evaluated beforehand.
+    fn computes_aggregate_input(&self, _expr: &PhysExpr) -> bool {
+        false
     }
 
     /// Final values of the accumulated aggregates, one array per aggregate, `n_groups` long.

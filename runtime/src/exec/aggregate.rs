@@ -16,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use nearstore_proto::AggFunc;
 
-use crate::compute::ComputeSession;
+use crate::compute::{AggInput, ComputeSession};
 use crate::error::{Error, Result};
 use crate::plan::{AggSpec, KernelFn, PhysExpr, avg_exact};
 
@@ -387,6 +387,28 @@ pub struct HashAggregator {
 /// A compute session shared by the operators of one query.
 pub type SharedSession = Arc<std::sync::Mutex<Box<dyn ComputeSession>>>;
 
+/// An aggregate's input for an offloaded aggregate: a column as decoded; a computed one for
+/// the session to compute inside its call where it can, else evaluated by `eval`.
+fn agg_input<'e>(
+    e: &'e PhysExpr,
+    batch: &RecordBatch,
+    session: &SharedSession,
+    eval: &dyn Fn(&PhysExpr, &RecordBatch) -> Result<ArrayRef>,
+) -> Result<AggInput<'e>> {
+    if let PhysExpr::Column { name, .. } = e
+        && let Some(c) = batch.column_by_name(name)
+    {
+        return Ok(AggInput::Array(c.clone()));
+    }
+    // Asked before `eval` runs: it takes the same session's lock.
+    let inside = lock(session).computes_aggregate_input(e);
+    Ok(if inside {
+        AggInput::Computed(e)
+    } else {
+        AggInput::Array(eval(e, batch)?)
+    })
+}
+
 fn lock(s: &SharedSession) -> std::sync::MutexGuard<'_, Box<dyn ComputeSession>> {
     s.lock().expect("compute session")
 }
@@ -471,24 +493,24 @@ impl HashAggregator {
         if let Some(session) = &self.offload {
             // A column input goes to the backend as decoded (a narrow decimal as Decimal64,
             // which it stages as it stages Decimal128: INT64 values), the same array for every
-            // aggregate that reads it (staged once).
-            let input = |e: &PhysExpr| match e {
-                PhysExpr::Column { name, .. } => match batch.column_by_name(name) {
-                    Some(c) => Ok(c.clone()),
-                    None => eval(e, batch),
-                },
-                e => eval(e, batch),
-            };
+            // aggregate that reads it (staged once); a computed one is computed inside the
+            // backend's call where it can (TPC-H Q1's `l_extendedprice * (1 - l_discount)`
+            // then never leaves the kernel), else evaluated first.
             let inputs = self
                 .aggs
                 .iter()
-                .map(|a| a.input.as_ref().map(input).transpose())
+                .map(|a| {
+                    a.input
+                        .as_ref()
+                        .map(|e| agg_input(e, batch, session, eval))
+                        .transpose()
+                })
                 .collect::<Result<Vec<_>>>()?;
             let ids: Option<Vec<u32>> = self
                 .keys
                 .as_ref()
                 .map(|_| groups.iter().map(|&g| g as u32).collect());
-            return lock(session).aggregate(&self.aggs, ids.as_deref(), n_groups, &inputs, n);
+            return lock(session).aggregate(&self.aggs, ids.as_deref(), n_groups, &inputs, batch);
         }
         for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {
             if let Acc::Kernel(call, args) = acc {

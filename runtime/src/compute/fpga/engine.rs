@@ -266,9 +266,17 @@ pub(super) fn aggregate(
     n_groups: usize,
     out: &mut [u8],
 ) -> Result<usize, FpgaError> {
-    if prog.is_empty() || !prog.len().is_multiple_of(4) {
-        return Err(FpgaError::Unsupported("malformed aggregate program".into()));
-    }
+    let prog = match agg::split(prog) {
+        Some((entries, mut computed)) if !entries.is_empty() => {
+            if computed.next().is_some() {
+                return Err(FpgaError::Unsupported(
+                    "the aggregate engine takes no computed inputs".into(),
+                ));
+            }
+            entries
+        }
+        _ => return Err(FpgaError::Unsupported("malformed aggregate program".into())),
+    };
     let naggs = prog.len() / 4;
     let need = n_groups * naggs * agg::SLOT_BYTES;
     if out.len() < need {
@@ -290,6 +298,11 @@ pub(super) fn aggregate(
     };
     for (j, spec) in prog.chunks_exact(4).enumerate() {
         let func = spec[0];
+        if spec[3] != agg::INPUT_COLUMN {
+            return Err(FpgaError::Unsupported(
+                "the aggregate engine takes no computed inputs".into(),
+            ));
+        }
         let c = match u16::from_le_bytes([spec[1], spec[2]]) {
             agg::NO_COLUMN => None,
             k => Some(

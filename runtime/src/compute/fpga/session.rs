@@ -18,7 +18,7 @@ use crate::compute::program::{
     merge_state,
 };
 use crate::compute::wasm::{WasmBackend, WasmSession};
-use crate::compute::{ComputeSession, KernelLimits, SessionReport};
+use crate::compute::{AggInput, ComputeSession, KernelLimits, SessionReport};
 use crate::error::Result;
 use crate::plan::{AggSpec, PhysExpr};
 
@@ -175,7 +175,9 @@ fn device_aggregate(
         })
         .transpose()?;
     let columns = put_columns(dev, views, allocated, modelled)?;
-    let bytes = n_groups * (params.len() / 4) * agg::SLOT_BYTES;
+    let naggs = agg::count(params)
+        .ok_or_else(|| FpgaError::Unsupported("malformed aggregate program".into()))?;
+    let bytes = n_groups * naggs * agg::SLOT_BYTES;
     let out = dev.alloc(bytes)?;
     allocated.push(out);
     let run = dev.run_aggregate(&AggregateArgs {
@@ -218,11 +220,12 @@ impl ComputeSession for FpgaSession {
         aggs: &[AggSpec],
         groups: Option<&[u32]>,
         n_groups: usize,
-        inputs: &[Option<ArrayRef>],
-        rows: usize,
+        inputs: &[Option<AggInput<'_>>],
+        batch: &RecordBatch,
     ) -> Result<()> {
+        let rows = batch.num_rows();
         if self.fallback.is_none() {
-            let (params, owned) = marshal_aggregate(aggs, inputs)?;
+            let (params, owned) = marshal_aggregate(aggs, inputs, batch)?;
             let views: Vec<ColumnBuffers<'_>> = owned.iter().map(|c| c.view()).collect();
             match self.on_device(|dev, allocated, modelled| {
                 device_aggregate(
@@ -244,7 +247,7 @@ impl ComputeSession for FpgaSession {
         self.fallback
             .as_mut()
             .expect("fallback opened above")
-            .aggregate(aggs, groups, n_groups, inputs, rows)
+            .aggregate(aggs, groups, n_groups, inputs, batch)
     }
 
     fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {

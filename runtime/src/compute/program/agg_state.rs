@@ -12,25 +12,45 @@ use std::sync::Arc;
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
 use nearstore_kernel_abi::agg;
 use nearstore_proto::AggFunc;
 
 use super::columns::OwnedColumn;
+use super::expr::expr_program_with;
+use crate::compute::AggInput;
 use crate::error::{Error, Result};
 use crate::plan::{AggSpec, PhysExpr};
 
-/// The aggregate program (see `nearstore_kernel_abi::agg`) for `aggs` and their input columns
-/// in the kernel ABI's layout (column 0 is left for the groups).
+/// The aggregate program (see `nearstore_kernel_abi::agg`) for `aggs` and the columns it
+/// reads in the kernel ABI's layout (column 0 is left for the groups): each array input, and
+/// each column of `batch` a computed input's expression program reads.
 pub(crate) fn marshal_aggregate(
     aggs: &[AggSpec],
-    inputs: &[Option<ArrayRef>],
+    inputs: &[Option<AggInput<'_>>],
+    batch: &RecordBatch,
 ) -> Result<(Vec<u8>, Vec<OwnedColumn>)> {
-    let mut params = Vec::with_capacity(aggs.len() * 4);
+    let n = u16::try_from(aggs.len())
+        .map_err(|_| Error::Unsupported(format!("{} aggregates in one query", aggs.len())))?;
+    let mut params = Vec::with_capacity(2 + aggs.len() * 4);
+    params.extend(n.to_le_bytes());
     let mut owned = Vec::new();
     // The arrays staged so far, by position: an input shared by several aggregates (an
     // average's sum and count, `sum(x)` beside `avg(x)`: TPC-H Q1 reads `l_quantity` three
-    // times) is laid out and copied into the kernel once.
-    let mut staged: Vec<&ArrayRef> = Vec::new();
+    // times), or read by a computed input as well, is laid out and copied into the kernel once.
+    let mut staged: Vec<ArrayRef> = Vec::new();
+    let mut stage = |arr: &ArrayRef| -> u16 {
+        match staged.iter().position(|s| Arc::ptr_eq(s, arr)) {
+            Some(k) => k as u16 + 1,
+            None => {
+                owned.push(OwnedColumn::of(arr));
+                staged.push(arr.clone());
+                owned.len() as u16
+            }
+        }
+    };
+    // The computed inputs' programs, each once.
+    let mut programs: Vec<Vec<u8>> = Vec::new();
     for (a, input) in aggs.iter().zip(inputs) {
         let func = match a.func {
             AggFunc::CountStar => agg::COUNT_STAR,
@@ -44,20 +64,33 @@ pub(crate) fn marshal_aggregate(
                 ));
             }
         };
-        let col = match input {
-            Some(arr) => match staged.iter().position(|s| Arc::ptr_eq(s, arr)) {
-                Some(k) => k as u16 + 1,
-                None => {
-                    owned.push(OwnedColumn::of(arr));
-                    staged.push(arr);
-                    owned.len() as u16
-                }
-            },
-            None => agg::NO_COLUMN,
+        let (at, kind) = match input {
+            Some(AggInput::Array(arr)) => (stage(arr), agg::INPUT_COLUMN),
+            Some(AggInput::Computed(e)) => {
+                let program = expr_program_with(e, &mut |name| {
+                    Some(stage(batch.column_by_name(name)?).to_le_bytes())
+                })
+                .ok_or_else(|| {
+                    Error::Internal("a computed aggregate input the kernel cannot evaluate".into())
+                })?;
+                let k = match programs.iter().position(|p| *p == program) {
+                    Some(k) => k,
+                    None => {
+                        programs.push(program);
+                        programs.len() - 1
+                    }
+                };
+                (k as u16, agg::INPUT_COMPUTED)
+            }
+            None => (agg::NO_COLUMN, agg::INPUT_COLUMN),
         };
         params.push(func);
-        params.extend(col.to_le_bytes());
-        params.push(0);
+        params.extend(at.to_le_bytes());
+        params.push(kind);
+    }
+    for p in programs {
+        params.extend((p.len() as u32).to_le_bytes());
+        params.extend(p);
     }
     Ok((params, owned))
 }
@@ -317,13 +350,75 @@ mod tests {
         let x: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
         // Equal values in another array: not the same input, staged on its own.
         let y: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
-        let inputs = [Some(x.clone()), None, Some(x.clone()), Some(y), Some(x)];
-        let (params, owned) = marshal_aggregate(&aggs, &inputs).unwrap();
+        let batch = RecordBatch::try_from_iter([("x", x.clone()), ("y", y.clone())]).unwrap();
+        let inputs = [Some(x.clone()), None, Some(x.clone()), Some(y), Some(x)]
+            .map(|i| i.map(AggInput::Array));
+        let (params, owned) = marshal_aggregate(&aggs, &inputs, &batch).unwrap();
         assert_eq!(owned.len(), 2);
-        let cols: Vec<u16> = params
+        let (entries, mut computed) = agg::split(&params).unwrap();
+        assert!(computed.next().is_none());
+        let cols: Vec<u16> = entries
             .chunks_exact(4)
             .map(|p| u16::from_le_bytes([p[1], p[2]]))
             .collect();
         assert_eq!(cols, [1, agg::NO_COLUMN, 1, 2, 1]);
+    }
+
+    #[test]
+    fn a_computed_input_reads_staged_columns_and_is_programmed_once() {
+        let col = |name: &str| PhysExpr::Column {
+            name: name.into(),
+            data_type: DataType::Int64,
+        };
+        let product = PhysExpr::Arith {
+            op: nearstore_proto::ArithOp::Mul,
+            left: Box::new(col("y")),
+            right: Box::new(col("x")),
+            data_type: DataType::Int64,
+        };
+        let spec = |func, input: Option<PhysExpr>| AggSpec {
+            func,
+            input,
+            name: "a".into(),
+        };
+        let aggs = [
+            spec(AggFunc::Sum, Some(col("x"))),
+            spec(AggFunc::Sum, Some(product.clone())),
+            spec(AggFunc::Avg, Some(product.clone())),
+        ];
+        let x: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let y: ArrayRef = Arc::new(Int64Array::from(vec![4, 5, 6]));
+        let batch = RecordBatch::try_from_iter([("x", x.clone()), ("y", y)]).unwrap();
+        let inputs = [
+            Some(AggInput::Array(x)),
+            Some(AggInput::Computed(&product)),
+            Some(AggInput::Computed(&product)),
+        ];
+        let (params, owned) = marshal_aggregate(&aggs, &inputs, &batch).unwrap();
+        // x (an array input, then read by the product) once, y once.
+        assert_eq!(owned.len(), 2);
+        let (entries, computed) = agg::split(&params).unwrap();
+        let entries: Vec<(u16, u8)> = entries
+            .chunks_exact(4)
+            .map(|p| (u16::from_le_bytes([p[1], p[2]]), p[3]))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (1, agg::INPUT_COLUMN),
+                (0, agg::INPUT_COMPUTED),
+                (0, agg::INPUT_COMPUTED)
+            ]
+        );
+        let computed: Vec<&[u8]> = computed.collect();
+        assert_eq!(computed.len(), 1);
+        // The program reads x as staged column 1 (the array input's) and y as column 2.
+        let renumbered = super::super::expr::expr_program_with(&product, &mut |n| match n {
+            "x" => Some(1u16.to_le_bytes()),
+            "y" => Some(2u16.to_le_bytes()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(computed[0], renumbered.as_slice());
     }
 }

@@ -35,6 +35,15 @@ pub fn compile_project(e: &PhysExpr) -> Option<(Vec<u8>, Vec<String>)> {
 
 /// [`compile_project`]'s program, its columns numbered in `cols` (added to it as met).
 pub(super) fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u8>> {
+    expr_program_with(e, &mut |name| col_index(cols, name))
+}
+
+/// The expression program of `e`, each column read numbered by `col` (its operand bytes;
+/// `None`: the column cannot be read).
+pub(super) fn expr_program_with(
+    e: &PhysExpr,
+    col: &mut dyn FnMut(&str) -> Option<[u8; 2]>,
+) -> Option<Vec<u8>> {
     use nearstore_kernel_abi::expr;
     fn range(t: &DataType) -> Option<u8> {
         Some(match t {
@@ -47,7 +56,7 @@ pub(super) fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u
     }
     fn emit(
         e: &PhysExpr,
-        cols: &mut Vec<String>,
+        cols: &mut dyn FnMut(&str) -> Option<[u8; 2]>,
         out: &mut Vec<u8>,
         depth: usize,
     ) -> Option<usize> {
@@ -57,7 +66,7 @@ pub(super) fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u
             PhysExpr::Column { name, data_type } => {
                 range(data_type)?;
                 out.push(expr::COL);
-                out.extend(col_index(cols, name)?);
+                out.extend(cols(name)?);
                 depth + 1
             }
             PhysExpr::Literal(a) if !a.is_null(0) => {
@@ -171,7 +180,7 @@ pub(super) fn expr_program(e: &PhysExpr, cols: &mut Vec<String>) -> Option<Vec<u
         })
     }
     let mut out = Vec::new();
-    let depth = emit(e, cols, &mut out, 0)?;
+    let depth = emit(e, col, &mut out, 0)?;
     (depth == 1 && depth <= expr::STACK_MAX).then_some(out)
 }
 

@@ -30,7 +30,7 @@ use super::program::{
 pub use super::program::{
     compile_filter, compile_project, filter_support, finish_state, fixed_width_filter_support,
 };
-use super::{ComputeBackend, ComputeSession, KernelLimits, SessionReport, Support};
+use super::{AggInput, ComputeBackend, ComputeSession, KernelLimits, SessionReport, Support};
 use crate::error::{Error, Result};
 use crate::plan::AggSpec;
 use crate::plan::PhysExpr;
@@ -251,10 +251,11 @@ impl ComputeSession for WasmSession {
         aggs: &[AggSpec],
         groups: Option<&[u32]>,
         n_groups: usize,
-        inputs: &[Option<ArrayRef>],
-        rows: usize,
+        inputs: &[Option<AggInput<'_>>],
+        batch: &RecordBatch,
     ) -> Result<()> {
-        let (params, owned) = marshal_aggregate(aggs, inputs)?;
+        let rows = batch.num_rows();
+        let (params, owned) = marshal_aggregate(aggs, inputs, batch)?;
         let group_bytes: Option<&[u8]> = groups.map(|g| {
             // SAFETY: u32 has no padding or invalid bit patterns; the byte view covers exactly
             // the slice's memory and lives as long as `g`.
@@ -262,10 +263,45 @@ impl ComputeSession for WasmSession {
         });
         let mut views = vec![ColumnBuffers::groups(group_bytes)];
         views.extend(owned.iter().map(OwnedColumn::view));
-        self.kernel
-            .aggregate_update(rows, &views, &params, n_groups)?;
+        match self
+            .kernel
+            .aggregate_update(rows, &views, &params, n_groups)
+        {
+            Ok(()) => {}
+            Err(e)
+                if arithmetic_error(&e)
+                    && inputs
+                        .iter()
+                        .any(|i| matches!(i, Some(AggInput::Computed(_)))) =>
+            {
+                // A computed input's arithmetic failed (the kernel evaluates them all before
+                // folding anything), or a sum overflowed. Evaluated as a projection's, an
+                // input the kernel cannot compute is re-run natively: Arrow's error, or its
+                // answer, which is then aggregated; if every input computes, the sum was it.
+                let reruns = self.native_reruns;
+                let arrays = inputs
+                    .iter()
+                    .map(|i| match i {
+                        Some(AggInput::Computed(e)) => {
+                            Ok(Some(AggInput::Array(self.evaluate(e, batch)?)))
+                        }
+                        other => Ok(other.clone()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if self.native_reruns == reruns {
+                    return Err(sum_overflow(aggs));
+                }
+                return self.aggregate(aggs, groups, n_groups, &arrays, batch);
+            }
+            Err(e) if arithmetic_error(&e) => return Err(sum_overflow(aggs)),
+            Err(e) => return Err(e.into()),
+        }
         self.rows_seen += rows as u64;
         Ok(())
+    }
+
+    fn computes_aggregate_input(&self, expr: &PhysExpr) -> bool {
+        compile_project(expr).is_some()
     }
 
     fn aggregate_finish(&mut self, aggs: &[AggSpec], n_groups: usize) -> Result<Vec<ArrayRef>> {
@@ -342,6 +378,17 @@ impl WasmSession {
         self.native_reruns += 1;
         NativeBackend.filter(predicate, batch)
     }
+}
+
+/// A sum the aggregate kernel could not hold (past 128 bits), named as the native
+/// accumulators name it when the program has one sum (else every sum it has).
+fn sum_overflow(aggs: &[AggSpec]) -> Error {
+    let sums: Vec<&str> = aggs
+        .iter()
+        .filter(|a| matches!(a.func, AggFunc::Sum | AggFunc::Avg))
+        .map(|a| a.name.as_str())
+        .collect();
+    Error::TypeMismatch(format!("aggregate {} overflowed", sums.join(" or ")))
 }
 
 /// Whether the built-in kernel stopped at an arithmetic error (a value out of its type's

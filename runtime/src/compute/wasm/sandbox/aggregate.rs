@@ -24,7 +24,9 @@ impl KernelSession {
         params: &[u8],
         groups: usize,
     ) -> Result<(), KernelError> {
-        let per_group = params.len() / 4 * abi::agg::SLOT_BYTES;
+        let naggs = abi::agg::count(params)
+            .ok_or_else(|| KernelError::Host("malformed aggregate program".into()))?;
+        let per_group = naggs * abi::agg::SLOT_BYTES;
         self.update_groups(rows, columns, params, groups, per_group)
     }
 
