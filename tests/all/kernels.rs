@@ -523,7 +523,8 @@ fn aggregate_state_that_claims_too_many_rows_is_rejected() {
         int64_column(&data),
     ];
     // One aggregate: count(column 1).
-    let params = [nearstore_kernel_abi::agg::COUNT, 1, 0, 0];
+    use nearstore_kernel_abi::agg;
+    let params = [1, 0, agg::COUNT, 1, 0, agg::INPUT_COLUMN];
     s.aggregate_update(100, &cols, &params, 1).unwrap();
     let state = s.aggregate_state(1).unwrap();
     let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
