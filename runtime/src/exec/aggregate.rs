@@ -74,7 +74,7 @@ impl Acc {
     fn update(
         &mut self,
         values: Option<&ArrayRef>,
-        groups: &[usize],
+        groups: &[u32],
         n_groups: usize,
         name: &str,
     ) -> Result<()> {
@@ -83,9 +83,9 @@ impl Acc {
             Acc::Count(c) => {
                 c.resize(n_groups, 0);
                 match values {
-                    None => groups.iter().for_each(|&g| c[g] += 1),
+                    None => groups.iter().for_each(|&g| c[g as usize] += 1),
                     Some(v) => {
-                        for (i, &g) in groups.iter().enumerate() {
+                        for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                             if v.is_valid(i) {
                                 c[g] += 1;
                             }
@@ -98,7 +98,7 @@ impl Acc {
                 let v = v.as_primitive::<Int64Type>();
                 s.resize(n_groups, 0);
                 seen.resize(n_groups, false);
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if v.is_valid(i) {
                         s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
                         seen[g] = true;
@@ -110,7 +110,7 @@ impl Acc {
                 let v = v.as_primitive::<UInt64Type>();
                 s.resize(n_groups, 0);
                 seen.resize(n_groups, false);
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if v.is_valid(i) {
                         s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
                         seen[g] = true;
@@ -122,7 +122,7 @@ impl Acc {
                 let v = v.as_primitive::<Float64Type>();
                 s.resize(n_groups, 0.0);
                 seen.resize(n_groups, false);
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if v.is_valid(i) {
                         s[g] += v.value(i);
                         seen[g] = true;
@@ -135,7 +135,7 @@ impl Acc {
                     .as_primitive::<Decimal128Type>();
                 s.resize(n_groups, 0);
                 seen.resize(n_groups, false);
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if v.is_valid(i) {
                         s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
                         seen[g] = true;
@@ -147,7 +147,7 @@ impl Acc {
                 let v = v.as_primitive::<Float64Type>();
                 s.resize(n_groups, 0.0);
                 c.resize(n_groups, 0);
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if v.is_valid(i) {
                         s[g] += v.value(i);
                         c[g] += 1;
@@ -163,7 +163,7 @@ impl Acc {
                 let v = v.as_primitive::<Decimal128Type>();
                 s.resize(n_groups, 0);
                 c.resize(n_groups, 0);
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if v.is_valid(i) {
                         s[g] = s[g].checked_add(v.value(i)).ok_or_else(overflow)?;
                         c[g] += 1;
@@ -179,7 +179,7 @@ impl Acc {
                 let v = values.expect("min/max has input");
                 best.resize(n_groups, None);
                 let rows = conv.convert_columns(std::slice::from_ref(v))?;
-                for (i, &g) in groups.iter().enumerate() {
+                for (i, g) in groups.iter().map(|&g| g as usize).enumerate() {
                     if !v.is_valid(i) {
                         continue;
                     }
@@ -478,7 +478,7 @@ impl HashAggregator {
         if n == 0 {
             return Ok(());
         }
-        let groups: Vec<usize> = match &mut self.keys {
+        let groups: Vec<u32> = match &mut self.keys {
             None => vec![0; n],
             Some(keys) => {
                 let cols = self
@@ -506,11 +506,8 @@ impl HashAggregator {
                         .transpose()
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let ids: Option<Vec<u32>> = self
-                .keys
-                .as_ref()
-                .map(|_| groups.iter().map(|&g| g as u32).collect());
-            return lock(session).aggregate(&self.aggs, ids.as_deref(), n_groups, &inputs, batch);
+            let ids = self.keys.as_ref().map(|_| groups.as_slice());
+            return lock(session).aggregate(&self.aggs, ids, n_groups, &inputs, batch);
         }
         for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {
             if let Acc::Kernel(call, args) = acc {

@@ -76,9 +76,9 @@ impl Direct {
     pub(super) fn column_ids(
         &mut self,
         col: &ArrayRef,
-        next: usize,
+        next: u32,
         fresh: &mut Vec<u32>,
-    ) -> Result<Option<Vec<usize>>> {
+    ) -> Result<Option<Vec<u32>>> {
         macro_rules! by {
             ($t:ty) => {
                 self.ids(col.as_primitive::<$t>(), next, fresh)
@@ -102,9 +102,9 @@ impl Direct {
     fn ids<T>(
         &mut self,
         a: &PrimitiveArray<T>,
-        mut next: usize,
+        mut next: u32,
         fresh: &mut Vec<u32>,
-    ) -> Option<Vec<usize>>
+    ) -> Option<Vec<u32>>
     where
         T: ArrowPrimitiveType,
         T::Native: Into<i64>,
@@ -132,11 +132,11 @@ impl Direct {
         }
         let mut take = |slot: &mut u32, i: usize| {
             if *slot == UNSET {
-                *slot = next as u32;
+                *slot = next;
                 next += 1;
                 fresh.push(i as u32);
             }
-            *slot as usize
+            *slot
         };
         let base = self.base;
         let ids = match a.nulls().filter(|n| n.null_count() > 0) {
@@ -158,16 +158,16 @@ impl Direct {
     }
 
     /// The same groups as packed keys (as [`pack`] makes them for one integer column).
-    pub(super) fn packed(&self) -> HashMap<Packed, usize, Hasher> {
+    pub(super) fn packed(&self) -> HashMap<Packed, u32, Hasher> {
         let mut map = HashMap::with_capacity_and_hasher(self.ids.len(), Hasher::default());
         for (k, &id) in self.ids.iter().enumerate() {
             if id != UNSET {
                 let v = self.base + k as i64;
-                map.insert((v as u64 as u128, 0), id as usize);
+                map.insert((v as u64 as u128, 0), id);
             }
         }
         if self.null != UNSET {
-            map.insert((0, 0x80), self.null as usize);
+            map.insert((0, 0x80), self.null);
         }
         map
     }

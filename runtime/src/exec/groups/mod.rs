@@ -67,8 +67,8 @@ type Packed = (u128, u16);
 
 enum Index {
     Direct(Direct),
-    Packed(HashMap<Packed, usize, Hasher>),
-    Rows(HashMap<Box<[u8]>, usize, Hasher>),
+    Packed(HashMap<Packed, u32, Hasher>),
+    Rows(HashMap<Box<[u8]>, u32, Hasher>),
 }
 
 /// The groups of one aggregate: their keys and the index from a key to its group id.
@@ -109,9 +109,9 @@ impl GroupKeys {
         self.rows.num_rows()
     }
 
-    /// The group id of each row of the key columns `cols`, new groups added in row order.
-    /// Columns may come as dictionaries of the key types.
-    pub fn ids(&mut self, cols: &[ArrayRef]) -> Result<Vec<usize>> {
+    /// The group id of each row of the key columns `cols`, new groups added in row order
+    /// (ids fit `u32`: [`GROUPS_MAX`]). Columns may come as dictionaries of the key types.
+    pub fn ids(&mut self, cols: &[ArrayRef]) -> Result<Vec<u32>> {
         if cols
             .iter()
             .any(|c| matches!(c.data_type(), DataType::Dictionary(..)))
@@ -125,7 +125,7 @@ impl GroupKeys {
         }
         if let Index::Direct(d) = &mut self.index {
             let mut fresh = Vec::new();
-            if let Some(ids) = d.column_ids(&cols[0], self.rows.num_rows(), &mut fresh)? {
+            if let Some(ids) = d.column_ids(&cols[0], self.rows.num_rows() as u32, &mut fresh)? {
                 self.add_rows(cols, fresh)?;
                 return Ok(ids);
             }
@@ -135,7 +135,7 @@ impl GroupKeys {
         if let Index::Packed(map) = &mut self.index {
             if let Some(keys) = pack(cols) {
                 let mut fresh = Vec::new();
-                let mut next = self.rows.num_rows();
+                let mut next = self.rows.num_rows() as u32;
                 let ids = keys
                     .iter()
                     .enumerate()
@@ -152,7 +152,7 @@ impl GroupKeys {
             }
             // A value that does not pack: the row format from now on.
             let rows = self.rows.iter().enumerate();
-            self.index = Index::Rows(rows.map(|(g, r)| (r.as_ref().into(), g)).collect());
+            self.index = Index::Rows(rows.map(|(g, r)| (r.as_ref().into(), g as u32)).collect());
         }
         let Index::Rows(map) = &mut self.index else {
             unreachable!("moved to rows above")
@@ -165,9 +165,9 @@ impl GroupKeys {
                 None => {
                     let g = self.rows.num_rows();
                     check_groups(g + 1)?;
-                    map.insert(r.as_ref().into(), g);
+                    map.insert(r.as_ref().into(), g as u32);
                     self.rows.push(r);
-                    g
+                    g as u32
                 }
             };
             ids.push(g);
@@ -177,7 +177,7 @@ impl GroupKeys {
 
     /// [`GroupKeys::ids`] by dictionary keys ([`DictTable`]); `None` when a column is not an
     /// `Int32`-keyed dictionary or the table would pass [`DICT_CELLS_MAX`].
-    fn dictionary_ids(&mut self, cols: &[ArrayRef]) -> Result<Option<Vec<usize>>> {
+    fn dictionary_ids(&mut self, cols: &[ArrayRef]) -> Result<Option<Vec<u32>>> {
         let dicts: Option<Vec<_>> = cols
             .iter()
             .map(|c| c.as_dictionary_opt::<Int32Type>())
@@ -208,15 +208,16 @@ impl GroupKeys {
         };
         // Each row's cell, a column at a time: code × size + key, a null key's slot holding
         // anything (wrapping arithmetic) until it is set to the column's null cell after.
-        let mut codes = vec![0usize; cols[0].len()];
+        // In u32: the cells fit 16 bits, and a null key's wrapped value is undone before use.
+        let mut codes = vec![0u32; cols[0].len()];
         for (d, &s) in dicts.iter().zip(&sizes) {
-            let keys = d.keys().values();
+            let (s, keys) = (s as u32, d.keys().values());
             for (c, &k) in codes.iter_mut().zip(keys.iter()) {
-                *c = c.wrapping_mul(s).wrapping_add(k as usize);
+                *c = c.wrapping_mul(s).wrapping_add(k as u32);
             }
             if let Some(nulls) = d.nulls().filter(|n| n.null_count() > 0) {
                 for i in (0..codes.len()).filter(|&i| nulls.is_null(i)) {
-                    codes[i] = codes[i].wrapping_sub(keys[i] as usize).wrapping_add(s - 1);
+                    codes[i] = codes[i].wrapping_sub(keys[i] as u32).wrapping_add(s - 1);
                 }
             }
         }
@@ -224,6 +225,7 @@ impl GroupKeys {
         // packed or row-format path, in row order (groups keep the order of first appearance).
         let mut first: Vec<u32> = Vec::new();
         for (i, &c) in codes.iter().enumerate() {
+            let c = c as usize;
             if table.ids[c] == UNSET {
                 table.ids[c] = UNSET - 1;
                 first.push(i as u32);
@@ -237,10 +239,10 @@ impl GroupKeys {
                 .map(|(c, t)| plain(&take(c, &at, None)?, t))
                 .collect::<Result<Vec<_>>>()?;
             for (i, id) in first.into_iter().zip(self.ids(&rows)?) {
-                table.ids[codes[i as usize]] = id as u32;
+                table.ids[codes[i as usize] as usize] = id;
             }
         }
-        let ids = codes.iter().map(|&c| table.ids[c] as usize).collect();
+        let ids = codes.iter().map(|&c| table.ids[c as usize]).collect();
         self.dict = Some(table);
         Ok(Some(ids))
     }
@@ -268,7 +270,7 @@ impl GroupKeys {
         let cols = self
             .conv
             .convert_rows(other.rows.iter().map(|r| parser.parse(r.data())))?;
-        self.ids(&cols)
+        Ok(self.ids(&cols)?.into_iter().map(|g| g as usize).collect())
     }
 
     /// The key columns, one row per group in id order.
@@ -407,7 +409,7 @@ mod tests {
     }
 
     /// The same batches' ids through the dictionary path and as plain strings, and the keys.
-    fn both(batches: &[Vec<ArrayRef>]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>, Vec<ArrayRef>) {
+    fn both(batches: &[Vec<ArrayRef>]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<ArrayRef>) {
         let types = vec![DataType::Utf8; batches[0].len()];
         let (mut d, mut p) = (
             GroupKeys::new(&types).unwrap(),
