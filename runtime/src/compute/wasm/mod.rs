@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
-use nearstore_kernel_abi::agg;
+use nearstore_kernel_abi::{agg, status as abi_status};
 use nearstore_proto::{AggFunc, BackendKind};
 
 use super::native::NativeBackend;
@@ -275,9 +275,10 @@ impl ComputeSession for WasmSession {
                         .any(|i| matches!(i, Some(AggInput::Computed(_)))) =>
             {
                 // A computed input's arithmetic failed (the kernel evaluates them all before
-                // folding anything), or a sum overflowed. Evaluated as a projection's, an
-                // input the kernel cannot compute is re-run natively: Arrow's error, or its
-                // answer, which is then aggregated; if every input computes, the sum was it.
+                // folding anything, so the state is as it was), or a sum overflowed. The
+                // inputs are evaluated as a projection's would be: one the kernel cannot
+                // compute is re-run natively, giving Arrow's error or its answer, which is then
+                // aggregated. If every input computes there, it was a sum that overflowed.
                 let reruns = self.native_reruns;
                 let arrays = inputs
                     .iter()
@@ -293,7 +294,9 @@ impl ComputeSession for WasmSession {
                 }
                 return self.aggregate(aggs, groups, n_groups, &arrays, batch);
             }
-            Err(e) if arithmetic_error(&e) => return Err(sum_overflow(aggs)),
+            Err(KernelError::Status { status, .. }) if status == abi_status::OVERFLOW => {
+                return Err(sum_overflow(aggs));
+            }
             Err(e) => return Err(e.into()),
         }
         self.rows_seen += rows as u64;
