@@ -251,7 +251,7 @@ impl<'a> Few<'a> {
         if ids.iter().any(|&g| g as u32 as usize >= groups) {
             return Err(status::BAD_INPUT);
         }
-        let rows_in = Self::per_group(ids, groups, |_| 1i64);
+        let rows_in = Self::per_group(ids, ids, groups, |_| 1i64);
         Ok(Few {
             ids,
             rows_in: rows_in.0,
@@ -259,28 +259,36 @@ impl<'a> Few<'a> {
         })
     }
 
-    /// Adds up `value(i)` per group of `ids` (each below `groups`, checked by the caller)
-    /// with wrapping addition, and says whether any addition overflowed. Four rows at a time
-    /// into four sets of partials: rows of one group one after another (TPC-H Q1's are, a
-    /// handful of groups) would otherwise each wait for the previous one's store.
+    /// Adds up `conv(vals[i])` per group `ids[i]` (each below `groups`, checked by the
+    /// caller) with wrapping addition, and says whether any addition overflowed. Four rows at
+    /// a time into four sets of partials: rows of one group one after another (TPC-H Q1's
+    /// are, a handful of groups) would otherwise each wait for the previous one's store.
     #[inline(always)]
-    fn per_group<A: Sum>(ids: &[i32], groups: usize, value: impl Fn(usize) -> A) -> (Vec<A>, bool) {
+    fn per_group<T: Copy, A: Sum>(
+        ids: &[i32],
+        vals: &[T],
+        groups: usize,
+        conv: impl Fn(T) -> A,
+    ) -> (Vec<A>, bool) {
         let mut part = vec![A::default(); 4 * groups];
         let mut over = false;
-        let (quads, rest) = ids.as_chunks::<4>();
-        for (q, g) in quads.iter().enumerate() {
-            for l in 0..4 {
-                let s = &mut part[l * groups + g[l] as u32 as usize];
-                let (v, o) = s.add(value(4 * q + l));
-                *s = v;
-                over |= o;
-            }
-        }
-        for (k, &g) in rest.iter().enumerate() {
-            let s = &mut part[g as u32 as usize];
-            let (v, o) = s.add(value(4 * quads.len() + k));
+        let mut add = |k: usize, x: T| {
+            // SAFETY: `k` is `l * groups + id` with `l < 4` and every id below `groups` (the
+            // caller's check), so it lies within the `4 * groups` partials.
+            let s = unsafe { part.get_unchecked_mut(k) };
+            let (v, o) = s.add(conv(x));
             *s = v;
             over |= o;
+        };
+        let n = ids.len().min(vals.len());
+        let ((iq, ir), (vq, vr)) = (ids[..n].as_chunks::<4>(), vals[..n].as_chunks::<4>());
+        for (g, x) in iq.iter().zip(vq) {
+            for l in 0..4 {
+                add(l * groups + g[l] as u32 as usize, x[l]);
+            }
+        }
+        for (&g, &x) in ir.iter().zip(vr) {
+            add(g as u32 as usize, x);
         }
         let (first, others) = part.split_at_mut(groups);
         for lane in others.chunks_exact(groups) {
@@ -360,7 +368,7 @@ impl<'a> Few<'a> {
         conv: impl Fn(T) -> A,
     ) -> KernelResult<Option<Vec<i128>>> {
         let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
-        let (sums, over) = Self::per_group(self.ids, self.rows_in.len(), |i| conv(vals[i]));
+        let (sums, over) = Self::per_group(self.ids, vals, self.rows_in.len(), conv);
         Ok((!over).then(|| sums.into_iter().map(Sum::wide).collect()))
     }
 }
