@@ -6,6 +6,7 @@
 //! copy-on-write memory images, SIMD on; relaxed SIMD, GC, memory64 and stack switching off
 //! (threads, the component model and exceptions are not compiled in). Kernels may import only
 //! `nearstore.log` (rate-limited, to the `nearstore::kernel` log target) and `nearstore.abort`.
+//! For profiling, [`PERF_MAP_ENV`] makes the engine write a perf map of the compiled code.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,14 @@ impl ResourceLimiter for HostState {
 }
 
 /// The engine for `config`, and a linker holding the imports kernels may use.
+/// Set (to anything but `0`) at a device's start, the compiled kernels' functions are named
+/// in `/tmp/perf-PID.map`, so `perf report` attributes kernel time to them by name.
+pub(crate) const PERF_MAP_ENV: &str = "NEARSTORE_WASM_PERF_MAP";
+
+fn perf_map_asked(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 pub(super) fn engine(config: &SandboxConfig) -> Result<(Engine, Linker<HostState>), KernelError> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_core_instances(config.instances_max)
@@ -68,6 +77,9 @@ pub(super) fn engine(config: &SandboxConfig) -> Result<(Engine, Linker<HostState
         .memory_init_cow(true)
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if perf_map_asked(std::env::var_os(PERF_MAP_ENV).as_deref()) {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&c).map_err(host_err)?;
     let mut linker: Linker<HostState> = Linker::new(&engine);
     linker
