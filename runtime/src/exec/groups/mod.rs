@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray};
 use arrow::compute::take;
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type,
@@ -206,32 +206,29 @@ impl GroupKeys {
                 ids: vec![UNSET; cells],
             },
         };
-        // Each row's cell, a column at a time: code × size + key, a null key's slot holding
-        // anything (wrapping arithmetic) until it is set to the column's null cell after.
-        // In u32: the cells fit 16 bits, and a null key's wrapped value is undone before use.
-        let mut codes = vec![0u32; cols[0].len()];
-        for (d, &s) in dicts.iter().zip(&sizes) {
-            let (s, keys) = (s as u32, d.keys().values());
-            for (c, &k) in codes.iter_mut().zip(keys.iter()) {
-                *c = c.wrapping_mul(s).wrapping_add(k as u32);
-            }
-            if let Some(nulls) = d.nulls().filter(|n| n.null_count() > 0) {
-                for i in (0..codes.len()).filter(|&i| nulls.is_null(i)) {
-                    codes[i] = codes[i].wrapping_sub(keys[i] as u32).wrapping_add(s - 1);
+        // Each row's group: its cell's id, mapped in place. A combination met for the first
+        // time leaves UNSET; then (a batch in the first few, typically) the cells are worked
+        // out again and the new combinations take their groups in row order.
+        let mut ids = cell_codes(&dicts, &sizes);
+        let mut unseen = false;
+        for c in ids.iter_mut() {
+            let id = table.ids[*c as usize];
+            unseen |= id == UNSET;
+            *c = id;
+        }
+        if unseen {
+            let codes = cell_codes(&dicts, &sizes);
+            // Combinations met for the first time, at their first row: their groups through
+            // the packed or row-format path, in row order (groups keep the order of first
+            // appearance).
+            let mut first: Vec<u32> = Vec::new();
+            for (i, &c) in codes.iter().enumerate() {
+                let c = c as usize;
+                if table.ids[c] == UNSET {
+                    table.ids[c] = UNSET - 1;
+                    first.push(i as u32);
                 }
             }
-        }
-        // Combinations met for the first time, at their first row: their groups through the
-        // packed or row-format path, in row order (groups keep the order of first appearance).
-        let mut first: Vec<u32> = Vec::new();
-        for (i, &c) in codes.iter().enumerate() {
-            let c = c as usize;
-            if table.ids[c] == UNSET {
-                table.ids[c] = UNSET - 1;
-                first.push(i as u32);
-            }
-        }
-        if !first.is_empty() {
             let at = arrow::array::UInt32Array::from(first.clone());
             let rows = cols
                 .iter()
@@ -241,8 +238,10 @@ impl GroupKeys {
             for (i, id) in first.into_iter().zip(self.ids(&rows)?) {
                 table.ids[codes[i as usize] as usize] = id;
             }
+            for (id, &c) in ids.iter_mut().zip(&codes) {
+                *id = table.ids[c as usize];
+            }
         }
-        let ids = codes.iter().map(|&c| table.ids[c as usize]).collect();
         self.dict = Some(table);
         Ok(Some(ids))
     }
@@ -277,6 +276,30 @@ impl GroupKeys {
     pub fn columns(&self) -> Result<Vec<ArrayRef>> {
         Ok(self.conv.convert_rows(self.rows.iter())?)
     }
+}
+
+/// Each row's cell in a [`DictTable`] of dictionary columns of `sizes` cells each (their
+/// entries, then null): code × size + key, a column at a time, the first column's keys taken
+/// as they are. In u32: the cells fit 16 bits ([`DICT_CELLS_MAX`]); a null key's slot holds
+/// anything (wrapping arithmetic) until it is set to its column's null cell.
+fn cell_codes(dicts: &[&DictionaryArray<Int32Type>], sizes: &[usize]) -> Vec<u32> {
+    let mut codes: Vec<u32> = Vec::new();
+    for (j, (d, &s)) in dicts.iter().zip(sizes).enumerate() {
+        let (s, keys) = (s as u32, d.keys().values());
+        if j == 0 {
+            codes = keys.iter().map(|&k| k as u32).collect();
+        } else {
+            for (c, &k) in codes.iter_mut().zip(keys.iter()) {
+                *c = c.wrapping_mul(s).wrapping_add(k as u32);
+            }
+        }
+        if let Some(nulls) = d.nulls().filter(|n| n.null_count() > 0) {
+            for i in (0..codes.len()).filter(|&i| nulls.is_null(i)) {
+                codes[i] = codes[i].wrapping_sub(keys[i] as u32).wrapping_add(s - 1);
+            }
+        }
+    }
+    codes
 }
 
 fn check_groups(n: usize) -> Result<()> {
