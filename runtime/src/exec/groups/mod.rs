@@ -52,10 +52,10 @@ const DICT_CELLS_MAX: usize = 1 << 16;
 const UNSET: u32 = u32::MAX;
 
 /// Group ids straight from dictionary keys, for key columns read as Arrow dictionaries (Q1's
-/// flags): while the batches share their dictionaries (a column chunk's pages do), a table
-/// from each combination of keys to its group id, filled as combinations first occur — so
-/// an unused dictionary entry makes no group, and a new dictionary (the next row group's)
-/// starts a new table.
+/// flags): while the batches' dictionaries are the same or equal (a column chunk's pages
+/// share theirs; row groups often have equal ones), a table from each combination of keys to
+/// its group id, filled as combinations first occur — so an unused dictionary entry makes no
+/// group, and a different dictionary starts a new table.
 struct DictTable {
     /// The dictionaries the table is for (held, so their addresses stay theirs).
     values: Vec<ArrayRef>,
@@ -192,13 +192,17 @@ impl GroupKeys {
             return Ok(None);
         };
         let mut table = match self.dict.take() {
-            Some(t)
+            // The same dictionaries, or ones equal to them (the next row group's, as TPC-H's
+            // flags have in every row group): the table holds; the new ones are kept, so the
+            // next batches of their chunk compare by address.
+            Some(mut t)
                 if t.values.len() == dicts.len()
                     && t.values
                         .iter()
                         .zip(&dicts)
-                        .all(|(v, d)| Arc::ptr_eq(v, d.values())) =>
+                        .all(|(v, d)| Arc::ptr_eq(v, d.values()) || **v == **d.values()) =>
             {
+                t.values = dicts.iter().map(|d| d.values().clone()).collect();
                 t
             }
             _ => DictTable {
@@ -473,6 +477,28 @@ mod tests {
         let keys = keys[0].as_string::<i32>();
         let names: Vec<Option<&str>> = keys.iter().collect();
         assert_eq!(names, [Some("a"), None, Some("b"), Some("c"), Some("z")]);
+    }
+
+    #[test]
+    fn an_equal_dictionary_keeps_the_table_and_a_reordered_one_does_not() {
+        let ab = [Some("a"), Some("b")];
+        let batches = [
+            vec![dict(&ab, &[Some(0), Some(1), Some(1)])],
+            // Equal values in another array (the next row group's).
+            vec![dict(&ab, &[Some(1), Some(0)])],
+            // The same values in another order: key 0 is now "b".
+            vec![dict(&[Some("b"), Some("a")], &[Some(0), Some(1)])],
+        ];
+        let (by_dict, by_string, _) = both(&batches);
+        assert_eq!(by_dict, by_string);
+        assert_eq!(by_dict, [vec![0, 1, 1], vec![1, 0], vec![1, 0]]);
+        let mut k = GroupKeys::new(&[DataType::Utf8]).unwrap();
+        k.ids(&batches[0]).unwrap();
+        let table = k.dict.as_ref().unwrap().ids.as_ptr();
+        k.ids(&batches[1]).unwrap();
+        assert_eq!(k.dict.as_ref().unwrap().ids.as_ptr(), table, "kept");
+        k.ids(&batches[2]).unwrap();
+        assert_ne!(k.dict.as_ref().unwrap().ids.as_ptr(), table, "rebuilt");
     }
 
     #[test]
