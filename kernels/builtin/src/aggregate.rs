@@ -1,7 +1,8 @@
 //! The aggregate program (`nearstore_kernel_abi::agg`): COUNT, SUM, MIN and MAX over a
-//! batch's columns, folded into partials and merged into the state slots; grouped, per group
-//! first while the groups are few ([`Few`]: counts and integer sums), else row at a time into
-//! each row's group.
+//! batch's columns or over inputs computed from them ([`Computed`], expression programs
+//! evaluated before anything is folded), folded into partials and merged into the state
+//! slots; grouped, per group first while the groups are few ([`Few`]: counts, integer and
+//! decimal sums), else row at a time into each row's group.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -229,7 +230,7 @@ impl Computed {
     }
 }
 
-/// Groups up to which [`Few`] folds a batch's grouped counts and integer sums into per-group
+/// Groups up to which [`Few`] folds a batch's grouped counts and sums into per-group
 /// partials before the state: with a handful of groups (TPC-H Q1 has four) every row would
 /// otherwise load, add with an overflow check and store its group's 16-byte slot and its count
 /// once per aggregate.
@@ -302,9 +303,9 @@ impl<'a> Few<'a> {
         (part, over)
     }
 
-    /// Folds aggregate `j` (its program `entry`, over `input`) if it is one this path takes — COUNT(*),
-    /// or COUNT and an integer or decimal SUM over a column without nulls — and says whether
-    /// it did. A sum is added up per group in an `i64` (a decimal's in an `i128`); should one
+    /// Folds aggregate `j` (its program `entry`, over `input`) if it is one this path takes
+    /// — COUNT(*), or COUNT and an integer or decimal SUM over an input without nulls — and
+    /// says whether it did. A sum is added up per group in an `i64` (a decimal's in an `i128`); should one
     /// overflow, nothing has been written and the row-at-a-time path does it instead.
     fn fold(
         &mut self,
