@@ -351,14 +351,18 @@ pub async fn serve_text(
         };
         let render = render.clone();
         tokio::spawn(async move {
+            // The request line, however the client's writes split it (read until its end, a
+            // full buffer, end of stream or 5 s).
             let mut req = vec![0u8; 4096];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
+            let mut n = 0;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while n < req.len() && !req[..n].windows(2).any(|w| w == b"\r\n") {
+                match tokio::time::timeout_at(deadline, sock.read(&mut req[n..])).await {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(k)) => n += k,
                     _ => return,
-                };
+                }
+            }
             let line = String::from_utf8_lossy(&req[..n]);
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
             {
@@ -375,5 +379,34 @@ pub async fn serve_text(
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A request line that arrives in pieces (a client that writes it in several calls) is
+    /// read whole: answered 200, not taken for another path.
+    #[tokio::test]
+    async fn a_request_line_split_across_writes_is_served() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve_text(listener, Arc::new(|| "up 1\n".to_string())));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(b"GET ").await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.write_all(b"/metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.ends_with("up 1\n"), "{out}");
+        server.abort();
     }
 }
