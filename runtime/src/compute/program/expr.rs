@@ -56,7 +56,7 @@ pub(super) fn expr_program_with(
     }
     fn emit(
         e: &PhysExpr,
-        cols: &mut dyn FnMut(&str) -> Option<[u8; 2]>,
+        col: &mut dyn FnMut(&str) -> Option<[u8; 2]>,
         out: &mut Vec<u8>,
         depth: usize,
     ) -> Option<usize> {
@@ -66,7 +66,7 @@ pub(super) fn expr_program_with(
             PhysExpr::Column { name, data_type } => {
                 range(data_type)?;
                 out.push(expr::COL);
-                out.extend(cols(name)?);
+                out.extend(col(name)?);
                 depth + 1
             }
             PhysExpr::Literal(a) if !a.is_null(0) => {
@@ -98,7 +98,7 @@ pub(super) fn expr_program_with(
                 if s2 < s1 || p2 - s2 < p1 - s1 {
                     return None;
                 }
-                let d = emit(inner, cols, out, depth)?;
+                let d = emit(inner, col, out, depth)?;
                 if s2 > s1 {
                     out.extend([expr::RESCALE, (s2 - s1) as u8]);
                 }
@@ -162,11 +162,11 @@ pub(super) fn expr_program_with(
                     ArithOp::Mul => expr::MUL,
                     ArithOp::Div => expr::DIV,
                 };
-                let d = emit(left, cols, out, depth)?;
+                let d = emit(left, col, out, depth)?;
                 if raise_left > 0 {
                     out.extend([expr::RESCALE, raise_left]);
                 }
-                let d = emit(right, cols, out, d)?;
+                let d = emit(right, col, out, d)?;
                 if raise_right > 0 {
                     out.extend([expr::RESCALE, raise_right]);
                 }
