@@ -70,7 +70,7 @@ pub fn print_batches(
 
 /// Human-readable statistics.
 pub fn format_stats(s: &QueryStats) -> String {
-    let topk = if s.topk_rows_in > 0 {
+    let mut topk = if s.topk_rows_in > 0 {
         format!(
             " | top-k pre-selection kept {} of {}",
             s.topk_rows_kept, s.topk_rows_in
@@ -78,6 +78,9 @@ pub fn format_stats(s: &QueryStats) -> String {
     } else {
         String::new()
     };
+    if s.topk_rows_skipped > 0 {
+        topk += &format!(", {} rows skipped unread by its bound", s.topk_rows_skipped);
+    }
     // The hot-column tier, when the device has one: column chunks' media bytes.
     let tier = if s.cache_hit_bytes + s.cache_miss_bytes > 0 {
         format!(

@@ -138,6 +138,11 @@ pub struct QueryStats {
     pub topk_rows_in: u64,
     /// See `topk_rows_in`.
     pub topk_rows_kept: u64,
+    /// Rows a top k's running bound skipped unread: pages whose statistics show no key as
+    /// good as the k-th best the worker kept so far. Without a filter they count as decoded
+    /// and selected, as the rows the bound drops after decoding do; with one, in neither
+    /// (whether they passed it is unknown).
+    pub topk_rows_skipped: u64,
     /// Compute backend the query asked for (or the device default).
     pub backend: String,
     /// Where each operator ran, e.g. `filter=wasm aggregate=native` (an operator the query's

@@ -12,7 +12,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use crate::support::OffloadAndHost;
 
 /// `rows` rows from `start`: `up` grows with the row (with ties: ten rows a value), `down`
-/// shrinks, `f` a float with nulls every 11th row, `s` a string.
+/// shrinks, `f` a float with nulls every 11th row, `s` a string, `g` shrinks as `down` but
+/// is null on rows 30 000 to 30 999 (one page of the test device's).
 fn batch(start: i64, rows: i64) -> RecordBatch {
     let ids: Vec<i64> = (start..start + rows).collect();
     let up = Int64Array::from_iter_values(ids.iter().map(|i| i / 10));
@@ -20,6 +21,10 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
     let f: Float64Array = ids
         .iter()
         .map(|i| (i % 11 != 0).then_some((i % 997) as f64 * 0.5))
+        .collect();
+    let g: Int64Array = ids
+        .iter()
+        .map(|i| (!(30_000..31_000).contains(i)).then_some(-i))
         .collect();
     let s: StringArray = ids
         .iter()
@@ -31,6 +36,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Field::new("down", DataType::Int64, false),
         Field::new("f", DataType::Float64, true),
         Field::new("s", DataType::Utf8, false),
+        Field::new("g", DataType::Int64, true),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(ids)),
@@ -38,6 +44,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Arc::new(down),
         Arc::new(f),
         Arc::new(s),
+        Arc::new(g),
     ];
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
@@ -59,6 +66,20 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     assert_eq!(stats.rows_scanned, 80_000);
     assert_eq!(stats.rows_selected, 80_000);
     assert!(stats.topk_rows_in < 80_000, "{}", stats.topk_rows_in);
+    // Later row groups' pages show no key as good as the bound: skipped unread (row groups of
+    // 10 000 rows, pages of 1 000 on the test device).
+    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    assert!(stats.topk_rows_in + stats.topk_rows_skipped <= 80_000);
+    // With a filter, the skipped rows are neither decoded nor counted as selected.
+    let a = t
+        .agree(
+            "select id, down from t where f > 100 order by down desc, id limit 15",
+            0,
+        )
+        .await;
+    let (_, stats) = &a.scans[0];
+    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    assert_eq!(stats.rows_scanned + stats.topk_rows_skipped, 80_000);
     for q in [
         "select id, up from t order by up desc, id limit 15",
         "select id, up from t order by up desc, id desc limit 3",
@@ -69,6 +90,13 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
         "select id, f from t order by f nulls first, id limit 12",
         "select id, f from t where up > 100 order by f, id limit 30",
         "select s, id from t order by s desc, id limit 9",
+        // A page of nulls among shrinking keys: the best rows with nulls first, skipped
+        // with nulls last.
+        "select id, g from t order by g desc nulls first, id limit 5",
+        "select id, g from t order by g desc nulls first, id limit 1500",
+        "select id, g from t order by g desc nulls last, id limit 5",
+        "select id, g from t order by g nulls first, id limit 5",
+        "select id, g from t where id > 29000 order by g desc, id limit 8",
     ] {
         for round in 0..3 {
             t.agree(q, round).await;

@@ -76,6 +76,7 @@ impl Executor {
 
         let mut workers = tokio::task::JoinSet::new();
         let mut pieces = Vec::new();
+        let bound = worker::topk_bound(q, &placement, limit);
         let mut placement = Some(placement);
         for (i, share) in shares.into_iter().enumerate() {
             let placement = match placement.take() {
@@ -84,7 +85,15 @@ impl Executor {
             };
             let (out, rx) = mpsc::channel(PIECES_AHEAD);
             pieces.push(Some(rx));
-            let run = worker::run(q.clone(), placement, share, ctx.clone(), limit, out);
+            let run = worker::run(
+                q.clone(),
+                placement,
+                share,
+                ctx.clone(),
+                limit,
+                bound.clone(),
+                out,
+            );
             workers.spawn(async move { (i, run.await) });
         }
 
@@ -207,6 +216,7 @@ fn add_worker_stats(stats: &mut QueryStats, w: &QueryStats) {
     stats.compute_us += w.compute_us;
     stats.topk_rows_in += w.topk_rows_in;
     stats.topk_rows_kept += w.topk_rows_kept;
+    stats.topk_rows_skipped += w.topk_rows_skipped;
 }
 
 /// An aggregate's groups after the backend's top-k pre-selection, when the query has one: a

@@ -5,10 +5,11 @@
 use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use nearstore_proto::Plan;
+use nearstore_proto::{CmpOp, Plan};
 
 use super::{BATCH_ROWS, SORT_ROWS_MAX};
 use crate::error::{Error, Result};
+use crate::plan::PhysExpr;
 
 /// Where result rows go.
 #[derive(Debug)]
@@ -104,11 +105,12 @@ fn sort_batch(batch: &RecordBatch, plan: &Plan) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(batch.schema(), cols)?)
 }
 
-/// The running bound of a worker's top k (`ORDER BY key … LIMIT k` whose first key is a
-/// column the scan reads): the k best key values among the rows it kept so far. A row whose
-/// key is worse than the k-th of them cannot be in the top k (ties can, by a later sort key),
-/// so the decoder drops it before the other columns are decoded ([`TopKBound::keep`], a
-/// second filter after the query's).
+/// The running bound of a query's top k (`ORDER BY key … LIMIT k` whose first key is a
+/// column the scan reads), shared by its workers: the k best key values among the rows they
+/// kept so far. A row whose key is worse than the k-th of them cannot be in the top k (ties
+/// can, by a later sort key), so the decoder drops it before the other columns are decoded
+/// ([`TopKBound::keep`], a second filter after the query's), and a row group's pages whose
+/// statistics show no key that good are not read at all ([`TopKBound::page_test`]).
 pub(super) struct TopKBound {
     descending: bool,
     nulls_first: bool,
@@ -148,6 +150,45 @@ impl TopKBound {
         let order = arrow::compute::sort_to_indices(&all, Some(self.options()), Some(self.k))?;
         *best = Some(take(all.as_ref(), &order, None)?);
         Ok(())
+    }
+
+    /// A test of `column`'s statistics (row groups or pages, [`crate::scan::prune`]) that is
+    /// false only where no row can be better than or equal to the k-th best kept so far:
+    /// `None` while nothing can be excluded (fewer than k kept, or nulls among the k best
+    /// with nulls last). Ties are kept, as [`TopKBound::keep`] keeps them.
+    pub fn page_test(&self, column: &str) -> Option<PhysExpr> {
+        use arrow::array::Array;
+        let kth = {
+            let best = self.best.lock().expect("top-k bound");
+            match best.as_ref() {
+                Some(b) if b.len() >= self.k => b.slice(self.k - 1, 1),
+                _ => return None,
+            }
+        };
+        let data_type = kth.data_type().clone();
+        let col = || PhysExpr::Column {
+            name: column.to_string(),
+            data_type: data_type.clone(),
+        };
+        let is_null = || PhysExpr::IsNull(Box::new(col()));
+        if kth.is_null(0) {
+            // Nulls among the k best: with nulls first only nulls tie; with nulls last every
+            // value is better.
+            return self.nulls_first.then(is_null);
+        }
+        let op = match self.descending {
+            true => CmpOp::GtEq,
+            false => CmpOp::LtEq,
+        };
+        let cmp = PhysExpr::Cmp {
+            op,
+            left: Box::new(col()),
+            right: Box::new(PhysExpr::Literal(kth)),
+        };
+        Some(match self.nulls_first {
+            true => PhysExpr::Or(vec![cmp, is_null()]),
+            false => cmp,
+        })
     }
 
     /// Which of `values` (the key column of a decoded batch) are not worse than the k-th best
@@ -198,6 +239,8 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Array, ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
 
     use super::TopKBound;
 
@@ -205,10 +248,23 @@ mod tests {
         Arc::new(Int64Array::from(v.to_vec()))
     }
 
+    /// The rows `b` keeps of `v`; asserts its page test agrees row by row (a page of one row:
+    /// the test on its value, or on its null) and is absent only while every row is kept.
     fn kept(b: &TopKBound, v: &[Option<i64>]) -> Vec<bool> {
         let m = b.keep(&col(v)).unwrap();
         assert_eq!(m.null_count(), 0);
-        (0..m.len()).map(|i| m.value(i)).collect()
+        let kept: Vec<bool> = (0..m.len()).map(|i| m.value(i)).collect();
+        let schema = Schema::new(vec![Field::new("key", DataType::Int64, true)]);
+        let batch = RecordBatch::try_new(Arc::new(schema), vec![col(v)]).unwrap();
+        match b.page_test("key") {
+            Some(test) => {
+                let t = test.eval_predicate(&batch).unwrap();
+                let by_test: Vec<bool> = (0..t.len()).map(|i| t.value(i)).collect();
+                assert_eq!(by_test, kept, "{test:?}");
+            }
+            None => assert!(kept.iter().all(|k| *k), "no page test, yet rows dropped"),
+        }
+        kept
     }
 
     #[test]
@@ -232,5 +288,13 @@ mod tests {
         let b = TopKBound::new(false, false, 2);
         b.update(&col(&[Some(4), None])).unwrap();
         assert_eq!(kept(&b, &probe), [true; 4]);
+        // Descending, nulls last: the 2 best of 9, 5, null are 9, 5; a null is worse.
+        let b = TopKBound::new(true, false, 2);
+        b.update(&col(&[Some(9), Some(5), None])).unwrap();
+        assert_eq!(kept(&b, &probe), [false, true, true, false]);
+        // Ascending, nulls first: the 2 best of null, 4, 8 are null, 4.
+        let b = TopKBound::new(false, true, 2);
+        b.update(&col(&[None, Some(4), Some(8)])).unwrap();
+        assert_eq!(kept(&b, &probe), [true, false, false, true]);
     }
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use nearstore_proto::QueryStats;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection, RowSelector};
 use tokio::sync::mpsc;
 
 use super::BATCH_ROWS;
@@ -51,6 +52,8 @@ impl ScanContext {
 pub(super) struct Slice {
     object: Arc<Object>,
     metadata: ArrowReaderMetadata,
+    /// The object's columns as the table types them (its statistics are read so).
+    schema: SchemaRef,
     pruned: Pruned,
 }
 
@@ -84,12 +87,15 @@ pub(super) struct Done {
 /// Runs one worker over `share`: projected batches go to `out` (the coordinator's sink), each
 /// slice closed by [`Piece::End`]; aggregates accumulate in the returned [`Done`]. `limit` (a
 /// LIMIT without ORDER BY, one worker only) stops the scan once that many rows were sent.
+/// `bound` is the query's top-k bound ([`topk_bound`]), which its workers share: each adds
+/// the rows it keeps and skips what the others' rows already beat.
 pub(super) async fn run(
     q: Arc<PreparedQuery>,
     placement: Placement,
     share: Share,
     ctx: ScanContext,
     mut limit: Option<usize>,
+    bound: Option<(String, Arc<TopKBound>)>,
     out: mpsc::Sender<Piece>,
 ) -> Result<Done> {
     let stopped = || Error::Internal("query stopped".into());
@@ -105,7 +111,6 @@ pub(super) async fn run(
         Output::Project(_) => None,
     };
     let needed = q.output.columns();
-    let bound = topk_bound(&q, &placement, limit);
     let slices: Box<dyn Iterator<Item = ScanSource> + Send> = match share {
         Share::Objects(objects) => Box::new(objects.into_iter().map(ScanSource::Object)),
         Share::Slices(slices) => Box::new(slices.into_iter().map(ScanSource::Slice)),
@@ -121,56 +126,76 @@ pub(super) async fn run(
                 None => continue,
             },
         };
-        let mut stream = open(&q, slice, &placement, &needed, limit, &ctx, bound.as_ref())?;
-        let mut t_scan = Instant::now();
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            stats.scan_us += t_scan.elapsed().as_micros() as u64;
-            if q.predicate.is_none() {
-                let rows = batch.num_rows() as u64;
-                ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
-                ctx.counters
-                    .rows_selected
-                    .fetch_add(rows, Ordering::Relaxed);
-            }
-            let t_compute = Instant::now();
-            let ready = match (&q.output, aggregate.as_mut()) {
-                (_, Some(a)) => {
-                    a.update(&batch, &|e, b| placement.eval(e, b))?;
-                    None
-                }
-                (Output::Project(items), None) => {
-                    let mut rows = project(items, &q.schema, &batch, &placement)?;
-                    if let Some(key) = placement.topk {
-                        rows = placement.preselect_topk(&rows, key, &mut stats)?;
-                        if let Some((_, b)) = &bound {
-                            b.update(rows.column(key.column))?;
-                        }
-                    }
-                    rows = compact_views(rows)?;
-                    if let Some(r) = limit.as_mut() {
-                        if rows.num_rows() > *r {
-                            rows = rows.slice(0, *r);
-                        }
-                        *r -= rows.num_rows();
-                    }
-                    Some(rows)
-                }
-                (Output::Aggregate(..), None) => {
-                    unreachable!("aggregator exists for aggregate plans")
-                }
+        // Under a top k's bound, a row group at a time: each opens without the pages the
+        // bound excludes by then.
+        let parts = match &bound {
+            Some(_) => row_groups(slice),
+            None => vec![slice],
+        };
+        for part in parts {
+            let part = match &bound {
+                Some((key, b)) => match skip_pages(part, key, b, &q, &ctx, &mut stats) {
+                    Some(p) => p,
+                    None => continue,
+                },
+                None => part,
             };
-            stats.compute_us += t_compute.elapsed().as_micros() as u64;
-            if let Some(rows) = ready.filter(|r| r.num_rows() > 0)
-                && out.send(Piece::Rows(rows)).await.is_err()
-            {
-                // The coordinator stopped (the client went away, or another worker failed).
-                return Err(stopped());
+            let mut stream = open(&q, part, &placement, &needed, limit, &ctx, bound.as_ref())?;
+            loop {
+                // Decoding time, the end of the stream included (a row group whose rows the
+                // filters all drop ends without a batch).
+                let t_scan = Instant::now();
+                let next = stream.next().await;
+                stats.scan_us += t_scan.elapsed().as_micros() as u64;
+                let Some(batch) = next else {
+                    break;
+                };
+                let batch = batch?;
+                if q.predicate.is_none() {
+                    let rows = batch.num_rows() as u64;
+                    ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
+                    ctx.counters
+                        .rows_selected
+                        .fetch_add(rows, Ordering::Relaxed);
+                }
+                let t_compute = Instant::now();
+                let ready = match (&q.output, aggregate.as_mut()) {
+                    (_, Some(a)) => {
+                        a.update(&batch, &|e, b| placement.eval(e, b))?;
+                        None
+                    }
+                    (Output::Project(items), None) => {
+                        let mut rows = project(items, &q.schema, &batch, &placement)?;
+                        if let Some(key) = placement.topk {
+                            rows = placement.preselect_topk(&rows, key, &mut stats)?;
+                            if let Some((_, b)) = &bound {
+                                b.update(rows.column(key.column))?;
+                            }
+                        }
+                        rows = compact_views(rows)?;
+                        if let Some(r) = limit.as_mut() {
+                            if rows.num_rows() > *r {
+                                rows = rows.slice(0, *r);
+                            }
+                            *r -= rows.num_rows();
+                        }
+                        Some(rows)
+                    }
+                    (Output::Aggregate(..), None) => {
+                        unreachable!("aggregator exists for aggregate plans")
+                    }
+                };
+                stats.compute_us += t_compute.elapsed().as_micros() as u64;
+                if let Some(rows) = ready.filter(|r| r.num_rows() > 0)
+                    && out.send(Piece::Rows(rows)).await.is_err()
+                {
+                    // The coordinator stopped (the client went away, or another worker failed).
+                    return Err(stopped());
+                }
+                if limit == Some(0) {
+                    break;
+                }
             }
-            if limit == Some(0) {
-                break;
-            }
-            t_scan = Instant::now();
         }
         out.send(Piece::End).await.map_err(|_| stopped())?;
     }
@@ -216,13 +241,14 @@ pub(super) async fn prune(
     Ok(Some(Slice {
         object: object.clone(),
         metadata: p.arrow,
+        schema: p.schema,
         pruned: p.pruned,
     }))
 }
 
 /// The running bound of a top k whose first sort key is a plain output column, with that
 /// column's name; `None` for other queries (and under a plain LIMIT).
-fn topk_bound(
+pub(super) fn topk_bound(
     q: &PreparedQuery,
     placement: &Placement,
     limit: Option<usize>,
@@ -239,6 +265,54 @@ fn topk_bound(
     }
     let b = TopKBound::new(key.descending, key.nulls_first, key.k as usize);
     Some((name.clone(), Arc::new(b)))
+}
+
+/// `slice` (one row group) without the pages where the top k's `bound` on column `key`
+/// shows no row as good as its k-th best kept so far (the page index's statistics); `None`
+/// when that is every page. The rows left out are counted in `topk_rows_skipped` and, for a
+/// query without a filter, as scanned and selected (as the bound's filter counts the rows it
+/// drops after decoding).
+fn skip_pages(
+    mut slice: Slice,
+    key: &str,
+    bound: &TopKBound,
+    q: &PreparedQuery,
+    ctx: &ScanContext,
+    stats: &mut QueryStats,
+) -> Option<Slice> {
+    let Some(test) = bound.page_test(key) else {
+        return Some(slice);
+    };
+    let md = slice.metadata.metadata();
+    let &[rg] = slice.pruned.row_groups.as_slice() else {
+        return Some(slice);
+    };
+    let Some(keep) = scan::prune::row_group_selection(md, &slice.schema, rg, &test) else {
+        return Some(slice);
+    };
+    let rows = md.row_group(rg).num_rows() as usize;
+    let before = slice
+        .pruned
+        .selection
+        .take()
+        .unwrap_or_else(|| RowSelection::from(vec![RowSelector::select(rows)]));
+    let after = before.intersection(&keep);
+    let skipped = (before.row_count() - after.row_count()) as u64;
+    stats.topk_rows_skipped += skipped;
+    if q.predicate.is_none() {
+        ctx.counters
+            .rows_scanned
+            .fetch_add(skipped, Ordering::Relaxed);
+        ctx.counters
+            .rows_selected
+            .fetch_add(skipped, Ordering::Relaxed);
+    }
+    if !after.selects_any() {
+        return None;
+    }
+    slice.pruned.rows_selected = after.row_count() as u64;
+    slice.pruned.selection = Some(after);
+    Some(slice)
 }
 
 /// Opens the decode stream of a slice (the filter inside the decoder, in the session it is
@@ -309,21 +383,7 @@ pub(super) enum Dealing {
 /// Deals the row groups of `slices` to at most `n` workers (see [`Dealing`]), the page
 /// index's selection split with them.
 pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Vec<Slice>> {
-    let mut units = Vec::new();
-    for (i, s) in slices.iter().enumerate() {
-        let mut selection = s.pruned.selection.clone();
-        for &rg in &s.pruned.row_groups {
-            let in_group = s.metadata.metadata().row_group(rg).num_rows() as usize;
-            let part = selection.as_mut().map(|sel| sel.split_off(in_group));
-            let rows = part.as_ref().map_or(in_group, RowSelection::row_count);
-            units.push(Unit {
-                object: i,
-                row_group: rg,
-                selection: part,
-                rows,
-            });
-        }
-    }
+    let units = units(&slices);
     let n = n.clamp(1, units.len().max(1));
     if how == Dealing::Turns {
         let mut shares: Vec<Vec<Slice>> = (0..n).map(|_| Vec::new()).collect();
@@ -357,6 +417,35 @@ pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Vec<Slice>
         .collect()
 }
 
+/// A slice as slices of one row group each, in order.
+fn row_groups(slice: Slice) -> Vec<Slice> {
+    let slices = [slice];
+    units(&slices)
+        .into_iter()
+        .flat_map(|u| regroup(&slices, vec![u]))
+        .collect()
+}
+
+/// The row groups of `slices` in order, each with its part of the page index's selection.
+fn units(slices: &[Slice]) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (i, s) in slices.iter().enumerate() {
+        let mut selection = s.pruned.selection.clone();
+        for &rg in &s.pruned.row_groups {
+            let in_group = s.metadata.metadata().row_group(rg).num_rows() as usize;
+            let part = selection.as_mut().map(|sel| sel.split_off(in_group));
+            let rows = part.as_ref().map_or(in_group, RowSelection::row_count);
+            units.push(Unit {
+                object: i,
+                row_group: rg,
+                selection: part,
+                rows,
+            });
+        }
+    }
+    units
+}
+
 /// A share's units as slices again: consecutive row groups of one object in one slice.
 fn regroup(slices: &[Slice], share: Vec<Unit>) -> Vec<Slice> {
     let mut out: Vec<(usize, Vec<Unit>)> = Vec::new();
@@ -383,6 +472,7 @@ fn regroup(slices: &[Slice], share: Vec<Unit>) -> Vec<Slice> {
             Slice {
                 object: s.object.clone(),
                 metadata: s.metadata.clone(),
+                schema: s.schema.clone(),
                 pruned: Pruned {
                     row_groups: units.iter().map(|u| u.row_group).collect(),
                     selection,

@@ -250,6 +250,9 @@ pub struct PrunedObject {
     pub metadata: Arc<ParquetMetaData>,
     /// Their Arrow view.
     pub arrow: ArrowReaderMetadata,
+    /// The object's columns as the table types them, which its statistics are read as
+    /// ([`prune`]).
+    pub schema: SchemaRef,
     /// Row groups and pages that may match.
     pub pruned: prune::Pruned,
 }
@@ -273,6 +276,7 @@ pub async fn prune_object(
     Ok(PrunedObject {
         metadata,
         arrow,
+        schema: plain.schema().clone(),
         pruned,
     })
 }

@@ -247,6 +247,25 @@ pub fn prune(md: &ParquetMetaData, schema: &Schema, predicate: Option<&PhysExpr>
     out
 }
 
+/// The rows of row group `rg` that may satisfy `test` by the page index, as a selection of
+/// the row group; `None` without a page index (every row may).
+pub fn row_group_selection(
+    md: &ParquetMetaData,
+    schema: &Schema,
+    rg: usize,
+    test: &PhysExpr,
+) -> Option<RowSelection> {
+    if md.column_index().is_none() || md.offset_index().is_none() {
+        return None;
+    }
+    let rows = md.row_group(rg).num_rows() as usize;
+    let ranges = page_ranges(test, md, schema, rg, rows, &mut Pruned::default());
+    Some(RowSelection::from_consecutive_ranges(
+        ranges.into_iter(),
+        rows,
+    ))
+}
+
 /// Row ranges of row group `rg` that may match, from the page index.
 fn page_ranges(
     pred: &PhysExpr,
