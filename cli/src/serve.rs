@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use nearstore_proto::{AggFunc, BackendKind};
-use nearstore_runtime::storage::WriteConfig;
 use nearstore_runtime::storage::reader::{ReaderChoice, ReaderConfig};
+use nearstore_runtime::storage::{PageCodec, WriteConfig};
 use nearstore_runtime::{Device, DeviceConfig};
 use nearstore_sdk::{Client, Query};
 use serde::Deserialize;
@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Rows per data page at most [default: 8192].
     #[arg(long)]
     pub page_rows: Option<usize>,
+    /// Compression of the pages of objects the device writes: snappy, lz4, zstd or none
+    /// [default: snappy].
+    #[arg(long)]
+    pub page_codec: Option<PageCodec>,
     /// Emulate a device-to-host link of this many Gb/s (results are paced in the send path)
     /// [default: unshaped].
     #[arg(long, env = "NEARSTORE_LINK_GBPS")]
@@ -104,6 +108,7 @@ struct FileConfig {
     cache_mb: Option<u64>,
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
+    page_codec: Option<String>,
     link_gbps: Option<f64>,
     link_rtt_us: Option<u64>,
     metrics_listen: Option<String>,
@@ -164,6 +169,11 @@ impl ServeArgs {
                 .page_rows
                 .or(file.page_rows)
                 .unwrap_or(defaults.page_rows),
+            codec: match (self.page_codec, &file.page_codec) {
+                (Some(c), _) => c,
+                (None, Some(c)) => c.parse().map_err(anyhow::Error::msg)?,
+                (None, None) => defaults.codec,
+            },
         };
         if write.row_group_rows == 0 || write.page_rows == 0 {
             bail!("row_group_rows and page_rows must be positive");

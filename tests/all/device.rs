@@ -217,6 +217,57 @@ async fn io_uring_and_pread_paths_agree() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_page_codec_is_written_and_answers_alike() {
+    use nearstore_runtime::storage::PageCodec;
+    use parquet::basic::Compression;
+    let plan = Query::table("t")
+        .filter("val > 500 AND cat IN ('beta', 'delta')")
+        .unwrap()
+        .group_by(["cat"])
+        .aggregate(AggFunc::Sum, Some("price"), "revenue")
+        .unwrap()
+        .aggregate(AggFunc::CountStar, None, "n")
+        .unwrap()
+        .order_by("cat", false)
+        .build();
+    let mut answers = Vec::new();
+    for (codec, want) in [
+        (PageCodec::Snappy, "SNAPPY"),
+        (PageCodec::Lz4, "LZ4_RAW"),
+        (PageCodec::Zstd, "ZSTD"),
+        (PageCodec::None, "UNCOMPRESSED"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = TestDevice::start_with(dir.path(), |c| c.write.codec = codec).await;
+        let mut c = dev.client().await;
+        c.put_batches("t", PutMode::Create, table_batches(30_000, 10_000, 4))
+            .await
+            .unwrap();
+        answers.push(c.query(&plan).await.unwrap().concat().unwrap());
+        dev.stop().await;
+        // Every column chunk of the object is written with the codec.
+        let object = std::fs::read_dir(dir.path().join("objects"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .expect("one object");
+        let file = std::fs::File::open(&object).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader as _;
+        let md = reader.metadata();
+        assert!(md.num_row_groups() > 0);
+        for rg in md.row_groups() {
+            for col in rg.columns() {
+                let got: Compression = col.compression();
+                assert!(format!("{got:?}").starts_with(want), "{codec:?}: {got:?}");
+            }
+        }
+    }
+    assert!(answers[0].num_rows() > 0);
+    assert!(answers.iter().all(|a| a == &answers[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_specific_errors_and_the_device_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let dev = TestDevice::start(dir.path(), ReaderChoice::Auto).await;

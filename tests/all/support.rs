@@ -43,6 +43,7 @@ impl TestDevice {
         config.write = WriteConfig {
             row_group_rows: 10_000,
             page_rows: 1_000,
+            ..WriteConfig::default()
         };
         configure(&mut config);
         let device = Device::open(&config).expect("device opens");

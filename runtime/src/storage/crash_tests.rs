@@ -42,6 +42,7 @@ fn write_config() -> WriteConfig {
     WriteConfig {
         row_group_rows: 700,
         page_rows: 300,
+        ..WriteConfig::default()
     }
 }
 

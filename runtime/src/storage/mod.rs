@@ -53,6 +53,8 @@ pub struct WriteConfig {
     pub row_group_rows: usize,
     /// Rows per data page at most (the page index's granularity).
     pub page_rows: usize,
+    /// How pages are compressed.
+    pub codec: PageCodec,
 }
 
 impl Default for WriteConfig {
@@ -60,6 +62,36 @@ impl Default for WriteConfig {
         WriteConfig {
             row_group_rows: 128 * 1024,
             page_rows: 8 * 1024,
+            codec: PageCodec::Snappy,
+        }
+    }
+}
+
+/// The compression of the pages of objects the device writes (objects written before keep
+/// theirs: a reader takes the codec from each column chunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCodec {
+    /// Snappy.
+    Snappy,
+    /// LZ4 (Parquet's `LZ4_RAW`).
+    Lz4,
+    /// Zstandard, level 1.
+    Zstd,
+    /// Uncompressed.
+    None,
+}
+
+impl std::str::FromStr for PageCodec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "snappy" => Ok(PageCodec::Snappy),
+            "lz4" => Ok(PageCodec::Lz4),
+            "zstd" => Ok(PageCodec::Zstd),
+            "none" => Ok(PageCodec::None),
+            o => Err(format!(
+                "unknown page codec '{o}' (expected snappy, lz4, zstd or none)"
+            )),
         }
     }
 }

@@ -10,13 +10,13 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::{ColumnInfo, PutMode, PutSummary};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use super::Storage;
 use super::catalog::{ObjectEntry, TableEntry, describe_columns, validate_table_name};
 use super::fs::{FsFile, fsync_dir, write_durable};
 use super::pi::SummingWriter;
+use super::{PageCodec, Storage};
 use crate::error::{Error, Result};
 
 impl Storage {
@@ -55,8 +55,14 @@ impl Storage {
     }
 
     fn writer_properties(&self) -> WriterProperties {
+        let compression = match self.write.codec {
+            PageCodec::Snappy => Compression::SNAPPY,
+            PageCodec::Lz4 => Compression::LZ4_RAW,
+            PageCodec::Zstd => Compression::ZSTD(ZstdLevel::default()),
+            PageCodec::None => Compression::UNCOMPRESSED,
+        };
         WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
+            .set_compression(compression)
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(self.write.row_group_rows))
             .set_data_page_row_count_limit(self.write.page_rows)
