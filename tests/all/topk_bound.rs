@@ -2,7 +2,8 @@
 //! sort key is worse than the k-th best of them before the other columns are decoded. The
 //! answers equal the host's (full transfer) for keys that improve as the table goes on (so
 //! later row groups hold the answer), ties broken by a second key, nulls first and last,
-//! ascending and descending, with and without a filter.
+//! ascending and descending, with and without a filter; and groups ordered by their key, which
+//! the k best distinct keys bound.
 
 use std::sync::Arc;
 
@@ -80,6 +81,29 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     let (_, stats) = &a.scans[0];
     assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
     assert_eq!(stats.rows_scanned + stats.topk_rows_skipped, 80_000);
+    // Groups ordered by their key: rows of keys worse than the k-th best distinct key kept so
+    // far are dropped (and, here, the later row groups' pages skipped unread).
+    let a = t
+        .agree(
+            "select down, count(*) as n, sum(id) as s from t group by down order by down desc limit 5",
+            0,
+        )
+        .await;
+    let (_, stats) = &a.scans[0];
+    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    for q in [
+        "select up, count(*) as n, sum(id) as s from t group by up order by up desc limit 5",
+        "select up, count(*) as n from t where f > 100 group by up order by up limit 7",
+        "select g, count(*) as n, min(id) as m from t group by g order by g desc nulls first limit 3",
+        "select g, count(*) as n from t group by g order by g nulls last limit 3",
+        "select g, count(*) as n from t group by g order by g nulls first limit 2",
+        "select up, s, count(*) as n from t group by up, s order by up desc, s limit 4",
+        "select up % 7 as r, count(*) as n from t group by up % 7 order by r limit 3",
+    ] {
+        for round in 0..2 {
+            t.agree(q, round).await;
+        }
+    }
     for q in [
         "select id, up from t order by up desc, id limit 15",
         "select id, up from t order by up desc, id desc limit 3",

@@ -115,17 +115,21 @@ pub(super) struct TopKBound {
     descending: bool,
     nulls_first: bool,
     k: usize,
+    /// The k best distinct values (a group key's bound), not the k best values.
+    distinct: bool,
     /// At most k values, best first.
     best: std::sync::Mutex<Option<arrow::array::ArrayRef>>,
 }
 
 impl TopKBound {
-    /// A bound with nothing kept yet (it keeps every row until k were).
-    pub fn new(descending: bool, nulls_first: bool, k: usize) -> Self {
+    /// A bound with nothing kept yet (it keeps every row until k were); `distinct` bounds
+    /// by the k best distinct values (a null is one value).
+    pub fn new(descending: bool, nulls_first: bool, k: usize, distinct: bool) -> Self {
         TopKBound {
             descending,
             nulls_first,
             k,
+            distinct,
             best: std::sync::Mutex::new(None),
         }
     }
@@ -147,8 +151,22 @@ impl TopKBound {
             Some(b) => arrow::compute::concat(&[b.as_ref(), kept.as_ref()])?,
             None => kept.clone(),
         };
-        let order = arrow::compute::sort_to_indices(&all, Some(self.options()), Some(self.k))?;
-        *best = Some(take(all.as_ref(), &order, None)?);
+        if !self.distinct {
+            let order = arrow::compute::sort_to_indices(&all, Some(self.options()), Some(self.k))?;
+            *best = Some(take(all.as_ref(), &order, None)?);
+            return Ok(());
+        }
+        let order = arrow::compute::sort_to_indices(&all, Some(self.options()), None)?;
+        let sorted = take(all.as_ref(), &order, None)?;
+        // The first row of each run of equal values, the first k runs.
+        let firsts: arrow::array::UInt32Array =
+            arrow::compute::partition(std::slice::from_ref(&sorted))?
+                .ranges()
+                .into_iter()
+                .take(self.k)
+                .map(|r| r.start as u32)
+                .collect();
+        *best = Some(take(sorted.as_ref(), &firsts, None)?);
         Ok(())
     }
 
@@ -271,7 +289,7 @@ mod tests {
     fn a_top_k_bound_drops_only_rows_worse_than_the_kth_best_kept() {
         let probe = [Some(1), Some(5), Some(9), None];
         // Descending, nulls first (SQL's default for DESC): 3 best of 9, 2, 5, 7 are 9, 7, 5.
-        let b = TopKBound::new(true, true, 3);
+        let b = TopKBound::new(true, true, 3, false);
         assert_eq!(kept(&b, &probe), [true; 4], "nothing kept yet");
         b.update(&col(&[Some(9), Some(2)])).unwrap();
         assert_eq!(kept(&b, &probe), [true; 4], "fewer than k kept");
@@ -281,20 +299,40 @@ mod tests {
         b.update(&col(&[None, None, None])).unwrap();
         assert_eq!(kept(&b, &probe), [false, false, false, true]);
         // Ascending, nulls last: the 2 best of 4, 8, null, 6 are 4, 6.
-        let b = TopKBound::new(false, false, 2);
+        let b = TopKBound::new(false, false, 2, false);
         b.update(&col(&[Some(4), Some(8), None, Some(6)])).unwrap();
         assert_eq!(kept(&b, &probe), [true, true, false, false]);
         // Nulls last and a null among the k best: every row may still be in the top k.
-        let b = TopKBound::new(false, false, 2);
+        let b = TopKBound::new(false, false, 2, false);
         b.update(&col(&[Some(4), None])).unwrap();
         assert_eq!(kept(&b, &probe), [true; 4]);
         // Descending, nulls last: the 2 best of 9, 5, null are 9, 5; a null is worse.
-        let b = TopKBound::new(true, false, 2);
+        let b = TopKBound::new(true, false, 2, false);
         b.update(&col(&[Some(9), Some(5), None])).unwrap();
         assert_eq!(kept(&b, &probe), [false, true, true, false]);
         // Ascending, nulls first: the 2 best of null, 4, 8 are null, 4.
-        let b = TopKBound::new(false, true, 2);
+        let b = TopKBound::new(false, true, 2, false);
         b.update(&col(&[None, Some(4), Some(8)])).unwrap();
         assert_eq!(kept(&b, &probe), [true, false, false, true]);
+    }
+
+    #[test]
+    fn a_distinct_bound_counts_each_value_once() {
+        let probe = [Some(1), Some(3), Some(5), None];
+        // Ascending: the 2 best distinct of 3, 3, 3, 1, 1 are 1 and 3 (the 2 best are 1, 1).
+        let b = TopKBound::new(false, false, 2, true);
+        b.update(&col(&[Some(3), Some(3), Some(3), Some(1), Some(1)]))
+            .unwrap();
+        assert_eq!(kept(&b, &probe), [true, true, false, false]);
+        let b = TopKBound::new(false, false, 2, false);
+        b.update(&col(&[Some(3), Some(3), Some(3), Some(1), Some(1)]))
+            .unwrap();
+        assert_eq!(kept(&b, &probe), [true, false, false, false]);
+        // Nulls first: nulls are one value; the 2 best distinct of null, null, 4, 8 are null, 4.
+        let b = TopKBound::new(false, true, 2, true);
+        b.update(&col(&[None, None, Some(8)])).unwrap();
+        assert_eq!(kept(&b, &probe), [true, true, true, true], "null and 8");
+        b.update(&col(&[Some(4)])).unwrap();
+        assert_eq!(kept(&b, &probe), [true, true, false, true]);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use nearstore_proto::QueryStats;
@@ -162,6 +162,11 @@ pub(super) async fn run(
                 let ready = match (&q.output, aggregate.as_mut()) {
                     (_, Some(a)) => {
                         a.update(&batch, &|e, b| placement.eval(e, b))?;
+                        if let Some((key, b)) = &bound
+                            && let Some(keys) = batch.column_by_name(key)
+                        {
+                            b.update(keys)?;
+                        }
                         None
                     }
                     (Output::Project(items), None) => {
@@ -246,25 +251,44 @@ pub(super) async fn prune(
     }))
 }
 
-/// The running bound of a top k whose first sort key is a plain output column, with that
-/// column's name; `None` for other queries (and under a plain LIMIT).
+/// The running bound of a top k whose first sort key is a plain output column, or a group
+/// key that is a column of an integer, decimal or date type (the k best distinct keys bound
+/// the groups: a row with a worse key joins a group that cannot be among the first k), with
+/// that column's name; `None` for other queries (and under a plain LIMIT).
 pub(super) fn topk_bound(
     q: &PreparedQuery,
     placement: &Placement,
     limit: Option<usize>,
 ) -> Option<(String, Arc<TopKBound>)> {
     let key = placement.topk?;
-    let Output::Project(items) = &q.output else {
-        return None;
-    };
-    let (_, PhysExpr::Column { name, .. }) = items.get(key.column)? else {
-        return None;
-    };
     if limit.is_some() {
         return None;
     }
-    let b = TopKBound::new(key.descending, key.nulls_first, key.k as usize);
+    let (name, distinct) = match &q.output {
+        Output::Project(items) => match items.get(key.column)? {
+            (_, PhysExpr::Column { name, .. }) => (name, false),
+            _ => return None,
+        },
+        Output::Aggregate(groups, _) => match groups.get(key.column)? {
+            PhysExpr::Column { name, data_type } if bounds_groups(data_type) => (name, true),
+            _ => return None,
+        },
+    };
+    let b = TopKBound::new(key.descending, key.nulls_first, key.k as usize, distinct);
     Some((name.clone(), Arc::new(b)))
+}
+
+/// Group key types a top-k bound takes: ordered alike by the device, its page statistics and
+/// SQL (no collation, no NaN).
+fn bounds_groups(t: &DataType) -> bool {
+    t.is_integer()
+        || matches!(
+            t,
+            DataType::Date32
+                | DataType::Date64
+                | DataType::Decimal64(..)
+                | DataType::Decimal128(..)
+        )
 }
 
 /// `slice` (one row group) without the pages where the top k's `bound` on column `key`
