@@ -54,7 +54,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
 async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     let batches: Vec<RecordBatch> = (0..8).map(|i| batch(i * 10_000, 10_000)).collect();
     let t = OffloadAndHost::with_table("t", batches).await;
-    // First, before the hot-column tier holds anything (its row groups skip the bound): the
+    // First, before the hot-column tier holds anything: the
     // rows the bound drops still count as scanned (and, with no filter, as selected), and
     // the top-k pre-selection saw fewer of them than the table holds (the best rows come
     // first: each worker's later row groups are dropped whole).
@@ -81,6 +81,16 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     let (_, stats) = &a.scans[0];
     assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
     assert_eq!(stats.rows_scanned + stats.topk_rows_skipped, 80_000);
+    // The bound applies to the row groups the hot-column tier serves too (a row group is
+    // admitted on its second touch and served from memory on the third): a key whose pages
+    // all hold every value, so nothing is skipped unread and the bound drops rows one by one.
+    let q = "select id, f from t order by f desc nulls last, id limit 20";
+    for round in 0..3 {
+        let a = t.agree(q, round).await;
+        let (_, s) = &a.scans[0];
+        assert!(s.topk_rows_in < 40_000, "round {round}: {s:?}");
+        assert!(round < 2 || s.cache_hit_bytes > 0, "round {round}: {s:?}");
+    }
     // Groups ordered by their key: rows of keys worse than the k-th best distinct key kept so
     // far are dropped (and, here, the later row groups' pages skipped unread).
     let a = t

@@ -1,7 +1,8 @@
 //! A scan through the hot-column tier ([`crate::storage::hot`]): each row group whose needed
 //! columns the tier holds is served from memory (the page index's selection and the predicate
 //! applied to the kept arrays, as the decoder would); a row group touched for the second time
-//! is decoded whole, kept, and served the same way; the rest go to the Parquet decoder in runs
+//! is decoded whole, kept, and served the same way (a top k's bound, `ObjectScan::narrowing`,
+//! applied after the predicate); the rest go to the Parquet decoder in runs
 //! of consecutive row groups, as without the tier. Batches served from the tier are copied
 //! where they would otherwise be slices of a kept row group (see [`owned`]).
 //!
@@ -231,6 +232,9 @@ impl Shared {
         let out = pick(&self.output, &arrays);
         let pred = self.predicate.as_ref().map(|p| pick(p, &arrays));
         let filter_fn = self.scan.predicate.as_ref().map(|(_, f)| f.clone());
+        // The bound's column is an output column (a top k's first key, a group key).
+        let narrow = self.scan.narrowing.as_ref().map(|(_, f)| f.clone());
+        let count_dropped = filter_fn.is_none();
         let counters = self.counters.clone();
         let errors = self.errors.clone();
         windows.into_iter().map(move |(start, len)| {
@@ -249,6 +253,19 @@ impl Shared {
                     let input = slice(pschema, pcols)?;
                     let keep = run_predicate(f, &input, &counters, &errors)
                         .map_err(|e| errors.take_or(Error::Arrow(e)))?;
+                    filter_record_batch(&batch, &keep)?
+                }
+                _ => batch,
+            };
+            let batch = match &narrow {
+                Some(f) if batch.num_rows() > 0 => {
+                    let keep = f(&batch)?;
+                    if count_dropped {
+                        // As the decoder's narrowing filter counts them (`open_stream`).
+                        let dropped = (batch.num_rows() - keep.true_count()) as u64;
+                        counters.rows_scanned.fetch_add(dropped, Ordering::Relaxed);
+                        counters.rows_selected.fetch_add(dropped, Ordering::Relaxed);
+                    }
                     filter_record_batch(&batch, &keep)?
                 }
                 _ => batch,

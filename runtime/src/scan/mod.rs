@@ -301,7 +301,7 @@ pub struct ObjectScan {
     /// A second filter, run inside the decoder on the rows the predicate kept (its columns
     /// and its test), that only narrows what is decoded: a top k's running bound. It changes
     /// no count (without a predicate the rows it drops count as scanned and selected, as the
-    /// rows it keeps do where they arrive), and the hot tier's row groups skip it.
+    /// rows it keeps do where they arrive); the hot tier's row groups apply it after the predicate.
     pub narrowing: Option<(Vec<String>, Predicate)>,
     /// Rows per batch.
     pub batch_size: usize,
