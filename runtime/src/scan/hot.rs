@@ -2,7 +2,7 @@
 //! columns the tier holds is served from memory (the page index's selection and the predicate
 //! applied to the kept arrays, as the decoder would); a row group touched for the second time
 //! is decoded whole, kept, and served the same way (a top k's bound, `ObjectScan::narrowing`,
-//! applied after the predicate); the rest go to the Parquet decoder in runs
+//! applied before the predicate, as the decoder applies it); the rest go to the Parquet decoder in runs
 //! of consecutive row groups, as without the tier. Batches served from the tier are copied
 //! where they would otherwise be slices of a kept row group (see [`owned`]).
 //!
@@ -22,7 +22,9 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 
-use super::{Batches, ErrorSlot, ObjectReader, ObjectScan, ScanCounters, run_predicate};
+use super::{
+    Batches, ErrorSlot, ObjectReader, ObjectScan, ScanCounters, count_narrowed, run_predicate,
+};
 use crate::error::{Error, Result};
 
 /// What a scan does with a run of its row groups.
@@ -234,7 +236,6 @@ impl Shared {
         let filter_fn = self.scan.predicate.as_ref().map(|(_, f)| f.clone());
         // The bound's column is an output column (a top k's first key, a group key).
         let narrow = self.scan.narrowing.as_ref().map(|(_, f)| f.clone());
-        let count_dropped = filter_fn.is_none();
         let counters = self.counters.clone();
         let errors = self.errors.clone();
         windows.into_iter().map(move |(start, len)| {
@@ -247,29 +248,27 @@ impl Shared {
                     &RecordBatchOptions::new().with_row_count(Some(len)),
                 )
             };
-            let batch = slice(schema, cols)?;
-            let batch = match (&pred, &filter_fn) {
-                (Some((pschema, pcols)), Some(f)) => {
-                    let input = slice(pschema, pcols)?;
-                    let keep = run_predicate(f, &input, &counters, &errors)
-                        .map_err(|e| errors.take_or(Error::Arrow(e)))?;
-                    filter_record_batch(&batch, &keep)?
-                }
-                _ => batch,
+            let mut batch = slice(schema, cols)?;
+            let mut input = match &pred {
+                Some((pschema, pcols)) => Some(slice(pschema, pcols)?),
+                None => None,
             };
-            let batch = match &narrow {
-                Some(f) if batch.num_rows() > 0 => {
-                    let keep = f(&batch)?;
-                    if count_dropped {
-                        // As the decoder's narrowing filter counts them (`open_stream`).
-                        let dropped = (batch.num_rows() - keep.true_count()) as u64;
-                        counters.rows_scanned.fetch_add(dropped, Ordering::Relaxed);
-                        counters.rows_selected.fetch_add(dropped, Ordering::Relaxed);
-                    }
-                    filter_record_batch(&batch, &keep)?
+            // The bound first, then the predicate on the rows it kept, counted as the decoder
+            // counts them (`open_stream`).
+            if let Some(f) = &narrow {
+                let keep = f(&batch)?;
+                let dropped = batch.num_rows() - keep.true_count();
+                if dropped > 0 {
+                    count_narrowed(&counters, dropped, filter_fn.is_some());
+                    batch = filter_record_batch(&batch, &keep)?;
+                    input = input.map(|i| filter_record_batch(&i, &keep)).transpose()?;
                 }
-                _ => batch,
-            };
+            }
+            if let (Some(input), Some(f)) = (input, &filter_fn) {
+                let keep = run_predicate(f, &input, &counters, &errors)
+                    .map_err(|e| errors.take_or(Error::Arrow(e)))?;
+                batch = filter_record_batch(&batch, &keep)?;
+            }
             owned(batch)
         })
     }

@@ -298,10 +298,11 @@ pub struct ObjectScan {
     pub columns: Vec<String>,
     /// Predicate columns and the predicate.
     pub predicate: Option<(Vec<String>, Predicate)>,
-    /// A second filter, run inside the decoder on the rows the predicate kept (its columns
-    /// and its test), that only narrows what is decoded: a top k's running bound. It changes
-    /// no count (without a predicate the rows it drops count as scanned and selected, as the
-    /// rows it keeps do where they arrive); the hot tier's row groups apply it after the predicate.
+    /// A filter run inside the decoder before the predicate (its columns and its test) that
+    /// only narrows what is decoded: a top k's running bound. The rows it drops count as
+    /// scanned, and without a predicate as selected too (as the rows it keeps do where they
+    /// arrive); with one, the predicate counts only the rows it was given. The hot tier's row
+    /// groups apply it the same way.
     pub narrowing: Option<(Vec<String>, Predicate)>,
     /// Rows per batch.
     pub batch_size: usize,
@@ -333,29 +334,26 @@ pub fn open_stream(
         builder = builder.with_row_selection(sel);
     }
     let mut filters: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
-    // Without a predicate the consumer counts the rows it gets as scanned and selected; the
-    // ones the narrowing filter drops are counted here.
-    let count_dropped = scan.predicate.is_none();
-    if let Some((cols, pred)) = scan.predicate {
-        let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
-        let c = counters.clone();
-        let slot = errors.clone();
-        let f = ArrowPredicateFn::new(mask, move |batch| run_predicate(&pred, &batch, &c, &slot));
-        filters.push(Box::new(f));
-    }
+    // The narrowing filter first: once a top k's bound is tight it keeps few rows, so the
+    // predicate's columns are decoded for those alone, and the selections the decoder
+    // carries between filters stay short.
+    let with_predicate = scan.predicate.is_some();
     if let Some((cols, narrow)) = scan.narrowing {
         let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
         let slot = errors.clone();
         let c = counters.clone();
         let f = ArrowPredicateFn::new(mask, move |batch| {
             let keep = narrow(&batch).map_err(|e| decoder_error(&slot, e))?;
-            if count_dropped {
-                let dropped = (batch.num_rows() - keep.true_count()) as u64;
-                c.rows_scanned.fetch_add(dropped, Ordering::Relaxed);
-                c.rows_selected.fetch_add(dropped, Ordering::Relaxed);
-            }
+            count_narrowed(&c, batch.num_rows() - keep.true_count(), with_predicate);
             Ok(keep)
         });
+        filters.push(Box::new(f));
+    }
+    if let Some((cols, pred)) = scan.predicate {
+        let mask = ProjectionMask::roots(&parquet_schema, roots(&cols));
+        let c = counters.clone();
+        let slot = errors.clone();
+        let f = ArrowPredicateFn::new(mask, move |batch| run_predicate(&pred, &batch, &c, &slot));
         filters.push(Box::new(f));
     }
     if !filters.is_empty() {
@@ -367,6 +365,16 @@ pub fn open_stream(
     builder
         .build()
         .map_err(|e| errors.take_or(Error::Parquet(e)))
+}
+
+/// Counts the rows a narrowing filter dropped before the predicate saw them: decoded (their
+/// key was), and without a predicate selected too — the consumer counts the rows it gets so.
+pub(super) fn count_narrowed(counters: &ScanCounters, dropped: usize, with_predicate: bool) {
+    let dropped = dropped as u64;
+    counters.rows_scanned.fetch_add(dropped, Ordering::Relaxed);
+    if !with_predicate {
+        counters.rows_selected.fetch_add(dropped, Ordering::Relaxed);
+    }
 }
 
 /// Runs a scan's predicate on one batch of its columns, counting rows and time; its error is
