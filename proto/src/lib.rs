@@ -129,7 +129,8 @@ pub struct QueryStats {
     pub rows_total: u64,
     /// Rows decoded after row-group and page pruning.
     pub rows_scanned: u64,
-    /// Rows that passed the filter.
+    /// Rows that passed the filter (of those a top k's running bound left it to test; see
+    /// `topk_rows_skipped`).
     pub rows_selected: u64,
     /// Rows returned to the host.
     pub rows_returned: u64,
@@ -139,9 +140,10 @@ pub struct QueryStats {
     /// See `topk_rows_in`.
     pub topk_rows_kept: u64,
     /// Rows a top k's running bound skipped unread: pages whose statistics show no key as
-    /// good as the k-th best the worker kept so far. Without a filter they count as decoded
-    /// and selected, as the rows the bound drops after decoding do; with one, in neither
-    /// (whether they passed it is unknown).
+    /// good as the k-th best kept so far. Without a filter they count as decoded and
+    /// selected, as the rows the bound drops after decoding their key do; with one, in
+    /// neither (whether they passed it is unknown), and the rows it drops after decoding
+    /// their key count as decoded, not selected (the bound runs before the filter).
     pub topk_rows_skipped: u64,
     /// Compute backend the query asked for (or the device default).
     pub backend: String,
