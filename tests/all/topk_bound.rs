@@ -7,14 +7,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
 use crate::support::OffloadAndHost;
 
 /// `rows` rows from `start`: `up` grows with the row (with ties: ten rows a value), `down`
 /// shrinks, `f` a float with nulls every 11th row, `s` a string, `g` shrinks as `down` but
-/// is null on rows 30 000 to 30 999 (one page of the test device's).
+/// is null on rows 30 000 to 30 999 (one page of the test device's), `p` a decimal that shrinks
+/// (stored as INT64, decoded as Decimal64).
 fn batch(start: i64, rows: i64) -> RecordBatch {
     let ids: Vec<i64> = (start..start + rows).collect();
     let up = Int64Array::from_iter_values(ids.iter().map(|i| i / 10));
@@ -27,6 +28,9 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         .iter()
         .map(|i| (!(30_000..31_000).contains(i)).then_some(-i))
         .collect();
+    let p = Decimal128Array::from_iter_values(ids.iter().map(|i| -i as i128 * 25))
+        .with_precision_and_scale(12, 2)
+        .unwrap();
     let s: StringArray = ids
         .iter()
         .map(|i| Some(format!("s{:06}", i % 5000)))
@@ -38,6 +42,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Field::new("f", DataType::Float64, true),
         Field::new("s", DataType::Utf8, false),
         Field::new("g", DataType::Int64, true),
+        Field::new("p", DataType::Decimal128(12, 2), false),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(ids)),
@@ -46,6 +51,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Arc::new(f),
         Arc::new(s),
         Arc::new(g),
+        Arc::new(p),
     ];
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
@@ -96,6 +102,16 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     let a = t
         .agree(
             "select down, count(*) as n, sum(id) as s from t group by down order by down desc limit 5",
+            0,
+        )
+        .await;
+    let (_, stats) = &a.scans[0];
+    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    // A decimal key, decoded as stored (Decimal64), against statistics read as the table's
+    // Decimal128.
+    let a = t
+        .agree(
+            "select p, count(*) as n from t group by p order by p desc limit 5",
             0,
         )
         .await;

@@ -3,7 +3,7 @@
 //! the LIMIT and sent a batch at a time.
 
 use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take};
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::{CmpOp, Plan};
 
@@ -173,8 +173,10 @@ impl TopKBound {
     /// A test of `column`'s statistics (row groups or pages, [`crate::scan::prune`]) that is
     /// false only where no row can be better than or equal to the k-th best kept so far:
     /// `None` while nothing can be excluded (fewer than k kept, or nulls among the k best
-    /// with nulls last). Ties are kept, as [`TopKBound::keep`] keeps them.
-    pub fn page_test(&self, column: &str) -> Option<PhysExpr> {
+    /// with nulls last). Ties are kept, as [`TopKBound::keep`] keeps them. The test compares
+    /// values of `data_type`, the type the statistics are read as (a key decoded as stored, a
+    /// Decimal64, is widened to it exactly); `None` too when the k-th best cannot be.
+    pub fn page_test(&self, column: &str, data_type: &DataType) -> Option<PhysExpr> {
         use arrow::array::Array;
         let kth = {
             let best = self.best.lock().expect("top-k bound");
@@ -183,7 +185,17 @@ impl TopKBound {
                 _ => return None,
             }
         };
-        let data_type = kth.data_type().clone();
+        let kth = match kth.data_type() == data_type {
+            true => kth,
+            false => {
+                let widened = arrow::compute::cast(&kth, data_type).ok()?;
+                // A cast that loses the value (or makes it null) is not a bound.
+                let back = arrow::compute::cast(&widened, kth.data_type()).ok()?;
+                (back.as_ref() == kth.as_ref() && widened.is_null(0) == kth.is_null(0))
+                    .then_some(widened)?
+            }
+        };
+        let data_type = data_type.clone();
         let col = || PhysExpr::Column {
             name: column.to_string(),
             data_type: data_type.clone(),
@@ -274,7 +286,7 @@ mod tests {
         let kept: Vec<bool> = (0..m.len()).map(|i| m.value(i)).collect();
         let schema = Schema::new(vec![Field::new("key", DataType::Int64, true)]);
         let batch = RecordBatch::try_new(Arc::new(schema), vec![col(v)]).unwrap();
-        match b.page_test("key") {
+        match b.page_test("key", &DataType::Int64) {
             Some(test) => {
                 let t = test.eval_predicate(&batch).unwrap();
                 let by_test: Vec<bool> = (0..t.len()).map(|i| t.value(i)).collect();
@@ -314,6 +326,38 @@ mod tests {
         let b = TopKBound::new(false, true, 2, false);
         b.update(&col(&[None, Some(4), Some(8)])).unwrap();
         assert_eq!(kept(&b, &probe), [true, false, false, true]);
+    }
+
+    #[test]
+    fn a_page_test_widens_a_key_decoded_as_stored() {
+        use arrow::array::{Decimal64Array, Decimal128Array};
+        use nearstore_proto::CmpOp;
+
+        use crate::plan::PhysExpr;
+        let b = TopKBound::new(true, false, 2, true);
+        let stored = Decimal64Array::from(vec![Some(12_345), Some(99), Some(12_345)])
+            .with_precision_and_scale(15, 2)
+            .unwrap();
+        b.update(&(Arc::new(stored) as ArrayRef)).unwrap();
+        let Some(PhysExpr::Cmp { op, left, right }) =
+            b.page_test("key", &DataType::Decimal128(15, 2))
+        else {
+            panic!("a comparison")
+        };
+        assert_eq!(op, CmpOp::GtEq);
+        assert!(
+            matches!(*left, PhysExpr::Column { ref data_type, .. } if *data_type == DataType::Decimal128(15, 2))
+        );
+        let PhysExpr::Literal(kth) = *right else {
+            panic!("a literal")
+        };
+        // The 2 best distinct of 123.45, 0.99, 123.45: the second is 0.99.
+        let want = Decimal128Array::from(vec![99])
+            .with_precision_and_scale(15, 2)
+            .unwrap();
+        assert_eq!(kth.as_ref(), &want as &dyn Array);
+        // A type the k-th best does not convert to exactly: no test.
+        assert!(b.page_test("key", &DataType::Int8).is_none());
     }
 
     #[test]

@@ -304,7 +304,10 @@ fn skip_pages(
     ctx: &ScanContext,
     stats: &mut QueryStats,
 ) -> Option<Slice> {
-    let Some(test) = bound.page_test(key) else {
+    let Ok(field) = slice.schema.field_with_name(key) else {
+        return Some(slice);
+    };
+    let Some(test) = bound.page_test(key, &field.data_type().clone()) else {
         return Some(slice);
     };
     let md = slice.metadata.metadata();
