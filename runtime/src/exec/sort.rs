@@ -109,7 +109,7 @@ fn sort_batch(batch: &RecordBatch, plan: &Plan) -> Result<RecordBatch> {
 /// column the scan reads), shared by its workers: the k best key values among the rows they
 /// kept so far. A row whose key is worse than the k-th of them cannot be in the top k (ties
 /// can, by a later sort key), so the decoder drops it before the other columns are decoded
-/// ([`TopKBound::keep`], a second filter after the query's), and a row group's pages whose
+/// ([`TopKBound::keep`], a filter run before the query's), and a row group's pages whose
 /// statistics show no key that good are not read at all ([`TopKBound::page_test`]).
 pub(super) struct TopKBound {
     descending: bool,
