@@ -155,6 +155,20 @@ async fn point_predicate_reads_only_its_row_group() {
     dev.stop().await;
 }
 
+/// Revenue and row count by `cat` of the rows `filter` keeps, ordered by `cat`.
+fn revenue_by_cat(filter: &str) -> Plan {
+    Query::table("t")
+        .filter(filter)
+        .unwrap()
+        .group_by(["cat"])
+        .aggregate(AggFunc::Sum, Some("price"), "revenue")
+        .unwrap()
+        .aggregate(AggFunc::CountStar, None, "n")
+        .unwrap()
+        .order_by("cat", false)
+        .build()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn io_uring_and_pread_paths_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,16 +178,7 @@ async fn io_uring_and_pread_paths_agree() {
             .unwrap()
             .select(["id", "val", "cat"])
             .build(),
-        Query::table("t")
-            .filter("day BETWEEN DATE '1992-01-01' AND DATE '1994-06-30'")
-            .unwrap()
-            .group_by(["cat"])
-            .aggregate(AggFunc::Sum, Some("price"), "revenue")
-            .unwrap()
-            .aggregate(AggFunc::CountStar, None, "n")
-            .unwrap()
-            .order_by("cat", false)
-            .build(),
+        revenue_by_cat("day BETWEEN DATE '1992-01-01' AND DATE '1994-06-30'"),
     ];
     let mut results = Vec::new();
     let mut readers = vec![ReaderChoice::Pread];
@@ -220,16 +225,7 @@ async fn io_uring_and_pread_paths_agree() {
 async fn each_page_codec_is_written_and_answers_alike() {
     use nearstore_runtime::storage::PageCodec;
     use parquet::basic::Compression;
-    let plan = Query::table("t")
-        .filter("val > 500 AND cat IN ('beta', 'delta')")
-        .unwrap()
-        .group_by(["cat"])
-        .aggregate(AggFunc::Sum, Some("price"), "revenue")
-        .unwrap()
-        .aggregate(AggFunc::CountStar, None, "n")
-        .unwrap()
-        .order_by("cat", false)
-        .build();
+    let plan = revenue_by_cat("val > 500 AND cat IN ('beta', 'delta')");
     let mut answers = Vec::new();
     for (codec, want) in [
         (PageCodec::Snappy, "SNAPPY"),

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
+use nearstore_proto::QueryStats;
+
 use crate::support::OffloadAndHost;
 
 /// `rows` rows from `start`: `up` grows with the row (with ties: ten rows a value), `down`
@@ -56,6 +58,16 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
 
+/// Runs `q` in offload and full transfer (they must agree) and returns the device scan's
+/// statistics, asserting its bound skipped at least 50 000 of the 80 000 rows unread (the
+/// best rows come first, so later row groups' pages show no key as good).
+async fn agree_skipping(t: &OffloadAndHost, q: &str) -> QueryStats {
+    let a = t.agree(q, 0).await;
+    let stats = a.scans[0].1.clone();
+    assert!(stats.topk_rows_skipped >= 50_000, "{q}: {stats:?}");
+    stats
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     let batches: Vec<RecordBatch> = (0..8).map(|i| batch(i * 10_000, 10_000)).collect();
@@ -78,14 +90,8 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
     assert!(stats.topk_rows_in + stats.topk_rows_skipped <= 80_000);
     // With a filter, the skipped rows are neither decoded nor counted as selected.
-    let a = t
-        .agree(
-            "select id, down from t where f > 100 order by down desc, id limit 15",
-            0,
-        )
-        .await;
-    let (_, stats) = &a.scans[0];
-    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    let q = "select id, down from t where f > 100 order by down desc, id limit 15";
+    let stats = agree_skipping(&t, q).await;
     assert_eq!(stats.rows_scanned + stats.topk_rows_skipped, 80_000);
     // The bound applies to the row groups the hot-column tier serves too (a row group is
     // admitted on its second touch and served from memory on the third): a key whose pages
@@ -99,24 +105,16 @@ async fn a_top_k_with_a_running_bound_answers_as_the_host_does() {
     }
     // Groups ordered by their key: rows of keys worse than the k-th best distinct key kept so
     // far are dropped (and, here, the later row groups' pages skipped unread).
-    let a = t
-        .agree(
-            "select down, count(*) as n, sum(id) as s from t group by down order by down desc limit 5",
-            0,
-        )
-        .await;
-    let (_, stats) = &a.scans[0];
-    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    let q =
+        "select down, count(*) as n, sum(id) as s from t group by down order by down desc limit 5";
+    agree_skipping(&t, q).await;
     // A decimal key, decoded as stored (Decimal64), against statistics read as the table's
     // Decimal128.
-    let a = t
-        .agree(
-            "select p, count(*) as n from t group by p order by p desc limit 5",
-            0,
-        )
-        .await;
-    let (_, stats) = &a.scans[0];
-    assert!(stats.topk_rows_skipped >= 50_000, "{stats:?}");
+    agree_skipping(
+        &t,
+        "select p, count(*) as n from t group by p order by p desc limit 5",
+    )
+    .await;
     for q in [
         "select up, count(*) as n, sum(id) as s from t group by up order by up desc limit 5",
         "select up, count(*) as n from t where f > 100 group by up order by up limit 7",

@@ -307,7 +307,7 @@ fn skip_pages(
     let Ok(field) = slice.schema.field_with_name(key) else {
         return Some(slice);
     };
-    let Some(test) = bound.page_test(key, &field.data_type().clone()) else {
+    let Some(test) = bound.page_test(key, field.data_type()) else {
         return Some(slice);
     };
     let md = slice.metadata.metadata();
