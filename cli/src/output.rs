@@ -81,6 +81,12 @@ pub fn format_stats(s: &QueryStats) -> String {
     if s.topk_rows_skipped > 0 {
         topk += &format!(", {} rows skipped unread by its bound", s.topk_rows_skipped);
     }
+    if s.row_groups_by_dictionary > 0 {
+        topk += &format!(
+            " | {} row groups read by dictionary indices",
+            s.row_groups_by_dictionary
+        );
+    }
     // The hot-column tier, when the device has one: column chunks' media bytes.
     let tier = if s.cache_hit_bytes + s.cache_miss_bytes > 0 {
         format!(

@@ -145,6 +145,11 @@ pub struct QueryStats {
     /// neither (whether they passed it is unknown), and the rows it drops after decoding
     /// their key count as decoded, not selected (the bound runs before the filter).
     pub topk_rows_skipped: u64,
+    /// Row groups the device's own dictionary decoder read: the filter answered once per
+    /// dictionary entry, rows found from their dictionary indices, and only the rows kept
+    /// gathered. The others (and every row group the hot-column tier served) went through the
+    /// Parquet decoder.
+    pub row_groups_by_dictionary: u64,
     /// Compute backend the query asked for (or the device default).
     pub backend: String,
     /// Where each operator ran, e.g. `filter=wasm aggregate=native` (an operator the query's

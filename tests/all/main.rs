@@ -6,6 +6,7 @@ mod cli;
 mod compare;
 mod crash;
 mod device;
+mod dict_decoder;
 mod dict_groups;
 mod differential;
 mod disk_full;

@@ -83,8 +83,17 @@ impl OffloadAndHost {
     /// Starts a device (as [`TestDevice::start_with`], defaults kept) holding `batches` as
     /// `table`, and connects both sessions.
     pub async fn with_table(table: &str, batches: Vec<RecordBatch>) -> Self {
+        Self::with_table_on(table, batches, |_| {}).await
+    }
+
+    /// [`OffloadAndHost::with_table`] on a device configured by `configure` last.
+    pub async fn with_table_on(
+        table: &str,
+        batches: Vec<RecordBatch>,
+        configure: impl FnOnce(&mut DeviceConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let dev = TestDevice::start_with(dir.path(), |_| {}).await;
+        let dev = TestDevice::start_with(dir.path(), configure).await;
         dev.client()
             .await
             .put_batches(table, PutMode::Create, batches)

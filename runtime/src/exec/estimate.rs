@@ -145,6 +145,7 @@ async fn sample(
             columns: pred.columns(),
             predicate: None,
             narrowing: None,
+            by_column: None,
             batch_size: SAMPLE_ROWS,
             limit: Some(SAMPLE_ROWS),
         };

@@ -200,6 +200,44 @@ impl PreparedQuery {
         })
     }
 
+    /// The predicate as groups of conjuncts that each read one column, in the order their
+    /// columns first appear; `None` without a predicate, or when a conjunct reads no column,
+    /// several, or calls a kernel. A scan may then answer each group once per dictionary
+    /// entry of its column ([`crate::scan`]'s dictionary decoder): a conjunct of one column
+    /// gives a row its value's answer.
+    pub(super) fn filter_by_column(&self) -> Option<Vec<(String, PhysExpr)>> {
+        let pred = self.predicate.as_ref()?;
+        let conjuncts: Vec<&PhysExpr> = match pred {
+            PhysExpr::And(v) => v.iter().collect(),
+            p => vec![p],
+        };
+        let mut groups: Vec<(String, Vec<PhysExpr>)> = Vec::new();
+        for c in conjuncts {
+            let mut kernel = false;
+            c.visit(&mut |e| kernel |= matches!(e, PhysExpr::Kernel { .. }));
+            let cols = c.columns();
+            let ([name], false) = (cols.as_slice(), kernel) else {
+                return None;
+            };
+            match groups.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push(c.clone()),
+                None => groups.push((name.clone(), vec![c.clone()])),
+            }
+        }
+        Some(
+            groups
+                .into_iter()
+                .map(|(n, mut v)| {
+                    let e = match v.len() {
+                        1 => v.remove(0),
+                        _ => PhysExpr::And(v),
+                    };
+                    (n, e)
+                })
+                .collect(),
+        )
+    }
+
     /// Every column the scan decodes as an Arrow dictionary: the group keys of
     /// [`dictionary_keys`](Self::dictionary_keys) and the filter columns of
     /// [`dictionary_filters`](Self::dictionary_filters).

@@ -171,6 +171,7 @@ impl Executor {
         let c = &ctx.counters;
         stats.bytes_read_media = c.bytes_read.load(Ordering::Relaxed);
         stats.rows_scanned = c.rows_scanned.load(Ordering::Relaxed);
+        stats.row_groups_by_dictionary = c.row_groups_by_dictionary.load(Ordering::Relaxed);
         stats.rows_selected = c.rows_selected.load(Ordering::Relaxed);
         stats.filter_us = c.filter_us.load(Ordering::Relaxed);
         stats.cache_hit_bytes = c.cache_hit_bytes.load(Ordering::Relaxed);

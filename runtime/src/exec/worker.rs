@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::BATCH_ROWS;
 use super::aggregate::HashAggregator;
 use super::placement::{Placement, decoder_predicate};
-use super::prepare::{Output, PreparedQuery};
+use super::prepare::{FilterSplit, Output, PreparedQuery};
 use super::project::{compact_views, project};
 use super::sort::TopKBound;
 use crate::error::{Error, Result};
@@ -375,6 +375,31 @@ fn open(
                 decoder_predicate(split, placement.filter_session()),
             )
         });
+    // The same predicate by column, for the dictionary decoder: a string column the scan
+    // decodes as an Arrow dictionary answered per entry as `decoder_predicate` answers it.
+    let by_column = q.filter_by_column().map(|groups| {
+        groups
+            .into_iter()
+            .map(|(name, expr)| {
+                let dictionary = slice
+                    .metadata
+                    .schema()
+                    .field_with_name(&name)
+                    .is_ok_and(|f| matches!(f.data_type(), DataType::Dictionary(..)));
+                let split = match dictionary {
+                    true => FilterSplit {
+                        dictionary: vec![(name.clone(), expr)],
+                        rest: None,
+                    },
+                    false => FilterSplit {
+                        dictionary: Vec::new(),
+                        rest: Some(expr),
+                    },
+                };
+                (name, decoder_predicate(split, placement.filter_session()))
+            })
+            .collect()
+    });
     let scan = ObjectScan {
         object: slice.object,
         metadata: slice.metadata,
@@ -382,6 +407,7 @@ fn open(
         columns: needed.to_vec(),
         predicate,
         narrowing,
+        by_column,
         batch_size: BATCH_ROWS,
         limit,
     };

@@ -7,6 +7,7 @@
 //! one step go to the read path as one batch. With the hot-column tier on, row groups it
 //! holds skip all of that (`hot`).
 
+mod dict;
 mod hot;
 pub mod prune;
 
@@ -46,6 +47,8 @@ pub struct ScanCounters {
     pub rows_selected: AtomicU64,
     /// Microseconds in the predicate.
     pub filter_us: AtomicU64,
+    /// Row groups the dictionary decoder read ([`dict`]).
+    pub row_groups_by_dictionary: AtomicU64,
     /// Media bytes of column chunks served from the hot-column tier.
     pub cache_hit_bytes: AtomicU64,
     /// Media bytes of column chunks the tier did not hold (with the tier on).
@@ -304,6 +307,10 @@ pub struct ObjectScan {
     /// arrive); with one, the predicate counts only the rows it was given. The hot tier's row
     /// groups apply it the same way.
     pub narrowing: Option<(Vec<String>, Predicate)>,
+    /// The predicate as groups of conjuncts that each read one column, each group's test
+    /// taking a batch of that column alone (`None` when the predicate does not split so):
+    /// what the dictionary decoder answers once per dictionary entry ([`dict`]).
+    pub by_column: Option<Vec<(String, Predicate)>>,
     /// Rows per batch.
     pub batch_size: usize,
     /// Stop after this many output rows.
@@ -424,8 +431,21 @@ pub fn open_batches(
     decoded(scan, counters, errors)
 }
 
-/// [`open_stream`]'s batches, a decoder error replaced by the specific one it flattened.
+/// The batches of `scan` decoded from the media: by our dictionary decoder where it reads the
+/// scan ([`dict`]), else by the Parquet decoder.
 fn decoded(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorSlot) -> Result<Batches> {
+    match dict::plan(&scan) {
+        Some(plan) => Ok(dict::open(scan, plan, counters, errors)),
+        None => decoded_by_parquet(scan, counters, errors),
+    }
+}
+
+/// [`open_stream`]'s batches, a decoder error replaced by the specific one it flattened.
+fn decoded_by_parquet(
+    scan: ObjectScan,
+    counters: Arc<ScanCounters>,
+    errors: ErrorSlot,
+) -> Result<Batches> {
     let stream = open_stream(scan, counters, errors.clone())?;
     Ok(stream
         .map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))
