@@ -3,8 +3,8 @@
 //! transfer: filters on one column and on several (the narrowest first), on a string column
 //! decoded as an Arrow dictionary, on a column whose dictionary overflowed into plain pages,
 //! on an optional column without nulls; output columns gathered from dictionaries, from plain
-//! pages and as Arrow dictionaries (group keys); row groups with nulls left to the Parquet
-//! decoder beside ones it reads. The statistics show which row groups it read.
+//! pages and as Arrow dictionaries (group keys); nulls in filters and in the output. The
+//! statistics show which row groups it read.
 
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ use crate::support::OffloadAndHost;
 /// Rows `start..start + n`: `k` (0..50), `d` (a date), `p` (decimal), `f` (float), `s` (37
 /// strings), `c` (a distinct 150-byte string a row: its dictionary outgrows the writer's limit,
 /// the rest of the row group's pages are plain), `m` (optional, never null), `n` (optional,
-/// null in the batches that start at a multiple of 20 000).
+/// null every third row in the batches that start at a multiple of 20 000), `sn` (as `s`,
+/// null where `n` is).
 fn batch(start: i64, n: usize) -> RecordBatch {
     let ids: Vec<i64> = (start..start + n as i64).collect();
     let mix = |i: i64| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
@@ -38,9 +39,11 @@ fn batch(start: i64, n: usize) -> RecordBatch {
         .collect();
     let m: Int64Array = ids.iter().map(|&i| Some(i % 2000)).collect();
     let nulls = start % 20_000 == 0;
-    let nn: Int64Array = ids
+    let null = |i: i64| nulls && i % 3 == 0;
+    let nn: Int64Array = ids.iter().map(|&i| (!null(i)).then_some(i % 100)).collect();
+    let sn: StringArray = ids
         .iter()
-        .map(|&i| (!(nulls && i % 3 == 0)).then_some(i % 100))
+        .map(|&i| (!null(i)).then(|| format!("s{}", mix(i) % 37)))
         .collect();
     RecordBatch::try_from_iter_with_nullable(vec![
         ("id", Arc::new(Int64Array::from(ids)) as ArrayRef, false),
@@ -52,6 +55,7 @@ fn batch(start: i64, n: usize) -> RecordBatch {
         ("c", Arc::new(c) as ArrayRef, false),
         ("m", Arc::new(m) as ArrayRef, true),
         ("n", Arc::new(nn) as ArrayRef, true),
+        ("sn", Arc::new(sn) as ArrayRef, true),
     ])
     .unwrap()
 }
@@ -108,12 +112,25 @@ async fn the_dictionary_decoder_answers_as_the_host_does() {
             "select sum(p) as sp, min(d) as lo, max(s) as hi, count(*) as n from t",
             8,
         ),
-        // Nulls in half the row groups (those go to the Parquet decoder).
+        // Nulls in half the row groups: a null takes the test's answer for a null, and is
+        // gathered as a null (a number, and a group key decoded as an Arrow dictionary).
         (
             "select count(*) as n, sum(n) as sn from t where n is null or n > 90",
-            4,
+            8,
         ),
-        ("select id, n from t where k = 7 and n < 3 order by id", 4),
+        ("select id, n from t where k = 7 and n < 3 order by id", 8),
+        (
+            "select id, n, f from t where k = 7 and (n is null or n < 3) order by id",
+            8,
+        ),
+        (
+            "select id, n from t where not (n >= 3) and k < 9 order by id",
+            8,
+        ),
+        (
+            "select sn, count(*) as c, sum(f) as sf from t where k < 10 group by sn order by sn",
+            8,
+        ),
     ];
     for (i, (q, by_dictionary)) in cases.iter().enumerate() {
         let a = t.agree(q, i).await;

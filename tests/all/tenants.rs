@@ -425,7 +425,32 @@ async fn prometheus_metrics_count_per_tenant_and_the_read_path() {
     assert!(alice.query(&bad).await.is_err());
     bob.query(&Plan::scan("t")).await.unwrap();
 
-    let text = http_get(addr, "/metrics").await;
+    // A query is counted when its stream has ended on the device, which may be just after
+    // the client read its last message: the scrape waits for the three queries and the
+    // failure to be counted (up to 10 s), and then checks every series.
+    let series = [
+        ("nearstore_queries_total{tenant=\"alice\"}", 2.0),
+        ("nearstore_queries_total{tenant=\"bob\"}", 1.0),
+        (
+            "nearstore_failures_total{tenant=\"alice\",code=\"unknown_column\"}",
+            1.0,
+        ),
+    ];
+    let counted = |text: &str| {
+        series.iter().all(|(s, n)| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(s).and_then(|v| v.trim().parse::<f64>().ok()))
+                == Some(*n)
+        })
+    };
+    let mut text = http_get(addr, "/metrics").await;
+    for _ in 0..200 {
+        if counted(&text) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = http_get(addr, "/metrics").await;
+    }
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert_eq!(
         metric(&text, "nearstore_queries_total{tenant=\"alice\"}"),

@@ -26,8 +26,9 @@
 //! Which scans ([`plan`]): every column read is top-level,
 //! not repeated, and of a physical type and Arrow type pair this decoder builds (`source_type`);
 //! a predicate, if any, split by column. Which row groups: those whose chunks use only PLAIN,
-//! RLE and dictionary encodings and hold no nulls (an optional column's chunk whose statistics
-//! count 0 nulls); the others go to the Parquet decoder (`super::decoded_by_parquet`).
+//! RLE and dictionary encodings; the others go to the Parquet decoder
+//! (`super::decoded_by_parquet`). A null row (by its page's definition levels) takes the
+//! test's answer for a null, and gathers as a null.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -182,7 +183,7 @@ fn reads_row_group(md: &ParquetMetaData, rg: usize, plan: &Plan) -> bool {
     let group = md.row_group(rg);
     plan.cols.iter().all(|c| {
         let chunk = group.column(c.leaf);
-        let encodings_ok = chunk.encodings().all(|e| {
+        chunk.encodings().all(|e| {
             matches!(
                 e,
                 Encoding::PLAIN
@@ -190,13 +191,7 @@ fn reads_row_group(md: &ParquetMetaData, rg: usize, plan: &Plan) -> bool {
                     | Encoding::RLE_DICTIONARY
                     | Encoding::PLAIN_DICTIONARY
             )
-        });
-        let no_nulls = !c.optional
-            || chunk
-                .statistics()
-                .and_then(|s| s.null_count_opt())
-                .is_some_and(|n| n == 0);
-        encodings_ok && no_nulls
+        })
     })
 }
 
@@ -326,7 +321,10 @@ impl Shared {
         if let Some((c, test)) = &self.plan.bound
             && !pos.is_empty()
         {
-            self.load(rg, &[*c], &pos, &mut chunks).await?;
+            // With the filter's columns: one read.
+            let mut first: Vec<usize> = vec![*c];
+            first.extend(self.plan.filters.iter().map(|(f, _)| *f).filter(|f| f != c));
+            self.load(rg, &first, &pos, &mut chunks).await?;
             let chunk = chunks[*c].as_ref().expect("loaded");
             let col = &self.plan.cols[*c];
             let answers = self.answers(chunk, col, test)?;
@@ -498,9 +496,18 @@ impl Shared {
         let run = |values: &ArrayRef| -> Result<Vec<bool>> {
             let batch = one_column(col, values)?;
             let b = test(&batch).map_err(|e| self.errors.take_or(e))?;
-            Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
+            // A null answer fails.
+            let passed = match b.nulls() {
+                Some(n) => b.values() & n.inner(),
+                None => b.values().clone(),
+            };
+            Ok(passed.iter().collect())
         };
         let dictionary = chunk.dict.as_ref().map(&run).transpose()?;
+        let null = match chunk.pages.iter().any(|p| p.nulls.is_some()) {
+            true => run(&arrow::array::new_null_array(&col.source, 1))?[0],
+            false => false,
+        };
         let plain = chunk
             .pages
             .iter()
@@ -509,7 +516,11 @@ impl Shared {
                 Body::Indices { .. } => Ok(None),
             })
             .collect::<Result<_>>()?;
-        Ok(Answers { dictionary, plain })
+        Ok(Answers {
+            dictionary,
+            null,
+            plain,
+        })
     }
 }
 
@@ -535,6 +546,8 @@ fn one_column(col: &Col, values: &ArrayRef) -> Result<RecordBatch> {
 struct Answers {
     /// Per dictionary entry.
     dictionary: Option<Vec<bool>>,
+    /// For a null (asked only when a page read has nulls).
+    null: bool,
     /// Per row of each plain page (by the chunk's page order; `None` for dictionary pages).
     plain: Vec<Option<Vec<bool>>>,
 }
@@ -560,7 +573,36 @@ struct DataPage {
     /// Its first row in the row group.
     first: usize,
     rows: usize,
+    /// Values it holds (its rows less its nulls).
+    values: usize,
+    /// With nulls: each row's place among the values, [`NULL`] for a null row.
+    nulls: Option<Vec<u32>>,
     body: Body,
+}
+
+/// A null row's place among its page's values.
+const NULL: u32 = u32::MAX;
+
+/// Each of `rows` rows' place among a page's values by its definition levels (an RLE /
+/// bit-packed hybrid of width 1), [`NULL`] for a null; `None` when no row is null.
+fn places(levels: &[u8], rows: usize) -> std::result::Result<Option<Vec<u32>>, String> {
+    let (mut runs_buf, mut defined) = (Vec::new(), Vec::new());
+    unpack_at(levels, 1, rows, None, &mut runs_buf, &mut defined)?;
+    if defined.iter().all(|&d| d == 1) {
+        return Ok(None);
+    }
+    let mut next = 0u32;
+    let places = defined
+        .iter()
+        .map(|&d| match d {
+            1 => {
+                next += 1;
+                next - 1
+            }
+            _ => NULL,
+        })
+        .collect();
+    Ok(Some(places))
 }
 
 enum Body {
@@ -696,6 +738,7 @@ fn read_chunk(
             } => {
                 let n = num_values as usize;
                 let mut at = 0;
+                let mut nulls = None;
                 if col.optional {
                     if def_level_encoding != Encoding::RLE {
                         return Err(format!("definition levels encoded as {def_level_encoding}"));
@@ -704,14 +747,14 @@ fn read_chunk(
                         .get(..4)
                         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
                         .ok_or("a page shorter than its levels")?;
+                    let levels = buf
+                        .get(4..4 + len)
+                        .ok_or("a page shorter than its levels")?;
+                    nulls = places(levels, n)?;
                     at = 4 + len;
                 }
-                let body = body(buf.slice(at.min(buf.len())..), n, encoding, col, &chunk)?;
-                chunk.pages.push(DataPage {
-                    first: next_row,
-                    rows: n,
-                    body,
-                });
+                let page = data_page(next_row, n, nulls, buf.slice(at..), encoding, col, &chunk)?;
+                chunk.pages.push(page);
                 next_row += n;
             }
             Page::DataPageV2 {
@@ -724,17 +767,21 @@ fn read_chunk(
                 rep_levels_byte_len,
                 ..
             } => {
-                if num_nulls != 0 || num_rows != num_values {
-                    return Err("a page with nulls".into());
+                if num_rows != num_values || (num_nulls != 0 && !col.optional) {
+                    return Err("levels that do not match the column".into());
                 }
-                let at = (def_levels_byte_len + rep_levels_byte_len) as usize;
                 let n = num_values as usize;
-                let body = body(buf.slice(at.min(buf.len())..), n, encoding, col, &chunk)?;
-                chunk.pages.push(DataPage {
-                    first: next_row,
-                    rows: n,
-                    body,
-                });
+                let (rep, def) = (rep_levels_byte_len as usize, def_levels_byte_len as usize);
+                let mut nulls = None;
+                if num_nulls != 0 {
+                    let levels = buf
+                        .get(rep..rep + def)
+                        .ok_or("a page shorter than its levels")?;
+                    nulls = places(levels, n)?;
+                }
+                let values = buf.slice((rep + def).min(buf.len())..);
+                let page = data_page(next_row, n, nulls, values, encoding, col, &chunk)?;
+                chunk.pages.push(page);
                 next_row += n;
             }
         }
@@ -742,15 +789,22 @@ fn read_chunk(
     Ok(chunk)
 }
 
-/// A data page's values section as the decoder keeps it.
-fn body(
-    data: Bytes,
+/// A data page of `rows` rows from `first` as the decoder keeps it: its nulls' places, and
+/// its values section (`data`) as indices or plain values.
+fn data_page(
+    first: usize,
     rows: usize,
+    nulls: Option<Vec<u32>>,
+    data: Bytes,
     encoding: Encoding,
     col: &Col,
     chunk: &Chunk,
-) -> std::result::Result<Body, String> {
-    match encoding {
+) -> std::result::Result<DataPage, String> {
+    let values = match &nulls {
+        Some(places) => places.iter().filter(|&&p| p != NULL).count(),
+        None => rows,
+    };
+    let body = match encoding {
         Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY => {
             if chunk.dict.is_none() {
                 return Err("a dictionary-encoded page without a dictionary".into());
@@ -759,14 +813,21 @@ fn body(
             if bit_width > 32 {
                 return Err(format!("bit width {bit_width}"));
             }
-            Ok(Body::Indices {
+            Body::Indices {
                 data: data.slice(1..),
                 bit_width,
-            })
+            }
         }
-        Encoding::PLAIN => Ok(Body::Values(plain_values(&data, rows, col)?)),
-        e => Err(format!("a page encoded as {e}")),
-    }
+        Encoding::PLAIN => Body::Values(plain_values(&data, values, col)?),
+        e => return Err(format!("a page encoded as {e}")),
+    };
+    Ok(DataPage {
+        first,
+        rows,
+        values,
+        nulls,
+        body,
+    })
 }
 
 /// `n` plain-encoded values of `col` as an Arrow array of its source type.
@@ -832,6 +893,55 @@ struct Scratch {
     indices: Vec<u32>,
     /// A page's every index, where the rows read are many ([`indices_at`]).
     page: Vec<u32>,
+    /// Per row read of a page with nulls: whether it is null ([`page_indices`]).
+    null: Vec<bool>,
+}
+
+/// For `rows` (sorted) of `page`: into `s.indices`, the place in the page's source (its
+/// chunk's dictionary of `dict_len` entries, or its plain values) of each non-null row's
+/// value, in order; returns whether some row is null, and then `s.null` tells for each row.
+fn page_indices(
+    page: &DataPage,
+    rows: &[u32],
+    dict_len: Option<usize>,
+    s: &mut Scratch,
+) -> std::result::Result<bool, String> {
+    let first = page.first as u32;
+    s.at.clear();
+    let whole = rows.len() == page.rows;
+    let any_null = match &page.nulls {
+        // Every row of the page: no places needed for its indices.
+        None if whole && matches!(page.body, Body::Indices { .. }) => false,
+        None => {
+            s.at.extend(rows.iter().map(|&p| p - first));
+            false
+        }
+        Some(places) => {
+            s.null.clear();
+            for &p in rows {
+                let place = *places
+                    .get((p - first) as usize)
+                    .ok_or("a row past its page")?;
+                s.null.push(place == NULL);
+                if place != NULL {
+                    s.at.push(place);
+                }
+            }
+            true
+        }
+    };
+    match &page.body {
+        Body::Indices { data, bit_width } => {
+            let whole = whole && !any_null;
+            indices_at(data, *bit_width, page.values, whole, s)?;
+            check_indices(&s.indices, dict_len.ok_or("no dictionary")?)?;
+        }
+        Body::Values(v) => {
+            std::mem::swap(&mut s.indices, &mut s.at);
+            check_indices(&s.indices, v.len())?;
+        }
+    }
+    Ok(any_null)
 }
 
 /// Narrows `pos` (sorted rows of the row group) to the rows whose answers pass.
@@ -842,41 +952,30 @@ fn narrow(
     s: &mut Scratch,
 ) -> std::result::Result<(), String> {
     let mut kept = 0usize;
+    let dict_len = chunk.dict.as_ref().map(|d| d.len());
     for (i, span) in spans(chunk, pos)? {
         let page = &chunk.pages[i];
-        let (from, read, first) = (span.start, span.end, page.first as u32);
-        match &page.body {
-            Body::Indices { data, bit_width } => {
-                let dict = answers.dictionary.as_deref().ok_or("no dictionary")?;
-                let whole = read - from == page.rows;
-                if !whole {
-                    s.at.clear();
-                    s.at.extend(pos[from..read].iter().map(|&p| p - first));
-                }
-                indices_at(data, *bit_width, page.rows, whole, s)?;
-                check_indices(&s.indices, dict.len())?;
-                if whole {
-                    for (q, &ix) in s.indices.iter().enumerate() {
-                        pos[kept] = first + q as u32;
-                        kept += dict[ix as usize] as usize;
-                    }
-                } else {
-                    for (q, &ix) in s.indices.iter().enumerate() {
-                        pos[kept] = pos[from + q];
-                        kept += dict[ix as usize] as usize;
-                    }
-                }
+        let table = match &page.body {
+            Body::Indices { .. } => answers.dictionary.as_deref().ok_or("no dictionary")?,
+            Body::Values(_) => answers.plain[i].as_deref().ok_or("no answers for a page")?,
+        };
+        let (from, read) = (span.start, span.end);
+        let any_null = page_indices(page, &pos[from..read], dict_len, s)?;
+        if !any_null {
+            for (q, &ix) in s.indices.iter().enumerate() {
+                pos[kept] = pos[from + q];
+                kept += table[ix as usize] as usize;
             }
-            Body::Values(_) => {
-                let rows = answers.plain[i]
-                    .as_deref()
-                    .ok_or("no answers for a plain page")?;
-                for q in from..read {
-                    let p = pos[q];
-                    pos[kept] = p;
-                    kept += rows[(p - first) as usize] as usize;
-                }
-            }
+            continue;
+        }
+        let mut values = s.indices.iter();
+        for q in 0..read - from {
+            let pass = match s.null[q] {
+                true => answers.null,
+                false => table[*values.next().ok_or("fewer values than rows")? as usize],
+            };
+            pos[kept] = pos[from + q];
+            kept += pass as usize;
         }
     }
     pos.truncate(kept);
@@ -929,8 +1028,8 @@ fn gather(
 }
 
 /// [`gather`] for a column of fixed-width values `T`: each row's value read from its
-/// dictionary at its index (a page unpacked whole when it holds a quarter of its rows or
-/// more) or from its plain page.
+/// dictionary at its index (a page without nulls unpacked whole when it holds a quarter of
+/// its rows or more) or from its plain page.
 fn gather_primitive<T: arrow::datatypes::ArrowPrimitiveType>(
     chunk: &Chunk,
     col: &Col,
@@ -938,50 +1037,67 @@ fn gather_primitive<T: arrow::datatypes::ArrowPrimitiveType>(
     s: &mut Scratch,
 ) -> std::result::Result<ArrayRef, String> {
     use arrow::array::{AsArray, PrimitiveArray};
+    let typed = |a: &ArrayRef| -> std::result::Result<ScalarBuffer<T::Native>, String> {
+        let a = a.as_primitive_opt::<T>().ok_or("values of another type")?;
+        Ok(a.values().clone())
+    };
+    let dict = chunk.dict.as_ref().map(typed).transpose()?;
     let mut out: Vec<T::Native> = Vec::with_capacity(pos.len());
+    // Validity, when some page read has nulls.
+    let mut valid: Option<Vec<bool>> = chunk
+        .pages
+        .iter()
+        .any(|p| p.nulls.is_some())
+        .then(|| Vec::with_capacity(pos.len()));
     for (i, span) in spans(chunk, pos)? {
         let page = &chunk.pages[i];
-        let first = page.first as u32;
         let rows = &pos[span];
-        match &page.body {
-            Body::Indices { data, bit_width } => {
-                let dict = chunk.dict.as_ref().ok_or("no dictionary")?;
-                let dict = dict
-                    .as_primitive_opt::<T>()
-                    .ok_or("a dictionary of another type")?;
-                let dict = dict.values();
-                if rows.len() * 4 >= page.rows {
-                    unpack_at(data, *bit_width, page.rows, None, &mut s.runs, &mut s.page)?;
-                    check_indices(&s.page, dict.len())?;
-                    let page_indices = &s.page;
-                    out.extend(
-                        rows.iter()
-                            .map(|&p| dict[page_indices[(p - first) as usize] as usize]),
-                    );
-                } else {
-                    s.at.clear();
-                    s.at.extend(rows.iter().map(|&p| p - first));
-                    unpack_at(
-                        data,
-                        *bit_width,
-                        page.rows,
-                        Some(&s.at),
-                        &mut s.runs,
-                        &mut s.indices,
-                    )?;
-                    check_indices(&s.indices, dict.len())?;
-                    out.extend(s.indices.iter().map(|&ix| dict[ix as usize]));
+        let first = page.first as u32;
+        let plain = match &page.body {
+            Body::Values(v) => Some(typed(v)?),
+            Body::Indices { .. } => None,
+        };
+        let source: &[T::Native] = match (&plain, &dict) {
+            (Some(v), _) | (None, Some(v)) => v,
+            (None, None) => return Err("no dictionary".into()),
+        };
+        match (&page.body, &page.nulls) {
+            (Body::Indices { data, bit_width }, None) if rows.len() * 4 >= page.rows => {
+                unpack_at(data, *bit_width, page.rows, None, &mut s.runs, &mut s.page)?;
+                check_indices(&s.page, source.len())?;
+                let all = &s.page;
+                out.extend(
+                    rows.iter()
+                        .map(|&p| source[all[(p - first) as usize] as usize]),
+                );
+                if let Some(v) = &mut valid {
+                    v.extend(std::iter::repeat_n(true, rows.len()));
                 }
             }
-            Body::Values(v) => {
-                let v = v.as_primitive_opt::<T>().ok_or("a page of another type")?;
-                let v = v.values();
-                out.extend(rows.iter().map(|&p| v[(p - first) as usize]));
+            _ => {
+                let any_null = page_indices(page, rows, Some(source.len()), s)?;
+                if !any_null {
+                    out.extend(s.indices.iter().map(|&ix| source[ix as usize]));
+                    if let Some(v) = &mut valid {
+                        v.extend(std::iter::repeat_n(true, rows.len()));
+                    }
+                    continue;
+                }
+                let v = valid.as_mut().expect("a page with nulls");
+                let mut values = s.indices.iter();
+                for &null in &s.null {
+                    v.push(!null);
+                    out.push(match null {
+                        true => T::Native::default(),
+                        false => source[*values.next().ok_or("fewer values than rows")? as usize],
+                    });
+                }
             }
         }
     }
+    let nulls = valid.map(arrow::buffer::NullBuffer::from);
     let array =
-        PrimitiveArray::<T>::new(ScalarBuffer::from(out), None).with_data_type(col.output.clone());
+        PrimitiveArray::<T>::new(ScalarBuffer::from(out), nulls).with_data_type(col.output.clone());
     Ok(Arc::new(array))
 }
 
@@ -996,33 +1112,47 @@ fn gather_by_take(
     let mut pieces: Vec<ArrayRef> = Vec::new();
     let mut source: Option<&ArrayRef> = None;
     let mut indices: Vec<u32> = Vec::with_capacity(pos.len());
+    let mut valid: Vec<bool> = Vec::new();
+    let dict_len = chunk.dict.as_ref().map(|d| d.len());
     for (i, span) in spans(chunk, pos)? {
         let page = &chunk.pages[i];
-        let first = page.first as u32;
-        let whole = span.len() == page.rows;
-        s.at.clear();
-        s.at.extend(pos[span].iter().map(|&p| p - first));
-        let (from_source, page_indices): (&ArrayRef, &[u32]) = match &page.body {
-            Body::Indices { data, bit_width } => {
-                let dict = chunk.dict.as_ref().ok_or("no dictionary")?;
-                indices_at(data, *bit_width, page.rows, whole, s)?;
-                check_indices(&s.indices, dict.len())?;
-                (dict, &s.indices)
-            }
-            Body::Values(v) => (v, &s.at),
+        let rows = &pos[span];
+        let from_source = match &page.body {
+            Body::Indices { .. } => chunk.dict.as_ref().ok_or("no dictionary")?,
+            Body::Values(v) => v,
         };
         if let Some(cur) = source
             && !Arc::ptr_eq(cur, from_source)
         {
-            pieces.push(build(col, cur, std::mem::take(&mut indices))?);
+            let (ix, v) = (std::mem::take(&mut indices), std::mem::take(&mut valid));
+            pieces.push(build(col, cur, ix, v)?);
         }
         source = Some(from_source);
-        indices.extend_from_slice(page_indices);
+        let any_null = page_indices(page, rows, dict_len, s)?;
+        if !any_null {
+            indices.extend_from_slice(&s.indices);
+            if !valid.is_empty() {
+                valid.extend(std::iter::repeat_n(true, rows.len()));
+            }
+            continue;
+        }
+        // The rows before this page's, all valid.
+        if valid.is_empty() {
+            valid.resize(indices.len(), true);
+        }
+        let mut values = s.indices.iter();
+        for &null in &s.null {
+            valid.push(!null);
+            indices.push(match null {
+                true => 0,
+                false => *values.next().ok_or("fewer values than rows")?,
+            });
+        }
     }
     let Some(cur) = source else {
         return Ok(arrow::array::new_empty_array(&col.output));
     };
-    pieces.push(build(col, cur, indices)?);
+    pieces.push(build(col, cur, indices, valid)?);
     match pieces.as_slice() {
         [one] => Ok(one.clone()),
         many => {
@@ -1032,20 +1162,29 @@ fn gather_by_take(
     }
 }
 
-/// `source` at `indices` as `col`'s output type: an Arrow dictionary column takes the
-/// indices as its keys.
-fn build(col: &Col, source: &ArrayRef, indices: Vec<u32>) -> std::result::Result<ArrayRef, String> {
+/// `source` at `indices` as `col`'s output type (null where `valid`, when not empty, says
+/// so): an Arrow dictionary column takes the indices as its keys.
+fn build(
+    col: &Col,
+    source: &ArrayRef,
+    indices: Vec<u32>,
+    valid: Vec<bool>,
+) -> std::result::Result<ArrayRef, String> {
+    let nulls = (!valid.is_empty()).then(|| arrow::buffer::NullBuffer::from(valid));
+    let len = indices.len();
+    let bits = Buffer::from_vec(indices);
     match &col.output {
         DataType::Dictionary(..) => {
             // Indices checked against the dictionary's length fit an `i32`: the same bits.
-            let len = indices.len();
-            let keys = Int32Array::new(ScalarBuffer::new(Buffer::from_vec(indices), 0, len), None);
+            let keys = Int32Array::new(ScalarBuffer::new(bits, 0, len), nulls);
             let d = DictionaryArray::<Int32Type>::try_new(keys, source.clone())
                 .map_err(|e| e.to_string())?;
             Ok(Arc::new(d))
         }
-        _ => arrow::compute::take(source.as_ref(), &UInt32Array::from(indices), None)
-            .map_err(|e| e.to_string()),
+        _ => {
+            let indices = UInt32Array::new(ScalarBuffer::new(bits, 0, len), nulls);
+            arrow::compute::take(source.as_ref(), &indices, None).map_err(|e| e.to_string())
+        }
     }
 }
 
