@@ -97,6 +97,13 @@ async fn the_dictionary_decoder_answers_as_the_host_does() {
              group by s order by s",
             8,
         ),
+        // A test after a narrow one on a column whose dictionary is larger than the rows
+        // left: answered per row (the column gathered at them), from dictionary and plain
+        // pages.
+        (
+            "select id, p, c from t where k = 3 and p > 300.00 and c like '%5%' order by id",
+            8,
+        ),
         // An optional column without nulls.
         (
             "select id, m from t where m between 100 and 110 order by id",
