@@ -399,9 +399,24 @@ impl Shared {
             .filter(|&c| chunks[c].is_none())
             .collect();
         self.load(rg, &missing, &pos, &mut chunks).await?;
+        // A batch the rows kept of whole runs of `step` rows of the row group, as many runs as
+        // keep at most `step` rows: where pages hold `step` rows, as the device writes them,
+        // no page is unpacked for two batches.
         let step = self.scan.batch_size.max(1);
         let mut batches = Vec::with_capacity(pos.len().div_ceil(step));
-        for window in pos.chunks(step) {
+        let mut rest = &pos[..];
+        while !rest.is_empty() {
+            let mut take = 0;
+            while let Some(&p) = rest.get(take) {
+                let end = (p as usize / step + 1) * step;
+                let next = take + rest[take..].partition_point(|&q| (q as usize) < end);
+                if take > 0 && next > step {
+                    break;
+                }
+                take = next;
+            }
+            let (window, after) = rest.split_at(take);
+            rest = after;
             let columns = self
                 .plan
                 .output
