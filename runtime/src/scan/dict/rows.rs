@@ -258,6 +258,23 @@ pub(super) fn gather_by_take(
             pieces.push(build(col, cur, ix, v)?);
         }
         source = Some(from_source);
+        // Many rows of a dictionary page without nulls: their indices picked from the page
+        // unpacked whole.
+        if let (Body::Indices { data, bit_width }, None) = (&page.body, &page.nulls)
+            && rows.len() * 4 >= page.rows
+        {
+            unpack_at(data, *bit_width, page.rows, None, &mut s.runs, &mut s.page)?;
+            check_indices(&s.page, dict_len.ok_or("no dictionary")?)?;
+            let first = page.first as u32;
+            match rows.len() == page.rows {
+                true => indices.extend_from_slice(&s.page),
+                false => indices.extend(rows.iter().map(|&p| s.page[(p - first) as usize])),
+            }
+            if !valid.is_empty() {
+                valid.extend(std::iter::repeat_n(true, rows.len()));
+            }
+            continue;
+        }
         let any_null = page_indices(page, rows, dict_len, s)?;
         if !any_null {
             indices.extend_from_slice(&s.indices);
@@ -307,8 +324,14 @@ pub(super) fn build(
         DataType::Dictionary(..) => {
             // Indices checked against the dictionary's length fit an `i32`: the same bits.
             let keys = Int32Array::new(ScalarBuffer::new(bits, 0, len), nulls);
-            let d = DictionaryArray::<Int32Type>::try_new(keys, source.clone())
-                .map_err(|e| e.to_string())?;
+            if source.len() > i32::MAX as usize {
+                return Err("a dictionary past i32 keys".into());
+            }
+            // SAFETY: every index was checked against its source's length (`check_indices`,
+            // in `page_indices` and above) before it was gathered here, and a null row's key
+            // is 0 under a null; so each valid key is an index of `source`, as
+            // `new_unchecked` requires.
+            let d = unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, source.clone()) };
             Ok(Arc::new(d))
         }
         _ => {
