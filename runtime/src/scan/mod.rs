@@ -47,7 +47,7 @@ pub struct ScanCounters {
     pub rows_selected: AtomicU64,
     /// Microseconds in the predicate.
     pub filter_us: AtomicU64,
-    /// Row groups the dictionary decoder read ([`dict`]).
+    /// Row groups the dictionary decoder read (`scan/dict/`).
     pub row_groups_by_dictionary: AtomicU64,
     /// Media bytes of column chunks served from the hot-column tier.
     pub cache_hit_bytes: AtomicU64,
@@ -309,7 +309,7 @@ pub struct ObjectScan {
     pub narrowing: Option<(Vec<String>, Predicate)>,
     /// The predicate as groups of conjuncts that each read one column, each group's test
     /// taking a batch of that column alone (`None` when the predicate does not split so):
-    /// what the dictionary decoder answers once per dictionary entry ([`dict`]).
+    /// what the dictionary decoder answers once per dictionary entry (`scan/dict/`).
     pub by_column: Option<Vec<(String, Predicate)>>,
     /// Rows per batch.
     pub batch_size: usize,
