@@ -145,8 +145,9 @@ pub(super) fn unpack_at(
 ) -> std::result::Result<(), String> {
     runs(data, bit_width, rows, runs_buf)?;
     let bw = bit_width as usize;
-    out.clear();
     let Some(at) = at else {
+        // The runs cover the page and each value is written below: the buffer is only cut
+        // or grown to the page (its old values are not cleared first).
         out.resize(rows, 0);
         let mut row = 0usize;
         for r in runs_buf.iter() {
@@ -178,6 +179,7 @@ pub(super) fn unpack_at(
         debug_assert_eq!(row, rows);
         return Ok(());
     };
+    out.clear();
     let mut r = 0usize;
     for &p in at {
         let p = p as usize;
