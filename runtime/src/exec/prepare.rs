@@ -70,6 +70,30 @@ impl Output {
     }
 }
 
+/// A predicate's conjuncts (itself when it is not an AND).
+fn conjuncts(pred: &PhysExpr) -> Vec<&PhysExpr> {
+    match pred {
+        PhysExpr::And(v) => v.iter().collect(),
+        p => vec![p],
+    }
+}
+
+/// Conjunct `c` added to its column's group in `groups` (a new group for a new column).
+fn add_to_group(groups: &mut Vec<(String, Vec<PhysExpr>)>, name: &str, c: &PhysExpr) {
+    match groups.iter_mut().find(|(n, _)| n == name) {
+        Some((_, v)) => v.push(c.clone()),
+        None => groups.push((name.to_string(), vec![c.clone()])),
+    }
+}
+
+/// The AND of `v` (its one expression alone).
+fn all_of(mut v: Vec<PhysExpr>) -> PhysExpr {
+    match v.len() {
+        1 => v.remove(0),
+        _ => PhysExpr::And(v),
+    }
+}
+
 /// A query's predicate as the decoder runs it ([`PreparedQuery::split_filter`]).
 pub(super) struct FilterSplit {
     /// String columns decoded as dictionaries, each with the conjuncts that read it alone.
@@ -128,10 +152,7 @@ impl PreparedQuery {
     /// a predicate.
     pub(super) fn split_filter(&self) -> Option<FilterSplit> {
         let pred = self.predicate.as_ref()?;
-        let conjuncts: Vec<&PhysExpr> = match pred {
-            PhysExpr::And(v) => v.iter().collect(),
-            p => vec![p],
-        };
+        let conjuncts = conjuncts(pred);
         let output: Vec<String> = self.output.columns();
         let mut out: Vec<(String, Vec<PhysExpr>)> = Vec::new();
         // Columns a kernel call reads alone: as plain strings (the call takes them so).
@@ -164,10 +185,7 @@ impl PreparedQuery {
             if elsewhere {
                 continue;
             }
-            match out.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => v.push((*c).clone()),
-                None => out.push((name.clone(), vec![(*c).clone()])),
-            }
+            add_to_group(&mut out, name, c);
         }
         out.retain(|(n, _)| !called.contains(n));
         if out.is_empty() {
@@ -190,12 +208,8 @@ impl PreparedQuery {
             1 => rest.pop(),
             _ => Some(PhysExpr::And(rest)),
         };
-        let one = |mut v: Vec<PhysExpr>| match v.len() {
-            1 => v.remove(0),
-            _ => PhysExpr::And(v),
-        };
         Some(FilterSplit {
-            dictionary: out.into_iter().map(|(n, v)| (n, one(v))).collect(),
+            dictionary: out.into_iter().map(|(n, v)| (n, all_of(v))).collect(),
             rest,
         })
     }
@@ -206,36 +220,17 @@ impl PreparedQuery {
     /// entry of its column ([`crate::scan`]'s dictionary decoder): a conjunct of one column
     /// gives a row its value's answer.
     pub(super) fn filter_by_column(&self) -> Option<Vec<(String, PhysExpr)>> {
-        let pred = self.predicate.as_ref()?;
-        let conjuncts: Vec<&PhysExpr> = match pred {
-            PhysExpr::And(v) => v.iter().collect(),
-            p => vec![p],
-        };
         let mut groups: Vec<(String, Vec<PhysExpr>)> = Vec::new();
-        for c in conjuncts {
+        for c in conjuncts(self.predicate.as_ref()?) {
             let mut kernel = false;
             c.visit(&mut |e| kernel |= matches!(e, PhysExpr::Kernel { .. }));
             let cols = c.columns();
             let ([name], false) = (cols.as_slice(), kernel) else {
                 return None;
             };
-            match groups.iter_mut().find(|(n, _)| n == name) {
-                Some((_, v)) => v.push(c.clone()),
-                None => groups.push((name.clone(), vec![c.clone()])),
-            }
+            add_to_group(&mut groups, name, c);
         }
-        Some(
-            groups
-                .into_iter()
-                .map(|(n, mut v)| {
-                    let e = match v.len() {
-                        1 => v.remove(0),
-                        _ => PhysExpr::And(v),
-                    };
-                    (n, e)
-                })
-                .collect(),
-        )
+        Some(groups.into_iter().map(|(n, v)| (n, all_of(v))).collect())
     }
 
     /// Every column the scan decodes as an Arrow dictionary: the group keys of

@@ -96,9 +96,7 @@ pub(super) fn open(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorS
             // The last part reads the row groups just before this one: they decode together.
             Some(Part::Decode(groups, sel)) => {
                 groups.push(rg);
-                if let (Some(sel), Some(part)) = (sel.as_mut(), part) {
-                    *sel = sel.iter().chain(part.iter()).copied().collect();
-                }
+                super::append_selection(sel, part);
             }
             _ => parts.push(Part::Decode(vec![rg], part)),
         }

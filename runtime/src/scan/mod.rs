@@ -24,7 +24,7 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter, RowSelection,
 };
 use parquet::arrow::async_reader::{
     AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
@@ -372,6 +372,14 @@ pub fn open_stream(
     builder
         .build()
         .map_err(|e| errors.take_or(Error::Parquet(e)))
+}
+
+/// Appends the next row group's part of a page-index selection to a run's (a run of
+/// consecutive row groups decoded together keeps a selection only while each has one).
+pub(super) fn append_selection(sel: &mut Option<RowSelection>, part: Option<RowSelection>) {
+    if let (Some(sel), Some(part)) = (sel.as_mut(), part) {
+        *sel = sel.iter().chain(part.iter()).copied().collect();
+    }
 }
 
 /// Counts the rows a narrowing filter dropped before the predicate saw them: decoded (their

@@ -54,7 +54,7 @@ use parquet::file::metadata::ParquetMetaData;
 
 use super::{Batches, ErrorSlot, ObjectReader, ObjectScan, Predicate, ScanCounters};
 use crate::error::{Error, Result};
-use pages::{Body, Chunk, Pieces, holds_any, page_rows, read_chunk};
+use pages::{Body, Chunk, Fetched, Pieces, holds_any, page_rows, read_chunk};
 use rows::{Scratch, gather, narrow};
 
 /// A column the decoder reads.
@@ -71,7 +71,7 @@ struct Col {
     /// an Arrow dictionary column's value type.
     source: DataType,
     physical: PhysicalType,
-    /// Optional in the file (its chunks must count no nulls).
+    /// Optional in the file: its pages carry definition levels.
     optional: bool,
 }
 
@@ -215,9 +215,7 @@ pub(super) fn open(
         match parts.last_mut() {
             Some((false, groups, sel)) if !ours => {
                 groups.push(rg);
-                if let (Some(sel), Some(part)) = (sel.as_mut(), part) {
-                    *sel = sel.iter().chain(part.iter()).copied().collect();
-                }
+                super::append_selection(sel, part);
             }
             _ => parts.push((ours, vec![rg], part)),
         }
@@ -456,7 +454,7 @@ impl Shared {
         let group = md.row_group(rg);
         let rows = group.num_rows() as usize;
         let mut ranges: Vec<Range<u64>> = Vec::new();
-        let mut wanted: Vec<(usize, Range<usize>, Option<Vec<bool>>)> = Vec::new();
+        let mut wanted: Vec<(usize, Range<usize>, Option<Fetched>)> = Vec::new();
         for &c in cols {
             let col = &self.plan.cols[c];
             let meta = group.column(col.leaf);
@@ -467,7 +465,7 @@ impl Shared {
                 .and_then(|oi| oi.get(rg))
                 .and_then(|o| o.get(col.leaf))
                 .map(|o| o.page_locations().clone());
-            let keep = match &pages {
+            let fetched = match pages {
                 None => {
                     ranges.push(start..start + len);
                     None
@@ -480,7 +478,7 @@ impl Shared {
                     }
                     let keep: Vec<bool> = (0..pages.len())
                         .map(|i| {
-                            let (a, b) = page_rows(pages, i, rows);
+                            let (a, b) = page_rows(&pages, i, rows);
                             holds_any(pos, a, b)
                         })
                         .collect();
@@ -488,10 +486,10 @@ impl Shared {
                         let at = p.offset as u64;
                         ranges.push(at..at + p.compressed_page_size.max(0) as u64);
                     }
-                    Some(keep)
+                    Some(Fetched { pages, keep })
                 }
             };
-            wanted.push((c, first..ranges.len(), keep));
+            wanted.push((c, first..ranges.len(), fetched));
         }
         let mut reader = ObjectReader::new(
             self.scan.object.clone(),
@@ -502,7 +500,7 @@ impl Shared {
             .get_byte_ranges(ranges.clone())
             .await
             .map_err(|e| self.errors.take_or(Error::Parquet(e)))?;
-        for (c, span, keep) in wanted {
+        for (c, span, fetched) in wanted {
             let col = &self.plan.cols[c];
             let pieces = Pieces(
                 ranges[span.clone()]
@@ -512,7 +510,7 @@ impl Shared {
                     .collect(),
             );
             let chunk =
-                read_chunk(&md, rg, col, pieces, keep).map_err(|e| self.corrupt(rg, col, e))?;
+                read_chunk(&md, rg, col, pieces, fetched).map_err(|e| self.corrupt(rg, col, e))?;
             chunks[c] = Some(chunk);
         }
         Ok(())
@@ -535,13 +533,7 @@ impl Shared {
             return narrow(chunk, &answers, pos, s).map_err(|e| self.corrupt(rg, col, e));
         }
         let values = gather(chunk, col, pos, s).map_err(|e| self.corrupt(rg, col, e))?;
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            &col.name,
-            col.output.clone(),
-            true,
-        )]));
-        let b = test(&RecordBatch::try_new(schema, vec![values])?)
-            .map_err(|e| self.errors.take_or(e))?;
+        let b = test(&column_batch(col, values)?).map_err(|e| self.errors.take_or(e))?;
         let mut kept = 0;
         for (j, passed) in passing(&b).iter().enumerate() {
             pos[kept] = pos[j];
@@ -589,8 +581,8 @@ fn passing(b: &arrow::array::BooleanArray) -> arrow::buffer::BooleanBuffer {
     }
 }
 
-/// A one-column batch of `values` as a filter takes it: an Arrow dictionary column as a
-/// dictionary over them (keys 0..n).
+/// A one-column batch of `values` (a source's) as a filter takes it: an Arrow dictionary
+/// column as a dictionary over them (keys 0..n).
 fn one_column(col: &Col, values: &ArrayRef) -> Result<RecordBatch> {
     let array: ArrayRef = match &col.output {
         DataType::Dictionary(..) => {
@@ -599,12 +591,16 @@ fn one_column(col: &Col, values: &ArrayRef) -> Result<RecordBatch> {
         }
         _ => values.clone(),
     };
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        &col.name,
-        col.output.clone(),
-        true,
-    )]));
-    Ok(RecordBatch::try_new(schema, vec![array])?)
+    column_batch(col, array)
+}
+
+/// A batch of `col` alone, `array` of its output type.
+fn column_batch(col: &Col, array: ArrayRef) -> Result<RecordBatch> {
+    let field = Field::new(&col.name, col.output.clone(), true);
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![field])),
+        vec![array],
+    )?)
 }
 
 /// A filter's answers for one chunk.

@@ -132,24 +132,28 @@ impl ChunkReader for Pieces {
     }
 }
 
-/// Decompresses a chunk's fetched pages (`keep`: which pages of its page index were fetched;
-/// `None`: the whole chunk was).
+/// Which pages of a chunk's page index were read.
+pub(super) struct Fetched {
+    /// The page index's pages.
+    pub(super) pages: Vec<PageLocation>,
+    /// Read or not, by page.
+    pub(super) keep: Vec<bool>,
+}
+
+/// Decompresses a chunk's fetched pages (`fetched`: which pages of its page index were read;
+/// `None`: the whole chunk was, without a page index).
 pub(super) fn read_chunk(
     md: &ParquetMetaData,
     rg: usize,
     col: &Col,
     pieces: Pieces,
-    keep: Option<Vec<bool>>,
+    fetched: Option<Fetched>,
 ) -> std::result::Result<Chunk, String> {
     let group = md.row_group(rg);
     let meta = group.column(col.leaf);
     let rows = group.num_rows() as usize;
-    let locations = md
-        .offset_index()
-        .and_then(|oi| oi.get(rg))
-        .and_then(|o| o.get(col.leaf))
-        .map(|o| o.page_locations().clone());
-    let mut reader = SerializedPageReader::new(Arc::new(pieces), meta, rows, locations.clone())
+    let locations = fetched.as_ref().map(|f| f.pages.clone());
+    let mut reader = SerializedPageReader::new(Arc::new(pieces), meta, rows, locations)
         .map_err(|e| e.to_string())?;
     let mut chunk = Chunk {
         dict: None,
@@ -162,11 +166,11 @@ pub(super) fn read_chunk(
             None => break,
             Some(m) => m.is_dict,
         };
-        if !is_dict && let (Some(keep), Some(locations)) = (&keep, &locations) {
-            let fetched = keep.get(page).copied().unwrap_or(false);
-            next_row = page_rows(locations, page, rows).0;
+        if !is_dict && let Some(f) = &fetched {
+            let read = f.keep.get(page).copied().unwrap_or(false);
+            next_row = page_rows(&f.pages, page, rows).0;
             page += 1;
-            if !fetched {
+            if !read {
                 reader.skip_next_page().map_err(|e| e.to_string())?;
                 continue;
             }

@@ -191,10 +191,8 @@ pub(super) fn gather_primitive<T: arrow::datatypes::ArrowPrimitiveType>(
             (Some(v), _) | (None, Some(v)) => v,
             (None, None) => return Err("no dictionary".into()),
         };
-        match (&page.body, &page.nulls) {
-            (Body::Indices { data, bit_width }, None) if rows.len() * 4 >= page.rows => {
-                unpack_at(data, *bit_width, page.rows, None, &mut s.runs, &mut s.page)?;
-                check_indices(&s.page, source.len())?;
+        match unpack_dense(page, rows.len(), source.len(), s)? {
+            true => {
                 let all = &s.page;
                 out.extend(
                     rows.iter()
@@ -204,7 +202,7 @@ pub(super) fn gather_primitive<T: arrow::datatypes::ArrowPrimitiveType>(
                     v.extend(std::iter::repeat_n(true, rows.len()));
                 }
             }
-            _ => {
+            false => {
                 let any_null = page_indices(page, rows, Some(source.len()), s)?;
                 if !any_null {
                     out.extend(s.indices.iter().map(|&ix| source[ix as usize]));
@@ -260,11 +258,9 @@ pub(super) fn gather_by_take(
         source = Some(from_source);
         // Many rows of a dictionary page without nulls: their indices picked from the page
         // unpacked whole.
-        if let (Body::Indices { data, bit_width }, None) = (&page.body, &page.nulls)
-            && rows.len() * 4 >= page.rows
+        if matches!(page.body, Body::Indices { .. })
+            && unpack_dense(page, rows.len(), dict_len.ok_or("no dictionary")?, s)?
         {
-            unpack_at(data, *bit_width, page.rows, None, &mut s.runs, &mut s.page)?;
-            check_indices(&s.page, dict_len.ok_or("no dictionary")?)?;
             let first = page.first as u32;
             match rows.len() == page.rows {
                 true => indices.extend_from_slice(&s.page),
@@ -341,6 +337,32 @@ pub(super) fn build(
     }
 }
 
+/// Whether reading `read` of a page's `rows` rows unpacks the page whole: a quarter of them or
+/// more.
+fn dense(read: usize, rows: usize) -> bool {
+    read * 4 >= rows
+}
+
+/// For `read` rows of a dictionary page without nulls that are [`dense`]: its every index
+/// unpacked into `s.page` and checked against `dict_len`; `false` (nothing done) for any
+/// other page.
+fn unpack_dense(
+    page: &DataPage,
+    read: usize,
+    dict_len: usize,
+    s: &mut Scratch,
+) -> std::result::Result<bool, String> {
+    let (Body::Indices { data, bit_width }, None) = (&page.body, &page.nulls) else {
+        return Ok(false);
+    };
+    if !dense(read, page.rows) {
+        return Ok(false);
+    }
+    unpack_at(data, *bit_width, page.rows, None, &mut s.runs, &mut s.page)?;
+    check_indices(&s.page, dict_len)?;
+    Ok(true)
+}
+
 pub(super) fn check_indices(indices: &[u32], len: usize) -> std::result::Result<(), String> {
     let max = indices.iter().copied().max().unwrap_or(0);
     if !indices.is_empty() && max as usize >= len {
@@ -362,7 +384,7 @@ pub(super) fn indices_at(
     if whole {
         return unpack_at(data, bit_width, rows, None, &mut s.runs, &mut s.indices);
     }
-    if s.at.len() * 4 < rows {
+    if !dense(s.at.len(), rows) {
         return unpack_at(
             data,
             bit_width,
