@@ -86,7 +86,7 @@ fn grouping(c: &mut Criterion) {
             b.iter(|| {
                 let mut h = aggregator(&data[0], keys);
                 for batch in &data {
-                    h.update(batch, &column).unwrap();
+                    h.update(batch, None, &column).unwrap();
                 }
                 black_box(h.finish().unwrap())
             })
@@ -98,7 +98,7 @@ fn grouping(c: &mut Criterion) {
             let mut halves = [first, second].map(|part| {
                 let mut h = aggregator(&data[0], &["l_partkey"]);
                 for batch in part {
-                    h.update(batch, &column).unwrap();
+                    h.update(batch, None, &column).unwrap();
                 }
                 Some(h)
             });

@@ -199,7 +199,7 @@ fn fpga_model(_c: &mut Criterion) {
             h.offload_to(session.clone());
             let t = std::time::Instant::now();
             for batch in &data {
-                h.update(batch, &eval).unwrap();
+                h.update(batch, None, &eval).unwrap();
             }
             black_box(h.finish().unwrap());
             samples.push(t.elapsed().as_secs_f64() * 1e6);
@@ -259,7 +259,7 @@ fn aggregate_pass(
         h.offload_to(Arc::new(std::sync::Mutex::new(wasm.open().unwrap())));
     }
     for batch in data {
-        h.update(batch, &eval).unwrap();
+        h.update(batch, None, &eval).unwrap();
     }
     black_box(h.finish().unwrap());
 }

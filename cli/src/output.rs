@@ -81,6 +81,12 @@ pub fn format_stats(s: &QueryStats) -> String {
     if s.topk_rows_skipped > 0 {
         topk += &format!(", {} rows skipped unread by its bound", s.topk_rows_skipped);
     }
+    if s.rows_left_out > 0 {
+        topk += &format!(
+            " | {} rejected rows left out by the aggregate unfiltered",
+            s.rows_left_out
+        );
+    }
     if s.row_groups_by_dictionary > 0 {
         topk += &format!(
             " | {} row groups read by dictionary indices",

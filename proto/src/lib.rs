@@ -150,6 +150,10 @@ pub struct QueryStats {
     /// gathered. The others (and every row group the hot-column tier served) went through the
     /// Parquet decoder.
     pub row_groups_by_dictionary: u64,
+    /// Rows the predicate rejected that reached the aggregate unfiltered, marked to be left
+    /// out: the hot-column tier hands an aggregate that skips rows a batch most of whose rows
+    /// pass without copying the kept ones. Counted in `rows_scanned`, not `rows_selected`.
+    pub rows_left_out: u64,
     /// Compute backend the query asked for (or the device default).
     pub backend: String,
     /// Where each operator ran, e.g. `filter=wasm aggregate=native` (an operator the query's

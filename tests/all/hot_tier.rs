@@ -213,3 +213,119 @@ async fn a_warm_scan_sends_what_a_cold_one_does() {
     }
     dev.stop().await;
 }
+
+/// 40 000 rows for [`warm_aggregates_leave_out_the_rows_the_predicate_rejects`]: `flag` a
+/// string of three values and nulls (read as a dictionary when only grouped by), `g` five
+/// integers, `v` null every 11th row, `small` from -40 to 56, `price` a nullable decimal, `f`
+/// halves (sums exact in any order), `huge` a 38-digit decimal, 2·10^19 every tenth row (its
+/// square leaves the type) and small otherwise.
+fn skip_batch(start: i64, n: i64) -> arrow::array::RecordBatch {
+    use arrow::array::{
+        ArrayRef, Decimal128Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    };
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let ids: Vec<i64> = (start..start + n).collect();
+    let flags = ["A", "N", "R"];
+    let flag: StringArray = ids
+        .iter()
+        .map(|i| (i % 13 != 5).then(|| flags[(i * 7 % 3) as usize]))
+        .collect();
+    let v: Int64Array = ids
+        .iter()
+        .map(|i| (i % 11 != 0).then_some(i * 31 % 1000 - 500))
+        .collect();
+    let price = ids
+        .iter()
+        .map(|i| (i % 17 != 2).then_some(i128::from(i * 7 % 100_000)))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(12, 2)
+        .unwrap();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("flag", DataType::Utf8, true),
+        Field::new("g", DataType::Int64, false),
+        Field::new("v", DataType::Int64, true),
+        Field::new("small", DataType::Int32, false),
+        Field::new("price", DataType::Decimal128(12, 2), true),
+        Field::new("f", DataType::Float64, false),
+        Field::new("huge", DataType::Decimal128(38, 0), false),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids.clone())),
+        Arc::new(flag),
+        Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i % 5))),
+        Arc::new(v),
+        Arc::new(Int32Array::from_iter_values(
+            ids.iter().map(|i| (i % 97) as i32 - 40),
+        )),
+        Arc::new(price),
+        Arc::new(Float64Array::from_iter_values(
+            ids.iter().map(|i| (i % 100) as f64 * 0.5),
+        )),
+        Arc::new(
+            Decimal128Array::from_iter_values(ids.iter().map(|i| match i % 10 {
+                3 => 20_000_000_000_000_000_000,
+                _ => i128::from(i % 1000),
+            }))
+            .with_precision_and_scale(38, 0)
+            .unwrap(),
+        ),
+    ];
+    RecordBatch::try_new(Arc::new(schema), cols).unwrap()
+}
+
+/// An aggregate served from the tier takes a batch most of whose rows pass unfiltered, the
+/// rejected rows marked to be left out (`small < 40` keeps 80 of every 97): the answers equal
+/// the host's (full transfer) grouped by a dictionary key, by two keys, by an integer key, and
+/// without groups; with nulls, counts, sums, averages, minima and maxima, float sums and a
+/// computed input. A computed input that overflows only on rejected rows (`huge < 1000`) still answers (the
+/// kernel evaluates it on every row; the batch is then aggregated again on the kept rows
+/// alone), while one that overflows on a kept row fails, served from the tier or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_aggregates_leave_out_the_rows_the_predicate_rejects() {
+    let batches = (0..4).map(|i| skip_batch(i * 10_000, 10_000)).collect();
+    let t = crate::support::OffloadAndHost::with_table_on("t", batches, |c| c.cache_mb = Some(256))
+        .await;
+    let queries = [
+        "select flag, count(*) as n, count(v) as nv, sum(v) as sv, \
+         avg(price) as ap, min(v) as lo, max(small) as hi, sum(f) as sf \
+         from t where small < 40 group by flag order by flag",
+        "select flag, g, count(*) as n, sum(price) as sp, count(price) as np \
+         from t where small < 40 group by flag, g order by flag, g",
+        "select g, count(*) as n, sum(price * 2) as sp, max(v) as hi from t \
+         where small < 40 group by g order by g",
+        "select count(*) as n, sum(v) as sv, min(price) as lo, sum(f) as sf from t \
+         where small < 40",
+        "select flag, sum(huge * huge) as s, count(*) as n from t \
+         where huge < 1000 group by flag order by flag",
+    ];
+    for q in queries {
+        // First touch, admission, then served from memory.
+        for round in 0..3 {
+            let r = t.agree(q, round).await;
+            let st = &r.scans[0].1;
+            assert!(st.placement.contains("aggregate=wasm"), "{q}: {st:?}");
+            if round == 2 {
+                assert_eq!(st.bytes_read_media, 0, "{q}: served from memory");
+                assert!(st.rows_left_out > 0, "{q}: {st:?}");
+                assert_eq!(
+                    st.rows_scanned - st.rows_selected,
+                    st.rows_left_out,
+                    "{q}: every rejected row was left out, none filtered"
+                );
+            }
+        }
+    }
+    // (2·10^19)^2 leaves Decimal128: a kept row that overflows fails the query, warm too.
+    let q = "select flag, sum(huge * huge) as s from t \
+             where huge < 30000000000000000000 group by flag";
+    for round in 0..3 {
+        let e = t.offload.sql(q).await.unwrap_err().to_string();
+        assert!(
+            e.to_lowercase().contains("overflow"),
+            "{q} (round {round}): {e}"
+        );
+    }
+    t.stop().await;
+}

@@ -31,8 +31,9 @@ pub const EXPORT_FILTER: &str = "nearstore_filter";
 /// it when exported; it costs nothing per selected row.
 pub const EXPORT_FILTER_BITMAP: &str = "nearstore_filter_bitmap";
 /// `(batch: u32, state: u32, groups: u32) -> i32`, optional: accumulates aggregates. Column 0
-/// of the batch holds each row's group (`INT32` values `< groups`), or has type code 0 when
-/// every row belongs to group 0; the other columns are the aggregates' inputs. The parameters
+/// of the batch holds each row's group (`INT32` values `< groups`; for the [`agg`] program also
+/// [`agg::SKIP_ROW`]), or has type code 0 when every row belongs to group 0; the other columns
+/// are the aggregates' inputs. The parameters
 /// are the [`agg`] program. `state` addresses `groups × aggregates` slots of
 /// [`agg::SLOT_BYTES`], group-major, which the host zeroes and keeps across calls. Returns 0 or
 /// a negative [`status`].
@@ -426,6 +427,12 @@ pub mod agg {
     pub const INPUT_COLUMN: u8 = 0;
     /// Input kind: a computed input, evaluated from the batch's columns inside the call.
     pub const INPUT_COMPUTED: u8 = 1;
+    /// A row's group that leaves the row out: no aggregate folds it, no count counts it. The
+    /// host hands the built-in kernel's program a batch unfiltered, the rows its predicate
+    /// rejected marked so, when most rows pass (copying the rest costs more than skipping
+    /// these). A computed input is still evaluated on them; should that fail, the host calls
+    /// again with the kept rows alone. Custom aggregate kernels never see it.
+    pub const SKIP_ROW: i32 = -1;
 
     /// An aggregate program's 4-byte entries (one per aggregate) and its computed inputs
     /// ([`Programs`] reads them in order); `None` when the layout does not hold.

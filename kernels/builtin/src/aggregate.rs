@@ -4,6 +4,7 @@
 //! slots; grouped, per group first while the groups are few ([`Few`]: counts, integer and
 //! decimal sums), else row at a time into each row's group.
 
+use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -140,7 +141,7 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
                     },
                 )?,
                 Some(g) => {
-                    for &gi in g.iter().take(rows) {
+                    for &gi in g.iter().take(rows).filter(|&&gi| gi != agg::SKIP_ROW) {
                         st.fold(gi as u32 as usize, j, (), |acc, _, ()| Ok(acc))?;
                     }
                 }
@@ -238,7 +239,11 @@ const FEW_GROUPS: usize = 256;
 
 /// A batch's group ids with each group's row count.
 struct Few<'a> {
-    ids: &'a [i32],
+    /// Each row's group; a row left out ([`agg::SKIP_ROW`]) as group `rows_in.len()`, whose
+    /// partials are added up as a group's and dropped.
+    ids: Cow<'a, [i32]>,
+    /// Partials per set: the groups, and one more when a row is left out.
+    slots: usize,
     rows_in: Vec<i64>,
     /// The per-group sums of the aggregate entries folded so far, by entry: a sum the program
     /// asks for twice (TPC-H Q1's `sum(l_quantity)` beside `avg(l_quantity)`) is added up once.
@@ -246,36 +251,55 @@ struct Few<'a> {
 }
 
 impl<'a> Few<'a> {
-    /// Counts `rows` rows' groups; `BAD_INPUT` for a missing id or one out of `groups`.
+    /// Counts `rows` rows' groups; `BAD_INPUT` for a missing id or one out of `groups` (but
+    /// [`agg::SKIP_ROW`]).
     fn of(ids: &'a [i32], rows: usize, groups: usize) -> KernelResult<Self> {
         let ids = ids.get(..rows).ok_or(status::BAD_INPUT)?;
-        if ids.iter().any(|&g| g as u32 as usize >= groups) {
+        let (mut skip, mut bad) = (false, false);
+        for &g in ids {
+            let s = g == agg::SKIP_ROW;
+            skip |= s;
+            bad |= !s && g as u32 as usize >= groups;
+        }
+        if bad {
             return Err(status::BAD_INPUT);
         }
-        let rows_in = Self::per_group(ids, ids, groups, |_| 1i64);
+        let ids: Cow<'a, [i32]> = match skip {
+            false => Cow::Borrowed(ids),
+            // `groups` is at most FEW_GROUPS.
+            true => ids
+                .iter()
+                .map(|&g| if g == agg::SKIP_ROW { groups as i32 } else { g })
+                .collect(),
+        };
+        let slots = groups + usize::from(skip);
+        let (mut rows_in, _) = Self::per_group(&ids, &ids, slots, |_| 1i64);
+        rows_in.truncate(groups);
         Ok(Few {
             ids,
-            rows_in: rows_in.0,
+            slots,
+            rows_in,
             sums_of: Vec::new(),
         })
     }
 
-    /// Adds up `conv(vals[i])` per group `ids[i]` (each below `groups`, checked by the
-    /// caller) with wrapping addition, and says whether any addition overflowed. Four rows at
-    /// a time into four sets of partials: rows of one group one after another (TPC-H Q1's
-    /// are, a handful of groups) would otherwise each wait for the previous one's store.
+    /// Adds up `conv(vals[i])` per group `ids[i]` (each below `slots`, checked by the caller)
+    /// with wrapping addition into `slots` sums, and says whether any addition overflowed.
+    /// Four rows at a time into four sets of partials: rows of one group one after another
+    /// (TPC-H Q1's are, a handful of groups) would otherwise each wait for the previous one's
+    /// store.
     #[inline(always)]
     fn per_group<T: Copy, A: Sum>(
         ids: &[i32],
         vals: &[T],
-        groups: usize,
+        slots: usize,
         conv: impl Fn(T) -> A,
     ) -> (Vec<A>, bool) {
-        let mut part = vec![A::default(); 4 * groups];
+        let mut part = vec![A::default(); 4 * slots];
         let mut over = false;
         let mut add = |k: usize, x: T| {
-            // SAFETY: `k` is `l * groups + id` with `l < 4` and every id below `groups` (the
-            // caller's check), so it lies within the `4 * groups` partials.
+            // SAFETY: `k` is `l * slots + id` with `l < 4` and every id below `slots` (the
+            // caller's check), so it lies within the `4 * slots` partials.
             let s = unsafe { part.get_unchecked_mut(k) };
             let (v, o) = s.add(conv(x));
             *s = v;
@@ -285,21 +309,21 @@ impl<'a> Few<'a> {
         let ((iq, ir), (vq, vr)) = (ids[..n].as_chunks::<4>(), vals[..n].as_chunks::<4>());
         for (g, x) in iq.iter().zip(vq) {
             for l in 0..4 {
-                add(l * groups + g[l] as u32 as usize, x[l]);
+                add(l * slots + g[l] as u32 as usize, x[l]);
             }
         }
         for (&g, &x) in ir.iter().zip(vr) {
             add(g as u32 as usize, x);
         }
-        let (first, others) = part.split_at_mut(groups);
-        for lane in others.chunks_exact(groups) {
+        let (first, others) = part.split_at_mut(slots);
+        for lane in others.chunks_exact(slots) {
             for (s, &x) in first.iter_mut().zip(lane) {
                 let (v, o) = s.add(x);
                 *s = v;
                 over |= o;
             }
         }
-        part.truncate(groups);
+        part.truncate(slots);
         (part, over)
     }
 
@@ -328,7 +352,10 @@ impl<'a> Few<'a> {
                 }
                 let sums = match (func, c.type_code()) {
                     (agg::COUNT, _) => return self.merge(st, j, None),
-                    (_, types::INT32 | types::DATE32) => self.sums(c.i32s()?, i64::from)?,
+                    // 32-bit values: no overflow checks.
+                    (_, types::INT32 | types::DATE32) => {
+                        self.sums(c.i32s()?, |x| Exact(x.into()))?
+                    }
                     (_, types::INT64) => self.sums(c.i64s()?, |x: i64| x)?,
                     (_, types::DECIMAL128) => self.sums(c.i128s()?, |x| x)?,
                     _ => None,
@@ -362,15 +389,17 @@ impl<'a> Few<'a> {
     }
 
     /// Each group's sum of `vals` converted by `conv`, added up in `A` (`i64`; `i128` for
-    /// decimals wider than 18 digits); `None` if one overflows it.
+    /// decimals wider than 18 digits); `None` if one overflows it (the rows left out's sum
+    /// too: the row-at-a-time path, which skips them, then adds up instead).
     fn sums<T: Copy, A: Sum>(
         &self,
         vals: &[T],
         conv: impl Fn(T) -> A,
     ) -> KernelResult<Option<Vec<i128>>> {
         let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
-        let (sums, over) = Self::per_group(self.ids, vals, self.rows_in.len(), conv);
-        Ok((!over).then(|| sums.into_iter().map(Sum::wide).collect()))
+        let (sums, over) = Self::per_group(&self.ids, vals, self.slots, conv);
+        let groups = sums.iter().take(self.rows_in.len());
+        Ok((!over).then(|| groups.copied().map(Sum::wide).collect()))
     }
 }
 
@@ -386,6 +415,21 @@ impl Sum for i64 {
     }
     fn wide(self) -> i128 {
         self.into()
+    }
+}
+
+/// An `i64` sum of 32-bit (or narrower) values that cannot overflow, so none is checked: a
+/// batch's rows (each with a 4-byte group id in the kernel's 4 GiB memory) are fewer than
+/// 2^30, and 2^30 values of at most 2^31 stay below 2^61.
+#[derive(Clone, Copy, Default)]
+struct Exact(i64);
+
+impl Sum for Exact {
+    fn add(self, x: Self) -> (Self, bool) {
+        (Exact(self.0.wrapping_add(x.0)), false)
+    }
+    fn wide(self) -> i128 {
+        self.0.into()
     }
 }
 
@@ -484,7 +528,10 @@ fn scatter<T: Copy>(
         for i in base..end {
             if valid >> (i - base) & 1 != 0 {
                 let g = match a.groups {
-                    Some(g) => *g.get(i).ok_or(status::BAD_INPUT)? as u32 as usize,
+                    Some(g) => match *g.get(i).ok_or(status::BAD_INPUT)? {
+                        agg::SKIP_ROW => continue,
+                        g => g as u32 as usize,
+                    },
                     None => 0,
                 };
                 st.fold(g, a.j, vals[i], &f)?;

@@ -107,6 +107,10 @@ impl SessionReport {
     }
 }
 
+/// A row's group that leaves the row out of [`ComputeSession::aggregate`] (the kernel ABI's
+/// `agg::SKIP_ROW`).
+pub const SKIP_ROW: u32 = nearstore_kernel_abi::agg::SKIP_ROW as u32;
+
 /// An aggregate's input as [`ComputeSession::aggregate`] takes it.
 #[derive(Clone)]
 pub enum AggInput<'a> {
@@ -124,7 +128,8 @@ pub trait ComputeSession: Send {
     /// Evaluates a value expression, one value per row.
     fn evaluate(&mut self, expr: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef>;
 
-    /// Accumulates one batch: `groups` gives each row's group (`None`: all in group 0),
+    /// Accumulates one batch: `groups` gives each row's group (`None`: all in group 0;
+    /// [`SKIP_ROW`] leaves a row out, where [`ComputeSession::skips_rows`] says so),
     /// `inputs[j]` the input of `aggs[j]` (`None` for count(*)), an array or an expression
     /// over `batch`'s columns (only where [`ComputeSession::computes_aggregate_input`] said
     /// so). Partial states persist across calls within the session.
@@ -137,6 +142,12 @@ pub trait ComputeSession: Send {
         _batch: &RecordBatch,
     ) -> Result<()> {
         Err(Error::Unsupported("this backend does not aggregate".into()))
+    }
+
+    /// Whether [`ComputeSession::aggregate`] takes [`SKIP_ROW`] as a row's group: a batch
+    /// handed over unfiltered, the rows the predicate rejected left out.
+    fn skips_rows(&self) -> bool {
+        false
     }
 
     /// Whether [`ComputeSession::aggregate`] takes `expr` as an input it computes from the

@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, UInt64Array,
 };
-use arrow::compute::cast;
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{
     DataType, Decimal128Type, Field, Float64Type, Int64Type, SchemaRef, UInt64Type,
 };
@@ -16,7 +17,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use nearstore_proto::AggFunc;
 
-use crate::compute::{AggInput, ComputeSession};
+use crate::compute::{AggInput, ComputeSession, SKIP_ROW};
 use crate::error::{Error, Result};
 use crate::plan::{AggSpec, KernelFn, PhysExpr, avg_exact};
 
@@ -348,6 +349,14 @@ impl Acc {
     }
 }
 
+/// The rows a selection keeps, a null as not kept.
+fn kept_bits(keep: &BooleanArray) -> BooleanBuffer {
+    match keep.nulls() {
+        Some(n) if n.null_count() > 0 => keep.values() & n.inner(),
+        _ => keep.values().clone(),
+    }
+}
+
 /// Adds the sums `o` (present where `o_seen`) of another accumulator into `s` at the groups
 /// `ids` gives; `None` when an addition overflows.
 fn merge_sums<T: Copy + Default>(
@@ -468,25 +477,52 @@ impl HashAggregator {
         self.keys.as_ref().map_or(1, GroupKeys::len)
     }
 
-    /// Adds a batch; `eval` computes an aggregate's input.
+    /// Adds the rows of a batch that `keep` keeps (all of them without it); `eval` computes
+    /// an aggregate's input. Rows not kept are left out by their group where the session
+    /// skips rows ([`ComputeSession::skips_rows`]), else filtered out first.
     pub fn update(
         &mut self,
         batch: &RecordBatch,
+        keep: Option<&BooleanArray>,
         eval: &dyn Fn(&PhysExpr, &RecordBatch) -> Result<ArrayRef>,
     ) -> Result<()> {
+        // Left out where the session skips rows and computes every input that is not a column
+        // itself (one evaluated here first would be evaluated on the rows left out too).
+        let skips =
+            self.offload.as_ref().is_some_and(|s| {
+                let s = lock(s);
+                s.skips_rows()
+                    && self.aggs.iter().filter_map(|a| a.input.as_ref()).all(|e| {
+                        matches!(e, PhysExpr::Column { .. }) || s.computes_aggregate_input(e)
+                    })
+            });
+        let filtered;
+        let (batch, keep) = match keep {
+            Some(k) if !skips => {
+                filtered = filter_record_batch(batch, k)?;
+                (&filtered, None)
+            }
+            k => (batch, k),
+        };
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
         let groups: Vec<u32> = match &mut self.keys {
-            None => vec![0; n],
+            None => match keep {
+                None => vec![0; n],
+                Some(k) => kept_bits(k)
+                    .iter()
+                    .map(|b| if b { 0 } else { SKIP_ROW })
+                    .collect(),
+            },
             Some(keys) => {
                 let cols = self
                     .group_by
                     .iter()
                     .map(|g| eval(g, batch))
                     .collect::<Result<Vec<_>>>()?;
-                keys.ids(&cols)?
+                keys.ids(&cols, keep.map(kept_bits).as_ref())?
             }
         };
         let n_groups = self.n_groups();
@@ -506,7 +542,8 @@ impl HashAggregator {
                         .transpose()
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let ids = self.keys.as_ref().map(|_| groups.as_slice());
+            // Rows are left out by their group: ungrouped, every row is then in group 0 or out.
+            let ids = (self.keys.is_some() || keep.is_some()).then_some(groups.as_slice());
             return lock(session).aggregate(&self.aggs, ids, n_groups, &inputs, batch);
         }
         for (acc, spec) in self.accs.iter_mut().zip(&self.aggs) {

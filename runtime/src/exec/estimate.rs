@@ -148,6 +148,7 @@ async fn sample(
             by_column: None,
             batch_size: SAMPLE_ROWS,
             limit: Some(SAMPLE_ROWS),
+            consumer: scan::Consumer::Link,
         };
         let mut stream = scan::open_stream(scan, counters.clone(), errors.clone())?;
         while let Some(batch) = stream.next().await {

@@ -172,6 +172,7 @@ impl Executor {
         stats.bytes_read_media = c.bytes_read.load(Ordering::Relaxed);
         stats.rows_scanned = c.rows_scanned.load(Ordering::Relaxed);
         stats.row_groups_by_dictionary = c.row_groups_by_dictionary.load(Ordering::Relaxed);
+        stats.rows_left_out = c.rows_left_out.load(Ordering::Relaxed);
         stats.rows_selected = c.rows_selected.load(Ordering::Relaxed);
         stats.filter_us = c.filter_us.load(Ordering::Relaxed);
         stats.cache_hit_bytes = c.cache_hit_bytes.load(Ordering::Relaxed);

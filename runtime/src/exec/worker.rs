@@ -150,7 +150,7 @@ pub(super) async fn run(
                 let Some(batch) = next else {
                     break;
                 };
-                let batch = batch?;
+                let scan::Scanned { batch, keep } = batch?;
                 if q.predicate.is_none() {
                     let rows = batch.num_rows() as u64;
                     ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
@@ -161,7 +161,7 @@ pub(super) async fn run(
                 let t_compute = Instant::now();
                 let ready = match (&q.output, aggregate.as_mut()) {
                     (_, Some(a)) => {
-                        a.update(&batch, &|e, b| placement.eval(e, b))?;
+                        a.update(&batch, keep.as_ref(), &|e, b| placement.eval(e, b))?;
                         if let Some((key, b)) = &bound
                             && let Some(keys) = batch.column_by_name(key)
                         {
@@ -170,6 +170,7 @@ pub(super) async fn run(
                         None
                     }
                     (Output::Project(items), None) => {
+                        debug_assert!(keep.is_none(), "a projection's rows come filtered");
                         let mut rows = project(items, &q.schema, &batch, &placement)?;
                         if let Some(key) = placement.topk {
                             rows = placement.preselect_topk(&rows, key, &mut stats)?;
@@ -410,6 +411,13 @@ fn open(
         by_column,
         batch_size: BATCH_ROWS,
         limit,
+        consumer: match &q.output {
+            // A top k's bound reads the aggregate's batches' keys, which must be kept rows.
+            Output::Aggregate(..) => scan::Consumer::Aggregate {
+                skips_rows: bound.is_none() && placement.aggregate_skips_rows(),
+            },
+            Output::Project(_) => scan::Consumer::Link,
+        },
     };
     scan::open_batches(scan, ctx.counters.clone(), ctx.errors.clone())
 }

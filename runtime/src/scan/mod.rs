@@ -49,6 +49,8 @@ pub struct ScanCounters {
     pub filter_us: AtomicU64,
     /// Row groups the dictionary decoder read (`scan/dict/`).
     pub row_groups_by_dictionary: AtomicU64,
+    /// Rows the predicate rejected in batches handed over unfiltered ([`Scanned::keep`]).
+    pub rows_left_out: AtomicU64,
     /// Media bytes of column chunks served from the hot-column tier.
     pub cache_hit_bytes: AtomicU64,
     /// Media bytes of column chunks the tier did not hold (with the tier on).
@@ -315,6 +317,23 @@ pub struct ObjectScan {
     pub batch_size: usize,
     /// Stop after this many output rows.
     pub limit: Option<usize>,
+    /// What takes the batches.
+    pub consumer: Consumer,
+}
+
+/// What takes a scan's batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumer {
+    /// Rows that leave for the link: a batch holds buffers of its own, not slices of larger
+    /// arrays (`hot.rs`'s `owned`).
+    Link,
+    /// An aggregate, which folds batches where they are. `skips_rows`: its session takes a
+    /// batch with the rows the predicate keeps marked ([`Scanned::keep`]), which the tier's
+    /// row groups hand over unfiltered when most of their rows pass.
+    Aggregate {
+        /// Whether the batches may come unfiltered.
+        skips_rows: bool,
+    },
 }
 
 /// Opens the decode stream of one object.
@@ -422,8 +441,29 @@ fn decoder_error(errors: &ErrorSlot, e: Error) -> arrow::error::ArrowError {
     arrow::error::ArrowError::ComputeError(msg)
 }
 
-/// A scan's decoded batches, errors specific.
-pub type Batches = BoxStream<'static, Result<RecordBatch>>;
+/// A batch of a scan's rows.
+#[derive(Debug)]
+pub struct Scanned {
+    /// The rows.
+    pub batch: RecordBatch,
+    /// The rows of `batch` the predicate keeps, when the scan handed the batch over
+    /// unfiltered (only to an aggregate that skips rows: [`Consumer::Aggregate`]); `None`:
+    /// every row.
+    pub keep: Option<BooleanArray>,
+}
+
+impl Scanned {
+    /// A batch every row of which is kept.
+    pub fn all(batch: RecordBatch) -> Self {
+        Scanned { batch, keep: None }
+    }
+}
+
+/// A scan's batches, errors specific.
+pub type Batches = BoxStream<'static, Result<Scanned>>;
+
+/// Decoded batches, errors specific.
+type Decoded = BoxStream<'static, Result<RecordBatch>>;
 
 /// The batches of one object's scan: through the hot-column tier when the namespace has one,
 /// else straight from the decoder. A scan with a row limit (which may stop in its first row
@@ -436,12 +476,14 @@ pub fn open_batches(
     if scan.object.hot().enabled() && scan.limit.is_none() {
         return Ok(hot::open(scan, counters, errors));
     }
-    decoded(scan, counters, errors)
+    Ok(decoded(scan, counters, errors)?
+        .map(|b| b.map(Scanned::all))
+        .boxed())
 }
 
 /// The batches of `scan` decoded from the media: by our dictionary decoder where it reads the
 /// scan ([`dict`]), else by the Parquet decoder.
-fn decoded(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorSlot) -> Result<Batches> {
+fn decoded(scan: ObjectScan, counters: Arc<ScanCounters>, errors: ErrorSlot) -> Result<Decoded> {
     match dict::plan(&scan) {
         Some(plan) => Ok(dict::open(scan, plan, counters, errors)),
         None => decoded_by_parquet(scan, counters, errors),
@@ -453,7 +495,7 @@ fn decoded_by_parquet(
     scan: ObjectScan,
     counters: Arc<ScanCounters>,
     errors: ErrorSlot,
-) -> Result<Batches> {
+) -> Result<Decoded> {
     let stream = open_stream(scan, counters, errors.clone())?;
     Ok(stream
         .map(move |b| b.map_err(|e| errors.take_or(Error::Parquet(e))))

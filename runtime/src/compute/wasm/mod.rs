@@ -30,7 +30,9 @@ use super::program::{
 pub use super::program::{
     compile_filter, compile_project, filter_support, finish_state, fixed_width_filter_support,
 };
-use super::{AggInput, ComputeBackend, ComputeSession, KernelLimits, SessionReport, Support};
+use super::{
+    AggInput, ComputeBackend, ComputeSession, KernelLimits, SKIP_ROW, SessionReport, Support,
+};
 use crate::error::{Error, Result};
 use crate::plan::AggSpec;
 use crate::plan::PhysExpr;
@@ -255,6 +257,7 @@ impl ComputeSession for WasmSession {
         batch: &RecordBatch,
     ) -> Result<()> {
         let rows = batch.num_rows();
+        let skipped = groups.map_or(0, |g| g.iter().filter(|&&g| g == SKIP_ROW).count());
         let (params, owned) = marshal_aggregate(aggs, inputs, batch)?;
         let group_bytes: Option<&[u8]> = groups.map(|g| {
             // SAFETY: u32 has no padding or invalid bit patterns; the byte view covers exactly
@@ -268,6 +271,24 @@ impl ComputeSession for WasmSession {
             .aggregate_update(rows, &views, &params, n_groups)
         {
             Ok(()) => {}
+            Err(e) if skipped > 0 && arithmetic_error(&e) => {
+                // A row left out may be what failed (a computed input is evaluated on every
+                // row, a sum's partials add up the rows left out too): again on the kept rows.
+                let groups = groups.expect("rows are left out by their group");
+                let keep: BooleanArray = groups.iter().map(|&g| Some(g != SKIP_ROW)).collect();
+                let kept: Vec<u32> = groups.iter().copied().filter(|&g| g != SKIP_ROW).collect();
+                let inputs = inputs
+                    .iter()
+                    .map(|i| match i {
+                        Some(AggInput::Array(a)) => {
+                            Ok(Some(AggInput::Array(arrow::compute::filter(a, &keep)?)))
+                        }
+                        other => Ok(other.clone()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let batch = arrow::compute::filter_record_batch(batch, &keep)?;
+                return self.aggregate(aggs, Some(&kept), n_groups, &inputs, &batch);
+            }
             Err(e)
                 if arithmetic_error(&e)
                     && inputs
@@ -299,8 +320,12 @@ impl ComputeSession for WasmSession {
             }
             Err(e) => return Err(e.into()),
         }
-        self.rows_seen += rows as u64;
+        self.rows_seen += (rows - skipped) as u64;
         Ok(())
+    }
+
+    fn skips_rows(&self) -> bool {
+        true
     }
 
     fn computes_aggregate_input(&self, expr: &PhysExpr) -> bool {

@@ -212,8 +212,8 @@ mod tests {
         for (n, b) in batches.into_iter().enumerate() {
             let col: ArrayRef = Arc::new(Int64Array::from(b));
             assert_eq!(
-                direct.ids(std::slice::from_ref(&col)).unwrap(),
-                packed.ids(&[col]).unwrap()
+                direct.ids(std::slice::from_ref(&col), None).unwrap(),
+                packed.ids(&[col], None).unwrap()
             );
             let is_direct = matches!(direct.index, Index::Direct(_));
             assert_eq!(is_direct, n < last - 1, "batch {n}");
@@ -228,7 +228,7 @@ mod tests {
             Some(255),
             None,
         ]));
-        assert_eq!(k.ids(&[col]).unwrap(), vec![0, 1, 2, 0, 1]);
+        assert_eq!(k.ids(&[col], None).unwrap(), vec![0, 1, 2, 0, 1]);
         assert!(matches!(k.index, Index::Direct(_)));
     }
 }

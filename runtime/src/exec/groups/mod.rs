@@ -15,14 +15,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray};
-use arrow::compute::take;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, DictionaryArray};
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::{filter, take};
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Int8Type, Int16Type, Int32Type, Int64Type,
     UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow::row::{RowConverter, Rows, SortField};
 
+use crate::compute::SKIP_ROW;
 use crate::error::{Error, Result};
 
 mod direct;
@@ -48,8 +50,8 @@ type Hasher = foldhash::fast::RandomState;
 /// entries (null included).
 const DICT_CELLS_MAX: usize = 1 << 16;
 
-/// A table cell no row has reached yet.
-const UNSET: u32 = u32::MAX;
+/// A table cell no row has reached yet (not a group id: [`GROUPS_MAX`]; not [`SKIP_ROW`]).
+const UNSET: u32 = u32::MAX - 2;
 
 /// Group ids straight from dictionary keys, for key columns read as Arrow dictionaries (Q1's
 /// flags): while the batches' dictionaries are the same or equal (a column chunk's pages
@@ -59,6 +61,8 @@ const UNSET: u32 = u32::MAX;
 struct DictTable {
     /// The dictionaries the table is for (held, so their addresses stay theirs).
     values: Vec<ArrayRef>,
+    /// A group id per cell, and past them one cell holding [`SKIP_ROW`]: the cell of a row
+    /// left out.
     ids: Vec<u32>,
 }
 
@@ -110,18 +114,33 @@ impl GroupKeys {
     }
 
     /// The group id of each row of the key columns `cols`, new groups added in row order
-    /// (ids fit `u32`: [`GROUPS_MAX`]). Columns may come as dictionaries of the key types.
-    pub fn ids(&mut self, cols: &[ArrayRef]) -> Result<Vec<u32>> {
+    /// (ids fit `u32`: [`GROUPS_MAX`]); with `keep`, the rows it keeps, the others
+    /// [`SKIP_ROW`] (making no group). Columns may come as dictionaries of the key types.
+    pub fn ids(&mut self, cols: &[ArrayRef], keep: Option<&BooleanBuffer>) -> Result<Vec<u32>> {
         if cols
             .iter()
             .any(|c| matches!(c.data_type(), DataType::Dictionary(..)))
         {
-            if let Some(ids) = self.dictionary_ids(cols)? {
+            if let Some(ids) = self.dictionary_ids(cols, keep)? {
                 return Ok(ids);
             }
             let hydrated = cols.iter().zip(&self.types).map(|(c, t)| plain(c, t));
             let hydrated = hydrated.collect::<Result<Vec<_>>>()?;
-            return self.ids(&hydrated);
+            return self.ids(&hydrated, keep);
+        }
+        if let Some(keep) = keep {
+            // The kept rows' groups, the others left out.
+            let mask = BooleanArray::new(keep.clone(), None);
+            let kept = cols.iter().map(|c| filter(c, &mask));
+            let kept = kept.collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut ids = self.ids(&kept, None)?.into_iter();
+            return Ok(keep
+                .iter()
+                .map(|k| match k {
+                    true => ids.next().expect("a group per kept row"),
+                    false => SKIP_ROW,
+                })
+                .collect());
         }
         if let Index::Direct(d) = &mut self.index {
             let mut fresh = Vec::new();
@@ -177,7 +196,11 @@ impl GroupKeys {
 
     /// [`GroupKeys::ids`] by dictionary keys ([`DictTable`]); `None` when a column is not an
     /// `Int32`-keyed dictionary or the table would pass [`DICT_CELLS_MAX`].
-    fn dictionary_ids(&mut self, cols: &[ArrayRef]) -> Result<Option<Vec<u32>>> {
+    fn dictionary_ids(
+        &mut self,
+        cols: &[ArrayRef],
+        keep: Option<&BooleanBuffer>,
+    ) -> Result<Option<Vec<u32>>> {
         let dicts: Option<Vec<_>> = cols
             .iter()
             .map(|c| c.as_dictionary_opt::<Int32Type>())
@@ -205,15 +228,29 @@ impl GroupKeys {
                 t.values = dicts.iter().map(|d| d.values().clone()).collect();
                 t
             }
-            _ => DictTable {
-                values: dicts.iter().map(|d| d.values().clone()).collect(),
-                ids: vec![UNSET; cells],
-            },
+            _ => {
+                let mut ids = vec![UNSET; cells + 1];
+                ids[cells] = SKIP_ROW;
+                DictTable {
+                    values: dicts.iter().map(|d| d.values().clone()).collect(),
+                    ids,
+                }
+            }
+        };
+        // Each row's cell; a row left out, the cell past the others.
+        let codes = || {
+            let mut codes = cell_codes(&dicts, &sizes);
+            if let Some(keep) = keep {
+                for i in (!keep).set_indices() {
+                    codes[i] = cells as u32;
+                }
+            }
+            codes
         };
         // Each row's group: its cell's id, mapped in place. A combination met for the first
         // time leaves UNSET; then (a batch in the first few, typically) the cells are worked
         // out again and the new combinations take their groups in row order.
-        let mut ids = cell_codes(&dicts, &sizes);
+        let mut ids = codes();
         let mut unseen = false;
         for c in ids.iter_mut() {
             let id = table.ids[*c as usize];
@@ -221,7 +258,7 @@ impl GroupKeys {
             *c = id;
         }
         if unseen {
-            let codes = cell_codes(&dicts, &sizes);
+            let codes = codes();
             // Combinations met for the first time, at their first row: their groups through
             // the packed or row-format path, in row order (groups keep the order of first
             // appearance).
@@ -239,7 +276,7 @@ impl GroupKeys {
                 .zip(&self.types)
                 .map(|(c, t)| plain(&take(c, &at, None)?, t))
                 .collect::<Result<Vec<_>>>()?;
-            for (i, id) in first.into_iter().zip(self.ids(&rows)?) {
+            for (i, id) in first.into_iter().zip(self.ids(&rows, None)?) {
                 table.ids[codes[i as usize] as usize] = id;
             }
             for (id, &c) in ids.iter_mut().zip(&codes) {
@@ -273,7 +310,11 @@ impl GroupKeys {
         let cols = self
             .conv
             .convert_rows(other.rows.iter().map(|r| parser.parse(r.data())))?;
-        Ok(self.ids(&cols)?.into_iter().map(|g| g as usize).collect())
+        Ok(self
+            .ids(&cols, None)?
+            .into_iter()
+            .map(|g| g as usize)
+            .collect())
     }
 
     /// The key columns, one row per group in id order.
@@ -444,12 +485,12 @@ mod tests {
         );
         let mut out = (Vec::new(), Vec::new());
         for cols in batches {
-            out.0.push(d.ids(cols).unwrap());
+            out.0.push(d.ids(cols, None).unwrap());
             let plain_cols: Vec<ArrayRef> = cols
                 .iter()
                 .map(|c| plain(c, &DataType::Utf8).unwrap())
                 .collect();
-            out.1.push(p.ids(&plain_cols).unwrap());
+            out.1.push(p.ids(&plain_cols, None).unwrap());
         }
         assert!(d.dict.is_some(), "the dictionary path ran");
         (out.0, out.1, d.columns().unwrap())
@@ -493,11 +534,11 @@ mod tests {
         assert_eq!(by_dict, by_string);
         assert_eq!(by_dict, [vec![0, 1, 1], vec![1, 0], vec![1, 0]]);
         let mut k = GroupKeys::new(&[DataType::Utf8]).unwrap();
-        k.ids(&batches[0]).unwrap();
+        k.ids(&batches[0], None).unwrap();
         let table = k.dict.as_ref().unwrap().ids.as_ptr();
-        k.ids(&batches[1]).unwrap();
+        k.ids(&batches[1], None).unwrap();
         assert_eq!(k.dict.as_ref().unwrap().ids.as_ptr(), table, "kept");
-        k.ids(&batches[2]).unwrap();
+        k.ids(&batches[2], None).unwrap();
         assert_ne!(k.dict.as_ref().unwrap().ids.as_ptr(), table, "rebuilt");
     }
 
@@ -521,7 +562,7 @@ mod tests {
         let big = dict(&many, &[Some(69_999), Some(3), Some(69_999)]);
         let types = [DataType::Utf8];
         let mut k = GroupKeys::new(&types).unwrap();
-        assert_eq!(k.ids(&[big]).unwrap(), vec![0, 1, 0]);
+        assert_eq!(k.ids(&[big], None).unwrap(), vec![0, 1, 0]);
         assert!(k.dict.is_none());
     }
 
@@ -537,12 +578,12 @@ mod tests {
             Some(1),
             None,
         ]));
-        assert_eq!(k.ids(&[a, b]).unwrap(), vec![0, 1, 2, 3, 0, 4]);
+        assert_eq!(k.ids(&[a, b], None).unwrap(), vec![0, 1, 2, 3, 0, 4]);
         assert!(matches!(k.index, Index::Packed(_)));
         // A long string moves the keys to the row format; the groups stay.
         let a = strings(&[Some("a longer string"), Some("a\0"), None]);
         let b: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(1), None]));
-        assert_eq!(k.ids(&[a, b]).unwrap(), vec![5, 1, 4]);
+        assert_eq!(k.ids(&[a, b], None).unwrap(), vec![5, 1, 4]);
         assert!(matches!(k.index, Index::Rows(_)));
         let cols = k.columns().unwrap();
         assert_eq!(cols[0].len(), 6);
@@ -551,11 +592,59 @@ mod tests {
     }
 
     #[test]
+    fn rows_not_kept_are_left_out_and_make_no_group() {
+        // Through the dictionary table and through packed keys: the kept rows' ids are those
+        // of the kept rows alone, the others SKIP_ROW, and a key only rejected rows hold ("x")
+        // makes no group.
+        let values = [Some("a"), Some("b"), Some("x"), None];
+        let keys = [Some(0), Some(2), Some(1), Some(3), Some(2), None, Some(0)];
+        let keep = BooleanBuffer::from(vec![true, false, true, true, false, true, true]);
+        let kept_keys: Vec<Option<i32>> = keys
+            .iter()
+            .zip(keep.iter())
+            .filter(|(_, k)| *k)
+            .map(|(&key, _)| key)
+            .collect();
+        let want = vec![0, SKIP_ROW, 1, 2, SKIP_ROW, 2, 0];
+        for (name, col, kept) in [
+            (
+                "dictionary",
+                dict(&values, &keys),
+                dict(&values, &kept_keys),
+            ),
+            (
+                "packed",
+                plain(&dict(&values, &keys), &DataType::Utf8).unwrap(),
+                plain(&dict(&values, &kept_keys), &DataType::Utf8).unwrap(),
+            ),
+        ] {
+            let mut k = GroupKeys::new(&[DataType::Utf8]).unwrap();
+            assert_eq!(
+                k.ids(std::slice::from_ref(&col), Some(&keep)).unwrap(),
+                want,
+                "{name}"
+            );
+            let mut alone = GroupKeys::new(&[DataType::Utf8]).unwrap();
+            alone.ids(&[kept], None).unwrap();
+            assert_eq!(k.columns().unwrap(), alone.columns().unwrap(), "{name}");
+            assert_eq!(k.len(), 3, "{name}: a, b, null");
+            // Then kept, the rejected key takes the next group.
+            let all = BooleanBuffer::from(vec![true; 7]);
+            assert_eq!(
+                k.ids(&[col], Some(&all)).unwrap(),
+                vec![0, 3, 1, 2, 3, 2, 0],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn absorbing_another_keys_maps_its_groups_and_appends_new_ones() {
         let mut x = GroupKeys::new(&[DataType::Utf8]).unwrap();
         let mut y = GroupKeys::new(&[DataType::Utf8]).unwrap();
-        x.ids(&[strings(&[Some("r"), Some("n")])]).unwrap();
-        y.ids(&[strings(&[Some("a"), Some("n"), None])]).unwrap();
+        x.ids(&[strings(&[Some("r"), Some("n")])], None).unwrap();
+        y.ids(&[strings(&[Some("a"), Some("n"), None])], None)
+            .unwrap();
         assert_eq!(x.absorb(&y).unwrap(), vec![2, 1, 3]);
         assert_eq!(x.len(), 4);
     }

@@ -52,7 +52,7 @@ use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::file::metadata::ParquetMetaData;
 
-use super::{Batches, ErrorSlot, ObjectReader, ObjectScan, Predicate, ScanCounters};
+use super::{Decoded, ErrorSlot, ObjectReader, ObjectScan, Predicate, ScanCounters};
 use crate::error::{Error, Result};
 use pages::{Body, Chunk, Fetched, Pieces, holds_any, page_rows, read_chunk};
 use rows::{Scratch, gather, narrow};
@@ -204,7 +204,7 @@ pub(super) fn open(
     plan: Plan,
     counters: Arc<ScanCounters>,
     errors: ErrorSlot,
-) -> Batches {
+) -> Decoded {
     let md = scan.metadata.metadata().clone();
     let mut selection = scan.pruned.selection.clone();
     let mut parts: Vec<(bool, Vec<usize>, Option<RowSelection>)> = Vec::new();
