@@ -64,6 +64,11 @@ async fn few_groups_sum_and_count_as_the_host_does() {
          from f group by g order by g",
         "select g, sum(big) as sb, count(big) as nb, count(*) as n from f group by g order by g",
         "select g, sum(big) as sb, sum(v) as sv from f where id > 15000 group by g order by g",
+        // Several sums of inputs without nulls: within an `i64` (8 rows of `big` a group),
+        // and past it (then row at a time in 128 bits).
+        "select g, sum(id) as si, sum(big) as sb, count(*) as n \
+         from f where id < 40 group by g order by g",
+        "select g, sum(id) as si, sum(big) as sb from f group by g order by g",
     ] {
         let a = offload.sql(q).await.unwrap();
         let b = transfer.sql(q).await.unwrap();
