@@ -30,8 +30,12 @@ fn spawn(args: &[&str], log: &Path) -> ClusterProcess {
     ClusterProcess(
         Command::new(cli_bin())
             .args(args)
-            // The SDK logs each device scan (with the devices it reaches) at debug level.
-            .env("NEARSTORE_LOG", "warn,nearstore_sdk=debug")
+            // The SDK logs each device scan (with the devices it reaches) at debug level; the
+            // scheduler each executor's registration at info level.
+            .env(
+                "NEARSTORE_LOG",
+                "warn,nearstore_sdk=debug,ballista_scheduler::scheduler_server::grpc=info",
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -47,6 +51,7 @@ struct Cluster {
     url: String,
     work_dirs: Vec<PathBuf>,
     logs: Vec<PathBuf>,
+    scheduler_log: PathBuf,
     _procs: Vec<ClusterProcess>,
 }
 
@@ -54,6 +59,7 @@ impl Cluster {
     fn start(dir: &Path, near: &[Vec<String>], tasks: usize) -> Cluster {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
+        let scheduler_log = dir.join("scheduler.log");
         let mut procs = vec![spawn(
             &[
                 "cluster",
@@ -63,7 +69,7 @@ impl Cluster {
                 "--locality-wait-ms",
                 "3600000",
             ],
-            &dir.join("scheduler.log"),
+            &scheduler_log,
         )];
         // The executors retry until the scheduler listens.
         let (mut work_dirs, mut logs) = (Vec::new(), Vec::new());
@@ -100,7 +106,29 @@ impl Cluster {
             url: format!("df://{listen}"),
             work_dirs,
             logs,
+            scheduler_log,
             _procs: procs,
+        }
+    }
+
+    /// Waits (up to 60 s) until every executor has registered with the scheduler. Until then
+    /// a scan whose near executor is not live goes to any executor, as placement means it to
+    /// (a query run while one executor was still starting, on a loaded machine, put a device's
+    /// scan on the other and failed the placement check below).
+    async fn registered(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.scheduler_log).unwrap_or_default();
+            let n = text.matches("Received register executor request").count();
+            if n >= self.logs.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} of {} executors registered in 60 s:\n{text}",
+                self.logs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -177,6 +205,7 @@ async fn tpch_on_a_ballista_cluster_equals_one_host() {
     // Executor 0 is near the first two devices, executor 1 near the third.
     let near = vec![urls[..2].to_vec(), urls[2..].to_vec()];
     let cluster = Cluster::start(work.path(), &near, 2);
+    cluster.registered().await;
     let ctx = nearstore_ballista::connect(&cluster.url, &urls, &ClientOptions::default())
         .await
         .unwrap();
