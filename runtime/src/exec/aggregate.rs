@@ -388,6 +388,11 @@ pub struct HashAggregator {
     accs: Vec<Acc>,
     /// A compute session that accumulates instead of the native accumulators.
     offload: Option<SharedSession>,
+    /// Per aggregate, whether the offload session computes its input inside its call
+    /// ([`AggInput::Computed`]; `false` for a column or no input), and whether the session
+    /// leaves rows out by their group for these inputs: asked once, not per batch (each
+    /// answer compiles the input's expression).
+    offload_inputs: Option<(Vec<bool>, bool)>,
     /// The offloaded accumulators once other aggregators were merged in: the backend's slots
     /// (`n_groups × aggs`) and the rows they accumulated.
     merged: Option<(Vec<u8>, u64)>,
@@ -397,11 +402,12 @@ pub struct HashAggregator {
 pub type SharedSession = Arc<std::sync::Mutex<Box<dyn ComputeSession>>>;
 
 /// An aggregate's input for an offloaded aggregate: a column as decoded; a computed one for
-/// the session to compute inside its call where it can, else evaluated by `eval`.
+/// the session to compute inside its call (`inside`: it said it can), else evaluated by
+/// `eval`.
 fn agg_input<'e>(
     e: &'e PhysExpr,
+    inside: bool,
     batch: &RecordBatch,
-    session: &SharedSession,
     eval: &dyn Fn(&PhysExpr, &RecordBatch) -> Result<ArrayRef>,
 ) -> Result<AggInput<'e>> {
     if let PhysExpr::Column { name, .. } = e
@@ -409,8 +415,6 @@ fn agg_input<'e>(
     {
         return Ok(AggInput::Array(c.clone()));
     }
-    // Asked before `eval` runs: it takes the same session's lock.
-    let inside = lock(session).computes_aggregate_input(e);
     Ok(if inside {
         AggInput::Computed(e)
     } else {
@@ -458,6 +462,7 @@ impl HashAggregator {
             keys,
             accs,
             offload: None,
+            offload_inputs: None,
             merged: None,
         })
     }
@@ -486,16 +491,33 @@ impl HashAggregator {
         keep: Option<&BooleanArray>,
         eval: &dyn Fn(&PhysExpr, &RecordBatch) -> Result<ArrayRef>,
     ) -> Result<()> {
-        // Left out where the session skips rows and computes every input that is not a column
-        // itself (one evaluated here first would be evaluated on the rows left out too).
-        let skips =
-            self.offload.as_ref().is_some_and(|s| {
-                let s = lock(s);
-                s.skips_rows()
-                    && self.aggs.iter().filter_map(|a| a.input.as_ref()).all(|e| {
-                        matches!(e, PhysExpr::Column { .. }) || s.computes_aggregate_input(e)
+        if let (Some(s), None) = (&self.offload, &self.offload_inputs) {
+            let s = lock(s);
+            let inside: Vec<bool> = self
+                .aggs
+                .iter()
+                .map(|a| {
+                    a.input.as_ref().is_some_and(|e| {
+                        !matches!(e, PhysExpr::Column { .. }) && s.computes_aggregate_input(e)
                     })
-            });
+                })
+                .collect();
+            // Rows are left out where the session skips rows and computes every input that is
+            // not a column itself (one evaluated here first would be evaluated on the rows
+            // left out too).
+            let skips = s.skips_rows()
+                && self.aggs.iter().zip(&inside).all(|(a, &inside)| {
+                    inside
+                        || a.input
+                            .as_ref()
+                            .is_none_or(|e| matches!(e, PhysExpr::Column { .. }))
+                });
+            self.offload_inputs = Some((inside, skips));
+        }
+        let skips = self
+            .offload_inputs
+            .as_ref()
+            .is_some_and(|(_, skips)| *skips);
         let filtered;
         let (batch, keep) = match keep {
             Some(k) if !skips => {
@@ -532,13 +554,15 @@ impl HashAggregator {
             // aggregate that reads it (staged once); a computed one is computed inside the
             // backend's call where it can (TPC-H Q1's `l_extendedprice * (1 - l_discount)`
             // then never leaves the kernel), else evaluated first.
+            let (inside, _) = self.offload_inputs.as_ref().expect("asked above");
             let inputs = self
                 .aggs
                 .iter()
-                .map(|a| {
+                .zip(inside)
+                .map(|(a, &inside)| {
                     a.input
                         .as_ref()
-                        .map(|e| agg_input(e, batch, session, eval))
+                        .map(|e| agg_input(e, inside, batch, eval))
                         .transpose()
                 })
                 .collect::<Result<Vec<_>>>()?;
