@@ -389,10 +389,12 @@ pub struct HashAggregator {
     /// A compute session that accumulates instead of the native accumulators.
     offload: Option<SharedSession>,
     /// Per aggregate, whether the offload session computes its input inside its call
-    /// ([`AggInput::Computed`]; `false` for a column or no input), and whether the session
-    /// leaves rows out by their group for these inputs: asked once, not per batch (each
-    /// answer compiles the input's expression).
-    offload_inputs: Option<(Vec<bool>, bool)>,
+    /// ([`AggInput::Computed`]; `false` for a column or no input): asked once, when the
+    /// session is given, not per batch (each answer compiles the input's expression).
+    inside: Vec<bool>,
+    /// Whether rows not kept are left out by their group rather than filtered out first
+    /// ([`HashAggregator::skips_rows`]).
+    skips_rows: bool,
     /// The offloaded accumulators once other aggregators were merged in: the backend's slots
     /// (`n_groups × aggs`) and the rows they accumulated.
     merged: Option<(Vec<u8>, u64)>,
@@ -462,7 +464,8 @@ impl HashAggregator {
             keys,
             accs,
             offload: None,
-            offload_inputs: None,
+            inside: Vec::new(),
+            skips_rows: false,
             merged: None,
         })
     }
@@ -470,7 +473,35 @@ impl HashAggregator {
     /// Accumulates in `session` (a backend that answered Exact for these aggregates) instead
     /// of natively.
     pub fn offload_to(&mut self, session: SharedSession) {
+        let s = lock(&session);
+        self.inside = self
+            .aggs
+            .iter()
+            .map(|a| {
+                a.input.as_ref().is_some_and(|e| {
+                    !matches!(e, PhysExpr::Column { .. }) && s.computes_aggregate_input(e)
+                })
+            })
+            .collect();
+        // Rows are left out where the session skips rows and computes every input that is
+        // not a column itself (one evaluated here first would be evaluated on the rows left
+        // out too).
+        self.skips_rows = s.skips_rows()
+            && self.aggs.iter().zip(&self.inside).all(|(a, &inside)| {
+                inside
+                    || a.input
+                        .as_ref()
+                        .is_none_or(|e| matches!(e, PhysExpr::Column { .. }))
+            });
+        drop(s);
         self.offload = Some(session);
+    }
+
+    /// Whether [`HashAggregator::update`] leaves the rows its `keep` rejects out by their
+    /// group ([`ComputeSession::skips_rows`]) rather than filtering them out first: whether
+    /// a scan gains by handing it batches unfiltered.
+    pub fn skips_rows(&self) -> bool {
+        self.skips_rows
     }
 
     /// Output schema.
@@ -483,44 +514,17 @@ impl HashAggregator {
     }
 
     /// Adds the rows of a batch that `keep` keeps (all of them without it); `eval` computes
-    /// an aggregate's input. Rows not kept are left out by their group where the session
-    /// skips rows ([`ComputeSession::skips_rows`]), else filtered out first.
+    /// an aggregate's input. Rows not kept are left out by their group where the aggregator
+    /// skips rows ([`HashAggregator::skips_rows`]), else filtered out first.
     pub fn update(
         &mut self,
         batch: &RecordBatch,
         keep: Option<&BooleanArray>,
         eval: &dyn Fn(&PhysExpr, &RecordBatch) -> Result<ArrayRef>,
     ) -> Result<()> {
-        if let (Some(s), None) = (&self.offload, &self.offload_inputs) {
-            let s = lock(s);
-            let inside: Vec<bool> = self
-                .aggs
-                .iter()
-                .map(|a| {
-                    a.input.as_ref().is_some_and(|e| {
-                        !matches!(e, PhysExpr::Column { .. }) && s.computes_aggregate_input(e)
-                    })
-                })
-                .collect();
-            // Rows are left out where the session skips rows and computes every input that is
-            // not a column itself (one evaluated here first would be evaluated on the rows
-            // left out too).
-            let skips = s.skips_rows()
-                && self.aggs.iter().zip(&inside).all(|(a, &inside)| {
-                    inside
-                        || a.input
-                            .as_ref()
-                            .is_none_or(|e| matches!(e, PhysExpr::Column { .. }))
-                });
-            self.offload_inputs = Some((inside, skips));
-        }
-        let skips = self
-            .offload_inputs
-            .as_ref()
-            .is_some_and(|(_, skips)| *skips);
         let filtered;
         let (batch, keep) = match keep {
-            Some(k) if !skips => {
+            Some(k) if !self.skips_rows => {
                 filtered = filter_record_batch(batch, k)?;
                 (&filtered, None)
             }
@@ -554,11 +558,10 @@ impl HashAggregator {
             // aggregate that reads it (staged once); a computed one is computed inside the
             // backend's call where it can (TPC-H Q1's `l_extendedprice * (1 - l_discount)`
             // then never leaves the kernel), else evaluated first.
-            let (inside, _) = self.offload_inputs.as_ref().expect("asked above");
             let inputs = self
                 .aggs
                 .iter()
-                .zip(inside)
+                .zip(&self.inside)
                 .map(|(a, &inside)| {
                     a.input
                         .as_ref()

@@ -152,12 +152,6 @@ impl Placement {
         }
     }
 
-    /// Whether the aggregates accumulate in a session that leaves rows out by their group
-    /// (`ComputeSession::skips_rows`): the scan may then hand them batches unfiltered.
-    pub fn aggregate_skips_rows(&self) -> bool {
-        self.aggregates_on_backend && self.query.lock().expect("compute session").skips_rows()
-    }
-
     /// Evaluates a value expression in the session it is placed on: the query's backend's
     /// when that backend runs it exactly, the native one otherwise.
     pub fn eval(&self, e: &PhysExpr, batch: &RecordBatch) -> Result<ArrayRef> {

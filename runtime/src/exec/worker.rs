@@ -110,7 +110,14 @@ pub(super) async fn run(
         }
         Output::Project(_) => None,
     };
-    let needed = q.output.columns();
+    // What takes the scan's batches. A top k's bound reads an aggregate's batches' keys,
+    // which must be kept rows.
+    let consumer = match &aggregate {
+        Some(a) => scan::Consumer::Aggregate {
+            skips_rows: bound.is_none() && a.skips_rows(),
+        },
+        None => scan::Consumer::Link,
+    };
     let slices: Box<dyn Iterator<Item = ScanSource> + Send> = match share {
         Share::Objects(objects) => Box::new(objects.into_iter().map(ScanSource::Object)),
         Share::Slices(slices) => Box::new(slices.into_iter().map(ScanSource::Slice)),
@@ -140,7 +147,7 @@ pub(super) async fn run(
                 },
                 None => part,
             };
-            let mut stream = open(&q, part, &placement, &needed, limit, &ctx, bound.as_ref())?;
+            let mut stream = open(&q, part, &placement, consumer, limit, &ctx, bound.as_ref())?;
             loop {
                 // Decoding time, the end of the stream included (a row group whose rows the
                 // filters all drop ends without a batch).
@@ -349,7 +356,7 @@ fn open(
     q: &PreparedQuery,
     slice: Slice,
     placement: &Placement,
-    needed: &[String],
+    consumer: scan::Consumer,
     limit: Option<usize>,
     ctx: &ScanContext,
     bound: Option<&(String, Arc<TopKBound>)>,
@@ -405,19 +412,13 @@ fn open(
         object: slice.object,
         metadata: slice.metadata,
         pruned: slice.pruned,
-        columns: needed.to_vec(),
+        columns: q.output.columns(),
         predicate,
         narrowing,
         by_column,
         batch_size: BATCH_ROWS,
         limit,
-        consumer: match &q.output {
-            // A top k's bound reads the aggregate's batches' keys, which must be kept rows.
-            Output::Aggregate(..) => scan::Consumer::Aggregate {
-                skips_rows: bound.is_none() && placement.aggregate_skips_rows(),
-            },
-            Output::Project(_) => scan::Consumer::Link,
-        },
+        consumer,
     };
     scan::open_batches(scan, ctx.counters.clone(), ctx.errors.clone())
 }
