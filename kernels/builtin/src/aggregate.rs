@@ -1,10 +1,10 @@
 //! The aggregate program (`nearstore_kernel_abi::agg`): COUNT, SUM, MIN and MAX over a
 //! batch's columns or over inputs computed from them ([`Computed`], expression programs
-//! evaluated before anything is folded), folded into partials and merged into the state
+//! evaluated before anything is folded; one whose program begins with another's starts from
+//! that one's values), folded into partials and merged into the state
 //! slots; grouped, per group first while the groups are few ([`Few`]: counts, integer and
 //! decimal sums), else row at a time into each row's group.
 
-use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -84,9 +84,21 @@ fn merge(
 pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
     let (p, programs) = agg::split(batch.params()).ok_or(status::BAD_INPUT)?;
     let rows = batch.rows();
-    let computed = programs
-        .map(|program| Computed::of(program, batch))
-        .collect::<KernelResult<Vec<_>>>()?;
+    let programs: Vec<&[u8]> = programs.collect();
+    let mut computed: Vec<Computed> = Vec::with_capacity(programs.len());
+    for (k, program) in programs.iter().enumerate() {
+        // The longest earlier input whose program begins this one's (TPC-H Q1's
+        // `l_extendedprice * (1 - l_discount)` begins `… * (1 + l_tax)`'s): its values are
+        // this one's first operand, not evaluated again.
+        let prefix = programs[..k]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| program.starts_with(p))
+            .max_by_key(|(_, p)| p.len())
+            .map(|(j, p)| (&computed[j], p.len()));
+        let c = Computed::of(program, batch, prefix)?;
+        computed.push(c);
+    }
     let computed: Vec<Column> = computed.iter().map(|c| c.column(rows)).collect();
     let gcol = batch.column(0)?;
     let groups: Option<&[i32]> = if gcol.type_code() == 0 {
@@ -181,8 +193,8 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
 /// column: 64-bit integers while every value fits, else 128-bit (wide decimals), or floats.
 struct Computed {
     vals: ComputedVals,
-    /// Validity bits, a row per bit from bit 0 (`None`: every row valid).
-    valid: Option<Vec<u8>>,
+    /// Validity words, a row per bit from bit 0 (`None`: every row valid).
+    valid: Option<Vec<u64>>,
 }
 
 enum ComputedVals {
@@ -193,10 +205,19 @@ enum ComputedVals {
 
 impl Computed {
     /// Evaluates an expression program over the batch (an error for what leaves its type's
-    /// range or divides by zero, as a projection's evaluation).
-    fn of(program: &[u8], batch: &Batch) -> KernelResult<Self> {
+    /// range or divides by zero, as a projection's evaluation); `prefix`: an input already
+    /// computed whose program is the first bytes given of this one (a whole expression, so
+    /// what follows it is the rest of this one's, over its value).
+    fn of(program: &[u8], batch: &Batch, prefix: Option<(&Computed, usize)>) -> KernelResult<Self> {
         let rows = batch.rows();
-        let v = expr::eval(&expr::decode_expr(program, batch)?, batch)?;
+        let v = match prefix {
+            None => expr::eval(&expr::decode_expr(program, batch)?, batch)?,
+            Some((first, len)) => {
+                let rest = program.get(len..).ok_or(status::BAD_INPUT)?;
+                let ops = expr::decode_after(rest, batch, 1)?;
+                expr::eval_over(&ops, batch, alloc::vec![first.value()])?
+            }
+        };
         let vals = match v.vals {
             Vals::I64Ref(x) => ComputedVals::I64(x.to_vec()),
             Vals::I64(x) => ComputedVals::I64(x),
@@ -209,10 +230,20 @@ impl Computed {
             },
             Vals::ConstF(c) => ComputedVals::F64(vec![c; rows]),
         };
-        let valid = v
-            .valid
-            .map(|words| words.iter().flat_map(|w| w.to_le_bytes()).collect());
-        Ok(Computed { vals, valid })
+        Ok(Computed {
+            vals,
+            valid: v.valid,
+        })
+    }
+
+    /// The values as an operand of an expression program.
+    fn value(&self) -> expr::Value<'_> {
+        let vals = match &self.vals {
+            ComputedVals::I64(x) => Vals::I64Ref(x),
+            ComputedVals::I128(x) => Vals::I128(x.clone()),
+            ComputedVals::F64(x) => Vals::F64Ref(x),
+        };
+        expr::Value::checked(vals, self.valid.clone())
     }
 
     /// The values as a column of the batch's `rows` rows.
@@ -227,7 +258,9 @@ impl Computed {
             ComputedVals::I128(x) => (types::DECIMAL128, bytes(x)),
             ComputedVals::F64(x) => (types::FLOAT64, bytes(x)),
         };
-        Column::from_parts(code, 0, values, self.valid.as_deref(), None, rows)
+        // Little-endian words: their bytes are the bitmap's, row 0 at bit 0 of byte 0.
+        let valid = self.valid.as_deref().map(bytes);
+        Column::from_parts(code, 0, values, valid, None, rows)
     }
 }
 
@@ -239,10 +272,10 @@ const FEW_GROUPS: usize = 256;
 
 /// A batch's group ids with each group's row count.
 struct Few<'a> {
-    /// Each row's group; a row left out ([`agg::SKIP_ROW`]) as group `rows_in.len()`, whose
-    /// partials are added up as a group's and dropped.
-    ids: Cow<'a, [i32]>,
-    /// Partials per set: the groups, and one more when a row is left out.
+    /// Each row's group, or [`agg::SKIP_ROW`] for a row left out (checked: nothing else).
+    ids: &'a [i32],
+    /// Partials per set: the rows left out's (slot 0, added up as a group's and dropped),
+    /// then group `g`'s at slot `g + 1` — [`slot`], which needs no pass to map the ids.
     slots: usize,
     rows_in: Vec<i64>,
     /// The per-group sums of the aggregate entries folded so far, by entry: a sum the program
@@ -250,56 +283,53 @@ struct Few<'a> {
     sums_of: Vec<([u8; 4], Vec<i128>)>,
 }
 
+/// A row's partial in a set of [`Few`]'s: its group's plus one, a row left out's
+/// ([`agg::SKIP_ROW`], -1) 0.
+#[inline(always)]
+fn slot(g: i32) -> usize {
+    (g as u32).wrapping_add(1) as usize
+}
+
 impl<'a> Few<'a> {
-    /// Counts `rows` rows' groups; `BAD_INPUT` for a missing id or one out of `groups` (but
-    /// [`agg::SKIP_ROW`]).
+    /// Counts `rows` rows' groups in one pass; `BAD_INPUT` for a missing id or one out of
+    /// `groups` (but [`agg::SKIP_ROW`]): such a row is counted in a slot past the groups'.
     fn of(ids: &'a [i32], rows: usize, groups: usize) -> KernelResult<Self> {
         let ids = ids.get(..rows).ok_or(status::BAD_INPUT)?;
-        let (mut skip, mut bad) = (false, false);
-        for &g in ids {
-            let s = g == agg::SKIP_ROW;
-            skip |= s;
-            bad |= !s && g as u32 as usize >= groups;
-        }
-        if bad {
+        let slots = groups + 1;
+        // `groups` is at most FEW_GROUPS, so `slots` fits a u32.
+        let (mut counts, _) =
+            Self::per_group(ids, ids, slots + 1, |g| slot(g).min(slots), |_| 1i64);
+        if counts[slots] != 0 {
             return Err(status::BAD_INPUT);
         }
-        let ids: Cow<'a, [i32]> = match skip {
-            false => Cow::Borrowed(ids),
-            // `groups` is at most FEW_GROUPS.
-            true => ids
-                .iter()
-                .map(|&g| if g == agg::SKIP_ROW { groups as i32 } else { g })
-                .collect(),
-        };
-        let slots = groups + usize::from(skip);
-        let (mut rows_in, _) = Self::per_group(&ids, &ids, slots, |_| 1i64);
-        rows_in.truncate(groups);
+        counts.truncate(slots);
+        counts.remove(0);
         Ok(Few {
             ids,
             slots,
-            rows_in,
+            rows_in: counts,
             sums_of: Vec::new(),
         })
     }
 
-    /// Adds up `conv(vals[i])` per group `ids[i]` (each below `slots`, checked by the caller)
-    /// with wrapping addition into `slots` sums, and says whether any addition overflowed.
-    /// Four rows at a time into four sets of partials: rows of one group one after another
-    /// (TPC-H Q1's are, a handful of groups) would otherwise each wait for the previous one's
-    /// store.
+    /// Adds up `conv(vals[i])` per partial `at(ids[i])` (each below `slots`: the caller's
+    /// check, or `at`'s clamp) with wrapping addition into `slots` sums, and says whether any
+    /// addition overflowed. Four rows at a time into four sets of partials: rows of one group
+    /// one after another (TPC-H Q1's are, a handful of groups) would otherwise each wait for
+    /// the previous one's store.
     #[inline(always)]
     fn per_group<T: Copy, A: Sum>(
         ids: &[i32],
         vals: &[T],
         slots: usize,
+        at: impl Fn(i32) -> usize,
         conv: impl Fn(T) -> A,
     ) -> (Vec<A>, bool) {
         let mut part = vec![A::default(); 4 * slots];
         let mut over = false;
         let mut add = |k: usize, x: T| {
-            // SAFETY: `k` is `l * slots + id` with `l < 4` and every id below `slots` (the
-            // caller's check), so it lies within the `4 * slots` partials.
+            // SAFETY: `k` is `l * slots + at(id)` with `l < 4` and `at(id)` below `slots`
+            // (the caller's check), so it lies within the `4 * slots` partials.
             let s = unsafe { part.get_unchecked_mut(k) };
             let (v, o) = s.add(conv(x));
             *s = v;
@@ -309,11 +339,11 @@ impl<'a> Few<'a> {
         let ((iq, ir), (vq, vr)) = (ids[..n].as_chunks::<4>(), vals[..n].as_chunks::<4>());
         for (g, x) in iq.iter().zip(vq) {
             for l in 0..4 {
-                add(l * slots + g[l] as u32 as usize, x[l]);
+                add(l * slots + at(g[l]), x[l]);
             }
         }
         for (&g, &x) in ir.iter().zip(vr) {
-            add(g as u32 as usize, x);
+            add(at(g), x);
         }
         let (first, others) = part.split_at_mut(slots);
         for lane in others.chunks_exact(slots) {
@@ -397,9 +427,8 @@ impl<'a> Few<'a> {
         conv: impl Fn(T) -> A,
     ) -> KernelResult<Option<Vec<i128>>> {
         let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
-        let (sums, over) = Self::per_group(&self.ids, vals, self.slots, conv);
-        let groups = sums.iter().take(self.rows_in.len());
-        Ok((!over).then(|| groups.copied().map(Sum::wide).collect()))
+        let (sums, over) = Self::per_group(self.ids, vals, self.slots, slot, conv);
+        Ok((!over).then(|| sums[1..].iter().copied().map(Sum::wide).collect()))
     }
 }
 

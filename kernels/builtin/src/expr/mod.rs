@@ -44,6 +44,17 @@ pub(crate) struct Value<'a> {
     overflow: Option<Vec<u64>>,
 }
 
+impl<'a> Value<'a> {
+    /// A value whose rows were checked already (none overflowed).
+    pub(crate) fn checked(vals: Vals<'a>, valid: Option<Vec<u64>>) -> Self {
+        Value {
+            vals,
+            valid,
+            overflow: None,
+        }
+    }
+}
+
 /// `OVERFLOW` when a row marked in `overflow` is valid in `valid`.
 fn check_overflow(overflow: &Option<Vec<u64>>, valid: &Option<Vec<u64>>) -> KernelResult {
     let Some(o) = overflow else {
@@ -61,9 +72,15 @@ fn check_overflow(overflow: &Option<Vec<u64>>, valid: &Option<Vec<u64>>) -> Kern
 }
 
 pub(crate) fn decode_expr(params: &[u8], batch: &Batch) -> KernelResult<Vec<XOp>> {
+    decode_after(params, batch, 0)
+}
+
+/// The rest of an expression program whose first `depth` values are on the stack already
+/// (`depth` 0: a whole program).
+pub(crate) fn decode_after(params: &[u8], batch: &Batch, depth: usize) -> KernelResult<Vec<XOp>> {
     let mut r = Reader { b: params, pos: 0 };
     let mut ops = Vec::new();
-    let mut depth = 0usize;
+    let mut depth = depth;
     while r.pos < r.b.len() {
         let op = match r.u8()? {
             expr::COL => {
@@ -202,13 +219,54 @@ pub(crate) fn int_side<'v>(v: &'v Vals) -> Option<Side<'v, i64>> {
     })
 }
 
+/// `v` raised by `m` (a power of ten) in 64 bits, when `v` is 64-bit integers (or a
+/// constant) of which no valid row leaves an `i64` so raised (TPC-H Q1's `1 + l_tax`, raised
+/// to its product's scale): each row then needs no 128-bit multiply with an overflow check.
+/// `None`: the 128-bit path, which marks the rows it takes past `i128`.
+fn rescale_i64<'a>(v: &Value<'a>, m: i128, rows: usize) -> Option<Value<'a>> {
+    let m = i64::try_from(m).ok()?;
+    if v.overflow.is_some() {
+        return None;
+    }
+    let vals = match int_side(&v.vals)? {
+        Side::Const(c) => Vals::ConstI(c.checked_mul(m)?.into()),
+        Side::Rows(x) => {
+            // |x| <= lim raises within an i64; the test is one unsigned compare per row.
+            let lim = i64::MAX / m;
+            let x = &x[..rows];
+            let out: Vec<i64> = x.iter().map(|&a| a.wrapping_mul(m)).collect();
+            let over = |a: i64| (a.wrapping_add(lim) as u64) > 2 * lim as u64;
+            if x.iter().any(|&a| over(a)) {
+                let valid = |i: usize| is_valid(&v.valid, i);
+                if (0..rows).any(|i| over(x[i]) && valid(i)) {
+                    return None;
+                }
+            }
+            Vals::I64(out)
+        }
+    };
+    Some(Value {
+        vals,
+        valid: v.valid.clone(),
+        overflow: None,
+    })
+}
+
 /// Evaluates an expression program (see `nearstore_kernel_abi::expr`) over the batch, column
 /// at a time; integer arithmetic is checked on valid rows only, as Arrow's is: in 64 bits
 /// while it fits, in 128 bits for what does not (decimals), an error for what leaves an
 /// integer type's range or divides by zero.
 pub(crate) fn eval<'a>(ops: &[XOp], batch: &'a Batch<'a>) -> KernelResult<Value<'a>> {
+    eval_over(ops, batch, Vec::with_capacity(expr::STACK_MAX))
+}
+
+/// [`eval`] of ops that follow the values on `stack` (as [`decode_after`] read them).
+pub(crate) fn eval_over<'a>(
+    ops: &[XOp],
+    batch: &'a Batch<'a>,
+    mut stack: Vec<Value<'a>>,
+) -> KernelResult<Value<'a>> {
     let rows = batch.rows();
-    let mut stack: Vec<Value> = Vec::with_capacity(expr::STACK_MAX);
     for op in ops {
         let v = match *op {
             XOp::Col(c) => load(batch.column(c)?, rows)?,
@@ -225,6 +283,10 @@ pub(crate) fn eval<'a>(ops: &[XOp], batch: &'a Batch<'a>) -> KernelResult<Value<
             XOp::Rescale(k) => {
                 let v = stack.pop().ok_or(status::BAD_INPUT)?;
                 let m = 10i128.pow(k);
+                if let Some(r) = rescale_i64(&v, m, rows) {
+                    stack.push(r);
+                    continue;
+                }
                 let mut a = wide(&v.vals, rows).ok_or(status::BAD_INPUT)?;
                 let mut overflow = v.overflow;
                 for (i, x) in a.iter_mut().enumerate() {
