@@ -46,17 +46,21 @@ fn push_aggregate(
     let LogicalPlan::Aggregate(agg) = plan else {
         return Ok(None);
     };
-    // The input is the scan, or a projection over it (common subexpressions such as
-    // `l_extendedprice * (1 - l_discount)` are computed in one), whose columns are inlined.
-    let (scan, projection) = match agg.input.as_ref() {
-        LogicalPlan::TableScan(scan) => (scan, None),
-        LogicalPlan::Projection(p) => {
-            let LogicalPlan::TableScan(scan) = p.input.as_ref() else {
-                return Ok(None);
-            };
-            (scan, Some(p))
+    // The input is the scan, or projections over it, whose columns are inlined: common
+    // subexpressions such as `l_extendedprice * (1 - l_discount)` are computed in one, and in
+    // one over another where a common subexpression contains another (TPC-H Q1's charge
+    // contains its discounted price).
+    let mut projections = Vec::new();
+    let mut input = agg.input.as_ref();
+    let scan = loop {
+        match input {
+            LogicalPlan::TableScan(scan) => break scan,
+            LogicalPlan::Projection(p) => {
+                projections.push(p);
+                input = p.input.as_ref();
+            }
+            _ => return Ok(None),
         }
-        _ => return Ok(None),
     };
     let Some(dev) = offload_table(scan) else {
         return Ok(None);
@@ -64,14 +68,27 @@ fn push_aggregate(
     if scan.fetch.is_some() {
         return Ok(None);
     }
+    // From the projection over the scan up, each projection's outputs as expressions over
+    // the scan's columns.
     let mut inline: std::collections::HashMap<String, Expr> = std::collections::HashMap::new();
-    if let Some(p) = projection {
+    for (level, p) in projections.iter().rev().enumerate() {
+        let stripped;
+        let schema = match level {
+            0 => dev.df_schema.as_ref(),
+            _ => {
+                stripped = p.input.schema().as_ref().clone().strip_qualifiers();
+                &stripped
+            }
+        };
+        let mut outputs = std::collections::HashMap::new();
         for (e, (_, field)) in p.expr.iter().zip(p.schema.iter()) {
-            let Some(x) = to_plan_expr(unalias(e), &dev.df_schema) else {
+            let Some(x) = to_plan_expr(unalias(e), schema).and_then(|x| substitute(x, &inline))
+            else {
                 return Ok(None);
             };
-            inline.insert(field.name().clone(), x);
+            outputs.insert(field.name().clone(), x);
         }
+        inline = outputs;
     }
     // Aggregate arguments read the aggregate's input (the scan or the projection).
     let input_schema = agg.input.schema().as_ref().clone().strip_qualifiers();
