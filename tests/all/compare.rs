@@ -56,6 +56,31 @@ async fn the_gate_fails_when_a_reference_engine_disagrees_on_a_value() {
             assert!(e.cold_ms > 0.0 && e.ms > 0.0, "{} by {engine}", q.name);
         }
     }
+    // DuckDB timed alternately with a device of its own, each query; the DuckDB targets
+    // read those figures.
+    let side = report.versus.as_ref().unwrap_or_else(|| {
+        panic!(
+            "DuckDB did not run side by side: {:?}",
+            report.reference_note
+        )
+    });
+    assert_eq!(side.queries.len(), report.queries.len());
+    for (w, q) in side.queries.iter().zip(&report.queries) {
+        assert_eq!(w.name, q.name);
+        assert!(w.a_ms > 0.0 && w.b_ms > 0.0, "{}: {w:?}", w.name);
+        assert_eq!(w.equal, q.name != "tpch_q6", "{}", w.name);
+    }
+    let duck_targets: Vec<_> = report
+        .targets
+        .iter()
+        .filter(|t| t.target.contains("at most DuckDB's"))
+        .collect();
+    assert_eq!(duck_targets.len(), 4, "{:?}", report.targets);
+    assert!(
+        duck_targets.iter().all(|t| t.met.is_some()),
+        "{duck_targets:?}"
+    );
+    assert!(render::markdown(&report).contains("## DuckDB against the device, side by side"));
     for engine in ["duckdb", "datafusion"] {
         let needle = format!("tpch_q6: {engine}'s values differ");
         assert!(

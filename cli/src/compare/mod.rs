@@ -24,6 +24,8 @@ mod pair;
 mod reference;
 pub mod render;
 mod report;
+mod targets;
+mod versus;
 
 use std::path::{Path, PathBuf};
 
@@ -329,8 +331,8 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
     }
 
     // The same suite over each emulated link: the device restarts with the link shaped.
+    let bin = started.as_ref().map(|(bin, _)| bin.clone());
     if let Some((bin, device)) = started.take() {
-        let bin_for_drives = bin.clone();
         shaped_runs(
             &bin,
             data.path(),
@@ -343,16 +345,29 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
         )
         .await?;
         if args.devices > 0 {
-            drives::run(&bin_for_drives, args, &cases, &mut report).await?;
+            drives::run(&bin, args, &cases, &mut report).await?;
         }
-        pair::sections(&bin_for_drives, data.path(), args, &cases, &mut report).await?;
+        pair::sections(&bin, data.path(), args, &cases, &mut report).await?;
     } else if args.devices > 0 {
         bail!("--devices needs the devices the harness starts itself (no --device)");
     }
 
     add_references(&mut report, args, data.path(), &cases, &digests);
+    if let Some(bin) = bin.filter(|_| report.engines.contains_key("duckdb")) {
+        match versus::run(&bin, data.path(), args, &cases, &report).await {
+            Ok(p) => report.versus = Some(p),
+            Err(e) => {
+                let note = format!("DuckDB side by side with the device: {e:#}");
+                eprintln!("{note}");
+                report.reference_note = Some(match report.reference_note.take() {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+            }
+        }
+    }
 
-    report.targets = targets(&report);
+    report.targets = targets::targets(&report);
     report.failures = check(&report, args)?;
     Ok(report)
 }
@@ -532,124 +547,6 @@ fn check(report: &Report, args: &CompareArgs) -> Result<Vec<String>> {
         }
     }
     Ok(failures)
-}
-
-/// The performance targets, evaluated on this run.
-fn targets(r: &Report) -> Vec<Target> {
-    let mut out = Vec::new();
-    let find = |n: &str| r.queries.iter().find(|q| q.name == n);
-
-    let over: Vec<String> = r
-        .queries
-        .iter()
-        .filter(|q| q.offload.bytes_moved as f64 > 1.1 * q.result_ipc_bytes as f64 + 16384.0)
-        .map(|q| {
-            format!(
-                "{} ({} B for a {} B result)",
-                q.name, q.offload.bytes_moved, q.result_ipc_bytes
-            )
-        })
-        .collect();
-    out.push(Target {
-        target: "offload moves at most 1.1x the Arrow IPC size of the exact result + 16 KiB".into(),
-        measured: if over.is_empty() {
-            format!("all {} queries within", r.queries.len())
-        } else {
-            format!("over: {}", over.join(", "))
-        },
-        met: Some(over.is_empty()),
-    });
-    if let Some((w, at)) = auto::worst(r) {
-        out.push(Target {
-            target: format!(
-                "Auto's regret at most {} on every query and link",
-                auto::REGRET_TARGET
-            ),
-            measured: format!("worst {w:.2}: {at}"),
-            met: Some(w <= auto::REGRET_TARGET),
-        });
-    }
-    if let Some(q6) = find("tpch_q6") {
-        out.push(Target {
-            target: "Q6 moves at least 1000x fewer bytes than full transfer".into(),
-            measured: format!("{:.0}x at scale factor {}", q6.reduction, r.scale),
-            met: Some(q6.reduction >= 1000.0),
-        });
-    }
-    let pairs = [
-        (
-            &r.warm,
-            "served from the hot-column tier at least 3x faster than cold",
-            3.0,
-        ),
-        (
-            &r.worker_pair,
-            "at least 1.7x faster on 2 workers than on 1 (side by side)",
-            1.7,
-        ),
-    ];
-    for (pair, promise, at_least) in pairs {
-        let Some(p) = pair else { continue };
-        for name in ["tpch_q6", "tpch_q1"] {
-            let Some(w) = p.queries.iter().find(|w| w.name == name) else {
-                continue;
-            };
-            out.push(Target {
-                target: format!("{name}: {promise}"),
-                measured: format!(
-                    "device {:.1} ms ({}), {:.1} ms ({}): {:.2}x",
-                    w.a_ms, p.a, w.b_ms, p.b, w.speedup
-                ),
-                met: Some(w.speedup >= at_least),
-            });
-        }
-    }
-    // The device, its tier off, against DuckDB on the same Parquet file with as many threads
-    // as the device has workers (both read the file from the page cache).
-    for name in ["tpch_q6", "tpch_q1", "top_k", "group_by_many"] {
-        let Some(q) = find(name) else { continue };
-        let duck = q.reference.get("duckdb");
-        out.push(Target {
-            target: format!(
-                "{name}: device time at most DuckDB's on the same Parquet file, {} threads, tier off",
-                r.workers
-            ),
-            measured: match duck {
-                Some(d) => format!(
-                    "device {:.1} ms vs DuckDB {:.1} ms: {:.2}x",
-                    q.offload.device_ms,
-                    d.ms,
-                    q.offload.device_ms / d.ms.max(1e-3)
-                ),
-                None => "DuckDB did not run".into(),
-            },
-            met: duck.map(|d| q.offload.device_ms <= d.ms),
-        });
-    }
-    for projection in ["narrow", "wide"] {
-        let Some(q) = find(&format!("sweep_{projection}_0.01")) else {
-            continue;
-        };
-        out.push(Target {
-            target: format!(
-                "1 % selectivity ({projection}): offload at least 3x faster on loopback"
-            ),
-            measured: format!("{:.1}x", q.speedup),
-            met: Some(q.speedup >= 3.0),
-        });
-        let one = q.shaped.iter().find(|s| (s.link_gbps - 1.0).abs() < 1e-9);
-        out.push(Target {
-            target: format!(
-                "1 % selectivity ({projection}): offload at least 10x faster on a 1 Gb/s link"
-            ),
-            measured: match one {
-                Some(s) => format!("{:.1}x", s.speedup),
-                None => "no 1 Gb/s run".into(),
-            },
-            met: one.map(|s| s.speedup >= 10.0),
-        });
-    }
-    out
 }
 
 /// `nearstore bench compare`.

@@ -1,14 +1,16 @@
 """Reference engines for `nearstore bench compare`: the same SQL run by DuckDB and by DataFusion
 directly on the device's Parquet file, as a user would run it instead of offloading.
 
-Reads a JSON request on stdin: {"parquet": PATH, "threads": N, "runs": N, "out": PATH,
+Reads a JSON request, one line on stdin: {"parquet": PATH, "threads": N, "runs": N, "out": PATH,
 "dir": PATH, "queries": [{"name": ..., "sql": ...}]} and writes one JSON object to the file
 "out" (stdout is left to the engines, which may print progress):
 {"engines": {"duckdb": VERSION, ...}, "results": {NAME: {ENGINE: {"ms": WARM_MEDIAN,
 "cold_ms": FIRST_RUN, "rows": N, "arrow": PATH}}}, "errors": {ENGINE: MESSAGE}}. Each result
 is written as an Arrow IPC file under "dir" for the harness to compare value by value. The
 first run of a query is the cold one; the warm figure is the median of "runs" runs after it.
-An engine that is not installed is reported under "errors".
+An engine that is not installed is reported under "errors". With "serve": true, DuckDB
+instead runs one query at a time as the harness asks (`serve`), to be timed alternately with
+the device.
 """
 
 import json
@@ -66,8 +68,26 @@ def datafusion_engine(req):
     return datafusion.__version__, runner
 
 
+def serve(req):
+    """Side by side with the device: DuckDB only, its setup as above. After a line `ready`,
+    each line read names a query by its index in "queries"; the query runs once, and its wall
+    time goes to stdout as a line `ms MILLISECONDS`."""
+    _, runner = duckdb_engine(req)
+    runs = [runner(q["sql"]) for q in req["queries"]]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        run = runs[int(line)]
+        t = time.perf_counter()
+        run()
+        print(f"ms {(time.perf_counter() - t) * 1e3}", flush=True)
+
+
 def main():
-    req = json.load(sys.stdin)
+    # The request is the first line (the side-by-side mode reads query numbers after it).
+    req = json.loads(sys.stdin.readline())
+    if req.get("serve"):
+        serve(req)
+        return
     out = {"engines": {}, "results": {}, "errors": {}}
     for name, make in (("duckdb", duckdb_engine), ("datafusion", datafusion_engine)):
         try:

@@ -209,3 +209,74 @@ pub fn run(
         note,
     })
 }
+
+/// DuckDB running the suite's queries one at a time as asked (`reference.py`'s serve mode),
+/// to be timed alternately with the device.
+pub struct DuckServer {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl DuckServer {
+    /// Starts DuckDB with `threads` threads over the Parquet file of the device's `data`,
+    /// ready to run `cases` (the venv's engines as `choice` allows).
+    pub async fn start(
+        data: &Path,
+        cases: &[Case],
+        threads: usize,
+        choice: ReferenceChoice,
+    ) -> Result<Self> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let python = python(choice)?;
+        let request = serde_json::json!({
+            "serve": true,
+            "parquet": parquet_file(data)?,
+            "threads": threads,
+            "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
+        });
+        let mut child = tokio::process::Command::new(&python)
+            .args(["-c", SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", python.display()))?;
+        let mut stdin = child.stdin.take().context("DuckDB's stdin")?;
+        let stdout = child.stdout.take().context("DuckDB's stdout")?;
+        let mut line = serde_json::to_vec(&request)?;
+        line.push(b'\n');
+        stdin.write_all(&line).await?;
+        stdin.flush().await?;
+        let mut server = DuckServer {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        };
+        server.answer("ready").await?;
+        Ok(server)
+    }
+
+    /// Runs query `i` of the cases once: DuckDB's wall time of it into Arrow, ms.
+    pub async fn run(&mut self, i: usize) -> Result<f64> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{i}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let ms = self.answer("ms ").await?;
+        ms.parse()
+            .with_context(|| format!("DuckDB's time {ms:?} is not a number"))
+    }
+
+    /// The rest of the next line that begins with `prefix` (the engine's own output skipped).
+    async fn answer(&mut self, prefix: &str) -> Result<String> {
+        while let Some(line) = self.lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.trim().to_string());
+            }
+        }
+        bail!(
+            "DuckDB stopped before answering ({})",
+            self.child.wait().await?
+        )
+    }
+}

@@ -152,6 +152,7 @@ pub fn markdown(r: &Report) -> String {
     let pair = |title, p: &Option<_>| super::pair::section(title, p.as_ref(), r.runs);
     s.push_str(&pair("Hot-column tier: cold against warm", &r.warm));
     s.push_str(&pair("Compute workers: 1 against all", &r.worker_pair));
+    s.push_str(&super::versus::section(r));
     s.push_str("## Every figure\n\n");
     let links: Vec<String> = r.links.iter().map(|g| format!("{g} Gb/s")).collect();
     let engines: Vec<&String> = r.engines.keys().collect();

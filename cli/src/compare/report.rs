@@ -196,6 +196,10 @@ pub struct Report {
     /// 1 compute worker against the started devices' count, side by side (absent with one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_pair: Option<super::pair::PairSection>,
+    /// DuckDB (`a`) against the device (`b`), each query alternately on both (absent when
+    /// DuckDB did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versus: Option<super::pair::PairSection>,
     /// The performance targets, each with its measured value.
     pub targets: Vec<Target>,
     /// Problems found by --check.
