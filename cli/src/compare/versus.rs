@@ -37,8 +37,8 @@ pub async fn run(
         cases.len()
     );
     let mut section = PairSection {
-        a: format!("DuckDB, {threads} thread{}", plural(threads)),
-        b: format!("device, {threads} worker{}, tier off", plural(threads)),
+        a: format!("{threads} thread{}", plural(threads)),
+        b: format!("{threads} worker{}, tier off", plural(threads)),
         ..Default::default()
     };
     for (i, case) in cases.iter().enumerate() {
@@ -104,8 +104,8 @@ pub fn section(r: &Report) -> String {
     };
     let mut s = format!(
         "## DuckDB against the device, side by side\n\n\
-         The same data: DuckDB ({a}) on the device's Parquet file, in its own process, and a \
-         device ({b}); each query alternately on both, medians of {runs}. DuckDB's time is its \
+         DuckDB ({a}) on the device's Parquet file, in a process of its own, and a device \
+         ({b}) on the same data; each query alternately on both, medians of {runs}. DuckDB's time is its \
          wall time of the query into Arrow; the device's is its executor time (`total_us`), \
          with the host's wall time of the SQL call beside it. Values equal: DuckDB's result \
          against the device's in the reference engines' run of the same query.\n\n\
