@@ -90,7 +90,7 @@ fn push_aggregate(
         }
         inline = outputs;
     }
-    // Aggregate arguments read the aggregate's input (the scan or the projection).
+    // Aggregate arguments read the aggregate's input (the scan or the top projection).
     let input_schema = agg.input.schema().as_ref().clone().strip_qualifiers();
     let resolve = |e: &DfExpr| to_plan_expr(e, &input_schema).and_then(|x| substitute(x, &inline));
     let Some(mut device) = filtered_plan(&dev, scan) else {
