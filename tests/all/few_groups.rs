@@ -135,6 +135,8 @@ async fn computed_inputs_aggregate_as_the_host_does() {
     let q = "select g, sum(big * 2) as d, sum(big * 2 * big) as f from f group by g";
     let e = t.offload.sql(q).await.unwrap_err().to_string();
     assert!(e.contains("overflowed"), "{q}: {e}");
+    // The pushed plan's names for the aggregates come with what each computes.
+    assert!(e.contains(" (sum(((big * "), "{q}: {e}");
     // An error in an input, also where another input's program begins it.
     for q in [
         "select g, sum(price / (price - price)) as a from f group by g",

@@ -296,7 +296,10 @@ impl ExecutionPlan for DeviceScanExec {
                 let (options, plan, log) = (options.clone(), plan.clone(), log.clone());
                 async move {
                     let mut client = Client::connect_with(url, options).await.map_err(df_err)?;
-                    let r = client.query(&plan).await.map_err(df_err)?;
+                    let r = client
+                        .query(&plan)
+                        .await
+                        .map_err(|e| df_err(aggregates_described(e, &plan)))?;
                     log.lock().expect("scan log").push((plan, r.stats.clone()));
                     Ok::<_, DataFusionError>(r.batches)
                 }
@@ -372,4 +375,45 @@ async fn driver_urls(
         }
     }
     Ok(urls)
+}
+
+/// The device's error with each aggregate of the pushed plan it names (`aggregate a1
+/// overflowed`: the names the plan gave them, which a SQL user never saw) followed by what
+/// that aggregate computes: `aggregate a1 (sum((big * 2) * big)) overflowed`.
+fn aggregates_described(e: crate::Error, plan: &Plan) -> crate::Error {
+    let crate::Error::Device {
+        code,
+        status,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut prev = "";
+    for (i, word) in message.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+        if matches!(prev, "aggregate" | "or")
+            && let Some(a) = plan
+                .aggregates
+                .iter()
+                .find(|a| a.name.as_deref() == Some(word))
+        {
+            let what = match (a.func, &a.expr) {
+                (nearstore_proto::AggFunc::Kernel, Some(call)) => call.to_string(),
+                (f, Some(x)) => format!("{}({x})", f.as_str()),
+                (_, None) => "count(*)".into(),
+            };
+            out.push_str(&format!(" ({what})"));
+        }
+        prev = word;
+    }
+    crate::Error::Device {
+        code,
+        status,
+        message: out,
+    }
 }
