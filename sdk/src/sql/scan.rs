@@ -379,7 +379,7 @@ async fn driver_urls(
 
 /// The device's error with each aggregate of the pushed plan it names (`aggregate a1
 /// overflowed`: the names the plan gave them, which a SQL user never saw) followed by what
-/// that aggregate computes: `aggregate a1 (sum((big * 2) * big)) overflowed`.
+/// that aggregate computes: `aggregate a1 (sum(((big * 2) * big))) overflowed`.
 fn aggregates_described(e: crate::Error, plan: &Plan) -> crate::Error {
     let crate::Error::Device {
         code,
