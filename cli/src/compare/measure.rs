@@ -180,8 +180,7 @@ pub(super) async fn measure(
                 x.dev_cpu.push(d1 - d0);
             }
             x.devs.push(r.scans.iter().map(|(_, st)| call_ms(st)).sum());
-            x.execs
-                .push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
+            x.execs.push(executor_ms(&r));
             x.last = Some(r);
         }
         round += 1;
@@ -198,6 +197,12 @@ pub(super) async fn measure(
         auto_first_ms,
         decide_ms,
     })
+}
+
+/// A result's executor time summed over its scans (`total_us`: from preparation to the last
+/// batch), ms.
+pub(super) fn executor_ms(r: &SqlResult) -> f64 {
+    r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum()
 }
 
 /// A device scan's call time, ms (a device older than `call_us` reports only the executor's

@@ -480,6 +480,11 @@ fn add_references(
     }
 }
 
+/// The plural ending of a count's noun: "s" but for 1.
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// A started device's compute workers when `--workers` is not given: one per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 use serde::{Deserialize, Serialize};
 
-use super::measure::{canonical, median};
+use super::measure::{canonical, executor_ms, median};
 use super::{Case, CompareArgs, DeviceChild, Report};
 
 /// One query on both devices.
@@ -110,8 +110,7 @@ pub async fn run(
                 let t = Instant::now();
                 let r = [&sa, &sb][i].sql(&case.sql).await?;
                 x[i].1.push(t.elapsed().as_secs_f64() * 1e3);
-                x[i].0
-                    .push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
+                x[i].0.push(executor_ms(&r));
                 last[i] = Some(r);
             }
         }
@@ -177,7 +176,7 @@ pub async fn sections(
     let many = args.workers.unwrap_or_else(super::default_workers);
     if many > 1 {
         let side = |w: usize| Side {
-            label: format!("{w} worker{}", if w == 1 { "" } else { "s" }),
+            label: format!("{w} worker{}", super::plural(w)),
             workers: Some(w),
             cache_mb: 0,
         };

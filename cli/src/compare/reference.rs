@@ -129,6 +129,14 @@ fn read_values(path: &Path) -> Result<Values> {
     values_of(&batches)
 }
 
+/// The request's queries: each case's name and SQL.
+fn queries(cases: &[Case]) -> serde_json::Value {
+    cases
+        .iter()
+        .map(|c| serde_json::json!({"name": c.name, "sql": c.sql}))
+        .collect()
+}
+
 /// Runs the engines over `cases`; `ours` is each query's values on the device.
 pub fn run(
     data: &Path,
@@ -154,7 +162,7 @@ pub fn run(
         "dir": results_dir.path(),
         "threads": threads,
         "runs": runs.max(1),
-        "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
+        "queries": queries(cases),
     });
     let mut child = Command::new(&python)
         .args(["-c", SCRIPT])
@@ -233,7 +241,7 @@ impl DuckServer {
             "serve": true,
             "parquet": parquet_file(data)?,
             "threads": threads,
-            "queries": cases.iter().map(|c| serde_json::json!({"name": c.name, "sql": c.sql})).collect::<Vec<_>>(),
+            "queries": queries(cases),
         });
         let mut child = tokio::process::Command::new(&python)
             .args(["-c", SCRIPT])

@@ -1,7 +1,7 @@
 //! The performance targets of the issues the comparison measures, each evaluated on a run's
 //! report: met, missed, or not measured in it.
 
-use super::{Report, Target, auto};
+use super::{Report, Target, auto, plural};
 
 /// The issue's performance targets, evaluated on this run.
 pub(super) fn targets(r: &Report) -> Vec<Target> {
@@ -88,7 +88,7 @@ pub(super) fn targets(r: &Report) -> Vec<Target> {
                 "{name}: device time at most DuckDB's on the same Parquet file, {} thread{}, \
                  tier off, side by side",
                 r.workers,
-                if r.workers == 1 { "" } else { "s" }
+                plural(r.workers)
             ),
             measured: match side {
                 Some(w) => format!(

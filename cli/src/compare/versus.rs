@@ -12,10 +12,10 @@ use std::time::Instant;
 use anyhow::Result;
 use nearstore_sdk::{ClientOptions, Mode, SqlSession};
 
-use super::measure::median;
+use super::measure::{executor_ms, median};
 use super::pair::{PairRun, PairSection};
 use super::reference::DuckServer;
-use super::{Case, CompareArgs, DeviceChild, Report};
+use super::{Case, CompareArgs, DeviceChild, Report, plural};
 
 /// Runs `cases` on DuckDB (`a`) and on a device started on `data` (`b`) alternately,
 /// `report.runs` times each after one untimed run each; `equal` is whether DuckDB's values
@@ -54,7 +54,7 @@ pub async fn run(
             let t = Instant::now();
             let r = session.sql(&case.sql).await?;
             wall_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            exec_ms.push(r.scans.iter().map(|(_, st)| st.total_us as f64 / 1e3).sum());
+            exec_ms.push(executor_ms(&r));
             last = Some(r);
             if round % 2 == 0 {
                 duck_ms.push(duck.run(i).await?);
@@ -91,10 +91,6 @@ pub async fn run(
     section.b_peak_mib = dev.peak_rss_mib();
     dev.stop().await?;
     Ok(section)
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }
 
 /// The section of the report, empty when it did not run.
