@@ -1,9 +1,10 @@
 //! Grouped aggregates over a handful of groups, which the built-in Wasm kernel counts and sums
 //! per group before touching its state: the answers equal the host's (full transfer) with
 //! nulls in the summed and counted column (those aggregates take the row-at-a-time path),
-//! int32, int64 and decimal inputs, and decimal sums that overflow an `i64` within one batch
-//! (redone row at a time in 128 bits); and aggregates over computed inputs, which the kernel
-//! computes inside its aggregate call.
+//! int32, int64 and decimal inputs, several sums of 64-bit inputs (which the kernel adds up
+//! together, in one pass over the groups), and decimal sums that overflow an `i64` within one
+//! batch (redone row at a time in 128 bits); and aggregates over computed inputs, which the
+//! kernel computes inside its aggregate call.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::support::{OffloadAndHost, rows};
 
 /// `rows` rows from `start`: `g` takes 5 values; `v` (int64) is null every 11th row; `small`
 /// (int32) never; `big` (decimal(18, 0)) is near 9·10^17, so a dozen rows of a group
-/// overflow an `i64`.
+/// overflow an `i64`; `price` (decimal(12, 2)) is null every 13th row, `cost` never.
 fn batch(start: i64, rows: i64) -> RecordBatch {
     let ids: Vec<i64> = (start..start + rows).collect();
     let g = Int64Array::from_iter_values(ids.iter().map(|i| i % 5));
@@ -29,6 +30,9 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Decimal128Array::from_iter_values(ids.iter().map(|i| 900_000_000_000_000_000 + *i as i128))
             .with_precision_and_scale(18, 0)
             .unwrap();
+    let cost = Decimal128Array::from_iter_values(ids.iter().map(|i| i128::from(i * 13 % 100_000)))
+        .with_precision_and_scale(12, 2)
+        .unwrap();
     let price = ids
         .iter()
         .map(|i| (i % 13 != 4).then_some(i128::from(i * 7 % 100_000)))
@@ -42,6 +46,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Field::new("small", DataType::Int32, false),
         Field::new("big", DataType::Decimal128(18, 0), false),
         Field::new("price", DataType::Decimal128(12, 2), true),
+        Field::new("cost", DataType::Decimal128(12, 2), false),
     ]);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(ids)),
@@ -50,6 +55,7 @@ fn batch(start: i64, rows: i64) -> RecordBatch {
         Arc::new(small),
         Arc::new(big),
         Arc::new(price),
+        Arc::new(cost),
     ];
     RecordBatch::try_new(Arc::new(schema), cols).unwrap()
 }
@@ -69,6 +75,12 @@ async fn few_groups_sum_and_count_as_the_host_does() {
         "select g, sum(id) as si, sum(big) as sb, count(*) as n \
          from f where id < 40 group by g order by g",
         "select g, sum(id) as si, sum(big) as sb from f group by g order by g",
+        // Five sums of 64-bit inputs, columns and computed ones, which the kernel adds up
+        // four in one pass and the fifth on its own; then one that overflows among them.
+        "select g, sum(id) as a, sum(g) as b, sum(cost) as c, sum(cost * (1 - cost)) as d, \
+         sum(cost * 3) as e, count(*) as n from f group by g order by g",
+        "select g, sum(id) as a, sum(cost) as b, sum(big) as c, sum(cost * 3) as d \
+         from f group by g order by g",
     ] {
         let a = offload.sql(q).await.unwrap();
         let b = transfer.sql(q).await.unwrap();

@@ -3,7 +3,8 @@
 //! evaluated before anything is folded; one whose program begins with another's starts from
 //! that one's values), folded into partials and merged into the state
 //! slots; grouped, per group first while the groups are few ([`Few`]: counts, integer and
-//! decimal sums), else row at a time into each row's group.
+//! decimal sums, those over 64-bit inputs several in one pass), else row at a time into each
+//! row's group.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -113,22 +114,16 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
         .any(|a| matches!(a[0], agg::COUNT_STAR | agg::COUNT | agg::SUM));
     let mut few = match groups {
         Some(g) if st.groups() <= FEW_GROUPS && counts_or_sums => {
-            Some(Few::of(g, rows, st.groups())?)
+            Some(Few::of(g, rows, st.groups(), p, batch, &computed)?)
         }
         _ => None,
     };
     for j in 0..p.len() / 4 {
         let func = p[4 * j];
-        let at = u16::from_le_bytes([p[4 * j + 1], p[4 * j + 2]]);
-        let input = match (at, p[4 * j + 3]) {
-            (agg::NO_COLUMN, _) => None,
-            (at, agg::INPUT_COLUMN) => Some(batch.column(at as usize)?),
-            (at, agg::INPUT_COMPUTED) => Some(computed.get(at as usize).ok_or(status::BAD_INPUT)?),
-            _ => return Err(status::BAD_INPUT),
-        };
         let entry: [u8; 4] = p[4 * j..4 * j + 4]
             .try_into()
             .map_err(|_| status::BAD_INPUT)?;
+        let input = input(entry, batch, &computed)?;
         if let Some(few) = &mut few
             && few.fold(st, j, entry, input)?
         {
@@ -187,6 +182,21 @@ pub(crate) fn aggregate(batch: &Batch, st: &mut AggState) -> KernelResult {
         }
     }
     Ok(())
+}
+
+/// The input of the aggregate entry `entry` (`None`: COUNT(*)'s): a column of the batch or a
+/// computed one.
+fn input<'c>(
+    entry: [u8; 4],
+    batch: &'c Batch,
+    computed: &'c [Column<'c>],
+) -> KernelResult<Option<&'c Column<'c>>> {
+    Ok(match (u16::from_le_bytes([entry[1], entry[2]]), entry[3]) {
+        (agg::NO_COLUMN, _) => None,
+        (at, agg::INPUT_COLUMN) => Some(batch.column(at as usize)?),
+        (at, agg::INPUT_COMPUTED) => Some(computed.get(at as usize).ok_or(status::BAD_INPUT)?),
+        _ => return Err(status::BAD_INPUT),
+    })
 }
 
 /// A computed input's values over the batch, held while the aggregates read them as a
@@ -275,11 +285,13 @@ struct Few<'a> {
     /// Each row's group, or [`agg::SKIP_ROW`] for a row left out (checked: nothing else).
     ids: &'a [i32],
     /// Partials per set: the rows left out's (slot 0, added up as a group's and dropped),
-    /// then group `g`'s at slot `g + 1` — [`slot`], which needs no pass to map the ids.
+    /// then group `g`'s at slot `g + 1` ([`slot`], which needs no pass to map the ids); past
+    /// them one for an id out of range, an error.
     slots: usize,
     rows_in: Vec<i64>,
-    /// The per-group sums of the aggregate entries folded so far, by entry: a sum the program
-    /// asks for twice (TPC-H Q1's `sum(l_quantity)` beside `avg(l_quantity)`) is added up once.
+    /// The per-group sums of the aggregate entries added up so far (those [`Few::of`] added
+    /// up together, and those folded), by entry: a sum the program asks for twice (TPC-H
+    /// Q1's `sum(l_quantity)` beside `avg(l_quantity)`) is added up once.
     sums_of: Vec<([u8; 4], Vec<i128>)>,
 }
 
@@ -290,77 +302,160 @@ fn slot(g: i32) -> usize {
     (g as u32).wrapping_add(1) as usize
 }
 
+/// Per set of [`Few`]'s, the sums of `N` columns and the rows.
+type Partials<A, const N: usize> = Vec<([A; N], i64)>;
+
 impl<'a> Few<'a> {
-    /// Counts `rows` rows' groups in one pass; `BAD_INPUT` for a missing id or one out of
-    /// `groups` (but [`agg::SKIP_ROW`]): such a row is counted in a slot past the groups'.
-    fn of(ids: &'a [i32], rows: usize, groups: usize) -> KernelResult<Self> {
+    /// Counts `rows` rows' groups in the pass that adds up the aggregate program `p`'s
+    /// distinct sums over 64-bit inputs without nulls (TPC-H Q1's of quantity, price and
+    /// discounted price: several in one pass, up to four, a row's group read and placed
+    /// once), or in a pass of its own when it has none; `BAD_INPUT` for a missing id or one
+    /// out of `groups` (but [`agg::SKIP_ROW`]). The sums are kept for [`Few::fold`] to find,
+    /// unless the values are too large for them to be sure to fit an `i64` ([`Bounded`]):
+    /// then each is added up on its own, its additions checked. An entry whose input is amiss
+    /// is left to `fold` to report.
+    fn of(
+        ids: &'a [i32],
+        rows: usize,
+        groups: usize,
+        p: &[u8],
+        batch: &Batch,
+        computed: &[Column],
+    ) -> KernelResult<Self> {
         let ids = ids.get(..rows).ok_or(status::BAD_INPUT)?;
-        let slots = groups + 1;
-        // `groups` is at most FEW_GROUPS, so `slots` fits a u32.
-        let (mut counts, _) =
-            Self::per_group(ids, ids, slots + 1, |g| slot(g).min(slots), |_| 1i64);
-        if counts[slots] != 0 {
-            return Err(status::BAD_INPUT);
-        }
-        counts.truncate(slots);
-        counts.remove(0);
-        Ok(Few {
+        let mut few = Few {
             ids,
-            slots,
-            rows_in: counts,
+            slots: groups + 1,
+            rows_in: Vec::new(),
             sums_of: Vec::new(),
-        })
+        };
+        let mut wanted: Vec<([u8; 4], &[i64])> = Vec::new();
+        for e in p.chunks_exact(4) {
+            let Ok(entry) = <[u8; 4]>::try_from(e) else {
+                continue;
+            };
+            if entry[0] == agg::SUM
+                && !wanted.iter().any(|(w, _)| *w == entry)
+                && let Ok(Some(c)) = input(entry, batch, computed)
+                && !c.has_nulls()
+                && let Some(vals) = c.i64s().ok().and_then(|v| v.get(..rows))
+            {
+                wanted.push((entry, vals));
+            }
+        }
+        if wanted.is_empty() {
+            few.pass::<0>(&[])?;
+        }
+        for pass in wanted.chunks(4) {
+            match pass.len() {
+                1 => few.pass::<1>(pass)?,
+                2 => few.pass::<2>(pass)?,
+                3 => few.pass::<3>(pass)?,
+                _ => few.pass::<4>(pass)?,
+            }
+        }
+        Ok(few)
     }
 
-    /// Adds up `conv(vals[i])` per partial `at(ids[i])` (each below `slots`: the caller's
-    /// check, or `at`'s clamp) with wrapping addition into `slots` sums, and says whether any
-    /// addition overflowed. Four rows at a time into four sets of partials: rows of one group
-    /// one after another (TPC-H Q1's are, a handful of groups) would otherwise each wait for
-    /// the previous one's store.
-    #[inline(always)]
-    fn per_group<T: Copy, A: Sum>(
-        ids: &[i32],
-        vals: &[T],
-        slots: usize,
-        at: impl Fn(i32) -> usize,
-        conv: impl Fn(T) -> A,
-    ) -> (Vec<A>, bool) {
-        let mut part = vec![A::default(); 4 * slots];
-        let mut over = false;
-        let mut add = |k: usize, x: T| {
-            // SAFETY: `k` is `l * slots + at(id)` with `l < 4` and `at(id)` below `slots`
-            // (the caller's check), so it lies within the `4 * slots` partials.
-            let s = unsafe { part.get_unchecked_mut(k) };
-            let (v, o) = s.add(conv(x));
-            *s = v;
-            over |= o;
-        };
-        let n = ids.len().min(vals.len());
-        let ((iq, ir), (vq, vr)) = (ids[..n].as_chunks::<4>(), vals[..n].as_chunks::<4>());
-        for (g, x) in iq.iter().zip(vq) {
-            for l in 0..4 {
-                add(l * slots + at(g[l]), x[l]);
+    /// One pass of [`Few::of`] over `N` inputs: the rows per group (the first pass's kept),
+    /// and the inputs' sums per group.
+    // Each pass over the rows is a function of its own (here and in `sums`): inlined into
+    // `aggregate`, which Cranelift compiles with hundreds of locals, the same passes took
+    // longer (TPC-H Q1 warm, measured).
+    #[inline(never)]
+    fn pass<const N: usize>(&mut self, pass: &[([u8; 4], &[i64])]) -> KernelResult {
+        let vals: [&[i64]; N] = core::array::from_fn(|c| pass[c].1);
+        let (part, over) = Self::per_group(self.ids, vals, self.slots, Bounded)?;
+        if self.rows_in.is_empty() {
+            self.rows_in = part[1..].iter().map(|(_, n)| *n).collect();
+        }
+        if !over {
+            for (c, (entry, _)) in pass.iter().enumerate() {
+                let wide = part[1..].iter().map(|(s, _)| s[c].wide()).collect();
+                self.sums_of.push((*entry, wide));
             }
         }
-        for (&g, &x) in ir.iter().zip(vr) {
-            add(at(g), x);
+        Ok(())
+    }
+
+    /// Adds up `conv(vals[c][i])` per partial `slot(ids[i])` with wrapping addition into
+    /// `slots` sums of each of the `N` columns, and counts the rows per partial; says whether
+    /// any addition overflowed, or for [`Bounded`] sums whether the values' magnitudes leave
+    /// it possible. `BAD_INPUT` for a column shorter than the ids, or an id past the slots
+    /// (counted in a partial past them). One pass for the `N`: a row's group is read and
+    /// placed once. Four rows at a time into four sets of partials: rows of one group one after
+    /// another (TPC-H Q1's are, a handful of groups) would otherwise each wait for the previous
+    /// one's store.
+    #[inline(always)]
+    fn per_group<const N: usize, T: Copy, A: Sum>(
+        ids: &[i32],
+        vals: [&[T]; N],
+        slots: usize,
+        conv: impl Fn(T) -> A,
+    ) -> KernelResult<(Partials<A, N>, bool)> {
+        let n = ids.len();
+        if vals.iter().any(|v| v.len() < n) {
+            return Err(status::BAD_INPUT);
         }
-        let (first, others) = part.split_at_mut(slots);
-        for lane in others.chunks_exact(slots) {
-            for (s, &x) in first.iter_mut().zip(lane) {
-                let (v, o) = s.add(x);
-                *s = v;
+        // A set per lane: the slots, and one for an id out of range.
+        let set = slots + 1;
+        let at = |g: i32| slot(g).min(slots);
+        let mut part: Partials<A, N> = vec![([A::default(); N], 0); 4 * set];
+        let mut over = false;
+        // Fewer than `2^c` values within `±2^(63 - c)` add up to less than `2^63` in
+        // magnitude; a value is within them when `x + 2^(63 - c)` (as unsigned) is below
+        // `2^(64 - c)`, and so are all when the values so biased, ORed, are.
+        let c = u64::BITS - (n as u64).leading_zeros();
+        let bias = 1u64 << (63 - c.min(63));
+        let mut magnitudes = 0u64;
+        let vals = vals.map(|v| &v[..n]);
+        let mut add = |k: usize, i: usize| {
+            // SAFETY: `k` is `l * set + at(id)` with `l < 4` and `at(id)` at most `slots`, so
+            // it lies within the `4 * set` partials; `i` is a row below `n`, the length of
+            // each of `vals`.
+            let (s, rows) = unsafe { part.get_unchecked_mut(k) };
+            *rows += 1;
+            for (s, v) in s.iter_mut().zip(&vals) {
+                let x = conv(unsafe { *v.get_unchecked(i) });
+                magnitudes |= x.magnitude(bias);
+                let (sum, o) = s.add(x);
+                *s = sum;
                 over |= o;
             }
+        };
+        let (iq, ir) = ids.as_chunks::<4>();
+        for (q, g) in iq.iter().enumerate() {
+            for (l, &g) in g.iter().enumerate() {
+                add(l * set + at(g), 4 * q + l);
+            }
+        }
+        for (r, &g) in ir.iter().enumerate() {
+            add(at(g), 4 * iq.len() + r);
+        }
+        let (first, others) = part.split_at_mut(set);
+        for lane in others.chunks_exact(set) {
+            for ((s, rows), (x, more)) in first.iter_mut().zip(lane) {
+                *rows += more;
+                for (s, &x) in s.iter_mut().zip(x) {
+                    let (v, o) = s.add(x);
+                    *s = v;
+                    over |= o;
+                }
+            }
+        }
+        if first[slots].1 != 0 {
+            return Err(status::BAD_INPUT);
         }
         part.truncate(slots);
-        (part, over)
+        let out_of_bounds = c > 0 && magnitudes >> (64 - c) != 0;
+        Ok((part, over || out_of_bounds))
     }
 
     /// Folds aggregate `j` (its program `entry`, over `input`) if it is one this path takes
     /// — COUNT(*), or COUNT and an integer or decimal SUM over an input without nulls — and
-    /// says whether it did. A sum is added up per group in an `i64` (a decimal's in an `i128`); should one
-    /// overflow, nothing has been written and the row-at-a-time path does it instead.
+    /// says whether it did. A sum is added up per group in an `i64` (a wide decimal's in an
+    /// `i128`), unless [`Few::of`] has; should one overflow, nothing has been written
+    /// and the row-at-a-time path does it instead.
     fn fold(
         &mut self,
         st: &mut AggState,
@@ -421,14 +516,15 @@ impl<'a> Few<'a> {
     /// Each group's sum of `vals` converted by `conv`, added up in `A` (`i64`; `i128` for
     /// decimals wider than 18 digits); `None` if one overflows it (the rows left out's sum
     /// too: the row-at-a-time path, which skips them, then adds up instead).
+    #[inline(never)]
     fn sums<T: Copy, A: Sum>(
         &self,
         vals: &[T],
         conv: impl Fn(T) -> A,
     ) -> KernelResult<Option<Vec<i128>>> {
         let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
-        let (sums, over) = Self::per_group(self.ids, vals, self.slots, slot, conv);
-        Ok((!over).then(|| sums[1..].iter().copied().map(Sum::wide).collect()))
+        let (part, over) = Self::per_group(self.ids, [vals], self.slots, conv)?;
+        Ok((!over).then(|| part[1..].iter().map(|([s], _)| s.wide()).collect()))
     }
 }
 
@@ -436,6 +532,11 @@ impl<'a> Few<'a> {
 trait Sum: Copy + Default {
     fn add(self, x: Self) -> (Self, bool);
     fn wide(self) -> i128;
+    /// For a type whose additions are not checked ([`Bounded`]): the value plus `bias` as
+    /// unsigned, ORed over the values added and checked once against their count.
+    fn magnitude(self, _bias: u64) -> u64 {
+        0
+    }
 }
 
 impl Sum for i64 {
@@ -459,6 +560,25 @@ impl Sum for Exact {
     }
     fn wide(self) -> i128 {
         self.0.into()
+    }
+}
+
+/// An `i64` sum of 64-bit values whose additions are not checked, one check of the values'
+/// magnitudes ([`Sum::magnitude`]) standing for them: a check of a value is off the chain of
+/// additions into a group's sum, where a check of each addition would sit. Several columns'
+/// sums then fit one pass over the rows ([`Few::of`]).
+#[derive(Clone, Copy, Default)]
+struct Bounded(i64);
+
+impl Sum for Bounded {
+    fn add(self, x: Self) -> (Self, bool) {
+        (Bounded(self.0.wrapping_add(x.0)), false)
+    }
+    fn wide(self) -> i128 {
+        self.0.into()
+    }
+    fn magnitude(self, bias: u64) -> u64 {
+        (self.0 as u64).wrapping_add(bias)
     }
 }
 
