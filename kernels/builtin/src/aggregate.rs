@@ -522,7 +522,7 @@ impl<'a> Few<'a> {
         vals: &[T],
         conv: impl Fn(T) -> A,
     ) -> KernelResult<Option<Vec<i128>>> {
-        let vals = vals.get(..self.ids.len()).ok_or(status::BAD_INPUT)?;
+        // A column shorter than the ids is `per_group`'s `BAD_INPUT`.
         let (part, over) = Self::per_group(self.ids, [vals], self.slots, conv)?;
         Ok((!over).then(|| part[1..].iter().map(|([s], _)| s.wide()).collect()))
     }
