@@ -2,6 +2,7 @@
 //! that satisfy a predicate, judged from min/max/null-count statistics (footer for row groups,
 //! page index for pages). Conservative: anything it cannot judge is kept.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Scalar, UInt64Array};
@@ -15,6 +16,7 @@ use parquet::file::metadata::ParquetMetaData;
 use crate::plan::PhysExpr;
 
 /// Statistics of one column over N containers (row groups, or pages of one column chunk).
+#[derive(Clone)]
 struct ColumnStats {
     mins: ArrayRef,
     maxes: ArrayRef,
@@ -152,37 +154,106 @@ impl StatsSource for RowGroupStats<'_> {
     }
 }
 
-struct PageStats<'a> {
-    md: &'a ParquetMetaData,
-    schema: &'a Schema,
-    row_group: usize,
+/// One column's statistics over the pages of one column chunk (`None`: unknown).
+struct ChunkPages<'a> {
     column: &'a str,
     pages: usize,
+    stats: Option<ColumnStats>,
 }
 
-impl StatsSource for PageStats<'_> {
+impl StatsSource for ChunkPages<'_> {
     fn len(&self) -> usize {
         self.pages
     }
 
     fn column(&self, name: &str) -> Option<ColumnStats> {
-        if name != self.column {
-            return None;
+        self.stats.clone().filter(|_| name == self.column)
+    }
+}
+
+/// The page index of some row groups, its statistics converted to Arrow once per column for
+/// them all (as leaves of the predicate reach each column).
+struct PageIndex<'a> {
+    md: &'a ParquetMetaData,
+    schema: &'a Schema,
+    row_groups: &'a [usize],
+    columns: HashMap<String, Option<ColumnPages>>,
+}
+
+/// One column's pages in [`PageIndex`]'s row groups.
+struct ColumnPages {
+    /// Every page's statistics, the row groups' pages one after another (`None` when they
+    /// do not convert).
+    stats: Option<ColumnStats>,
+    /// Per row group, where its pages begin in `stats`, and their first rows.
+    chunks: Vec<(usize, Vec<usize>)>,
+}
+
+impl<'a> PageIndex<'a> {
+    fn new(md: &'a ParquetMetaData, schema: &'a Schema, row_groups: &'a [usize]) -> Self {
+        PageIndex {
+            md,
+            schema,
+            row_groups,
+            columns: HashMap::new(),
         }
+    }
+
+    /// Column `name`'s pages in the `k`-th row group: their statistics (`None` when they
+    /// do not convert) and first rows; `None` without the column's page locations.
+    fn chunk(&mut self, name: &str, k: usize) -> Option<(Option<ColumnStats>, &[usize])> {
+        let (md, schema, row_groups) = (self.md, self.schema, self.row_groups);
+        let pages = self
+            .columns
+            .entry(name.to_string())
+            .or_insert_with(|| ColumnPages::convert(md, schema, row_groups, name))
+            .as_ref()?;
+        let (at, starts) = pages.chunks.get(k)?;
+        let n = starts.len();
+        let stats = pages.stats.as_ref().map(|s| ColumnStats {
+            mins: s.mins.slice(*at, n),
+            maxes: s.maxes.slice(*at, n),
+            null_counts: s.null_counts.slice(*at, n),
+            row_counts: s.row_counts.as_ref().map(|r| r.slice(*at, n)),
+        });
+        Some((stats, starts))
+    }
+}
+
+impl ColumnPages {
+    fn convert(
+        md: &ParquetMetaData,
+        schema: &Schema,
+        row_groups: &[usize],
+        name: &str,
+    ) -> Option<Self> {
         let conv =
-            StatisticsConverter::try_new(name, self.schema, self.md.file_metadata().schema_descr())
-                .ok()?;
-        let ci = self.md.column_index()?;
-        let oi = self.md.offset_index()?;
-        let rg = [self.row_group];
-        Some(ColumnStats {
-            mins: conv.data_page_mins(ci, oi, rg.iter()).ok()?,
-            maxes: conv.data_page_maxes(ci, oi, rg.iter()).ok()?,
-            null_counts: conv.data_page_null_counts(ci, oi, rg.iter()).ok()?,
-            row_counts: conv
-                .data_page_row_counts(oi, self.md.row_groups(), rg.iter())
-                .ok()?,
-        })
+            StatisticsConverter::try_new(name, schema, md.file_metadata().schema_descr()).ok()?;
+        let leaf = conv.parquet_column_index()?;
+        let (ci, oi) = (md.column_index()?, md.offset_index()?);
+        let mut chunks = Vec::with_capacity(row_groups.len());
+        let mut at = 0;
+        for &rg in row_groups {
+            let pages = oi.get(rg)?.get(leaf)?.page_locations();
+            let starts: Vec<usize> = pages.iter().map(|p| p.first_row_index as usize).collect();
+            chunks.push((at, starts));
+            at += pages.len();
+        }
+        let rgs = row_groups.iter();
+        let stats = (|| {
+            Some(ColumnStats {
+                mins: conv.data_page_mins(ci, oi, rgs.clone()).ok()?,
+                maxes: conv.data_page_maxes(ci, oi, rgs.clone()).ok()?,
+                null_counts: conv.data_page_null_counts(ci, oi, rgs.clone()).ok()?,
+                row_counts: conv.data_page_row_counts(oi, md.row_groups(), rgs).ok()?,
+            })
+        })()
+        // One value per page, or the arrays cannot be cut by row group.
+        .filter(|s| {
+            let rows = s.row_counts.as_ref().is_none_or(|r| r.len() == at);
+            s.mins.len() == at && s.maxes.len() == at && s.null_counts.len() == at && rows
+        });
+        Some(ColumnPages { stats, chunks })
     }
 }
 
@@ -225,12 +296,13 @@ pub fn prune(md: &ParquetMetaData, schema: &Schema, predicate: Option<&PhysExpr>
     };
 
     let have_page_index = md.column_index().is_some() && md.offset_index().is_some();
+    let mut pages = PageIndex::new(md, schema, &row_groups);
     let mut selectors: Vec<RowSelector> = Vec::new();
-    for &rg in &row_groups {
+    for (k, &rg) in row_groups.iter().enumerate() {
         let rows = md.row_group(rg).num_rows() as usize;
         out.rows_total += rows as u64;
         let ranges = if have_page_index {
-            page_ranges(pred, md, schema, rg, rows, &mut out)
+            page_ranges(pred, &mut pages, k, rows, &mut out)
         } else {
             vec![0..rows]
         };
@@ -242,6 +314,7 @@ pub fn prune(md: &ParquetMetaData, schema: &Schema, predicate: Option<&PhysExpr>
             selectors.push(*s);
         }
     }
+    drop(pages);
     out.row_groups = row_groups;
     out.selection = Some(RowSelection::from(selectors));
     out
@@ -259,30 +332,32 @@ pub fn row_group_selection(
         return None;
     }
     let rows = md.row_group(rg).num_rows() as usize;
-    let ranges = page_ranges(test, md, schema, rg, rows, &mut Pruned::default());
+    let row_groups = [rg];
+    let mut pages = PageIndex::new(md, schema, &row_groups);
+    let ranges = page_ranges(test, &mut pages, 0, rows, &mut Pruned::default());
     Some(RowSelection::from_consecutive_ranges(
         ranges.into_iter(),
         rows,
     ))
 }
 
-/// Row ranges of row group `rg` that may match, from the page index.
+/// Row ranges of the `k`-th row group of `index` (of `rows` rows) that may match, from the
+/// page index.
 fn page_ranges(
     pred: &PhysExpr,
-    md: &ParquetMetaData,
-    schema: &Schema,
-    rg: usize,
+    index: &mut PageIndex,
+    k: usize,
     rows: usize,
     out: &mut Pruned,
 ) -> Vec<Range<usize>> {
     match pred {
         PhysExpr::And(v) => v.iter().fold(vec![0..rows], |acc, e| {
-            intersect(&acc, &page_ranges(e, md, schema, rg, rows, out))
+            intersect(&acc, &page_ranges(e, index, k, rows, out))
         }),
         PhysExpr::Or(v) => {
             let mut acc: Vec<Range<usize>> = Vec::new();
             for e in v {
-                acc = union(&acc, &page_ranges(e, md, schema, rg, rows, out));
+                acc = union(&acc, &page_ranges(e, index, k, rows, out));
             }
             acc
         }
@@ -291,15 +366,13 @@ fn page_ranges(
             let [column] = cols.as_slice() else {
                 return vec![0..rows];
             };
-            let Some(pages) = page_row_starts(md, schema, rg, column) else {
+            let Some((stats, pages)) = index.chunk(column, k) else {
                 return vec![0..rows];
             };
-            let src = PageStats {
-                md,
-                schema,
-                row_group: rg,
+            let src = ChunkPages {
                 column,
                 pages: pages.len(),
+                stats,
             };
             let mask = may_match(leaf, &src);
             out.pages_total += pages.len() as u64;
@@ -318,25 +391,6 @@ fn page_ranges(
             ranges
         }
     }
-}
-
-/// First row of each data page of `column` in row group `rg`.
-fn page_row_starts(
-    md: &ParquetMetaData,
-    schema: &Schema,
-    rg: usize,
-    column: &str,
-) -> Option<Vec<usize>> {
-    let conv =
-        StatisticsConverter::try_new(column, schema, md.file_metadata().schema_descr()).ok()?;
-    let idx = conv.parquet_column_index()?;
-    let oi = md.offset_index()?.get(rg)?.get(idx)?;
-    Some(
-        oi.page_locations()
-            .iter()
-            .map(|p| p.first_row_index as usize)
-            .collect(),
-    )
 }
 
 fn intersect(a: &[Range<usize>], b: &[Range<usize>]) -> Vec<Range<usize>> {
