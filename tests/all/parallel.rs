@@ -1,7 +1,8 @@
 //! A query spread over several compute workers answers exactly as one worker does: the same
 //! rows in the same order for filtered scans (the table's order), grouped and global
-//! aggregates (groups in order of first appearance, native and offloaded accumulators),
-//! top-k and ORDER BY with LIMIT, over generated tables, on every backend.
+//! aggregates (groups in order of first appearance, native and offloaded accumulators;
+//! exact ones over row groups the workers take from a queue as they free up), top-k and
+//! ORDER BY with LIMIT, over generated tables, on every backend.
 
 use nearstore_proto::{AggFunc, BackendKind, Plan, PutMode};
 use nearstore_sdk::Query;
@@ -31,6 +32,23 @@ pub(crate) fn plans(backend: BackendKind) -> Vec<(&'static str, Plan)> {
             .aggregate(AggFunc::Max, Some("val"), "hi_val")
             .unwrap()
     };
+    // No float input: the workers take row groups from a queue, in no fixed share.
+    let exact = |b: Query| {
+        b.aggregate(AggFunc::CountStar, None, "n")
+            .unwrap()
+            .aggregate(AggFunc::Count, Some("val"), "n_val")
+            .unwrap()
+            .aggregate(AggFunc::Sum, Some("id"), "s_id")
+            .unwrap()
+            .aggregate(AggFunc::Sum, Some("price"), "s_price")
+            .unwrap()
+            .aggregate(AggFunc::Avg, Some("price"), "a_price")
+            .unwrap()
+            .aggregate(AggFunc::Min, Some("day"), "lo_day")
+            .unwrap()
+            .aggregate(AggFunc::Max, Some("cat"), "hi_cat")
+            .unwrap()
+    };
     vec![
         ("scan", q().build()),
         (
@@ -58,6 +76,20 @@ pub(crate) fn plans(backend: BackendKind) -> Vec<(&'static str, Plan)> {
             aggs(q().filter("id < 0").unwrap()).build(),
         ),
         ("grouped by cat", aggs(q().group_by(["cat"])).build()),
+        (
+            "exact, global",
+            exact(q().filter("val >= 100").unwrap()).build(),
+        ),
+        (
+            "exact, grouped by day and cat",
+            exact(q().group_by(["day", "cat"])).build(),
+        ),
+        (
+            // New groups in every row group: their order is rebuilt from where each first
+            // appeared.
+            "exact, grouped by id",
+            exact(q().filter("id >= 40000").unwrap().group_by(["id"])).build(),
+        ),
         (
             "grouped by day (many groups)",
             aggs(q().filter("val IS NOT NULL").unwrap().group_by(["day"])).build(),

@@ -509,7 +509,7 @@ impl HashAggregator {
         self.schema.clone()
     }
 
-    fn n_groups(&self) -> usize {
+    pub fn n_groups(&self) -> usize {
         self.keys.as_ref().map_or(1, GroupKeys::len)
     }
 
@@ -598,11 +598,27 @@ impl HashAggregator {
         aggs.iter().all(|a| a.func != AggFunc::Kernel)
     }
 
+    /// Whether aggregators of `aggs` reach the same values whatever order their rows come in
+    /// (so row groups may go to whichever worker is free): merged, and no floating-point
+    /// input, whose sums round by the order of additions (and whose 0.0 and -0.0 a min or max
+    /// may keep either of).
+    pub fn order_free(aggs: &[AggSpec]) -> bool {
+        Self::mergeable(aggs)
+            && aggs.iter().all(|a| match a.func {
+                AggFunc::CountStar | AggFunc::Count => true,
+                _ => !a
+                    .input
+                    .as_ref()
+                    .is_some_and(|e| e.data_type().is_floating()),
+            })
+    }
+
     /// Folds `other` (the same query's aggregator over other rows, placed alike) into this
     /// one: the groups first seen in `other` come after this one's, in `other`'s order, so
     /// aggregators over consecutive row ranges merged in order keep the order of first
-    /// appearance that one aggregator over all the rows would have.
-    pub fn merge(&mut self, other: HashAggregator) -> Result<()> {
+    /// appearance that one aggregator over all the rows would have. Returns the ids
+    /// `other`'s groups have here.
+    pub fn merge(&mut self, other: HashAggregator) -> Result<Vec<usize>> {
         let before = self.n_groups();
         let ids: Vec<usize> = match (&mut self.keys, &other.keys) {
             (Some(mine), Some(theirs)) => mine.absorb(theirs)?,
@@ -639,7 +655,7 @@ impl HashAggregator {
                 ));
             }
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// The result: one row per group (one row when there are no group keys).

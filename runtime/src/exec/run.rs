@@ -1,7 +1,8 @@
 //! One query's run: its row groups dealt to compute workers ([`worker`](super::worker)), as many
 //! as the device's pool has idle (a query alone gets every core, one among others gets what
 //! is left, at least one), their projected rows into the row sink as they come, their partial
-//! aggregates merged in table order; then the aggregate's finish, the sort and the statistics.
+//! aggregates merged with their groups in the order of first appearance; then the
+//! aggregate's finish, the sort and the statistics.
 //!
 //! One worker runs when the plan needs one (a LIMIT without ORDER BY stops at the first rows
 //! found; aggregate kernels' states cannot be merged), when the pool has no core idle, or when
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use arrow::array::UInt32Array;
 use arrow::record_batch::RecordBatch;
 use nearstore_proto::{BackendKind, QueryStats};
 use tokio::sync::mpsc;
@@ -30,6 +32,7 @@ impl Executor {
         tx: &mpsc::Sender<Result<RecordBatch>>,
         stats: &mut QueryStats,
     ) -> Result<()> {
+        let begun = Instant::now();
         let ctx = ScanContext::new(q);
         let native = self.backends.get(BackendKind::Native);
         let placement = Placement::new(q, &native)?;
@@ -49,19 +52,21 @@ impl Executor {
         } else {
             self.pool.take(1)
         };
+        let bound = worker::topk_bound(q, &placement, limit);
+        let how = match &q.output {
+            // A top k's bound skips pages by the rows kept so far: runs, as it was tested.
+            Output::Aggregate(_, aggs) if bound.is_none() && HashAggregator::order_free(aggs) => {
+                Dealing::Queue
+            }
+            Output::Aggregate(..) => Dealing::Runs,
+            Output::Project(_) => Dealing::Turns,
+        };
         let shares = if permits.count() > 1 {
             let mut slices = Vec::new();
             for object in &q.table.objects {
                 slices.extend(worker::prune(q, object, &ctx, stats).await?);
             }
-            let how = match q.output {
-                Output::Aggregate(..) => Dealing::Runs,
-                Output::Project(_) => Dealing::Turns,
-            };
-            let mut shares: Vec<Share> = worker::deal(slices, permits.count(), how)
-                .into_iter()
-                .map(Share::Slices)
-                .collect();
+            let mut shares = worker::deal(slices, permits.count(), how);
             if shares.is_empty() {
                 // Pruning left nothing: one worker still answers (a global aggregate's row).
                 shares.push(Share::Slices(Vec::new()));
@@ -76,25 +81,25 @@ impl Executor {
 
         let mut workers = tokio::task::JoinSet::new();
         let mut pieces = Vec::new();
-        let bound = worker::topk_bound(q, &placement, limit);
         let mut placement = Some(placement);
         for (i, share) in shares.into_iter().enumerate() {
-            let placement = match placement.take() {
-                Some(p) => p,
-                None => Placement::new(q, &native)?,
-            };
+            // The other workers' sessions open on their own tasks, side by side.
+            let first = placement.take();
             let (out, rx) = mpsc::channel(PIECES_AHEAD);
             pieces.push(Some(rx));
-            let run = worker::run(
-                q.clone(),
-                placement,
-                share,
-                ctx.clone(),
-                limit,
-                bound.clone(),
-                out,
-            );
-            workers.spawn(async move { (i, run.await) });
+            let (q, native, ctx, bound) = (q.clone(), native.clone(), ctx.clone(), bound.clone());
+            workers.spawn(async move {
+                let start = begun.elapsed();
+                let placement = match first {
+                    Some(p) => Ok(p),
+                    None => Placement::new(&q, &native),
+                };
+                let done = match placement {
+                    Ok(p) => worker::run(q, p, share, ctx, limit, bound, out).await,
+                    Err(e) => Err(e),
+                };
+                (i, start, begun.elapsed(), done)
+            });
         }
 
         let aggregating = matches!(q.output, Output::Aggregate(..));
@@ -129,8 +134,17 @@ impl Executor {
                     None => pieces[turn] = None,
                 },
                 Some(joined) = workers.join_next(), if !workers.is_empty() => {
-                    let (i, result) = joined.map_err(worker_failed)?;
-                    done.push((i, result?));
+                    let (i, start, end, result) = joined.map_err(worker_failed)?;
+                    let result = result?;
+                    tracing::debug!(
+                        worker = i,
+                        start_us = start.as_micros() as u64,
+                        end_us = end.as_micros() as u64,
+                        scan_us = result.stats.scan_us,
+                        compute_us = result.stats.compute_us,
+                        "worker done"
+                    );
+                    done.push((i, result));
                 }
             }
         }
@@ -140,6 +154,11 @@ impl Executor {
             return Err(Error::Internal("a query ran on no worker".into()));
         };
         let mut aggregate = first.aggregate.take();
+        // Workers on a queue met the groups in another order than one worker would.
+        let mut appearance = aggregate
+            .as_ref()
+            .filter(|_| !first.took.is_empty())
+            .map(|a| Appearance::new(&first.took, a.n_groups()));
         let mut report = first.placement.session_report();
         add_worker_stats(stats, &first.stats);
         for d in done {
@@ -147,14 +166,22 @@ impl Executor {
             report.add(&d.placement.session_report());
             if let (Some(a), Some(b)) = (aggregate.as_mut(), d.aggregate) {
                 let t = Instant::now();
-                a.merge(b)?;
+                let ids = a.merge(b)?;
+                if !d.took.is_empty() {
+                    appearance
+                        .get_or_insert_with(|| Appearance(Vec::new()))
+                        .add(&d.took, &ids, a.n_groups());
+                }
                 stats.compute_us += t.elapsed().as_micros() as u64;
             }
         }
 
         if let Some(a) = aggregate {
             let t = Instant::now();
-            let groups = a.finish()?;
+            let mut groups = a.finish()?;
+            if let Some(order) = appearance.and_then(|a| a.order()) {
+                groups = arrow::compute::take_record_batch(&groups, &order)?;
+            }
             sink.push(finish_topk(groups, &first.placement, stats)?)?;
             stats.compute_us += t.elapsed().as_micros() as u64;
         }
@@ -167,6 +194,7 @@ impl Executor {
                 break;
             }
         }
+        tracing::debug!(merged_us = begun.elapsed().as_micros() as u64, "query done");
         first.placement.report(stats, report);
         let c = &ctx.counters;
         stats.bytes_read_media = c.bytes_read.load(Ordering::Relaxed);
@@ -178,6 +206,53 @@ impl Executor {
         stats.cache_hit_bytes = c.cache_hit_bytes.load(Ordering::Relaxed);
         stats.cache_miss_bytes = c.cache_miss_bytes.load(Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Where the merged aggregate's groups first appeared, for workers that took row groups from
+/// a queue ([`Dealing::Queue`]): per group, the first row group that holds it (the queue's
+/// order is the table's) and its place among the groups of the worker that took that row
+/// group (which met them in the table's order).
+struct Appearance(Vec<(usize, usize)>);
+
+impl Appearance {
+    /// The groups of the first worker's aggregate (`n_groups`), `took` its row groups.
+    fn new(took: &[(usize, usize)], n_groups: usize) -> Self {
+        Appearance(
+            (0..n_groups)
+                .map(|g| (first_row_group(took, g), g))
+                .collect(),
+        )
+    }
+
+    /// Another worker's groups, merged: `ids` their groups in the merged aggregate, which
+    /// has `n_groups` now.
+    fn add(&mut self, took: &[(usize, usize)], ids: &[usize], n_groups: usize) {
+        self.0.resize(n_groups, (usize::MAX, usize::MAX));
+        for (g, &id) in ids.iter().enumerate() {
+            let seen = (first_row_group(took, g), g);
+            self.0[id] = self.0[id].min(seen);
+        }
+    }
+
+    /// The merged groups' positions in the order of first appearance; `None` when they are
+    /// in it already.
+    fn order(self) -> Option<UInt32Array> {
+        if self.0.is_sorted() {
+            return None;
+        }
+        let mut order: Vec<u32> = (0..self.0.len() as u32).collect();
+        order.sort_unstable_by_key(|&g| self.0[g as usize]);
+        Some(order.into())
+    }
+}
+
+/// The row group that group `g` of a worker's aggregate first appeared in, `took` the
+/// worker's row groups with its number of groups before each.
+fn first_row_group(took: &[(usize, usize)], g: usize) -> usize {
+    match took.partition_point(|&(_, before)| before <= g) {
+        0 => usize::MAX,
+        i => took[i - 1].0,
     }
 }
 
@@ -239,4 +314,34 @@ fn finish_topk(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(arrow::compute::concat_batches(&groups.schema(), &kept)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_met_by_workers_on_a_queue_take_their_order_of_first_appearance() {
+        // Row groups 0..6. Worker A took 0, 1, 4 and met groups a0 a1 | a2 | a3, worker B
+        // took 2, 3, 5 and met b0 b1 | (none new) | b2. B's b0 is A's a1 (first seen in row
+        // group 0), b1 and b2 are new; a3 (row group 4) is also B's b2 (row group 5).
+        let a_took = [(0, 0), (1, 2), (4, 3)];
+        let b_took = [(2, 0), (3, 2), (5, 2)];
+        assert_eq!(first_row_group(&a_took, 2), 1);
+        assert_eq!(
+            first_row_group(&b_took, 2),
+            5,
+            "row group 3 met no new group"
+        );
+        let mut order = Appearance::new(&a_took, 4);
+        // Merged: b0 -> a1, b1 -> new group 4, b2 -> a3.
+        order.add(&b_took, &[1, 4, 3], 5);
+        // One worker would have met a0 a1 (row group 0), a2 (1), b1 (2), a3 (4).
+        let got = order.order().expect("out of order");
+        assert_eq!(got.values().to_vec(), vec![0, 1, 2, 4, 3]);
+        // Groups already in order are left alone.
+        let mut order = Appearance::new(&a_took, 4);
+        order.add(&[(5, 0)], &[2, 4], 5);
+        assert!(order.order().is_none());
+    }
 }

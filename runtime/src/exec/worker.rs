@@ -1,22 +1,24 @@
 //! One compute worker of a query: its share of the table's row groups scanned (the filter
 //! inside the decoder), then projected (with top-k pre-selection) or aggregated, in compute
 //! sessions of its own. A query runs on one worker, or on several that [`run`](super::run)
-//! deals consecutive row groups to and merges.
+//! deals row groups to (runs of consecutive ones, or a queue they take from as they free up)
+//! and merges.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
+use futures::stream::{self, BoxStream};
 use nearstore_proto::QueryStats;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection, RowSelector};
 use tokio::sync::mpsc;
 
 use super::BATCH_ROWS;
 use super::aggregate::HashAggregator;
-use super::placement::{Placement, decoder_predicate};
+use super::placement::{Placement, Session, decoder_predicate};
 use super::prepare::{FilterSplit, Output, PreparedQuery};
 use super::project::{compact_views, project};
 use super::sort::TopKBound;
@@ -64,6 +66,8 @@ pub(super) enum Share {
     Objects(Vec<Arc<Object>>),
     /// Row groups dealt by [`deal`].
     Slices(Vec<Slice>),
+    /// Row groups taken from a queue the query's workers share, one at a time.
+    Queue(Arc<Queue>),
 }
 
 /// What a worker sends the coordinator.
@@ -82,6 +86,10 @@ pub(super) struct Done {
     pub placement: Placement,
     /// Its statistics: pruning (of `Share::Objects`), times, top-k counts.
     pub stats: QueryStats,
+    /// For a worker on a [`Queue`]: the row groups it took, in its order, each with the
+    /// number of groups its partial aggregate had before that row group's rows (where its
+    /// groups first appeared, see [`Queue`]).
+    pub took: Vec<(usize, usize)>,
 }
 
 /// Runs one worker over `share`: projected batches go to `out` (the coordinator's sink), each
@@ -121,6 +129,37 @@ pub(super) async fn run(
     let slices: Box<dyn Iterator<Item = ScanSource> + Send> = match share {
         Share::Objects(objects) => Box::new(objects.into_iter().map(ScanSource::Object)),
         Share::Slices(slices) => Box::new(slices.into_iter().map(ScanSource::Slice)),
+        Share::Queue(queue) => {
+            let Some(a) = aggregate.as_mut() else {
+                return Err(Error::Internal("a projection's row groups queued".into()));
+            };
+            let filter = placement.filter_session();
+            let mut batches = queued(q.clone(), queue, filter, consumer, ctx.clone());
+            let mut took = Vec::new();
+            loop {
+                let t_scan = Instant::now();
+                let next = batches.next().await;
+                stats.scan_us += t_scan.elapsed().as_micros() as u64;
+                let Some(next) = next else {
+                    break;
+                };
+                let (unit, scan::Scanned { batch, keep }) = next?;
+                if took.last().is_none_or(|&(u, _)| u != unit) {
+                    took.push((unit, a.n_groups()));
+                }
+                count_unfiltered(&q, &ctx, &batch);
+                let t_compute = Instant::now();
+                a.update(&batch, keep.as_ref(), &|e, b| placement.eval(e, b))?;
+                stats.compute_us += t_compute.elapsed().as_micros() as u64;
+            }
+            out.send(Piece::End).await.map_err(|_| stopped())?;
+            return Ok(Done {
+                aggregate,
+                placement,
+                stats,
+                took,
+            });
+        }
     };
     for source in slices {
         if limit == Some(0) {
@@ -147,7 +186,9 @@ pub(super) async fn run(
                 },
                 None => part,
             };
-            let mut stream = open(&q, part, &placement, consumer, limit, &ctx, bound.as_ref())?;
+            let filter = placement.filter_session();
+            let scan = scan_of(&q, part, filter, consumer, limit, bound.as_ref());
+            let mut stream = open(scan, &ctx)?;
             loop {
                 // Decoding time, the end of the stream included (a row group whose rows the
                 // filters all drop ends without a batch).
@@ -158,13 +199,7 @@ pub(super) async fn run(
                     break;
                 };
                 let scan::Scanned { batch, keep } = batch?;
-                if q.predicate.is_none() {
-                    let rows = batch.num_rows() as u64;
-                    ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
-                    ctx.counters
-                        .rows_selected
-                        .fetch_add(rows, Ordering::Relaxed);
-                }
+                count_unfiltered(&q, &ctx, &batch);
                 let t_compute = Instant::now();
                 let ready = match (&q.output, aggregate.as_mut()) {
                     (_, Some(a)) => {
@@ -216,7 +251,60 @@ pub(super) async fn run(
         aggregate,
         placement,
         stats,
+        took: Vec::new(),
     })
+}
+
+/// Counts a batch of a scan without a filter as scanned and selected (a filter's scan counts
+/// its rows as it tests them).
+fn count_unfiltered(q: &PreparedQuery, ctx: &ScanContext, batch: &RecordBatch) {
+    if q.predicate.is_none() {
+        let rows = batch.num_rows() as u64;
+        ctx.counters.rows_scanned.fetch_add(rows, Ordering::Relaxed);
+        ctx.counters
+            .rows_selected
+            .fetch_add(rows, Ordering::Relaxed);
+    }
+}
+
+/// The batches of the row groups a worker takes from `queue`, each with the row group's place
+/// in the queue. The next row group is taken, read and begun (its first batch decoded) while
+/// this one's batches are used, as a run's next row group is.
+fn queued(
+    q: Arc<PreparedQuery>,
+    queue: Arc<Queue>,
+    filter: Session,
+    consumer: scan::Consumer,
+    ctx: ScanContext,
+) -> BoxStream<'static, Result<(usize, scan::Scanned)>> {
+    // One object's scans differ only in their row groups.
+    let mut last: Option<ObjectScan> = None;
+    stream::iter(std::iter::from_fn(move || queue.take()))
+        .map(move |(unit, slice)| {
+            let scan = match last.take() {
+                Some(s) if Arc::ptr_eq(&s.object, &slice.object) => ObjectScan {
+                    pruned: slice.pruned,
+                    ..s
+                },
+                _ => scan_of(&q, slice, filter.clone(), consumer, None, None),
+            };
+            last = Some(scan.clone());
+            let opened = open(scan, &ctx);
+            async move {
+                let mut batches = opened?;
+                let first = batches.next().await;
+                Ok((unit, first, batches))
+            }
+        })
+        .buffered(2)
+        .flat_map(|begun: Result<_>| match begun {
+            Ok((unit, first, rest)) => stream::iter(first)
+                .chain(rest)
+                .map(move |b| b.map(|b| (unit, b)))
+                .boxed(),
+            Err(e) => stream::once(async { Err(e) }).boxed(),
+        })
+        .boxed()
 }
 
 enum ScanSource {
@@ -350,17 +438,22 @@ fn skip_pages(
     Some(slice)
 }
 
-/// Opens the decode stream of a slice (the filter inside the decoder, in the session it is
-/// placed on; a top k's bound, when it has one, as a second filter).
-fn open(
+/// Opens the decode stream of a scan.
+fn open(scan: ObjectScan, ctx: &ScanContext) -> Result<Batches> {
+    scan::open_batches(scan, ctx.counters.clone(), ctx.errors.clone())
+}
+
+/// The scan of a slice: the filter inside the decoder, in the session it is placed on (by
+/// column too, for the dictionary decoder), and a top k's bound, when it has one, as a
+/// second filter.
+fn scan_of(
     q: &PreparedQuery,
     slice: Slice,
-    placement: &Placement,
+    filter: Session,
     consumer: scan::Consumer,
     limit: Option<usize>,
-    ctx: &ScanContext,
     bound: Option<&(String, Arc<TopKBound>)>,
-) -> Result<Batches> {
+) -> ObjectScan {
     let narrowing = bound.map(|(name, b)| {
         let (key, b) = (name.clone(), b.clone());
         let test: crate::scan::Predicate = Arc::new(move |batch: &RecordBatch| {
@@ -377,12 +470,7 @@ fn open(
         .predicate
         .as_ref()
         .zip(q.split_filter())
-        .map(|(pred, split)| {
-            (
-                pred.columns(),
-                decoder_predicate(split, placement.filter_session()),
-            )
-        });
+        .map(|(pred, split)| (pred.columns(), decoder_predicate(split, filter.clone())));
     // The same predicate by column, for the dictionary decoder: a string column the scan
     // decodes as an Arrow dictionary answered per entry as `decoder_predicate` answers it.
     let by_column = q.filter_by_column().map(|groups| {
@@ -404,11 +492,11 @@ fn open(
                         rest: Some(expr),
                     },
                 };
-                (name, decoder_predicate(split, placement.filter_session()))
+                (name, decoder_predicate(split, filter.clone()))
             })
             .collect()
     });
-    let scan = ObjectScan {
+    ObjectScan {
         object: slice.object,
         metadata: slice.metadata,
         pruned: slice.pruned,
@@ -419,11 +507,11 @@ fn open(
         batch_size: BATCH_ROWS,
         limit,
         consumer,
-    };
-    scan::open_batches(scan, ctx.counters.clone(), ctx.errors.clone())
+    }
 }
 
 /// One row group of a slice, with its part of the row selection.
+#[derive(Clone)]
 struct Unit {
     object: usize,
     row_group: usize,
@@ -440,11 +528,50 @@ pub(super) enum Dealing {
     /// Row group i to worker i mod n, one slice each: the coordinator takes the workers'
     /// slices in turn, so projected rows leave in the table's order while every worker runs.
     Turns,
+    /// One [`Queue`] that every worker takes the next row group from as it frees up: no
+    /// worker waits on a slower one at the end. For aggregates whose values do not depend on
+    /// the order rows are added in ([`HashAggregator::order_free`]).
+    Queue,
+}
+
+/// The row groups of a query in the table's order, which its workers take one at a time as
+/// they free up. Each worker takes row groups in the queue's order, so its partial aggregate
+/// meets its groups in the table's order too: a group's first appearance in the table is
+/// its first appearance in the worker that took the earliest row group holding it, and
+/// ordering the merged groups by (that row group, their place in that worker's groups)
+/// gives the order one worker would have found them in (`run`'s `Appearance`).
+pub(super) struct Queue {
+    slices: Vec<Slice>,
+    units: Vec<Unit>,
+    next: AtomicUsize,
+}
+
+impl Queue {
+    fn new(slices: Vec<Slice>) -> Self {
+        Queue {
+            units: units(&slices),
+            slices,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next row group, as a slice of its own, with its place in the queue.
+    fn take(&self) -> Option<(usize, Slice)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let unit = self.units.get(i)?.clone();
+        let slice = regroup(&self.slices, vec![unit]).pop()?;
+        Some((i, slice))
+    }
 }
 
 /// Deals the row groups of `slices` to at most `n` workers (see [`Dealing`]), the page
-/// index's selection split with them.
-pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Vec<Slice>> {
+/// index's selection split with them; no share when there are no row groups.
+pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Share> {
+    if how == Dealing::Queue {
+        let queue = Arc::new(Queue::new(slices));
+        let n = n.min(queue.units.len());
+        return (0..n).map(|_| Share::Queue(queue.clone())).collect();
+    }
     let units = units(&slices);
     let n = n.clamp(1, units.len().max(1));
     if how == Dealing::Turns {
@@ -452,7 +579,11 @@ pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Vec<Slice>
         for (i, u) in units.into_iter().enumerate() {
             shares[i % n].extend(regroup(&slices, vec![u]));
         }
-        return shares.into_iter().filter(|s| !s.is_empty()).collect();
+        return shares
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(Share::Slices)
+            .collect();
     }
     let total: usize = units.iter().map(|u| u.rows.max(1)).sum();
     let mut shares: Vec<Vec<Unit>> = (0..n).map(|_| Vec::new()).collect();
@@ -475,7 +606,7 @@ pub(super) fn deal(slices: Vec<Slice>, n: usize, how: Dealing) -> Vec<Vec<Slice>
     shares
         .into_iter()
         .filter(|s| !s.is_empty())
-        .map(|share| regroup(&slices, share))
+        .map(|share| Share::Slices(regroup(&slices, share)))
         .collect()
 }
 
