@@ -242,7 +242,8 @@ impl Appearance {
             return None;
         }
         let mut order: Vec<u32> = (0..self.0.len() as u32).collect();
-        order.sort_unstable_by_key(|&g| self.0[g as usize]);
+        // Runs of groups in order (each worker's new ones) are found and merged.
+        order.sort_by_key(|&g| self.0[g as usize]);
         Some(order.into())
     }
 }
