@@ -12,42 +12,41 @@ use crate::support::{TestDevice, rows, table_batches};
 /// The plans compared, over the generated table `t` (id, val, cat, day, price).
 pub(crate) fn plans(backend: BackendKind) -> Vec<(&'static str, Plan)> {
     let q = || Query::table("t").backend(backend);
+    let with = |b: Query, aggs: &[(AggFunc, Option<&str>, &str)]| {
+        aggs.iter().fold(b, |b, &(f, input, name)| {
+            b.aggregate(f, input, name).unwrap()
+        })
+    };
     let aggs = |b: Query| {
-        b.aggregate(AggFunc::CountStar, None, "n")
-            .unwrap()
-            .aggregate(AggFunc::Count, Some("val"), "n_val")
-            .unwrap()
-            .aggregate(AggFunc::Sum, Some("id"), "s_id")
-            .unwrap()
-            .aggregate(AggFunc::Sum, Some("price"), "s_price")
-            .unwrap()
-            .aggregate(AggFunc::Sum, Some("val"), "s_val")
-            .unwrap()
-            .aggregate(AggFunc::Avg, Some("price"), "a_price")
-            .unwrap()
-            .aggregate(AggFunc::Avg, Some("val"), "a_val")
-            .unwrap()
-            .aggregate(AggFunc::Min, Some("day"), "lo_day")
-            .unwrap()
-            .aggregate(AggFunc::Max, Some("val"), "hi_val")
-            .unwrap()
+        with(
+            b,
+            &[
+                (AggFunc::CountStar, None, "n"),
+                (AggFunc::Count, Some("val"), "n_val"),
+                (AggFunc::Sum, Some("id"), "s_id"),
+                (AggFunc::Sum, Some("price"), "s_price"),
+                (AggFunc::Sum, Some("val"), "s_val"),
+                (AggFunc::Avg, Some("price"), "a_price"),
+                (AggFunc::Avg, Some("val"), "a_val"),
+                (AggFunc::Min, Some("day"), "lo_day"),
+                (AggFunc::Max, Some("val"), "hi_val"),
+            ],
+        )
     };
     // No float input: the workers take row groups from a queue, in no fixed share.
     let exact = |b: Query| {
-        b.aggregate(AggFunc::CountStar, None, "n")
-            .unwrap()
-            .aggregate(AggFunc::Count, Some("val"), "n_val")
-            .unwrap()
-            .aggregate(AggFunc::Sum, Some("id"), "s_id")
-            .unwrap()
-            .aggregate(AggFunc::Sum, Some("price"), "s_price")
-            .unwrap()
-            .aggregate(AggFunc::Avg, Some("price"), "a_price")
-            .unwrap()
-            .aggregate(AggFunc::Min, Some("day"), "lo_day")
-            .unwrap()
-            .aggregate(AggFunc::Max, Some("cat"), "hi_cat")
-            .unwrap()
+        with(
+            b,
+            &[
+                (AggFunc::CountStar, None, "n"),
+                (AggFunc::Count, Some("val"), "n_val"),
+                (AggFunc::Sum, Some("id"), "s_id"),
+                (AggFunc::Sum, Some("price"), "s_price"),
+                (AggFunc::Avg, Some("price"), "a_price"),
+                (AggFunc::Min, Some("day"), "lo_day"),
+                (AggFunc::Max, Some("cat"), "hi_cat"),
+            ],
+        )
     };
     vec![
         ("scan", q().build()),

@@ -202,12 +202,11 @@ impl<'a> PageIndex<'a> {
     /// Column `name`'s pages in the `k`-th row group: their statistics (`None` when they
     /// do not convert) and first rows; `None` without the column's page locations.
     fn chunk(&mut self, name: &str, k: usize) -> Option<(Option<ColumnStats>, &[usize])> {
-        let (md, schema, row_groups) = (self.md, self.schema, self.row_groups);
-        let pages = self
-            .columns
-            .entry(name.to_string())
-            .or_insert_with(|| ColumnPages::convert(md, schema, row_groups, name))
-            .as_ref()?;
+        if !self.columns.contains_key(name) {
+            let pages = ColumnPages::convert(self.md, self.schema, self.row_groups, name);
+            self.columns.insert(name.to_string(), pages);
+        }
+        let pages = self.columns.get(name)?.as_ref()?;
         let (at, starts) = pages.chunks.get(k)?;
         let n = starts.len();
         let stats = pages.stats.as_ref().map(|s| ColumnStats {
