@@ -10,7 +10,7 @@ use arrow::compute::take;
 use arrow::datatypes::Int32Type;
 
 use super::{GroupKeys, UNSET, plain};
-use crate::compute::SKIP_ROW;
+use crate::compute::{SKIP_ROW, lanes};
 use crate::error::Result;
 
 /// Cells of a dictionary table at most: one per combination of the key columns' dictionary
@@ -146,17 +146,16 @@ fn table_ids(
     let first = dicts[0].keys().values();
     // A key is below its dictionary's length (Arrow checks it of a non-null key), so a
     // cell is below the table's.
-    let mut ids: Vec<u32> = match dicts.get(1) {
-        None => first.iter().map(|&a| table[a as usize]).collect(),
-        Some(d) => {
-            let size = sizes[1];
-            let second = d.keys().values();
-            first
-                .iter()
-                .zip(second.iter())
-                .map(|(&a, &b)| table[a as usize * size + b as usize])
-                .collect()
-        }
+    let second = dicts.get(1).map(|d| (&d.keys().values()[..], sizes[1]));
+    let small = second.map(|(keys, size)| (keys, size as u32));
+    let mut ids: Vec<u32> = match (lanes::small_table_lookup(first, small, table), second) {
+        (Some(ids), _) => ids,
+        (None, None) => first.iter().map(|&a| table[a as usize]).collect(),
+        (None, Some((second, size))) => first
+            .iter()
+            .zip(second.iter())
+            .map(|(&a, &b)| table[a as usize * size + b as usize])
+            .collect(),
     };
     if let Some(keep) = keep {
         // The rows left out are the zero bits, a few per word where marking pays.
