@@ -70,12 +70,30 @@ async fn the_gate_fails_when_a_reference_engine_disagrees_on_a_value() {
         assert!(w.a_ms > 0.0 && w.b_ms > 0.0, "{}: {w:?}", w.name);
         assert_eq!(w.equal, q.name != "tpch_q6", "{}", w.name);
     }
+    // And at 1 thread and 1 worker when the device has more: four targets at each count.
+    let counts = if report.workers > 1 {
+        let single = report.versus_single.as_ref().expect("a 1-thread section");
+        assert_eq!(single.queries.len(), report.queries.len());
+        assert!(single.queries.iter().all(|w| w.a_ms > 0.0 && w.b_ms > 0.0));
+        2
+    } else {
+        assert!(report.versus_single.is_none());
+        1
+    };
     let duck_targets: Vec<_> = report
         .targets
         .iter()
         .filter(|t| t.target.contains("at most DuckDB's"))
         .collect();
-    assert_eq!(duck_targets.len(), 4, "{:?}", report.targets);
+    assert_eq!(duck_targets.len(), 4 * counts, "{:?}", report.targets);
+    if counts == 2 {
+        assert!(
+            duck_targets
+                .iter()
+                .any(|t| t.target.contains(", 1 thread, ")),
+            "{duck_targets:?}"
+        );
+    }
     assert!(
         duck_targets.iter().all(|t| t.met.is_some()),
         "{duck_targets:?}"

@@ -354,15 +354,24 @@ pub async fn run(args: &CompareArgs, hook: Option<ResultHook<'_>>) -> Result<Rep
 
     add_references(&mut report, args, data.path(), &cases, &digests);
     if let Some(bin) = bin.filter(|_| report.engines.contains_key("duckdb")) {
-        match versus::run(&bin, data.path(), args, &cases, &report).await {
-            Ok(p) => report.versus = Some(p),
-            Err(e) => {
-                let note = format!("DuckDB side by side with the device: {e:#}");
-                eprintln!("{note}");
-                report.reference_note = Some(match report.reference_note.take() {
-                    Some(n) => format!("{n}; {note}"),
-                    None => note,
-                });
+        // At the devices' workers, then at 1 when they have more: the targets ask for both.
+        let counts = match report.workers {
+            0 | 1 => vec![report.workers],
+            n => vec![n, 1],
+        };
+        for threads in counts {
+            match versus::run(&bin, data.path(), args, &cases, &report, threads).await {
+                Ok(p) if threads == report.workers => report.versus = Some(p),
+                Ok(p) => report.versus_single = Some(p),
+                Err(e) => {
+                    let note = format!("DuckDB side by side with the device, {threads}: {e:#}");
+                    eprintln!("{note}");
+                    report.reference_note = Some(match report.reference_note.take() {
+                        Some(n) => format!("{n}; {note}"),
+                        None => note,
+                    });
+                    break;
+                }
             }
         }
     }

@@ -200,6 +200,10 @@ pub struct Report {
     /// DuckDB did not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versus: Option<super::pair::PairSection>,
+    /// The same at 1 thread and 1 worker, when the started devices have more (absent
+    /// otherwise, or when DuckDB did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versus_single: Option<super::pair::PairSection>,
     /// The performance targets, each with its measured value.
     pub targets: Vec<Target>,
     /// Problems found by --check.

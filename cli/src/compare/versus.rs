@@ -1,6 +1,7 @@
 //! DuckDB and the device side by side: a device on the same data (its tier off, the started
-//! devices' workers) and DuckDB (as many threads, the same Parquet file, in its own process)
-//! run each query alternately, so both meet the machine as it is at that moment. The device's
+//! devices' workers, and then 1 worker when they have more) and DuckDB (as many threads, the
+//! same Parquet file, in its own process) run each query alternately, so both meet the machine
+//! as it is at that moment. The device's
 //! executor time (`total_us`) against DuckDB's wall time of the query into Arrow, medians.
 //! The DuckDB targets read this section: the main table's device figures and the reference
 //! engines' own runs are minutes apart, and on a shared machine minutes apart differ.
@@ -17,19 +18,22 @@ use super::pair::{PairRun, PairSection};
 use super::reference::DuckServer;
 use super::{Case, CompareArgs, DeviceChild, Report, plural};
 
-/// Runs `cases` on DuckDB (`a`) and on a device started on `data` (`b`) alternately,
-/// `report.runs` times each after one untimed run each; `equal` is whether DuckDB's values
-/// equalled the device's in the reference engines' run (`report`) of the same query.
+/// Runs `cases` on DuckDB with `threads` threads (`a`) and on a device with as many workers
+/// started on `data` (`b`) alternately, `report.runs` times each after one untimed run each;
+/// `equal` is whether DuckDB's values equalled the device's in the reference engines' run
+/// (`report`) of the same query.
 pub async fn run(
     bin: &Path,
     data: &Path,
     args: &CompareArgs,
     cases: &[Case],
     report: &Report,
+    threads: usize,
 ) -> Result<PairSection> {
-    let (threads, runs) = (report.workers, report.runs);
+    let runs = report.runs;
     let mut duck = DuckServer::start(data, cases, threads, args.reference).await?;
-    let dev = DeviceChild::start_part(bin, data, args.scale, None, None, args.workers, 0).await?;
+    let workers = Some(threads);
+    let dev = DeviceChild::start_part(bin, data, args.scale, None, None, workers, 0).await?;
     let session = SqlSession::connect(&dev.url, ClientOptions::default(), Mode::Offload).await?;
     eprintln!(
         "side by side: DuckDB against the device, {threads} threads and workers, tier off, \
@@ -93,13 +97,18 @@ pub async fn run(
     Ok(section)
 }
 
-/// The section of the report, empty when it did not run.
+/// The sections of the report (at the devices' workers, then at 1), empty when none ran.
 pub fn section(r: &Report) -> String {
-    let Some(p) = &r.versus else {
-        return String::new();
-    };
+    [&r.versus, &r.versus_single]
+        .into_iter()
+        .flatten()
+        .map(|p| one_section(p, r.runs))
+        .collect()
+}
+
+fn one_section(p: &PairSection, runs: usize) -> String {
     let mut s = format!(
-        "## DuckDB against the device, side by side\n\n\
+        "## DuckDB against the device, side by side, {a}\n\n\
          DuckDB ({a}) on the device's Parquet file, in a process of its own, and a device \
          ({b}) on the same data; each query alternately on both, medians of {runs}. DuckDB's time is its \
          wall time of the query into Arrow; the device's is its executor time (`total_us`), \
@@ -109,7 +118,6 @@ pub fn section(r: &Report) -> String {
          |---|---:|---:|---:|---:|---|\n",
         a = p.a,
         b = p.b,
-        runs = r.runs,
     );
     for q in &p.queries {
         let _ = writeln!(
