@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// touch; 0 turns it off [default: a quarter of the machine's memory].
     #[arg(long, env = "NEARSTORE_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// File-backed tier under the hot-column tier: a directory (standing in for persistent
+    /// memory) its chunks are written through to, memory-mapped and verified at start-up, so a
+    /// restart keeps them [default: none].
+    #[arg(long, env = "NEARSTORE_PMEM_DIR")]
+    pub pmem_dir: Option<PathBuf>,
     /// Rows per row group of objects the device writes [default: 131072].
     #[arg(long)]
     pub row_group_rows: Option<usize>,
@@ -106,6 +111,7 @@ struct FileConfig {
     workers: Option<usize>,
     capacity_mb: Option<u64>,
     cache_mb: Option<u64>,
+    pmem_dir: Option<PathBuf>,
     row_group_rows: Option<usize>,
     page_rows: Option<usize>,
     page_codec: Option<String>,
@@ -197,6 +203,7 @@ impl ServeArgs {
         }
         device.capacity_mb = self.capacity_mb.or(file.capacity_mb);
         device.cache_mb = self.cache_mb.or(file.cache_mb);
+        device.pmem_dir = self.pmem_dir.clone().or(file.pmem_dir);
         device.link_gbps = self.link_gbps.or(file.link_gbps);
         device.link_rtt_us = self.link_rtt_us.or(file.link_rtt_us);
         device.tenants = file.tenants;

@@ -475,6 +475,10 @@ pub struct CacheInfo {
     pub admitted_bytes: u64,
     /// Bytes of decoded arrays evicted for room (not counting invalidation).
     pub evicted_bytes: u64,
+    /// Chunks the file-backed tier (`--pmem-dir`) gave back at start-up, verified.
+    pub pmem_restored_chunks: u64,
+    /// Chunk files it found at start-up and deleted: torn, corrupt, or of objects gone.
+    pub pmem_rejected_chunks: u64,
 }
 
 /// Result of a scrub.

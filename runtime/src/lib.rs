@@ -64,6 +64,9 @@ pub struct DeviceConfig {
     pub capacity_mb: Option<u64>,
     /// The hot-column tier's budget in MiB (0: off; none: a quarter of the machine's memory).
     pub cache_mb: Option<u64>,
+    /// The file-backed tier's directory: the hot tier's chunks written through to files there
+    /// and read back, verified, at start-up (none: the tier starts empty).
+    pub pmem_dir: Option<PathBuf>,
 }
 
 /// A TLS identity in PEM.
@@ -92,6 +95,7 @@ impl DeviceConfig {
             workers: None,
             capacity_mb: None,
             cache_mb: None,
+            pmem_dir: None,
         }
     }
 }
@@ -173,7 +177,8 @@ impl Device {
             .cache_mb
             .map_or_else(|| machine_memory() / 4, |mb| mb << 20);
         let storage = Arc::new(
-            Storage::open_on(fs, &config.data_dir, reader, config.write)?.with_hot_tier(cache),
+            Storage::open_on(fs, &config.data_dir, reader, config.write)?
+                .with_hot_tier(cache, config.pmem_dir.as_deref())?,
         );
         let executor = Arc::new(exec::Executor::new(
             storage.clone(),

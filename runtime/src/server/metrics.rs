@@ -239,7 +239,7 @@ impl Metrics {
 /// The hot-column tier's gauges and counters: name, kind, help, value.
 fn tier_gauges(
     h: &nearstore_proto::CacheInfo,
-) -> [(&'static str, &'static str, &'static str, u64); 7] {
+) -> [(&'static str, &'static str, &'static str, u64); 9] {
     [
         (
             "nearstore_cache_budget_bytes",
@@ -282,6 +282,18 @@ fn tier_gauges(
             "counter",
             "Decoded bytes evicted from the hot-column tier for room.",
             h.evicted_bytes,
+        ),
+        (
+            "nearstore_cache_pmem_restored_chunks",
+            "gauge",
+            "Column chunks the file-backed tier gave back, verified, at start-up.",
+            h.pmem_restored_chunks,
+        ),
+        (
+            "nearstore_cache_pmem_rejected_chunks",
+            "gauge",
+            "Chunk files the file-backed tier deleted at start-up: torn, corrupt or of objects gone.",
+            h.pmem_rejected_chunks,
         ),
     ]
 }

@@ -13,19 +13,26 @@
 //!
 //! Hit and miss counts are in bytes of the column chunks on the media (compressed, as the
 //! footer records them): what a hit saved reading, what a miss read.
+//!
+//! With a file-backed tier (`pmem`, `--pmem-dir`) every kept chunk is also written to a file,
+//! removed with it, and read back (verified) when the device starts: a restart keeps the tier.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::ArrayRef;
 use nearstore_proto::CacheInfo;
 
+use super::pmem::Pmem;
+use crate::error::{Error, Result};
+
 /// Keys remembered as touched once (about 100 bytes each).
 const GHOSTS: usize = 1 << 16;
 
 /// One column chunk: object id, row group, column (root index in the Arrow schema).
-type Key = (String, u32, u32);
+pub(super) type Key = (String, u32, u32);
 
 struct Entry {
     array: ArrayRef,
@@ -54,6 +61,11 @@ pub struct HotTier {
     miss_bytes: AtomicU64,
     admitted_bytes: AtomicU64,
     evicted_bytes: AtomicU64,
+    /// The file-backed tier, when there is one.
+    pmem: Option<Pmem>,
+    /// Chunks it gave back at start-up, and files it rejected then.
+    restored_chunks: u64,
+    rejected_chunks: u64,
 }
 
 impl std::fmt::Debug for HotTier {
@@ -92,6 +104,49 @@ impl HotTier {
             budget,
             ..Default::default()
         }
+    }
+
+    /// Writes every kept chunk through to files in `dir` too, and starts with the chunks found
+    /// there that pass their checks (`live`: the namespace's objects and their row group
+    /// counts), up to the budget; the others' files are deleted.
+    pub(super) fn with_pmem(mut self, dir: &Path, live: &HashMap<String, u64>) -> Result<Self> {
+        let pmem =
+            Pmem::open(dir).map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+        let found = pmem
+            .restore(live)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for (path, why) in &found.rejected {
+            tracing::warn!("file-backed tier: deleted {}: {why}", path.display());
+        }
+        self.rejected_chunks = found.rejected.len() as u64;
+        let inner = self.inner.get_mut().expect("hot tier lock");
+        for (key, array) in found.chunks {
+            // Its buffers are slices of one mapping, whose whole length each would count as
+            // its capacity: count the bytes they span instead.
+            let bytes = array
+                .to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| array.get_array_memory_size()) as u64;
+            if inner.used + bytes > self.budget {
+                pmem.remove(&key);
+                continue;
+            }
+            inner.tick += 1;
+            inner.lru.insert(inner.tick, key.clone());
+            let tick = inner.tick;
+            inner.entries.insert(key, Entry { array, bytes, tick });
+            inner.used += bytes;
+            self.restored_chunks += 1;
+        }
+        tracing::info!(
+            "file-backed tier {}: {} chunks ({} MiB) restored, {} rejected",
+            dir.display(),
+            self.restored_chunks,
+            inner.used >> 20,
+            self.rejected_chunks
+        );
+        self.pmem = Some(pmem);
+        Ok(self)
     }
 
     /// Whether the tier keeps anything.
@@ -161,32 +216,53 @@ impl HotTier {
     pub fn admit(&self, object: &str, row_group: usize, column: usize, array: ArrayRef) {
         let bytes = array.get_array_memory_size() as u64;
         let key = (object.to_string(), row_group as u32, column as u32);
-        let mut inner = self.inner.lock().expect("hot tier lock");
-        let inner = &mut *inner;
-        // Admitted or refused, its next touch is a first one again (a chunk larger than the
-        // budget is not decoded whole on every touch).
-        inner.seen.remove(&key);
-        if bytes > self.budget {
-            return;
+        let mut victims = Vec::new();
+        {
+            let mut inner = self.inner.lock().expect("hot tier lock");
+            let inner = &mut *inner;
+            // Admitted or refused, its next touch is a first one again (a chunk larger than
+            // the budget is not decoded whole on every touch).
+            inner.seen.remove(&key);
+            if bytes > self.budget {
+                return;
+            }
+            if let Some(old) = inner.entries.remove(&key) {
+                inner.lru.remove(&old.tick);
+                inner.used -= old.bytes;
+            }
+            while inner.used + bytes > self.budget {
+                let Some((_, victim)) = inner.lru.pop_first() else {
+                    break;
+                };
+                let e = inner.entries.remove(&victim).expect("lru names an entry");
+                inner.used -= e.bytes;
+                self.evicted_bytes.fetch_add(e.bytes, Ordering::Relaxed);
+                victims.push(victim);
+            }
+            inner.tick += 1;
+            let tick = inner.tick;
+            inner.lru.insert(tick, key.clone());
+            inner.entries.insert(
+                key.clone(),
+                Entry {
+                    array: array.clone(),
+                    bytes,
+                    tick,
+                },
+            );
+            inner.used += bytes;
+            self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
-        if let Some(old) = inner.entries.remove(&key) {
-            inner.lru.remove(&old.tick);
-            inner.used -= old.bytes;
+        if let Some(pmem) = &self.pmem {
+            for v in &victims {
+                pmem.remove(v);
+            }
+            // The memory copy serves either way; without its file the chunk is just not
+            // there after a restart.
+            if let Err(e) = pmem.store(&key, &array) {
+                tracing::warn!("file-backed tier: {e}");
+            }
         }
-        while inner.used + bytes > self.budget {
-            let Some((_, victim)) = inner.lru.pop_first() else {
-                break;
-            };
-            let e = inner.entries.remove(&victim).expect("lru names an entry");
-            inner.used -= e.bytes;
-            self.evicted_bytes.fetch_add(e.bytes, Ordering::Relaxed);
-        }
-        inner.tick += 1;
-        let tick = inner.tick;
-        inner.lru.insert(tick, key.clone());
-        inner.entries.insert(key, Entry { array, bytes, tick });
-        inner.used += bytes;
-        self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Forgets every chunk of `objects` (deleted by a drop or a replace).
@@ -198,17 +274,24 @@ impl HotTier {
         let mut inner = self.inner.lock().expect("hot tier lock");
         let inner = &mut *inner;
         let mut freed = 0;
+        let mut removed = Vec::new();
         inner.entries.retain(|k, e| {
             let keep = !gone.contains(k.0.as_str());
             if !keep {
                 freed += e.bytes;
                 inner.lru.remove(&e.tick);
+                removed.push(k.clone());
             }
             keep
         });
         inner.used -= freed;
         inner.seen.retain(|k| !gone.contains(k.0.as_str()));
         inner.seen_order.retain(|k| !gone.contains(k.0.as_str()));
+        if let Some(pmem) = &self.pmem {
+            for k in &removed {
+                pmem.remove(k);
+            }
+        }
     }
 
     /// Its budget, use and counters.
@@ -222,6 +305,8 @@ impl HotTier {
             miss_bytes: self.miss_bytes.load(Ordering::Relaxed),
             admitted_bytes: self.admitted_bytes.load(Ordering::Relaxed),
             evicted_bytes: self.evicted_bytes.load(Ordering::Relaxed),
+            pmem_restored_chunks: self.restored_chunks,
+            pmem_rejected_chunks: self.rejected_chunks,
         }
     }
 }
@@ -292,6 +377,38 @@ mod tests {
         assert_eq!(tier.info().chunks, 1);
         // The touch of ("old", 1) was forgotten: this is a first touch again.
         assert!(!tier.lookup("old", 1, &[(0, 1)]).admit);
+    }
+
+    #[test]
+    fn the_file_backed_tier_holds_what_memory_holds_and_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        let size = column(1000).get_array_memory_size() as u64;
+        let live: HashMap<String, u64> = [("o".to_string(), 8), ("p".to_string(), 8)].into();
+        let tier = HotTier::new(2 * size).with_pmem(dir.path(), &live).unwrap();
+        tier.admit("o", 0, 0, column(1000));
+        tier.admit("p", 0, 0, column(1000));
+        assert_eq!(files(), 2);
+        tier.admit("o", 1, 0, column(1000)); // evicts ("o", 0, 0), and its file
+        assert_eq!(files(), 2);
+        tier.invalidate(["p"]);
+        assert_eq!(files(), 1);
+        drop(tier);
+
+        let again = HotTier::new(2 * size).with_pmem(dir.path(), &live).unwrap();
+        let found = again.lookup("o", 1, &[(0, 1)]);
+        assert!(found.is_hit());
+        assert_eq!(&found.arrays[0].clone().unwrap(), &column(1000));
+        let info = again.info();
+        assert_eq!((info.chunks, info.pmem_restored_chunks), (1, 1));
+        // Its object gone while the device was down: rejected, and its file deleted.
+        let none = HashMap::new();
+        let gone = HotTier::new(2 * size).with_pmem(dir.path(), &none).unwrap();
+        assert_eq!(
+            (gone.info().chunks, gone.info().pmem_rejected_chunks),
+            (0, 1)
+        );
+        assert_eq!(files(), 0);
     }
 
     #[test]

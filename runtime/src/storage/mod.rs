@@ -18,7 +18,7 @@
 //!
 //! Files: `catalog` (the catalog document and its commits), `object` (reading objects),
 //! `upload` (writing them), `recovery` (opening the namespace), `scrub`, `fs` (the file
-//! operations: real, capped or simulated; durable writes), `hot` (decoded column chunks in memory), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
+//! operations: real, capped or simulated; durable writes), `hot` (decoded column chunks in memory), `pmem` (the file-backed tier under it), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
 
 mod catalog;
 #[cfg(test)]
@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod media;
 mod object;
 pub mod pi;
+mod pmem;
 pub mod reader;
 mod recovery;
 mod scrub;
@@ -45,6 +46,8 @@ pub use upload::Upload;
 
 use catalog::CatalogDoc;
 use reader::Reader;
+
+use crate::error::{Error, Result};
 
 /// How the device writes Parquet objects.
 #[derive(Debug, Clone, Copy)]
@@ -120,10 +123,33 @@ impl Storage {
         &self.root
     }
 
-    /// Gives the namespace a hot-column tier of `budget` bytes (0: none).
-    pub fn with_hot_tier(mut self, budget: u64) -> Self {
-        self.hot = Arc::new(hot::HotTier::new(budget));
-        self
+    /// Gives the namespace a hot-column tier of `budget` bytes (0: none), written through to
+    /// the file-backed tier in `pmem` when there is one (it needs a budget).
+    pub fn with_hot_tier(mut self, budget: u64, pmem: Option<&Path>) -> Result<Self> {
+        let tier = hot::HotTier::new(budget);
+        let tier = match pmem {
+            None => tier,
+            Some(_) if budget == 0 => {
+                return Err(Error::Config(
+                    "the file-backed tier (--pmem-dir) keeps the hot-column tier's chunks: it \
+                     needs --cache-mb above 0"
+                        .into(),
+                ));
+            }
+            Some(dir) => {
+                let live = self
+                    .catalog
+                    .read()
+                    .expect("catalog lock")
+                    .tables
+                    .values()
+                    .flat_map(|t| t.objects.iter().map(|o| (o.id.clone(), o.row_groups)))
+                    .collect();
+                tier.with_pmem(dir, &live)?
+            }
+        };
+        self.hot = Arc::new(tier);
+        Ok(self)
     }
 
     /// The hot-column tier.
