@@ -64,7 +64,8 @@ pub struct ServeArgs {
     pub cache_mb: Option<u64>,
     /// File-backed tier under the hot-column tier: a directory (standing in for persistent
     /// memory) its chunks are written through to, memory-mapped and verified at start-up, so a
-    /// restart keeps them [default: none].
+    /// restart keeps them; one device's own (it deletes files of objects it does not hold)
+    /// [default: none].
     #[arg(long, env = "NEARSTORE_PMEM_DIR")]
     pub pmem_dir: Option<PathBuf>,
     /// Rows per row group of objects the device writes [default: 131072].

@@ -21,6 +21,9 @@
 //!   exactly one batch of one column. A file that fails any check is deleted and counted as
 //!   rejected (`CacheInfo::pmem_rejected_chunks`), with the reason in the log.
 //!
+//! The directory holds what the memory tier holds, so at most its budget, and belongs to one
+//! device: a start-up deletes the files of objects that device's namespace does not hold.
+//!
 //! A mapped chunk is private and read-only; the tier never writes into a file it has mapped
 //! (a rewrite goes to a new file that replaces the name), so a mapping stays valid after its
 //! file is removed or replaced.
