@@ -434,4 +434,13 @@ async fn the_file_backed_tier_survives_a_restart_and_serves_only_verified_chunks
     drop(c1);
     dev.stop().await;
     cold.stop().await;
+
+    // Without a memory tier there is nothing to write through: the device does not start.
+    let mut config = nearstore_runtime::DeviceConfig::new(data);
+    config.cache_mb = Some(0);
+    config.pmem_dir = Some(pmem.to_path_buf());
+    let err = nearstore_runtime::Device::open(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs --cache-mb above 0"), "{err}");
 }
