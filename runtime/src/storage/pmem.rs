@@ -16,6 +16,9 @@
 //!   a crash fails its checksum at the next start and is deleted, and the chunk is read from the
 //!   media as it would be without the tier.
 //! - **Removed** when the memory tier evicts the chunk or its object is deleted (drop, replace).
+//!   The write happens outside the memory tier's lock, so an eviction or a drop that races
+//!   with it can leave a file whose chunk memory no longer holds: its data is still right, and
+//!   a start-up restores it within the budget, or deletes it when its object is gone.
 //! - **Verified before use**, at start-up, whole: both checksums, a key that matches the file's
 //!   name, an object the namespace still holds and a row group it has, and an Arrow stream of
 //!   exactly one batch of one column. A file that fails any check is deleted and counted as
