@@ -4,6 +4,7 @@
 //! no chunk of a deleted object stays behind (nor could one be served: chunks are keyed by
 //! immutable object ids).
 
+use arrow::array::RecordBatch;
 use nearstore_proto::{AggFunc, BackendKind, CacheInfo, PutMode};
 use nearstore_sdk::{Client, Query};
 
@@ -12,6 +13,13 @@ use crate::support::{TestDevice, rows, table_batches};
 
 async fn cache(c: &mut Client) -> CacheInfo {
     c.device_info().await.unwrap().cache
+}
+
+/// Puts `batches` as table `t` on every client.
+async fn put_on<const N: usize>(clients: [&mut Client; N], mode: PutMode, batches: &[RecordBatch]) {
+    for c in clients {
+        c.put_batches("t", mode, batches.to_vec()).await.unwrap();
+    }
 }
 
 /// The parallel test's plans, and one whose filter ends inside row groups: the page index's
@@ -67,11 +75,7 @@ async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects(
     assert_eq!(cache(&mut c0).await, CacheInfo::default());
     // 125 000 rows in row groups of 10 000.
     let data = table_batches(125_000, 25_000, 21);
-    for c in [&mut c0, &mut c1, &mut c2] {
-        c.put_batches("t", PutMode::Create, data.clone())
-            .await
-            .unwrap();
-    }
+    put_on([&mut c0, &mut c1, &mut c2], PutMode::Create, &data).await;
     agree(&mut c0, &mut c1, "first load", true).await;
     agree(&mut c0, &mut c2, "1 MiB tier", false).await;
     let (h, t) = (cache(&mut c1).await, cache(&mut c2).await);
@@ -100,11 +104,7 @@ async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects(
 
     // Replace: the old objects' chunks leave with them; the new rows are served.
     let other = table_batches(90_000, 30_000, 22);
-    for c in [&mut c0, &mut c1] {
-        c.put_batches("t", PutMode::Replace, other.clone())
-            .await
-            .unwrap();
-    }
+    put_on([&mut c0, &mut c1], PutMode::Replace, &other).await;
     let after = cache(&mut c1).await;
     assert_eq!((after.chunks, after.used_bytes), (0, 0), "{after:?}");
     agree(&mut c0, &mut c1, "after replace", true).await;
@@ -112,11 +112,7 @@ async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects(
     // Append: the kept chunks stay valid and are used; the appended rows are read.
     let before = cache(&mut c1).await;
     let more = table_batches(20_000, 20_000, 23);
-    for c in [&mut c0, &mut c1] {
-        c.put_batches("t", PutMode::Append, more.clone())
-            .await
-            .unwrap();
-    }
+    put_on([&mut c0, &mut c1], PutMode::Append, &more).await;
     assert_eq!(cache(&mut c1).await.chunks, before.chunks);
     let count = Query::table("t")
         .filter("val >= 0")
@@ -138,11 +134,7 @@ async fn the_hot_tier_answers_as_the_media_and_keeps_nothing_of_deleted_objects(
     assert_eq!((dropped.chunks, dropped.used_bytes), (0, 0), "{dropped:?}");
     c0.drop_table("t").await.unwrap();
     let again = table_batches(40_000, 40_000, 24);
-    for c in [&mut c0, &mut c1] {
-        c.put_batches("t", PutMode::Create, again.clone())
-            .await
-            .unwrap();
-    }
+    put_on([&mut c0, &mut c1], PutMode::Create, &again).await;
     agree(&mut c0, &mut c1, "after drop and create", true).await;
     for d in [cold, hot, tiny] {
         d.stop().await;
@@ -364,11 +356,7 @@ async fn the_file_backed_tier_survives_a_restart_and_serves_only_verified_chunks
     let dev = start().await;
     let mut c1 = dev.client().await;
     let table = table_batches(125_000, 25_000, 31);
-    for c in [&mut c0, &mut c1] {
-        c.put_batches("t", PutMode::Create, table.clone())
-            .await
-            .unwrap();
-    }
+    put_on([&mut c0, &mut c1], PutMode::Create, &table).await;
     agree(&mut c0, &mut c1, "before the restart", true).await;
     let kept = cache(&mut c1).await;
     assert!(kept.chunks > 1, "{kept:?}");

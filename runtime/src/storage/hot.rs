@@ -52,6 +52,17 @@ struct Inner {
     seen_order: VecDeque<Key>,
 }
 
+impl Inner {
+    /// Keeps `array` as the most recently used chunk (room made by the caller).
+    fn insert(&mut self, key: Key, array: ArrayRef, bytes: u64) {
+        self.tick += 1;
+        self.lru.insert(self.tick, key.clone());
+        let tick = self.tick;
+        self.entries.insert(key, Entry { array, bytes, tick });
+        self.used += bytes;
+    }
+}
+
 /// The tier. A budget of 0 turns it off (nothing is remembered or kept).
 #[derive(Default)]
 pub struct HotTier {
@@ -131,11 +142,7 @@ impl HotTier {
                 pmem.remove(&key);
                 continue;
             }
-            inner.tick += 1;
-            inner.lru.insert(inner.tick, key.clone());
-            let tick = inner.tick;
-            inner.entries.insert(key, Entry { array, bytes, tick });
-            inner.used += bytes;
+            inner.insert(key, array, bytes);
             self.restored_chunks += 1;
         }
         tracing::info!(
@@ -239,18 +246,7 @@ impl HotTier {
                 self.evicted_bytes.fetch_add(e.bytes, Ordering::Relaxed);
                 victims.push(victim);
             }
-            inner.tick += 1;
-            let tick = inner.tick;
-            inner.lru.insert(tick, key.clone());
-            inner.entries.insert(
-                key.clone(),
-                Entry {
-                    array: array.clone(),
-                    bytes,
-                    tick,
-                },
-            );
-            inner.used += bytes;
+            inner.insert(key.clone(), array.clone(), bytes);
             self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         if let Some(pmem) = &self.pmem {

@@ -18,7 +18,9 @@
 //!
 //! Files: `catalog` (the catalog document and its commits), `object` (reading objects),
 //! `upload` (writing them), `recovery` (opening the namespace), `scrub`, `fs` (the file
-//! operations: real, capped or simulated; durable writes), `hot` (decoded column chunks in memory), `pmem` (the file-backed tier under it), `kernels` (registered kernels), `pi` (block checksums), `reader` (the read path).
+//! operations: real, capped or simulated; durable writes), `hot` (decoded column chunks in
+//! memory), `pmem` (the file-backed tier under it), `kernels` (registered kernels), `pi` (block
+//! checksums), `reader` (the read path).
 
 mod catalog;
 #[cfg(test)]

@@ -89,17 +89,14 @@ impl Pmem {
     }
 
     fn path(&self, key: &Key) -> PathBuf {
-        self.dir
-            .join(format!("{}.{}.{}{SUFFIX}", key.0, key.1, key.2))
+        self.dir.join(format!("{}{SUFFIX}", stem(key)))
     }
 
     /// Writes `array` as the chunk `key`, replacing any file of that key.
     pub fn store(&self, key: &Key, array: &ArrayRef) -> Result<(), String> {
         let payload = encode(array).map_err(|e| format!("encoding the chunk: {e}"))?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!("{}.{}.{}.{n}{TMP_SUFFIX}", key.0, key.1, key.2));
+        let tmp = self.dir.join(format!("{}.{n}{TMP_SUFFIX}", stem(key)));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&header(key, &payload))?;
@@ -139,6 +136,11 @@ impl Pmem {
         }
         Ok(out)
     }
+}
+
+/// A chunk file's name without its suffix: `<object>.<row group>.<column>`.
+fn stem(key: &Key) -> String {
+    format!("{}.{}.{}", key.0, key.1, key.2)
 }
 
 /// The array as an Arrow IPC stream of one nullable column named "c".
@@ -197,8 +199,12 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// One chunk file, checked whole; `stem` is its name without the suffix.
-fn verify(path: &Path, stem: &str, live: &HashMap<String, u64>) -> Result<(Key, ArrayRef), String> {
+/// One chunk file, checked whole; `named` is its name without the suffix.
+fn verify(
+    path: &Path,
+    named: &str,
+    live: &HashMap<String, u64>,
+) -> Result<(Key, ArrayRef), String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mapped = map(&file).map_err(|e| format!("cannot map: {e}"))?;
     let bytes = mapped.as_slice();
@@ -219,7 +225,7 @@ fn verify(path: &Path, stem: &str, live: &HashMap<String, u64>) -> Result<(Key, 
     }
     let id = std::str::from_utf8(id).map_err(|_| "object id is not UTF-8".to_string())?;
     let key: Key = (id.to_string(), row_group, column);
-    if format!("{}.{}.{}", key.0, key.1, key.2) != stem {
+    if stem(&key) != named {
         return Err(format!("the header names chunk {key:?}, not the file's"));
     }
     match live.get(id) {

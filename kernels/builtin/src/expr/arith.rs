@@ -11,10 +11,10 @@ use super::{Side, Vals, Value, and_valid, check_overflow, float_side, int_side, 
 
 /// `out[i] = f(a[i], b[i]).0` for every row (each element of `out` is written, so `out` may be
 /// a vector's spare capacity: no zero-fill first, see [`filled`]), and whether `f` flagged any
-/// row, eight rows per iteration (one back-edge, one interruption check) and then the rest. `VECTOR`: over whole
-/// arrays of eight, which the compiler vectorises (floats); else a row at a time (integers:
-/// Cranelift's 64-bit lane multiplies and the overflow checks' lane shuffles are slower than
-/// scalar code). A function of its own per operation: inlined into the evaluator, Cranelift
+/// row, eight rows per iteration (one back-edge, one interruption check) and then the rest.
+/// `VECTOR`: over whole arrays of eight, which the compiler vectorises (floats); else a row at
+/// a time (integers: Cranelift's 64-bit lane multiplies and the overflow checks' lane shuffles
+/// are slower than scalar code). A function of its own per operation: inlined into the evaluator, Cranelift
 /// kept the loop's counters on the stack.
 #[inline(never)]
 fn zip_with<const VECTOR: bool, T: Copy, R: Copy>(
